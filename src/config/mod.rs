@@ -1,0 +1,251 @@
+//! Kiln's YAML configuration: plain serde types, parsed without side effects,
+//! then [`Config::validate`] reports every problem at once with its YAML path.
+//! One builder ([`crate::store::build`], [`crate::app`]) turns it into objects.
+//!
+//! No secrets live here: the file can sit in a Kubernetes ConfigMap.
+
+mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use units::{ByteSize, Duration};
+
+/// The configuration `kiln serve` runs with when given no `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.yaml");
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address. Default `127.0.0.1:50051`; `--listen` overrides it.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Where relative `fs` store paths live. Default `./kiln-data`;
+    /// `--data-dir` overrides it.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// How long a graceful stop waits for in-flight calls. Default `10s`.
+    #[serde(default = "default_grace_period")]
+    pub grace_period: Duration,
+    /// Largest gRPC message kiln accepts or sends. Default `16MiB`; it must
+    /// exceed every instance's `max_batch_total_size` plus framing.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: ByteSize,
+    /// Named stores, shared by reference (`ref: NAME`) between instances.
+    #[serde(default)]
+    pub stores: BTreeMap<String, StoreConfig>,
+    /// The instances this server serves, chosen by `instance_name`.
+    pub instances: Vec<InstanceConfig>,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human-readable, the default) or `json` (one object per line,
+    /// for log collectors).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `kiln=debug`; `RUST_LOG` wins when
+    /// set. Default `info`.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One node of a store graph: a backend, a layer over another node, or a
+/// reference to a named store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreConfig {
+    /// Blobs in process memory (lost on restart).
+    Memory(MemoryConfig),
+    /// Blobs as files on local disk (durable).
+    Fs(FsConfig),
+    /// A memory tier over another store.
+    MemoryCache(MemoryCacheConfig),
+    /// The store of that name under `stores:`.
+    #[serde(rename = "ref")]
+    Ref(String),
+}
+
+impl StoreConfig {
+    /// The config key of this node's kind, used in paths, logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreConfig::Memory(_) => "memory",
+            StoreConfig::Fs(_) => "fs",
+            StoreConfig::MemoryCache(_) => "memory_cache",
+            StoreConfig::Ref(_) => "ref",
+        }
+    }
+}
+
+/// `memory:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Byte budget; least recently used blobs go first beyond it.
+    pub max_size: ByteSize,
+}
+
+/// `fs:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// Directory of the store; relative paths are under the data dir.
+    pub path: PathBuf,
+}
+
+/// `memory_cache:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryCacheConfig {
+    /// Byte budget of the tier.
+    pub max_size: ByteSize,
+    /// Larger blobs bypass the tier. Default `1MiB`.
+    #[serde(default = "default_max_blob_size")]
+    pub max_blob_size: ByteSize,
+    /// The slower store behind the tier.
+    pub inner: Box<StoreConfig>,
+}
+
+/// One REAPI instance: its stores and behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// The `instance_name` clients send; `""` is the default instance.
+    pub name: String,
+    /// The content-addressable store. The builder always adds verification
+    /// at its root.
+    pub cas: StoreConfig,
+    /// The action cache: ActionResults keyed by action digest.
+    pub action_cache: StoreConfig,
+    /// Refuse every write (uploads and action results) with
+    /// PERMISSION_DENIED. Default false.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Answer NOT_FOUND for action results whose outputs are no longer all in
+    /// the CAS, so clients rebuild instead of failing later. Default true.
+    #[serde(default = "yes")]
+    pub completeness_check: bool,
+    /// Largest total of a BatchUpdateBlobs / BatchReadBlobs. Default `4MiB`.
+    #[serde(default = "default_max_batch")]
+    pub max_batch_total_size: ByteSize,
+    /// ByteStream read chunk size. Default `1MiB`.
+    #[serde(default = "default_chunk")]
+    pub read_chunk_size: ByteSize,
+    /// Make a ByteStream write of a blob that already exists run to the end
+    /// instead of returning early (BuildGrid's option). Default false.
+    #[serde(default)]
+    pub disable_overwrite_early_return: bool,
+    /// GetTree: directories fetched in parallel per level. Default 32.
+    #[serde(default = "default_tree_concurrency")]
+    pub tree_read_concurrency: usize,
+    /// GetTree's cache of complete trees.
+    #[serde(default)]
+    pub tree_cache: TreeCacheConfig,
+}
+
+/// `tree_cache:` settings (BuildGrid's tree_cache_size / tree_cache_ttl_minutes).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeCacheConfig {
+    /// Byte budget for cached trees (their encoded size). Default `64MiB`;
+    /// `0` disables the cache.
+    #[serde(default = "default_tree_cache_size")]
+    pub max_size: ByteSize,
+    /// How long a cached tree is served before it is walked again, so that
+    /// blobs expiring underneath are noticed. Default `60m`.
+    #[serde(default = "default_tree_cache_ttl")]
+    pub ttl: Duration,
+}
+
+impl Default for TreeCacheConfig {
+    fn default() -> Self {
+        TreeCacheConfig {
+            max_size: default_tree_cache_size(),
+            ttl: default_tree_cache_ttl(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:50051".into()
+}
+fn default_grace_period() -> Duration {
+    Duration(std::time::Duration::from_secs(10))
+}
+fn default_max_message_size() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_max_blob_size() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_max_batch() -> ByteSize {
+    ByteSize(4 << 20)
+}
+fn default_chunk() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_tree_concurrency() -> usize {
+    32
+}
+fn default_tree_cache_size() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_tree_cache_ttl() -> Duration {
+    Duration(std::time::Duration::from_secs(3600))
+}
+fn yes() -> bool {
+    true
+}
+
+impl Config {
+    /// Parses YAML text; the error names the line and column.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Reads and parses a file, then validates it; every error is returned.
+    pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        let config = Config::parse(&text).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Config {
+        Config::parse(EMBEDDED_DEFAULT).expect("the embedded default config parses")
+    }
+
+    /// Checks everything parsing cannot; returns every problem, each prefixed
+    /// with its YAML path (e.g. `instances[0].cas.ref`).
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let errors = validate::errors(self);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}

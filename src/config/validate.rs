@@ -1,0 +1,310 @@
+//! The checks that YAML parsing cannot do, each reported with its YAML path.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+
+use super::{Config, InstanceConfig, StoreConfig};
+
+/// Path segments REAPI reserves; an instance name may not contain them.
+const RESERVED_SEGMENTS: [&str; 7] = [
+    "blobs",
+    "uploads",
+    "actions",
+    "actionResults",
+    "operations",
+    "capabilities",
+    "compressed-blobs",
+];
+
+/// Every problem found in `config`.
+pub(super) fn errors(config: &Config) -> Vec<String> {
+    let mut errors = Vec::new();
+    if config.listen.parse::<std::net::SocketAddr>().is_err() {
+        errors.push(format!(
+            "listen: {:?} is not an address such as 127.0.0.1:50051",
+            config.listen
+        ));
+    }
+    if config.max_message_size.0 < (1 << 20) {
+        errors.push("max_message_size: must be at least 1MiB".into());
+    }
+    let mut walker = StoreWalker {
+        named: &config.stores,
+        errors: &mut errors,
+        fs_paths: HashMap::new(),
+    };
+    for (name, store) in &config.stores {
+        walker.check(store, &format!("stores.{name}"), &mut vec![name.clone()]);
+    }
+    if config.instances.is_empty() {
+        errors.push("instances: at least one instance is required".into());
+    }
+    let mut names = HashSet::new();
+    for (i, instance) in config.instances.iter().enumerate() {
+        let path = format!("instances[{i}]");
+        if !names.insert(instance.name.as_str()) {
+            errors.push(format!(
+                "{path}.name: instance {:?} is defined twice",
+                instance.name
+            ));
+        }
+        check_instance(config, instance, &path, &mut errors);
+    }
+    errors
+}
+
+fn check_instance(
+    config: &Config,
+    instance: &InstanceConfig,
+    path: &str,
+    errors: &mut Vec<String>,
+) {
+    let name = &instance.name;
+    if name.starts_with('/') || name.ends_with('/') || name.contains("//") {
+        errors.push(format!(
+            "{path}.name: {name:?} must not start or end with '/' or contain '//'"
+        ));
+    }
+    if let Some(seg) = name.split('/').find(|s| RESERVED_SEGMENTS.contains(s)) {
+        errors.push(format!(
+            "{path}.name: {name:?} contains the reserved segment {seg:?}"
+        ));
+    }
+    if let (StoreConfig::Ref(a), StoreConfig::Ref(b)) = (&instance.cas, &instance.action_cache) {
+        if a == b {
+            errors.push(format!(
+                "{path}.action_cache: the CAS and the action cache must be different stores (both are {a:?})"
+            ));
+        }
+    }
+    let batch = instance.max_batch_total_size.0;
+    if batch == 0 || batch + (1 << 20) > config.max_message_size.0 {
+        errors.push(format!(
+            "{path}.max_batch_total_size: must be above 0 and at least 1MiB below max_message_size ({})",
+            config.max_message_size
+        ));
+    }
+    let chunk = instance.read_chunk_size.0;
+    if !(4096..=config.max_message_size.0 / 2).contains(&chunk) {
+        errors.push(format!(
+            "{path}.read_chunk_size: must be between 4KiB and half of max_message_size"
+        ));
+    }
+    if instance.tree_read_concurrency == 0 || instance.tree_read_concurrency > 1024 {
+        errors.push(format!(
+            "{path}.tree_read_concurrency: must be between 1 and 1024"
+        ));
+    }
+    let mut walker = StoreWalker {
+        named: &config.stores,
+        errors,
+        fs_paths: HashMap::new(),
+    };
+    walker.check(&instance.cas, &format!("{path}.cas"), &mut Vec::new());
+    walker.check(
+        &instance.action_cache,
+        &format!("{path}.action_cache"),
+        &mut Vec::new(),
+    );
+    let inline_cas = fs_dirs(&instance.cas, &config.stores);
+    let inline_ac = fs_dirs(&instance.action_cache, &config.stores);
+    if let Some(dir) = inline_cas.intersection(&inline_ac).next() {
+        errors.push(format!(
+            "{path}.action_cache: uses the directory {} that the CAS uses too",
+            dir.display()
+        ));
+    }
+}
+
+/// Walks a store graph, reporting bad sizes, unknown references and cycles.
+struct StoreWalker<'a> {
+    named: &'a BTreeMap<String, StoreConfig>,
+    errors: &'a mut Vec<String>,
+    fs_paths: HashMap<PathBuf, String>,
+}
+
+impl StoreWalker<'_> {
+    fn check(&mut self, store: &StoreConfig, path: &str, refs: &mut Vec<String>) {
+        match store {
+            StoreConfig::Memory(m) => {
+                if m.max_size.0 == 0 {
+                    self.errors
+                        .push(format!("{path}.memory.max_size: must be above 0"));
+                }
+            }
+            StoreConfig::Fs(f) => {
+                if f.path.as_os_str().is_empty() {
+                    self.errors
+                        .push(format!("{path}.fs.path: must not be empty"));
+                } else if let Some(other) = self.fs_paths.insert(f.path.clone(), path.to_string()) {
+                    self.errors.push(format!(
+                        "{path}.fs.path: {} is also used by {other}; give each fs store its own directory",
+                        f.path.display()
+                    ));
+                }
+            }
+            StoreConfig::MemoryCache(c) => {
+                if c.max_size.0 == 0 {
+                    self.errors
+                        .push(format!("{path}.memory_cache.max_size: must be above 0"));
+                }
+                if c.max_blob_size > c.max_size {
+                    self.errors.push(format!(
+                        "{path}.memory_cache.max_blob_size: {} exceeds max_size {}",
+                        c.max_blob_size, c.max_size
+                    ));
+                }
+                self.check(&c.inner, &format!("{path}.memory_cache.inner"), refs);
+            }
+            StoreConfig::Ref(name) => match self.named.get(name) {
+                None => {
+                    let known: Vec<&str> = self.named.keys().map(String::as_str).collect();
+                    self.errors.push(format!(
+                        "{path}.ref: unknown store {name:?} (defined under stores: {known:?})"
+                    ));
+                }
+                Some(_) if refs.contains(name) => {
+                    self.errors.push(format!(
+                        "{path}.ref: store {name:?} refers to itself ({} -> {name})",
+                        refs.join(" -> ")
+                    ));
+                }
+                // Named stores are checked once at their own path; here only
+                // follow references to catch cycles.
+                Some(target) => {
+                    refs.push(name.clone());
+                    let mut quiet = StoreWalker {
+                        named: self.named,
+                        errors: &mut Vec::new(),
+                        fs_paths: HashMap::new(),
+                    };
+                    quiet.check_cycles(target, refs, self.errors, path);
+                    refs.pop();
+                }
+            },
+        }
+    }
+
+    fn check_cycles(
+        &mut self,
+        store: &StoreConfig,
+        refs: &mut Vec<String>,
+        out: &mut Vec<String>,
+        path: &str,
+    ) {
+        match store {
+            StoreConfig::MemoryCache(c) => self.check_cycles(&c.inner, refs, out, path),
+            StoreConfig::Ref(name) if refs.contains(name) => {
+                let msg = format!(
+                    "{path}.ref: reference cycle {} -> {name}",
+                    refs.join(" -> ")
+                );
+                if !out.contains(&msg) {
+                    out.push(msg);
+                }
+            }
+            StoreConfig::Ref(name) => {
+                if let Some(target) = self.named.get(name) {
+                    refs.push(name.clone());
+                    self.check_cycles(target, refs, out, path);
+                    refs.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The fs directories a store graph reaches, following references.
+fn fs_dirs(store: &StoreConfig, named: &BTreeMap<String, StoreConfig>) -> HashSet<PathBuf> {
+    let mut out = HashSet::new();
+    let mut stack = vec![store];
+    let mut seen = HashSet::new();
+    while let Some(s) = stack.pop() {
+        match s {
+            StoreConfig::Fs(f) => {
+                out.insert(f.path.clone());
+            }
+            StoreConfig::MemoryCache(c) => stack.push(&c.inner),
+            StoreConfig::Ref(name) => {
+                if seen.insert(name.clone()) {
+                    if let Some(t) = named.get(name) {
+                        stack.push(t);
+                    }
+                }
+            }
+            StoreConfig::Memory(_) => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match Config::parse(yaml) {
+            Ok(c) => c.validate().err().unwrap_or_default(),
+            Err(e) => vec![format!("parse: {e}")],
+        }
+    }
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        Config::embedded_default().validate().unwrap();
+    }
+
+    #[test]
+    fn reports_every_error_with_its_path() {
+        let yaml = r#"
+listen: nowhere
+stores:
+  shared: { memory: { max_size: 0 } }
+  loop_a: { memory_cache: { max_size: 1MiB, inner: { ref: loop_b } } }
+  loop_b: { memory_cache: { max_size: 1MiB, inner: { ref: loop_a } } }
+instances:
+  - name: main
+    cas: { ref: missing }
+    action_cache: { memory_cache: { max_size: 1KiB, max_blob_size: 1MiB, inner: { fs: { path: x } } } }
+  - name: main
+    cas: { ref: shared }
+    action_cache: { ref: shared }
+  - name: a/blobs
+    cas: { fs: { path: same } }
+    action_cache: { fs: { path: same } }
+    read_chunk_size: 10
+"#;
+        let errs = errors(yaml);
+        let expect = [
+            "listen:",
+            "stores.shared.memory.max_size",
+            "reference cycle",
+            "instances[0].cas.ref: unknown store \"missing\"",
+            "instances[0].action_cache.memory_cache.max_blob_size",
+            "instances[1].name: instance \"main\" is defined twice",
+            "instances[1].action_cache: the CAS and the action cache must be different",
+            "instances[2].name: \"a/blobs\" contains the reserved segment",
+            "instances[2].read_chunk_size",
+            "instances[2].action_cache.fs.path: same is also used by instances[2].cas",
+        ];
+        for e in expect {
+            assert!(
+                errs.iter().any(|x| x.contains(e)),
+                "missing {e:?} in {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_units_are_parse_errors() {
+        let unknown = "instances:\n  - name: ''\n    cas: { memory: { max_size: 1MiB, colour: red } }\n    action_cache: { memory: { max_size: 1MiB } }\n";
+        assert!(
+            errors(unknown)[0].contains("colour"),
+            "{:?}",
+            errors(unknown)
+        );
+        let unit = "instances:\n  - name: ''\n    cas: { memory: { max_size: 12 parsecs } }\n    action_cache: { memory: { max_size: 1MiB } }\n";
+        assert!(errors(unit)[0].contains("parsecs"), "{:?}", errors(unit));
+    }
+}

@@ -1,0 +1,227 @@
+//! Content digests: the key of every CAS blob and action-cache entry.
+//!
+//! A [`Digest`] is a small `Copy` value that carries its digest function, so no
+//! code depends on ambient state to know which hash is in use. Kiln serves
+//! SHA-256 (the REAPI default) and BLAKE3 (~15x faster to verify here); both
+//! are 32 bytes, so the hash is stored inline.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::proto::reapi;
+
+/// The hash functions kiln verifies content with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DigestFunction {
+    /// SHA-256, what Bazel uses unless told otherwise.
+    Sha256,
+    /// BLAKE3 (`--digest_function=blake3` in newer Bazel).
+    Blake3,
+}
+
+impl DigestFunction {
+    /// Every function kiln serves, in the order Capabilities advertises them.
+    pub const ALL: [DigestFunction; 2] = [DigestFunction::Sha256, DigestFunction::Blake3];
+
+    /// The lowercase name used in resource names and storage paths.
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestFunction::Sha256 => "sha256",
+            DigestFunction::Blake3 => "blake3",
+        }
+    }
+
+    /// The REAPI enum value.
+    pub fn to_proto(self) -> reapi::digest_function::Value {
+        match self {
+            DigestFunction::Sha256 => reapi::digest_function::Value::Sha256,
+            DigestFunction::Blake3 => reapi::digest_function::Value::Blake3,
+        }
+    }
+
+    /// Maps a request's `digest_function` field; UNKNOWN (unset) means "infer",
+    /// which for a 64-hex-digit hash is SHA-256 as the spec prescribes.
+    pub fn from_proto(value: i32) -> Result<Self> {
+        use reapi::digest_function::Value;
+        match Value::try_from(value) {
+            Ok(Value::Unknown | Value::Sha256) => Ok(DigestFunction::Sha256),
+            Ok(Value::Blake3) => Ok(DigestFunction::Blake3),
+            Ok(other) => Err(Error::InvalidArgument(format!(
+                "digest function {} is not supported (supported: sha256, blake3)",
+                other.as_str_name()
+            ))),
+            Err(_) => Err(Error::InvalidArgument(format!(
+                "unknown digest function value {value}"
+            ))),
+        }
+    }
+
+    /// Parses the optional `digest_function/` segment of a resource name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "sha256" => Some(DigestFunction::Sha256),
+            "blake3" => Some(DigestFunction::Blake3),
+            _ => None,
+        }
+    }
+
+    /// Starts an incremental hash, for data that arrives in pieces.
+    pub fn hasher(self) -> Hasher {
+        Hasher::new(self)
+    }
+
+    /// The digest of `data` under this function.
+    pub fn digest_of(self, data: &[u8]) -> Digest {
+        let mut hasher = self.hasher();
+        hasher.update(data);
+        hasher.finish()
+    }
+
+    /// The digest of the empty blob, which every CAS must treat as present.
+    pub fn empty(self) -> Digest {
+        self.digest_of(&[])
+    }
+}
+
+/// A content digest: function, 32-byte hash and size in bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest {
+    /// Which function produced `hash`.
+    pub function: DigestFunction,
+    /// The raw hash bytes.
+    pub hash: [u8; 32],
+    /// The blob's size; part of its identity, as REAPI requires.
+    pub size: u64,
+}
+
+impl Digest {
+    /// Parses a lowercase 64-hex-digit hash and a size.
+    pub fn parse(function: DigestFunction, hash: &str, size: i64) -> Result<Self> {
+        if size < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "digest {hash}/{size}: size must not be negative"
+            )));
+        }
+        let mut bytes = [0u8; 32];
+        if hash.len() != 64
+            || hash.bytes().any(|b| b.is_ascii_uppercase())
+            || hex::decode_to_slice(hash, &mut bytes).is_err()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "digest {hash}/{size}: hash must be 64 lowercase hex digits for {}",
+                function.name()
+            )));
+        }
+        Ok(Digest {
+            function,
+            hash: bytes,
+            size: size as u64,
+        })
+    }
+
+    /// Converts a protocol digest; a missing one is INVALID_ARGUMENT naming `what`.
+    pub fn from_proto(
+        function: DigestFunction,
+        digest: Option<&reapi::Digest>,
+        what: &str,
+    ) -> Result<Self> {
+        let digest =
+            digest.ok_or_else(|| Error::InvalidArgument(format!("{what} digest is missing")))?;
+        Self::parse(function, &digest.hash, digest.size_bytes)
+    }
+
+    /// The protocol form.
+    pub fn to_proto(&self) -> reapi::Digest {
+        reapi::Digest {
+            hash: self.hash_hex(),
+            size_bytes: self.size as i64,
+        }
+    }
+
+    /// The hash as lowercase hex.
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+
+    /// True for the empty blob, which is always present.
+    pub fn is_empty_blob(&self) -> bool {
+        self.size == 0 && *self == self.function.empty()
+    }
+}
+
+impl fmt::Display for Digest {
+    /// `hash/size`, the form REAPI uses in resource names and error subjects.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.hash_hex(), self.size)
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.function.name(), self)
+    }
+}
+
+/// An in-progress hash; feed it with [`Hasher::update`], then [`Hasher::finish`].
+/// It counts bytes too, so the result is a complete [`Digest`].
+pub struct Hasher {
+    state: HashState,
+    len: u64,
+}
+
+enum HashState {
+    /// aws-lc's SHA-256 (~2x the sha2 crate on this machine).
+    Sha256(aws_lc_rs::digest::Context),
+    /// The BLAKE3 reference implementation (SIMD).
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Hasher {
+    fn new(function: DigestFunction) -> Self {
+        let state = match function {
+            DigestFunction::Sha256 => {
+                HashState::Sha256(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
+            }
+            DigestFunction::Blake3 => HashState::Blake3(Box::new(blake3::Hasher::new())),
+        };
+        Hasher { state, len: 0 }
+    }
+
+    /// Adds bytes to the hash.
+    pub fn update(&mut self, data: &[u8]) {
+        self.len += data.len() as u64;
+        match &mut self.state {
+            HashState::Sha256(ctx) => ctx.update(data),
+            HashState::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    /// How many bytes have been hashed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True before the first byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The digest of everything fed so far.
+    pub fn finish(self) -> Digest {
+        let (function, hash) = match self.state {
+            HashState::Sha256(ctx) => {
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(ctx.finish().as_ref());
+                (DigestFunction::Sha256, hash)
+            }
+            HashState::Blake3(h) => (DigestFunction::Blake3, *h.finalize().as_bytes()),
+        };
+        Digest {
+            function,
+            hash,
+            size: self.len,
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Instances: what an `instance_name` selects. Each has its own CAS, action
+//! cache, tree cache and settings; services look one up per request and call
+//! into it, never into a backend directly.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{Config, InstanceConfig};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::store::build::StoreBuilder;
+use crate::tree::TreeCache;
+
+/// The per-instance behaviour settings, copied out of config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Every write is PERMISSION_DENIED.
+    pub read_only: bool,
+    /// GetActionResult checks that a result's blobs are all in the CAS.
+    pub completeness_check: bool,
+    /// Largest batch read or write, in bytes.
+    pub max_batch_total_size: u64,
+    /// ByteStream read chunk size.
+    pub read_chunk_size: usize,
+    /// ByteStream writes of existing blobs run to the end.
+    pub disable_overwrite_early_return: bool,
+    /// GetTree parallel reads per level.
+    pub tree_read_concurrency: usize,
+}
+
+/// One REAPI instance.
+#[derive(Debug)]
+pub struct Instance {
+    /// Its `instance_name`.
+    pub name: String,
+    /// Content-addressed blobs, verified on write.
+    pub cas: Store,
+    /// Serialized ActionResults keyed by action digest.
+    pub action_cache: Store,
+    /// Complete trees GetTree has walked.
+    pub tree_cache: TreeCache,
+    /// Behaviour settings.
+    pub settings: Settings,
+}
+
+impl Instance {
+    /// Refuses writes on a read-only instance, never pretending they worked.
+    pub fn check_writable(&self) -> Result<()> {
+        if self.settings.read_only {
+            return Err(Error::PermissionDenied(format!(
+                "instance {:?} is read-only",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    fn build(config: &InstanceConfig, path: &str, stores: &mut StoreBuilder) -> Result<Self> {
+        Ok(Instance {
+            name: config.name.clone(),
+            cas: stores.cas(&config.cas, &format!("{path}.cas"))?,
+            action_cache: stores
+                .action_cache(&config.action_cache, &format!("{path}.action_cache"))?,
+            tree_cache: TreeCache::new(config.tree_cache.max_size.0, config.tree_cache.ttl.0),
+            settings: Settings {
+                read_only: config.read_only,
+                completeness_check: config.completeness_check,
+                max_batch_total_size: config.max_batch_total_size.0,
+                read_chunk_size: config.read_chunk_size.0 as usize,
+                disable_overwrite_early_return: config.disable_overwrite_early_return,
+                tree_read_concurrency: config.tree_read_concurrency,
+            },
+        })
+    }
+}
+
+/// Every instance of a server, by name.
+#[derive(Debug, Clone)]
+pub struct Instances {
+    by_name: Arc<HashMap<String, Arc<Instance>>>,
+}
+
+impl Instances {
+    /// Builds every instance (and the stores under it) from a validated config.
+    pub fn build(config: &Config, data_dir: PathBuf) -> Result<Self> {
+        let mut stores = StoreBuilder::new(config, data_dir);
+        let mut by_name = HashMap::new();
+        for (i, ic) in config.instances.iter().enumerate() {
+            let instance = Instance::build(ic, &format!("instances[{i}]"), &mut stores)?;
+            by_name.insert(ic.name.clone(), Arc::new(instance));
+        }
+        Ok(Instances {
+            by_name: Arc::new(by_name),
+        })
+    }
+
+    /// The instance a request names; an unknown one is INVALID_ARGUMENT.
+    pub fn get(&self, name: &str) -> Result<Arc<Instance>> {
+        self.by_name.get(name).cloned().ok_or_else(|| {
+            let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+            known.sort();
+            Error::InvalidArgument(format!(
+                "unknown instance_name {name:?} (this server serves {known:?})"
+            ))
+        })
+    }
+
+    /// Instance names, for resource-name parsing (longest match wins).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}

@@ -1,0 +1,25 @@
+//! kiln: a remote build cache (REAPI v2) for Bazel and other clients.
+//!
+//! Crate map, in the direction a request flows:
+//! - [`app`]: wiring; builds everything and serves it.
+//! - [`service`]: gRPC adapters, thin shells over instances.
+//! - [`instance`]: per-`instance_name` stores and settings.
+//! - [`tree`], [`action_result`], [`compression`]: domain logic services call.
+//! - [`store`]: the `BlobStore` trait, its backends and layers.
+//! - [`digest`], [`error`], [`config`], [`proto`], [`telemetry`]: foundations.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod action_result;
+pub mod app;
+pub mod compression;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod instance;
+pub mod proto;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+pub mod tree;

@@ -1,0 +1,109 @@
+//! The `kiln` binary: parses arguments and hands over to the library.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kiln::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "A remote build cache for Bazel (REAPI v2)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the REAPI cache (the embedded default config without --config).
+    Serve {
+        /// YAML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// gRPC listen address (overrides the config).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Directory for on-disk stores and upload spools.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate a config file; prints every error with its YAML path.
+    CheckConfig {
+        /// YAML config file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => match serve(config, listen, data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kiln: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(
+    config: Option<PathBuf>,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut config = match config {
+        Some(path) => Config::load(&path)
+            .map_err(|errs| anyhow::anyhow!("invalid config:\n{}", errs.join("\n")))?,
+        None => Config::embedded_default(),
+    };
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    config
+        .validate()
+        .map_err(|errs| anyhow::anyhow!("invalid config:\n{}", errs.join("\n")))?;
+    let data_dir = data_dir
+        .or_else(|| config.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("kiln-data"));
+    kiln::telemetry::init(&config.log);
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let server = kiln::app::start(config, data_dir).await?;
+        shutdown_signal().await;
+        server.stop().await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

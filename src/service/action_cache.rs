@@ -1,0 +1,80 @@
+//! ActionCache: GetActionResult (with the completeness check and inlining) and
+//! UpdateActionResult (refused on read-only instances, never faked).
+
+use bytes::Bytes;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::action_result::{self, Inline};
+use crate::digest::{Digest, DigestFunction};
+use crate::error::Error;
+use crate::instance::Instances;
+use crate::proto::reapi::{
+    ActionResult, GetActionResultRequest, UpdateActionResultRequest,
+    action_cache_server::ActionCache,
+};
+use crate::store::get_bytes;
+
+/// The ActionCache service.
+#[derive(Debug, Clone)]
+pub struct ActionCacheService {
+    instances: Instances,
+}
+
+impl ActionCacheService {
+    /// Serves the action caches of `instances`.
+    pub fn new(instances: Instances) -> Self {
+        ActionCacheService { instances }
+    }
+}
+
+#[tonic::async_trait]
+impl ActionCache for ActionCacheService {
+    async fn get_action_result(
+        &self,
+        request: Request<GetActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        let req = request.into_inner();
+        let instance = self.instances.get(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let action = Digest::from_proto(function, req.action_digest.as_ref(), "action")?;
+        let not_found = || Error::NotFound(format!("no action result for {action}"));
+        let bytes = get_bytes(instance.action_cache.as_ref(), &action).await?;
+        let mut result = ActionResult::decode(bytes).map_err(|e| {
+            tracing::warn!(%action, error = %e, "undecodable action cache entry; treating as a miss");
+            not_found()
+        })?;
+        if instance.settings.completeness_check
+            && !action_result::is_complete(instance.cas.as_ref(), function, &result).await?
+        {
+            tracing::debug!(%action, "action result refers to blobs no longer in the CAS");
+            return Err(not_found().into());
+        }
+        let want = Inline {
+            stdout: req.inline_stdout,
+            stderr: req.inline_stderr,
+            files: &req.inline_output_files,
+        };
+        action_result::inline(instance.cas.as_ref(), function, &mut result, want).await?;
+        Ok(Response::new(result))
+    }
+
+    async fn update_action_result(
+        &self,
+        request: Request<UpdateActionResultRequest>,
+    ) -> Result<Response<ActionResult>, Status> {
+        let req = request.into_inner();
+        let instance = self.instances.get(&req.instance_name)?;
+        instance.check_writable()?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let action = Digest::from_proto(function, req.action_digest.as_ref(), "action")?;
+        let result = req
+            .action_result
+            .ok_or_else(|| Error::InvalidArgument("action_result is missing".into()))?;
+        // Malformed digests inside the result would only fail later, on read.
+        action_result::validate(function, &result)?;
+        let encoded = Bytes::from(result.encode_to_vec());
+        instance.action_cache.put(&action, encoded.into()).await?;
+        Ok(Response::new(result))
+    }
+}

@@ -1,0 +1,67 @@
+//! Capabilities: what kiln serves, per instance. Bazel 4 refuses servers whose
+//! low API version is above 2.0, so low is 2.0 and high is the newest version
+//! whose cache features kiln fully serves.
+
+use tonic::{Request, Response, Status};
+
+use crate::digest::DigestFunction;
+use crate::instance::Instances;
+use crate::proto::reapi::{
+    ActionCacheUpdateCapabilities, CacheCapabilities, GetCapabilitiesRequest, ServerCapabilities,
+    capabilities_server::Capabilities, compressor, symlink_absolute_path_strategy,
+};
+use crate::proto::semver::SemVer;
+
+/// The Capabilities service.
+#[derive(Debug, Clone)]
+pub struct CapabilitiesService {
+    instances: Instances,
+}
+
+impl CapabilitiesService {
+    /// Serves the capabilities of `instances`.
+    pub fn new(instances: Instances) -> Self {
+        CapabilitiesService { instances }
+    }
+}
+
+fn version(major: i32, minor: i32) -> Option<SemVer> {
+    Some(SemVer {
+        major,
+        minor,
+        patch: 0,
+        prerelease: String::new(),
+    })
+}
+
+#[tonic::async_trait]
+impl Capabilities for CapabilitiesService {
+    async fn get_capabilities(
+        &self,
+        request: Request<GetCapabilitiesRequest>,
+    ) -> Result<Response<ServerCapabilities>, Status> {
+        let instance = self.instances.get(&request.get_ref().instance_name)?;
+        let zstd = compressor::Value::Zstd as i32;
+        let cache = CacheCapabilities {
+            digest_functions: DigestFunction::ALL
+                .iter()
+                .map(|f| f.to_proto() as i32)
+                .collect(),
+            action_cache_update_capabilities: Some(ActionCacheUpdateCapabilities {
+                update_enabled: !instance.settings.read_only,
+            }),
+            cache_priority_capabilities: None,
+            max_batch_total_size_bytes: instance.settings.max_batch_total_size as i64,
+            symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed as i32,
+            supported_compressors: vec![zstd],
+            supported_batch_update_compressors: vec![zstd],
+        };
+        Ok(Response::new(ServerCapabilities {
+            cache_capabilities: Some(cache),
+            execution_capabilities: None,
+            deprecated_api_version: version(2, 0),
+            low_api_version: version(2, 0),
+            high_api_version: version(2, 3),
+        }))
+    }
+}

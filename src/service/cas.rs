@@ -1,0 +1,201 @@
+//! ContentAddressableStorage: FindMissingBlobs, the two batch calls and
+//! GetTree, each a thin shell over the instance's CAS store and tree cache.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{Error, Result, ok_rpc_status};
+use crate::instance::{Instance, Instances};
+use crate::proto::reapi::{
+    self, BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest,
+    BatchUpdateBlobsResponse, FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest,
+    GetTreeResponse, batch_read_blobs_response, batch_update_blobs_response, compressor,
+    content_addressable_storage_server::ContentAddressableStorage,
+};
+use crate::store::get_bytes;
+use crate::tree;
+
+/// Parallel store calls per batch request.
+const BATCH_CONCURRENCY: usize = 16;
+/// Encoded bytes per GetTree page: well under the 4 MiB most clients accept.
+const TREE_PAGE_BYTES: usize = 2 << 20;
+
+/// The ContentAddressableStorage service.
+#[derive(Debug, Clone)]
+pub struct CasService {
+    instances: Instances,
+}
+
+impl CasService {
+    /// Serves the CAS of `instances`.
+    pub fn new(instances: Instances) -> Self {
+        CasService { instances }
+    }
+}
+
+/// Converts a list of protocol digests, failing on the first malformed one.
+pub fn parse_digests(function: DigestFunction, digests: &[reapi::Digest]) -> Result<Vec<Digest>> {
+    digests
+        .iter()
+        .map(|d| Digest::parse(function, &d.hash, d.size_bytes))
+        .collect()
+}
+
+/// Stores one blob of a batch, after checking its declared size.
+async fn update_one(
+    instance: &Instance,
+    function: DigestFunction,
+    req: reapi::batch_update_blobs_request::Request,
+) -> batch_update_blobs_response::Response {
+    let reapi::batch_update_blobs_request::Request {
+        digest: proto_digest,
+        data,
+        compressor,
+    } = req;
+    let result = async {
+        let digest = Digest::from_proto(function, proto_digest.as_ref(), "blob")?;
+        let data = decode_batch_data(&digest, compressor, data)?;
+        if data.len() as u64 != digest.size {
+            return Err(Error::InvalidArgument(format!(
+                "blob {digest}: expected {} bytes, got {}",
+                digest.size,
+                data.len()
+            )));
+        }
+        instance.cas.put(&digest, data.into()).await
+    }
+    .await;
+    batch_update_blobs_response::Response {
+        digest: proto_digest,
+        status: Some(match result {
+            Ok(()) => ok_rpc_status(),
+            Err(e) => e.to_rpc_status(),
+        }),
+    }
+}
+
+/// Undoes the batch's per-blob compression, never inflating past the size
+/// the digest declares.
+fn decode_batch_data(digest: &Digest, compressor: i32, data: Bytes) -> Result<Bytes> {
+    match compressor::Value::try_from(compressor) {
+        Ok(compressor::Value::Identity) => Ok(data),
+        Ok(compressor::Value::Zstd) => zstd::bulk::decompress(&data, digest.size as usize)
+            .map(Bytes::from)
+            .map_err(|e| Error::InvalidArgument(format!("blob {digest}: bad zstd data: {e}"))),
+        _ => Err(Error::InvalidArgument(format!(
+            "blob {digest}: unsupported compressor {compressor}"
+        ))),
+    }
+}
+
+type TreeStream = Pin<Box<dyn Stream<Item = Result<GetTreeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ContentAddressableStorage for CasService {
+    async fn find_missing_blobs(
+        &self,
+        request: Request<FindMissingBlobsRequest>,
+    ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        let req = request.into_inner();
+        let instance = self.instances.get(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let digests = parse_digests(function, &req.blob_digests)?;
+        let missing = instance.cas.find_missing(&digests).await?;
+        Ok(Response::new(FindMissingBlobsResponse {
+            missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
+        }))
+    }
+
+    async fn batch_update_blobs(
+        &self,
+        request: Request<BatchUpdateBlobsRequest>,
+    ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        let req = request.into_inner();
+        let instance = self.instances.get(&req.instance_name)?;
+        instance.check_writable()?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
+        let limit = instance.settings.max_batch_total_size;
+        if total > limit {
+            return Err(Error::InvalidArgument(format!(
+                "batch of {total} bytes exceeds max_batch_total_size_bytes {limit}; use ByteStream"
+            ))
+            .into());
+        }
+        let instance = &instance;
+        let responses = futures::stream::iter(req.requests)
+            .map(|r| update_one(instance, function, r))
+            .buffered(BATCH_CONCURRENCY)
+            .collect()
+            .await;
+        Ok(Response::new(BatchUpdateBlobsResponse { responses }))
+    }
+
+    async fn batch_read_blobs(
+        &self,
+        request: Request<BatchReadBlobsRequest>,
+    ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        let req = request.into_inner();
+        let instance = self.instances.get(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let digests = parse_digests(function, &req.digests)?;
+        let total: u64 = digests.iter().map(|d| d.size).sum();
+        let limit = instance.settings.max_batch_total_size;
+        if total > limit {
+            return Err(Error::InvalidArgument(format!(
+                "batch of {total} bytes exceeds max_batch_total_size_bytes {limit}; use ByteStream"
+            ))
+            .into());
+        }
+        let cas = instance.cas.as_ref();
+        let responses = futures::stream::iter(digests)
+            .map(|d| async move {
+                let (data, status) = match get_bytes(cas, &d).await {
+                    Ok(data) => (data, ok_rpc_status()),
+                    Err(e) => (Bytes::new(), e.to_rpc_status()),
+                };
+                batch_read_blobs_response::Response {
+                    digest: Some(d.to_proto()),
+                    data,
+                    status: Some(status),
+                    compressor: compressor::Value::Identity as i32,
+                }
+            })
+            .buffered(BATCH_CONCURRENCY)
+            .collect()
+            .await;
+        Ok(Response::new(BatchReadBlobsResponse { responses }))
+    }
+
+    type GetTreeStream = TreeStream;
+
+    async fn get_tree(
+        &self,
+        request: Request<GetTreeRequest>,
+    ) -> Result<Response<Self::GetTreeStream>, Status> {
+        let req = request.into_inner();
+        let instance = self.instances.get(&req.instance_name)?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let root = Digest::from_proto(function, req.root_digest.as_ref(), "root")?;
+        let nodes = instance
+            .tree_cache
+            .get(
+                instance.cas.as_ref(),
+                root,
+                instance.settings.tree_read_concurrency,
+            )
+            .await?;
+        let pages = tree::pages(&nodes, &req.page_token, req.page_size, TREE_PAGE_BYTES)?;
+        let stream = futures::stream::iter(pages).map(move |page| {
+            Ok(GetTreeResponse {
+                directories: nodes[page.start..page.end].to_vec(),
+                next_page_token: page.next_page_token,
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,10 @@
+//! gRPC adapters: each method parses the request, looks up its instance, calls
+//! domain code or the instance's stores, and maps the result back. Nothing in
+//! here touches a backend directly.
+
+pub mod action_cache;
+pub mod bytestream;
+pub mod capabilities;
+pub mod cas;
+pub mod resource;
+pub mod upload;

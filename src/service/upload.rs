@@ -1,0 +1,344 @@
+//! ByteStream uploads: a client's Write stream becomes one verified store put,
+//! and an interrupted upload of a large blob is kept so it can resume.
+//!
+//! Large identity uploads are teed into a spool file as they stream into the
+//! store. If the stream breaks, the spool holds what arrived; QueryWriteStatus
+//! reports its length and a Write at that offset replays the spool, then the
+//! new data, into a fresh put. The bytes are hashed once per attempt, and the
+//! spool is deleted once the blob is committed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
+
+use super::resource::{Compressor, ResourceName, parse_write};
+use crate::compression::Decompressor;
+use crate::error::{Error, Result};
+use crate::instance::Instance;
+use crate::proto::bytestream::WriteRequest;
+use crate::store::{Body, ChunkStream};
+
+/// Identity uploads at least this large are spooled so they can resume.
+pub const SPOOL_MIN: u64 = 1 << 20;
+
+/// The incoming messages of one Write call.
+pub type Requests = BoxStream<'static, Result<WriteRequest, tonic::Status>>;
+
+/// An interrupted upload's spooled bytes.
+#[derive(Debug)]
+struct Session {
+    path: PathBuf,
+    len: AtomicU64,
+    touched: Mutex<Instant>,
+    /// Held by the Write that is using the session.
+    busy: tokio::sync::Mutex<()>,
+}
+
+/// The upload sessions of one server.
+#[derive(Debug)]
+pub struct Uploads {
+    dir: PathBuf,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl Uploads {
+    /// Keeps spool files under `dir`, clearing any a previous run left.
+    pub fn new(dir: PathBuf) -> Result<Self> {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::io(format!("clearing {}", dir.display()), e))?;
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        Ok(Uploads {
+            dir,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Bytes kept for an upload, if it is known.
+    pub fn committed(&self, name: &ResourceName) -> Option<u64> {
+        let sessions = self.sessions.lock().expect("uploads lock");
+        sessions
+            .get(&name.upload_key())
+            .map(|s| s.len.load(Ordering::SeqCst))
+    }
+
+    fn session(&self, key: &str) -> Arc<Session> {
+        let mut sessions = self.sessions.lock().expect("uploads lock");
+        let session = sessions.entry(key.to_string()).or_insert_with(|| {
+            Arc::new(Session {
+                path: self.dir.join(uuid::Uuid::new_v4().simple().to_string()),
+                len: AtomicU64::new(0),
+                touched: Mutex::new(Instant::now()),
+                busy: tokio::sync::Mutex::new(()),
+            })
+        });
+        *session.touched.lock().expect("session lock") = Instant::now();
+        session.clone()
+    }
+
+    fn remove(&self, key: &str) {
+        if let Some(s) = self.sessions.lock().expect("uploads lock").remove(key) {
+            let _ = std::fs::remove_file(&s.path);
+        }
+    }
+
+    /// Drops sessions untouched for `idle`; clients that never come back
+    /// must not fill the disk.
+    pub fn expire(&self, idle: Duration) {
+        let mut sessions = self.sessions.lock().expect("uploads lock");
+        sessions.retain(|_, s| {
+            let keep = s.touched.lock().expect("session lock").elapsed() < idle;
+            if !keep {
+                let _ = std::fs::remove_file(&s.path);
+            }
+            keep
+        });
+    }
+}
+
+/// Runs one Write call: returns the `committed_size` to answer with.
+pub async fn write(
+    instance: &Instance,
+    uploads: &Uploads,
+    first: WriteRequest,
+    rest: Requests,
+) -> Result<i64> {
+    let name = parse_write(&first.resource_name)?;
+    instance.check_writable()?;
+    let digest = name.digest;
+    let compressed = name.compressor == Compressor::Zstd;
+    if first.write_offset < 0 {
+        return Err(Error::InvalidArgument(format!(
+            "negative write_offset {}",
+            first.write_offset
+        )));
+    }
+    let early = if compressed { -1 } else { digest.size as i64 };
+    if !instance.settings.disable_overwrite_early_return
+        && instance.cas.find_missing(&[digest]).await?.is_empty()
+    {
+        uploads.remove(&name.upload_key());
+        return Ok(early);
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let mut incoming = Incoming {
+        first: Some(first),
+        rest,
+        resource: String::new(),
+        next_offset: 0,
+        finished: false,
+        decoder: None,
+        spool: None,
+        received: received.clone(),
+    };
+    incoming.resource = incoming
+        .first
+        .as_ref()
+        .map(|f| f.resource_name.clone())
+        .unwrap_or_default();
+    if compressed {
+        if incoming.first.as_ref().is_some_and(|f| f.write_offset != 0) {
+            return Err(Error::InvalidArgument(
+                "resuming a compressed upload is not supported; start at offset 0".into(),
+            ));
+        }
+        incoming.decoder = Some(Decompressor::new()?);
+        instance
+            .cas
+            .put(&digest, Body::Stream(incoming.into_stream()))
+            .await?;
+        return Ok(received.load(Ordering::SeqCst) as i64);
+    }
+    if digest.size < SPOOL_MIN {
+        require_offset(incoming.first.as_ref(), 0)?;
+        instance
+            .cas
+            .put(&digest, Body::Stream(incoming.into_stream()))
+            .await?;
+        return Ok(digest.size as i64);
+    }
+    resumable(instance, uploads, &name, incoming).await
+}
+
+fn require_offset(first: Option<&WriteRequest>, expected: u64) -> Result<()> {
+    match first {
+        Some(f) if f.write_offset as u64 != expected => Err(Error::InvalidArgument(format!(
+            "write_offset {} does not continue this upload: {expected} bytes are committed (see QueryWriteStatus)",
+            f.write_offset
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A large identity upload, teed into its session's spool file.
+async fn resumable(
+    instance: &Instance,
+    uploads: &Uploads,
+    name: &ResourceName,
+    mut incoming: Incoming,
+) -> Result<i64> {
+    let key = name.upload_key();
+    let session = uploads.session(&key);
+    let _busy = session.busy.lock().await;
+    let offset = incoming.first.as_ref().map_or(0, |f| f.write_offset as u64);
+    let kept = session.len.load(Ordering::SeqCst);
+    if offset != 0 {
+        require_offset(incoming.first.as_ref(), kept)?;
+    }
+    let spool_err = |e| Error::io("upload spool", e);
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&session.path)
+        .await
+        .map_err(spool_err)?;
+    file.set_len(offset).await.map_err(spool_err)?;
+    session.len.store(offset, Ordering::SeqCst);
+    let mut file = file;
+    tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(spool_err)?;
+    let prefix: ChunkStream = if offset > 0 {
+        let reader = tokio::fs::File::open(&session.path)
+            .await
+            .map_err(spool_err)?
+            .take(offset);
+        ReaderStream::with_capacity(reader, 1 << 20)
+            .map_err(spool_err)
+            .boxed()
+    } else {
+        futures::stream::empty().boxed()
+    };
+    incoming.next_offset = offset;
+    incoming.spool = Some((file, session.clone()));
+    let body = prefix.chain(incoming.into_stream()).boxed();
+    match instance.cas.put(&name.digest, Body::Stream(body)).await {
+        Ok(()) => {
+            uploads.remove(&key);
+            Ok(name.digest.size as i64)
+        }
+        Err(e @ Error::InvalidArgument(_)) => {
+            uploads.remove(&key);
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The state of one Write stream as it is turned into blob chunks.
+struct Incoming {
+    first: Option<WriteRequest>,
+    rest: Requests,
+    resource: String,
+    /// Offset the next message must carry (wire bytes so far).
+    next_offset: u64,
+    finished: bool,
+    decoder: Option<Decompressor>,
+    spool: Option<(tokio::fs::File, Arc<Session>)>,
+    /// Wire bytes received, for the compressed committed_size.
+    received: Arc<AtomicU64>,
+}
+
+impl Incoming {
+    fn into_stream(self) -> ChunkStream {
+        futures::stream::unfold(self, |mut st| async move {
+            let item = st.next().await?;
+            if item.is_err() {
+                st.finished = true;
+                st.decoder = None;
+            }
+            Some((item, st))
+        })
+        .boxed()
+    }
+
+    async fn next(&mut self) -> Option<Result<Bytes>> {
+        loop {
+            if let Some(decoder) = &mut self.decoder {
+                match decoder.next_chunk() {
+                    Ok(Some(chunk)) => return Some(Ok(chunk)),
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            if self.finished {
+                if self.decoder.as_ref().is_some_and(|d| !d.frame_done()) {
+                    self.decoder = None;
+                    return Some(Err(Error::InvalidArgument(
+                        "the zstd stream ended mid-frame".into(),
+                    )));
+                }
+                return None;
+            }
+            let msg = match self.receive().await {
+                Ok(m) => m,
+                Err(e) => return Some(Err(e)),
+            };
+            self.finished = msg.finish_write;
+            let data = msg.data;
+            self.next_offset += data.len() as u64;
+            self.received.fetch_add(data.len() as u64, Ordering::SeqCst);
+            if let Some(decoder) = &mut self.decoder {
+                decoder.feed(data);
+                continue;
+            }
+            if let Some((file, session)) = &mut self.spool {
+                let spooled = async {
+                    file.write_all(&data).await?;
+                    file.flush().await
+                };
+                if let Err(e) = spooled.await {
+                    return Some(Err(Error::io("upload spool", e)));
+                }
+                session.len.store(self.next_offset, Ordering::SeqCst);
+            }
+            return Some(Ok(data));
+        }
+    }
+
+    /// The next message, checked against the stream so far.
+    async fn receive(&mut self) -> Result<WriteRequest> {
+        let msg = match self.first.take() {
+            Some(m) => m,
+            None => match self.rest.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(status)) => {
+                    return Err(Error::Cancelled(format!(
+                        "upload interrupted: {}",
+                        status.message()
+                    )));
+                }
+                None => {
+                    return Err(Error::Cancelled(format!(
+                        "upload ended after {} bytes without finish_write",
+                        self.next_offset
+                    )));
+                }
+            },
+        };
+        if !msg.resource_name.is_empty() && msg.resource_name != self.resource {
+            return Err(Error::InvalidArgument(format!(
+                "resource_name changed mid-stream from {:?} to {:?}",
+                self.resource, msg.resource_name
+            )));
+        }
+        if msg.write_offset as u64 != self.next_offset {
+            return Err(Error::InvalidArgument(format!(
+                "write_offset {} but {} bytes were sent so far",
+                msg.write_offset, self.next_offset
+            )));
+        }
+        Ok(msg)
+    }
+}

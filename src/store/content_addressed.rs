@@ -1,0 +1,217 @@
+//! `ContentAddressed`: the layer the builder puts at the root of every CAS.
+//!
+//! Contract: no byte reaches the inner store's commit unless it hashes to the
+//! digest it is stored under, so no write path (BatchUpdateBlobs, ByteStream,
+//! workers) can skip verification. It also makes the empty blob always present.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{BlobStore, Body, ChunkStream, Range, Store};
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, Result};
+
+/// Chunks at least this large are hashed on the blocking pool, so a 350 MB/s
+/// SHA-256 never stalls the async workers for more than a fraction of a ms.
+const OFFLOAD_MIN: usize = 64 << 10;
+
+/// Verifies content against its digest on every put.
+#[derive(Debug)]
+pub struct ContentAddressed {
+    inner: Store,
+}
+
+impl ContentAddressed {
+    /// Wraps `inner`; see the module docs for the guarantee.
+    pub fn new(inner: Store) -> Self {
+        ContentAddressed { inner }
+    }
+}
+
+/// The INVALID_ARGUMENT a client sees for content that does not match.
+pub fn mismatch(expected: &Digest, actual: &Digest) -> Error {
+    Error::InvalidArgument(format!(
+        "content does not match its digest: expected {expected}, actual {actual} ({})",
+        expected.function.name()
+    ))
+}
+
+/// Feeds one chunk to the hasher, off the async threads when it is large.
+async fn update(mut hasher: Hasher, chunk: Bytes) -> Result<Hasher> {
+    if chunk.len() < OFFLOAD_MIN {
+        hasher.update(&chunk);
+        return Ok(hasher);
+    }
+    Ok(tokio::task::spawn_blocking(move || {
+        hasher.update(&chunk);
+        hasher
+    })
+    .await?)
+}
+
+/// Passes `stream` through, hashing it; ends with an error instead of the end
+/// of stream if the content turns out not to match `expected`.
+fn verifying(expected: Digest, stream: ChunkStream) -> ChunkStream {
+    struct State {
+        stream: ChunkStream,
+        hasher: Option<Hasher>,
+    }
+    let state = State {
+        stream,
+        hasher: Some(expected.function.hasher()),
+    };
+    futures::stream::unfold(state, move |mut st| async move {
+        let hasher = st.hasher.take()?;
+        match st.stream.next().await {
+            Some(Ok(chunk)) => {
+                let seen = hasher.len() + chunk.len() as u64;
+                if seen > expected.size {
+                    let err = Error::InvalidArgument(format!(
+                        "blob {expected}: received at least {seen} bytes, more than the {} declared",
+                        expected.size
+                    ));
+                    return Some((Err(err), st));
+                }
+                match update(hasher, chunk.clone()).await {
+                    Ok(h) => {
+                        st.hasher = Some(h);
+                        Some((Ok(chunk), st))
+                    }
+                    Err(e) => Some((Err(e), st)),
+                }
+            }
+            Some(Err(e)) => Some((Err(e), st)),
+            None => {
+                let actual = hasher.finish();
+                (actual != expected).then(|| (Err(mismatch(&expected, &actual)), st))
+            }
+        }
+    })
+    .boxed()
+}
+
+#[async_trait]
+impl BlobStore for ContentAddressed {
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        if !digests.iter().any(Digest::is_empty_blob) {
+            return self.inner.find_missing(digests).await;
+        }
+        let stored: Vec<Digest> = digests
+            .iter()
+            .filter(|d| !d.is_empty_blob())
+            .copied()
+            .collect();
+        self.inner.find_missing(&stored).await
+    }
+
+    async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
+        if digest.is_empty_blob() {
+            return Ok(Body::Bytes(range.slice(&Bytes::new())?));
+        }
+        self.inner.get(digest, range).await
+    }
+
+    async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
+        if digest.is_empty_blob() {
+            let data = body.collect().await?;
+            if !data.is_empty() {
+                let actual = digest.function.digest_of(&data);
+                return Err(mismatch(digest, &actual));
+            }
+            return Ok(());
+        }
+        match body {
+            Body::Bytes(data) => {
+                let hasher = update(digest.function.hasher(), data.clone()).await?;
+                let actual = hasher.finish();
+                if actual != *digest {
+                    return Err(mismatch(digest, &actual));
+                }
+                self.inner.put(digest, Body::Bytes(data)).await
+            }
+            Body::Stream(stream) => {
+                self.inner
+                    .put(digest, Body::Stream(verifying(*digest, stream)))
+                    .await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::digest::DigestFunction;
+    use crate::store::contract::{self, blob, streamed};
+    use crate::store::memory::MemoryStore;
+
+    fn layer() -> (Arc<MemoryStore>, ContentAddressed) {
+        let inner = Arc::new(MemoryStore::new(64 << 20));
+        (inner.clone(), ContentAddressed::new(inner))
+    }
+
+    #[tokio::test]
+    async fn contract() {
+        contract::run(&layer().1).await;
+    }
+
+    #[tokio::test]
+    async fn rejects_wrong_content_in_both_forms_and_stores_nothing() {
+        let (inner, store) = layer();
+        let data = blob(1, 200_000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        let mut wrong = data.to_vec();
+        wrong[100] ^= 1;
+        let wrong = Bytes::from(wrong);
+        for body in [Body::Bytes(wrong.clone()), streamed(wrong.clone(), 9_000)] {
+            let err = store.put(&d, body).await.unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidArgument(m) if m.contains("expected") && m.contains("actual")),
+                "{err:?}"
+            );
+        }
+        // Too short and too long are caught too.
+        assert!(
+            store
+                .put(&d, streamed(data.slice(..1000), 100))
+                .await
+                .is_err()
+        );
+        let mut long = data.to_vec();
+        long.push(0);
+        assert!(store.put(&d, streamed(long.into(), 50_000)).await.is_err());
+        assert_eq!(inner.find_missing(&[d]).await.unwrap(), vec![d]);
+    }
+
+    #[tokio::test]
+    async fn the_empty_blob_is_always_present() {
+        let (_, store) = layer();
+        for f in DigestFunction::ALL {
+            let e = f.empty();
+            assert!(store.find_missing(&[e]).await.unwrap().is_empty());
+            assert!(
+                crate::store::get_bytes(&store, &e)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn verifies_blake3_as_well() {
+        let (_, store) = layer();
+        let data = blob(3, 100_000);
+        let d = DigestFunction::Blake3.digest_of(&data);
+        store.put(&d, streamed(data.clone(), 7_000)).await.unwrap();
+        let sha = DigestFunction::Sha256.digest_of(&data);
+        let as_blake = Digest {
+            function: DigestFunction::Blake3,
+            ..sha
+        };
+        assert!(store.put(&as_blake, data.into()).await.is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! `MemoryStore`: blobs in process memory, bounded by bytes, least recently
+//! used evicted first. For tests, benchmarks and small ephemeral caches; it
+//! loses everything on restart.
+
+use async_trait::async_trait;
+use moka::future::Cache;
+use moka::policy::EvictionPolicy;
+
+use super::{BlobStore, Body, Range};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use bytes::Bytes;
+
+/// A bounded in-memory store. LRU rather than moka's default TinyLFU: a store
+/// must keep what it just accepted, and TinyLFU may refuse a new entry.
+#[derive(Clone)]
+pub struct MemoryStore {
+    blobs: Cache<Digest, Bytes>,
+    max_size: u64,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MemoryStore(max_size={})", self.max_size)
+    }
+}
+
+/// The weight of one entry: its bytes plus a fixed overhead, so that many
+/// empty-ish entries still count against the budget.
+pub(crate) fn weigh(_: &Digest, value: &Bytes) -> u32 {
+    u32::try_from(value.len() as u64 + 64).unwrap_or(u32::MAX)
+}
+
+impl MemoryStore {
+    /// A store holding at most `max_size` bytes.
+    pub fn new(max_size: u64) -> Self {
+        let blobs = Cache::builder()
+            .max_capacity(max_size)
+            .weigher(weigh)
+            .eviction_policy(EvictionPolicy::lru())
+            .build();
+        MemoryStore { blobs, max_size }
+    }
+}
+
+#[async_trait]
+impl BlobStore for MemoryStore {
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        Ok(digests
+            .iter()
+            .filter(|d| !self.blobs.contains_key(*d))
+            .copied()
+            .collect())
+    }
+
+    async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
+        let bytes = self
+            .blobs
+            .get(digest)
+            .await
+            .ok_or_else(|| Error::NotFound(format!("blob {digest} not found")))?;
+        Ok(Body::Bytes(range.slice(&bytes)?))
+    }
+
+    async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
+        let bytes = body.collect().await?;
+        if bytes.len() as u64 + 64 > self.max_size {
+            return Err(Error::exhausted(format!(
+                "blob {digest} ({} bytes) is larger than the memory store ({} bytes)",
+                bytes.len(),
+                self.max_size
+            )));
+        }
+        self.blobs.insert(*digest, bytes).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn contract() {
+        super::super::contract::run(&MemoryStore::new(64 << 20)).await;
+    }
+
+    #[tokio::test]
+    async fn evicts_least_recently_used_beyond_its_budget() {
+        let store = MemoryStore::new(10_000);
+        let f = crate::digest::DigestFunction::Sha256;
+        let blobs: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 3000])).collect();
+        for b in &blobs {
+            store.put(&f.digest_of(b), b.clone().into()).await.unwrap();
+        }
+        store.blobs.run_pending_tasks().await;
+        let all: Vec<Digest> = blobs.iter().map(|b| f.digest_of(b)).collect();
+        let missing = store.find_missing(&all).await.unwrap();
+        assert!(!missing.is_empty(), "over budget, something must go");
+        assert!(
+            !missing.contains(&all[4]),
+            "the newest blob must stay: {missing:?}"
+        );
+        assert!(store.blobs.weighted_size() <= 10_000);
+    }
+}

@@ -1,0 +1,173 @@
+//! `MemoryCache`: a memory tier in front of a slower store (disk, S3).
+//!
+//! Contract: values whose digest size is at most `max_blob_size` are kept in a
+//! byte-weighted moka cache, filled on reads and writes (write-through, so an
+//! action-cache update is visible at once); concurrent misses for one key are
+//! merged into a single inner read. Larger blobs pass straight through.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use moka::future::Cache;
+
+use super::{BlobStore, Body, Range, Store, get_bytes};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+/// A bounded memory tier over `inner`.
+pub struct MemoryCache {
+    inner: Store,
+    cache: Cache<Digest, Bytes>,
+    max_blob_size: u64,
+}
+
+impl std::fmt::Debug for MemoryCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryCache")
+            .field("max_blob_size", &self.max_blob_size)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl MemoryCache {
+    /// Caches up to `max_size` bytes of blobs no larger than `max_blob_size`.
+    pub fn new(inner: Store, max_size: u64, max_blob_size: u64) -> Self {
+        let cache = Cache::builder()
+            .max_capacity(max_size)
+            .weigher(super::memory::weigh)
+            .build();
+        MemoryCache {
+            inner,
+            cache,
+            max_blob_size,
+        }
+    }
+
+    fn cacheable(&self, digest: &Digest) -> bool {
+        digest.size <= self.max_blob_size
+    }
+}
+
+#[async_trait]
+impl BlobStore for MemoryCache {
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let uncached: Vec<Digest> = digests
+            .iter()
+            .filter(|d| !self.cache.contains_key(*d))
+            .copied()
+            .collect();
+        if uncached.is_empty() {
+            return Ok(uncached);
+        }
+        self.inner.find_missing(&uncached).await
+    }
+
+    async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
+        if !self.cacheable(digest) {
+            return self.inner.get(digest, range).await;
+        }
+        let inner = &self.inner;
+        let bytes = self
+            .cache
+            .try_get_with(
+                *digest,
+                async move { get_bytes(inner.as_ref(), digest).await },
+            )
+            .await
+            .map_err(|e: Arc<Error>| (*e).clone())?;
+        Ok(Body::Bytes(range.slice(&bytes)?))
+    }
+
+    async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
+        if !self.cacheable(digest) {
+            return self.inner.put(digest, body).await;
+        }
+        let bytes = body.collect().await?;
+        self.inner.put(digest, Body::Bytes(bytes.clone())).await?;
+        self.cache.insert(*digest, bytes).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::digest::DigestFunction;
+    use crate::store::contract::{self, blob};
+    use crate::store::memory::MemoryStore;
+
+    /// Counts the reads that reach the inner store.
+    #[derive(Debug)]
+    struct CountingStore {
+        inner: MemoryStore,
+        gets: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl BlobStore for CountingStore {
+        async fn find_missing(&self, d: &[Digest]) -> Result<Vec<Digest>> {
+            self.inner.find_missing(d).await
+        }
+        async fn get(&self, d: &Digest, r: Range) -> Result<Body> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            self.inner.get(d, r).await
+        }
+        async fn put(&self, d: &Digest, b: Body) -> Result<()> {
+            self.inner.put(d, b).await
+        }
+    }
+
+    #[tokio::test]
+    async fn contract() {
+        let inner = Arc::new(MemoryStore::new(64 << 20));
+        contract::run(&MemoryCache::new(inner, 1 << 20, 64 << 10)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_for_one_blob_read_the_inner_store_once() {
+        let counting = Arc::new(CountingStore {
+            inner: MemoryStore::new(1 << 20),
+            gets: AtomicUsize::new(0),
+        });
+        let data = blob(9, 1000);
+        let d = DigestFunction::Sha256.digest_of(&data);
+        counting.put(&d, data.clone().into()).await.unwrap();
+        let cache = Arc::new(MemoryCache::new(counting.clone(), 1 << 20, 4096));
+        let reads: Vec<_> = (0..10)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { get_bytes(cache.as_ref(), &d).await.unwrap() })
+            })
+            .collect();
+        for r in reads {
+            assert_eq!(r.await.unwrap(), data);
+        }
+        assert_eq!(counting.gets.load(Ordering::SeqCst), 1);
+        // Warm now: no more inner reads, and find_missing needs no inner call.
+        get_bytes(cache.as_ref(), &d).await.unwrap();
+        assert_eq!(counting.gets.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn writes_through_and_replaces_cached_values() {
+        let inner = Arc::new(MemoryStore::new(1 << 20));
+        let cache = MemoryCache::new(inner.clone(), 1 << 20, 4096);
+        let key = DigestFunction::Sha256.digest_of(b"action");
+        cache
+            .put(&key, Bytes::from_static(b"one").into())
+            .await
+            .unwrap();
+        assert_eq!(get_bytes(&cache, &key).await.unwrap(), "one");
+        cache
+            .put(&key, Bytes::from_static(b"two").into())
+            .await
+            .unwrap();
+        assert_eq!(get_bytes(&cache, &key).await.unwrap(), "two");
+        assert_eq!(get_bytes(inner.as_ref(), &key).await.unwrap(), "two");
+    }
+}

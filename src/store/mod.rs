@@ -1,0 +1,155 @@
+//! The storage abstraction every backend and layer implements.
+//!
+//! One three-method trait, [`BlobStore`], serves the CAS and the action cache
+//! alike (AC values are serialized ActionResults keyed by action digest). A
+//! layer is a `BlobStore` wrapping another; the builder in [`build`] stacks
+//! them from config, so any topology is a YAML change, not a code change.
+
+pub mod build;
+pub mod content_addressed;
+pub mod fs;
+pub mod instrumented;
+pub mod memory;
+pub mod memory_cache;
+
+#[cfg(test)]
+pub(crate) mod contract;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{BoxStream, StreamExt};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+/// A shared handle to a store node; what instances and layers hold.
+pub type Store = Arc<dyn BlobStore>;
+
+/// A stream of chunks; an `Err` item aborts whatever consumes it.
+pub type ChunkStream = BoxStream<'static, Result<Bytes>>;
+
+/// Blob contents: whole bytes for small blobs (zero-copy through every layer),
+/// a chunk stream for large ones (never whole in memory).
+pub enum Body {
+    /// The whole content.
+    Bytes(Bytes),
+    /// Content arriving in chunks.
+    Stream(ChunkStream),
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Body::Bytes(b) => write!(f, "Body::Bytes({} bytes)", b.len()),
+            Body::Stream(_) => f.write_str("Body::Stream"),
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        Body::Bytes(bytes)
+    }
+}
+
+impl Body {
+    /// Concatenates the body. Only for data known to be small (or for tests):
+    /// it holds the whole content in memory.
+    pub async fn collect(self) -> Result<Bytes> {
+        match self {
+            Body::Bytes(b) => Ok(b),
+            Body::Stream(mut s) => {
+                let Some(first) = s.next().await.transpose()? else {
+                    return Ok(Bytes::new());
+                };
+                let Some(second) = s.next().await.transpose()? else {
+                    return Ok(first);
+                };
+                let mut buf = BytesMut::with_capacity(first.len() + second.len());
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&second);
+                while let Some(chunk) = s.next().await.transpose()? {
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(buf.freeze())
+            }
+        }
+    }
+
+    /// The body as a stream of chunks, whatever its form.
+    pub fn into_stream(self) -> ChunkStream {
+        match self {
+            Body::Bytes(b) => futures::stream::once(async move { Ok(b) }).boxed(),
+            Body::Stream(s) => s,
+        }
+    }
+}
+
+/// A window of a blob: `offset` bytes skipped, at most `limit` bytes returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Range {
+    /// Bytes to skip.
+    pub offset: u64,
+    /// At most this many bytes; `None` reads to the end.
+    pub limit: Option<u64>,
+}
+
+impl Range {
+    /// The whole blob.
+    pub const FULL: Range = Range {
+        offset: 0,
+        limit: None,
+    };
+
+    /// The `[start, end)` bounds of this range in a blob of `len` bytes; an
+    /// offset past the end is OUT_OF_RANGE (an offset equal to `len` is an
+    /// empty read, as ByteStream allows).
+    pub fn bounds(&self, len: u64) -> Result<(u64, u64)> {
+        if self.offset > len {
+            return Err(Error::OutOfRange(format!(
+                "read offset {} is past the end of a {len}-byte blob",
+                self.offset
+            )));
+        }
+        let end = match self.limit {
+            Some(limit) => self.offset.saturating_add(limit).min(len),
+            None => len,
+        };
+        Ok((self.offset, end))
+    }
+
+    /// The slice of `bytes` this range selects (zero-copy).
+    pub fn slice(&self, bytes: &Bytes) -> Result<Bytes> {
+        let (start, end) = self.bounds(bytes.len() as u64)?;
+        Ok(bytes.slice(start as usize..end as usize))
+    }
+}
+
+/// A key-value store of blobs addressed by digest.
+///
+/// Contract (checked for every implementation by the contract suite):
+/// - `get` of an absent key is [`Error::NotFound`]; an offset past the end of
+///   the stored value is [`Error::OutOfRange`].
+/// - `put` commits only after the body ended without error: a stream that
+///   yields `Err` aborts the put and leaves nothing visible. A put replaces any
+///   value under the key (for CAS keys the content is identical anyway, so
+///   concurrent writers of one blob are harmless).
+/// - `find_missing` answers in the order asked, duplicates included.
+#[async_trait]
+pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
+    /// The digests this store does not hold.
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>>;
+    /// A range of a blob; [`Error::NotFound`] when absent.
+    async fn get(&self, digest: &Digest, range: Range) -> Result<Body>;
+    /// Stores a blob; it is visible to `get` once this returns `Ok`.
+    async fn put(&self, digest: &Digest, body: Body) -> Result<()>;
+}
+
+/// Reads a whole value into memory: for small values such as Directory
+/// messages and ActionResults.
+pub async fn get_bytes(store: &dyn BlobStore, digest: &Digest) -> Result<Bytes> {
+    store.get(digest, Range::FULL).await?.collect().await
+}
