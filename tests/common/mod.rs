@@ -1,0 +1,108 @@
+//! Shared helpers for the end-to-end tests: boot a real kiln on 127.0.0.1:0
+//! from a YAML string and talk to it with generated clients.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use kiln::app::RunningServer;
+use kiln::config::Config;
+use kiln::digest::{Digest, DigestFunction};
+use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
+use kiln::proto::reapi::action_cache_client::ActionCacheClient;
+use kiln::proto::reapi::capabilities_client::CapabilitiesClient;
+use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use tonic::transport::Channel;
+
+/// A memory-only single-instance config.
+pub const MEMORY: &str = r#"
+instances:
+  - name: ""
+    cas: { memory: { max_size: 512MiB } }
+    action_cache: { memory: { max_size: 16MiB } }
+"#;
+
+/// The embedded default (disk under the data dir).
+pub fn disk() -> String {
+    kiln::config::EMBEDDED_DEFAULT.to_string()
+}
+
+/// A running server and its data directory.
+pub struct Kiln {
+    pub server: RunningServer,
+    pub url: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Kiln {
+    /// Starts kiln from `yaml` with a fresh temp data dir.
+    pub async fn start(yaml: &str) -> Kiln {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut k = Kiln::start_in(yaml, tmp.path()).await;
+        k._tmp = Some(tmp);
+        k
+    }
+
+    /// Starts kiln from `yaml` on an existing data dir (restart tests).
+    pub async fn start_in(yaml: &str, data_dir: &Path) -> Kiln {
+        let mut config = Config::parse(yaml).expect("test config parses");
+        config.listen = "127.0.0.1:0".into();
+        config.validate().expect("test config is valid");
+        let server = kiln::app::start(config, data_dir.to_path_buf())
+            .await
+            .expect("kiln starts");
+        let url = format!("http://{}", server.addr);
+        Kiln {
+            server,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn cas(&self) -> ContentAddressableStorageClient<Channel> {
+        ContentAddressableStorageClient::new(self.channel().await)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn bytestream(&self) -> ByteStreamClient<Channel> {
+        ByteStreamClient::new(self.channel().await).max_decoding_message_size(64 << 20)
+    }
+
+    pub async fn ac(&self) -> ActionCacheClient<Channel> {
+        ActionCacheClient::new(self.channel().await)
+    }
+
+    pub async fn capabilities(&self) -> CapabilitiesClient<Channel> {
+        CapabilitiesClient::new(self.channel().await)
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn blob(seed: u64, len: usize) -> Bytes {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+pub fn sha(data: &[u8]) -> Digest {
+    DigestFunction::Sha256.digest_of(data)
+}

@@ -1,0 +1,73 @@
+//! The disk-backed default keeps blobs and action results across a restart.
+
+use bytes::Bytes;
+use kiln::proto::reapi::{
+    ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, GetActionResultRequest,
+    OutputFile, UpdateActionResultRequest, batch_update_blobs_request,
+};
+
+use crate::common::{Kiln, blob, disk, sha};
+
+#[tokio::test]
+async fn blobs_and_results_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = blob(42, 10_000);
+    let d = sha(&data);
+    let action = sha(b"restart action");
+    let result = ActionResult {
+        output_files: vec![OutputFile {
+            path: "o".into(),
+            digest: Some(d.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    {
+        let kiln = Kiln::start_in(&disk(), dir.path()).await;
+        kiln.cas()
+            .await
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                requests: vec![batch_update_blobs_request::Request {
+                    digest: Some(d.to_proto()),
+                    data: data.clone(),
+                    compressor: 0,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        kiln.ac()
+            .await
+            .update_action_result(UpdateActionResultRequest {
+                action_digest: Some(action.to_proto()),
+                action_result: Some(result.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        kiln.server.stop().await.unwrap();
+    }
+    let kiln = Kiln::start_in(&disk(), dir.path()).await;
+    let resp = kiln
+        .cas()
+        .await
+        .batch_read_blobs(BatchReadBlobsRequest {
+            digests: vec![d.to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.responses[0].data, Bytes::from(data));
+    let got = kiln
+        .ac()
+        .await
+        .get_action_result(GetActionResultRequest {
+            action_digest: Some(action.to_proto()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, result);
+}
