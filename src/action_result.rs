@@ -146,15 +146,15 @@ pub async fn inline(
         budget -= digest.size;
         Ok(Some(get_bytes(cas, &digest).await?))
     };
-    if want.stdout {
-        if let Some(b) = fetch(&result.stdout_digest).await? {
-            result.stdout_raw = b;
-        }
+    if want.stdout
+        && let Some(b) = fetch(&result.stdout_digest).await?
+    {
+        result.stdout_raw = b;
     }
-    if want.stderr {
-        if let Some(b) = fetch(&result.stderr_digest).await? {
-            result.stderr_raw = b;
-        }
+    if want.stderr
+        && let Some(b) = fetch(&result.stderr_digest).await?
+    {
+        result.stderr_raw = b;
     }
     let mut files: Vec<&mut crate::proto::reapi::OutputFile> = result
         .output_files

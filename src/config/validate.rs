@@ -70,12 +70,12 @@ fn check_instance(
             "{path}.name: {name:?} contains the reserved segment {seg:?}"
         ));
     }
-    if let (StoreConfig::Ref(a), StoreConfig::Ref(b)) = (&instance.cas, &instance.action_cache) {
-        if a == b {
-            errors.push(format!(
-                "{path}.action_cache: the CAS and the action cache must be different stores (both are {a:?})"
-            ));
-        }
+    if let (StoreConfig::Ref(a), StoreConfig::Ref(b)) = (&instance.cas, &instance.action_cache)
+        && a == b
+    {
+        errors.push(format!(
+            "{path}.action_cache: the CAS and the action cache must be different stores (both are {a:?})"
+        ));
     }
     let batch = instance.max_batch_total_size.0;
     if batch == 0 || batch + (1 << 20) > config.max_message_size.0 {
@@ -156,63 +156,51 @@ impl StoreWalker<'_> {
                 }
                 self.check(&c.inner, &format!("{path}.memory_cache.inner"), refs);
             }
-            StoreConfig::Ref(name) => match self.named.get(name) {
-                None => {
+            StoreConfig::Ref(name) => {
+                if !self.named.contains_key(name) {
                     let known: Vec<&str> = self.named.keys().map(String::as_str).collect();
                     self.errors.push(format!(
                         "{path}.ref: unknown store {name:?} (defined under stores: {known:?})"
                     ));
+                } else if let Some(cycle) = find_cycle(self.named, name, refs) {
+                    // Named stores are checked at their own path; references
+                    // are only followed to find cycles.
+                    let msg = format!("{path}.ref: reference cycle {}", cycle.join(" -> "));
+                    if !self.errors.contains(&msg) {
+                        self.errors.push(msg);
+                    }
                 }
-                Some(_) if refs.contains(name) => {
-                    self.errors.push(format!(
-                        "{path}.ref: store {name:?} refers to itself ({} -> {name})",
-                        refs.join(" -> ")
-                    ));
-                }
-                // Named stores are checked once at their own path; here only
-                // follow references to catch cycles.
-                Some(target) => {
-                    refs.push(name.clone());
-                    let mut quiet = StoreWalker {
-                        named: self.named,
-                        errors: &mut Vec::new(),
-                        fs_paths: HashMap::new(),
-                    };
-                    quiet.check_cycles(target, refs, self.errors, path);
-                    refs.pop();
-                }
-            },
+            }
         }
     }
+}
 
-    fn check_cycles(
-        &mut self,
-        store: &StoreConfig,
-        refs: &mut Vec<String>,
-        out: &mut Vec<String>,
-        path: &str,
-    ) {
-        match store {
-            StoreConfig::MemoryCache(c) => self.check_cycles(&c.inner, refs, out, path),
-            StoreConfig::Ref(name) if refs.contains(name) => {
-                let msg = format!(
-                    "{path}.ref: reference cycle {} -> {name}",
-                    refs.join(" -> ")
-                );
-                if !out.contains(&msg) {
-                    out.push(msg);
-                }
-            }
-            StoreConfig::Ref(name) => {
-                if let Some(target) = self.named.get(name) {
-                    refs.push(name.clone());
-                    self.check_cycles(target, refs, out, path);
-                    refs.pop();
-                }
-            }
-            _ => {}
-        }
+/// The chain of references that leads from `name` back into `chain`, if any.
+fn find_cycle(
+    named: &BTreeMap<String, StoreConfig>,
+    name: &str,
+    chain: &mut Vec<String>,
+) -> Option<Vec<String>> {
+    if chain.iter().any(|c| c == name) {
+        let mut cycle = chain.clone();
+        cycle.push(name.to_string());
+        return Some(cycle);
     }
+    chain.push(name.to_string());
+    let mut node = named.get(name);
+    let mut found = None;
+    while let Some(store) = node {
+        node = match store {
+            StoreConfig::MemoryCache(c) => Some(&*c.inner),
+            StoreConfig::Ref(next) => {
+                found = find_cycle(named, next, chain);
+                None
+            }
+            _ => None,
+        };
+    }
+    chain.pop();
+    found
 }
 
 /// The fs directories a store graph reaches, following references.
@@ -227,10 +215,10 @@ fn fs_dirs(store: &StoreConfig, named: &BTreeMap<String, StoreConfig>) -> HashSe
             }
             StoreConfig::MemoryCache(c) => stack.push(&c.inner),
             StoreConfig::Ref(name) => {
-                if seen.insert(name.clone()) {
-                    if let Some(t) = named.get(name) {
-                        stack.push(t);
-                    }
+                if seen.insert(name.clone())
+                    && let Some(t) = named.get(name)
+                {
+                    stack.push(t);
                 }
             }
             StoreConfig::Memory(_) => {}
@@ -251,8 +239,18 @@ mod tests {
     }
 
     #[test]
-    fn the_embedded_default_is_valid() {
+    fn the_embedded_default_and_every_example_are_valid() {
         Config::embedded_default().validate().unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3);
     }
 
     #[test]

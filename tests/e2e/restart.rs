@@ -1,6 +1,5 @@
 //! The disk-backed default keeps blobs and action results across a restart.
 
-use bytes::Bytes;
 use kiln::proto::reapi::{
     ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, GetActionResultRequest,
     OutputFile, UpdateActionResultRequest, batch_update_blobs_request,
@@ -58,7 +57,7 @@ async fn blobs_and_results_survive_a_restart() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(resp.responses[0].data, Bytes::from(data));
+    assert_eq!(resp.responses[0].data, data);
     let got = kiln
         .ac()
         .await
