@@ -225,3 +225,80 @@ impl Hasher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    const EMPTY_BLAKE3: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+
+    #[test]
+    fn parsing() {
+        let cases: &[(&str, i64, bool)] = &[
+            (EMPTY_SHA256, 0, true),
+            (EMPTY_SHA256, 123, true),
+            (EMPTY_SHA256, -1, false),
+            (&EMPTY_SHA256[..63], 0, false),
+            ("", 0, false),
+            (
+                "zz0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                0,
+                false,
+            ),
+            (
+                "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+                0,
+                false,
+            ),
+        ];
+        for (hash, size, ok) in cases {
+            let parsed = Digest::parse(DigestFunction::Sha256, hash, *size);
+            assert_eq!(parsed.is_ok(), *ok, "{hash}/{size}: {parsed:?}");
+            if let Ok(d) = parsed {
+                assert_eq!(d.to_string(), format!("{hash}/{size}"));
+                assert_eq!(d.to_proto().hash, *hash);
+            }
+        }
+    }
+
+    #[test]
+    fn known_hashes_and_the_empty_blob() {
+        assert_eq!(DigestFunction::Sha256.empty().hash_hex(), EMPTY_SHA256);
+        assert_eq!(DigestFunction::Blake3.empty().hash_hex(), EMPTY_BLAKE3);
+        assert!(DigestFunction::Sha256.empty().is_empty_blob());
+        let abc = DigestFunction::Sha256.digest_of(b"abc");
+        assert_eq!(
+            abc.hash_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(abc.size, 3);
+        assert!(!abc.is_empty_blob());
+        // Incremental hashing equals one-shot hashing.
+        for f in DigestFunction::ALL {
+            let mut h = f.hasher();
+            h.update(b"a");
+            h.update(b"bc");
+            assert_eq!(h.finish(), f.digest_of(b"abc"));
+        }
+    }
+
+    #[test]
+    fn digest_function_fields() {
+        use reapi::digest_function::Value;
+        assert_eq!(
+            DigestFunction::from_proto(0).unwrap(),
+            DigestFunction::Sha256
+        );
+        assert_eq!(
+            DigestFunction::from_proto(Value::Blake3 as i32).unwrap(),
+            DigestFunction::Blake3
+        );
+        assert!(DigestFunction::from_proto(Value::Md5 as i32).is_err());
+        assert!(DigestFunction::from_proto(999).is_err());
+        for f in DigestFunction::ALL {
+            assert_eq!(DigestFunction::from_name(f.name()), Some(f));
+            assert_eq!(DigestFunction::from_proto(f.to_proto() as i32).unwrap(), f);
+        }
+    }
+}

@@ -7,4 +7,5 @@ mod common;
 mod action_cache;
 mod bytestream;
 mod cas;
+mod operations;
 mod restart;
