@@ -6,6 +6,7 @@
 //! - [`instance`]: per-`instance_name` stores and settings.
 //! - [`tree`], [`action_result`], [`compression`]: domain logic services call.
 //! - [`store`]: the `BlobStore` trait, its backends and layers.
+//! - [`bench`]: `kiln bench`, the load generator.
 //! - [`digest`], [`error`], [`config`], [`proto`], [`telemetry`]: foundations.
 
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@
 
 pub mod action_result;
 pub mod app;
+pub mod bench;
 pub mod compression;
 pub mod config;
 pub mod digest;

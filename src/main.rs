@@ -34,6 +34,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Measure a REAPI endpoint (kiln or any other) with synthetic workloads.
+    Bench(kiln::bench::BenchArgs),
     /// Validate a config file; prints every error with its YAML path.
     CheckConfig {
         /// YAML config file.
@@ -52,6 +54,13 @@ fn main() -> ExitCode {
                 for e in errors {
                     eprintln!("{e}");
                 }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench(args) => match bench(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kiln bench: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -97,6 +106,41 @@ fn serve(
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+fn bench(args: &kiln::bench::BenchArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let progress = !args.json && std::io::stderr().is_terminal();
+    let reports = runtime.block_on(kiln::bench::run(args, progress))?;
+    if args.json {
+        for r in &reports {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<18} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "workload", "ops", "ops/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"
+    );
+    for r in &reports {
+        println!(
+            "{:<18} {:>9} {:>11.1} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+            r.workload,
+            r.ops,
+            r.ops_per_sec,
+            r.bytes_per_sec / 1e6,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.errors
+        );
+        if let Some(e) = &r.first_error {
+            println!("  first error: {e}");
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,193 @@
+//! `kiln bench`: a REAPI load generator, so speed claims are measured, not
+//! guessed. It drives any endpoint (kiln, BuildGrid, ...) with the same
+//! workloads and reports ops/s, MB/s, latency percentiles and errors.
+//!
+//! Every run is bounded in time and in count, and refuses non-loopback
+//! targets unless told otherwise.
+
+mod data;
+mod runner;
+mod workloads;
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+pub use runner::{Limit, Report};
+
+use crate::error::{Error, Result};
+
+/// The workloads `kiln bench` knows.
+pub const WORKLOADS: [&str; 6] = ["fmb", "batch", "bytestream", "tree", "ac", "hash"];
+
+/// Command-line options of `kiln bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The REAPI endpoint, e.g. grpc://127.0.0.1:50051.
+    #[arg(long, default_value = "grpc://127.0.0.1:50051")]
+    pub target: String,
+    /// The instance_name to send.
+    #[arg(long, default_value = "")]
+    pub instance: String,
+    /// Workloads, comma-separated: fmb, batch, bytestream, tree, ac, hash
+    /// (local hashing speed; needs no server), or all.
+    #[arg(long, default_value = "fmb,batch,ac")]
+    pub workload: String,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// How long each workload's timed phase runs (e.g. 10s).
+    #[arg(long)]
+    pub duration: Option<String>,
+    /// Stop each timed phase after this many calls.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Print one JSON object per workload and nothing else.
+    #[arg(long)]
+    pub json: bool,
+    /// Allow a target that is not on this machine.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// bytestream: size of each blob (e.g. 256MiB).
+    #[arg(long, default_value = "256MiB")]
+    pub blob_size: String,
+    /// tree: number of directories in the synthetic tree.
+    #[arg(long, default_value_t = 10_000)]
+    pub tree_dirs: usize,
+    /// tree: files per directory.
+    #[arg(long, default_value_t = 5)]
+    pub tree_files: usize,
+}
+
+/// Hard caps so no run is unbounded, whatever the flags say.
+const MAX_DURATION: Duration = Duration::from_secs(600);
+const MAX_REQUESTS: u64 = 10_000_000;
+
+impl BenchArgs {
+    fn limit(&self) -> Result<Limit> {
+        let duration = match &self.duration {
+            Some(d) => Some(
+                crate::config::Duration::parse(d)
+                    .map_err(Error::InvalidArgument)?
+                    .0
+                    .min(MAX_DURATION),
+            ),
+            None if self.requests.is_none() => Some(Duration::from_secs(10)),
+            None => Some(MAX_DURATION),
+        };
+        Ok(Limit {
+            duration,
+            requests: Some(self.requests.unwrap_or(MAX_REQUESTS).min(MAX_REQUESTS)),
+        })
+    }
+
+    fn workloads(&self) -> Result<Vec<&str>> {
+        if self.workload == "all" {
+            return Ok(WORKLOADS.to_vec());
+        }
+        let list: Vec<&str> = self.workload.split(',').map(str::trim).collect();
+        if let Some(bad) = list.iter().find(|w| !WORKLOADS.contains(w)) {
+            return Err(Error::InvalidArgument(format!(
+                "unknown workload {bad:?} (known: {})",
+                WORKLOADS.join(", ")
+            )));
+        }
+        Ok(list)
+    }
+}
+
+/// The http:// URI of a grpc:// target, refusing remote hosts unless allowed.
+pub fn target_uri(target: &str, allow_remote: bool) -> Result<String> {
+    let rest = target
+        .strip_prefix("grpc://")
+        .or_else(|| target.strip_prefix("http://"))
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!("target {target:?} must start with grpc://"))
+        })?;
+    let host = match rest.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => rest,
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !loopback && !allow_remote {
+        return Err(Error::InvalidArgument(format!(
+            "target {target:?} is not on this machine; pass --allow-remote to load it anyway"
+        )));
+    }
+    Ok(format!("http://{rest}"))
+}
+
+/// What a workload needs to reach the server.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub channels: Vec<Channel>,
+    pub instance: String,
+    pub concurrency: usize,
+    pub limit: Limit,
+    pub progress: bool,
+}
+
+impl Ctx {
+    pub fn channel(&self, worker: usize) -> Channel {
+        self.channels[worker % self.channels.len()].clone()
+    }
+}
+
+async fn connect(uri: &str, count: usize) -> Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..count {
+        let endpoint = Endpoint::from_shared(uri.to_string())
+            .map_err(|e| Error::InvalidArgument(format!("bad target {uri}: {e}")))?
+            .initial_stream_window_size(Some(16 << 20))
+            .initial_connection_window_size(Some(64 << 20))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot connect to {uri}: {e}")))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+/// Runs the requested workloads in order and returns one report per timed phase.
+pub async fn run(args: &BenchArgs, progress: bool) -> Result<Vec<Report>> {
+    let workloads = args.workloads()?;
+    let limit = args.limit()?;
+    let concurrency = args.concurrency.clamp(1, 1024);
+    let needs_server = workloads.iter().any(|w| *w != "hash");
+    let channels = if needs_server {
+        let uri = target_uri(&args.target, args.allow_remote)?;
+        connect(&uri, concurrency.min(4)).await?
+    } else {
+        Vec::new()
+    };
+    let ctx = Ctx {
+        channels,
+        instance: args.instance.clone(),
+        concurrency,
+        limit,
+        progress,
+    };
+    let blob_size = crate::config::ByteSize::parse(&args.blob_size)
+        .map_err(Error::InvalidArgument)?
+        .0;
+    let mut reports = Vec::new();
+    for w in workloads {
+        let stats = match w {
+            "fmb" => workloads::fmb(&ctx).await?,
+            "batch" => workloads::batch(&ctx).await?,
+            "bytestream" => workloads::bytestream(&ctx, blob_size).await?,
+            "tree" => workloads::tree(&ctx, args.tree_dirs, args.tree_files).await?,
+            "ac" => workloads::ac(&ctx).await?,
+            "hash" => workloads::hash(&ctx).await?,
+            _ => unreachable!("checked in workloads()"),
+        };
+        reports.extend(stats.into_iter().map(|s| s.report()));
+    }
+    Ok(reports)
+}
