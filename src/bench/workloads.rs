@@ -467,6 +467,7 @@ pub(crate) async fn hash(ctx: &Ctx) -> Result<Vec<Stats>> {
     let mut out = Vec::new();
     for f in DigestFunction::ALL {
         let name = format!("hash_{}", f.name());
+        let max_rounds = ctx.limit.requests.unwrap_or(u64::MAX).max(1) as usize;
         let budget = ctx
             .limit
             .duration
@@ -476,7 +477,9 @@ pub(crate) async fn hash(ctx: &Ctx) -> Result<Vec<Stats>> {
             let data = blob(1, 16 << 20);
             let started = Instant::now();
             let mut latencies = Vec::new();
-            while started.elapsed() < budget || latencies.is_empty() {
+            while (started.elapsed() < budget && latencies.len() < max_rounds)
+                || latencies.is_empty()
+            {
                 let t = Instant::now();
                 std::hint::black_box(f.digest_of(&data));
                 latencies.push(t.elapsed().as_micros() as u64);

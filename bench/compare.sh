@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Measures kiln against BuildGrid 0.9 on this machine, in one run, with the
+# same `kiln bench` workloads, and prints a markdown table of ratios.
+#
+#   bench/compare.sh            # print the table
+#   bench/compare.sh --write    # also replace the results in BENCHMARKS.md
+#
+# Servers: kiln with its embedded default (disk + memory tier), kiln all in
+# memory, BuildGrid with an in-memory LRU CAS and action cache. Knobs (env):
+# DURATION (10s), CONCURRENCY (4), BLOB_SIZE (256MiB), BIG_BLOB (1GiB),
+# TREE_DIRS (10000), KILN_BENCH_DIR (/var/tmp/kiln-bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"
+WORK="${KILN_BENCH_DIR:-/var/tmp/kiln-bench}"
+DURATION="${DURATION:-10s}"
+CONCURRENCY="${CONCURRENCY:-4}"
+BLOB_SIZE="${BLOB_SIZE:-256MiB}"
+BIG_BLOB="${BIG_BLOB:-1GiB}"
+TREE_DIRS="${TREE_DIRS:-10000}"
+WRITE=0
+[ "${1:-}" = "--write" ] && WRITE=1
+
+log() { echo "==> $*" >&2; }
+
+log "building kiln (release)"
+cargo build --release --quiet
+KILN="$CARGO_TARGET_DIR/release/kiln"
+
+mkdir -p "$WORK"
+BGD="$WORK/bgvenv/bin/bgd"
+if [ ! -x "$BGD" ]; then
+    log "installing BuildGrid into $WORK/bgvenv"
+    PY313="$(pyenv root 2>/dev/null)/versions/3.13.0/bin/python3"
+    [ -x "$PY313" ] || PY313=$(command -v python3.13)
+    "$PY313" -m venv "$WORK/bgvenv"
+    "$WORK/bgvenv/bin/pip" install --quiet buildgrid
+fi
+
+RUN=$(mktemp -d "$WORK/run.XXXXXX")
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+cat > "$RUN/kiln-memory.yaml" <<YAML
+instances:
+  - name: ""
+    cas: { memory: { max_size: 4GiB } }
+    action_cache: { memory: { max_size: 256MiB } }
+YAML
+cat > "$RUN/bgd.yaml" <<YAML
+server:
+  - !channel
+    address: "127.0.0.1:50073"
+    insecure-mode: true
+authorization: { method: none }
+monitoring: { enabled: false }
+storages:
+  - !lru-storage &main-storage
+    size: 4GB
+caches:
+  - !lru-action-cache &main-action
+    storage: *main-storage
+    max-cached-refs: 1000000
+    allow-updates: true
+    cache-failed-actions: true
+instances:
+  - name: ""
+    services:
+      - !action-cache { cache: *main-action }
+      - !cas { storage: *main-storage }
+      - !bytestream { storage: *main-storage }
+thread-pool-size: 20
+YAML
+
+start() { # name port command...
+    local name=$1 port=$2
+    shift 2
+    "$@" > "$RUN/$name.log" 2>&1 &
+    PIDS+=($!)
+    echo $! > "$RUN/$name.pid"
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.2
+    done
+    echo "$name did not start listening on $port; its log:" >&2
+    cat "$RUN/$name.log" >&2
+    exit 1
+}
+
+peak_rss_mib() { awk '/VmHWM/ {printf "%d", $2/1024}' "/proc/$(cat "$RUN/$1.pid")/status"; }
+
+bench() { # name port workloads [extra args]
+    local name=$1 port=$2 workloads=$3
+    shift 3
+    log "bench $name: $workloads"
+    "$KILN" bench --json --target "grpc://127.0.0.1:$port" --workload "$workloads" \
+        --duration "$DURATION" --concurrency "$CONCURRENCY" --blob-size "$BLOB_SIZE" \
+        --tree-dirs "$TREE_DIRS" "$@" >> "$RUN/$name.jsonl"
+}
+
+log "measuring one core's hashing speed"
+"$KILN" bench --json --workload hash > "$RUN/hash.jsonl"
+
+WORKLOADS=fmb,batch,bytestream,tree,ac
+start kiln-disk 50071 "$KILN" serve --listen 127.0.0.1:50071 --data-dir "$RUN/kiln-disk-data"
+bench kiln-disk 50071 "$WORKLOADS"
+log "bench kiln-disk: ${BIG_BLOB} blobs (memory bound check)"
+"$KILN" bench --json --target grpc://127.0.0.1:50071 --workload bytestream --blob-size "$BIG_BLOB" \
+    --concurrency 1 --requests 2 | sed 's/"workload":"bytestream_/"workload":"big_bytestream_/' >> "$RUN/kiln-disk.jsonl"
+echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib kiln-disk)}" >> "$RUN/kiln-disk.jsonl"
+kill "$(cat "$RUN/kiln-disk.pid")"
+
+start kiln-memory 50072 "$KILN" serve --config "$RUN/kiln-memory.yaml" --listen 127.0.0.1:50072 --data-dir "$RUN/kiln-memory-data"
+bench kiln-memory 50072 "$WORKLOADS"
+echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib kiln-memory)}" >> "$RUN/kiln-memory.jsonl"
+kill "$(cat "$RUN/kiln-memory.pid")"
+
+start buildgrid 50073 "$BGD" server start "$RUN/bgd.yaml"
+bench buildgrid 50073 "$WORKLOADS"
+echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib buildgrid)}" >> "$RUN/buildgrid.jsonl"
+
+ARGS=(--hash "$RUN/hash.jsonl" --disk "$RUN/kiln-disk.jsonl" --memory "$RUN/kiln-memory.jsonl"
+      --buildgrid "$RUN/buildgrid.jsonl" --concurrency "$CONCURRENCY" --duration "$DURATION"
+      --blob-size "$BLOB_SIZE" --big-blob "$BIG_BLOB" --tree-dirs "$TREE_DIRS")
+if [ "$WRITE" = 1 ]; then ARGS+=(--write "$ROOT/BENCHMARKS.md"); fi
+python3 "$ROOT/bench/report.py" "${ARGS[@]}"

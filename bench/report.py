@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Turns the JSON lines of one bench/compare.sh run into a markdown report.
+
+Every ratio compares numbers measured in the same run on the same machine.
+With --write FILE, the report replaces the text between the results markers
+in FILE (BENCHMARKS.md).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+# The memory budget of kiln's embedded default (config/default.yaml):
+# 256 MiB CAS tier + 32 MiB action-cache tier.
+DISK_BUDGET_MIB = 256 + 32
+
+
+def load(path):
+    out = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rec = json.loads(line)
+                out[rec["workload"]] = rec
+    return out
+
+
+def get(runs, workload, field):
+    rec = runs.get(workload)
+    return None if rec is None else rec.get(field)
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "n/a"
+    if abs(v) >= 100:
+        return f"{v:,.0f}{unit}"
+    if abs(v) >= 10:
+        return f"{v:.1f}{unit}"
+    return f"{v:.2f}{unit}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for name in ("hash", "disk", "memory", "buildgrid"):
+        p.add_argument(f"--{name}", required=True)
+    for name in ("concurrency", "duration", "blob-size", "big-blob", "tree-dirs"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--write")
+    a = p.parse_args()
+    h, disk, mem, bg = load(a.hash), load(a.disk), load(a.memory), load(a.buildgrid)
+    servers = [("kiln (disk default)", disk), ("kiln (memory)", mem), ("BuildGrid 0.9 (memory)", bg)]
+
+    mb = lambda runs, w: None if get(runs, w, "bytes_per_sec") is None else get(runs, w, "bytes_per_sec") / 1e6
+    rows = [
+        ("fmb: FindMissingBlobs calls/s (1,000 digests)", lambda r: get(r, "fmb", "ops_per_sec"), True),
+        ("fmb: p99 latency (ms)", lambda r: get(r, "fmb", "p99_ms"), False),
+        ("batch: calls/s (100 x 4 KiB, update+read)", lambda r: get(r, "batch", "ops_per_sec"), True),
+        ("batch: p99 latency (ms)", lambda r: get(r, "batch", "p99_ms"), False),
+        (f"bytestream write MB/s ({a.blob_size} blobs)", lambda r: mb(r, "bytestream_write"), True),
+        (f"bytestream read MB/s ({a.blob_size} blobs)", lambda r: mb(r, "bytestream_read"), True),
+        (f"tree: cold GetTree p50 (ms, {a.tree_dirs} dirs)", lambda r: get(r, "tree_cold", "p50_ms"), False),
+        (f"tree: warm GetTree p50 (ms, {a.tree_dirs} dirs)", lambda r: get(r, "tree_warm", "p50_ms"), False),
+        ("ac: calls/s (update+get)", lambda r: get(r, "ac", "ops_per_sec"), True),
+        ("ac: p99 latency (ms)", lambda r: get(r, "ac", "p99_ms"), False),
+        ("peak RSS (MiB)", lambda r: get(r, "peak_rss", "mib"), False),
+    ]
+    errors = {name: sum(rec.get("errors", 0) for rec in runs.values()) for name, runs in servers}
+
+    sha = mb(h, "hash_sha256")
+    b3 = mb(h, "hash_blake3")
+    lines = []
+    lines.append(f"Run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+                 f"{os.cpu_count()} cores ({cpu_model()}), concurrency {a.concurrency}, "
+                 f"{a.duration} per timed phase.")
+    lines.append("")
+    lines.append(f"One core hashes SHA-256 at {fmt(sha)} MB/s and BLAKE3 at {fmt(b3)} MB/s in this run.")
+    lines.append("")
+    lines.append("| measure | " + " | ".join(n for n, _ in servers) + " | kiln disk / BuildGrid | kiln memory / BuildGrid |")
+    lines.append("|---|" + "---:|" * (len(servers) + 2))
+    for label, f, higher_better in rows:
+        vals = [f(runs) for _, runs in servers]
+        if higher_better:
+            r1, r2 = ratio(vals[0], vals[2]), ratio(vals[1], vals[2])
+        else:  # lower is better: show how many times smaller kiln's number is
+            r1, r2 = ratio(vals[2], vals[0]), ratio(vals[2], vals[1])
+        rs = [("n/a" if r is None else f"{r:.1f}x") for r in (r1, r2)]
+        lines.append(f"| {label} | " + " | ".join(fmt(v) for v in vals) + f" | {rs[0]} | {rs[1]} |")
+    lines.append("")
+    lines.append("Ratios are \"times better\": for latencies and memory, BuildGrid's number divided by kiln's.")
+    lines.append("Errors during the run: " + ", ".join(f"{n}: {e}" for n, e in errors.items()) + ".")
+    lines.append("")
+
+    # Goals.
+    def status(ok):
+        return "n/a" if ok is None else ("met" if ok else "not met")
+
+    fmb_r = ratio(get(mem, "fmb", "ops_per_sec"), get(bg, "fmb", "ops_per_sec"))
+    batch_r = ratio(get(mem, "batch", "ops_per_sec"), get(bg, "batch", "ops_per_sec"))
+    w_frac = ratio(mb(disk, "bytestream_write"), sha)
+    w_frac_mem = ratio(mb(mem, "bytestream_write"), sha)
+    read_gb = mb(mem, "bytestream_read")
+    tree_x = ratio(get(mem, "tree_cold", "p50_ms"), get(mem, "tree_warm", "p50_ms"))
+    rss = get(disk, "peak_rss", "mib")
+    big_w = mb(disk, "big_bytestream_write")
+    lines.append("| goal | measured | status |")
+    lines.append("|---|---|---|")
+    lines.append(f"| fmb: kiln >= 10x BuildGrid calls/s | {fmt(fmb_r, 'x')} (memory) | {status(None if fmb_r is None else fmb_r >= 10)} |")
+    lines.append(f"| batch: kiln >= 10x BuildGrid calls/s | {fmt(batch_r, 'x')} (memory) | {status(None if batch_r is None else batch_r >= 10)} |")
+    lines.append(f"| bytestream write >= 80% of one-core SHA-256 | {fmt(None if w_frac is None else 100 * w_frac, '%')} disk, "
+                 f"{fmt(None if w_frac_mem is None else 100 * w_frac_mem, '%')} memory | {status(None if w_frac_mem is None else max(w_frac, w_frac_mem) >= 0.8)} |")
+    lines.append(f"| bytestream read >= 1 GB/s | {fmt(read_gb)} MB/s (memory), {fmt(mb(disk, 'bytestream_read'))} MB/s (disk) | {status(None if read_gb is None else read_gb >= 1000)} |")
+    lines.append(f"| tree: warm GetTree >= 50x faster than cold | {fmt(tree_x, 'x')} (memory) | {status(None if tree_x is None else tree_x >= 50)} |")
+    lines.append(f"| RSS <= cache budget ({DISK_BUDGET_MIB} MiB) + 100 MiB while streaming {a.big_blob} blobs | "
+                 f"peak {fmt(rss)} MiB (disk default; {a.big_blob} writes at {fmt(big_w)} MB/s) | "
+                 f"{status(None if rss is None else rss <= DISK_BUDGET_MIB + 100)} |")
+    report = "\n".join(lines)
+    print(report)
+
+    if a.write:
+        with open(a.write) as f:
+            text = f.read()
+        new = re.sub(re.escape(START) + ".*?" + re.escape(END), START + "\n" + report + "\n" + END, text, flags=re.S)
+        with open(a.write, "w") as f:
+            f.write(new)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+//! Smoke runs of every `kiln bench` workload against a real kiln: tiny sizes,
+//! bounded by request count. They check that each workload completes, counts
+//! what it did and sees no errors; speed is measured by bench/compare.sh.
+
+use clap::Parser;
+use kiln::bench::{BenchArgs, run, target_uri};
+
+use crate::common::{Kiln, MEMORY};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+fn args(target: &str, extra: &[&str]) -> BenchArgs {
+    let mut argv = vec!["bench", "--target", target];
+    argv.extend_from_slice(extra);
+    Cli::parse_from(argv).args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workload_completes_without_errors() {
+    let kiln = Kiln::start(MEMORY).await;
+    let target = kiln.url.replace("http://", "grpc://");
+    let a = args(
+        &target,
+        &[
+            "--workload",
+            "all",
+            "--requests",
+            "6",
+            "--concurrency",
+            "2",
+            "--blob-size",
+            "3MiB",
+            "--tree-dirs",
+            "60",
+            "--duration",
+            "20s",
+        ],
+    );
+    let reports = run(&a, false).await.unwrap();
+    let names: Vec<&str> = reports.iter().map(|r| r.workload.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "fmb",
+            "batch",
+            "bytestream_write",
+            "bytestream_read",
+            "tree_cold",
+            "tree_warm",
+            "ac",
+            "hash_sha256",
+            "hash_blake3"
+        ]
+    );
+    for r in &reports {
+        assert_eq!(r.errors, 0, "{}: {:?}", r.workload, r.first_error);
+        assert!(r.ops > 0, "{} made no calls", r.workload);
+        assert!(r.p50_ms <= r.p99_ms && r.p99_ms <= r.max_ms, "{r:?}");
+    }
+    let by = |n: &str| reports.iter().find(|r| r.workload == n).unwrap();
+    assert_eq!(by("fmb").ops, 6);
+    assert_eq!(by("batch").ops, 6);
+    assert_eq!(by("ac").ops, 6);
+    assert_eq!(by("bytestream_write").ops, 4, "two fresh blobs per worker");
+    assert_eq!(by("tree_cold").ops, 3);
+    assert!(by("bytestream_read").bytes_per_sec > 0.0);
+    assert!(by("fmb").items_per_sec > 0.0);
+}
+
+#[test]
+fn remote_targets_need_allow_remote() {
+    assert!(target_uri("grpc://127.0.0.1:1", false).is_ok());
+    assert!(target_uri("grpc://localhost:1", false).is_ok());
+    assert!(target_uri("grpc://[::1]:1", false).is_ok());
+    assert!(target_uri("grpc://10.1.2.3:1", false).is_err());
+    assert!(target_uri("grpc://cache.example.com:443", false).is_err());
+    assert_eq!(
+        target_uri("grpc://cache.example.com:443", true).unwrap(),
+        "http://cache.example.com:443"
+    );
+    assert!(target_uri("ftp://x", true).is_err());
+}
