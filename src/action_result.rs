@@ -51,7 +51,11 @@ pub async fn referenced_blobs(
         } else if let Some(rd) = &dir.root_directory_digest {
             let walk = tree::walk(cas, parse(Some(rd), "root directory")?, 32).await;
             match walk {
-                Ok(w) if w.complete => w.directories,
+                Ok(w) if w.complete => w
+                    .directories
+                    .into_iter()
+                    .map(Directory::decode)
+                    .collect::<Result<Vec<_>, _>>()?,
                 Ok(_) | Err(Error::NotFound(_)) => return Ok(None),
                 Err(e) => return Err(e),
             }

@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -80,7 +80,6 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
     let grace = config.grace_period.0;
 
     let router = Server::builder()
-        .tcp_nodelay(true)
         // Large windows let one stream move hundreds of MB/s over loopback and
         // real networks alike; the defaults (64 KiB) cap a blob transfer.
         .initial_stream_window_size(Some(16 << 20))
@@ -104,7 +103,9 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
 
     let (shutdown, mut stop) = watch::channel(false);
     let mut stop_grace = stop.clone();
-    let incoming = TcpListenerStream::new(listener);
+    // Nagle's algorithm plus delayed ACKs add ~40 ms to every call whose
+    // request or response spans several TCP segments.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let expiry = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {

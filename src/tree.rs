@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use moka::future::Cache;
 use prost::Message;
@@ -17,14 +18,15 @@ use crate::error::{Error, Result};
 use crate::proto::reapi::Directory;
 use crate::store::{BlobStore, get_bytes};
 
-/// The directories of a tree in breadth-first order, root first, each once.
-pub type TreeNodes = Arc<Vec<Directory>>;
+/// The directories of a tree in breadth-first order, root first, each once,
+/// encoded exactly as stored in the CAS.
+pub type TreeNodes = Arc<Vec<Bytes>>;
 
 /// The result of a walk.
 #[derive(Debug)]
 pub struct Walk {
-    /// Every directory that could be read.
-    pub directories: Vec<Directory>,
+    /// Every directory that could be read, as stored.
+    pub directories: Vec<Bytes>,
     /// False when some subtree was missing from the CAS.
     pub complete: bool,
 }
@@ -38,7 +40,7 @@ pub async fn walk(cas: &dyn BlobStore, root: Digest, concurrency: usize) -> Resu
     let mut seen = HashSet::from([root]);
     let mut level = vec![root];
     while !level.is_empty() {
-        let fetched: Vec<(Digest, Result<bytes::Bytes>)> = futures::stream::iter(level)
+        let fetched: Vec<(Digest, Result<Bytes>)> = futures::stream::iter(level)
             .map(|d| async move { (d, get_bytes(cas, &d).await) })
             .buffered(concurrency.max(1))
             .collect()
@@ -58,7 +60,7 @@ pub async fn walk(cas: &dyn BlobStore, root: Digest, concurrency: usize) -> Resu
                 }
                 Err(e) => return Err(e),
             };
-            let dir = Directory::decode(bytes).map_err(|e| {
+            let dir = Directory::decode(bytes.clone()).map_err(|e| {
                 Error::InvalidArgument(format!("blob {digest} in the tree is not a Directory: {e}"))
             })?;
             for child in &dir.directories {
@@ -67,7 +69,7 @@ pub async fn walk(cas: &dyn BlobStore, root: Digest, concurrency: usize) -> Resu
                     next.push(d);
                 }
             }
-            directories.push(dir);
+            directories.push(bytes);
         }
         level = next;
     }
@@ -94,7 +96,7 @@ impl TreeCache {
             Cache::builder()
                 .max_capacity(max_size)
                 .weigher(|_: &Digest, nodes: &TreeNodes| {
-                    let bytes: usize = nodes.iter().map(Message::encoded_len).sum();
+                    let bytes: usize = nodes.iter().map(Bytes::len).sum();
                     u32::try_from(bytes).unwrap_or(u32::MAX)
                 })
                 .time_to_live(ttl)
@@ -157,7 +159,7 @@ pub struct Page {
 /// Splits `nodes` into pages starting at `page_token`, each at most
 /// `page_size` directories (0: server's choice) and about `max_bytes` encoded.
 pub fn pages(
-    nodes: &[Directory],
+    nodes: &[Bytes],
     page_token: &str,
     page_size: i32,
     max_bytes: usize,
@@ -178,7 +180,7 @@ pub fn pages(
         let mut end = start;
         let mut bytes = 0;
         while end < nodes.len() && end - start < per_page {
-            let len = nodes[end].encoded_len() + 8;
+            let len = nodes[end].len() + 8;
             if end > start && bytes + len > max_bytes {
                 break;
             }
@@ -277,10 +279,11 @@ mod tests {
         let root = sample(&store).await;
         let walk = walk(&store, root, 4).await.unwrap();
         assert!(walk.complete);
-        let firsts: Vec<&str> = walk
+        let firsts: Vec<String> = walk
             .directories
             .iter()
-            .map(|d| d.files.first().map(|f| f.name.as_str()).unwrap_or("root"))
+            .map(|b| Directory::decode(b.clone()).unwrap())
+            .map(|d| d.files.first().map_or("root".into(), |f| f.name.clone()))
             .collect();
         assert_eq!(firsts, ["root", "a1", "b1", "f"]);
     }
@@ -329,10 +332,13 @@ mod tests {
 
     #[test]
     fn paging() {
-        let nodes: Vec<Directory> = (0..5)
-            .map(|i| Directory {
-                files: vec![file(&format!("f{i}"))],
-                ..Default::default()
+        let nodes: Vec<Bytes> = (0..5)
+            .map(|i| {
+                let d = Directory {
+                    files: vec![file(&format!("f{i}"))],
+                    ..Default::default()
+                };
+                Bytes::from(d.encode_to_vec())
             })
             .collect();
         let spans = |token: &str, size: i32, max: usize| {

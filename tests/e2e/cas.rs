@@ -333,7 +333,16 @@ async fn get_tree_pages_through_the_whole_tree() {
     }
     assert_eq!(seen.len(), 32, "root, 30 children, one shared leaf");
     assert_eq!(calls, 5);
-    assert_eq!(seen[0].directories.len(), 30, "the root comes first");
+    let root_dir = Directory::decode(seen[0].clone()).unwrap();
+    assert_eq!(root_dir.directories.len(), 30, "the root comes first");
+    for raw in &seen {
+        let dir = Directory::decode(raw.clone()).unwrap();
+        assert_eq!(
+            Bytes::from(dir.encode_to_vec()),
+            *raw,
+            "directories come back byte for byte"
+        );
+    }
 
     // One call streams every page.
     let mut stream = cas
