@@ -5,36 +5,52 @@ use bytes::Bytes;
 
 use crate::digest::{Digest, DigestFunction};
 
-/// A deterministic byte generator (xorshift64*, 8 bytes per step).
+/// One random megabyte that large synthetic blobs are made of: copying it is
+/// far cheaper than generating fresh random bytes, so the load generator
+/// leaves the CPU to the server it measures.
+static BLOCK: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| xorshift(0x5eed, 1 << 20));
+
+fn xorshift(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A deterministic stream of chunks, unique per seed: each chunk is the
+/// random block stamped with (seed, chunk number), so no two chunks of any
+/// two streams are equal.
 pub struct Gen {
-    state: u64,
+    seed: u64,
+    chunk: u64,
 }
 
 impl Gen {
-    /// A generator for the stream named by `seed`.
+    /// The stream named by `seed`.
     pub fn new(seed: u64) -> Gen {
-        Gen {
-            state: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-        }
+        Gen { seed, chunk: 0 }
     }
 
-    /// The next `len` bytes of the stream.
+    /// The next chunk of `len` bytes (at most 1 MiB).
     pub fn chunk(&mut self, len: usize) -> Bytes {
-        let mut out = Vec::with_capacity(len + 8);
-        while out.len() < len {
-            self.state ^= self.state >> 12;
-            self.state ^= self.state << 25;
-            self.state ^= self.state >> 27;
-            out.extend_from_slice(&self.state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        out.truncate(len);
+        let mut out = BLOCK[..len.min(BLOCK.len())].to_vec();
+        let stamp = [self.seed.to_le_bytes(), self.chunk.to_le_bytes()].concat();
+        let n = stamp.len().min(out.len());
+        out[..n].copy_from_slice(&stamp[..n]);
+        self.chunk += 1;
         out.into()
     }
 }
 
 /// A whole small blob.
 pub fn blob(seed: u64, len: usize) -> Bytes {
-    Gen::new(seed).chunk(len)
+    xorshift(seed, len).into()
 }
 
 /// The SHA-256 digest of the `len`-byte stream `seed`, hashed in 1 MiB pieces.

@@ -400,13 +400,10 @@ pub(crate) async fn tree(ctx: &Ctx, dirs: usize, files: usize) -> Result<Vec<Sta
     })
     .await;
     let (c, i) = (ctx.clone(), ctx.instance.clone());
-    let warm = drive(
-        "tree_warm",
-        ctx.concurrency,
-        ctx.limit,
-        ctx.progress,
-        move |w, _| get_tree(c.clone(), i.clone(), roots[0], w),
-    )
+    // One call at a time, like the cold phase, so the two compare latencies.
+    let warm = drive("tree_warm", 1, ctx.limit, ctx.progress, move |w, _| {
+        get_tree(c.clone(), i.clone(), roots[0], w)
+    })
     .await;
     Ok(vec![cold, warm])
 }

@@ -283,7 +283,15 @@ impl Incoming {
             }
             let msg = match self.receive().await {
                 Ok(m) => m,
-                Err(e) => return Some(Err(e)),
+                Err(e) => {
+                    // What arrived must be on disk before a resumed write reads it.
+                    if let Some((file, _)) = &mut self.spool
+                        && let Err(io) = file.flush().await
+                    {
+                        return Some(Err(Error::io("upload spool", io)));
+                    }
+                    return Some(Err(e));
+                }
             };
             self.finished = msg.finish_write;
             let data = msg.data;
@@ -294,11 +302,7 @@ impl Incoming {
                 continue;
             }
             if let Some((file, session)) = &mut self.spool {
-                let spooled = async {
-                    file.write_all(&data).await?;
-                    file.flush().await
-                };
-                if let Err(e) = spooled.await {
+                if let Err(e) = file.write_all(&data).await {
                     return Some(Err(Error::io("upload spool", e)));
                 }
                 session.len.store(self.next_offset, Ordering::SeqCst);
