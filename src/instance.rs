@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, InstanceConfig};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::build::StoreBuilder;
 use crate::tree::TreeCache;
@@ -56,12 +57,17 @@ impl Instance {
         Ok(())
     }
 
-    fn build(config: &InstanceConfig, path: &str, stores: &mut StoreBuilder) -> Result<Self> {
+    async fn build(
+        config: &InstanceConfig,
+        path: &str,
+        stores: &mut StoreBuilder<'_>,
+    ) -> Result<Self> {
         Ok(Instance {
             name: config.name.clone(),
-            cas: stores.cas(&config.cas, &format!("{path}.cas"))?,
+            cas: stores.cas(&config.cas, &format!("{path}.cas")).await?,
             action_cache: stores
-                .action_cache(&config.action_cache, &format!("{path}.action_cache"))?,
+                .action_cache(&config.action_cache, &format!("{path}.action_cache"))
+                .await?,
             tree_cache: TreeCache::new(config.tree_cache.max_size.0, config.tree_cache.ttl.0),
             settings: Settings {
                 read_only: config.read_only,
@@ -83,11 +89,11 @@ pub struct Instances {
 
 impl Instances {
     /// Builds every instance (and the stores under it) from a validated config.
-    pub fn build(config: &Config, data_dir: PathBuf) -> Result<Self> {
-        let mut stores = StoreBuilder::new(config, data_dir);
+    pub async fn build(config: &Config, data_dir: PathBuf, metrics: Arc<Metrics>) -> Result<Self> {
+        let mut stores = StoreBuilder::new(config, data_dir, metrics);
         let mut by_name = HashMap::new();
         for (i, ic) in config.instances.iter().enumerate() {
-            let instance = Instance::build(ic, &format!("instances[{i}]"), &mut stores)?;
+            let instance = Instance::build(ic, &format!("instances[{i}]"), &mut stores).await?;
             by_name.insert(ic.name.clone(), Arc::new(instance));
         }
         Ok(Instances {

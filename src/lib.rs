@@ -7,6 +7,7 @@
 //! - [`tree`], [`action_result`], [`compression`]: domain logic services call.
 //! - [`store`]: the `BlobStore` trait, its backends and layers.
 //! - [`bench`]: `kiln bench`, the load generator.
+//! - [`http`], [`metrics`]: the HTTP listener and what it serves.
 //! - [`digest`], [`error`], [`config`], [`proto`], [`telemetry`]: foundations.
 
 #![forbid(unsafe_code)]
@@ -19,7 +20,9 @@ pub mod compression;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod http;
 pub mod instance;
+pub mod metrics;
 pub mod proto;
 pub mod service;
 pub mod store;

@@ -20,20 +20,27 @@ struct Cli {
     command: Command,
 }
 
+/// Options of `kiln serve`; flags override the config file.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// YAML config file (default: the embedded default, config/default.yaml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long)]
+    listen: Option<String>,
+    /// HTTP listen address for /metrics.
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Directory for on-disk stores and upload spools (default ./kiln-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the REAPI cache (the embedded default config without --config).
-    Serve {
-        /// YAML config file.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// gRPC listen address (overrides the config).
-        #[arg(long)]
-        listen: Option<String>,
-        /// Directory for on-disk stores and upload spools.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
     /// Measure a REAPI endpoint (kiln or any other) with synthetic workloads.
     Bench(kiln::bench::BenchArgs),
     /// Validate a config file; prints every error with its YAML path.
@@ -64,11 +71,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve {
-            config,
-            listen,
-            data_dir,
-        } => match serve(config, listen, data_dir) {
+        Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("kiln: {e:#}");
@@ -78,11 +81,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(
-    config: Option<PathBuf>,
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-) -> anyhow::Result<()> {
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let ServeArgs {
+        config,
+        listen,
+        http_listen,
+        data_dir,
+    } = args;
     let mut config = match config {
         Some(path) => Config::load(&path)
             .map_err(|errs| anyhow::anyhow!("invalid config:\n{}", errs.join("\n")))?,
@@ -90,6 +95,9 @@ fn serve(
     };
     if let Some(listen) = listen {
         config.listen = listen;
+    }
+    if let Some(http_listen) = http_listen {
+        config.http_listen = http_listen;
     }
     config
         .validate()

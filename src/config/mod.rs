@@ -24,6 +24,10 @@ pub struct Config {
     /// gRPC listen address. Default `127.0.0.1:50051`; `--listen` overrides it.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// HTTP listen address for `/metrics` (and, later, build-event pages).
+    /// Default `127.0.0.1:8080`; `--http-listen` overrides it.
+    #[serde(default = "default_http_listen")]
+    pub http_listen: String,
     /// Where relative `fs` store paths live. Default `./kiln-data`;
     /// `--data-dir` overrides it.
     #[serde(default)]
@@ -81,6 +85,10 @@ pub enum StoreConfig {
     Fs(FsConfig),
     /// A memory tier over another store.
     MemoryCache(MemoryCacheConfig),
+    /// Blobs in an S3-compatible bucket (durable, shared by all pods).
+    S3(S3Config),
+    /// Remembers which blobs the inner store holds, for a TTL.
+    ExistenceCache(ExistenceCacheConfig),
     /// The store of that name under `stores:`.
     #[serde(rename = "ref")]
     Ref(String),
@@ -93,6 +101,8 @@ impl StoreConfig {
             StoreConfig::Memory(_) => "memory",
             StoreConfig::Fs(_) => "fs",
             StoreConfig::MemoryCache(_) => "memory_cache",
+            StoreConfig::S3(_) => "s3",
+            StoreConfig::ExistenceCache(_) => "existence_cache",
             StoreConfig::Ref(_) => "ref",
         }
     }
@@ -124,6 +134,69 @@ pub struct MemoryCacheConfig {
     #[serde(default = "default_max_blob_size")]
     pub max_blob_size: ByteSize,
     /// The slower store behind the tier.
+    pub inner: Box<StoreConfig>,
+}
+
+/// `s3:` settings. Credentials come from the standard AWS chain
+/// (environment, profile, web identity for IRSA), never from this file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The bucket; it must exist.
+    pub bucket: String,
+    /// Endpoint URL for S3-compatible servers (e.g. `http://minio:9000`);
+    /// default: AWS for `region`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region. Default `us-east-1`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Key prefix, e.g. `cas/`; the CAS and the action cache need different
+    /// prefixes when they share a bucket. Default empty.
+    #[serde(default)]
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), which MinIO and
+    /// SeaweedFS want. Default false.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Blobs at least this large are uploaded in parts. Default `16MiB`.
+    #[serde(default = "default_multipart_threshold")]
+    pub multipart_threshold: ByteSize,
+    /// Size of each part (at least 5MiB, S3's minimum). Default `8MiB`.
+    #[serde(default = "default_part_size")]
+    pub part_size: ByteSize,
+    /// HEADs in flight per FindMissingBlobs, and parts in flight per upload
+    /// (at most 8). Default 32.
+    #[serde(default = "default_s3_concurrency")]
+    pub concurrency: usize,
+    /// Create-if-absent writes (`If-None-Match: *`) in a CAS; turn off for
+    /// servers that lack conditional writes. Default true.
+    #[serde(default = "yes")]
+    pub conditional_writes: bool,
+    /// Time limit of one attempt of one S3 call. Default `30s`.
+    #[serde(default = "default_s3_timeout")]
+    pub timeout: Duration,
+    /// Attempts per S3 call, with exponential backoff. Default 3.
+    #[serde(default = "default_s3_attempts")]
+    pub max_attempts: u32,
+    /// When a blob older than this is read, copy it onto itself so that a
+    /// lifecycle expiry rule counts it as new. Default: off.
+    #[serde(default)]
+    pub refresh_after: Option<Duration>,
+}
+
+/// `existence_cache:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExistenceCacheConfig {
+    /// How long a "present" answer is trusted; keep it well below any
+    /// expiry of the inner store. Default `10m`.
+    #[serde(default = "default_existence_ttl")]
+    pub ttl: Duration,
+    /// Digests remembered at most. Default 1000000 (about 100 MiB).
+    #[serde(default = "default_existence_entries")]
+    pub max_entries: u64,
+    /// The store whose contents are remembered.
     pub inner: Box<StoreConfig>,
 }
 
@@ -190,6 +263,9 @@ impl Default for TreeCacheConfig {
 fn default_listen() -> String {
     "127.0.0.1:50051".into()
 }
+fn default_http_listen() -> String {
+    "127.0.0.1:8080".into()
+}
 fn default_grace_period() -> Duration {
     Duration(std::time::Duration::from_secs(10))
 }
@@ -213,6 +289,30 @@ fn default_tree_cache_size() -> ByteSize {
 }
 fn default_tree_cache_ttl() -> Duration {
     Duration(std::time::Duration::from_secs(3600))
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_multipart_threshold() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_part_size() -> ByteSize {
+    ByteSize(8 << 20)
+}
+fn default_s3_concurrency() -> usize {
+    32
+}
+fn default_s3_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(30))
+}
+fn default_s3_attempts() -> u32 {
+    3
+}
+fn default_existence_ttl() -> Duration {
+    Duration(std::time::Duration::from_secs(600))
+}
+fn default_existence_entries() -> u64 {
+    1_000_000
 }
 fn yes() -> bool {
     true

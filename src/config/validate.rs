@@ -25,13 +25,19 @@ pub(super) fn errors(config: &Config) -> Vec<String> {
             config.listen
         ));
     }
+    if config.http_listen.parse::<std::net::SocketAddr>().is_err() {
+        errors.push(format!(
+            "http_listen: {:?} is not an address such as 127.0.0.1:8080",
+            config.http_listen
+        ));
+    }
     if config.max_message_size.0 < (1 << 20) {
         errors.push("max_message_size: must be at least 1MiB".into());
     }
     let mut walker = StoreWalker {
         named: &config.stores,
         errors: &mut errors,
-        fs_paths: HashMap::new(),
+        places: HashMap::new(),
     };
     for (name, store) in &config.stores {
         walker.check(store, &format!("stores.{name}"), &mut vec![name.clone()]);
@@ -98,7 +104,7 @@ fn check_instance(
     let mut walker = StoreWalker {
         named: &config.stores,
         errors,
-        fs_paths: HashMap::new(),
+        places: HashMap::new(),
     };
     walker.check(&instance.cas, &format!("{path}.cas"), &mut Vec::new());
     walker.check(
@@ -110,7 +116,7 @@ fn check_instance(
     let inline_ac = fs_dirs(&instance.action_cache, &config.stores);
     if let Some(dir) = inline_cas.intersection(&inline_ac).next() {
         errors.push(format!(
-            "{path}.action_cache: uses the directory {} that the CAS uses too",
+            "{path}.action_cache: uses {}, which the CAS uses too",
             dir.display()
         ));
     }
@@ -120,7 +126,7 @@ fn check_instance(
 struct StoreWalker<'a> {
     named: &'a BTreeMap<String, StoreConfig>,
     errors: &'a mut Vec<String>,
-    fs_paths: HashMap<PathBuf, String>,
+    places: HashMap<PathBuf, String>,
 }
 
 impl StoreWalker<'_> {
@@ -136,12 +142,54 @@ impl StoreWalker<'_> {
                 if f.path.as_os_str().is_empty() {
                     self.errors
                         .push(format!("{path}.fs.path: must not be empty"));
-                } else if let Some(other) = self.fs_paths.insert(f.path.clone(), path.to_string()) {
+                } else if let Some(other) = self.places.insert(f.path.clone(), path.to_string()) {
                     self.errors.push(format!(
                         "{path}.fs.path: {} is also used by {other}; give each fs store its own directory",
                         f.path.display()
                     ));
                 }
+            }
+            StoreConfig::S3(c) => {
+                if c.bucket.is_empty() {
+                    self.errors
+                        .push(format!("{path}.s3.bucket: must not be empty"));
+                }
+                if c.part_size.0 < (5 << 20) {
+                    self.errors.push(format!(
+                        "{path}.s3.part_size: must be at least 5MiB (S3's minimum part size)"
+                    ));
+                }
+                if c.multipart_threshold < c.part_size {
+                    self.errors.push(format!(
+                        "{path}.s3.multipart_threshold: must be at least part_size"
+                    ));
+                }
+                if c.concurrency == 0 || c.concurrency > 256 {
+                    self.errors
+                        .push(format!("{path}.s3.concurrency: must be between 1 and 256"));
+                }
+                if c.max_attempts == 0 {
+                    self.errors
+                        .push(format!("{path}.s3.max_attempts: must be at least 1"));
+                }
+                let place = location_of_s3(c);
+                if let Some(other) = self.places.insert(PathBuf::from(&place), path.to_string()) {
+                    self.errors.push(format!(
+                        "{path}.s3: {place} is also used by {other}; give each store its own prefix"
+                    ));
+                }
+            }
+            StoreConfig::ExistenceCache(c) => {
+                if c.ttl.0.is_zero() {
+                    self.errors
+                        .push(format!("{path}.existence_cache.ttl: must be above 0"));
+                }
+                if c.max_entries == 0 {
+                    self.errors.push(format!(
+                        "{path}.existence_cache.max_entries: must be above 0"
+                    ));
+                }
+                self.check(&c.inner, &format!("{path}.existence_cache.inner"), refs);
             }
             StoreConfig::MemoryCache(c) => {
                 if c.max_size.0 == 0 {
@@ -192,6 +240,7 @@ fn find_cycle(
     while let Some(store) = node {
         node = match store {
             StoreConfig::MemoryCache(c) => Some(&*c.inner),
+            StoreConfig::ExistenceCache(c) => Some(&*c.inner),
             StoreConfig::Ref(next) => {
                 found = find_cycle(named, next, chain);
                 None
@@ -203,7 +252,18 @@ fn find_cycle(
     found
 }
 
-/// The fs directories a store graph reaches, following references.
+/// Where an S3 store keeps its objects, for overlap checks.
+fn location_of_s3(c: &super::S3Config) -> String {
+    format!(
+        "s3://{}@{}/{}",
+        c.bucket,
+        c.endpoint.as_deref().unwrap_or("aws"),
+        c.prefix
+    )
+}
+
+/// The places (fs directories, S3 prefixes) a store graph reaches,
+/// following references.
 fn fs_dirs(store: &StoreConfig, named: &BTreeMap<String, StoreConfig>) -> HashSet<PathBuf> {
     let mut out = HashSet::new();
     let mut stack = vec![store];
@@ -214,6 +274,10 @@ fn fs_dirs(store: &StoreConfig, named: &BTreeMap<String, StoreConfig>) -> HashSe
                 out.insert(f.path.clone());
             }
             StoreConfig::MemoryCache(c) => stack.push(&c.inner),
+            StoreConfig::ExistenceCache(c) => stack.push(&c.inner),
+            StoreConfig::S3(c) => {
+                out.insert(PathBuf::from(location_of_s3(c)));
+            }
             StoreConfig::Ref(name) => {
                 if seen.insert(name.clone())
                     && let Some(t) = named.get(name)

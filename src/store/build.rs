@@ -8,66 +8,115 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
 use super::Store;
 use super::content_addressed::ContentAddressed;
+use super::existence_cache::ExistenceCache;
 use super::fs::FsStore;
 use super::instrumented::Instrumented;
 use super::memory::MemoryStore;
 use super::memory_cache::MemoryCache;
+use super::merged_puts::MergedPuts;
+use super::s3::S3Store;
 use crate::config::{Config, StoreConfig};
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 
 /// Builds store nodes from a validated config.
 pub struct StoreBuilder<'a> {
     config: &'a Config,
     data_dir: PathBuf,
-    read_chunk: usize,
+    metrics: Arc<Metrics>,
     named: HashMap<String, Store>,
 }
 
+/// Whether a graph holds content-addressed blobs (a CAS) or action results;
+/// backends that can refuse to overwrite (S3's create-if-absent) only do so
+/// for content-addressed data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Cas,
+    ActionCache,
+}
+
 impl<'a> StoreBuilder<'a> {
-    /// A builder resolving relative fs paths against `data_dir`.
-    pub fn new(config: &'a Config, data_dir: PathBuf) -> Self {
+    /// A builder resolving relative fs paths against `data_dir` and
+    /// recording every node's calls in `metrics`.
+    pub fn new(config: &'a Config, data_dir: PathBuf, metrics: Arc<Metrics>) -> Self {
         StoreBuilder {
             config,
             data_dir,
-            read_chunk: 1 << 20,
+            metrics,
             named: HashMap::new(),
         }
     }
 
     /// A CAS: the configured graph with content verification at its root, so
     /// no write path can store unverified bytes.
-    pub fn cas(&mut self, spec: &StoreConfig, path: &str) -> Result<Store> {
-        let inner = self.node(spec, path)?;
+    pub async fn cas(&mut self, spec: &StoreConfig, path: &str) -> Result<Store> {
+        let inner = self.node(spec, path.to_string(), Role::Cas).await?;
         Ok(Arc::new(ContentAddressed::new(inner)))
     }
 
     /// An action cache: the configured graph as is (its values are not
     /// content-addressed).
-    pub fn action_cache(&mut self, spec: &StoreConfig, path: &str) -> Result<Store> {
-        self.node(spec, path)
+    pub async fn action_cache(&mut self, spec: &StoreConfig, path: &str) -> Result<Store> {
+        self.node(spec, path.to_string(), Role::ActionCache).await
     }
 
-    fn node(&mut self, spec: &StoreConfig, path: &str) -> Result<Store> {
-        let store: Store = match spec {
-            StoreConfig::Ref(name) => return self.named(name),
-            StoreConfig::Memory(m) => Arc::new(MemoryStore::new(m.max_size.0)),
-            StoreConfig::Fs(f) => {
-                let dir = self.data_dir.join(&f.path);
-                Arc::new(FsStore::open(&dir, self.read_chunk).map_err(|e| {
-                    Error::Internal(format!("{path}: opening {}: {e}", dir.display()))
-                })?)
-            }
-            StoreConfig::MemoryCache(c) => {
-                let inner = self.node(&c.inner, &format!("{path}.inner"))?;
-                Arc::new(MemoryCache::new(inner, c.max_size.0, c.max_blob_size.0))
-            }
-        };
-        Ok(Arc::new(Instrumented::new(path, spec.kind(), store)))
+    fn node<'s>(
+        &'s mut self,
+        spec: &'s StoreConfig,
+        path: String,
+        role: Role,
+    ) -> BoxFuture<'s, Result<Store>> {
+        Box::pin(async move {
+            let store: Store = match spec {
+                StoreConfig::Ref(name) => return self.named(name, role).await,
+                StoreConfig::Memory(m) => Arc::new(MemoryStore::new(m.max_size.0)),
+                StoreConfig::Fs(f) => {
+                    let dir = self.data_dir.join(&f.path);
+                    Arc::new(FsStore::open(&dir, 1 << 20).map_err(|e| {
+                        Error::Internal(format!("{path}: opening {}: {e}", dir.display()))
+                    })?)
+                }
+                StoreConfig::S3(c) => {
+                    let s3 = S3Store::connect(c, role == Role::Cas)
+                        .await
+                        .map_err(|e| Error::Unavailable(format!("{path}: {e}")))?;
+                    let s3: Store = Arc::new(Instrumented::new(
+                        path.clone(),
+                        "s3",
+                        Arc::new(s3),
+                        self.metrics.clone(),
+                    ));
+                    if role == Role::ActionCache {
+                        return Ok(s3);
+                    }
+                    // One upload per blob per pod, however many clients send it.
+                    Arc::new(MergedPuts::new(s3))
+                }
+                StoreConfig::MemoryCache(c) => {
+                    let inner = self.node(&c.inner, format!("{path}.inner"), role).await?;
+                    Arc::new(MemoryCache::new(inner, c.max_size.0, c.max_blob_size.0))
+                }
+                StoreConfig::ExistenceCache(c) => {
+                    let inner = self.node(&c.inner, format!("{path}.inner"), role).await?;
+                    Arc::new(ExistenceCache::new(inner, c.ttl.0, c.max_entries))
+                }
+            };
+            let kind = if matches!(spec, StoreConfig::S3(_)) {
+                "merged_puts"
+            } else {
+                spec.kind()
+            };
+            let metrics = self.metrics.clone();
+            Ok(Arc::new(Instrumented::new(path, kind, store, metrics)) as Store)
+        })
     }
 
-    fn named(&mut self, name: &str) -> Result<Store> {
+    async fn named(&mut self, name: &str, role: Role) -> Result<Store> {
         if let Some(store) = self.named.get(name) {
             return Ok(store.clone());
         }
@@ -77,7 +126,7 @@ impl<'a> StoreBuilder<'a> {
             .get(name)
             .ok_or_else(|| Error::Internal(format!("unknown store {name:?}")))?
             .clone();
-        let store = self.node(&spec, name)?;
+        let store = self.node(&spec, name.to_string(), role).await?;
         self.named.insert(name.to_string(), store.clone());
         Ok(store)
     }

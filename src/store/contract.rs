@@ -13,7 +13,7 @@ use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
 
 /// Deterministic, non-repeating content of `len` bytes, distinct per `seed`.
-pub(crate) fn blob(seed: u64, len: usize) -> Bytes {
+pub fn blob(seed: u64, len: usize) -> Bytes {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -31,7 +31,7 @@ fn digest(data: &[u8]) -> Digest {
 }
 
 /// A body that delivers `data` in `chunk`-sized pieces.
-pub(crate) fn streamed(data: Bytes, chunk: usize) -> Body {
+pub fn streamed(data: Bytes, chunk: usize) -> Body {
     let chunks: Vec<_> = (0..data.len())
         .step_by(chunk.max(1))
         .map(|i| Ok(data.slice(i..(i + chunk).min(data.len()))))
@@ -41,7 +41,7 @@ pub(crate) fn streamed(data: Bytes, chunk: usize) -> Body {
 
 /// Runs the whole suite against `store`. Each run uses fresh content, so it can
 /// be called on a store that already holds data.
-pub(crate) async fn run(store: &dyn BlobStore) {
+pub async fn run(store: &dyn BlobStore) {
     let seed = rand_seed();
     not_found(store, seed).await;
     round_trip_and_ranges(store, seed + 1).await;
@@ -53,7 +53,7 @@ pub(crate) async fn run(store: &dyn BlobStore) {
 }
 
 /// Many writers of one blob at once must all succeed and leave it intact.
-pub(crate) async fn concurrent_writers(store: Arc<dyn BlobStore>) {
+pub async fn concurrent_writers(store: Arc<dyn BlobStore>) {
     let data = blob(rand_seed(), 300_000);
     let d = digest(&data);
     let tasks: Vec<_> = (0..16)

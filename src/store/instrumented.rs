@@ -1,7 +1,9 @@
 //! `Instrumented`: wraps every node of the store graph (the builder does it,
-//! stores never do it themselves) so each call gets a tracing span named for
-//! the node, with its outcome. Metrics hang off the same wrapper later.
+//! stores never do it themselves) so each call gets a tracing span and counts
+//! in the server's metrics: calls, errors, digests asked and latency, labelled
+//! with the node's config path and kind.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -10,31 +12,56 @@ use tracing::Instrument;
 use super::{BlobStore, Body, Range, Store};
 use crate::digest::Digest;
 use crate::error::Result;
+use crate::metrics::{Metrics, StoreLabels};
 
-/// A transparent wrapper that records spans for one named node.
+/// A transparent wrapper that records spans and metrics for one named node.
 #[derive(Debug)]
 pub struct Instrumented {
     name: String,
     kind: &'static str,
     inner: Store,
+    metrics: Arc<Metrics>,
 }
 
 impl Instrumented {
     /// Wraps `inner`, a node of kind `kind` (e.g. `fs`) called `name` in config.
-    pub fn new(name: impl Into<String>, kind: &'static str, inner: Store) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        kind: &'static str,
+        inner: Store,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Instrumented {
             name: name.into(),
             kind,
             inner,
+            metrics,
         }
     }
-}
 
-fn finish<T>(result: &Result<T>, started: Instant) {
-    let micros = started.elapsed().as_micros() as u64;
-    match result {
-        Ok(_) => tracing::trace!(micros, "ok"),
-        Err(e) => tracing::debug!(micros, error = %e, "failed"),
+    fn labels(&self, op: &'static str) -> StoreLabels {
+        StoreLabels {
+            node: self.name.clone(),
+            kind: self.kind.to_string(),
+            op,
+        }
+    }
+
+    fn record<T>(&self, op: &'static str, result: &Result<T>, started: Instant) {
+        let labels = self.labels(op);
+        let elapsed = started.elapsed();
+        self.metrics.store_calls.get_or_create(&labels).inc();
+        self.metrics
+            .store_latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        match result {
+            Ok(_) => tracing::trace!(micros = elapsed.as_micros() as u64, "ok"),
+            Err(e) => {
+                self.metrics.store_errors.get_or_create(&labels).inc();
+                tracing::debug!(micros = elapsed.as_micros() as u64, error = %e, "failed");
+            }
+        }
     }
 }
 
@@ -42,13 +69,17 @@ fn finish<T>(result: &Result<T>, started: Instant) {
 impl BlobStore for Instrumented {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         let span = tracing::debug_span!("store.find_missing", node = %self.name, kind = self.kind, count = digests.len());
+        self.metrics
+            .store_digests
+            .get_or_create(&self.labels("find_missing"))
+            .inc_by(digests.len() as u64);
         let started = Instant::now();
         let result = self
             .inner
             .find_missing(digests)
             .instrument(span.clone())
             .await;
-        span.in_scope(|| finish(&result, started));
+        span.in_scope(|| self.record("find_missing", &result, started));
         result
     }
 
@@ -56,7 +87,7 @@ impl BlobStore for Instrumented {
         let span = tracing::debug_span!("store.get", node = %self.name, kind = self.kind, %digest);
         let started = Instant::now();
         let result = self.inner.get(digest, range).instrument(span.clone()).await;
-        span.in_scope(|| finish(&result, started));
+        span.in_scope(|| self.record("get", &result, started));
         result
     }
 
@@ -64,7 +95,7 @@ impl BlobStore for Instrumented {
         let span = tracing::debug_span!("store.put", node = %self.name, kind = self.kind, %digest);
         let started = Instant::now();
         let result = self.inner.put(digest, body).instrument(span.clone()).await;
-        span.in_scope(|| finish(&result, started));
+        span.in_scope(|| self.record("put", &result, started));
         result
     }
 }

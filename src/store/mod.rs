@@ -7,13 +7,18 @@
 
 pub mod build;
 pub mod content_addressed;
+pub mod existence_cache;
 pub mod fs;
 pub mod instrumented;
 pub mod memory;
 pub mod memory_cache;
+pub mod merged_puts;
+pub mod s3;
 
-#[cfg(test)]
-pub(crate) mod contract;
+/// The store contract suite, public so that integration tests can run it over
+/// backends that need a real server (S3).
+#[doc(hidden)]
+pub mod contract;
 
 use std::fmt;
 use std::sync::Arc;

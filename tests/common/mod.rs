@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod bazel;
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -49,6 +52,7 @@ impl Kiln {
     pub async fn start_in(yaml: &str, data_dir: &Path) -> Kiln {
         let mut config = Config::parse(yaml).expect("test config parses");
         config.listen = "127.0.0.1:0".into();
+        config.http_listen = "127.0.0.1:0".into();
         config.validate().expect("test config is valid");
         let server = kiln::app::start(config, data_dir.to_path_buf())
             .await
@@ -105,4 +109,33 @@ pub fn blob(seed: u64, len: usize) -> Bytes {
 
 pub fn sha(data: &[u8]) -> Digest {
     DigestFunction::Sha256.digest_of(data)
+}
+
+/// Fetches `/metrics` from a server's HTTP listener.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: kiln\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    out
+}
+
+/// Sums the samples of `metric` whose labels include every `label="value"`.
+pub fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -1,0 +1,173 @@
+//! `MergedPuts`: concurrent puts of one content-addressed blob within a pod
+//! become one upload to the inner store; the others wait for it and return
+//! its outcome (their bodies are dropped unread). If the leading upload fails,
+//! each waiter uploads its own body, so one broken client cannot fail another.
+//!
+//! Only for content-addressed data, where equal digests mean equal bytes; the
+//! builder places it above remote backends (S3) in a CAS.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::{BlobStore, Body, Range, Store};
+use crate::digest::Digest;
+use crate::error::Result;
+
+/// Merges concurrent puts of one digest.
+pub struct MergedPuts {
+    inner: Store,
+    /// Uploads in flight; the value turns `Some(success)` when one ends.
+    in_flight: Mutex<HashMap<Digest, watch::Receiver<Option<bool>>>>,
+}
+
+impl std::fmt::Debug for MergedPuts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MergedPuts")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl MergedPuts {
+    /// Wraps `inner`.
+    pub fn new(inner: Store) -> Self {
+        MergedPuts {
+            inner,
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for MergedPuts {
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        self.inner.find_missing(digests).await
+    }
+
+    async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
+        self.inner.get(digest, range).await
+    }
+
+    async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
+        let lead = {
+            let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+            match in_flight.get(digest) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    in_flight.insert(*digest, rx);
+                    Ok(tx)
+                }
+            }
+        };
+        match lead {
+            Ok(tx) => {
+                let result = self.inner.put(digest, body).await;
+                self.in_flight
+                    .lock()
+                    .expect("in-flight lock")
+                    .remove(digest);
+                let _ = tx.send(Some(result.is_ok()));
+                result
+            }
+            Err(mut rx) => {
+                let succeeded = rx
+                    .wait_for(Option::is_some)
+                    .await
+                    .is_ok_and(|v| *v == Some(true));
+                if succeeded {
+                    return Ok(());
+                }
+                self.inner.put(digest, body).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::digest::DigestFunction;
+    use crate::error::Error;
+    use crate::store::contract;
+    use crate::store::memory::MemoryStore;
+
+    /// Slow puts, counted; fails the first put when asked to.
+    #[derive(Debug)]
+    struct SlowStore {
+        inner: MemoryStore,
+        puts: AtomicUsize,
+        fail_first: bool,
+    }
+
+    #[async_trait]
+    impl BlobStore for SlowStore {
+        async fn find_missing(&self, d: &[Digest]) -> Result<Vec<Digest>> {
+            self.inner.find_missing(d).await
+        }
+        async fn get(&self, d: &Digest, r: Range) -> Result<Body> {
+            self.inner.get(d, r).await
+        }
+        async fn put(&self, d: &Digest, b: Body) -> Result<()> {
+            let n = self.puts.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if self.fail_first && n == 0 {
+                return Err(Error::Unavailable("first upload broke".into()));
+            }
+            self.inner.put(d, b).await
+        }
+    }
+
+    async fn race(fail_first: bool) -> (usize, Vec<Result<()>>) {
+        let slow = Arc::new(SlowStore {
+            inner: MemoryStore::new(1 << 20),
+            puts: AtomicUsize::new(0),
+            fail_first,
+        });
+        let merged = Arc::new(MergedPuts::new(slow.clone()));
+        let data = Bytes::from_static(b"same content");
+        let d = DigestFunction::Sha256.digest_of(&data);
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let (m, data) = (merged.clone(), data.clone());
+                tokio::spawn(async move { m.put(&d, data.into()).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.unwrap());
+        }
+        (slow.puts.load(Ordering::SeqCst), results)
+    }
+
+    #[tokio::test]
+    async fn contract() {
+        contract::run(&MergedPuts::new(Arc::new(MemoryStore::new(64 << 20)))).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_puts_of_one_blob_upload_once() {
+        let (puts, results) = race(false).await;
+        assert_eq!(puts, 1);
+        assert!(results.iter().all(Result::is_ok));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_lead_does_not_fail_the_others() {
+        let (puts, results) = race(true).await;
+        assert_eq!(
+            results.iter().filter(|r| r.is_err()).count(),
+            1,
+            "only the broken upload fails"
+        );
+        assert!(puts >= 2, "a waiter retried with its own body");
+    }
+}

@@ -1,0 +1,409 @@
+//! `S3Store`: blobs in an S3-compatible bucket (AWS S3, MinIO, Ceph,
+//! SeaweedFS). Only the bucket holds state, so any number of kiln pods can
+//! share it.
+//!
+//! Key layout: `{prefix}{function}/{hash[0..2]}/{hash}-{size}`, e.g.
+//! `cas/sha256/4f/4f1c...-1024`: the digest function is part of the key, the
+//! two-hex-digit shard spreads keys over S3's partitions, and the CAS and the
+//! action cache live under different prefixes.
+//!
+//! Writes: one PutObject below the multipart threshold, else a multipart
+//! upload whose parts go up at bounded concurrency (never the whole blob in
+//! memory) and which is aborted on any failure. In a CAS, writes are
+//! create-if-absent (`If-None-Match: *`, a 412 means someone else stored the
+//! same content); the builder merges concurrent uploads of one blob within a
+//! pod with a `MergedPuts` layer above this store.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+
+use super::{BlobStore, Body, ChunkStream, Range};
+use crate::config::S3Config;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+/// Objects up to this size are read whole; larger ones are streamed.
+const WHOLE_READ_MAX: u64 = 256 << 10;
+
+/// A store on one bucket and key prefix.
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    multipart_threshold: u64,
+    part_size: usize,
+    concurrency: usize,
+    /// `If-None-Match: *` on writes: only for content-addressed data.
+    create_if_absent: bool,
+    refresh_after: Option<Duration>,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Store(s3://{}/{})", self.bucket, self.prefix)
+    }
+}
+
+/// An S3 failure, classified for [`Error`].
+fn s3_error<E: ProvideErrorMetadata + std::fmt::Debug>(
+    what: &str,
+    err: SdkError<E, HttpResponse>,
+) -> Error {
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = err.code().unwrap_or("").to_string();
+    let detail = err
+        .message()
+        .map(str::to_string)
+        .unwrap_or_else(|| match &err {
+            SdkError::TimeoutError(_) => "timed out".to_string(),
+            SdkError::DispatchFailure(e) => format!("cannot reach the endpoint: {e:?}"),
+            other => format!("{code} {other}"),
+        });
+    let message = match status {
+        Some(s) => format!("{what}: S3 answered {s} {code}: {detail}"),
+        None => format!("{what}: {detail}"),
+    };
+    match (status, code.as_str()) {
+        (Some(404), _) | (_, "NoSuchKey" | "NotFound" | "NoSuchUpload") => Error::NotFound(message),
+        (Some(416), _) | (_, "InvalidRange") => Error::OutOfRange(message),
+        (Some(403), _) | (_, "AccessDenied") => Error::PermissionDenied(message),
+        (Some(s), _) if (400..500).contains(&s) && s != 408 && s != 429 => Error::Internal(message),
+        _ => Error::Unavailable(message),
+    }
+}
+
+fn is_precondition_failed<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    err.raw_response()
+        .is_some_and(|r| r.status().as_u16() == 412)
+        || err.code() == Some("PreconditionFailed")
+}
+
+impl S3Store {
+    /// Connects to the bucket `config` names and checks it is reachable, so
+    /// bad credentials or a missing bucket fail at start-up, not mid-build.
+    pub async fn connect(config: &S3Config, create_if_absent: bool) -> Result<Self> {
+        use aws_config::retry::RetryConfig;
+        use aws_config::timeout::TimeoutConfig;
+        use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(config.timeout.0)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts.max(1)))
+            .load()
+            .await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(config.path_style)
+            // S3-compatible servers reject or mis-handle the newer default
+            // checksum headers.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        let client = Client::from_conf(builder.build());
+        client
+            .head_bucket()
+            .bucket(&config.bucket)
+            .send()
+            .await
+            .map_err(|e| {
+                let inner = s3_error("HeadBucket", e);
+                Error::Unavailable(format!(
+                    "S3 bucket {:?} is not usable: {inner}",
+                    config.bucket
+                ))
+            })?;
+        Ok(S3Store {
+            client,
+            bucket: config.bucket.clone(),
+            prefix: config.prefix.clone(),
+            multipart_threshold: config.multipart_threshold.0.max(5 << 20),
+            part_size: config.part_size.0.max(5 << 20) as usize,
+            concurrency: config.concurrency.max(1),
+            create_if_absent: create_if_absent && config.conditional_writes,
+            refresh_after: config.refresh_after.map(|d| d.0),
+        })
+    }
+
+    fn key(&self, d: &Digest) -> String {
+        let hash = d.hash_hex();
+        format!(
+            "{}{}/{}/{hash}-{}",
+            self.prefix,
+            d.function.name(),
+            &hash[..2],
+            d.size
+        )
+    }
+
+    async fn exists(&self, key: String) -> Result<bool> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) => match s3_error("HeadObject", e) {
+                Error::NotFound(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn put_whole(&self, key: &str, data: Bytes) -> Result<()> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(data));
+        if self.create_if_absent {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if self.create_if_absent && is_precondition_failed(&e) => Ok(()),
+            Err(e) => Err(s3_error("PutObject", e)),
+        }
+    }
+
+    /// Uploads a stream: whole if it turns out small, else in parts.
+    async fn put_stream(&self, key: &str, mut stream: ChunkStream) -> Result<()> {
+        let mut first = BytesMut::new();
+        while (first.len() as u64) < self.multipart_threshold {
+            match stream.next().await {
+                Some(chunk) => first.extend_from_slice(&chunk?),
+                None => return self.put_whole(key, first.freeze()).await,
+            }
+        }
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3_error("CreateMultipartUpload", e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let result = self.upload_parts(key, &upload_id, first, stream).await;
+        let parts = match result {
+            Ok(parts) => parts,
+            Err(e) => {
+                self.abort(key, &upload_id).await;
+                return Err(e);
+            }
+        };
+        let mut req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            );
+        if self.create_if_absent {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if self.create_if_absent && is_precondition_failed(&e) => {
+                self.abort(key, &upload_id).await;
+                Ok(())
+            }
+            Err(e) => {
+                self.abort(key, &upload_id).await;
+                Err(s3_error("CompleteMultipartUpload", e))
+            }
+        }
+    }
+
+    /// Cuts the stream into parts and uploads up to `concurrency` at once
+    /// (as tasks, so they progress while the next part is read); memory stays
+    /// within `part_size * (concurrency + 1)`. Dropping the set on an error
+    /// cancels the parts still in flight.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        mut buf: BytesMut,
+        mut stream: ChunkStream,
+    ) -> Result<Vec<CompletedPart>> {
+        let limit = self.concurrency.min(8);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut completed = Vec::new();
+        let mut number = 0;
+        let mut ended = false;
+        loop {
+            while !ended && buf.len() < self.part_size {
+                match stream.next().await {
+                    Some(chunk) => buf.extend_from_slice(&chunk?),
+                    None => ended = true,
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
+            let part = buf.split_to(buf.len().min(self.part_size)).freeze();
+            number += 1;
+            let req = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number);
+            tasks.spawn(async move {
+                let out = req
+                    .body(ByteStream::from(part))
+                    .send()
+                    .await
+                    .map_err(|e| s3_error("UploadPart", e))?;
+                Ok::<_, Error>(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(out.e_tag().map(str::to_string))
+                        .build(),
+                )
+            });
+            while tasks.len() >= limit {
+                completed.push(tasks.join_next().await.expect("a task is running")??);
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            completed.push(done??);
+        }
+        completed.sort_by_key(|p| p.part_number());
+        Ok(completed)
+    }
+
+    async fn abort(&self, key: &str, upload_id: &str) {
+        let res = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(key, error = %s3_error("AbortMultipartUpload", e), "could not abort a failed multipart upload");
+        }
+    }
+
+    /// Copies an object onto itself so a lifecycle rule counts it as new.
+    fn refresh_if_old(&self, key: &str, modified: Option<&aws_sdk_s3::primitives::DateTime>) {
+        let (Some(after), Some(modified)) = (self.refresh_after, modified) else {
+            return;
+        };
+        let Ok(modified) = SystemTime::try_from(*modified) else {
+            return;
+        };
+        if modified.elapsed().unwrap_or_default() < after {
+            return;
+        }
+        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.to_string());
+        tokio::spawn(async move {
+            let res = client
+                .copy_object()
+                .bucket(&bucket)
+                .key(&key)
+                .copy_source(format!("{bucket}/{key}"))
+                .metadata_directive(MetadataDirective::Replace)
+                .send()
+                .await;
+            if let Err(e) = res {
+                tracing::warn!(%key, error = %s3_error("CopyObject", e), "refresh-on-access failed");
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl BlobStore for S3Store {
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let keys: Vec<String> = digests.iter().map(|d| self.key(d)).collect();
+        let found: Vec<bool> = futures::stream::iter(keys)
+            .map(|key| self.exists(key))
+            .buffered(self.concurrency)
+            .try_collect()
+            .await?;
+        Ok(digests
+            .iter()
+            .zip(found)
+            .filter(|(_, f)| !f)
+            .map(|(d, _)| *d)
+            .collect())
+    }
+
+    async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
+        let key = self.key(digest);
+        let mut req = self.client.get_object().bucket(&self.bucket).key(&key);
+        if range != Range::FULL {
+            if range.limit == Some(0) || (range.offset > 0 && range.offset == digest.size) {
+                // S3 cannot express an empty range; answer it after an existence check.
+                return if self.exists(key).await? {
+                    Ok(Body::Bytes(Bytes::new()))
+                } else {
+                    Err(Error::NotFound(format!("blob {digest} not found")))
+                };
+            }
+            let end = range
+                .limit
+                .map(|l| (range.offset + l - 1).to_string())
+                .unwrap_or_default();
+            req = req.range(format!("bytes={}-{end}", range.offset));
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| match s3_error("GetObject", e) {
+                Error::NotFound(_) => Error::NotFound(format!("blob {digest} not found")),
+                other => other,
+            })?;
+        self.refresh_if_old(&key, out.last_modified());
+        let len = out.content_length().unwrap_or(0).max(0) as u64;
+        let context = format!("reading {key}");
+        if len <= WHOLE_READ_MAX {
+            let data = out
+                .body
+                .collect()
+                .await
+                .map_err(|e| Error::Unavailable(format!("{context}: {e}")))?;
+            return Ok(Body::Bytes(data.into_bytes()));
+        }
+        let stream = futures::stream::try_unfold(out.body, |mut body| async move {
+            Ok(body.try_next().await?.map(|chunk| (chunk, body)))
+        })
+        .map_err(move |e: aws_sdk_s3::primitives::ByteStreamError| {
+            Error::Unavailable(format!("{context}: {e}"))
+        });
+        Ok(Body::Stream(stream.boxed()))
+    }
+
+    async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
+        let key = self.key(digest);
+        match body {
+            Body::Bytes(b) => self.put_whole(&key, b).await,
+            Body::Stream(s) => self.put_stream(&key, s).await,
+        }
+    }
+}

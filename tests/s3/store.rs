@@ -1,0 +1,192 @@
+//! S3Store directly: the contract suite, multipart, conditional writes and the
+//! existence cache's effect on backend calls.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kiln::config::Config;
+use kiln::proto::reapi::{
+    BatchUpdateBlobsRequest, FindMissingBlobsRequest, batch_update_blobs_request,
+};
+use kiln::store::BlobStore;
+use kiln::store::contract;
+use kiln::store::s3::S3Store;
+
+use crate::common::s3::{BUCKET, SeaweedFs};
+use crate::common::{Kiln, blob, metric_sum, scrape, sha};
+
+fn s3_config(weed: &SeaweedFs, prefix: &str, extra: &str) -> kiln::config::S3Config {
+    let yaml = format!(
+        "instances:\n  - name: ''\n    cas: {{ s3: {{ bucket: {BUCKET}, endpoint: '{}', prefix: '{prefix}', path_style: true{extra} }} }}\n    action_cache: {{ memory: {{ max_size: 1MiB }} }}\n",
+        weed.endpoint
+    );
+    let config = Config::parse(&yaml).unwrap();
+    match &config.instances[0].cas {
+        kiln::config::StoreConfig::S3(c) => c.clone(),
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_contract_holds_on_seaweedfs() {
+    let weed = SeaweedFs::start().await;
+    // A low threshold so the suite's 6 MiB body goes through multipart.
+    let cfg = s3_config(
+        &weed,
+        "contract/",
+        ", multipart_threshold: 5MiB, part_size: 5MiB",
+    );
+    let store = S3Store::connect(&cfg, true).await.unwrap();
+    contract::run(&store).await;
+    contract::concurrent_writers(Arc::new(store)).await;
+    // The action-cache flavour (no create-if-absent) overwrites.
+    let ac = S3Store::connect(&s3_config(&weed, "ac/", ""), false)
+        .await
+        .unwrap();
+    contract::run(&ac).await;
+    let key = sha(b"action");
+    ac.put(&key, Bytes::from_static(b"one").into())
+        .await
+        .unwrap();
+    ac.put(&key, Bytes::from_static(b"two").into())
+        .await
+        .unwrap();
+    assert_eq!(kiln::store::get_bytes(&ac, &key).await.unwrap(), "two");
+}
+
+#[tokio::test]
+async fn a_missing_bucket_fails_start_up_naming_it() {
+    let weed = SeaweedFs::start().await;
+    let mut cfg = s3_config(&weed, "x/", "");
+    cfg.bucket = "no-such-bucket".into();
+    let err = S3Store::connect(&cfg, true).await.unwrap_err().to_string();
+    assert!(err.contains("no-such-bucket"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_of_one_large_blob_within_a_pod_upload_once() {
+    let weed = SeaweedFs::start().await;
+    let kiln = Kiln::start(&weed.kiln_config("once/")).await;
+    let data = blob(11, 20 << 20);
+    let d = sha(&data);
+    let channel = kiln.channel().await;
+    let uploads: Vec<_> = (0..4)
+        .map(|_| {
+            let mut bs =
+                kiln::proto::bytestream::byte_stream_client::ByteStreamClient::new(channel.clone());
+            let data = data.clone();
+            tokio::spawn(async move {
+                let msgs: Vec<_> = (0..20)
+                    .map(|i| kiln::proto::bytestream::WriteRequest {
+                        resource_name: if i == 0 {
+                            format!("uploads/{}/blobs/{d}", uuid::Uuid::new_v4())
+                        } else {
+                            String::new()
+                        },
+                        write_offset: (i as i64) << 20,
+                        finish_write: i == 19,
+                        data: data.slice(i << 20..(i + 1) << 20),
+                    })
+                    .collect();
+                bs.write(tokio_stream::iter(msgs)).await
+            })
+        })
+        .collect();
+    for u in uploads {
+        assert_eq!(
+            u.await.unwrap().unwrap().into_inner().committed_size,
+            20 << 20
+        );
+    }
+    let metrics = scrape(kiln.server.http_addr).await;
+    let s3_puts = metric_sum(
+        &metrics,
+        "kiln_store_calls_total",
+        &[("kind", "s3"), ("op", "put")],
+    );
+    assert!(
+        s3_puts <= 1.0 + 0.0,
+        "4 concurrent uploads of one blob made {s3_puts} S3 uploads"
+    );
+    let head = weed
+        .client()
+        .await
+        .head_object()
+        .bucket(BUCKET)
+        .key(format!(
+            "once/cas/sha256/{}/{}-{}",
+            &d.hash_hex()[..2],
+            d.hash_hex(),
+            d.size
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_length(), Some(20 << 20));
+}
+
+#[tokio::test]
+async fn warm_find_missing_costs_almost_no_backend_calls() {
+    let weed = SeaweedFs::start().await;
+    let kiln = Kiln::start(&weed.kiln_config("fmb/")).await;
+    let blobs: Vec<Bytes> = (0..200).map(|i| blob(1000 + i, 100)).collect();
+    let mut cas = kiln.cas().await;
+    cas.batch_update_blobs(BatchUpdateBlobsRequest {
+        requests: blobs
+            .iter()
+            .map(|b| batch_update_blobs_request::Request {
+                digest: Some(sha(b).to_proto()),
+                data: b.clone(),
+                compressor: 0,
+            })
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // A second process's view: a fresh kiln on the same bucket, cold cache.
+    let cold = Kiln::start(&weed.kiln_config("fmb/")).await;
+    let mut cold_cas = cold.cas().await;
+    let mut digests: Vec<_> = blobs.iter().map(|b| sha(b).to_proto()).collect();
+    digests.extend((0..200u64).map(|i| sha(&i.to_le_bytes()).to_proto()));
+    let req = || FindMissingBlobsRequest {
+        blob_digests: digests.clone(),
+        ..Default::default()
+    };
+    let missing = cold_cas
+        .find_missing_blobs(req())
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert_eq!(missing.len(), 200);
+    let heads = |m: &str| {
+        metric_sum(
+            m,
+            "kiln_store_digests_total",
+            &[("kind", "s3"), ("op", "find_missing")],
+        )
+    };
+    let after_cold = heads(&scrape(cold.server.http_addr).await);
+    assert_eq!(
+        after_cold, 400.0,
+        "the cold call asks S3 about every digest"
+    );
+    for _ in 0..5 {
+        let missing = cold_cas
+            .find_missing_blobs(req())
+            .await
+            .unwrap()
+            .into_inner()
+            .missing_blob_digests;
+        assert_eq!(missing.len(), 200);
+    }
+    let warm = heads(&scrape(cold.server.http_addr).await) - after_cold;
+    // Only the absent digests are asked again (misses are never cached).
+    let per_digest = warm / (5.0 * 400.0);
+    assert!(
+        per_digest <= 0.5,
+        "warm calls asked S3 about {per_digest} of every digest"
+    );
+    assert_eq!(warm, 5.0 * 200.0);
+}
