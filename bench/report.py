@@ -65,9 +65,9 @@ def cpu_model():
 
 def main():
     p = argparse.ArgumentParser()
-    for name in ("hash", "disk", "memory", "buildgrid"):
+    for name in ("hash", "disk", "memory", "buildgrid", "kiln-s3", "buildgrid-s3"):
         p.add_argument(f"--{name}", required=True)
-    for name in ("concurrency", "duration", "blob-size", "big-blob", "tree-dirs"):
+    for name in ("concurrency", "duration", "blob-size", "big-blob", "tree-dirs", "s3-blob"):
         p.add_argument(f"--{name}", required=True)
     p.add_argument("--write")
     a = p.parse_args()
@@ -137,6 +137,39 @@ def main():
     lines.append(f"| RSS <= cache budget ({DISK_BUDGET_MIB} MiB) + 100 MiB while streaming {a.big_blob} blobs | "
                  f"peak {fmt(rss)} MiB (disk default; {a.big_blob} writes at {fmt(big_w)} MB/s) | "
                  f"{status(None if rss is None else rss <= DISK_BUDGET_MIB + 100)} |")
+    lines.append("")
+    lines.append("### On S3 (one local SeaweedFS)")
+    lines.append("")
+    lines.append("kiln runs config/s3.yaml (memory tier, existence cache, CAS and action cache on S3); "
+                 "BuildGrid runs its !s3-storage CAS with its in-memory action cache.")
+    lines.append("")
+    ks3, bs3 = load(a.kiln_s3), load(a.buildgrid_s3)
+    lines.append("| measure | kiln (S3) | BuildGrid 0.9 (S3) | kiln / BuildGrid | kiln S3 requests per call | per digest |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    s3rows = [
+        ("fmb: calls/s (1,000 digests, half fresh and absent)", "fmb", "ops_per_sec", True),
+        ("fmb_present: calls/s (the same 1,000 present digests; warm)", "fmb_present", "ops_per_sec", True),
+        ("batch: calls/s (100 x 4 KiB, update+read)", "batch", "ops_per_sec", True),
+        (f"bytestream write MB/s ({a.s3_blob} blobs)", "bytestream_write", "mbps", True),
+        (f"bytestream read MB/s ({a.s3_blob} blobs)", "bytestream_read", "mbps", True),
+    ]
+    for label, w, field, _ in s3rows:
+        kv = mb(ks3, w) if field == "mbps" else get(ks3, w, field)
+        bv = mb(bs3, w) if field == "mbps" else get(bs3, w, field)
+        r = ratio(kv, bv)
+        lines.append(f"| {label} | {fmt(kv)} | {fmt(bv)} | {'n/a' if r is None else f'{r:.1f}x'} | "
+                     f"{fmt(get(ks3, w, 'backend_calls_per_op'))} | {fmt(get(ks3, w, 'backend_calls_per_item'))} |")
+    lines.append(f"| peak RSS (MiB) | {fmt(get(ks3, 'peak_rss', 'mib'))} | {fmt(get(bs3, 'peak_rss', 'mib'))} | | | |")
+    lines.append("")
+    warm = get(ks3, "fmb_present", "backend_calls_per_item")
+    batch_s3 = ratio(get(ks3, "batch", "ops_per_sec"), get(bs3, "batch", "ops_per_sec"))
+    lines.append("| goal | measured | status |")
+    lines.append("|---|---|---|")
+    lines.append(f"| warm FindMissingBlobs <= 0.05 backend calls per digest | {fmt(warm)} | {status(None if warm is None else warm <= 0.05)} |")
+    lines.append(f"| batch over the same S3 >= 10x BuildGrid | {fmt(batch_s3, 'x')} | {status(None if batch_s3 is None else batch_s3 >= 10)} |")
+    lines.append("")
+    lines.append("S3 requests count one HEAD per digest asked, one GET per read and one upload per put "
+                 "(a multipart upload counts once).")
     report = "\n".join(lines)
     print(report)
 

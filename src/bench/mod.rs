@@ -18,7 +18,15 @@ pub use runner::{Limit, Report};
 use crate::error::{Error, Result};
 
 /// The workloads `kiln bench` knows.
-pub const WORKLOADS: [&str; 6] = ["fmb", "batch", "bytestream", "tree", "ac", "hash"];
+pub const WORKLOADS: [&str; 7] = [
+    "fmb",
+    "fmb_present",
+    "batch",
+    "bytestream",
+    "tree",
+    "ac",
+    "hash",
+];
 
 /// Command-line options of `kiln bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,6 +62,10 @@ pub struct BenchArgs {
     /// tree: number of directories in the synthetic tree.
     #[arg(long, default_value_t = 10_000)]
     pub tree_dirs: usize,
+    /// kiln's /metrics URL (e.g. http://127.0.0.1:8080/metrics): adds the
+    /// object-storage requests per call to each report.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
     /// tree: files per directory.
     #[arg(long, default_value_t = 5)]
     pub tree_files: usize,
@@ -128,12 +140,56 @@ pub(crate) struct Ctx {
     pub concurrency: usize,
     pub limit: Limit,
     pub progress: bool,
+    pub metrics_url: Option<String>,
 }
 
 impl Ctx {
     pub fn channel(&self, worker: usize) -> Channel {
         self.channels[worker % self.channels.len()].clone()
     }
+
+    /// The server's object-storage requests so far: S3 gets and puts plus
+    /// one HEAD per digest of each find_missing.
+    pub async fn backend_calls(&self) -> Option<f64> {
+        let text = scrape(self.metrics_url.as_deref()?).await.ok()?;
+        let sum = |metric: &str, op: &str| -> f64 {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with(metric)
+                        && l.contains("kind=\"s3\"")
+                        && l.contains(&format!("op=\"{op}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        Some(
+            sum("kiln_store_calls_total{", "get")
+                + sum("kiln_store_calls_total{", "put")
+                + sum("kiln_store_digests_total{", "find_missing"),
+        )
+    }
+}
+
+/// GETs a plain-HTTP URL (the metrics endpoint) and returns the body.
+async fn scrape(url: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
+    let mut conn = tokio::net::TcpStream::connect(host).await?;
+    conn.write_all(
+        format!(
+            "GET /{} HTTP/1.0\r\nHost: {host}\r\n\r\n",
+            path.trim_start_matches('/')
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut out = String::new();
+    conn.read_to_string(&mut out).await?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
 }
 
 async fn connect(uri: &str, count: usize) -> Result<Vec<Channel>> {
@@ -172,6 +228,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Vec<Report>> {
         concurrency,
         limit,
         progress,
+        metrics_url: args.metrics_url.clone(),
     };
     let blob_size = crate::config::ByteSize::parse(&args.blob_size)
         .map_err(Error::InvalidArgument)?
@@ -180,6 +237,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Vec<Report>> {
     for w in workloads {
         let stats = match w {
             "fmb" => workloads::fmb(&ctx).await?,
+            "fmb_present" => workloads::fmb_present(&ctx).await?,
             "batch" => workloads::batch(&ctx).await?,
             "bytestream" => workloads::bytestream(&ctx, blob_size).await?,
             "tree" => workloads::tree(&ctx, args.tree_dirs, args.tree_files).await?,

@@ -37,6 +37,8 @@ pub struct Stats {
     pub latencies_us: Vec<u64>,
     /// The first error seen, for the report.
     pub first_error: Option<String>,
+    /// Requests the server made to its object storage during the phase.
+    pub backend_calls: Option<f64>,
 }
 
 /// One line of `kiln bench` output.
@@ -65,6 +67,13 @@ pub struct Report {
     /// The first failure, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
+    /// Object-storage requests the server made per successful call
+    /// (with `--metrics-url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_calls_per_op: Option<f64>,
+    /// Object-storage requests per item (per digest for fmb).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend_calls_per_item: Option<f64>,
 }
 
 impl Stats {
@@ -93,6 +102,11 @@ impl Stats {
             max_ms: pct(1.0),
             errors: self.errors,
             first_error: self.first_error,
+            backend_calls_per_op: self.backend_calls.map(|c| c / self.ops.max(1) as f64),
+            backend_calls_per_item: self
+                .backend_calls
+                .filter(|_| self.items > 0)
+                .map(|c| c / self.items as f64),
         }
     }
 }
@@ -182,6 +196,7 @@ where
         elapsed: Duration::ZERO,
         latencies_us: Vec::new(),
         first_error: None,
+        backend_calls: None,
     };
     for w in workers {
         let me = match w.await {

@@ -81,6 +81,17 @@ async fn upload(ctx: &Ctx, blobs: Vec<Bytes>) -> Result<()> {
     Ok(())
 }
 
+/// Runs a timed phase, adding the server's backend calls during it when
+/// `--metrics-url` is given.
+async fn probed(ctx: &Ctx, phase: impl std::future::Future<Output = Stats>) -> Stats {
+    let before = ctx.backend_calls().await;
+    let mut stats = phase.await;
+    if let (Some(b), Some(a)) = (before, ctx.backend_calls().await) {
+        stats.backend_calls = Some(a - b);
+    }
+    stats
+}
+
 /// FindMissingBlobs with 1,000 digests per call, half of them present.
 pub(crate) async fn fmb(ctx: &Ctx) -> Result<Vec<Stats>> {
     let seed = run_seed();
@@ -89,37 +100,88 @@ pub(crate) async fn fmb(ctx: &Ctx) -> Result<Vec<Stats>> {
         Arc::new(present.iter().map(|b| sha(b).to_proto()).collect());
     upload(ctx, present).await?;
     let (ctx2, instance) = (ctx.clone(), ctx.instance.clone());
-    let stats = drive(
-        "fmb",
-        ctx.concurrency,
-        ctx.limit,
-        ctx.progress,
-        move |w, seq| {
-            let mut client = cas(&ctx2, w);
-            let mut digests = (*present_digests).clone();
-            let salt = seed ^ ((w as u64) << 40) ^ (seq << 8);
-            digests.extend((0..500u64).map(|i| sha(&(salt + i).to_le_bytes()).to_proto()));
-            let instance = instance.clone();
-            async move {
-                let resp = client
-                    .find_missing_blobs(FindMissingBlobsRequest {
-                        instance_name: instance,
-                        blob_digests: digests,
-                        digest_function: 0,
+    let stats = probed(
+        ctx,
+        drive(
+            "fmb",
+            ctx.concurrency,
+            ctx.limit,
+            ctx.progress,
+            move |w, seq| {
+                let mut client = cas(&ctx2, w);
+                let mut digests = (*present_digests).clone();
+                let salt = seed ^ ((w as u64) << 40) ^ (seq << 8);
+                digests.extend((0..500u64).map(|i| sha(&(salt + i).to_le_bytes()).to_proto()));
+                let instance = instance.clone();
+                async move {
+                    let resp = client
+                        .find_missing_blobs(FindMissingBlobsRequest {
+                            instance_name: instance,
+                            blob_digests: digests,
+                            digest_function: 0,
+                        })
+                        .await?;
+                    let missing = resp.get_ref().missing_blob_digests.len();
+                    if missing != 500 {
+                        return Err(Status::internal(format!(
+                            "expected 500 missing, got {missing}"
+                        )));
+                    }
+                    Ok(Done {
+                        bytes: 0,
+                        items: 1000,
                     })
-                    .await?;
-                let missing = resp.get_ref().missing_blob_digests.len();
-                if missing != 500 {
-                    return Err(Status::internal(format!(
-                        "expected 500 missing, got {missing}"
-                    )));
                 }
-                Ok(Done {
-                    bytes: 0,
-                    items: 1000,
-                })
-            }
-        },
+            },
+        ),
+    )
+    .await;
+    Ok(vec![stats])
+}
+
+/// FindMissingBlobs of the same 1,000 present digests on every call: the
+/// steady state of repeated builds, where a warm existence cache should spare
+/// the backend almost every lookup.
+pub(crate) async fn fmb_present(ctx: &Ctx) -> Result<Vec<Stats>> {
+    let seed = run_seed();
+    let present: Vec<Bytes> = (0..1000).map(|i| blob(seed + i, 64)).collect();
+    let digests: Arc<Vec<reapi::Digest>> =
+        Arc::new(present.iter().map(|b| sha(b).to_proto()).collect());
+    upload(ctx, present).await?;
+    let (ctx2, instance) = (ctx.clone(), ctx.instance.clone());
+    let stats = probed(
+        ctx,
+        drive(
+            "fmb_present",
+            ctx.concurrency,
+            ctx.limit,
+            ctx.progress,
+            move |w, _| {
+                let mut client = cas(&ctx2, w);
+                let req = FindMissingBlobsRequest {
+                    instance_name: instance.clone(),
+                    blob_digests: (*digests).clone(),
+                    digest_function: 0,
+                };
+                async move {
+                    let missing = client
+                        .find_missing_blobs(req)
+                        .await?
+                        .into_inner()
+                        .missing_blob_digests
+                        .len();
+                    if missing != 0 {
+                        return Err(Status::internal(format!(
+                            "{missing} uploaded blobs reported missing"
+                        )));
+                    }
+                    Ok(Done {
+                        bytes: 0,
+                        items: 1000,
+                    })
+                }
+            },
+        ),
     )
     .await;
     Ok(vec![stats])
@@ -134,61 +196,64 @@ pub(crate) async fn batch(ctx: &Ctx) -> Result<Vec<Stats>> {
             .map(|i| blob(seed ^ ((w as u64) << 48) ^ (pair << 8) ^ i, 4096))
             .collect()
     };
-    let stats = drive(
-        "batch",
-        ctx.concurrency,
-        ctx.limit,
-        ctx.progress,
-        move |w, seq| {
-            let mut client = cas(&ctx2, w);
-            let blobs = blobs_for(w, seq / 2);
-            let instance = instance.clone();
-            async move {
-                if seq % 2 == 0 {
-                    let requests = blobs
-                        .into_iter()
-                        .map(|b| batch_update_blobs_request::Request {
-                            digest: Some(sha(&b).to_proto()),
-                            data: b,
-                            compressor: 0,
-                        })
-                        .collect();
-                    let resp = client
-                        .batch_update_blobs(BatchUpdateBlobsRequest {
-                            instance_name: instance,
-                            requests,
-                            digest_function: 0,
-                        })
-                        .await?;
-                    if resp
-                        .get_ref()
-                        .responses
-                        .iter()
-                        .any(|r| r.status.as_ref().is_some_and(|s| s.code != 0))
-                    {
-                        return Err(Status::internal("a blob of the batch was refused"));
+    let stats = probed(
+        ctx,
+        drive(
+            "batch",
+            ctx.concurrency,
+            ctx.limit,
+            ctx.progress,
+            move |w, seq| {
+                let mut client = cas(&ctx2, w);
+                let blobs = blobs_for(w, seq / 2);
+                let instance = instance.clone();
+                async move {
+                    if seq % 2 == 0 {
+                        let requests = blobs
+                            .into_iter()
+                            .map(|b| batch_update_blobs_request::Request {
+                                digest: Some(sha(&b).to_proto()),
+                                data: b,
+                                compressor: 0,
+                            })
+                            .collect();
+                        let resp = client
+                            .batch_update_blobs(BatchUpdateBlobsRequest {
+                                instance_name: instance,
+                                requests,
+                                digest_function: 0,
+                            })
+                            .await?;
+                        if resp
+                            .get_ref()
+                            .responses
+                            .iter()
+                            .any(|r| r.status.as_ref().is_some_and(|s| s.code != 0))
+                        {
+                            return Err(Status::internal("a blob of the batch was refused"));
+                        }
+                    } else {
+                        let digests = blobs.iter().map(|b| sha(b).to_proto()).collect();
+                        let resp = client
+                            .batch_read_blobs(BatchReadBlobsRequest {
+                                instance_name: instance,
+                                digests,
+                                ..Default::default()
+                            })
+                            .await?;
+                        if resp.get_ref().responses.iter().any(|r| {
+                            r.status.as_ref().is_some_and(|s| s.code != 0) || r.data.len() != 4096
+                        }) {
+                            return Err(Status::internal("a blob of the batch could not be read"));
+                        }
                     }
-                } else {
-                    let digests = blobs.iter().map(|b| sha(b).to_proto()).collect();
-                    let resp = client
-                        .batch_read_blobs(BatchReadBlobsRequest {
-                            instance_name: instance,
-                            digests,
-                            ..Default::default()
-                        })
-                        .await?;
-                    if resp.get_ref().responses.iter().any(|r| {
-                        r.status.as_ref().is_some_and(|s| s.code != 0) || r.data.len() != 4096
-                    }) {
-                        return Err(Status::internal("a blob of the batch could not be read"));
-                    }
+                    Ok(Done {
+                        bytes: 100 * 4096,
+                        items: 100,
+                    })
                 }
-                Ok(Done {
-                    bytes: 100 * 4096,
-                    items: 100,
-                })
-            }
-        },
+            },
+        ),
     )
     .await;
     Ok(vec![stats])
@@ -220,81 +285,87 @@ pub(crate) async fn bytestream(ctx: &Ctx, size: u64) -> Result<Vec<Stats>> {
         requests: Some(pool),
     };
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let write = drive(
-        "bytestream_write",
-        ctx.concurrency,
-        write_limit,
-        ctx.progress,
-        move |w, _| {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % pool;
-            let digest = ds[i as usize];
-            let mut client =
-                ByteStreamClient::new(ctx2.channel(w)).max_encoding_message_size(MAX_MSG);
-            let name = format!(
-                "{}uploads/{}/blobs/{digest}",
-                prefix(&inst),
-                uuid::Uuid::new_v4()
-            );
-            async move {
-                let mut g = Gen::new(seed + i);
-                let chunks = (0..size.div_ceil(1 << 20)).map(move |c| {
-                    let offset = c << 20;
-                    let n = (size - offset).min(1 << 20) as usize;
-                    WriteRequest {
-                        resource_name: if c == 0 { name.clone() } else { String::new() },
-                        write_offset: offset as i64,
-                        finish_write: offset + n as u64 == size,
-                        data: g.chunk(n),
+    let write = probed(
+        ctx,
+        drive(
+            "bytestream_write",
+            ctx.concurrency,
+            write_limit,
+            ctx.progress,
+            move |w, _| {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % pool;
+                let digest = ds[i as usize];
+                let mut client =
+                    ByteStreamClient::new(ctx2.channel(w)).max_encoding_message_size(MAX_MSG);
+                let name = format!(
+                    "{}uploads/{}/blobs/{digest}",
+                    prefix(&inst),
+                    uuid::Uuid::new_v4()
+                );
+                async move {
+                    let mut g = Gen::new(seed + i);
+                    let chunks = (0..size.div_ceil(1 << 20)).map(move |c| {
+                        let offset = c << 20;
+                        let n = (size - offset).min(1 << 20) as usize;
+                        WriteRequest {
+                            resource_name: if c == 0 { name.clone() } else { String::new() },
+                            write_offset: offset as i64,
+                            finish_write: offset + n as u64 == size,
+                            data: g.chunk(n),
+                        }
+                    });
+                    let resp = client.write(futures::stream::iter(chunks)).await?;
+                    if resp.get_ref().committed_size != size as i64 {
+                        return Err(Status::internal(format!(
+                            "committed {} of {size}",
+                            resp.get_ref().committed_size
+                        )));
                     }
-                });
-                let resp = client.write(futures::stream::iter(chunks)).await?;
-                if resp.get_ref().committed_size != size as i64 {
-                    return Err(Status::internal(format!(
-                        "committed {} of {size}",
-                        resp.get_ref().committed_size
-                    )));
+                    Ok(Done {
+                        bytes: size,
+                        items: 1,
+                    })
                 }
-                Ok(Done {
-                    bytes: size,
-                    items: 1,
-                })
-            }
-        },
+            },
+        ),
     )
     .await;
     let ctx3 = ctx.clone();
-    let read = drive(
-        "bytestream_read",
-        ctx.concurrency,
-        ctx.limit,
-        ctx.progress,
-        move |w, seq| {
-            let digest = digests[(w + seq as usize) % digests.len()];
-            let mut client =
-                ByteStreamClient::new(ctx3.channel(w)).max_decoding_message_size(MAX_MSG);
-            let name = format!("{}blobs/{digest}", prefix(&instance));
-            async move {
-                let mut stream = client
-                    .read(ReadRequest {
-                        resource_name: name,
-                        read_offset: 0,
-                        read_limit: 0,
+    let read = probed(
+        ctx,
+        drive(
+            "bytestream_read",
+            ctx.concurrency,
+            ctx.limit,
+            ctx.progress,
+            move |w, seq| {
+                let digest = digests[(w + seq as usize) % digests.len()];
+                let mut client =
+                    ByteStreamClient::new(ctx3.channel(w)).max_decoding_message_size(MAX_MSG);
+                let name = format!("{}blobs/{digest}", prefix(&instance));
+                async move {
+                    let mut stream = client
+                        .read(ReadRequest {
+                            resource_name: name,
+                            read_offset: 0,
+                            read_limit: 0,
+                        })
+                        .await?
+                        .into_inner();
+                    let mut got = 0u64;
+                    while let Some(msg) = stream.message().await? {
+                        got += msg.data.len() as u64;
+                    }
+                    if got != size {
+                        return Err(Status::internal(format!("read {got} of {size} bytes")));
+                    }
+                    Ok(Done {
+                        bytes: size,
+                        items: 1,
                     })
-                    .await?
-                    .into_inner();
-                let mut got = 0u64;
-                while let Some(msg) = stream.message().await? {
-                    got += msg.data.len() as u64;
                 }
-                if got != size {
-                    return Err(Status::internal(format!("read {got} of {size} bytes")));
-                }
-                Ok(Done {
-                    bytes: size,
-                    items: 1,
-                })
-            }
-        },
+            },
+        ),
     )
     .await;
     Ok(vec![write, read])
@@ -395,15 +466,21 @@ pub(crate) async fn tree(ctx: &Ctx, dirs: usize, files: usize) -> Result<Vec<Sta
         duration: None,
         requests: Some(COLD_TREES),
     };
-    let cold = drive("tree_cold", 1, cold_limit, ctx.progress, move |w, seq| {
-        get_tree(c.clone(), i.clone(), r[seq as usize], w)
-    })
+    let cold = probed(
+        ctx,
+        drive("tree_cold", 1, cold_limit, ctx.progress, move |w, seq| {
+            get_tree(c.clone(), i.clone(), r[seq as usize], w)
+        }),
+    )
     .await;
     let (c, i) = (ctx.clone(), ctx.instance.clone());
     // One call at a time, like the cold phase, so the two compare latencies.
-    let warm = drive("tree_warm", 1, ctx.limit, ctx.progress, move |w, _| {
-        get_tree(c.clone(), i.clone(), roots[0], w)
-    })
+    let warm = probed(
+        ctx,
+        drive("tree_warm", 1, ctx.limit, ctx.progress, move |w, _| {
+            get_tree(c.clone(), i.clone(), roots[0], w)
+        }),
+    )
     .await;
     Ok(vec![cold, warm])
 }
@@ -424,35 +501,38 @@ pub(crate) async fn ac(ctx: &Ctx) -> Result<Vec<Stats>> {
     };
     upload(ctx, vec![output, log]).await?;
     let (ctx2, instance) = (ctx.clone(), ctx.instance.clone());
-    let stats = drive(
-        "ac",
-        ctx.concurrency,
-        ctx.limit,
-        ctx.progress,
-        move |w, seq| {
-            let mut client = ActionCacheClient::new(ctx2.channel(w));
-            let action = sha(&(seed ^ ((w as u64) << 40) ^ (seq / 2)).to_le_bytes()).to_proto();
-            let (instance, result) = (instance.clone(), result.clone());
-            async move {
-                if seq % 2 == 0 {
-                    let req = UpdateActionResultRequest {
-                        instance_name: instance,
-                        action_digest: Some(action),
-                        action_result: Some(result),
-                        ..Default::default()
-                    };
-                    client.update_action_result(req).await?;
-                } else {
-                    let req = GetActionResultRequest {
-                        instance_name: instance,
-                        action_digest: Some(action),
-                        ..Default::default()
-                    };
-                    client.get_action_result(req).await?;
+    let stats = probed(
+        ctx,
+        drive(
+            "ac",
+            ctx.concurrency,
+            ctx.limit,
+            ctx.progress,
+            move |w, seq| {
+                let mut client = ActionCacheClient::new(ctx2.channel(w));
+                let action = sha(&(seed ^ ((w as u64) << 40) ^ (seq / 2)).to_le_bytes()).to_proto();
+                let (instance, result) = (instance.clone(), result.clone());
+                async move {
+                    if seq % 2 == 0 {
+                        let req = UpdateActionResultRequest {
+                            instance_name: instance,
+                            action_digest: Some(action),
+                            action_result: Some(result),
+                            ..Default::default()
+                        };
+                        client.update_action_result(req).await?;
+                    } else {
+                        let req = GetActionResultRequest {
+                            instance_name: instance,
+                            action_digest: Some(action),
+                            ..Default::default()
+                        };
+                        client.get_action_result(req).await?;
+                    }
+                    Ok(Done { bytes: 0, items: 1 })
                 }
-                Ok(Done { bytes: 0, items: 1 })
-            }
-        },
+            },
+        ),
     )
     .await;
     Ok(vec![stats])
@@ -490,6 +570,7 @@ pub(crate) async fn hash(ctx: &Ctx) -> Result<Vec<Stats>> {
                 elapsed: started.elapsed(),
                 latencies_us: latencies,
                 first_error: None,
+                backend_calls: None,
             }
         })
         .await?;

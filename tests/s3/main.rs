@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod config_and_bench;
 mod faults;
 mod shared_bucket;
 mod store;
