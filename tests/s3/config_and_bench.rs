@@ -1,7 +1,6 @@
 //! config/s3.yaml against a real S3 server, and the S3 bench scenario's
 //! backend-call accounting.
 
-use bytes::Bytes;
 use clap::Parser;
 use kiln::bench::{BenchArgs, run};
 use kiln::proto::reapi::{BatchReadBlobsRequest, BatchUpdateBlobsRequest, batch_update_blobs_request};
@@ -26,7 +25,7 @@ async fn the_shipped_s3_config_works_with_only_the_aws_variables_set() {
     .await
     .unwrap();
     let got = cas.batch_read_blobs(BatchReadBlobsRequest { digests: vec![d.to_proto()], ..Default::default() }).await.unwrap().into_inner();
-    assert_eq!(got.responses[0].data, Bytes::from(data));
+    assert_eq!(got.responses[0].data, data);
 }
 
 #[derive(Parser)]
