@@ -110,7 +110,7 @@ bench() { # name port workloads [extra args]
     shift 3
     log "bench $name: $workloads"
     "$KILN" bench --json --target "grpc://127.0.0.1:$port" --workload "$workloads" \
-        --duration "$DURATION" --concurrency "$CONCURRENCY" --blob-size "$BLOB_SIZE" \
+        --duration "$DURATION" --concurrency "$CONCURRENCY" --blob-size "${BENCH_BLOB:-$BLOB_SIZE}" \
         --tree-dirs "$TREE_DIRS" "$@" >> "$RUN/$name.jsonl"
 }
 
@@ -148,7 +148,7 @@ sleep 3
 sed 's|http://127.0.0.1:8333|http://127.0.0.1:18433|' config/s3.yaml > "$RUN/kiln-s3.yaml"
 start kiln-s3 50074 "$KILN" serve --config "$RUN/kiln-s3.yaml" --listen 127.0.0.1:50074 \
     --http-listen 127.0.0.1:50084 --data-dir "$RUN/kiln-s3-data"
-bench kiln-s3 50074 fmb,fmb_present,batch,bytestream --blob-size "$S3_BLOB" --metrics-url http://127.0.0.1:50084/metrics
+BENCH_BLOB="$S3_BLOB" bench kiln-s3 50074 fmb,fmb_present,batch,bytestream --metrics-url http://127.0.0.1:50084/metrics
 echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib kiln-s3)}" >> "$RUN/kiln-s3.jsonl"
 kill "$(cat "$RUN/kiln-s3.pid")"
 
@@ -157,7 +157,7 @@ sed -e 's|!lru-storage &main-storage|!s3-storage \&main-storage|' \
     -e 's|127.0.0.1:50073|127.0.0.1:50075|' "$RUN/bgd.yaml" > "$RUN/bgd-s3.yaml"
 kill "$(cat "$RUN/buildgrid.pid")" 2>/dev/null || true
 start buildgrid-s3 50075 "$BGD" server start "$RUN/bgd-s3.yaml"
-bench buildgrid-s3 50075 fmb,fmb_present,batch,bytestream --blob-size "$S3_BLOB"
+BENCH_BLOB="$S3_BLOB" bench buildgrid-s3 50075 fmb,fmb_present,batch,bytestream
 echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib buildgrid-s3)}" >> "$RUN/buildgrid-s3.jsonl"
 
 ARGS=(--hash "$RUN/hash.jsonl" --disk "$RUN/kiln-disk.jsonl" --memory "$RUN/kiln-memory.jsonl"
