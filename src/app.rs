@@ -14,11 +14,17 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use crate::bes::BesLimits;
+use crate::bes::query::QueryService;
+use crate::bes::service::BuildEventService;
+use crate::bes::webhook::Webhooks;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::instance::Instances;
 use crate::metrics::Metrics;
+use crate::proto::bes_v1::publish_build_event_server::PublishBuildEventServer;
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
+use crate::proto::kiln_v1::build_event_query_server::BuildEventQueryServer;
 use crate::proto::reapi::action_cache_server::ActionCacheServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
@@ -86,6 +92,18 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
         .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
     let instances = Instances::build(&config, data_dir.clone(), metrics.clone()).await?;
     let uploads = Arc::new(Uploads::new(data_dir.join("uploads"))?);
+    let events = crate::bes::open(&config.build_events, &data_dir).await?;
+    let webhooks = Webhooks::start(
+        config.build_events.webhooks.clone(),
+        metrics.clone(),
+        config.build_events.webhook_backoff.0,
+    );
+    let bes = BuildEventService::new(
+        events.clone(),
+        BesLimits::from(&config.build_events),
+        webhooks,
+        metrics.clone(),
+    );
     let max = config.max_message_size.0 as usize;
     let grace = config.grace_period.0;
 
@@ -109,15 +127,23 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
         .add_service(configured!(
             ActionCacheServer::new(ActionCacheService::new(instances.clone())),
             max
+        ))
+        .add_service(configured!(PublishBuildEventServer::new(bes), max))
+        .add_service(configured!(
+            BuildEventQueryServer::new(QueryService::new(events.clone())),
+            max
         ));
 
     let (shutdown, mut stop) = watch::channel(false);
     let mut stop_grace = stop.clone();
     let mut stop_http = stop.clone();
-    let http = axum::serve(http_listener, crate::http::router(metrics.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = stop_http.wait_for(|s| *s).await;
-        });
+    let http = axum::serve(
+        http_listener,
+        crate::http::router(metrics.clone(), events.clone()),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop_http.wait_for(|s| *s).await;
+    });
     let http_task = tokio::spawn(async move {
         if let Err(e) = http.await {
             tracing::error!(error = %e, "HTTP listener failed");

@@ -43,6 +43,9 @@ pub enum Error {
     /// A dependency (disk, object storage) is down; the client should retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The request does not fit the current state (used sparingly).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -74,6 +77,7 @@ impl Error {
             Error::ResourceExhausted { .. } => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Cancelled(_) => Code::Cancelled,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Internal(_) => Code::Internal,
         }
     }

@@ -1,5 +1,6 @@
-//! The HTTP listener beside gRPC: `/metrics` (Prometheus text) today; build
-//! event pages and APIs join it later. It stops with the gRPC server.
+//! The HTTP listener beside gRPC: `/metrics` (Prometheus text), the build
+//! event API (`/api/v1/...`) and invocation pages. It stops with the gRPC
+//! server.
 
 use std::sync::Arc;
 
@@ -21,9 +22,10 @@ async fn metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     )
 }
 
-/// The routes of the HTTP listener.
-pub fn router(metrics: Arc<Metrics>) -> Router {
+/// The routes of the HTTP listener: metrics and the build-event API.
+pub fn router(metrics: Arc<Metrics>, events: Arc<dyn crate::bes::store::EventStore>) -> Router {
     Router::new()
         .route("/metrics", get(self::metrics))
         .with_state(metrics)
+        .merge(crate::bes::http::router(events))
 }

@@ -4,6 +4,7 @@
 //! - [`app`]: wiring; builds everything and serves it.
 //! - [`service`]: gRPC adapters, thin shells over instances.
 //! - [`instance`]: per-`instance_name` stores and settings.
+//! - [`bes`]: the Build Event Service, its storage, queries and webhooks.
 //! - [`tree`], [`action_result`], [`compression`]: domain logic services call.
 //! - [`store`]: the `BlobStore` trait, its backends and layers.
 //! - [`bench`]: `kiln bench`, the load generator.
@@ -16,6 +17,7 @@
 pub mod action_result;
 pub mod app;
 pub mod bench;
+pub mod bes;
 pub mod compression;
 pub mod config;
 pub mod digest;

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub store_digests: Family<StoreLabels, Counter>,
     /// Latency of store calls, in seconds.
     pub store_latency: LatencyFamily,
+    /// Build events stored (the ingestion rate is its rate()).
+    pub bes_events: Counter,
+    /// Webhook deliveries by outcome: delivered, retried, failed, dropped.
+    pub webhook_deliveries: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -78,7 +82,17 @@ impl Metrics {
             "Latency of store calls",
             store_latency.clone(),
         );
+        let bes_events = Counter::default();
+        let webhook_deliveries = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        registry.register("bes_events", "Build events stored", bes_events.clone());
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by outcome",
+            webhook_deliveries.clone(),
+        );
         Arc::new(Metrics {
+            bes_events,
+            webhook_deliveries,
             registry,
             store_calls,
             store_errors,

@@ -7,8 +7,11 @@ include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
 
 pub use self::build::bazel::remote::execution::v2 as reapi;
 pub use self::build::bazel::semver;
+pub use self::build_event_stream as bep;
 pub use self::google::bytestream;
+pub use self::google::devtools::build::v1 as bes_v1;
 pub use self::google::longrunning;
+pub use self::kiln::v1 as kiln_v1;
 
 /// The encoded descriptor set of every declaration in `proto/`, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -42,11 +42,47 @@ pub struct Config {
     /// exceed every instance's `max_batch_total_size` plus framing.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: ByteSize,
+    /// The Build Event Service and its database.
+    #[serde(default)]
+    pub build_events: BuildEventsConfig,
     /// Named stores, shared by reference (`ref: NAME`) between instances.
     #[serde(default)]
     pub stores: BTreeMap<String, StoreConfig>,
     /// The instances this server serves, chosen by `instance_name`.
     pub instances: Vec<InstanceConfig>,
+}
+
+/// `build_events:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildEventsConfig {
+    /// Database URL: `sqlite:FILE` (relative to the data dir) or
+    /// `postgres://...` for many pods. Default `sqlite:build-events.db`.
+    #[serde(default = "default_bes_database")]
+    pub database: String,
+    /// An environment variable holding the database URL instead (so a
+    /// PostgreSQL password stays out of the file). Default: none.
+    #[serde(default)]
+    pub database_env: Option<String>,
+    /// Events accepted per invocation. Default 1000000.
+    #[serde(default = "default_max_events")]
+    pub max_events_per_invocation: u64,
+    /// Largest single event. Default `8MiB`.
+    #[serde(default = "default_max_event_size")]
+    pub max_event_size: ByteSize,
+    /// URLs that receive each finished invocation's JSON summary by POST.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+    /// First wait before a failed webhook delivery is retried; it doubles on
+    /// each of up to 6 attempts. Default `1s`.
+    #[serde(default = "default_webhook_backoff")]
+    pub webhook_backoff: Duration,
+}
+
+impl Default for BuildEventsConfig {
+    fn default() -> Self {
+        serde_saphyr::from_str("{}").expect("build_events defaults parse")
+    }
 }
 
 /// Log output settings.
@@ -262,6 +298,18 @@ impl Default for TreeCacheConfig {
 
 fn default_listen() -> String {
     "127.0.0.1:50051".into()
+}
+fn default_bes_database() -> String {
+    "sqlite:build-events.db".into()
+}
+fn default_max_events() -> u64 {
+    1_000_000
+}
+fn default_max_event_size() -> ByteSize {
+    ByteSize(8 << 20)
+}
+fn default_webhook_backoff() -> Duration {
+    Duration(std::time::Duration::from_secs(1))
 }
 fn default_http_listen() -> String {
     "127.0.0.1:8080".into()

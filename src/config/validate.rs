@@ -31,6 +31,29 @@ pub(super) fn errors(config: &Config) -> Vec<String> {
             config.http_listen
         ));
     }
+    let bes = &config.build_events;
+    if !(bes.database.starts_with("sqlite:")
+        || bes.database.starts_with("postgres://")
+        || bes.database.starts_with("postgresql://"))
+    {
+        errors.push(format!(
+            "build_events.database: {:?} must start with sqlite: or postgres://",
+            bes.database
+        ));
+    }
+    if bes.max_event_size.0 == 0 || bes.max_event_size.0 + (1 << 20) > config.max_message_size.0 {
+        errors.push(
+            "build_events.max_event_size: must be above 0 and at least 1MiB below max_message_size"
+                .into(),
+        );
+    }
+    for (i, url) in bes.webhooks.iter().enumerate() {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            errors.push(format!(
+                "build_events.webhooks[{i}]: {url:?} must be an http:// or https:// URL"
+            ));
+        }
+    }
     if config.max_message_size.0 < (1 << 20) {
         errors.push("max_message_size: must be at least 1MiB".into());
     }

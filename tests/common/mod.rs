@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod bazel;
+pub mod bes;
 pub mod s3;
 
 use std::path::{Path, PathBuf};

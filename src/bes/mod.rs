@@ -1,0 +1,96 @@
+//! Build events: the Build Event Service Bazel publishes to (`--bes_backend`),
+//! their durable storage, invocation summaries, queries (gRPC and HTTP) and
+//! webhooks. Pods keep no stream state another pod would need: everything a
+//! reconnecting client resumes from is in the database.
+
+pub mod http;
+pub mod query;
+pub mod service;
+pub mod sql;
+pub mod store;
+pub mod summary;
+pub mod webhook;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::BuildEventsConfig;
+use crate::error::{Error, Result};
+use store::EventStore;
+
+/// Limits on what one invocation may publish.
+#[derive(Debug, Clone, Copy)]
+pub struct BesLimits {
+    /// Events per invocation.
+    pub max_events_per_invocation: u64,
+    /// Bytes per event.
+    pub max_event_size: u64,
+}
+
+impl From<&BuildEventsConfig> for BesLimits {
+    fn from(c: &BuildEventsConfig) -> Self {
+        BesLimits {
+            max_events_per_invocation: c.max_events_per_invocation,
+            max_event_size: c.max_event_size.0,
+        }
+    }
+}
+
+/// The database URL `config` names: from its environment variable if one is
+/// set, with a relative SQLite path placed under `data_dir`.
+pub fn database_url(config: &BuildEventsConfig, data_dir: &Path) -> Result<String> {
+    let url = match &config.database_env {
+        Some(var) => std::env::var(var).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "build_events.database_env: environment variable {var} is not set"
+            ))
+        })?,
+        None => config.database.clone(),
+    };
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = path.trim_start_matches("//");
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let file = if Path::new(path).is_absolute() {
+            Path::new(path).to_path_buf()
+        } else {
+            data_dir.join(path)
+        };
+        let query = if query.is_empty() {
+            "mode=rwc".to_string()
+        } else {
+            query.to_string()
+        };
+        return Ok(format!("sqlite://{}?{query}", file.display()));
+    }
+    Ok(url)
+}
+
+/// Opens the configured event store.
+pub async fn open(config: &BuildEventsConfig, data_dir: &Path) -> Result<Arc<dyn EventStore>> {
+    let url = database_url(config, data_dir)?;
+    Ok(Arc::new(sql::SqlEventStore::connect(&url).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls() {
+        let mut c: BuildEventsConfig = serde_saphyr::from_str("{}").unwrap();
+        let dir = Path::new("/data");
+        assert_eq!(
+            database_url(&c, dir).unwrap(),
+            "sqlite:///data/build-events.db?mode=rwc"
+        );
+        c.database = "sqlite:///abs/x.db".into();
+        assert_eq!(
+            database_url(&c, dir).unwrap(),
+            "sqlite:///abs/x.db?mode=rwc"
+        );
+        c.database = "postgres://u:p@h/db".into();
+        assert_eq!(database_url(&c, dir).unwrap(), "postgres://u:p@h/db");
+        c.database_env = Some("KILN_TEST_SURELY_UNSET_VAR".into());
+        assert!(database_url(&c, dir).is_err());
+    }
+}

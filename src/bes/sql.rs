@@ -1,0 +1,428 @@
+//! [`EventStore`] on SQL through sqlx's runtime-selected driver: SQLite (a
+//! file in the data dir, the embedded default) or PostgreSQL (shared by many
+//! pods). One schema and one set of queries serve both; migrations live in
+//! `migrations/` and are applied at start-up.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use super::store::{
+    EventFilter, EventStore, InvocationFilter, NewEvent, StoredEvent, StreamInfo, StreamKey,
+};
+use super::summary::Invocation;
+use crate::error::{Error, Result};
+
+/// Schema versions, applied in order, each once.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_build_events.sql"))];
+
+/// Rows per multi-row INSERT: far below either database's parameter limit.
+const INSERT_CHUNK: usize = 100;
+
+/// Build events in a SQL database.
+#[derive(Debug, Clone)]
+pub struct SqlEventStore {
+    pool: AnyPool,
+}
+
+fn db_err(context: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
+    move |e| match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            Error::Unavailable(format!("{context}: database unavailable: {e}"))
+        }
+        _ => Error::Internal(format!("{context}: {e}")),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl SqlEventStore {
+    /// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://...`) and
+    /// applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 16 })
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL lets readers run beside the writer; FULL makes a
+                        // commit durable before kiln acknowledges events.
+                        sqlx::query("PRAGMA journal_mode=WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous=FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout=10000")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!("build events database {}: {e}", redact(url)))
+            })?;
+        let store = SqlEventStore { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let err = db_err("migrating the build events schema");
+        sqlx::query("CREATE TABLE IF NOT EXISTS kiln_migrations (version BIGINT PRIMARY KEY)")
+            .execute(&self.pool)
+            .await
+            .map_err(&err)?;
+        for (version, sql) in MIGRATIONS {
+            let done = sqlx::query("SELECT version FROM kiln_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(&err)?;
+            if done.is_some() {
+                continue;
+            }
+            let mut tx = self.pool.begin().await.map_err(&err)?;
+            for statement in sql
+                .split(';')
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--")))
+            {
+                sqlx::query(statement)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&err)?;
+            }
+            sqlx::query("INSERT INTO kiln_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(*version)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+            tx.commit().await.map_err(&err)?;
+        }
+        Ok(())
+    }
+}
+
+/// A database URL without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn stream_info(row: &AnyRow) -> std::result::Result<StreamInfo, sqlx::Error> {
+    Ok(StreamInfo {
+        key: StreamKey {
+            build_id: row.try_get(0)?,
+            invocation_id: row.try_get(1)?,
+            component: row.try_get::<i64, _>(2)? as i32,
+        },
+        last_sequence: row.try_get(3)?,
+        finished: row.try_get::<i64, _>(4)? != 0,
+    })
+}
+
+fn parse_summary(json: &str) -> Result<Invocation> {
+    serde_json::from_str(json)
+        .map_err(|e| Error::Internal(format!("corrupt invocation summary: {e}")))
+}
+
+#[async_trait]
+impl EventStore for SqlEventStore {
+    async fn create_stream(&self, key: &StreamKey) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO bes_streams (build_id, invocation_id, component, created_at, last_sequence, finished) \
+             VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.build_id)
+        .bind(&key.invocation_id)
+        .bind(i64::from(key.component))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("creating a stream"))?;
+        if done.rows_affected() == 0 {
+            return Err(Error::AlreadyExists(format!(
+                "stream {} already exists",
+                key.display()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn stream(&self, key: &StreamKey) -> Result<Option<StreamInfo>> {
+        let row = sqlx::query(
+            "SELECT build_id, invocation_id, component, last_sequence, finished FROM bes_streams \
+             WHERE build_id = $1 AND invocation_id = $2 AND component = $3",
+        )
+        .bind(&key.build_id)
+        .bind(&key.invocation_id)
+        .bind(i64::from(key.component))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err("reading a stream"))?;
+        row.as_ref()
+            .map(stream_info)
+            .transpose()
+            .map_err(db_err("reading a stream"))
+    }
+
+    async fn commit(
+        &self,
+        key: &StreamKey,
+        events: &[NewEvent],
+        finished: bool,
+        invocation: Option<&Invocation>,
+    ) -> Result<()> {
+        let err = db_err("storing build events");
+        let mut tx = self.pool.begin().await.map_err(&err)?;
+        sqlx::query(
+            "INSERT INTO bes_streams (build_id, invocation_id, component, created_at, last_sequence, finished) \
+             VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.build_id)
+        .bind(&key.invocation_id)
+        .bind(i64::from(key.component))
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(&err)?;
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = i * 8;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6,
+                        p + 7,
+                        p + 8
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO bes_events (build_id, invocation_id, component, sequence, kind, label, event_time, payload) \
+                 VALUES {} ON CONFLICT DO NOTHING",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for e in chunk {
+                q = q
+                    .bind(&key.build_id)
+                    .bind(&key.invocation_id)
+                    .bind(i64::from(key.component))
+                    .bind(e.sequence)
+                    .bind(&e.kind)
+                    .bind(&e.label)
+                    .bind(e.event_time_ms)
+                    .bind(e.payload.to_vec());
+            }
+            q.execute(&mut *tx).await.map_err(&err)?;
+        }
+        let last = events.iter().map(|e| e.sequence).max().unwrap_or(0);
+        sqlx::query(
+            "UPDATE bes_streams SET last_sequence = CASE WHEN last_sequence < $1 THEN $1 ELSE last_sequence END, \
+             finished = CASE WHEN $2 = 1 THEN 1 ELSE finished END \
+             WHERE build_id = $3 AND invocation_id = $4 AND component = $5",
+        )
+        .bind(last)
+        .bind(i64::from(finished))
+        .bind(&key.build_id)
+        .bind(&key.invocation_id)
+        .bind(i64::from(key.component))
+        .execute(&mut *tx)
+        .await
+        .map_err(&err)?;
+        if let Some(invocation) = invocation.filter(|i| !i.invocation_id.is_empty()) {
+            let json = serde_json::to_string(invocation)
+                .map_err(|e| Error::Internal(format!("encoding a summary: {e}")))?;
+            sqlx::query(
+                "INSERT INTO invocations (invocation_id, status, user_name, started_at, updated_at, summary) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (invocation_id) DO UPDATE SET \
+                 status = excluded.status, user_name = excluded.user_name, started_at = excluded.started_at, \
+                 updated_at = excluded.updated_at, summary = excluded.summary",
+            )
+            .bind(&invocation.invocation_id)
+            .bind(invocation.status.as_str())
+            .bind(&invocation.user)
+            .bind(invocation.started_at)
+            .bind(now_ms())
+            .bind(json)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)
+    }
+
+    async fn invocation(&self, invocation_id: &str) -> Result<Option<Invocation>> {
+        let row = sqlx::query("SELECT summary FROM invocations WHERE invocation_id = $1")
+            .bind(invocation_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("reading an invocation"))?;
+        match row {
+            None => Ok(None),
+            Some(r) => parse_summary(
+                &r.try_get::<String, _>(0)
+                    .map_err(db_err("reading an invocation"))?,
+            )
+            .map(Some),
+        }
+    }
+
+    async fn invocations(&self, filter: &InvocationFilter) -> Result<Vec<Invocation>> {
+        let mut conditions = Vec::new();
+        let mut binds = Vec::new();
+        if let Some(status) = &filter.status {
+            binds.push(status.clone());
+            conditions.push(format!("status = ${}", binds.len()));
+        }
+        if let Some(user) = &filter.user {
+            binds.push(user.clone());
+            conditions.push(format!("user_name = ${}", binds.len()));
+        }
+        let filter_sql = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let limit = if filter.limit <= 0 {
+            50
+        } else {
+            filter.limit.min(10_000)
+        };
+        let sql = format!(
+            "SELECT summary FROM invocations {filter_sql} ORDER BY started_at DESC, updated_at DESC LIMIT {limit}"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in &binds {
+            q = q.bind(b.as_str());
+        }
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("listing invocations"))?;
+        rows.iter()
+            .map(|r| {
+                parse_summary(
+                    &r.try_get::<String, _>(0)
+                        .map_err(db_err("listing invocations"))?,
+                )
+            })
+            .collect()
+    }
+
+    async fn streams(&self, pattern: &regex::Regex) -> Result<Vec<StreamInfo>> {
+        let rows = sqlx::query(
+            "SELECT build_id, invocation_id, component, last_sequence, finished FROM bes_streams \
+             ORDER BY created_at DESC LIMIT 100000",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("listing streams"))?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let info = stream_info(row).map_err(db_err("listing streams"))?;
+            if pattern.is_match(&info.key.display()) {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn events(&self, invocation_id: &str, filter: &EventFilter) -> Result<Vec<StoredEvent>> {
+        let mut sql = String::from(
+            "SELECT build_id, invocation_id, component, sequence, kind, label, event_time, payload FROM bes_events \
+             WHERE invocation_id = $1 AND sequence > $2 AND sequence >= $3",
+        );
+        let mut n = 3;
+        if filter.to > 0 {
+            n += 1;
+            sql.push_str(&format!(" AND sequence <= ${n}"));
+        }
+        let kinds_start = n + 1;
+        if !filter.kinds.is_empty() {
+            let list: Vec<String> = (0..filter.kinds.len())
+                .map(|i| format!("${}", kinds_start + i))
+                .collect();
+            sql.push_str(&format!(" AND kind IN ({})", list.join(", ")));
+        }
+        let limit = if filter.limit <= 0 {
+            1000
+        } else {
+            filter.limit.min(100_000)
+        };
+        let fetch = if filter.label.is_some() {
+            100_000
+        } else {
+            limit
+        };
+        sql.push_str(&format!(
+            " ORDER BY component, build_id, sequence LIMIT {fetch}"
+        ));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(invocation_id)
+            .bind(filter.after)
+            .bind(filter.from);
+        if filter.to > 0 {
+            q = q.bind(filter.to);
+        }
+        for k in &filter.kinds {
+            q = q.bind(k.as_str());
+        }
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("reading events"))?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let read = || -> std::result::Result<StoredEvent, sqlx::Error> {
+                Ok(StoredEvent {
+                    stream: StreamKey {
+                        build_id: r.try_get(0)?,
+                        invocation_id: r.try_get(1)?,
+                        component: r.try_get::<i64, _>(2)? as i32,
+                    },
+                    sequence: r.try_get(3)?,
+                    kind: r.try_get(4)?,
+                    label: r.try_get(5)?,
+                    event_time_ms: r.try_get(6)?,
+                    payload: Bytes::from(r.try_get::<Vec<u8>, _>(7)?),
+                })
+            };
+            let event = read().map_err(db_err("reading events"))?;
+            if filter
+                .label
+                .as_ref()
+                .is_none_or(|re| re.is_match(&event.label))
+            {
+                out.push(event);
+                if out.len() as i64 >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}

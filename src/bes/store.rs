@@ -1,0 +1,136 @@
+//! The persistence seam of build events: streams, their events, and
+//! invocation summaries. Not the blob store: build events are ordered records
+//! with queries, not content-addressed blobs. [`super::sql::SqlEventStore`]
+//! implements it on SQLite (the embedded default) and PostgreSQL (many pods).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::summary::Invocation;
+use crate::error::Result;
+
+/// Identifies an event stream, as BES's StreamId does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct StreamKey {
+    /// The build.
+    pub build_id: String,
+    /// The invocation within it.
+    pub invocation_id: String,
+    /// The publishing component (StreamId.BuildComponent number).
+    pub component: i32,
+}
+
+impl StreamKey {
+    /// `build_id/invocation_id/component`, the form stream regexes match.
+    pub fn display(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.build_id, self.invocation_id, self.component
+        )
+    }
+}
+
+/// An event about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Its position in the stream (1, 2, ...).
+    pub sequence: i64,
+    /// Event kind (see [`super::summary::classify`]).
+    pub kind: String,
+    /// Target label, if any.
+    pub label: String,
+    /// Event time, milliseconds since the epoch.
+    pub event_time_ms: i64,
+    /// The google.devtools.build.v1.BuildEvent as received.
+    pub payload: Bytes,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    /// Its stream.
+    pub stream: StreamKey,
+    /// Its position.
+    pub sequence: i64,
+    /// Its kind.
+    pub kind: String,
+    /// Its label.
+    pub label: String,
+    /// Event time, milliseconds since the epoch.
+    pub event_time_ms: i64,
+    /// The encoded google.devtools.build.v1.BuildEvent.
+    #[serde(skip)]
+    pub payload: Bytes,
+}
+
+/// A stream's bookkeeping.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamInfo {
+    /// Its key.
+    pub key: StreamKey,
+    /// Highest stored sequence number.
+    pub last_sequence: i64,
+    /// Whether component_stream_finished arrived.
+    pub finished: bool,
+}
+
+/// Which events of an invocation to return.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only these kinds (empty: all).
+    pub kinds: Vec<String>,
+    /// Only events after this sequence number.
+    pub after: i64,
+    /// Only events with at least this sequence number.
+    pub from: i64,
+    /// Only events with at most this sequence number (0: no bound).
+    pub to: i64,
+    /// Only events whose label matches this regex.
+    pub label: Option<regex::Regex>,
+    /// At most this many (0: a default of 1,000).
+    pub limit: i64,
+}
+
+/// Which invocations to list.
+#[derive(Debug, Clone, Default)]
+pub struct InvocationFilter {
+    /// At most this many, newest first (0: 50).
+    pub limit: i64,
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this user.
+    pub user: Option<String>,
+}
+
+/// Durable storage of build events.
+///
+/// Contract: `commit` is atomic and durable when it returns (the service
+/// acknowledges events only then); storing a sequence number twice keeps the
+/// first copy.
+#[async_trait]
+pub trait EventStore: std::fmt::Debug + Send + Sync + 'static {
+    /// Creates an empty stream; ALREADY_EXISTS if it exists.
+    async fn create_stream(&self, key: &StreamKey) -> Result<()>;
+    /// The stream, if it exists.
+    async fn stream(&self, key: &StreamKey) -> Result<Option<StreamInfo>>;
+    /// In one transaction: creates the stream if needed, stores `events`
+    /// (skipping sequence numbers already stored), advances the stream's
+    /// last sequence, marks it finished if asked, and stores `invocation`
+    /// if given.
+    async fn commit(
+        &self,
+        key: &StreamKey,
+        events: &[NewEvent],
+        finished: bool,
+        invocation: Option<&Invocation>,
+    ) -> Result<()>;
+    /// One invocation's summary.
+    async fn invocation(&self, invocation_id: &str) -> Result<Option<Invocation>>;
+    /// Summaries, newest first.
+    async fn invocations(&self, filter: &InvocationFilter) -> Result<Vec<Invocation>>;
+    /// Streams whose `build_id/invocation_id/component` matches `pattern`.
+    async fn streams(&self, pattern: &regex::Regex) -> Result<Vec<StreamInfo>>;
+    /// The events of an invocation (all its streams), by stream then sequence.
+    async fn events(&self, invocation_id: &str, filter: &EventFilter) -> Result<Vec<StoredEvent>>;
+}

@@ -1,0 +1,410 @@
+//! Invocation summaries: what a user wants to know about a build (status,
+//! command, targets, tests, cache hits, links to logs), folded event by event
+//! out of Bazel's build_event_stream. The summary is state that any pod can
+//! load, extend with the next events and store again.
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::proto::bep;
+use crate::proto::bes_v1 as v1;
+
+/// The type URL of Bazel's events inside `bazel_event`.
+pub const BAZEL_EVENT_TYPE: &str = "type.googleapis.com/build_event_stream.BuildEvent";
+
+/// Links kept per invocation (logs first); beyond this they are dropped.
+const MAX_LINKS: usize = 500;
+
+/// Where an invocation stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// Events are still arriving.
+    #[default]
+    InProgress,
+    /// Bazel finished with exit code 0.
+    Succeeded,
+    /// Bazel finished with a non-zero exit code.
+    Failed,
+    /// The event stream ended without Bazel saying it was finished.
+    Disconnected,
+}
+
+impl Status {
+    /// The name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::InProgress => "IN_PROGRESS",
+            Status::Succeeded => "SUCCEEDED",
+            Status::Failed => "FAILED",
+            Status::Disconnected => "DISCONNECTED",
+        }
+    }
+}
+
+/// A target's outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// The label, e.g. `//app:hello`.
+    pub label: String,
+    /// `SUCCESS`, `FAILED` or `ABORTED`; empty until the target completes.
+    pub outcome: String,
+    /// E.g. `cc_binary rule`.
+    pub kind: String,
+}
+
+/// A test's overall result.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Test {
+    /// The test target's label.
+    pub label: String,
+    /// Bazel's TestStatus name: PASSED, FAILED, FLAKY, TIMEOUT, ...
+    pub status: String,
+    /// Attempts reported (TestResult events).
+    pub attempts: u32,
+    /// Total run time over attempts.
+    pub duration_ms: i64,
+    /// Whether the last attempt was a cache hit (locally or remotely).
+    pub cached: bool,
+}
+
+/// A file Bazel reported, with its CAS link (`bytestream://...`) or path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// What it is, e.g. `test.log` or an output's name.
+    pub name: String,
+    /// Where it is.
+    pub uri: String,
+}
+
+/// Everything kiln knows about one invocation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Invocation {
+    /// Bazel's invocation id.
+    pub invocation_id: String,
+    /// Bazel's build id.
+    pub build_id: String,
+    /// Where it stands.
+    pub status: Status,
+    /// The command (`build`, `test`, ...).
+    pub command: String,
+    /// The target patterns asked for.
+    pub patterns: Vec<String>,
+    /// Who ran it (workspace status BUILD_USER).
+    pub user: String,
+    /// Where it ran (workspace status BUILD_HOST).
+    pub host: String,
+    /// Start, in milliseconds since the Unix epoch.
+    pub started_at: i64,
+    /// Wall time, once finished.
+    pub duration_ms: Option<i64>,
+    /// Bazel's exit code number, once finished.
+    pub exit_code: Option<i32>,
+    /// Bazel's exit code name (e.g. `TESTS_FAILED`).
+    pub exit_code_name: String,
+    /// Targets, in the order Bazel configured them.
+    pub targets: Vec<Target>,
+    /// Tests, in the order Bazel reported them.
+    pub tests: Vec<Test>,
+    /// build_event_stream events received.
+    pub event_count: u64,
+    /// Events whose payload could not be decoded (stored raw).
+    pub undecodable_events: u64,
+    /// Actions served from the remote cache (BuildMetrics).
+    pub cache_hits: i64,
+    /// Actions executed, cache hits included (BuildMetrics).
+    pub actions_executed: i64,
+    /// Actions created (BuildMetrics).
+    pub actions_created: i64,
+    /// Logs and outputs.
+    pub links: Vec<Link>,
+}
+
+/// The build_event_stream id variant's name: the event's kind.
+pub fn kind_of(id: Option<&bep::BuildEventId>) -> &'static str {
+    use bep::build_event_id::Id;
+    match id.and_then(|i| i.id.as_ref()) {
+        None => "unknown",
+        Some(id) => match id {
+            Id::Unknown(_) => "unknown",
+            Id::Progress(_) => "progress",
+            Id::Started(_) => "started",
+            Id::Pattern(_) => "pattern",
+            Id::TargetCompleted(_) => "target_completed",
+            Id::ActionCompleted(_) => "action_completed",
+            Id::TestSummary(_) => "test_summary",
+            Id::TestResult(_) => "test_result",
+            Id::BuildFinished(_) => "build_finished",
+            Id::PatternSkipped(_) => "pattern_skipped",
+            Id::UnstructuredCommandLine(_) => "unstructured_command_line",
+            Id::OptionsParsed(_) => "options_parsed",
+            Id::NamedSet(_) => "named_set",
+            Id::WorkspaceStatus(_) => "workspace_status",
+            Id::Configuration(_) => "configuration",
+            Id::TargetConfigured(_) => "target_configured",
+            Id::Fetch(_) => "fetch",
+            Id::StructuredCommandLine(_) => "structured_command_line",
+            Id::UnconfiguredLabel(_) => "unconfigured_label",
+            Id::BuildToolLogs(_) => "build_tool_logs",
+            Id::ConfiguredLabel(_) => "configured_label",
+            Id::BuildMetrics(_) => "build_metrics",
+            Id::Workspace(_) => "workspace",
+            Id::BuildMetadata(_) => "build_metadata",
+            Id::ConvenienceSymlinksIdentified(_) => "convenience_symlinks_identified",
+            Id::TargetSummary(_) => "target_summary",
+            Id::ExecRequest(_) => "exec_request",
+            Id::TestProgress(_) => "test_progress",
+        },
+    }
+}
+
+/// The target label an event is about, if any.
+pub fn label_of(id: Option<&bep::BuildEventId>) -> String {
+    use bep::build_event_id::Id;
+    match id.and_then(|i| i.id.as_ref()) {
+        Some(Id::TargetCompleted(t)) => t.label.clone(),
+        Some(Id::TargetConfigured(t)) => t.label.clone(),
+        Some(Id::TestResult(t)) => t.label.clone(),
+        Some(Id::TestSummary(t)) => t.label.clone(),
+        Some(Id::TargetSummary(t)) => t.label.clone(),
+        Some(Id::ActionCompleted(a)) => a.label.clone(),
+        Some(Id::UnconfiguredLabel(u)) => u.label.clone(),
+        Some(Id::ConfiguredLabel(c)) => c.label.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Classifies a google.devtools.build.v1 event: `(kind, label, decoded Bazel
+/// event)`. An undecodable Bazel payload yields kind `undecodable`.
+pub fn classify(event: &v1::BuildEvent) -> (String, String, Option<bep::BuildEvent>) {
+    use v1::build_event::Event;
+    match &event.event {
+        Some(Event::BazelEvent(any)) if any.type_url == BAZEL_EVENT_TYPE => {
+            match bep::BuildEvent::decode(&any.value[..]) {
+                Ok(bep) => (
+                    kind_of(bep.id.as_ref()).to_string(),
+                    label_of(bep.id.as_ref()),
+                    Some(bep),
+                ),
+                Err(_) => ("undecodable".to_string(), String::new(), None),
+            }
+        }
+        Some(Event::BazelEvent(_)) => ("bazel_event".into(), String::new(), None),
+        Some(Event::InvocationAttemptStarted(_)) => {
+            ("invocation_attempt_started".into(), String::new(), None)
+        }
+        Some(Event::InvocationAttemptFinished(_)) => {
+            ("invocation_attempt_finished".into(), String::new(), None)
+        }
+        Some(Event::BuildEnqueued(_)) => ("build_enqueued".into(), String::new(), None),
+        Some(Event::BuildFinished(_)) => ("build_finished_lifecycle".into(), String::new(), None),
+        Some(Event::ConsoleOutput(_)) => ("console_output".into(), String::new(), None),
+        Some(Event::ComponentStreamFinished(_)) => {
+            ("component_stream_finished".into(), String::new(), None)
+        }
+        Some(Event::BuildExecutionEvent(_)) => {
+            ("build_execution_event".into(), String::new(), None)
+        }
+        Some(Event::SourceFetchEvent(_)) => ("source_fetch_event".into(), String::new(), None),
+        None => ("empty".into(), String::new(), None),
+    }
+}
+
+impl Invocation {
+    /// A new, in-progress invocation.
+    pub fn new(invocation_id: &str, build_id: &str) -> Self {
+        Invocation {
+            invocation_id: invocation_id.to_string(),
+            build_id: build_id.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// True once the invocation will change no more.
+    pub fn is_finished(&self) -> bool {
+        self.status != Status::InProgress
+    }
+
+    /// Folds one published event into the summary.
+    pub fn apply(&mut self, event: &v1::BuildEvent) {
+        use v1::build_event::Event;
+        match &event.event {
+            Some(Event::BazelEvent(any)) if any.type_url == BAZEL_EVENT_TYPE => {
+                self.event_count += 1;
+                match bep::BuildEvent::decode(&any.value[..]) {
+                    Ok(bep) => self.apply_bazel(&bep),
+                    Err(_) => self.undecodable_events += 1,
+                }
+            }
+            Some(Event::ComponentStreamFinished(_)) if self.status == Status::InProgress => {
+                // The stream closed properly; the exit code decides, or, if
+                // BuildFinished never came, the build is incomplete.
+                self.status = match self.exit_code {
+                    Some(0) => Status::Succeeded,
+                    Some(_) => Status::Failed,
+                    None => Status::Disconnected,
+                };
+            }
+            _ => {}
+        }
+    }
+
+    /// Marks a stream that ended without `component_stream_finished`.
+    pub fn disconnect(&mut self) {
+        if self.status == Status::InProgress {
+            self.status = Status::Disconnected;
+        }
+    }
+
+    fn target(&mut self, label: &str) -> &mut Target {
+        if let Some(i) = self.targets.iter().position(|t| t.label == label) {
+            return &mut self.targets[i];
+        }
+        self.targets.push(Target {
+            label: label.to_string(),
+            ..Default::default()
+        });
+        self.targets.last_mut().expect("just pushed")
+    }
+
+    fn test(&mut self, label: &str) -> &mut Test {
+        if let Some(i) = self.tests.iter().position(|t| t.label == label) {
+            return &mut self.tests[i];
+        }
+        self.tests.push(Test {
+            label: label.to_string(),
+            ..Default::default()
+        });
+        self.tests.last_mut().expect("just pushed")
+    }
+
+    fn link(&mut self, file: &bep::File) {
+        if let Some(bep::file::File::Uri(uri)) = &file.file
+            && self.links.len() < MAX_LINKS
+            && !self.links.iter().any(|l| &l.uri == uri)
+        {
+            self.links.push(Link {
+                name: file.name.clone(),
+                uri: uri.clone(),
+            });
+        }
+    }
+
+    fn apply_bazel(&mut self, ev: &bep::BuildEvent) {
+        use bep::build_event::Payload;
+        use bep::build_event_id::Id;
+        let label = label_of(ev.id.as_ref());
+        if let Some(Id::Pattern(p)) = ev.id.as_ref().and_then(|i| i.id.as_ref()) {
+            for pattern in &p.pattern {
+                if !self.patterns.contains(pattern) {
+                    self.patterns.push(pattern.clone());
+                }
+            }
+        }
+        let Some(payload) = &ev.payload else { return };
+        match payload {
+            Payload::Started(s) => {
+                self.command = s.command.clone();
+                self.started_at = s
+                    .start_time
+                    .as_ref()
+                    .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                    .filter(|ms| *ms > 0)
+                    .unwrap_or(s.start_time_millis);
+            }
+            Payload::WorkspaceStatus(ws) => {
+                for item in &ws.item {
+                    match item.key.as_str() {
+                        "BUILD_USER" => self.user = item.value.clone(),
+                        "BUILD_HOST" => self.host = item.value.clone(),
+                        _ => {}
+                    }
+                }
+            }
+            Payload::Configured(c) if !label.is_empty() => {
+                self.target(&label).kind = c.target_kind.clone()
+            }
+            Payload::Completed(c) if !label.is_empty() => {
+                self.target(&label).outcome = if c.success { "SUCCESS" } else { "FAILED" }.into();
+                for f in &c.important_output {
+                    self.link(f);
+                }
+            }
+            Payload::Aborted(_)
+                if matches!(
+                    ev.id.as_ref().and_then(|i| i.id.as_ref()),
+                    Some(Id::TargetCompleted(_))
+                ) =>
+            {
+                self.target(&label).outcome = "ABORTED".into();
+            }
+            Payload::TestResult(r) if !label.is_empty() => {
+                let duration = r
+                    .test_attempt_duration
+                    .as_ref()
+                    .map(|d| d.seconds * 1000 + i64::from(d.nanos) / 1_000_000)
+                    .unwrap_or(r.test_attempt_duration_millis);
+                let cached = r.cached_locally
+                    || r.execution_info.as_ref().is_some_and(|e| e.cached_remotely);
+                let test = self.test(&label);
+                test.attempts += 1;
+                test.duration_ms += duration;
+                test.cached = cached;
+                if test.status.is_empty() || test.status == "NO_STATUS" {
+                    test.status = r.status().as_str_name().to_string();
+                }
+                for f in &r.test_action_output {
+                    self.link(f);
+                }
+            }
+            Payload::TestSummary(s) if !label.is_empty() => {
+                self.test(&label).status = s.overall_status().as_str_name().to_string();
+            }
+            Payload::BuildMetrics(m) => {
+                if let Some(a) = &m.action_summary {
+                    self.actions_executed = a.actions_executed;
+                    self.actions_created = a.actions_created;
+                    let by_runner: i64 = a
+                        .runner_count
+                        .iter()
+                        .filter(|r| r.name == "remote cache hit")
+                        .map(|r| i64::from(r.count))
+                        .sum();
+                    self.cache_hits = if a.runner_count.is_empty() {
+                        a.remote_cache_hits
+                    } else {
+                        by_runner
+                    };
+                }
+            }
+            Payload::BuildToolLogs(logs) => {
+                for f in &logs.log {
+                    self.link(f);
+                }
+            }
+            Payload::NamedSetOfFiles(set) => {
+                for f in &set.files {
+                    self.link(f);
+                }
+            }
+            Payload::Finished(f) => {
+                if let Some(code) = &f.exit_code {
+                    self.exit_code = Some(code.code);
+                    self.exit_code_name = code.name.clone();
+                } else {
+                    self.exit_code = Some(if f.overall_success { 0 } else { 1 });
+                }
+                let finish = f
+                    .finish_time
+                    .as_ref()
+                    .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                    .filter(|ms| *ms > 0)
+                    .unwrap_or(f.finish_time_millis);
+                if self.started_at > 0 && finish >= self.started_at {
+                    self.duration_ms = Some(finish - self.started_at);
+                }
+            }
+            _ => {}
+        }
+    }
+}

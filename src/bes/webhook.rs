@@ -1,0 +1,117 @@
+//! Webhooks: when an invocation ends, its JSON summary is POSTed to every
+//! configured URL, with retries and exponential backoff, from a background
+//! task, so a slow or broken receiver never holds up event ingestion.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::summary::Invocation;
+use crate::metrics::Metrics;
+
+/// Attempts per delivery.
+const ATTEMPTS: u32 = 6;
+/// Invocations waiting for delivery; beyond this, new ones are dropped (and
+/// counted) rather than blocking ingestion.
+const QUEUE: usize = 1024;
+
+/// The handle ingestion uses to announce finished invocations.
+#[derive(Debug, Clone, Default)]
+pub struct Webhooks {
+    tx: Option<mpsc::Sender<Invocation>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Webhooks {
+    /// Starts delivering to `urls` (nothing to do when empty).
+    pub fn start(urls: Vec<String>, metrics: Arc<Metrics>, first_backoff: Duration) -> Webhooks {
+        if urls.is_empty() {
+            return Webhooks::default();
+        }
+        let (tx, mut rx) = mpsc::channel::<Invocation>(QUEUE);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            while let Some(invocation) = rx.recv().await {
+                let body = match serde_json::to_vec(&invocation) {
+                    Ok(b) => b,
+                    Err(_) => continue,
+                };
+                for url in &urls {
+                    tokio::spawn(deliver(
+                        client.clone(),
+                        url.clone(),
+                        body.clone(),
+                        m.clone(),
+                        first_backoff,
+                    ));
+                }
+            }
+        });
+        Webhooks {
+            tx: Some(tx),
+            metrics: Some(metrics),
+        }
+    }
+
+    /// Queues `invocation` for delivery; never waits.
+    pub fn notify(&self, invocation: &Invocation) {
+        let Some(tx) = &self.tx else { return };
+        if tx.try_send(invocation.clone()).is_err() {
+            tracing::warn!(invocation = %invocation.invocation_id, "webhook queue full; summary not delivered");
+            if let Some(m) = &self.metrics {
+                m.webhook_deliveries
+                    .get_or_create(&vec![("outcome", "dropped")])
+                    .inc();
+            }
+        }
+    }
+}
+
+async fn deliver(
+    client: reqwest::Client,
+    url: String,
+    body: Vec<u8>,
+    metrics: Arc<Metrics>,
+    first_backoff: Duration,
+) {
+    let mut backoff = first_backoff;
+    for attempt in 1..=ATTEMPTS {
+        let result = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        match result {
+            Ok(r) if r.status().is_success() => {
+                metrics
+                    .webhook_deliveries
+                    .get_or_create(&vec![("outcome", "delivered")])
+                    .inc();
+                return;
+            }
+            Ok(r) => {
+                tracing::warn!(%url, attempt, status = %r.status(), "webhook delivery refused")
+            }
+            Err(e) => tracing::warn!(%url, attempt, error = %e, "webhook delivery failed"),
+        }
+        metrics
+            .webhook_deliveries
+            .get_or_create(&vec![("outcome", "retried")])
+            .inc();
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+    }
+    metrics
+        .webhook_deliveries
+        .get_or_create(&vec![("outcome", "failed")])
+        .inc();
+    tracing::error!(%url, "webhook delivery gave up after {ATTEMPTS} attempts");
+}

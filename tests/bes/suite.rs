@@ -1,0 +1,330 @@
+//! The behaviour suite, run once per database.
+
+use std::time::Duration;
+
+use kiln::proto::bes_v1::publish_build_event_client::PublishBuildEventClient;
+use kiln::proto::bes_v1::{
+    PublishBuildToolEventStreamRequest, PublishBuildToolEventStreamResponse,
+};
+use kiln::proto::kiln_v1::build_event_query_client::BuildEventQueryClient;
+use kiln::proto::kiln_v1::{ListStreamsRequest, QueryEventsRequest};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status};
+
+use crate::common::Kiln;
+use crate::common::bes::{bazel_events, requests, stream_id};
+
+/// A kiln config whose build events go to `database`.
+pub fn config(database: &str, extra: &str) -> String {
+    format!(
+        "build_events:\n  database: \"{database}\"\n{extra}instances:\n  - name: \"\"\n    cas: {{ memory: {{ max_size: 64MiB }} }}\n    action_cache: {{ memory: {{ max_size: 8MiB }} }}\n"
+    )
+}
+
+/// Sends `reqs` on one stream and collects the acknowledgements (and the
+/// final status, if the server ended the stream with an error).
+pub async fn publish(
+    kiln: &Kiln,
+    reqs: Vec<PublishBuildToolEventStreamRequest>,
+) -> (Vec<i64>, Option<Status>) {
+    let mut client = PublishBuildEventClient::new(kiln.channel().await);
+    let mut acks = Vec::new();
+    let resp = client
+        .publish_build_tool_event_stream(tokio_stream::iter(reqs))
+        .await;
+    let mut stream = match resp {
+        Ok(r) => r.into_inner(),
+        Err(s) => return (acks, Some(s)),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(PublishBuildToolEventStreamResponse {
+                sequence_number, ..
+            })) => acks.push(sequence_number),
+            Ok(None) => return (acks, None),
+            Err(s) => return (acks, Some(s)),
+        }
+    }
+}
+
+pub async fn http_json(kiln: &Kiln, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://{}{path}", kiln.server.http_addr))
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+pub async fn run(database: &str) {
+    publishes_and_queries(database).await;
+    reconnects_resume_without_duplicates(database).await;
+    gaps_and_limits(database).await;
+}
+
+async fn publishes_and_queries(database: &str) {
+    let kiln = Kiln::start(&config(database, "")).await;
+    let inv = uuid::Uuid::new_v4().to_string();
+    let sid = stream_id("build-1", &inv);
+    let reqs = requests(&sid, &bazel_events(true), true);
+    let n = reqs.len() as i64;
+    let (acks, err) = publish(&kiln, reqs).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(
+        acks,
+        (1..=n).collect::<Vec<_>>(),
+        "every event acknowledged, in order"
+    );
+
+    let (code, s) = http_json(&kiln, &format!("/api/v1/invocations/{inv}")).await;
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(s["status"], "SUCCEEDED");
+    assert_eq!(s["exit_code"], 0);
+    assert_eq!(s["command"], "test");
+    assert_eq!(s["patterns"][0], "//app:all");
+    assert_eq!(s["user"], "alice");
+    assert_eq!(s["host"], "box1");
+    assert_eq!(s["event_count"], 10);
+    assert_eq!(s["cache_hits"], 7);
+    assert_eq!(s["duration_ms"], 4500);
+    assert_eq!(s["targets"][0]["label"], "//app:hello");
+    assert_eq!(s["targets"][0]["outcome"], "SUCCESS");
+    assert_eq!(s["tests"][0]["status"], "PASSED");
+    assert_eq!(s["links"][0]["uri"], "bytestream://localhost/blobs/abc/1");
+
+    // A failing test: FAILED with Bazel's exit code 3.
+    let failing = uuid::Uuid::new_v4().to_string();
+    let (_, err) = publish(
+        &kiln,
+        requests(&stream_id("build-2", &failing), &bazel_events(false), true),
+    )
+    .await;
+    assert!(err.is_none());
+    let (_, f) = http_json(&kiln, &format!("/api/v1/invocations/{failing}")).await;
+    assert_eq!(
+        (f["status"].as_str(), f["exit_code"].as_i64()),
+        (Some("FAILED"), Some(3))
+    );
+    assert_eq!(f["tests"][0]["status"], "FAILED");
+
+    // Lists, filters and the HTML page.
+    let (_, list) = http_json(&kiln, "/api/v1/invocations?status=FAILED&limit=10").await;
+    let ids: Vec<&str> = list["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["invocation_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&failing.as_str()) && !ids.contains(&inv.as_str()),
+        "{ids:?}"
+    );
+    let (_, ev) = http_json(
+        &kiln,
+        &format!("/api/v1/invocations/{inv}/events?kind=test_result,test_summary"),
+    )
+    .await;
+    assert_eq!(ev["events"].as_array().unwrap().len(), 2);
+    let (_, ev) = http_json(&kiln, &format!("/api/v1/invocations/{inv}/events?after=9")).await;
+    assert_eq!(
+        ev["events"].as_array().unwrap().len(),
+        2,
+        "events 10 and 11"
+    );
+    let page = reqwest::get(format!("http://{}/invocation/{inv}", kiln.server.http_addr))
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().await.unwrap().contains("//app:hello_test"));
+    let (code, _) = http_json(&kiln, "/api/v1/invocations/nope").await;
+    assert_eq!(code, 404);
+
+    // The gRPC query service filters for real.
+    let mut q = BuildEventQueryClient::new(kiln.channel().await);
+    let r = q
+        .query_events(QueryEventsRequest {
+            invocation_id: inv.clone(),
+            label_regex: "hello_test$".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.events.len(),
+        3,
+        "completed, result and summary of the test"
+    );
+    assert!(r.events.iter().all(|e| e.label == "//app:hello_test"));
+    let r = q
+        .query_events(QueryEventsRequest {
+            invocation_id: inv.clone(),
+            from_sequence: 2,
+            to_sequence: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    let streams = q
+        .list_streams(ListStreamsRequest {
+            stream_key_regex: format!("^build-1/{inv}/"),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .streams;
+    assert_eq!(streams.len(), 1);
+    assert!(streams[0].finished);
+    assert_eq!(streams[0].last_sequence, n);
+    let err = q
+        .list_streams(ListStreamsRequest {
+            stream_key_regex: "(".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+async fn reconnects_resume_without_duplicates(database: &str) {
+    let kiln = Kiln::start(&config(database, "")).await;
+    let inv = uuid::Uuid::new_v4().to_string();
+    let sid = stream_id("build-r", &inv);
+    let all = requests(&sid, &bazel_events(true), true);
+    let n = all.len() as i64;
+
+    // The client sends 6 events, sees 6 acks, and drops the connection.
+    let mut client = PublishBuildEventClient::new(kiln.channel().await);
+    let (tx, rx) = mpsc::channel(16);
+    let mut acks = client
+        .publish_build_tool_event_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for r in all.iter().take(6) {
+        tx.send(r.clone()).await.unwrap();
+    }
+    for expected in 1..=6 {
+        assert_eq!(
+            acks.message().await.unwrap().unwrap().sequence_number,
+            expected
+        );
+    }
+    drop(tx);
+    assert!(acks.message().await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, s) = http_json(&kiln, &format!("/api/v1/invocations/{inv}")).await;
+    assert_eq!(
+        s["status"], "DISCONNECTED",
+        "a stream without component_stream_finished"
+    );
+
+    // It reconnects (to a second server on the same database: any pod) and
+    // resends from event 4, as if acks 4-6 had been lost.
+    let other = Kiln::start(&config(database, "")).await;
+    let (acks, err) = publish(&other, all[3..].to_vec()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(acks, (4..=n).collect::<Vec<_>>());
+    let (_, s) = http_json(&other, &format!("/api/v1/invocations/{inv}")).await;
+    assert_eq!(s["status"], "SUCCEEDED");
+    assert_eq!(s["event_count"], 10, "no event counted twice");
+    let (_, ev) = http_json(
+        &kiln,
+        &format!("/api/v1/invocations/{inv}/events?limit=100"),
+    )
+    .await;
+    let seqs: Vec<i64> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=n).collect::<Vec<_>>(),
+        "every event stored exactly once"
+    );
+}
+
+async fn gaps_and_limits(database: &str) {
+    let kiln = Kiln::start(&config(database, "  max_event_size: 2KiB\n")).await;
+    let inv = uuid::Uuid::new_v4().to_string();
+    let sid = stream_id("build-g", &inv);
+    let mut reqs = requests(&sid, &bazel_events(true), true);
+    reqs.remove(4); // sequence 5 never sent
+    let (acks, err) = publish(&kiln, reqs).await;
+    assert_eq!(
+        acks,
+        vec![1, 2, 3, 4],
+        "what came before the gap is acknowledged"
+    );
+    let err = err.expect("a gap ends the stream with an error");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("expected 5, got 6"),
+        "{}",
+        err.message()
+    );
+    let (_, ev) = http_json(&kiln, &format!("/api/v1/invocations/{inv}/events")).await;
+    assert_eq!(
+        ev["events"].as_array().unwrap().len(),
+        4,
+        "acknowledged events stay"
+    );
+
+    // An oversized event is refused clearly; earlier ones stay.
+    let inv2 = uuid::Uuid::new_v4().to_string();
+    let sid2 = stream_id("build-big", &inv2);
+    let events = vec![
+        bazel_events(true)[0].clone(),
+        crate::common::bes::progress(1, 4096),
+    ];
+    let (acks, err) = publish(&kiln, requests(&sid2, &events, false)).await;
+    assert_eq!(acks, vec![1]);
+    assert_eq!(err.unwrap().code(), Code::ResourceExhausted);
+
+    // An undecodable Bazel payload is stored raw and counted, not fatal.
+    let inv3 = uuid::Uuid::new_v4().to_string();
+    let sid3 = stream_id("build-u", &inv3);
+    let mut reqs = requests(&sid3, &bazel_events(true)[..1], true);
+    let mut bad = reqs[0].clone();
+    let ev = bad.ordered_build_event.as_mut().unwrap();
+    ev.sequence_number = 2;
+    if let Some(kiln::proto::bes_v1::build_event::Event::BazelEvent(any)) =
+        ev.event.as_mut().unwrap().event.as_mut()
+    {
+        any.value = crate::common::bes::undecodable().to_vec();
+    }
+    reqs.insert(1, bad);
+    reqs[2]
+        .ordered_build_event
+        .as_mut()
+        .unwrap()
+        .sequence_number = 3;
+    let (acks, err) = publish(&kiln, reqs).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(acks, vec![1, 2, 3]);
+    let (_, s) = http_json(&kiln, &format!("/api/v1/invocations/{inv3}")).await;
+    assert_eq!(s["undecodable_events"], 1);
+    assert_eq!(s["event_count"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    run(&format!("sqlite://{}/bes.db", dir.path().display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_on_postgresql() {
+    let url = std::env::var("KILN_TEST_POSTGRES_URL")
+        .expect("KILN_TEST_POSTGRES_URL is not set: README's test command starts a PostgreSQL for these tests");
+    run(&url).await;
+}
