@@ -11,9 +11,11 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: Bazel 4.2.3 is the real client the tests drive.
+# Debian packages: Bazel 4.2.3 is the real client the tests drive, and
+# PostgreSQL the real database of the build-event tests.
 missing=()
 command -v bazel >/dev/null 2>&1 || missing+=(bazel-bootstrap)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "==> installing ${missing[*]}"
     as_root apt-get update -qq
@@ -33,6 +35,22 @@ export KILN_WEED="$VENV/bin/weed"
 # through the standard AWS chain, as in production.
 export AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_SESSION_TOKEN
+
+# A private PostgreSQL cluster for this run: initdb refuses root, so it runs
+# as the postgres user, in a temp dir, on its own port; stopped on exit.
+PG_BIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
+PG_DIR=$(mktemp -d /tmp/kiln-pg.XXXXXX)
+PG_PORT="${KILN_TEST_PG_PORT:-55432}"
+chown postgres "$PG_DIR" 2>/dev/null || true
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+stop_pg() { as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$PG_DIR"; }
+trap stop_pg EXIT
+echo "==> starting PostgreSQL on 127.0.0.1:$PG_PORT"
+as_postgres "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres >/dev/null
+as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
+    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=on" start >/dev/null
+as_postgres "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres kiln_test
+export KILN_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/kiln_test"
 
 echo "==> cargo fmt --check"
 cargo fmt --check
