@@ -1,2 +1,95 @@
 //! Real Bazel 4.2.3 publishing to kiln with --bes_backend and --remote_cache:
-//! what kiln serves agrees with Bazel's own --build_event_json_file.
+//! for a passing build, a failing test and a failing build, the invocation
+//! kiln serves agrees with Bazel's own --build_event_json_file.
+
+use std::path::Path;
+
+use super::suite::{config, http_json};
+use crate::common::Kiln;
+use crate::common::bazel::{Bazel, ShutdownOnDrop};
+
+/// What Bazel's JSON file says about one invocation.
+#[derive(Debug, Default)]
+struct Expected {
+    invocation_id: String,
+    exit_code: i64,
+    event_count: usize,
+    tests: Vec<(String, String)>,
+    targets: Vec<(String, bool)>,
+}
+
+fn read_json_file(path: &Path) -> Expected {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut e = Expected::default();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        e.event_count += 1;
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let Some(uuid) = v["started"]["uuid"].as_str() {
+            e.invocation_id = uuid.to_string();
+        }
+        if v["finished"].is_object() {
+            e.exit_code = v["finished"]["exitCode"]["code"].as_i64().unwrap_or(0);
+        }
+        if let Some(label) = v["id"]["testSummary"]["label"].as_str() {
+            e.tests.push((label.to_string(), v["testSummary"]["overallStatus"].as_str().unwrap_or("NO_STATUS").to_string()));
+        }
+        if let Some(label) = v["id"]["targetCompleted"]["label"].as_str() {
+            e.targets.push((label.to_string(), v["completed"]["success"].as_bool().unwrap_or(false)));
+        }
+    }
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_kiln_serves_agrees_with_bazels_json_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kiln = Kiln::start(&config(&format!("sqlite://{}/bes.db", tmp.path().display()), "")).await;
+    let bazel = Bazel::new(tmp.path());
+    let _shutdown = ShutdownOnDrop(bazel.clone());
+    let grpc = kiln.url.replace("http://", "grpc://");
+    let http = kiln.server.http_addr;
+    let cases: [(&str, &[&str], i32); 3] = [
+        ("passing", &["test", "//app:hello_test"], 0),
+        ("failing-test", &["test", "//failing:fails"], 3),
+        ("failing-build", &["build", "//failing:broken"], 1),
+    ];
+    for (name, command, exit) in cases {
+        let json = tmp.path().join(format!("{name}.json"));
+        let mut args: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            format!("--bes_backend={grpc}"),
+            format!("--remote_cache={grpc}"),
+            format!("--bes_results_url=http://{http}/invocation/"),
+            format!("--build_event_json_file={}", json.display()),
+        ]);
+        let b = bazel.clone();
+        let (code, out) = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            b.run_code(&refs)
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, exit, "{name}: bazel exited {code}:\n{out}");
+        let expected = read_json_file(&json);
+        assert!(!expected.invocation_id.is_empty(), "{name}: no started event");
+        let (status, got) = http_json(&kiln, &format!("/api/v1/invocations/{}", expected.invocation_id)).await;
+        assert_eq!(status, 200, "{name}: kiln has no invocation {}", expected.invocation_id);
+        assert_eq!(got["exit_code"].as_i64(), Some(expected.exit_code), "{name}: {got}");
+        assert_eq!(got["exit_code"].as_i64(), Some(exit as i64));
+        assert_eq!(got["status"], if exit == 0 { "SUCCEEDED" } else { "FAILED" }, "{name}");
+        assert_eq!(got["event_count"].as_u64(), Some(expected.event_count as u64), "{name}: event count");
+        for (label, status) in &expected.tests {
+            let t = got["tests"].as_array().unwrap().iter().find(|t| t["label"] == label.as_str());
+            assert_eq!(t.map(|t| t["status"].as_str().unwrap()), Some(status.as_str()), "{name}: test {label}");
+        }
+        for (label, success) in &expected.targets {
+            let t = got["targets"].as_array().unwrap().iter().find(|t| t["label"] == label.as_str());
+            let outcome = t.map(|t| t["outcome"].as_str().unwrap().to_string()).unwrap_or_default();
+            assert_eq!(outcome == "SUCCESS", *success, "{name}: target {label}: {outcome}");
+        }
+        // The link Bazel printed answers.
+        let page = reqwest::get(format!("http://{http}/invocation/{}", expected.invocation_id)).await.unwrap();
+        assert_eq!(page.status().as_u16(), 200);
+        assert!(out.contains(&format!("http://{http}/invocation/{}", expected.invocation_id)), "{name}: Bazel prints the results URL");
+    }
+}

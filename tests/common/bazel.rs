@@ -31,6 +31,12 @@ impl Bazel {
 
     /// Runs a Bazel command; returns (success, combined output).
     pub fn run(&self, args: &[&str]) -> (bool, String) {
+        let (code, out) = self.run_code(args);
+        (code == 0, out)
+    }
+
+    /// Runs a Bazel command; returns (exit code, combined output).
+    pub fn run_code(&self, args: &[&str]) -> (i32, String) {
         let out = Command::new("bazel")
             .arg(format!("--output_user_root={}", self.output_root.display()))
             .arg("--nohome_rc")
@@ -48,7 +54,7 @@ impl Bazel {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        (out.status.success(), text)
+        (out.status.code().unwrap_or(-1), text)
     }
 
     /// `bazel clean`, then `bazel test //...` against `url`; returns the

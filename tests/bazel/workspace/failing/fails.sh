@@ -1,0 +1,3 @@
+#!/bin/sh
+echo "this test fails on purpose"
+exit 1
