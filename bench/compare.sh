@@ -119,7 +119,7 @@ log "measuring one core's hashing speed"
 
 WORKLOADS=fmb,batch,bytestream,tree,ac
 start kiln-disk 50071 "$KILN" serve --listen 127.0.0.1:50071 --data-dir "$RUN/kiln-disk-data"
-bench kiln-disk 50071 "$WORKLOADS"
+bench kiln-disk 50071 "$WORKLOADS,bes"
 log "bench kiln-disk: ${BIG_BLOB} blobs (memory bound check)"
 "$KILN" bench --json --target grpc://127.0.0.1:50071 --workload bytestream --blob-size "$BIG_BLOB" \
     --concurrency 1 --requests 2 | sed 's/"workload":"bytestream_/"workload":"big_bytestream_/' >> "$RUN/kiln-disk.jsonl"

@@ -38,11 +38,41 @@ struct ServeArgs {
 }
 
 #[derive(Subcommand)]
+enum InvocationsCommand {
+    /// The newest invocations, one line each.
+    List {
+        /// kiln's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Only this status (IN_PROGRESS, SUCCEEDED, FAILED, DISCONNECTED).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// One invocation's whole summary, as JSON.
+    Show {
+        /// The invocation id Bazel printed.
+        id: String,
+        /// kiln's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Serve the REAPI cache (the embedded default config without --config).
     Serve(ServeArgs),
     /// Measure a REAPI endpoint (kiln or any other) with synthetic workloads.
     Bench(kiln::bench::BenchArgs),
+    /// Query invocations recorded by a running kiln's Build Event Service.
+    #[command(subcommand)]
+    Invocations(InvocationsCommand),
     /// Validate a config file; prints every error with its YAML path.
     CheckConfig {
         /// YAML config file.
@@ -61,6 +91,13 @@ fn main() -> ExitCode {
                 for e in errors {
                     eprintln!("{e}");
                 }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Invocations(cmd) => match invocations(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kiln invocations: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -112,6 +149,48 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal().await;
         server.stop().await?;
         tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn invocations(cmd: InvocationsCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let (url, show) = match &cmd {
+            InvocationsCommand::List { server, limit, status, user } => {
+                let mut url = format!("{}/api/v1/invocations?limit={limit}", server.trim_end_matches('/'));
+                if let Some(s) = status {
+                    url.push_str(&format!("&status={s}"));
+                }
+                if let Some(u) = user {
+                    url.push_str(&format!("&user={u}"));
+                }
+                (url, false)
+            }
+            InvocationsCommand::Show { id, server } => (format!("{}/api/v1/invocations/{id}", server.trim_end_matches('/')), true),
+        };
+        let response = reqwest::get(&url).await.with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let body: serde_json::Value = serde_json::from_str(&response.text().await?).context("kiln answered something other than JSON")?;
+        if !status.is_success() {
+            anyhow::bail!("{status}: {}", body["error"].as_str().unwrap_or("unknown error"));
+        }
+        if show {
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            return Ok(());
+        }
+        println!("{:<38} {:<13} {:<8} {:>5} {:>10}  {}", "invocation", "status", "command", "exit", "duration", "user");
+        for inv in body["invocations"].as_array().into_iter().flatten() {
+            println!(
+                "{:<38} {:<13} {:<8} {:>5} {:>10}  {}",
+                inv["invocation_id"].as_str().unwrap_or(""),
+                inv["status"].as_str().unwrap_or(""),
+                inv["command"].as_str().unwrap_or(""),
+                inv["exit_code"].as_i64().map(|c| c.to_string()).unwrap_or_default(),
+                inv["duration_ms"].as_i64().map(|d| format!("{:.1}s", d as f64 / 1000.0)).unwrap_or_default(),
+                inv["user"].as_str().unwrap_or(""),
+            );
+        }
         Ok(())
     })
 }

@@ -5,6 +5,7 @@
 //! Every run is bounded in time and in count, and refuses non-loopback
 //! targets unless told otherwise.
 
+mod bes;
 mod data;
 mod runner;
 mod workloads;
@@ -18,13 +19,14 @@ pub use runner::{Limit, Report};
 use crate::error::{Error, Result};
 
 /// The workloads `kiln bench` knows.
-pub const WORKLOADS: [&str; 7] = [
+pub const WORKLOADS: [&str; 8] = [
     "fmb",
     "fmb_present",
     "batch",
     "bytestream",
     "tree",
     "ac",
+    "bes",
     "hash",
 ];
 
@@ -66,6 +68,9 @@ pub struct BenchArgs {
     /// object-storage requests per call to each report.
     #[arg(long)]
     pub metrics_url: Option<String>,
+    /// bes: build events published in all (split over --concurrency streams).
+    #[arg(long, default_value_t = 100_000)]
+    pub bes_events: u64,
     /// tree: files per directory.
     #[arg(long, default_value_t = 5)]
     pub tree_files: usize,
@@ -242,6 +247,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Vec<Report>> {
             "bytestream" => workloads::bytestream(&ctx, blob_size).await?,
             "tree" => workloads::tree(&ctx, args.tree_dirs, args.tree_files).await?,
             "ac" => workloads::ac(&ctx).await?,
+            "bes" => bes::bes(&ctx, args.bes_events).await?,
             "hash" => workloads::hash(&ctx).await?,
             _ => unreachable!("checked in workloads()"),
         };

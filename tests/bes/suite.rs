@@ -142,6 +142,18 @@ async fn publishes_and_queries(database: &str) {
     let (code, _) = http_json(&kiln, "/api/v1/invocations/nope").await;
     assert_eq!(code, 404);
 
+    // The CLI against the running server.
+    let server = format!("http://{}", kiln.server.http_addr);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = cli(&["invocations", "list", "--server", &server, "--status", "FAILED"]);
+    assert!(listed.contains(&failing) && !listed.contains(&inv), "{listed}");
+    let shown: serde_json::Value = serde_json::from_str(&cli(&["invocations", "show", &inv, "--server", &server])).unwrap();
+    assert_eq!(shown["tests"][0]["label"], "//app:hello_test");
+
     // The gRPC query service filters for real.
     let mut q = BuildEventQueryClient::new(kiln.channel().await);
     let r = q

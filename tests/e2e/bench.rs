@@ -36,6 +36,8 @@ async fn every_workload_completes_without_errors() {
             "3MiB",
             "--tree-dirs",
             "60",
+            "--bes-events",
+            "500",
             "--duration",
             "20s",
         ],
@@ -46,12 +48,14 @@ async fn every_workload_completes_without_errors() {
         names,
         [
             "fmb",
+            "fmb_present",
             "batch",
             "bytestream_write",
             "bytestream_read",
             "tree_cold",
             "tree_warm",
             "ac",
+            "bes",
             "hash_sha256",
             "hash_blake3"
         ]
@@ -67,6 +71,7 @@ async fn every_workload_completes_without_errors() {
     assert_eq!(by("ac").ops, 6);
     assert_eq!(by("bytestream_write").ops, 4, "two fresh blobs per worker");
     assert_eq!(by("tree_cold").ops, 3);
+    assert_eq!(by("bes").ops, 500, "every event acknowledged");
     assert!(by("bytestream_read").bytes_per_sec > 0.0);
     assert!(by("fmb").items_per_sec > 0.0);
 }
