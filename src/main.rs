@@ -157,8 +157,16 @@ fn invocations(cmd: InvocationsCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let (url, show) = match &cmd {
-            InvocationsCommand::List { server, limit, status, user } => {
-                let mut url = format!("{}/api/v1/invocations?limit={limit}", server.trim_end_matches('/'));
+            InvocationsCommand::List {
+                server,
+                limit,
+                status,
+                user,
+            } => {
+                let mut url = format!(
+                    "{}/api/v1/invocations?limit={limit}",
+                    server.trim_end_matches('/')
+                );
                 if let Some(s) = status {
                     url.push_str(&format!("&status={s}"));
                 }
@@ -167,27 +175,45 @@ fn invocations(cmd: InvocationsCommand) -> anyhow::Result<()> {
                 }
                 (url, false)
             }
-            InvocationsCommand::Show { id, server } => (format!("{}/api/v1/invocations/{id}", server.trim_end_matches('/')), true),
+            InvocationsCommand::Show { id, server } => (
+                format!("{}/api/v1/invocations/{id}", server.trim_end_matches('/')),
+                true,
+            ),
         };
-        let response = reqwest::get(&url).await.with_context(|| format!("GET {url}"))?;
+        let response = reqwest::get(&url)
+            .await
+            .with_context(|| format!("GET {url}"))?;
         let status = response.status();
-        let body: serde_json::Value = serde_json::from_str(&response.text().await?).context("kiln answered something other than JSON")?;
+        let body: serde_json::Value = serde_json::from_str(&response.text().await?)
+            .context("kiln answered something other than JSON")?;
         if !status.is_success() {
-            anyhow::bail!("{status}: {}", body["error"].as_str().unwrap_or("unknown error"));
+            anyhow::bail!(
+                "{status}: {}",
+                body["error"].as_str().unwrap_or("unknown error")
+            );
         }
         if show {
             println!("{}", serde_json::to_string_pretty(&body)?);
             return Ok(());
         }
-        println!("{:<38} {:<13} {:<8} {:>5} {:>10}  {}", "invocation", "status", "command", "exit", "duration", "user");
+        println!(
+            "{:<38} {:<13} {:<8} {:>5} {:>10}  user",
+            "invocation", "status", "command", "exit", "duration"
+        );
         for inv in body["invocations"].as_array().into_iter().flatten() {
             println!(
                 "{:<38} {:<13} {:<8} {:>5} {:>10}  {}",
                 inv["invocation_id"].as_str().unwrap_or(""),
                 inv["status"].as_str().unwrap_or(""),
                 inv["command"].as_str().unwrap_or(""),
-                inv["exit_code"].as_i64().map(|c| c.to_string()).unwrap_or_default(),
-                inv["duration_ms"].as_i64().map(|d| format!("{:.1}s", d as f64 / 1000.0)).unwrap_or_default(),
+                inv["exit_code"]
+                    .as_i64()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                inv["duration_ms"]
+                    .as_i64()
+                    .map(|d| format!("{:.1}s", d as f64 / 1000.0))
+                    .unwrap_or_default(),
                 inv["user"].as_str().unwrap_or(""),
             );
         }

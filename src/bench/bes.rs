@@ -15,7 +15,9 @@ use super::runner::Stats;
 use crate::error::{Error, Result};
 use crate::proto::bep::{self, build_event::Payload, build_event_id::Id};
 use crate::proto::bes_v1::publish_build_event_client::PublishBuildEventClient;
-use crate::proto::bes_v1::{self as v1, OrderedBuildEvent, PublishBuildToolEventStreamRequest, StreamId, build_event::Event};
+use crate::proto::bes_v1::{
+    self as v1, OrderedBuildEvent, PublishBuildToolEventStreamRequest, StreamId, build_event::Event,
+};
 
 /// Bytes of console output per progress event: about what Bazel sends.
 const PROGRESS_BYTES: usize = 200;
@@ -29,7 +31,10 @@ fn wrap(sid: &StreamId, seq: i64, event: Event) -> PublishBuildToolEventStreamRe
         ordered_build_event: Some(OrderedBuildEvent {
             stream_id: Some(sid.clone()),
             sequence_number: seq,
-            event: Some(v1::BuildEvent { event: Some(event), ..Default::default() }),
+            event: Some(v1::BuildEvent {
+                event: Some(event),
+                ..Default::default()
+            }),
         }),
         ..Default::default()
     }
@@ -44,21 +49,33 @@ fn bazel(ev: bep::BuildEvent) -> Event {
 
 /// The requests of one synthetic invocation of `n` events.
 fn stream(invocation: &str, n: i64) -> Vec<PublishBuildToolEventStreamRequest> {
-    let sid = StreamId { build_id: format!("bench-{invocation}"), invocation_id: invocation.into(), component: 3 };
+    let sid = StreamId {
+        build_id: format!("bench-{invocation}"),
+        invocation_id: invocation.into(),
+        component: 3,
+    };
     let id = |id: Id| Some(bep::BuildEventId { id: Some(id) });
     let mut out = vec![wrap(
         &sid,
         1,
         bazel(bep::BuildEvent {
             id: id(Id::Started(Default::default())),
-            payload: Some(Payload::Started(bep::BuildStarted { command: "build".into(), ..Default::default() })),
+            payload: Some(Payload::Started(bep::BuildStarted {
+                command: "build".into(),
+                ..Default::default()
+            })),
             ..Default::default()
         }),
     )];
     for seq in 2..(n.max(3) - 1) {
         let progress = bep::BuildEvent {
-            id: id(Id::Progress(bep::build_event_id::ProgressId { opaque_count: seq as i32 })),
-            payload: Some(Payload::Progress(bep::Progress { stdout: "x".repeat(PROGRESS_BYTES), stderr: String::new() })),
+            id: id(Id::Progress(bep::build_event_id::ProgressId {
+                opaque_count: seq as i32,
+            })),
+            payload: Some(Payload::Progress(bep::Progress {
+                stdout: "x".repeat(PROGRESS_BYTES),
+                stderr: String::new(),
+            })),
             ..Default::default()
         };
         out.push(wrap(&sid, seq, bazel(progress)));
@@ -66,14 +83,21 @@ fn stream(invocation: &str, n: i64) -> Vec<PublishBuildToolEventStreamRequest> {
     let finished = bep::BuildEvent {
         id: id(Id::BuildFinished(Default::default())),
         payload: Some(Payload::Finished(bep::BuildFinished {
-            exit_code: Some(bep::build_finished::ExitCode { name: "SUCCESS".into(), code: 0 }),
+            exit_code: Some(bep::build_finished::ExitCode {
+                name: "SUCCESS".into(),
+                code: 0,
+            }),
             ..Default::default()
         })),
         ..Default::default()
     };
     let last = out.len() as i64 + 1;
     out.push(wrap(&sid, last, bazel(finished)));
-    out.push(wrap(&sid, last + 1, Event::ComponentStreamFinished(v1::build_event::BuildComponentStreamFinished { r#type: 1 })));
+    out.push(wrap(
+        &sid,
+        last + 1,
+        Event::ComponentStreamFinished(v1::build_event::BuildComponentStreamFinished { r#type: 1 }),
+    ));
     out
 }
 
@@ -120,7 +144,10 @@ pub(crate) async fn bes(ctx: &Ctx, total: u64) -> Result<Vec<Stats>> {
 
 /// One stream: sends everything as fast as flow control allows while reading
 /// acknowledgements; returns each event's send-to-ack latency.
-async fn publish(channel: tonic::transport::Channel, requests: Vec<PublishBuildToolEventStreamRequest>) -> Result<(Vec<u64>, u64)> {
+async fn publish(
+    channel: tonic::transport::Channel,
+    requests: Vec<PublishBuildToolEventStreamRequest>,
+) -> Result<(Vec<u64>, u64)> {
     let n = requests.len();
     let bytes: u64 = requests.iter().map(|r| r.encoded_len() as u64).sum();
     let sent = Arc::new(std::sync::Mutex::new(vec![None::<Instant>; n + 1]));
@@ -133,7 +160,10 @@ async fn publish(channel: tonic::transport::Channel, requests: Vec<PublishBuildT
                 Ok(permit) => permit.forget(),
                 Err(_) => return,
             }
-            let seq = r.ordered_build_event.as_ref().map_or(0, |o| o.sequence_number) as usize;
+            let seq = r
+                .ordered_build_event
+                .as_ref()
+                .map_or(0, |o| o.sequence_number) as usize;
             s.lock().expect("sent lock")[seq] = Some(Instant::now());
             if tx.send(r).await.is_err() {
                 return;
@@ -147,7 +177,11 @@ async fn publish(channel: tonic::transport::Channel, requests: Vec<PublishBuildT
         .map_err(|s| Error::Unavailable(s.message().to_string()))?
         .into_inner();
     let mut latencies = Vec::with_capacity(n);
-    while let Some(ack) = acks.message().await.map_err(|s| Error::Unavailable(format!("{:?}: {}", s.code(), s.message())))? {
+    while let Some(ack) = acks
+        .message()
+        .await
+        .map_err(|s| Error::Unavailable(format!("{:?}: {}", s.code(), s.message())))?
+    {
         let seq = ack.sequence_number as usize;
         if let Some(t) = sent.lock().expect("sent lock").get(seq).copied().flatten() {
             latencies.push(t.elapsed().as_micros() as u64);
@@ -159,7 +193,10 @@ async fn publish(channel: tonic::transport::Channel, requests: Vec<PublishBuildT
     }
     let _ = sender.await;
     if latencies.len() != n {
-        return Err(Error::Internal(format!("{} of {n} events acknowledged", latencies.len())));
+        return Err(Error::Internal(format!(
+            "{} of {n} events acknowledged",
+            latencies.len()
+        )));
     }
     Ok((latencies, bytes))
 }

@@ -31,10 +31,19 @@ fn read_json_file(path: &Path) -> Expected {
             e.exit_code = v["finished"]["exitCode"]["code"].as_i64().unwrap_or(0);
         }
         if let Some(label) = v["id"]["testSummary"]["label"].as_str() {
-            e.tests.push((label.to_string(), v["testSummary"]["overallStatus"].as_str().unwrap_or("NO_STATUS").to_string()));
+            e.tests.push((
+                label.to_string(),
+                v["testSummary"]["overallStatus"]
+                    .as_str()
+                    .unwrap_or("NO_STATUS")
+                    .to_string(),
+            ));
         }
         if let Some(label) = v["id"]["targetCompleted"]["label"].as_str() {
-            e.targets.push((label.to_string(), v["completed"]["success"].as_bool().unwrap_or(false)));
+            e.targets.push((
+                label.to_string(),
+                v["completed"]["success"].as_bool().unwrap_or(false),
+            ));
         }
     }
     e
@@ -43,7 +52,11 @@ fn read_json_file(path: &Path) -> Expected {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_kiln_serves_agrees_with_bazels_json_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let kiln = Kiln::start(&config(&format!("sqlite://{}/bes.db", tmp.path().display()), "")).await;
+    let kiln = Kiln::start(&config(
+        &format!("sqlite://{}/bes.db", tmp.path().display()),
+        "",
+    ))
+    .await;
     let bazel = Bazel::new(tmp.path());
     let _shutdown = ShutdownOnDrop(bazel.clone());
     let grpc = kiln.url.replace("http://", "grpc://");
@@ -71,25 +84,77 @@ async fn what_kiln_serves_agrees_with_bazels_json_file() {
         .unwrap();
         assert_eq!(code, exit, "{name}: bazel exited {code}:\n{out}");
         let expected = read_json_file(&json);
-        assert!(!expected.invocation_id.is_empty(), "{name}: no started event");
-        let (status, got) = http_json(&kiln, &format!("/api/v1/invocations/{}", expected.invocation_id)).await;
-        assert_eq!(status, 200, "{name}: kiln has no invocation {}", expected.invocation_id);
-        assert_eq!(got["exit_code"].as_i64(), Some(expected.exit_code), "{name}: {got}");
+        assert!(
+            !expected.invocation_id.is_empty(),
+            "{name}: no started event"
+        );
+        let (status, got) = http_json(
+            &kiln,
+            &format!("/api/v1/invocations/{}", expected.invocation_id),
+        )
+        .await;
+        assert_eq!(
+            status, 200,
+            "{name}: kiln has no invocation {}",
+            expected.invocation_id
+        );
+        assert_eq!(
+            got["exit_code"].as_i64(),
+            Some(expected.exit_code),
+            "{name}: {got}"
+        );
         assert_eq!(got["exit_code"].as_i64(), Some(exit as i64));
-        assert_eq!(got["status"], if exit == 0 { "SUCCEEDED" } else { "FAILED" }, "{name}");
-        assert_eq!(got["event_count"].as_u64(), Some(expected.event_count as u64), "{name}: event count");
+        assert_eq!(
+            got["status"],
+            if exit == 0 { "SUCCEEDED" } else { "FAILED" },
+            "{name}"
+        );
+        assert_eq!(
+            got["event_count"].as_u64(),
+            Some(expected.event_count as u64),
+            "{name}: event count"
+        );
         for (label, status) in &expected.tests {
-            let t = got["tests"].as_array().unwrap().iter().find(|t| t["label"] == label.as_str());
-            assert_eq!(t.map(|t| t["status"].as_str().unwrap()), Some(status.as_str()), "{name}: test {label}");
+            let t = got["tests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["label"] == label.as_str());
+            assert_eq!(
+                t.map(|t| t["status"].as_str().unwrap()),
+                Some(status.as_str()),
+                "{name}: test {label}"
+            );
         }
         for (label, success) in &expected.targets {
-            let t = got["targets"].as_array().unwrap().iter().find(|t| t["label"] == label.as_str());
-            let outcome = t.map(|t| t["outcome"].as_str().unwrap().to_string()).unwrap_or_default();
-            assert_eq!(outcome == "SUCCESS", *success, "{name}: target {label}: {outcome}");
+            let t = got["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["label"] == label.as_str());
+            let outcome = t
+                .map(|t| t["outcome"].as_str().unwrap().to_string())
+                .unwrap_or_default();
+            assert_eq!(
+                outcome == "SUCCESS",
+                *success,
+                "{name}: target {label}: {outcome}"
+            );
         }
         // The link Bazel printed answers.
-        let page = reqwest::get(format!("http://{http}/invocation/{}", expected.invocation_id)).await.unwrap();
+        let page = reqwest::get(format!(
+            "http://{http}/invocation/{}",
+            expected.invocation_id
+        ))
+        .await
+        .unwrap();
         assert_eq!(page.status().as_u16(), 200);
-        assert!(out.contains(&format!("http://{http}/invocation/{}", expected.invocation_id)), "{name}: Bazel prints the results URL");
+        assert!(
+            out.contains(&format!(
+                "http://{http}/invocation/{}",
+                expected.invocation_id
+            )),
+            "{name}: Bazel prints the results URL"
+        );
     }
 }

@@ -60,9 +60,39 @@ pub async fn http_json(kiln: &Kiln, path: &str) -> (u16, serde_json::Value) {
 }
 
 pub async fn run(database: &str) {
+    stream_storage(database).await;
     publishes_and_queries(database).await;
     reconnects_resume_without_duplicates(database).await;
     gaps_and_limits(database).await;
+}
+
+/// The storage seam itself: create-if-absent streams and regex listing.
+async fn stream_storage(database: &str) {
+    use kiln::bes::store::{EventStore, StreamKey};
+    let url = if database.starts_with("sqlite://") {
+        format!("{database}?mode=rwc")
+    } else {
+        database.to_string()
+    };
+    let store = kiln::bes::sql::SqlEventStore::connect(&url).await.unwrap();
+    let key = StreamKey {
+        build_id: "b".into(),
+        invocation_id: uuid::Uuid::new_v4().to_string(),
+        component: 3,
+    };
+    store.create_stream(&key).await.unwrap();
+    let again = store.create_stream(&key).await.unwrap_err();
+    assert!(
+        matches!(again, kiln::error::Error::AlreadyExists(_)),
+        "{again:?}"
+    );
+    let info = store.stream(&key).await.unwrap().unwrap();
+    assert_eq!((info.last_sequence, info.finished), (0, false));
+    let found = store
+        .streams(&regex::Regex::new(&format!("^b/{}/3$", key.invocation_id)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
 }
 
 async fn publishes_and_queries(database: &str) {
@@ -145,13 +175,31 @@ async fn publishes_and_queries(database: &str) {
     // The CLI against the running server.
     let server = format!("http://{}", kiln.server.http_addr);
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
-    let listed = cli(&["invocations", "list", "--server", &server, "--status", "FAILED"]);
-    assert!(listed.contains(&failing) && !listed.contains(&inv), "{listed}");
-    let shown: serde_json::Value = serde_json::from_str(&cli(&["invocations", "show", &inv, "--server", &server])).unwrap();
+    let listed = cli(&[
+        "invocations",
+        "list",
+        "--server",
+        &server,
+        "--status",
+        "FAILED",
+    ]);
+    assert!(
+        listed.contains(&failing) && !listed.contains(&inv),
+        "{listed}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&cli(&["invocations", "show", &inv, "--server", &server])).unwrap();
     assert_eq!(shown["tests"][0]["label"], "//app:hello_test");
 
     // The gRPC query service filters for real.
