@@ -170,23 +170,19 @@ async fn finished_invocations_reach_webhooks_with_a_retry_after_500() {
         2,
         "one refused delivery, one retry"
     );
-    let metrics = crate::common::scrape(kiln.server.http_addr).await;
-    assert_eq!(
-        crate::common::metric_sum(
-            &metrics,
-            "kiln_webhook_deliveries_total",
-            &[("outcome", "delivered")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        crate::common::metric_sum(
-            &metrics,
-            "kiln_webhook_deliveries_total",
-            &[("outcome", "retried")]
-        ),
-        1.0
-    );
+    // The counter moves once the receiver's 200 reaches kiln, just after the
+    // body reached the receiver.
+    let count = |m: &str, outcome: &str| {
+        crate::common::metric_sum(m, "kiln_webhook_deliveries_total", &[("outcome", outcome)])
+    };
+    let started = std::time::Instant::now();
+    let mut metrics = crate::common::scrape(kiln.server.http_addr).await;
+    while count(&metrics, "delivered") < 1.0 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        metrics = crate::common::scrape(kiln.server.http_addr).await;
+    }
+    assert_eq!(count(&metrics, "delivered"), 1.0);
+    assert_eq!(count(&metrics, "retried"), 1.0);
     let (_, s) = http_json(&kiln, &format!("/api/v1/invocations/{inv}")).await;
     assert_eq!(s["status"], "FAILED");
 }
