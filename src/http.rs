@@ -3,10 +3,11 @@
 //! server.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -22,10 +23,25 @@ async fn metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     )
 }
 
-/// The routes of the HTTP listener: metrics and the build-event API.
-pub fn router(metrics: Arc<Metrics>, events: Arc<dyn crate::bes::store::EventStore>) -> Router {
+/// `/healthz`: 200 while serving, 503 once shutting down (an HTTP probe
+/// for load balancers that cannot speak grpc.health.v1).
+async fn healthz(State(serving): State<Arc<AtomicBool>>) -> impl IntoResponse {
+    if serving.load(Ordering::SeqCst) {
+        (StatusCode::OK, "SERVING\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+    }
+}
+
+/// The routes of the HTTP listener: metrics, health and the build-event API.
+pub fn router(
+    metrics: Arc<Metrics>,
+    events: Arc<dyn crate::bes::store::EventStore>,
+    serving: Arc<AtomicBool>,
+) -> Router {
     Router::new()
         .route("/metrics", get(self::metrics))
         .with_state(metrics)
+        .route("/healthz", get(healthz).with_state(serving))
         .merge(crate::bes::http::router(events))
 }

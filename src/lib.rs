@@ -26,6 +26,7 @@ pub mod http;
 pub mod instance;
 pub mod metrics;
 pub mod proto;
+pub mod rpc_metrics;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -27,6 +27,15 @@ pub struct StoreLabels {
 
 type LatencyFamily = Family<StoreLabels, Histogram, fn() -> Histogram>;
 
+/// Labels of a gRPC call: its full method path and status code name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// E.g. `/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs`.
+    pub method: String,
+    /// E.g. `OK`, `NOT_FOUND` (empty on latency, which is per method).
+    pub code: String,
+}
+
 /// Every metric of one server.
 pub struct Metrics {
     registry: Registry,
@@ -38,6 +47,14 @@ pub struct Metrics {
     pub store_digests: Family<StoreLabels, Counter>,
     /// Latency of store calls, in seconds.
     pub store_latency: LatencyFamily,
+    /// gRPC calls by method and status code.
+    pub rpc_calls: Family<RpcLabels, Counter>,
+    /// gRPC call latency by method, until the response ends, in seconds.
+    pub rpc_latency: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    /// gRPC message bytes by direction (in, out).
+    pub rpc_bytes: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// gRPC calls being served.
+    pub rpc_in_flight: prometheus_client::metrics::gauge::Gauge,
     /// Build events stored (the ingestion rate is its rate()).
     pub bes_events: Counter,
     /// Webhook deliveries by outcome: delivered, retried, failed, dropped.
@@ -82,6 +99,31 @@ impl Metrics {
             "Latency of store calls",
             store_latency.clone(),
         );
+        let rpc_calls = Family::<RpcLabels, Counter>::default();
+        let rpc_latency: Family<RpcLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let rpc_bytes = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        let rpc_in_flight = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "grpc_calls",
+            "gRPC calls by method and status code",
+            rpc_calls.clone(),
+        );
+        registry.register(
+            "grpc_latency_seconds",
+            "gRPC call latency by method",
+            rpc_latency.clone(),
+        );
+        registry.register(
+            "grpc_bytes",
+            "gRPC message bytes by direction",
+            rpc_bytes.clone(),
+        );
+        registry.register(
+            "grpc_in_flight",
+            "gRPC calls being served",
+            rpc_in_flight.clone(),
+        );
         let bes_events = Counter::default();
         let webhook_deliveries = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
         registry.register("bes_events", "Build events stored", bes_events.clone());
@@ -91,6 +133,10 @@ impl Metrics {
             webhook_deliveries.clone(),
         );
         Arc::new(Metrics {
+            rpc_calls,
+            rpc_latency,
+            rpc_bytes,
+            rpc_in_flight,
             bes_events,
             webhook_deliveries,
             registry,

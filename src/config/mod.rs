@@ -42,6 +42,12 @@ pub struct Config {
     /// exceed every instance's `max_batch_total_size` plus framing.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: ByteSize,
+    /// gRPC server behaviour: reflection, compression, shutdown.
+    #[serde(default)]
+    pub grpc: GrpcConfig,
+    /// TLS for the gRPC listener (and mTLS with `client_ca`). Default: off.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// The Build Event Service and its database.
     #[serde(default)]
     pub build_events: BuildEventsConfig,
@@ -50,6 +56,56 @@ pub struct Config {
     pub stores: BTreeMap<String, StoreConfig>,
     /// The instances this server serves, chosen by `instance_name`.
     pub instances: Vec<InstanceConfig>,
+}
+
+/// `grpc:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Serve grpc.reflection.v1 (for grpcurl and friends). Default true.
+    #[serde(default = "yes")]
+    pub reflection: bool,
+    /// Compress responses: `none`, `gzip` or `zstd` (only to clients that
+    /// accept it). Requests in gzip and zstd are always accepted. Default none.
+    #[serde(default)]
+    pub send_compression: SendCompression,
+    /// On stop, how long to report NOT_SERVING (gRPC health, `/healthz`)
+    /// before refusing new calls, so load balancers drain the pod. Default 0s.
+    #[serde(default = "zero")]
+    pub shutdown_delay: Duration,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        serde_saphyr::from_str("{}").expect("grpc defaults parse")
+    }
+}
+
+/// gRPC response compression.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SendCompression {
+    /// Uncompressed.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// Zstandard.
+    Zstd,
+}
+
+/// `tls:` settings (BuildGrid's server_cert / server_key / client_certs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert: PathBuf,
+    /// PEM private key of the server.
+    pub key: PathBuf,
+    /// PEM CA bundle: when set, clients must present a certificate it
+    /// signed (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `build_events:` settings.
@@ -361,6 +417,9 @@ fn default_existence_ttl() -> Duration {
 }
 fn default_existence_entries() -> u64 {
     1_000_000
+}
+fn zero() -> Duration {
+    Duration(std::time::Duration::ZERO)
 }
 fn yes() -> bool {
     true

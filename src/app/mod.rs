@@ -1,0 +1,189 @@
+//! The only wiring: config → stores → instances → services → one tonic server
+//! plus the HTTP listener, with health reporting and graceful shutdown.
+//! `main.rs` and the end-to-end tests both start kiln through [`start`].
+
+mod services;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::{Config, TlsConfig};
+use crate::error::{Error, Result};
+use crate::instance::Instances;
+use crate::metrics::Metrics;
+use crate::service::upload::Uploads;
+pub use services::SERVICE_NAMES;
+
+/// Interrupted uploads are kept this long for the client to resume.
+const UPLOAD_IDLE: Duration = Duration::from_secs(3600);
+
+/// A server that is running; stop it with [`RunningServer::stop`].
+pub struct RunningServer {
+    /// The gRPC address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// The HTTP address (`/metrics`, `/healthz`, build-event API).
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl RunningServer {
+    /// Reports NOT_SERVING, waits `shutdown_delay` (so load balancers stop
+    /// sending), stops accepting calls, lets in-flight calls finish within
+    /// the grace period, then returns.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await?
+    }
+
+    /// Waits until the server ends by itself (it only does on error).
+    pub async fn wait(&mut self) -> Result<()> {
+        (&mut self.task).await?
+    }
+}
+
+/// rustls with aws-lc everywhere (tonic, reqwest, the AWS SDK); installed
+/// once, since two providers in one process make rustls refuse to choose.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::InvalidArgument(format!("tls: reading {}: {e}", path.display())))
+    };
+    let mut config =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+    if let Some(ca) = &tls.client_ca {
+        // With a client CA every client must present a certificate it signed.
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Builds everything from `config` and starts serving on `config.listen`.
+/// Relative fs paths live under `data_dir`.
+pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
+    install_crypto_provider();
+    let bind = |addr: String| async move {
+        TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::Unavailable(format!("cannot listen on {addr}: {e}")))
+    };
+    let listener = bind(config.listen.clone()).await?;
+    let http_listener = bind(config.http_listen.clone()).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("listener address", e))?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|e| Error::io("listener address", e))?;
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
+    let metrics = Metrics::new();
+    let parts = services::Parts {
+        instances: Instances::build(&config, data_dir.clone(), metrics.clone()).await?,
+        uploads: Arc::new(Uploads::new(data_dir.join("uploads"))?),
+        events: crate::bes::open(&config.build_events, &data_dir).await?,
+        metrics: metrics.clone(),
+    };
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let routes = services::routes(&config, &parts, health);
+    let mut server = Server::builder()
+        // Large windows let one stream move hundreds of MB/s over loopback and
+        // real networks alike; the defaults (64 KiB) cap a blob transfer.
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(64 << 20))
+        .layer(crate::rpc_metrics::RpcMetricsLayer::new(metrics.clone()));
+    if let Some(tls) = &config.tls {
+        server = server
+            .tls_config(tls_config(tls)?)
+            .map_err(|e| Error::InvalidArgument(format!("tls: {e}")))?;
+    }
+    let router = server.add_routes(routes);
+
+    let serving = Arc::new(AtomicBool::new(true));
+    let (shutdown, mut stop) = watch::channel(false);
+    let (stop_grpc_tx, mut stop_grpc) = watch::channel(false);
+    let mut stop_http = stop_grpc.clone();
+    let http = axum::serve(
+        http_listener,
+        crate::http::router(metrics.clone(), parts.events.clone(), serving.clone()),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stop_http.wait_for(|s| *s).await;
+    });
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = http.await {
+            tracing::error!(error = %e, "HTTP listener failed");
+        }
+    });
+    // Nagle's algorithm plus delayed ACKs add ~40 ms to every call whose
+    // request or response spans several TCP segments.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let uploads = parts.uploads.clone();
+    let expiry = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            uploads.expire(UPLOAD_IDLE);
+        }
+    });
+    set_health(&reporter, ServingStatus::Serving).await;
+    let (delay, grace) = (config.grpc.shutdown_delay.0, config.grace_period.0);
+    // The stop sequence: NOT_SERVING first, then stop accepting after the delay.
+    tokio::spawn(async move {
+        let _ = stop.wait_for(|s| *s).await;
+        serving.store(false, Ordering::SeqCst);
+        set_health(&reporter, ServingStatus::NotServing).await;
+        tracing::info!(?delay, "shutting down: reporting NOT_SERVING");
+        tokio::time::sleep(delay).await;
+        let _ = stop_grpc_tx.send(true);
+    });
+    let mut stop_grace = stop_grpc.clone();
+    let task = tokio::spawn(async move {
+        let serve = router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_grpc.wait_for(|s| *s).await;
+            tracing::info!("shutting down: no new calls accepted");
+        });
+        let result = tokio::select! {
+            r = serve => r.map_err(|e| Error::Internal(format!("server: {e}"))),
+            _ = async {
+                let _ = stop_grace.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(?grace, "grace period over; abandoning in-flight calls");
+                Ok(())
+            }
+        };
+        expiry.abort();
+        http_task.abort();
+        result
+    });
+    tracing::info!(%addr, %http_addr, tls = config.tls.is_some(), instances = config.instances.len(), "kiln serving");
+    Ok(RunningServer {
+        addr,
+        http_addr,
+        shutdown,
+        task,
+    })
+}

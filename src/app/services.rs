@@ -1,0 +1,128 @@
+//! The gRPC side of the wiring: every service with the same message limits
+//! and compression, plus health and reflection, on one tonic router.
+
+use std::sync::Arc;
+
+use tonic::codec::CompressionEncoding;
+use tonic::service::Routes;
+
+use crate::bes::BesLimits;
+use crate::bes::query::QueryService;
+use crate::bes::service::BuildEventService;
+use crate::bes::store::EventStore;
+use crate::bes::webhook::Webhooks;
+use crate::config::{Config, SendCompression};
+use crate::instance::Instances;
+use crate::metrics::Metrics;
+use crate::proto::bes_v1::publish_build_event_server::PublishBuildEventServer;
+use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
+use crate::proto::kiln_v1::build_event_query_server::BuildEventQueryServer;
+use crate::proto::reapi::action_cache_server::ActionCacheServer;
+use crate::proto::reapi::capabilities_server::CapabilitiesServer;
+use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+use crate::service::action_cache::ActionCacheService;
+use crate::service::bytestream::ByteStreamService;
+use crate::service::capabilities::CapabilitiesService;
+use crate::service::cas::CasService;
+use crate::service::upload::Uploads;
+
+/// The fully qualified names of kiln's own services, for health reporting.
+pub const SERVICE_NAMES: [&str; 6] = [
+    "build.bazel.remote.execution.v2.Capabilities",
+    "build.bazel.remote.execution.v2.ContentAddressableStorage",
+    "google.bytestream.ByteStream",
+    "build.bazel.remote.execution.v2.ActionCache",
+    "google.devtools.build.v1.PublishBuildEvent",
+    "kiln.v1.BuildEventQuery",
+];
+
+/// Applies the same message limits and compression to every service.
+macro_rules! configured {
+    ($server:expr, $max:expr, $send:expr) => {{
+        let s = $server
+            .max_decoding_message_size($max)
+            .max_encoding_message_size($max)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd);
+        match $send {
+            Some(encoding) => s.send_compressed(encoding),
+            None => s,
+        }
+    }};
+}
+
+/// What the services share.
+pub struct Parts {
+    /// The instances.
+    pub instances: Instances,
+    /// Interrupted uploads.
+    pub uploads: Arc<Uploads>,
+    /// Build-event storage.
+    pub events: Arc<dyn EventStore>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Every gRPC service of the server, health and reflection included.
+pub fn routes(
+    config: &Config,
+    parts: &Parts,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> Routes {
+    let max = config.max_message_size.0 as usize;
+    let send = match config.grpc.send_compression {
+        SendCompression::None => None,
+        SendCompression::Gzip => Some(CompressionEncoding::Gzip),
+        SendCompression::Zstd => Some(CompressionEncoding::Zstd),
+    };
+    let webhooks = Webhooks::start(
+        config.build_events.webhooks.clone(),
+        parts.metrics.clone(),
+        config.build_events.webhook_backoff.0,
+    );
+    let bes = BuildEventService::new(
+        parts.events.clone(),
+        BesLimits::from(&config.build_events),
+        webhooks,
+        parts.metrics.clone(),
+    );
+    let i = &parts.instances;
+    let mut routes = Routes::new(health)
+        .add_service(configured!(
+            CapabilitiesServer::new(CapabilitiesService::new(i.clone())),
+            max,
+            send
+        ))
+        .add_service(configured!(
+            ContentAddressableStorageServer::new(CasService::new(i.clone())),
+            max,
+            send
+        ))
+        .add_service(configured!(
+            ByteStreamServer::new(ByteStreamService::new(i.clone(), parts.uploads.clone())),
+            max,
+            send
+        ))
+        .add_service(configured!(
+            ActionCacheServer::new(ActionCacheService::new(i.clone())),
+            max,
+            send
+        ))
+        .add_service(configured!(PublishBuildEventServer::new(bes), max, send))
+        .add_service(configured!(
+            BuildEventQueryServer::new(QueryService::new(parts.events.clone())),
+            max,
+            send
+        ));
+    if config.grpc.reflection {
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("kiln's descriptor set is valid");
+        routes = routes.add_service(reflection);
+    }
+    routes
+}

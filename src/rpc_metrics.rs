@@ -1,0 +1,207 @@
+//! A tower layer in front of every gRPC service: per-method call counts by
+//! status code, latency, bytes in and out, and calls in flight. It sits
+//! outside the services so that every call is counted, refused ones included;
+//! the status comes from the response trailers, where gRPC puts it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Buf;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::metrics::{Metrics, RpcLabels};
+
+/// Adds [`RpcMetrics`] around a service.
+#[derive(Debug, Clone)]
+pub struct RpcMetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RpcMetricsLayer {
+    /// Records into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        RpcMetricsLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+    fn layer(&self, inner: S) -> RpcMetrics<S> {
+        RpcMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The metered service.
+#[derive(Debug, Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+/// What a finished call reports, once its response body ends.
+struct Call {
+    metrics: Arc<Metrics>,
+    method: String,
+    started: Instant,
+    code: Option<String>,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // A body dropped without trailers was cut off: the client went away.
+        let code = self.code.take().unwrap_or_else(|| "CANCELLED".into());
+        let labels = RpcLabels {
+            method: self.method.clone(),
+            code,
+        };
+        self.metrics.rpc_calls.get_or_create(&labels).inc();
+        self.metrics
+            .rpc_latency
+            .get_or_create(&RpcLabels {
+                code: String::new(),
+                ..labels
+            })
+            .observe(self.started.elapsed().as_secs_f64());
+        self.metrics.rpc_in_flight.dec();
+    }
+}
+
+/// The canonical name of a `grpc-status` value, as gRPC spells it.
+fn code_name(status: &[u8]) -> String {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    let code: usize = std::str::from_utf8(status)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    NAMES.get(code).unwrap_or(&"UNKNOWN").to_string()
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RpcMetrics<S>
+where
+    S: Service<http::Request<Metered<ReqBody>>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Body,
+    ResBody: Body,
+{
+    type Response = http::Response<Metered<ResBody>>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let method = req.uri().path().to_string();
+        let metrics = self.metrics.clone();
+        metrics.rpc_in_flight.inc();
+        let bytes_in = metrics
+            .rpc_bytes
+            .get_or_create(&vec![("direction", "in")])
+            .clone();
+        let req = req.map(|body| Metered {
+            inner: body,
+            bytes: bytes_in,
+            call: None,
+        });
+        let started = Instant::now();
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let response = future.await?;
+            // Trailers-only responses (errors) carry the status in headers.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .map(|v| code_name(v.as_bytes()));
+            let call = Call {
+                metrics: metrics.clone(),
+                method,
+                started,
+                code,
+            };
+            let bytes_out = metrics
+                .rpc_bytes
+                .get_or_create(&vec![("direction", "out")])
+                .clone();
+            Ok(response.map(|body| Metered {
+                inner: body,
+                bytes: bytes_out,
+                call: Some(call),
+            }))
+        })
+    }
+}
+
+pin_project! {
+    /// A body that counts its bytes and, for responses, records the call's
+    /// status when the trailers pass (or the body is dropped).
+    pub struct Metered<B> {
+        #[pin]
+        inner: B,
+        bytes: prometheus_client::metrics::counter::Counter,
+        call: Option<Call>,
+    }
+}
+
+impl<B: Body> Body for Metered<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.bytes.inc_by(data.remaining() as u64);
+            }
+            if let (Some(trailers), Some(call)) = (frame.trailers_ref(), this.call.as_mut()) {
+                call.code = Some(
+                    trailers
+                        .get("grpc-status")
+                        .map_or_else(|| "OK".to_string(), |v| code_name(v.as_bytes())),
+                );
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

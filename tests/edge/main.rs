@@ -1,0 +1,7 @@
+//! The server edge: TLS and mTLS, health, reflection, compression.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod health;
+mod tls;
