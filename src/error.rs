@@ -29,6 +29,9 @@ pub enum Error {
     /// Blobs the request depends on are not in the CAS; clients re-upload them.
     #[error("missing blobs: {}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))]
     MissingBlobs(Vec<Digest>),
+    /// The caller presented no usable credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The caller may not do this (a read-only instance, a missing role).
     #[error("{0}")]
     PermissionDenied(String),
@@ -74,6 +77,7 @@ impl Error {
             Error::OutOfRange(_) => Code::OutOfRange,
             Error::MissingBlobs(_) | Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::ResourceExhausted { .. } => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Cancelled(_) => Code::Cancelled,

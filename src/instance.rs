@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::auth::{Identity, Policy, Role};
 use crate::config::{Config, InstanceConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -43,9 +44,17 @@ pub struct Instance {
     pub tree_cache: TreeCache,
     /// Behaviour settings.
     pub settings: Settings,
+    /// Who may do what here.
+    pub policy: Arc<Policy>,
 }
 
 impl Instance {
+    /// Allows `who` to act as `role` here, or refuses with UNAUTHENTICATED or
+    /// PERMISSION_DENIED.
+    pub fn authorize(&self, who: Option<&Identity>, role: Role) -> Result<()> {
+        self.policy.authorize(who, &self.name, role)
+    }
+
     /// Refuses writes on a read-only instance, never pretending they worked.
     pub fn check_writable(&self) -> Result<()> {
         if self.settings.read_only {
@@ -61,6 +70,7 @@ impl Instance {
         config: &InstanceConfig,
         path: &str,
         stores: &mut StoreBuilder<'_>,
+        policy: Arc<Policy>,
     ) -> Result<Self> {
         Ok(Instance {
             name: config.name.clone(),
@@ -68,6 +78,7 @@ impl Instance {
             action_cache: stores
                 .action_cache(&config.action_cache, &format!("{path}.action_cache"))
                 .await?,
+            policy,
             tree_cache: TreeCache::new(config.tree_cache.max_size.0, config.tree_cache.ttl.0),
             settings: Settings {
                 read_only: config.read_only,
@@ -89,11 +100,11 @@ pub struct Instances {
 
 impl Instances {
     /// Builds every instance (and the stores under it) from a validated config.
-    pub async fn build(config: &Config, data_dir: PathBuf, metrics: Arc<Metrics>) -> Result<Self> {
+    pub async fn build(config: &Config, data_dir: PathBuf, metrics: Arc<Metrics>, policy: Arc<Policy>) -> Result<Self> {
         let mut stores = StoreBuilder::new(config, data_dir, metrics);
         let mut by_name = HashMap::new();
         for (i, ic) in config.instances.iter().enumerate() {
-            let instance = Instance::build(ic, &format!("instances[{i}]"), &mut stores).await?;
+            let instance = Instance::build(ic, &format!("instances[{i}]"), &mut stores, policy.clone()).await?;
             by_name.insert(ic.name.clone(), Arc::new(instance));
         }
         Ok(Instances {

@@ -8,6 +8,7 @@
 //! - [`tree`], [`action_result`], [`compression`]: domain logic services call.
 //! - [`store`]: the `BlobStore` trait, its backends and layers.
 //! - [`bench`]: `kiln bench`, the load generator.
+//! - [`auth`], [`limits`], [`rpc_metrics`]: tower layers at the edge.
 //! - [`http`], [`metrics`]: the HTTP listener and what it serves.
 //! - [`digest`], [`error`], [`config`], [`proto`], [`telemetry`]: foundations.
 
@@ -16,6 +17,7 @@
 
 pub mod action_result;
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod bes;
 pub mod compression;
@@ -24,6 +26,7 @@ pub mod digest;
 pub mod error;
 pub mod http;
 pub mod instance;
+pub mod limits;
 pub mod metrics;
 pub mod proto;
 pub mod rpc_metrics;

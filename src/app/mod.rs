@@ -100,8 +100,10 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
     let metrics = Metrics::new();
+    let (authenticator, policy) = crate::auth::from_config(&config.auth).await?;
     let parts = services::Parts {
-        instances: Instances::build(&config, data_dir.clone(), metrics.clone()).await?,
+        instances: Instances::build(&config, data_dir.clone(), metrics.clone(), policy.clone()).await?,
+        bes_access: crate::bes::service::Access { policy, instance: config.auth.build_events_instance.clone() },
         uploads: Arc::new(Uploads::new(data_dir.join("uploads"))?),
         events: crate::bes::open(&config.build_events, &data_dir).await?,
         metrics: metrics.clone(),
@@ -113,7 +115,14 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
         // real networks alike; the defaults (64 KiB) cap a blob transfer.
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(64 << 20))
-        .layer(crate::rpc_metrics::RpcMetricsLayer::new(metrics.clone()));
+        // Outermost first: every call is counted, then authenticated, then
+        // rate-limited by who it is.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(crate::rpc_metrics::RpcMetricsLayer::new(metrics.clone()))
+                .option_layer(authenticator.map(crate::auth::layer::AuthLayer::new))
+                .option_layer(crate::limits::Limits::from_config(&config.limits).map(crate::limits::LimitLayer::new)),
+        );
     if let Some(tls) = &config.tls {
         server = server
             .tls_config(tls_config(tls)?)

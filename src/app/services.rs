@@ -61,6 +61,8 @@ pub struct Parts {
     pub events: Arc<dyn EventStore>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Who may publish and query build events.
+    pub bes_access: crate::bes::service::Access,
 }
 
 /// Every gRPC service of the server, health and reflection included.
@@ -87,6 +89,7 @@ pub fn routes(
         BesLimits::from(&config.build_events),
         webhooks,
         parts.metrics.clone(),
+        parts.bes_access.clone(),
     );
     let i = &parts.instances;
     let mut routes = Routes::new(health)
@@ -112,7 +115,7 @@ pub fn routes(
         ))
         .add_service(configured!(PublishBuildEventServer::new(bes), max, send))
         .add_service(configured!(
-            BuildEventQueryServer::new(QueryService::new(parts.events.clone())),
+            BuildEventQueryServer::new(QueryService::new(parts.events.clone(), parts.bes_access.clone())),
             max,
             send
         ));

@@ -19,12 +19,13 @@ use crate::proto::kiln_v1::{
 #[derive(Debug, Clone)]
 pub struct QueryService {
     store: Arc<dyn EventStore>,
+    access: super::service::Access,
 }
 
 impl QueryService {
     /// Queries `store`.
-    pub fn new(store: Arc<dyn EventStore>) -> Self {
-        QueryService { store }
+    pub fn new(store: Arc<dyn EventStore>, access: super::service::Access) -> Self {
+        QueryService { store, access }
     }
 }
 
@@ -54,6 +55,7 @@ impl BuildEventQuery for QueryService {
         &self,
         request: Request<ListStreamsRequest>,
     ) -> Result<Response<ListStreamsResponse>, Status> {
+        self.access.check(&request, crate::auth::Role::Read)?;
         let pattern = regex(&request.get_ref().stream_key_regex, "stream_key_regex")?;
         let streams = self.store.streams(&pattern).await?;
         Ok(Response::new(ListStreamsResponse {
@@ -72,6 +74,7 @@ impl BuildEventQuery for QueryService {
         &self,
         request: Request<QueryEventsRequest>,
     ) -> Result<Response<QueryEventsResponse>, Status> {
+        self.access.check(&request, crate::auth::Role::Read)?;
         let r = request.into_inner();
         let filter = EventFilter {
             kinds: r.kinds,
@@ -105,6 +108,7 @@ impl BuildEventQuery for QueryService {
         &self,
         request: Request<GetInvocationRequest>,
     ) -> Result<Response<InvocationSummary>, Status> {
+        self.access.check(&request, crate::auth::Role::Read)?;
         let id = &request.get_ref().invocation_id;
         let inv = self
             .store
@@ -118,6 +122,7 @@ impl BuildEventQuery for QueryService {
         &self,
         request: Request<ListInvocationsRequest>,
     ) -> Result<Response<ListInvocationsResponse>, Status> {
+        self.access.check(&request, crate::auth::Role::Read)?;
         let r = request.into_inner();
         let filter = InvocationFilter {
             limit: r.limit,

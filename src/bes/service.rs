@@ -39,22 +39,42 @@ pub struct BuildEventService {
     limits: BesLimits,
     webhooks: Webhooks,
     metrics: Arc<Metrics>,
+    access: Access,
+}
+
+/// Who may publish and query build events: the policy of the instance named
+/// by `auth.build_events_instance` (build events carry no instance name).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// The policy.
+    pub policy: Arc<crate::auth::Policy>,
+    /// The instance whose rules apply.
+    pub instance: String,
+}
+
+impl Access {
+    /// Allows the caller of `request` to act as `role`, or refuses.
+    pub fn check<T>(&self, request: &Request<T>, role: crate::auth::Role) -> Result<()> {
+        self.policy.authorize(crate::service::caller(request).as_ref(), &self.instance, role)
+    }
 }
 
 impl BuildEventService {
-    /// Stores events in `store`, within `limits`, and tells `webhooks` when
-    /// an invocation ends.
+    /// Stores events in `store`, within `limits`, for callers `access`
+    /// allows, and tells `webhooks` when an invocation ends.
     pub fn new(
         store: Arc<dyn EventStore>,
         limits: BesLimits,
         webhooks: Webhooks,
         metrics: Arc<Metrics>,
+        access: Access,
     ) -> Self {
         BuildEventService {
             store,
             limits,
             webhooks,
             metrics,
+            access,
         }
     }
 }
@@ -286,6 +306,7 @@ impl PublishBuildEvent for BuildEventService {
         &self,
         request: Request<PublishLifecycleEventRequest>,
     ) -> Result<Response<()>, Status> {
+        self.access.check(&request, crate::auth::Role::Bes)?;
         let ordered = request
             .into_inner()
             .build_event
@@ -312,6 +333,7 @@ impl PublishBuildEvent for BuildEventService {
         &self,
         request: Request<Streaming<PublishBuildToolEventStreamRequest>>,
     ) -> Result<Response<AckStream>, Status> {
+        self.access.check(&request, crate::auth::Role::Bes)?;
         let (tx, rx) = mpsc::channel(MAX_BATCH);
         tokio::spawn(self.clone().run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -48,6 +48,12 @@ pub struct Config {
     /// TLS for the gRPC listener (and mTLS with `client_ca`). Default: off.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// Who may call, and what they may do.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Per-identity request and byte rates, and a global in-flight limit.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// The Build Event Service and its database.
     #[serde(default)]
     pub build_events: BuildEventsConfig,
@@ -92,6 +98,93 @@ pub enum SendCompression {
     Gzip,
     /// Zstandard.
     Zstd,
+}
+
+/// `auth:` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none` (the default: every call allowed) or `jwt`.
+    #[serde(default)]
+    pub method: AuthMethod,
+    /// JWT verification (with `method: jwt`).
+    #[serde(default)]
+    pub jwt: Option<JwtConfig>,
+    /// Static API tokens (hashed), accepted beside or instead of JWTs.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+    /// The claim holding roles. Default `roles`.
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Instances anyone may use without credentials.
+    #[serde(default)]
+    pub open_instances: Vec<String>,
+    /// Per-instance caps: only these roles can be exercised on the instance.
+    #[serde(default)]
+    pub instance_roles: BTreeMap<String, Vec<String>>,
+    /// The instance whose rules govern build-event publishing and queries
+    /// (the Build Event Service has no instance name). Default `""`.
+    #[serde(default)]
+    pub build_events_instance: String,
+}
+
+/// How callers authenticate.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// No authentication (unless `tokens_file` is set).
+    #[default]
+    None,
+    /// Bearer JWTs.
+    Jwt,
+}
+
+/// `auth.jwt:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Accepted algorithms: HS256, HS384, HS512, RS256, ES256. Default HS256.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Environment variable holding the HMAC secret.
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// File holding the HMAC secret.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// JWKS file with public keys (RS256, ES256).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL with public keys.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How often JWKS keys are re-read (BuildGrid's auth_jwks_fetch_minutes).
+    /// Default `60m`.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: Duration,
+    /// Required `aud`, if any.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Required `iss`, if any.
+    #[serde(default)]
+    pub issuer: Option<String>,
+}
+
+/// `limits:` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Calls per second per identity (subject, else peer address); bursts of
+    /// up to this many. Default: unlimited.
+    #[serde(default)]
+    pub requests_per_second: Option<u32>,
+    /// Request bytes per second per identity. Default: unlimited.
+    #[serde(default)]
+    pub bytes_per_second: Option<ByteSize>,
+    /// Calls served at once by the whole server; beyond it calls are shed
+    /// with RESOURCE_EXHAUSTED instead of queueing. Default: unlimited.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
 }
 
 /// `tls:` settings (BuildGrid's server_cert / server_key / client_certs).
@@ -417,6 +510,15 @@ fn default_existence_ttl() -> Duration {
 }
 fn default_existence_entries() -> u64 {
     1_000_000
+}
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+fn default_algorithms() -> Vec<String> {
+    vec!["HS256".into()]
+}
+fn default_jwks_refresh() -> Duration {
+    Duration(std::time::Duration::from_secs(3600))
 }
 fn zero() -> Duration {
     Duration(std::time::Duration::ZERO)

@@ -6,6 +6,8 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::action_result::{self, Inline};
+use crate::auth::Role;
+use crate::service::caller;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
 use crate::instance::Instances;
@@ -34,8 +36,10 @@ impl ActionCache for ActionCacheService {
         &self,
         request: Request<GetActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
+        instance.authorize(who.as_ref(), Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let action = Digest::from_proto(function, req.action_digest.as_ref(), "action")?;
         let not_found = || Error::NotFound(format!("no action result for {action}"));
@@ -63,8 +67,10 @@ impl ActionCache for ActionCacheService {
         &self,
         request: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
+        instance.authorize(who.as_ref(), Role::AcWrite)?;
         instance.check_writable()?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let action = Digest::from_proto(function, req.action_digest.as_ref(), "action")?;

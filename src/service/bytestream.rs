@@ -11,7 +11,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::resource::{Compressor, parse_read, parse_write};
 use super::upload::{self, Uploads};
+use crate::auth::Role;
 use crate::compression;
+use crate::service::caller;
 use crate::error::{Error, Result};
 use crate::instance::Instances;
 use crate::proto::bytestream::{
@@ -62,9 +64,11 @@ impl ByteStream for ByteStreamService {
     type ReadStream = ReadStream;
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let name = parse_read(&req.resource_name)?;
         let instance = self.instances.get(&name.instance)?;
+        instance.authorize(who.as_ref(), Role::Read)?;
         if req.read_offset < 0 || req.read_limit < 0 {
             return Err(Error::InvalidArgument(format!(
                 "read_offset ({}) and read_limit ({}) must not be negative",
@@ -103,6 +107,7 @@ impl ByteStream for ByteStreamService {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let who = caller(&request);
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -110,6 +115,7 @@ impl ByteStream for ByteStreamService {
             .ok_or_else(|| Error::InvalidArgument("empty Write stream".into()))?;
         let name = parse_write(&first.resource_name)?;
         let instance = self.instances.get(&name.instance)?;
+        instance.authorize(who.as_ref(), Role::Write)?;
         let committed_size = upload::write(&instance, &self.uploads, first, stream.boxed()).await?;
         Ok(Response::new(WriteResponse { committed_size }))
     }
@@ -120,6 +126,7 @@ impl ByteStream for ByteStreamService {
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
         let name = parse_write(&request.get_ref().resource_name)?;
         let instance = self.instances.get(&name.instance)?;
+        instance.authorize(caller(&request).as_ref(), Role::Write)?;
         if instance.cas.find_missing(&[name.digest]).await?.is_empty() {
             return Ok(Response::new(QueryWriteStatusResponse {
                 committed_size: name.digest.size as i64,

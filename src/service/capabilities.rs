@@ -4,7 +4,9 @@
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::Role;
 use crate::digest::DigestFunction;
+use crate::service::caller;
 use crate::instance::Instances;
 use crate::proto::reapi::{
     ActionCacheUpdateCapabilities, CacheCapabilities, GetCapabilitiesRequest, ServerCapabilities,
@@ -41,6 +43,7 @@ impl Capabilities for CapabilitiesService {
         request: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<ServerCapabilities>, Status> {
         let instance = self.instances.get(&request.get_ref().instance_name)?;
+        instance.authorize(caller(&request).as_ref(), Role::Read)?;
         let zstd = compressor::Value::Zstd as i32;
         let cache = CacheCapabilities {
             digest_functions: DigestFunction::ALL

@@ -7,7 +7,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
+use crate::service::caller;
 use crate::error::{Error, Result, ok_rpc_status};
 use crate::instance::{Instance, Instances};
 use crate::proto::reapi::{
@@ -100,8 +102,10 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
+        instance.authorize(who.as_ref(), Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digests = parse_digests(function, &req.blob_digests)?;
         let missing = instance.cas.find_missing(&digests).await?;
@@ -114,8 +118,10 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
+        instance.authorize(who.as_ref(), Role::Write)?;
         instance.check_writable()?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
@@ -139,8 +145,10 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<BatchReadBlobsRequest>,
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
+        instance.authorize(who.as_ref(), Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digests = parse_digests(function, &req.digests)?;
         let total: u64 = digests.iter().map(|d| d.size).sum();
@@ -177,8 +185,10 @@ impl ContentAddressableStorage for CasService {
         &self,
         request: Request<GetTreeRequest>,
     ) -> Result<Response<Self::GetTreeStream>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
+        instance.authorize(who.as_ref(), Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let root = Digest::from_proto(function, req.root_digest.as_ref(), "root")?;
         let nodes = instance

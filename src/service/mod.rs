@@ -8,3 +8,10 @@ pub mod capabilities;
 pub mod cas;
 pub mod resource;
 pub mod upload;
+
+use crate::auth::Identity;
+
+/// The caller a request was authenticated as (`None` when auth is off).
+pub fn caller<T>(request: &tonic::Request<T>) -> Option<Identity> {
+    request.extensions().get::<Identity>().cloned()
+}

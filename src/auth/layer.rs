@@ -1,0 +1,79 @@
+//! The authentication layer: every call except health checks and reflection
+//! gets an [`Identity`] in its extensions, or is refused with
+//! UNAUTHENTICATED before it reaches a service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::{BoxFuture, FutureExt};
+use tower::{Layer, Service};
+
+use super::{Authenticator, Identity};
+
+/// Calls that never need credentials: probes and service discovery.
+fn exempt(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+}
+
+/// Adds [`Authenticate`] around the services.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    /// Authenticates with `auth`.
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        AuthLayer { auth }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+    fn layer(&self, inner: S) -> Authenticate<S> {
+        Authenticate { inner, auth: self.auth.clone() }
+    }
+}
+
+/// The authenticating service.
+#[derive(Debug, Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+impl<S, B> Service<http::Request<B>> for Authenticate<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if exempt(req.uri().path()) {
+            return self.inner.call(req).boxed();
+        }
+        let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        match self.auth.authenticate(header) {
+            Ok(identity) => {
+                if let Identity::Subject { name, .. } = &identity {
+                    tracing::debug!(subject = %name, path = req.uri().path(), "authenticated");
+                }
+                req.extensions_mut().insert(identity);
+                self.inner.call(req).boxed()
+            }
+            Err(e) => {
+                let status: tonic::Status = e.into();
+                std::future::ready(Ok(status.into_http())).boxed()
+            }
+        }
+    }
+}
