@@ -100,11 +100,18 @@ pub struct Instances {
 
 impl Instances {
     /// Builds every instance (and the stores under it) from a validated config.
-    pub async fn build(config: &Config, data_dir: PathBuf, metrics: Arc<Metrics>, policy: Arc<Policy>) -> Result<Self> {
+    pub async fn build(
+        config: &Config,
+        data_dir: PathBuf,
+        metrics: Arc<Metrics>,
+        policy: Arc<Policy>,
+    ) -> Result<Self> {
         let mut stores = StoreBuilder::new(config, data_dir, metrics);
         let mut by_name = HashMap::new();
         for (i, ic) in config.instances.iter().enumerate() {
-            let instance = Instance::build(ic, &format!("instances[{i}]"), &mut stores, policy.clone()).await?;
+            let instance =
+                Instance::build(ic, &format!("instances[{i}]"), &mut stores, policy.clone())
+                    .await?;
             by_name.insert(ic.name.clone(), Arc::new(instance));
         }
         Ok(Instances {

@@ -31,7 +31,9 @@ pub struct Limits {
 
 impl std::fmt::Debug for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limits").field("max_in_flight", &self.max_in_flight).finish()
+        f.debug_struct("Limits")
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
     }
 }
 
@@ -45,7 +47,11 @@ impl Limits {
         if per_identity.is_none() && config.max_in_flight.is_none() {
             return None;
         }
-        Some(Arc::new(Limits { per_identity, max_in_flight: config.max_in_flight, in_flight: Arc::new(AtomicUsize::new(0)) }))
+        Some(Arc::new(Limits {
+            per_identity,
+            max_in_flight: config.max_in_flight,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }))
     }
 }
 
@@ -59,14 +65,21 @@ fn key_of<B>(req: &http::Request<B>) -> String {
         .get::<tonic::transport::server::TcpConnectInfo>()
         .and_then(|i| i.remote_addr())
         .or_else(|| {
-            ext.get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+            ext.get::<tonic::transport::server::TlsConnectInfo<
+                    tonic::transport::server::TcpConnectInfo,
+                >>()
                 .and_then(|i| i.get_ref().remote_addr())
         });
-    peer.map(|a| format!("ip:{}", a.ip())).unwrap_or_else(|| "unknown".into())
+    peer.map(|a| format!("ip:{}", a.ip()))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn exhausted(message: String, retry_after: Duration) -> http::Response<tonic::body::Body> {
-    let status: tonic::Status = Error::ResourceExhausted { message, retry_after: Some(retry_after) }.into();
+    let status: tonic::Status = Error::ResourceExhausted {
+        message,
+        retry_after: Some(retry_after),
+    }
+    .into();
     status.into_http()
 }
 
@@ -86,7 +99,10 @@ impl LimitLayer {
 impl<S> Layer<S> for LimitLayer {
     type Service = Limit<S>;
     fn layer(&self, inner: S) -> Limit<S> {
-        Limit { inner, limits: self.limits.clone() }
+        Limit {
+            inner,
+            limits: self.limits.clone(),
+        }
     }
 }
 
@@ -120,7 +136,11 @@ where
             let key = key_of(&req);
             if let Err(not_until) = limiter.check_key(&key) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return std::future::ready(Ok(exhausted(format!("rate limit for {key} exceeded"), wait))).boxed();
+                return std::future::ready(Ok(exhausted(
+                    format!("rate limit for {key} exceeded"),
+                    wait,
+                )))
+                .boxed();
             }
         }
         let guard = match self.limits.max_in_flight {
@@ -140,7 +160,12 @@ where
             let response = future.await?;
             Ok(match guard {
                 // The call stays in flight until its response body ends.
-                Some(g) => response.map(|body| tonic::body::Body::new(Guarded { inner: body, _guard: g })),
+                Some(g) => response.map(|body| {
+                    tonic::body::Body::new(Guarded {
+                        inner: body,
+                        _guard: g,
+                    })
+                }),
                 None => response,
             })
         }
@@ -169,7 +194,10 @@ impl<B: Body> Body for Guarded<B> {
     type Data = B::Data;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         self.project().inner.poll_frame(cx)
     }
 

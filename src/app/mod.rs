@@ -102,8 +102,12 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
     let metrics = Metrics::new();
     let (authenticator, policy) = crate::auth::from_config(&config.auth).await?;
     let parts = services::Parts {
-        instances: Instances::build(&config, data_dir.clone(), metrics.clone(), policy.clone()).await?,
-        bes_access: crate::bes::service::Access { policy, instance: config.auth.build_events_instance.clone() },
+        instances: Instances::build(&config, data_dir.clone(), metrics.clone(), policy.clone())
+            .await?,
+        bes_access: crate::bes::service::Access {
+            policy,
+            instance: config.auth.build_events_instance.clone(),
+        },
         uploads: Arc::new(Uploads::new(data_dir.join("uploads"))?),
         events: crate::bes::open(&config.build_events, &data_dir).await?,
         metrics: metrics.clone(),
@@ -121,7 +125,10 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
             tower::ServiceBuilder::new()
                 .layer(crate::rpc_metrics::RpcMetricsLayer::new(metrics.clone()))
                 .option_layer(authenticator.map(crate::auth::layer::AuthLayer::new))
-                .option_layer(crate::limits::Limits::from_config(&config.limits).map(crate::limits::LimitLayer::new)),
+                .option_layer(
+                    crate::limits::Limits::from_config(&config.limits)
+                        .map(crate::limits::LimitLayer::new),
+                ),
         );
     if let Some(tls) = &config.tls {
         server = server

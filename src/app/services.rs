@@ -115,7 +115,10 @@ pub fn routes(
         ))
         .add_service(configured!(PublishBuildEventServer::new(bes), max, send))
         .add_service(configured!(
-            BuildEventQueryServer::new(QueryService::new(parts.events.clone(), parts.bes_access.clone())),
+            BuildEventQueryServer::new(QueryService::new(
+                parts.events.clone(),
+                parts.bes_access.clone()
+            )),
             max,
             send
         ));

@@ -28,7 +28,9 @@ pub struct JwtVerifier {
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtVerifier").field("algorithms", &self.validation.algorithms).finish()
+        f.debug_struct("JwtVerifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish()
     }
 }
 
@@ -39,13 +41,19 @@ fn parse_algorithm(name: &str) -> Result<Algorithm> {
         "HS512" => Algorithm::HS512,
         "RS256" => Algorithm::RS256,
         "ES256" => Algorithm::ES256,
-        other => return Err(Error::InvalidArgument(format!("auth.jwt.algorithms: {other} is not supported (HS256, HS384, HS512, RS256, ES256)"))),
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "auth.jwt.algorithms: {other} is not supported (HS256, HS384, HS512, RS256, ES256)"
+            )));
+        }
     })
 }
 
 async fn read_jwks(config: &JwtConfig) -> Result<JwkSet> {
     let text = if let Some(path) = &config.jwks_file {
-        tokio::fs::read_to_string(path).await.map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+        tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
     } else if let Some(url) = &config.jwks_url {
         reqwest::get(url)
             .await
@@ -55,15 +63,22 @@ async fn read_jwks(config: &JwtConfig) -> Result<JwkSet> {
             .await
             .map_err(|e| Error::Unavailable(format!("fetching JWKS {url}: {e}")))?
     } else {
-        return Err(Error::InvalidArgument("auth.jwt: no secret_env, secret_file, jwks_file or jwks_url".into()));
+        return Err(Error::InvalidArgument(
+            "auth.jwt: no secret_env, secret_file, jwks_file or jwks_url".into(),
+        ));
     };
-    serde_json::from_str(&text).map_err(|e| Error::InvalidArgument(format!("auth.jwt: not a JWKS document: {e}")))
+    serde_json::from_str(&text)
+        .map_err(|e| Error::InvalidArgument(format!("auth.jwt: not a JWKS document: {e}")))
 }
 
 impl JwtVerifier {
     /// Loads keys and, for JWKS, starts refreshing them every `jwks_refresh`.
     pub async fn new(config: &JwtConfig, roles_claim: &str) -> Result<Self> {
-        let algorithms = config.algorithms.iter().map(|a| parse_algorithm(a)).collect::<Result<Vec<_>>>()?;
+        let algorithms = config
+            .algorithms
+            .iter()
+            .map(|a| parse_algorithm(a))
+            .collect::<Result<Vec<_>>>()?;
         let mut validation = Validation::new(*algorithms.first().unwrap_or(&Algorithm::HS256));
         validation.algorithms = algorithms;
         validation.set_required_spec_claims(&["exp"]);
@@ -76,8 +91,19 @@ impl JwtVerifier {
             validation.set_issuer(&[iss]);
         }
         let secret = match (&config.secret_env, &config.secret_file) {
-            (Some(var), _) => Some(std::env::var(var).map_err(|_| Error::InvalidArgument(format!("auth.jwt.secret_env: {var} is not set")))?.into_bytes()),
-            (None, Some(path)) => Some(std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?.trim_ascii().to_vec()),
+            (Some(var), _) => Some(
+                std::env::var(var)
+                    .map_err(|_| {
+                        Error::InvalidArgument(format!("auth.jwt.secret_env: {var} is not set"))
+                    })?
+                    .into_bytes(),
+            ),
+            (None, Some(path)) => Some(
+                std::fs::read(path)
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+                    .trim_ascii()
+                    .to_vec(),
+            ),
             (None, None) => None,
         };
         let keys = match secret {
@@ -86,24 +112,35 @@ impl JwtVerifier {
         };
         let keys = Arc::new(RwLock::new(keys));
         if matches!(*keys.read().expect("keys lock"), Keys::Jwks(_)) {
-            let (shared, config, every) = (Arc::downgrade(&keys), config.clone(), config.jwks_refresh.0.max(Duration::from_millis(100)));
+            let (shared, config, every) = (
+                Arc::downgrade(&keys),
+                config.clone(),
+                config.jwks_refresh.0.max(Duration::from_millis(100)),
+            );
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
                     let Some(keys) = shared.upgrade() else { return };
                     match read_jwks(&config).await {
                         Ok(set) => *keys.write().expect("keys lock") = Keys::Jwks(set),
-                        Err(e) => tracing::warn!(error = %e, "JWKS refresh failed; keeping the previous keys"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "JWKS refresh failed; keeping the previous keys")
+                        }
                     }
                 }
             });
         }
-        Ok(JwtVerifier { keys, validation, roles_claim: roles_claim.to_string() })
+        Ok(JwtVerifier {
+            keys,
+            validation,
+            roles_claim: roles_claim.to_string(),
+        })
     }
 
     /// The identity a valid token names; UNAUTHENTICATED for anything else.
     pub fn verify(&self, token: &str) -> Result<Identity> {
-        let bad = |e: jsonwebtoken::errors::Error| Error::Unauthenticated(format!("invalid token: {e}"));
+        let bad =
+            |e: jsonwebtoken::errors::Error| Error::Unauthenticated(format!("invalid token: {e}"));
         let header = jsonwebtoken::decode_header(token).map_err(bad)?;
         let key = match &*self.keys.read().expect("keys lock") {
             Keys::Secret(k) => k.clone(),
@@ -112,13 +149,23 @@ impl JwtVerifier {
                     Some(kid) => set.find(kid),
                     None => set.keys.first(),
                 }
-                .ok_or_else(|| Error::Unauthenticated(format!("invalid token: no key {:?} in the JWKS", header.kid)))?;
+                .ok_or_else(|| {
+                    Error::Unauthenticated(format!(
+                        "invalid token: no key {:?} in the JWKS",
+                        header.kid
+                    ))
+                })?;
                 DecodingKey::from_jwk(jwk).map_err(bad)?
             }
         };
-        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &self.validation).map_err(bad)?.claims;
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &self.validation)
+            .map_err(bad)?
+            .claims;
         let roles: Vec<String> = match &claims[&self.roles_claim] {
-            serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
             serde_json::Value::String(s) => s.split_whitespace().map(str::to_string).collect(),
             _ => Vec::new(),
         };

@@ -31,7 +31,10 @@ impl AuthLayer {
 impl<S> Layer<S> for AuthLayer {
     type Service = Authenticate<S>;
     fn layer(&self, inner: S) -> Authenticate<S> {
-        Authenticate { inner, auth: self.auth.clone() }
+        Authenticate {
+            inner,
+            auth: self.auth.clone(),
+        }
     }
 }
 
@@ -61,7 +64,10 @@ where
         if exempt(req.uri().path()) {
             return self.inner.call(req).boxed();
         }
-        let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        let header = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
         match self.auth.authenticate(header) {
             Ok(identity) => {
                 if let Identity::Subject { name, .. } = &identity {

@@ -80,8 +80,14 @@ impl Grant {
     /// Parses `role` or `instance:role`; unknown roles are ignored by callers.
     pub fn parse(text: &str) -> Option<Grant> {
         match text.rsplit_once(':') {
-            Some((instance, role)) => Some(Grant { instance: Some(instance.to_string()), role: Role::parse(role)? }),
-            None => Some(Grant { instance: None, role: Role::parse(text)? }),
+            Some((instance, role)) => Some(Grant {
+                instance: Some(instance.to_string()),
+                role: Role::parse(role)?,
+            }),
+            None => Some(Grant {
+                instance: None,
+                role: Role::parse(text)?,
+            }),
         }
     }
 }
@@ -113,7 +119,8 @@ impl Identity {
         match self {
             Identity::Anonymous => false,
             Identity::Subject { grants, .. } => grants.iter().any(|g| {
-                g.instance.as_deref().is_none_or(|i| i == instance) && (g.role == role || g.role == Role::Admin)
+                g.instance.as_deref().is_none_or(|i| i == instance)
+                    && (g.role == role || g.role == Role::Admin)
             }),
         }
     }
@@ -140,16 +147,23 @@ impl Policy {
         }
         let who = who.unwrap_or(&Identity::Anonymous);
         if *who == Identity::Anonymous {
-            return Err(Error::Unauthenticated(format!("instance {instance:?} requires credentials (authorization: Bearer TOKEN)")));
+            return Err(Error::Unauthenticated(format!(
+                "instance {instance:?} requires credentials (authorization: Bearer TOKEN)"
+            )));
         }
         if let Some(cap) = self.instance_roles.get(instance)
             && !cap.contains(&role)
             && !cap.contains(&Role::Admin)
         {
-            return Err(Error::PermissionDenied(format!("instance {instance:?} does not allow the {role} role")));
+            return Err(Error::PermissionDenied(format!(
+                "instance {instance:?} does not allow the {role} role"
+            )));
         }
         if !who.holds(instance, role) {
-            return Err(Error::PermissionDenied(format!("{} lacks the {role} role on instance {instance:?}", who.name())));
+            return Err(Error::PermissionDenied(format!(
+                "{} lacks the {role} role on instance {instance:?}",
+                who.name()
+            )));
         }
         Ok(())
     }
@@ -168,7 +182,9 @@ impl Authenticator {
     /// The identity behind an `authorization` header value (`None`: no
     /// header, anonymous).
     pub fn authenticate(&self, header: Option<&str>) -> Result<Identity> {
-        let Some(header) = header else { return Ok(Identity::Anonymous) };
+        let Some(header) = header else {
+            return Ok(Identity::Anonymous);
+        };
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -186,12 +202,61 @@ impl Authenticator {
     }
 }
 
+/// Builds the authenticator (if authentication is on) and the policy.
+pub async fn from_config(
+    config: &crate::config::AuthConfig,
+) -> Result<(
+    Option<std::sync::Arc<Authenticator>>,
+    std::sync::Arc<Policy>,
+)> {
+    use crate::config::AuthMethod;
+    let jwt = match (config.method, &config.jwt) {
+        (AuthMethod::Jwt, Some(j)) => Some(jwt::JwtVerifier::new(j, &config.roles_claim).await?),
+        (AuthMethod::Jwt, None) => {
+            return Err(Error::InvalidArgument(
+                "auth.method is jwt but auth.jwt is missing".into(),
+            ));
+        }
+        (AuthMethod::None, _) => None,
+    };
+    let tokens = config
+        .tokens_file
+        .as_deref()
+        .map(tokens::StaticTokens::load)
+        .transpose()?;
+    let enabled = jwt.is_some() || tokens.is_some();
+    let mut instance_roles = HashMap::new();
+    for (instance, roles) in &config.instance_roles {
+        let parsed = roles
+            .iter()
+            .map(|r| {
+                Role::parse(r).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "auth.instance_roles.{instance}: unknown role {r:?}"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        instance_roles.insert(instance.clone(), parsed);
+    }
+    let policy = std::sync::Arc::new(Policy {
+        enabled,
+        open_instances: config.open_instances.clone(),
+        instance_roles,
+    });
+    let authenticator = enabled.then(|| std::sync::Arc::new(Authenticator { jwt, tokens }));
+    Ok((authenticator, policy))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn subject(grants: &[&str]) -> Identity {
-        Identity::Subject { name: "ci".into(), grants: grants.iter().filter_map(|g| Grant::parse(g)).collect() }
+        Identity::Subject {
+            name: "ci".into(),
+            grants: grants.iter().filter_map(|g| Grant::parse(g)).collect(),
+        }
     }
 
     #[test]
@@ -208,9 +273,19 @@ mod tests {
             (Some(subject(&["read"])), "", Role::Write, Some("lacks")),
             (Some(subject(&["write"])), "", Role::AcWrite, Some("lacks")),
             (Some(subject(&["ci:ac-write"])), "ci", Role::AcWrite, None),
-            (Some(subject(&["ci:ac-write"])), "other", Role::AcWrite, Some("lacks")),
+            (
+                Some(subject(&["ci:ac-write"])),
+                "other",
+                Role::AcWrite,
+                Some("lacks"),
+            ),
             (Some(subject(&["admin"])), "", Role::Execute, None),
-            (Some(subject(&["admin"])), "ro", Role::Write, Some("does not allow")),
+            (
+                Some(subject(&["admin"])),
+                "ro",
+                Role::Write,
+                Some("does not allow"),
+            ),
             (Some(subject(&["read"])), "ro", Role::Read, None),
             (Some(subject(&["nonsense"])), "", Role::Read, Some("lacks")),
         ];
@@ -218,32 +293,15 @@ mod tests {
             let got = policy.authorize(who.as_ref(), instance, *role);
             match err {
                 None => assert!(got.is_ok(), "{who:?} {instance} {role}: {got:?}"),
-                Some(text) => assert!(got.as_ref().is_err_and(|e| e.to_string().contains(text)), "{who:?} {instance} {role}: {got:?}"),
+                Some(text) => assert!(
+                    got.as_ref().is_err_and(|e| e.to_string().contains(text)),
+                    "{who:?} {instance} {role}: {got:?}"
+                ),
             }
         }
-        assert!(Policy::default().authorize(None, "", Role::Admin).is_ok(), "auth off allows everything");
+        assert!(
+            Policy::default().authorize(None, "", Role::Admin).is_ok(),
+            "auth off allows everything"
+        );
     }
-}
-
-/// Builds the authenticator (if authentication is on) and the policy.
-pub async fn from_config(config: &crate::config::AuthConfig) -> Result<(Option<std::sync::Arc<Authenticator>>, std::sync::Arc<Policy>)> {
-    use crate::config::AuthMethod;
-    let jwt = match (config.method, &config.jwt) {
-        (AuthMethod::Jwt, Some(j)) => Some(jwt::JwtVerifier::new(j, &config.roles_claim).await?),
-        (AuthMethod::Jwt, None) => return Err(Error::InvalidArgument("auth.method is jwt but auth.jwt is missing".into())),
-        (AuthMethod::None, _) => None,
-    };
-    let tokens = config.tokens_file.as_deref().map(tokens::StaticTokens::load).transpose()?;
-    let enabled = jwt.is_some() || tokens.is_some();
-    let mut instance_roles = HashMap::new();
-    for (instance, roles) in &config.instance_roles {
-        let parsed = roles
-            .iter()
-            .map(|r| Role::parse(r).ok_or_else(|| Error::InvalidArgument(format!("auth.instance_roles.{instance}: unknown role {r:?}"))))
-            .collect::<Result<Vec<_>>>()?;
-        instance_roles.insert(instance.clone(), parsed);
-    }
-    let policy = std::sync::Arc::new(Policy { enabled, open_instances: config.open_instances.clone(), instance_roles });
-    let authenticator = enabled.then(|| std::sync::Arc::new(Authenticator { jwt, tokens }));
-    Ok((authenticator, policy))
 }

@@ -29,7 +29,8 @@ pub struct StaticTokens {
 impl StaticTokens {
     /// Parses a token file.
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         Self::parse(&text).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
     }
 
@@ -46,12 +47,19 @@ impl StaticTokens {
                 return Err(format!("line {}: expected \"SHA256 ROLES SUBJECT\"", n + 1));
             };
             let mut bytes = [0u8; 32];
-            hex::decode_to_slice(hash, &mut bytes).map_err(|_| format!("line {}: {hash:?} is not a SHA-256 hex digest", n + 1))?;
+            hex::decode_to_slice(hash, &mut bytes)
+                .map_err(|_| format!("line {}: {hash:?} is not a SHA-256 hex digest", n + 1))?;
             let grants = roles
                 .split(',')
-                .map(|r| Grant::parse(r).ok_or_else(|| format!("line {}: unknown role {r:?}", n + 1)))
+                .map(|r| {
+                    Grant::parse(r).ok_or_else(|| format!("line {}: unknown role {r:?}", n + 1))
+                })
                 .collect::<std::result::Result<_, _>>()?;
-            entries.push(Entry { hash: bytes, grants, subject: subject.to_string() });
+            entries.push(Entry {
+                hash: bytes,
+                grants,
+                subject: subject.to_string(),
+            });
         }
         Ok(StaticTokens { entries })
     }
@@ -63,7 +71,10 @@ impl StaticTokens {
         for e in &self.entries {
             // Compare every entry, whatever matched, in constant time.
             if aws_lc_rs::constant_time::verify_slices_are_equal(&e.hash, &presented).is_ok() {
-                found = Some(Identity::Subject { name: e.subject.clone(), grants: e.grants.clone() });
+                found = Some(Identity::Subject {
+                    name: e.subject.clone(),
+                    grants: e.grants.clone(),
+                });
             }
         }
         found
@@ -77,7 +88,8 @@ mod tests {
     #[test]
     fn tokens_are_found_by_hash_only() {
         let hash = DigestFunction::Sha256.digest_of(b"s3cret").hash_hex();
-        let tokens = StaticTokens::parse(&format!("# comment\n{hash} read,ci:ac-write robot\n")).unwrap();
+        let tokens =
+            StaticTokens::parse(&format!("# comment\n{hash} read,ci:ac-write robot\n")).unwrap();
         match tokens.find("s3cret") {
             Some(Identity::Subject { name, grants }) => {
                 assert_eq!(name, "robot");
@@ -86,7 +98,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(tokens.find("wrong").is_none());
-        assert!(tokens.find(&hash).is_none(), "the hash itself is not a token");
+        assert!(
+            tokens.find(&hash).is_none(),
+            "the hash itself is not a token"
+        );
         assert!(StaticTokens::parse("abc read x").is_err());
         assert!(StaticTokens::parse(&format!("{hash} fly x")).is_err());
     }

@@ -55,7 +55,11 @@ pub struct Access {
 impl Access {
     /// Allows the caller of `request` to act as `role`, or refuses.
     pub fn check<T>(&self, request: &Request<T>, role: crate::auth::Role) -> Result<()> {
-        self.policy.authorize(crate::service::caller(request).as_ref(), &self.instance, role)
+        self.policy.authorize(
+            crate::service::caller(request).as_ref(),
+            &self.instance,
+            role,
+        )
     }
 }
 

@@ -54,6 +54,7 @@ pub(super) fn errors(config: &Config) -> Vec<String> {
             ));
         }
     }
+    check_auth(config, &mut errors);
     if config.max_message_size.0 < (1 << 20) {
         errors.push("max_message_size: must be at least 1MiB".into());
     }
@@ -80,6 +81,46 @@ pub(super) fn errors(config: &Config) -> Vec<String> {
         check_instance(config, instance, &path, &mut errors);
     }
     errors
+}
+
+fn check_auth(config: &Config, errors: &mut Vec<String>) {
+    let auth = &config.auth;
+    if auth.method == super::AuthMethod::Jwt {
+        match &auth.jwt {
+            None => errors.push("auth.jwt: required with method: jwt".into()),
+            Some(jwt) => {
+                let sources = [
+                    jwt.secret_env.is_some(),
+                    jwt.secret_file.is_some(),
+                    jwt.jwks_file.is_some(),
+                    jwt.jwks_url.is_some(),
+                ];
+                if sources.iter().filter(|s| **s).count() != 1 {
+                    errors.push(
+                        "auth.jwt: set exactly one of secret_env, secret_file, jwks_file, jwks_url"
+                            .into(),
+                    );
+                }
+                for a in &jwt.algorithms {
+                    if !["HS256", "HS384", "HS512", "RS256", "ES256"].contains(&a.as_str()) {
+                        errors.push(format!("auth.jwt.algorithms: {a:?} is not supported (HS256, HS384, HS512, RS256, ES256)"));
+                    }
+                }
+            }
+        }
+    }
+    for (instance, roles) in &auth.instance_roles {
+        for r in roles {
+            if crate::auth::Role::parse(r).is_none() {
+                errors.push(format!("auth.instance_roles.{instance}: unknown role {r:?} (read, write, ac-write, bes, execute, admin)"));
+            }
+        }
+    }
+    let limits = &config.limits;
+    if limits.requests_per_second == Some(0) || limits.max_in_flight == Some(0) {
+        errors
+            .push("limits: requests_per_second and max_in_flight must be above 0 when set".into());
+    }
 }
 
 fn check_instance(

@@ -7,7 +7,6 @@ use tonic::{Request, Response, Status};
 
 use crate::action_result::{self, Inline};
 use crate::auth::Role;
-use crate::service::caller;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
 use crate::instance::Instances;
@@ -15,6 +14,7 @@ use crate::proto::reapi::{
     ActionResult, GetActionResultRequest, UpdateActionResultRequest,
     action_cache_server::ActionCache,
 };
+use crate::service::caller;
 use crate::store::get_bytes;
 
 /// The ActionCache service.

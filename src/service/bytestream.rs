@@ -13,13 +13,13 @@ use super::resource::{Compressor, parse_read, parse_write};
 use super::upload::{self, Uploads};
 use crate::auth::Role;
 use crate::compression;
-use crate::service::caller;
 use crate::error::{Error, Result};
 use crate::instance::Instances;
 use crate::proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
     WriteResponse, byte_stream_server::ByteStream,
 };
+use crate::service::caller;
 use crate::store::{Body, ChunkStream, Range};
 
 /// The ByteStream service.

@@ -6,13 +6,13 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Role;
 use crate::digest::DigestFunction;
-use crate::service::caller;
 use crate::instance::Instances;
 use crate::proto::reapi::{
     ActionCacheUpdateCapabilities, CacheCapabilities, GetCapabilitiesRequest, ServerCapabilities,
     capabilities_server::Capabilities, compressor, symlink_absolute_path_strategy,
 };
 use crate::proto::semver::SemVer;
+use crate::service::caller;
 
 /// The Capabilities service.
 #[derive(Debug, Clone)]

@@ -9,7 +9,6 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
-use crate::service::caller;
 use crate::error::{Error, Result, ok_rpc_status};
 use crate::instance::{Instance, Instances};
 use crate::proto::reapi::{
@@ -18,6 +17,7 @@ use crate::proto::reapi::{
     GetTreeResponse, batch_read_blobs_response, batch_update_blobs_response, compressor,
     content_addressable_storage_server::ContentAddressableStorage,
 };
+use crate::service::caller;
 use crate::store::get_bytes;
 use crate::tree;
 

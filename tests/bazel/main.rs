@@ -55,3 +55,50 @@ async fn clean_rebuilds_are_all_remote_cache_hits_also_after_a_restart() {
     );
     kiln.server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bazel_with_a_bearer_token_hits_and_without_one_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "bazel-test-secret-of-some-length").unwrap();
+    let yaml = format!(
+        "auth:\n  method: jwt\n  jwt:\n    secret_file: {}\n{}",
+        secret.display(),
+        common::MEMORY
+    );
+    let kiln = Kiln::start(&yaml).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let claims =
+        serde_json::json!({"sub": "bazel", "roles": ["read", "write", "ac-write"], "exp": exp});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"bazel-test-secret-of-some-length"),
+    )
+    .unwrap();
+    let bazel = Bazel::new(tmp.path());
+    let _shutdown = ShutdownOnDrop(bazel.clone());
+    let url = kiln.url.clone();
+    let header = format!("--remote_header=authorization=Bearer {token}");
+    let (first, second, refused) = tokio::task::spawn_blocking(move || {
+        let with = [header.as_str()];
+        let first = bazel.clean_test(&url, &with);
+        let second = bazel.clean_test(&url, &with);
+        let (ok, _) = bazel.run(&["clean"]);
+        assert!(ok);
+        let remote = format!("--remote_cache={}", url.replace("http://", "grpc://"));
+        let refused = bazel.run(&["test", "//...", &remote, "--color=no", "--curses=no"]);
+        (first, second, refused)
+    })
+    .await
+    .unwrap();
+    assert!(first.1 > 0);
+    assert_eq!(second.1, 0, "with the token every process is a cache hit");
+    let (ok, out) = refused;
+    assert!(!ok, "without the token the build is refused");
+    assert!(out.contains("UNAUTHENTICATED"), "kiln says why:\n{out}");
+}

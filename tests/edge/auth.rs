@@ -1,0 +1,473 @@
+//! Authentication and authorization: an ACL matrix over roles and RPCs, bad
+//! tokens, JWKS rotation, rate limits, and the shipped config/auth.yaml.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
+use kiln::proto::bytestream::{ReadRequest, WriteRequest};
+use kiln::proto::kiln_v1::ListInvocationsRequest;
+use kiln::proto::kiln_v1::build_event_query_client::BuildEventQueryClient;
+use kiln::proto::reapi::action_cache_client::ActionCacheClient;
+use kiln::proto::reapi::capabilities_client::CapabilitiesClient;
+use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use kiln::proto::reapi::{
+    ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, FindMissingBlobsRequest,
+    GetActionResultRequest, GetCapabilitiesRequest, GetTreeRequest, UpdateActionResultRequest,
+    batch_update_blobs_request,
+};
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use crate::common::{Kiln, sha};
+
+const SECRET: &str = "test-secret-of-reasonable-length";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token(roles: &[&str], exp_offset: i64, aud: &str, secret: &str) -> String {
+    let claims = serde_json::json!({
+        "sub": "tester", "roles": roles, "aud": aud,
+        "exp": (now() as i64 + exp_offset) as u64,
+    });
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn config(dir: &std::path::Path, extra: &str) -> String {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    format!(
+        "auth:\n  method: jwt\n  jwt:\n    secret_file: {}\n    audience: kiln\n{extra}instances:\n  - name: \"\"\n    cas: {{ memory: {{ max_size: 64MiB }} }}\n    action_cache: {{ memory: {{ max_size: 8MiB }} }}\n",
+        secret.display()
+    )
+}
+
+fn with_token<T>(mut req: tonic::Request<T>, token: Option<&str>) -> tonic::Request<T> {
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            MetadataValue::try_from(format!("Bearer {t}")).unwrap(),
+        );
+    }
+    req
+}
+
+/// Calls one RPC as `token`; returns its status code.
+async fn call(channel: &Channel, rpc: &str, token: Option<&str>) -> Code {
+    let blob = Bytes::from_static(b"acl");
+    let d = sha(&blob);
+    let result = match rpc {
+        "Capabilities" => CapabilitiesClient::new(channel.clone())
+            .get_capabilities(with_token(
+                tonic::Request::new(GetCapabilitiesRequest::default()),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "FindMissingBlobs" => ContentAddressableStorageClient::new(channel.clone())
+            .find_missing_blobs(with_token(
+                tonic::Request::new(FindMissingBlobsRequest {
+                    blob_digests: vec![d.to_proto()],
+                    ..Default::default()
+                }),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "BatchUpdateBlobs" => ContentAddressableStorageClient::new(channel.clone())
+            .batch_update_blobs(with_token(
+                tonic::Request::new(BatchUpdateBlobsRequest {
+                    requests: vec![batch_update_blobs_request::Request {
+                        digest: Some(d.to_proto()),
+                        data: blob.clone(),
+                        compressor: 0,
+                    }],
+                    ..Default::default()
+                }),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "BatchReadBlobs" => ContentAddressableStorageClient::new(channel.clone())
+            .batch_read_blobs(with_token(
+                tonic::Request::new(BatchReadBlobsRequest {
+                    digests: vec![d.to_proto()],
+                    ..Default::default()
+                }),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "GetTree" => ContentAddressableStorageClient::new(channel.clone())
+            .get_tree(with_token(
+                tonic::Request::new(GetTreeRequest {
+                    root_digest: Some(d.to_proto()),
+                    ..Default::default()
+                }),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "Read" => ByteStreamClient::new(channel.clone())
+            .read(with_token(
+                tonic::Request::new(ReadRequest {
+                    resource_name: format!("blobs/{d}"),
+                    ..Default::default()
+                }),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "Write" => ByteStreamClient::new(channel.clone())
+            .write(with_token(
+                tonic::Request::new(tokio_stream::iter(vec![WriteRequest {
+                    resource_name: format!("uploads/u/blobs/{d}"),
+                    write_offset: 0,
+                    finish_write: true,
+                    data: blob.clone(),
+                }])),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "GetActionResult" => ActionCacheClient::new(channel.clone())
+            .get_action_result(with_token(
+                tonic::Request::new(GetActionResultRequest {
+                    action_digest: Some(d.to_proto()),
+                    ..Default::default()
+                }),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "UpdateActionResult" => ActionCacheClient::new(channel.clone())
+            .update_action_result(with_token(
+                tonic::Request::new(UpdateActionResultRequest {
+                    action_digest: Some(d.to_proto()),
+                    action_result: Some(ActionResult::default()),
+                    ..Default::default()
+                }),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "ListInvocations" => BuildEventQueryClient::new(channel.clone())
+            .list_invocations(with_token(
+                tonic::Request::new(ListInvocationsRequest::default()),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "PublishLifecycleEvent" => {
+            kiln::proto::bes_v1::publish_build_event_client::PublishBuildEventClient::new(
+                channel.clone(),
+            )
+            .publish_lifecycle_event(with_token(
+                tonic::Request::new(kiln::proto::bes_v1::PublishLifecycleEventRequest {
+                    build_event: Some(kiln::proto::bes_v1::OrderedBuildEvent {
+                        stream_id: Some(crate::common::bes::stream_id(
+                            "acl",
+                            &uuid::Uuid::new_v4().to_string(),
+                        )),
+                        sequence_number: 1,
+                        event: Some(Default::default()),
+                    }),
+                    ..Default::default()
+                }),
+                token,
+            ))
+            .await
+            .map(|_| ())
+        }
+        other => panic!("unknown rpc {other}"),
+    };
+    match result {
+        Ok(()) => Code::Ok,
+        // NOT_FOUND etc. mean the call got past authorization.
+        Err(s) if matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied) => s.code(),
+        Err(_) => Code::Ok,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_against_every_rpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let kiln = Kiln::start(&config(dir.path(), "")).await;
+    let channel = kiln.channel().await;
+    let needs: &[(&str, &str)] = &[
+        ("Capabilities", "read"),
+        ("FindMissingBlobs", "read"),
+        ("BatchReadBlobs", "read"),
+        ("GetTree", "read"),
+        ("Read", "read"),
+        ("GetActionResult", "read"),
+        ("ListInvocations", "read"),
+        ("BatchUpdateBlobs", "write"),
+        ("Write", "write"),
+        ("UpdateActionResult", "ac-write"),
+        ("PublishLifecycleEvent", "bes"),
+    ];
+    for role in ["read", "write", "ac-write", "bes", "execute", "admin"] {
+        let t = token(&[role], 600, "kiln", SECRET);
+        for (rpc, needed) in needs {
+            let expected = if role == *needed || role == "admin" {
+                Code::Ok
+            } else {
+                Code::PermissionDenied
+            };
+            assert_eq!(
+                call(&channel, rpc, Some(&t)).await,
+                expected,
+                "role {role} on {rpc}"
+            );
+        }
+    }
+    for (rpc, _) in needs {
+        assert_eq!(
+            call(&channel, rpc, None).await,
+            Code::Unauthenticated,
+            "no credentials on {rpc}"
+        );
+    }
+    // Instance-scoped roles only count on their instance.
+    let scoped = token(&["other:read"], 600, "kiln", SECRET);
+    assert_eq!(
+        call(&channel, "FindMissingBlobs", Some(&scoped)).await,
+        Code::PermissionDenied
+    );
+}
+
+#[tokio::test]
+async fn expired_wrong_audience_and_forged_tokens_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let kiln = Kiln::start(&config(dir.path(), "")).await;
+    let channel = kiln.channel().await;
+    for (what, t) in [
+        ("expired", token(&["admin"], -3600, "kiln", SECRET)),
+        (
+            "wrong audience",
+            token(&["admin"], 600, "someone-else", SECRET),
+        ),
+        (
+            "wrong signature",
+            token(&["admin"], 600, "kiln", "another-secret-of-some-length"),
+        ),
+        ("garbage", "not.a.jwt".to_string()),
+    ] {
+        assert_eq!(
+            call(&channel, "Capabilities", Some(&t)).await,
+            Code::Unauthenticated,
+            "{what}"
+        );
+    }
+    assert_eq!(
+        call(
+            &channel,
+            "Capabilities",
+            Some(&token(&["read"], 600, "kiln", SECRET))
+        )
+        .await,
+        Code::Ok
+    );
+}
+
+#[tokio::test]
+async fn open_instances_and_static_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = kiln::digest::DigestFunction::Sha256
+        .digest_of(b"ci-token")
+        .hash_hex();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{hash} read,write robot\n")).unwrap();
+    let extra = format!(
+        "  tokens_file: {}\n  open_instances: [\"public\"]\n",
+        tokens.display()
+    );
+    let yaml = config(dir.path(), &extra).replace(
+        "instances:\n",
+        "instances:\n  - name: public\n    cas: { memory: { max_size: 8MiB } }\n    action_cache: { memory: { max_size: 8MiB } }\n",
+    );
+    let kiln = Kiln::start(&yaml).await;
+    let channel = kiln.channel().await;
+    assert_eq!(
+        call(&channel, "BatchUpdateBlobs", Some("ci-token")).await,
+        Code::Ok
+    );
+    assert_eq!(
+        call(&channel, "UpdateActionResult", Some("ci-token")).await,
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        call(&channel, "Capabilities", Some("wrong-token")).await,
+        Code::Unauthenticated
+    );
+    let mut caps = CapabilitiesClient::new(channel.clone());
+    caps.get_capabilities(GetCapabilitiesRequest {
+        instance_name: "public".into(),
+    })
+    .await
+    .expect("open instance, no credentials");
+}
+
+/// An ES256 key as (PEM private key, public JWK with `kid`).
+fn es256_key(kid: &str) -> (String, serde_json::Value) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let raw = key.public_key_raw();
+    assert_eq!(raw[0], 4, "uncompressed P-256 point");
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])});
+    (key.serialize_pem(), jwk)
+}
+
+fn es256_token(pem: &str, kid: &str, roles: &[&str]) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.to_string());
+    let claims = serde_json::json!({"sub": "rotated", "roles": roles, "exp": now() + 600});
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_key_rotation_is_picked_up() {
+    kiln::app::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let (old_pem, old_jwk) = es256_key("old");
+    let (new_pem, new_jwk) = es256_key("new");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, serde_json::json!({"keys": [old_jwk]}).to_string()).unwrap();
+    let yaml = format!(
+        "auth:\n  method: jwt\n  jwt:\n    algorithms: [ES256]\n    jwks_file: {}\n    jwks_refresh: 200ms\ninstances:\n  - name: \"\"\n    cas: {{ memory: {{ max_size: 8MiB }} }}\n    action_cache: {{ memory: {{ max_size: 8MiB }} }}\n",
+        jwks.display()
+    );
+    let kiln = Kiln::start(&yaml).await;
+    let channel = kiln.channel().await;
+    assert_eq!(
+        call(
+            &channel,
+            "Capabilities",
+            Some(&es256_token(&old_pem, "old", &["read"]))
+        )
+        .await,
+        Code::Ok
+    );
+    let rotated = es256_token(&new_pem, "new", &["read"]);
+    assert_eq!(
+        call(&channel, "Capabilities", Some(&rotated)).await,
+        Code::Unauthenticated,
+        "unknown key"
+    );
+    std::fs::write(
+        &jwks,
+        serde_json::json!({"keys": [old_jwk, new_jwk]}).to_string(),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        call(&channel, "Capabilities", Some(&rotated)).await,
+        Code::Ok,
+        "the rotated key is picked up"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_over_the_rate_limit_is_resource_exhausted_then_recovers() {
+    use tonic_types::StatusExt;
+    let kiln = Kiln::start(&format!(
+        "limits:\n  requests_per_second: 5\n{}",
+        crate::common::MEMORY
+    ))
+    .await;
+    let mut caps = CapabilitiesClient::new(kiln.channel().await);
+    let mut refused = None;
+    for _ in 0..20 {
+        if let Err(s) = caps
+            .get_capabilities(GetCapabilitiesRequest::default())
+            .await
+        {
+            refused = Some(s);
+            break;
+        }
+    }
+    let refused = refused.expect("a burst of 20 at 5/s is refused");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    let retry = refused
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo says when to retry");
+    tokio::time::sleep(retry + Duration::from_millis(50)).await;
+    caps.get_capabilities(GetCapabilitiesRequest::default())
+        .await
+        .expect("recovers after the advised wait");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_auth_config_runs_with_the_secret_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "serve",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/auth.yaml"),
+        ])
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--http-listen=127.0.0.1:{http}"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("KILN_JWT_SECRET", SECRET)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let channel = loop {
+        if let Ok(c) = Channel::from_shared(url.clone()).unwrap().connect().await {
+            break c;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "kiln did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let claims = serde_json::json!({"sub": "ci", "roles": ["read", "write", "ac-write"], "exp": now() + 600});
+    let t = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(call(&channel, "BatchUpdateBlobs", Some(&t)).await, Code::Ok);
+    assert_eq!(
+        call(&channel, "Capabilities", None).await,
+        Code::Unauthenticated
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
