@@ -8,7 +8,7 @@
 //! - [`tree`], [`action_result`], [`compression`]: domain logic services call.
 //! - [`store`]: the `BlobStore` trait, its backends and layers.
 //! - [`bench`]: `kiln bench`, the load generator.
-//! - [`auth`], [`limits`], [`rpc_metrics`]: tower layers at the edge.
+//! - [`auth`], [`limits`], [`rpc_metrics`], [`rpc_trace`]: tower layers at the edge.
 //! - [`http`], [`metrics`]: the HTTP listener and what it serves.
 //! - [`digest`], [`error`], [`config`], [`proto`], [`telemetry`]: foundations.
 
@@ -30,6 +30,7 @@ pub mod limits;
 pub mod metrics;
 pub mod proto;
 pub mod rpc_metrics;
+pub mod rpc_trace;
 pub mod service;
 pub mod store;
 pub mod telemetry;

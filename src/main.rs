@@ -142,13 +142,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = data_dir
         .or_else(|| config.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("kiln-data"));
-    kiln::telemetry::init(&config.log);
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
+        let telemetry = kiln::telemetry::init(&config.log, config.tracing.as_ref());
         let server = kiln::app::start(config, data_dir).await?;
         shutdown_signal().await;
         server.stop().await?;
         tracing::info!("stopped");
+        // Flushes the last spans before the runtime goes away.
+        drop(telemetry);
         Ok(())
     })
 }

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub rpc_in_flight: prometheus_client::metrics::gauge::Gauge,
     /// Build events stored (the ingestion rate is its rate()).
     pub bes_events: Counter,
+    /// Resident memory of the process, refreshed at each scrape.
+    pub resident_bytes: prometheus_client::metrics::gauge::Gauge,
     /// Webhook deliveries by outcome: delivered, retried, failed, dropped.
     pub webhook_deliveries: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
@@ -124,6 +126,12 @@ impl Metrics {
             "gRPC calls being served",
             rpc_in_flight.clone(),
         );
+        let resident_bytes = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "process_resident_bytes",
+            "Resident memory of the process",
+            resident_bytes.clone(),
+        );
         let bes_events = Counter::default();
         let webhook_deliveries = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
         registry.register("bes_events", "Build events stored", bes_events.clone());
@@ -133,6 +141,7 @@ impl Metrics {
             webhook_deliveries.clone(),
         );
         Arc::new(Metrics {
+            resident_bytes,
             rpc_calls,
             rpc_latency,
             rpc_bytes,
@@ -149,6 +158,13 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        // statm's second field is resident pages.
+        if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
+        {
+            self.resident_bytes.set(pages * 4096);
+        }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");

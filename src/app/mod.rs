@@ -123,6 +123,7 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
         // rate-limited by who it is.
         .layer(
             tower::ServiceBuilder::new()
+                .layer(crate::rpc_trace::TraceLayer)
                 .layer(crate::rpc_metrics::RpcMetricsLayer::new(metrics.clone()))
                 .option_layer(authenticator.map(crate::auth::layer::AuthLayer::new))
                 .option_layer(

@@ -70,6 +70,7 @@ where
             .and_then(|v| v.to_str().ok());
         match self.auth.authenticate(header) {
             Ok(identity) => {
+                tracing::Span::current().record("subject", identity.name());
                 if let Identity::Subject { name, .. } = &identity {
                     tracing::debug!(subject = %name, path = req.uri().path(), "authenticated");
                 }

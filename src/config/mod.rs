@@ -48,6 +48,9 @@ pub struct Config {
     /// TLS for the gRPC listener (and mTLS with `client_ca`). Default: off.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// OpenTelemetry traces. Default: off.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
     /// Who may call, and what they may do.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -98,6 +101,21 @@ pub enum SendCompression {
     Gzip,
     /// Zstandard.
     Zstd,
+}
+
+/// `tracing:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/gRPC endpoint of the collector, e.g. `http://otel-collector:4317`.
+    pub otlp_endpoint: String,
+    /// `service.name` of kiln's spans. Default `kiln`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Share of new traces recorded (0.0 to 1.0); a client's sampled
+    /// `traceparent` is always followed. Default 1.0.
+    #[serde(default = "default_sampling_ratio")]
+    pub sampling_ratio: f64,
 }
 
 /// `auth:` settings.
@@ -510,6 +528,12 @@ fn default_existence_ttl() -> Duration {
 }
 fn default_existence_entries() -> u64 {
     1_000_000
+}
+fn default_service_name() -> String {
+    "kiln".into()
+}
+fn default_sampling_ratio() -> f64 {
+    1.0
 }
 fn default_roles_claim() -> String {
     "roles".into()

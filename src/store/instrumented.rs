@@ -68,7 +68,7 @@ impl Instrumented {
 #[async_trait]
 impl BlobStore for Instrumented {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let span = tracing::debug_span!("store.find_missing", node = %self.name, kind = self.kind, count = digests.len());
+        let span = tracing::info_span!("store.find_missing", node = %self.name, kind = self.kind, count = digests.len());
         self.metrics
             .store_digests
             .get_or_create(&self.labels("find_missing"))
@@ -84,7 +84,7 @@ impl BlobStore for Instrumented {
     }
 
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
-        let span = tracing::debug_span!("store.get", node = %self.name, kind = self.kind, %digest);
+        let span = tracing::info_span!("store.get", node = %self.name, kind = self.kind, %digest);
         let started = Instant::now();
         let result = self.inner.get(digest, range).instrument(span.clone()).await;
         span.in_scope(|| self.record("get", &result, started));
@@ -92,7 +92,7 @@ impl BlobStore for Instrumented {
     }
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
-        let span = tracing::debug_span!("store.put", node = %self.name, kind = self.kind, %digest);
+        let span = tracing::info_span!("store.put", node = %self.name, kind = self.kind, %digest);
         let started = Instant::now();
         let result = self.inner.put(digest, body).instrument(span.clone()).await;
         span.in_scope(|| self.record("put", &result, started));

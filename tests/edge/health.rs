@@ -210,4 +210,12 @@ async fn rpc_metrics_move_by_exact_amounts() {
         .find(|l| l.starts_with("kiln_grpc_in_flight "))
         .expect("the gauge is exported");
     assert_eq!(in_flight, "kiln_grpc_in_flight 0", "every call ended");
+    let rss = m
+        .lines()
+        .find(|l| l.starts_with("kiln_process_resident_bytes "))
+        .expect("process memory is exported");
+    assert!(
+        rss.rsplit(' ').next().unwrap().parse::<f64>().unwrap() > 1e6,
+        "{rss}"
+    );
 }

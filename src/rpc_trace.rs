@@ -1,0 +1,99 @@
+//! One tracing span per gRPC call, parented to the caller's W3C `traceparent`
+//! and carrying what Bazel says about the call in its RequestMetadata header
+//! (tool, invocation id, action id, mnemonic, target) plus, once
+//! authentication ran, the caller's subject. Store calls made while serving
+//! the call become its children.
+
+use std::task::{Context, Poll};
+
+use base64::Engine;
+use futures::future::{BoxFuture, FutureExt};
+use opentelemetry::propagation::Extractor;
+use prost::Message;
+use tower::{Layer, Service};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::proto::reapi::RequestMetadata;
+
+const METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+fn request_metadata(headers: &http::HeaderMap) -> Option<RequestMetadata> {
+    let value = headers.get(METADATA_HEADER)?.to_str().ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(value.trim_end_matches('='))
+        .ok()?;
+    RequestMetadata::decode(&bytes[..]).ok()
+}
+
+/// Adds [`Trace`] around the services.
+#[derive(Debug, Clone, Default)]
+pub struct TraceLayer;
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace { inner }
+    }
+}
+
+/// The tracing service.
+#[derive(Debug, Clone)]
+pub struct Trace<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for Trace<S>
+where
+    S: Service<http::Request<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().to_string();
+        let meta = request_metadata(req.headers()).unwrap_or_default();
+        let tool = meta
+            .tool_details
+            .as_ref()
+            .map(|t| t.tool_name.as_str())
+            .unwrap_or("");
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = %method,
+            rpc.method = %method,
+            tool = tool,
+            tool_invocation_id = %meta.tool_invocation_id,
+            action_id = %meta.action_id,
+            action_mnemonic = %meta.action_mnemonic,
+            target_id = %meta.target_id,
+            subject = tracing::field::Empty,
+        );
+        let parent =
+            opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
+        let _ = span.set_parent(parent);
+        // Entered while the inner layers run, so authentication can record
+        // the subject on this span.
+        let future = span.in_scope(|| self.inner.call(req));
+        future.instrument(span).boxed()
+    }
+}
