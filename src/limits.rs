@@ -1,9 +1,10 @@
 //! Rate limits and load shedding, as a tower layer behind authentication:
-//! calls per second per identity (its subject, else the peer address), and a
-//! global cap on calls in flight. Over a limit a call is refused at once with
+//! calls and request bytes per second per identity (its subject, else the
+//! peer address), and a global cap on calls in flight. Over a limit a call is refused at once with
 //! RESOURCE_EXHAUSTED and a RetryInfo saying when to come back, instead of
 //! queueing without bound.
 
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::error::Error;
 /// The shared limiter state.
 pub struct Limits {
     per_identity: Option<DefaultKeyedRateLimiter<String>>,
+    bytes: Option<(Arc<DefaultKeyedRateLimiter<String>>, NonZeroU32)>,
     max_in_flight: Option<usize>,
     in_flight: Arc<AtomicUsize>,
 }
@@ -44,11 +46,16 @@ impl Limits {
             .requests_per_second
             .and_then(NonZeroU32::new)
             .map(|n| RateLimiter::keyed(Quota::per_second(n)));
-        if per_identity.is_none() && config.max_in_flight.is_none() {
+        let bytes = config
+            .bytes_per_second
+            .and_then(|b| NonZeroU32::new(u32::try_from(b.0).unwrap_or(u32::MAX)))
+            .map(|n| (Arc::new(RateLimiter::keyed(Quota::per_second(n))), n));
+        if per_identity.is_none() && bytes.is_none() && config.max_in_flight.is_none() {
             return None;
         }
         Some(Arc::new(Limits {
             per_identity,
+            bytes,
             max_in_flight: config.max_in_flight,
             in_flight: Arc::new(AtomicUsize::new(0)),
         }))
@@ -115,10 +122,12 @@ pub struct Limit<S> {
 
 impl<S, B> Service<http::Request<B>> for Limit<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
+    S: Service<http::Request<Throttled<B>>, Response = http::Response<tonic::body::Body>>
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: Send + 'static,
+    B: Body + Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -129,11 +138,22 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let key = key_of(&req);
+        let throttle = self
+            .limits
+            .bytes
+            .clone()
+            .map(|(limiter, burst)| (limiter, burst, key.clone()));
+        let req = req.map(|inner| Throttled {
+            inner,
+            throttle,
+            held: None,
+            sleep: None,
+        });
         if req.uri().path().starts_with("/grpc.health.v1.") {
             return self.inner.call(req).boxed();
         }
         if let Some(limiter) = &self.limits.per_identity {
-            let key = key_of(&req);
             if let Err(not_until) = limiter.check_key(&key) {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 return std::future::ready(Ok(exhausted(
@@ -203,6 +223,74 @@ impl<B: Body> Body for Guarded<B> {
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A request body held to the identity's bytes-per-second budget: a data
+    /// frame over budget waits until the budget allows it (the client is
+    /// slowed down through flow control rather than failed).
+    pub struct Throttled<B: Body> {
+        #[pin]
+        inner: B,
+        throttle: Option<(Arc<DefaultKeyedRateLimiter<String>>, NonZeroU32, String)>,
+        held: Option<Frame<B::Data>>,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<B: Body> Body for Throttled<B>
+where
+    B::Data: bytes::Buf,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        use bytes::Buf;
+        let mut this = self.project();
+        loop {
+            if let Some(sleep) = this.sleep.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                *this.sleep = None;
+            }
+            let frame = match this.held.take() {
+                Some(f) => f,
+                None => match this.inner.as_mut().poll_frame(cx) {
+                    Poll::Ready(Some(Ok(f))) => f,
+                    other => return other,
+                },
+            };
+            let Some((limiter, burst, key)) = this.throttle.as_ref() else {
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            let len = frame.data_ref().map_or(0, |d| d.remaining());
+            let Some(n) = NonZeroU32::new(u32::try_from(len).unwrap_or(u32::MAX).min(burst.get()))
+            else {
+                return Poll::Ready(Some(Ok(frame)));
+            };
+            match limiter.check_key_n(key, n) {
+                Ok(Ok(())) | Err(_) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Err(not_until)) => {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    *this.held = Some(frame);
+                    *this.sleep = Some(Box::pin(tokio::time::sleep(wait)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.held.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -471,3 +471,38 @@ async fn the_shipped_auth_config_runs_with_the_secret_from_the_environment() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_held_to_the_bytes_per_second_budget() {
+    let kiln = Kiln::start(&format!(
+        "limits:\n  bytes_per_second: 1MiB\n{}",
+        crate::common::MEMORY
+    ))
+    .await;
+    let data = crate::common::blob(5, 3 << 20);
+    let d = sha(&data);
+    let msgs: Vec<WriteRequest> = (0..12)
+        .map(|i| WriteRequest {
+            resource_name: if i == 0 {
+                format!("uploads/u/blobs/{d}")
+            } else {
+                String::new()
+            },
+            write_offset: (i as i64) << 18,
+            finish_write: i == 11,
+            data: data.slice(i << 18..(i + 1) << 18),
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let resp = ByteStreamClient::new(kiln.channel().await)
+        .write(tokio_stream::iter(msgs))
+        .await
+        .unwrap();
+    assert_eq!(resp.into_inner().committed_size, 3 << 20);
+    // A 1 MiB burst passes at once; the other 2 MiB wait for the budget.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1800),
+        "3 MiB at 1 MiB/s took only {:?}",
+        started.elapsed()
+    );
+}

@@ -130,3 +130,69 @@ async fn mtls_refuses_clients_without_a_certificate() {
         "a certificate from another CA is refused"
     );
 }
+
+/// BuildGrid's `bgd` (Python, grpcio), installed by README's test command.
+fn bgd() -> String {
+    let path = std::env::var("KILN_BGD")
+        .expect("KILN_BGD is not set: README's test command installs BuildGrid's bgd");
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "KILN_BGD={path} does not exist"
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildgrids_bgd_client_works_over_tls_and_mtls() {
+    kiln::app::install_crypto_provider();
+    let bgd = bgd();
+    for mtls in [false, true] {
+        let pki = Pki::new();
+        let kiln = Kiln::start(&pki.server_config(mtls)).await;
+        let port = kiln.server.addr.port();
+        let ca = pki.dir.path().join("ca.pem");
+        let mut args = vec![
+            "capabilities".to_string(),
+            "--remote".into(),
+            format!("https://localhost:{port}"),
+            "--server-cert".into(),
+            ca.display().to_string(),
+        ];
+        if mtls {
+            let (cert, key) = pki.leaf(&["bgd-client"]);
+            args.extend([
+                "--client-cert".into(),
+                pki.write("client.pem", &cert).display().to_string(),
+            ]);
+            args.extend([
+                "--client-key".into(),
+                pki.write("client.key", &key).display().to_string(),
+            ]);
+        }
+        let out = tokio::task::spawn_blocking({
+            let bgd = bgd.clone();
+            move || {
+                std::process::Command::new(bgd)
+                    .args(&args)
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "bgd over {}: {text}",
+            if mtls { "mTLS" } else { "TLS" }
+        );
+        assert!(
+            text.contains("cacheCapabilities") && text.contains("SHA256"),
+            "{text}"
+        );
+    }
+}
