@@ -153,15 +153,12 @@ where
         if req.uri().path().starts_with("/grpc.health.v1.") {
             return self.inner.call(req).boxed();
         }
-        if let Some(limiter) = &self.limits.per_identity {
-            if let Err(not_until) = limiter.check_key(&key) {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                return std::future::ready(Ok(exhausted(
-                    format!("rate limit for {key} exceeded"),
-                    wait,
-                )))
-                .boxed();
-            }
+        if let Some(limiter) = &self.limits.per_identity
+            && let Err(not_until) = limiter.check_key(&key)
+        {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let refused = exhausted(format!("rate limit for {key} exceeded"), wait);
+            return std::future::ready(Ok(refused)).boxed();
         }
         let guard = match self.limits.max_in_flight {
             Some(max) => {
