@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::auth::{Identity, Policy, Role};
+use crate::auth::{Policy, Role};
 use crate::config::{Config, InstanceConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::service::Caller;
 use crate::store::Store;
 use crate::store::build::StoreBuilder;
 use crate::tree::TreeCache;
@@ -51,8 +52,10 @@ pub struct Instance {
 impl Instance {
     /// Allows `who` to act as `role` here, or refuses with UNAUTHENTICATED or
     /// PERMISSION_DENIED.
-    pub fn authorize(&self, who: Option<&Identity>, role: Role) -> Result<()> {
-        self.policy.authorize(who, &self.name, role)
+    pub fn authorize(&self, caller: &Caller, role: Role) -> Result<()> {
+        caller.note_instance(&self.name);
+        self.policy
+            .authorize(caller.identity.as_ref(), &self.name, role)
     }
 
     /// Refuses writes on a read-only instance, never pretending they worked.

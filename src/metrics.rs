@@ -27,11 +27,15 @@ pub struct StoreLabels {
 
 type LatencyFamily = Family<StoreLabels, Histogram, fn() -> Histogram>;
 
-/// Labels of a gRPC call: its full method path and status code name.
+/// Labels of a gRPC call: its full method path, the instance it addressed
+/// and its status code name.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
     /// E.g. `/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs`.
     pub method: String,
+    /// The instance name (empty for the default instance, or when the call
+    /// failed before naming one).
+    pub instance: String,
     /// E.g. `OK`, `NOT_FOUND` (empty on latency, which is per method).
     pub code: String,
 }
@@ -45,6 +49,10 @@ pub struct Metrics {
     pub store_errors: Family<StoreLabels, Counter>,
     /// Digests asked of each node by find_missing.
     pub store_digests: Family<StoreLabels, Counter>,
+    /// Answers that found the blob: gets served and digests present.
+    pub store_hits: Family<StoreLabels, Counter>,
+    /// Answers that did not: NOT_FOUND gets and missing digests.
+    pub store_misses: Family<StoreLabels, Counter>,
     /// Latency of store calls, in seconds.
     pub store_latency: LatencyFamily,
     /// gRPC calls by method and status code.
@@ -80,6 +88,18 @@ impl Metrics {
         let store_calls = Family::<StoreLabels, Counter>::default();
         let store_errors = Family::<StoreLabels, Counter>::default();
         let store_digests = Family::<StoreLabels, Counter>::default();
+        let store_hits = Family::<StoreLabels, Counter>::default();
+        let store_misses = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "store_hits",
+            "Blobs a store node had (gets served, digests present)",
+            store_hits.clone(),
+        );
+        registry.register(
+            "store_misses",
+            "Blobs a store node lacked (NOT_FOUND gets, missing digests)",
+            store_misses.clone(),
+        );
         let store_latency: LatencyFamily = Family::new_with_constructor(latency_histogram);
         registry.register(
             "store_calls",
@@ -152,6 +172,8 @@ impl Metrics {
             store_calls,
             store_errors,
             store_digests,
+            store_hits,
+            store_misses,
             store_latency,
         })
     }

@@ -14,6 +14,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::metrics::{Metrics, RpcLabels};
+use crate::service::CallInstance;
 
 /// Adds [`RpcMetrics`] around a service.
 #[derive(Debug, Clone)]
@@ -49,6 +50,7 @@ pub struct RpcMetrics<S> {
 struct Call {
     metrics: Arc<Metrics>,
     method: String,
+    instance: CallInstance,
     started: Instant,
     code: Option<String>,
 }
@@ -57,8 +59,10 @@ impl Drop for Call {
     fn drop(&mut self) {
         // A body dropped without trailers was cut off: the client went away.
         let code = self.code.take().unwrap_or_else(|| "CANCELLED".into());
+        let instance = self.instance.0.get().cloned().unwrap_or_default();
         let labels = RpcLabels {
             method: self.method.clone(),
+            instance,
             code,
         };
         self.metrics.rpc_calls.get_or_create(&labels).inc();
@@ -120,8 +124,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let method = req.uri().path().to_string();
+        let instance = CallInstance::default();
+        req.extensions_mut().insert(instance.clone());
         let metrics = self.metrics.clone();
         metrics.rpc_in_flight.inc();
         let bytes_in = metrics
@@ -145,6 +151,7 @@ where
             let call = Call {
                 metrics: metrics.clone(),
                 method,
+                instance,
                 started,
                 code,
             };

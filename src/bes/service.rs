@@ -55,11 +55,10 @@ pub struct Access {
 impl Access {
     /// Allows the caller of `request` to act as `role`, or refuses.
     pub fn check<T>(&self, request: &Request<T>, role: crate::auth::Role) -> Result<()> {
-        self.policy.authorize(
-            crate::service::caller(request).as_ref(),
-            &self.instance,
-            role,
-        )
+        let caller = crate::service::caller(request);
+        caller.note_instance(&self.instance);
+        self.policy
+            .authorize(caller.identity.as_ref(), &self.instance, role)
     }
 }
 

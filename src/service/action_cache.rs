@@ -39,7 +39,7 @@ impl ActionCache for ActionCacheService {
         let who = caller(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
-        instance.authorize(who.as_ref(), Role::Read)?;
+        instance.authorize(&who, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let action = Digest::from_proto(function, req.action_digest.as_ref(), "action")?;
         let not_found = || Error::NotFound(format!("no action result for {action}"));
@@ -70,7 +70,7 @@ impl ActionCache for ActionCacheService {
         let who = caller(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
-        instance.authorize(who.as_ref(), Role::AcWrite)?;
+        instance.authorize(&who, Role::AcWrite)?;
         instance.check_writable()?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let action = Digest::from_proto(function, req.action_digest.as_ref(), "action")?;

@@ -68,7 +68,7 @@ impl ByteStream for ByteStreamService {
         let req = request.into_inner();
         let name = parse_read(&req.resource_name)?;
         let instance = self.instances.get(&name.instance)?;
-        instance.authorize(who.as_ref(), Role::Read)?;
+        instance.authorize(&who, Role::Read)?;
         if req.read_offset < 0 || req.read_limit < 0 {
             return Err(Error::InvalidArgument(format!(
                 "read_offset ({}) and read_limit ({}) must not be negative",
@@ -115,7 +115,7 @@ impl ByteStream for ByteStreamService {
             .ok_or_else(|| Error::InvalidArgument("empty Write stream".into()))?;
         let name = parse_write(&first.resource_name)?;
         let instance = self.instances.get(&name.instance)?;
-        instance.authorize(who.as_ref(), Role::Write)?;
+        instance.authorize(&who, Role::Write)?;
         let committed_size = upload::write(&instance, &self.uploads, first, stream.boxed()).await?;
         Ok(Response::new(WriteResponse { committed_size }))
     }
@@ -126,7 +126,7 @@ impl ByteStream for ByteStreamService {
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
         let name = parse_write(&request.get_ref().resource_name)?;
         let instance = self.instances.get(&name.instance)?;
-        instance.authorize(caller(&request).as_ref(), Role::Write)?;
+        instance.authorize(&caller(&request), Role::Write)?;
         if instance.cas.find_missing(&[name.digest]).await?.is_empty() {
             return Ok(Response::new(QueryWriteStatusResponse {
                 committed_size: name.digest.size as i64,

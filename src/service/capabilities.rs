@@ -43,7 +43,7 @@ impl Capabilities for CapabilitiesService {
         request: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<ServerCapabilities>, Status> {
         let instance = self.instances.get(&request.get_ref().instance_name)?;
-        instance.authorize(caller(&request).as_ref(), Role::Read)?;
+        instance.authorize(&caller(&request), Role::Read)?;
         let zstd = compressor::Value::Zstd as i32;
         let cache = CacheCapabilities {
             digest_functions: DigestFunction::ALL

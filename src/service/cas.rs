@@ -105,7 +105,7 @@ impl ContentAddressableStorage for CasService {
         let who = caller(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
-        instance.authorize(who.as_ref(), Role::Read)?;
+        instance.authorize(&who, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digests = parse_digests(function, &req.blob_digests)?;
         let missing = instance.cas.find_missing(&digests).await?;
@@ -121,7 +121,7 @@ impl ContentAddressableStorage for CasService {
         let who = caller(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
-        instance.authorize(who.as_ref(), Role::Write)?;
+        instance.authorize(&who, Role::Write)?;
         instance.check_writable()?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
@@ -148,7 +148,7 @@ impl ContentAddressableStorage for CasService {
         let who = caller(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
-        instance.authorize(who.as_ref(), Role::Read)?;
+        instance.authorize(&who, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digests = parse_digests(function, &req.digests)?;
         let total: u64 = digests.iter().map(|d| d.size).sum();
@@ -188,7 +188,7 @@ impl ContentAddressableStorage for CasService {
         let who = caller(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
-        instance.authorize(who.as_ref(), Role::Read)?;
+        instance.authorize(&who, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let root = Digest::from_proto(function, req.root_digest.as_ref(), "root")?;
         let nodes = instance

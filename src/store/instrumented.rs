@@ -79,6 +79,18 @@ impl BlobStore for Instrumented {
             .find_missing(digests)
             .instrument(span.clone())
             .await;
+        if let Ok(missing) = &result {
+            let labels = self.labels("find_missing");
+            let missing_count = missing.len().min(digests.len()) as u64;
+            self.metrics
+                .store_misses
+                .get_or_create(&labels)
+                .inc_by(missing_count);
+            self.metrics
+                .store_hits
+                .get_or_create(&labels)
+                .inc_by(digests.len() as u64 - missing_count);
+        }
         span.in_scope(|| self.record("find_missing", &result, started));
         result
     }
@@ -87,6 +99,19 @@ impl BlobStore for Instrumented {
         let span = tracing::info_span!("store.get", node = %self.name, kind = self.kind, %digest);
         let started = Instant::now();
         let result = self.inner.get(digest, range).instrument(span.clone()).await;
+        match &result {
+            Ok(_) => self
+                .metrics
+                .store_hits
+                .get_or_create(&self.labels("get"))
+                .inc(),
+            Err(crate::error::Error::NotFound(_)) => self
+                .metrics
+                .store_misses
+                .get_or_create(&self.labels("get"))
+                .inc(),
+            Err(_) => 0,
+        };
         span.in_scope(|| self.record("get", &result, started));
         result
     }

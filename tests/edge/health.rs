@@ -195,6 +195,24 @@ async fn rpc_metrics_move_by_exact_amounts() {
     };
     let fmb = "/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs";
     assert_eq!(calls(fmb, "OK"), 3.0, "{m}");
+    assert_eq!(
+        crate::common::metric_sum(
+            &m,
+            "kiln_grpc_calls_total",
+            &[("method", fmb), ("instance", ""), ("code", "OK")]
+        ),
+        3.0,
+        "labelled with the instance"
+    );
+    assert_eq!(
+        crate::common::metric_sum(
+            &m,
+            "kiln_store_misses_total",
+            &[("kind", "memory"), ("op", "find_missing")]
+        ),
+        3.0,
+        "{m}"
+    );
     assert_eq!(calls(fmb, "INVALID_ARGUMENT"), 1.0, "{m}");
     assert_eq!(
         calls(
