@@ -6,8 +6,10 @@
 //! targets unless told otherwise.
 
 mod bes;
+mod bytestream;
 mod data;
 mod runner;
+mod tree;
 mod workloads;
 
 use std::time::Duration;
@@ -244,8 +246,8 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Vec<Report>> {
             "fmb" => workloads::fmb(&ctx).await?,
             "fmb_present" => workloads::fmb_present(&ctx).await?,
             "batch" => workloads::batch(&ctx).await?,
-            "bytestream" => workloads::bytestream(&ctx, blob_size).await?,
-            "tree" => workloads::tree(&ctx, args.tree_dirs, args.tree_files).await?,
+            "bytestream" => bytestream::bytestream(&ctx, blob_size).await?,
+            "tree" => tree::tree(&ctx, args.tree_dirs, args.tree_files).await?,
             "ac" => workloads::ac(&ctx).await?,
             "bes" => bes::bes(&ctx, args.bes_events).await?,
             "hash" => workloads::hash(&ctx).await?,

@@ -4,6 +4,8 @@
 //!
 //! No secrets live here: the file can sit in a Kubernetes ConfigMap.
 
+mod edge;
+mod stores;
 mod units;
 mod validate;
 
@@ -12,6 +14,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use edge::{
+    AuthConfig, AuthMethod, GrpcConfig, JwtConfig, LimitsConfig, SendCompression, TlsConfig,
+    TracingConfig,
+};
+pub use stores::{
+    ExistenceCacheConfig, FsConfig, MemoryCacheConfig, MemoryConfig, S3Config, StoreConfig,
+};
 pub use units::{ByteSize, Duration};
 
 /// The configuration `kiln serve` runs with when given no `--config`.
@@ -65,158 +74,6 @@ pub struct Config {
     pub stores: BTreeMap<String, StoreConfig>,
     /// The instances this server serves, chosen by `instance_name`.
     pub instances: Vec<InstanceConfig>,
-}
-
-/// `grpc:` settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrpcConfig {
-    /// Serve grpc.reflection.v1 (for grpcurl and friends). Default true.
-    #[serde(default = "yes")]
-    pub reflection: bool,
-    /// Compress responses: `none`, `gzip` or `zstd` (only to clients that
-    /// accept it). Requests in gzip and zstd are always accepted. Default none.
-    #[serde(default)]
-    pub send_compression: SendCompression,
-    /// On stop, how long to report NOT_SERVING (gRPC health, `/healthz`)
-    /// before refusing new calls, so load balancers drain the pod. Default 0s.
-    #[serde(default = "zero")]
-    pub shutdown_delay: Duration,
-}
-
-impl Default for GrpcConfig {
-    fn default() -> Self {
-        serde_saphyr::from_str("{}").expect("grpc defaults parse")
-    }
-}
-
-/// gRPC response compression.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SendCompression {
-    /// Uncompressed.
-    #[default]
-    None,
-    /// gzip.
-    Gzip,
-    /// Zstandard.
-    Zstd,
-}
-
-/// `tracing:` settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TracingConfig {
-    /// OTLP/gRPC endpoint of the collector, e.g. `http://otel-collector:4317`.
-    pub otlp_endpoint: String,
-    /// `service.name` of kiln's spans. Default `kiln`.
-    #[serde(default = "default_service_name")]
-    pub service_name: String,
-    /// Share of new traces recorded (0.0 to 1.0); a client's sampled
-    /// `traceparent` is always followed. Default 1.0.
-    #[serde(default = "default_sampling_ratio")]
-    pub sampling_ratio: f64,
-}
-
-/// `auth:` settings.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// `none` (the default: every call allowed) or `jwt`.
-    #[serde(default)]
-    pub method: AuthMethod,
-    /// JWT verification (with `method: jwt`).
-    #[serde(default)]
-    pub jwt: Option<JwtConfig>,
-    /// Static API tokens (hashed), accepted beside or instead of JWTs.
-    #[serde(default)]
-    pub tokens_file: Option<PathBuf>,
-    /// The claim holding roles. Default `roles`.
-    #[serde(default = "default_roles_claim")]
-    pub roles_claim: String,
-    /// Instances anyone may use without credentials.
-    #[serde(default)]
-    pub open_instances: Vec<String>,
-    /// Per-instance caps: only these roles can be exercised on the instance.
-    #[serde(default)]
-    pub instance_roles: BTreeMap<String, Vec<String>>,
-    /// The instance whose rules govern build-event publishing and queries
-    /// (the Build Event Service has no instance name). Default `""`.
-    #[serde(default)]
-    pub build_events_instance: String,
-}
-
-/// How callers authenticate.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMethod {
-    /// No authentication (unless `tokens_file` is set).
-    #[default]
-    None,
-    /// Bearer JWTs.
-    Jwt,
-}
-
-/// `auth.jwt:` settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtConfig {
-    /// Accepted algorithms: HS256, HS384, HS512, RS256, ES256. Default HS256.
-    #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
-    /// Environment variable holding the HMAC secret.
-    #[serde(default)]
-    pub secret_env: Option<String>,
-    /// File holding the HMAC secret.
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    /// JWKS file with public keys (RS256, ES256).
-    #[serde(default)]
-    pub jwks_file: Option<PathBuf>,
-    /// JWKS URL with public keys.
-    #[serde(default)]
-    pub jwks_url: Option<String>,
-    /// How often JWKS keys are re-read (BuildGrid's auth_jwks_fetch_minutes).
-    /// Default `60m`.
-    #[serde(default = "default_jwks_refresh")]
-    pub jwks_refresh: Duration,
-    /// Required `aud`, if any.
-    #[serde(default)]
-    pub audience: Option<String>,
-    /// Required `iss`, if any.
-    #[serde(default)]
-    pub issuer: Option<String>,
-}
-
-/// `limits:` settings.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Calls per second per identity (subject, else peer address); bursts of
-    /// up to this many. Default: unlimited.
-    #[serde(default)]
-    pub requests_per_second: Option<u32>,
-    /// Request bytes per second per identity. Default: unlimited.
-    #[serde(default)]
-    pub bytes_per_second: Option<ByteSize>,
-    /// Calls served at once by the whole server; beyond it calls are shed
-    /// with RESOURCE_EXHAUSTED instead of queueing. Default: unlimited.
-    #[serde(default)]
-    pub max_in_flight: Option<usize>,
-}
-
-/// `tls:` settings (BuildGrid's server_cert / server_key / client_certs).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM certificate chain of the server.
-    pub cert: PathBuf,
-    /// PEM private key of the server.
-    pub key: PathBuf,
-    /// PEM CA bundle: when set, clients must present a certificate it
-    /// signed (mTLS).
-    #[serde(default)]
-    pub client_ca: Option<PathBuf>,
 }
 
 /// `build_events:` settings.
@@ -275,132 +132,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// One node of a store graph: a backend, a layer over another node, or a
-/// reference to a named store.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreConfig {
-    /// Blobs in process memory (lost on restart).
-    Memory(MemoryConfig),
-    /// Blobs as files on local disk (durable).
-    Fs(FsConfig),
-    /// A memory tier over another store.
-    MemoryCache(MemoryCacheConfig),
-    /// Blobs in an S3-compatible bucket (durable, shared by all pods).
-    S3(S3Config),
-    /// Remembers which blobs the inner store holds, for a TTL.
-    ExistenceCache(ExistenceCacheConfig),
-    /// The store of that name under `stores:`.
-    #[serde(rename = "ref")]
-    Ref(String),
-}
-
-impl StoreConfig {
-    /// The config key of this node's kind, used in paths, logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StoreConfig::Memory(_) => "memory",
-            StoreConfig::Fs(_) => "fs",
-            StoreConfig::MemoryCache(_) => "memory_cache",
-            StoreConfig::S3(_) => "s3",
-            StoreConfig::ExistenceCache(_) => "existence_cache",
-            StoreConfig::Ref(_) => "ref",
-        }
-    }
-}
-
-/// `memory:` settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemoryConfig {
-    /// Byte budget; least recently used blobs go first beyond it.
-    pub max_size: ByteSize,
-}
-
-/// `fs:` settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FsConfig {
-    /// Directory of the store; relative paths are under the data dir.
-    pub path: PathBuf,
-}
-
-/// `memory_cache:` settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemoryCacheConfig {
-    /// Byte budget of the tier.
-    pub max_size: ByteSize,
-    /// Larger blobs bypass the tier. Default `1MiB`.
-    #[serde(default = "default_max_blob_size")]
-    pub max_blob_size: ByteSize,
-    /// The slower store behind the tier.
-    pub inner: Box<StoreConfig>,
-}
-
-/// `s3:` settings. Credentials come from the standard AWS chain
-/// (environment, profile, web identity for IRSA), never from this file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct S3Config {
-    /// The bucket; it must exist.
-    pub bucket: String,
-    /// Endpoint URL for S3-compatible servers (e.g. `http://minio:9000`);
-    /// default: AWS for `region`.
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// Region. Default `us-east-1`.
-    #[serde(default = "default_region")]
-    pub region: String,
-    /// Key prefix, e.g. `cas/`; the CAS and the action cache need different
-    /// prefixes when they share a bucket. Default empty.
-    #[serde(default)]
-    pub prefix: String,
-    /// Path-style addressing (`endpoint/bucket/key`), which MinIO and
-    /// SeaweedFS want. Default false.
-    #[serde(default)]
-    pub path_style: bool,
-    /// Blobs at least this large are uploaded in parts. Default `16MiB`.
-    #[serde(default = "default_multipart_threshold")]
-    pub multipart_threshold: ByteSize,
-    /// Size of each part (at least 5MiB, S3's minimum). Default `8MiB`.
-    #[serde(default = "default_part_size")]
-    pub part_size: ByteSize,
-    /// HEADs in flight per FindMissingBlobs, and parts in flight per upload
-    /// (at most 8). Default 32.
-    #[serde(default = "default_s3_concurrency")]
-    pub concurrency: usize,
-    /// Create-if-absent writes (`If-None-Match: *`) in a CAS; turn off for
-    /// servers that lack conditional writes. Default true.
-    #[serde(default = "yes")]
-    pub conditional_writes: bool,
-    /// Time limit of one attempt of one S3 call. Default `30s`.
-    #[serde(default = "default_s3_timeout")]
-    pub timeout: Duration,
-    /// Attempts per S3 call, with exponential backoff. Default 3.
-    #[serde(default = "default_s3_attempts")]
-    pub max_attempts: u32,
-    /// When a blob older than this is read, copy it onto itself so that a
-    /// lifecycle expiry rule counts it as new. Default: off.
-    #[serde(default)]
-    pub refresh_after: Option<Duration>,
-}
-
-/// `existence_cache:` settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExistenceCacheConfig {
-    /// How long a "present" answer is trusted; keep it well below any
-    /// expiry of the inner store. Default `10m`.
-    #[serde(default = "default_existence_ttl")]
-    pub ttl: Duration,
-    /// Digests remembered at most. Default 1000000 (about 100 MiB).
-    #[serde(default = "default_existence_entries")]
-    pub max_entries: u64,
-    /// The store whose contents are remembered.
-    pub inner: Box<StoreConfig>,
 }
 
 /// One REAPI instance: its stores and behaviour.
@@ -487,9 +218,6 @@ fn default_grace_period() -> Duration {
 fn default_max_message_size() -> ByteSize {
     ByteSize(16 << 20)
 }
-fn default_max_blob_size() -> ByteSize {
-    ByteSize(1 << 20)
-}
 fn default_max_batch() -> ByteSize {
     ByteSize(4 << 20)
 }
@@ -504,48 +232,6 @@ fn default_tree_cache_size() -> ByteSize {
 }
 fn default_tree_cache_ttl() -> Duration {
     Duration(std::time::Duration::from_secs(3600))
-}
-fn default_region() -> String {
-    "us-east-1".into()
-}
-fn default_multipart_threshold() -> ByteSize {
-    ByteSize(16 << 20)
-}
-fn default_part_size() -> ByteSize {
-    ByteSize(8 << 20)
-}
-fn default_s3_concurrency() -> usize {
-    32
-}
-fn default_s3_timeout() -> Duration {
-    Duration(std::time::Duration::from_secs(30))
-}
-fn default_s3_attempts() -> u32 {
-    3
-}
-fn default_existence_ttl() -> Duration {
-    Duration(std::time::Duration::from_secs(600))
-}
-fn default_existence_entries() -> u64 {
-    1_000_000
-}
-fn default_service_name() -> String {
-    "kiln".into()
-}
-fn default_sampling_ratio() -> f64 {
-    1.0
-}
-fn default_roles_claim() -> String {
-    "roles".into()
-}
-fn default_algorithms() -> Vec<String> {
-    vec!["HS256".into()]
-}
-fn default_jwks_refresh() -> Duration {
-    Duration(std::time::Duration::from_secs(3600))
-}
-fn zero() -> Duration {
-    Duration(std::time::Duration::ZERO)
 }
 fn yes() -> bool {
     true

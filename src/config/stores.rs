@@ -1,0 +1,170 @@
+//! Config of store graphs: backends (memory, fs, s3) and layers
+//! (memory_cache, existence_cache), nested or shared by `ref:`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{ByteSize, Duration, yes};
+
+/// One node of a store graph: a backend, a layer over another node, or a
+/// reference to a named store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreConfig {
+    /// Blobs in process memory (lost on restart).
+    Memory(MemoryConfig),
+    /// Blobs as files on local disk (durable).
+    Fs(FsConfig),
+    /// A memory tier over another store.
+    MemoryCache(MemoryCacheConfig),
+    /// Blobs in an S3-compatible bucket (durable, shared by all pods).
+    S3(S3Config),
+    /// Remembers which blobs the inner store holds, for a TTL.
+    ExistenceCache(ExistenceCacheConfig),
+    /// The store of that name under `stores:`.
+    #[serde(rename = "ref")]
+    Ref(String),
+}
+
+impl StoreConfig {
+    /// The config key of this node's kind, used in paths, logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreConfig::Memory(_) => "memory",
+            StoreConfig::Fs(_) => "fs",
+            StoreConfig::MemoryCache(_) => "memory_cache",
+            StoreConfig::S3(_) => "s3",
+            StoreConfig::ExistenceCache(_) => "existence_cache",
+            StoreConfig::Ref(_) => "ref",
+        }
+    }
+}
+
+/// `memory:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Byte budget; least recently used blobs go first beyond it.
+    pub max_size: ByteSize,
+}
+
+/// `fs:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// Directory of the store; relative paths are under the data dir.
+    pub path: PathBuf,
+}
+
+/// `memory_cache:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryCacheConfig {
+    /// Byte budget of the tier.
+    pub max_size: ByteSize,
+    /// Larger blobs bypass the tier. Default `1MiB`.
+    #[serde(default = "default_max_blob_size")]
+    pub max_blob_size: ByteSize,
+    /// The slower store behind the tier.
+    pub inner: Box<StoreConfig>,
+}
+
+/// `s3:` settings. Credentials come from the standard AWS chain
+/// (environment, profile, web identity for IRSA), never from this file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// The bucket; it must exist.
+    pub bucket: String,
+    /// Endpoint URL for S3-compatible servers (e.g. `http://minio:9000`);
+    /// default: AWS for `region`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region. Default `us-east-1`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Key prefix, e.g. `cas/`; the CAS and the action cache need different
+    /// prefixes when they share a bucket. Default empty.
+    #[serde(default)]
+    pub prefix: String,
+    /// Path-style addressing (`endpoint/bucket/key`), which MinIO and
+    /// SeaweedFS want. Default false.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Blobs at least this large are uploaded in parts. Default `16MiB`.
+    #[serde(default = "default_multipart_threshold")]
+    pub multipart_threshold: ByteSize,
+    /// Size of each part (at least 5MiB, S3's minimum). Default `8MiB`.
+    #[serde(default = "default_part_size")]
+    pub part_size: ByteSize,
+    /// HEADs in flight per FindMissingBlobs, and parts in flight per upload
+    /// (at most 8). Default 32.
+    #[serde(default = "default_s3_concurrency")]
+    pub concurrency: usize,
+    /// Create-if-absent writes (`If-None-Match: *`) in a CAS; turn off for
+    /// servers that lack conditional writes. Default true.
+    #[serde(default = "yes")]
+    pub conditional_writes: bool,
+    /// Time limit of one attempt of one S3 call. Default `30s`.
+    #[serde(default = "default_s3_timeout")]
+    pub timeout: Duration,
+    /// Attempts per S3 call, with exponential backoff. Default 3.
+    #[serde(default = "default_s3_attempts")]
+    pub max_attempts: u32,
+    /// When a blob older than this is read, copy it onto itself so that a
+    /// lifecycle expiry rule counts it as new. Default: off.
+    #[serde(default)]
+    pub refresh_after: Option<Duration>,
+}
+
+/// `existence_cache:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExistenceCacheConfig {
+    /// How long a "present" answer is trusted; keep it well below any
+    /// expiry of the inner store. Default `10m`.
+    #[serde(default = "default_existence_ttl")]
+    pub ttl: Duration,
+    /// Digests remembered at most. Default 1000000 (about 100 MiB).
+    #[serde(default = "default_existence_entries")]
+    pub max_entries: u64,
+    /// The store whose contents are remembered.
+    pub inner: Box<StoreConfig>,
+}
+
+fn default_max_blob_size() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_multipart_threshold() -> ByteSize {
+    ByteSize(16 << 20)
+}
+
+fn default_part_size() -> ByteSize {
+    ByteSize(8 << 20)
+}
+
+fn default_s3_concurrency() -> usize {
+    32
+}
+
+fn default_s3_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(30))
+}
+
+fn default_s3_attempts() -> u32 {
+    3
+}
+
+fn default_existence_ttl() -> Duration {
+    Duration(std::time::Duration::from_secs(600))
+}
+
+fn default_existence_entries() -> u64 {
+    1_000_000
+}
