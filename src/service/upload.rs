@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
 use super::resource::{Compressor, ResourceName, parse_write};
@@ -196,19 +196,29 @@ async fn resumable(
         require_offset(incoming.first.as_ref(), kept)?;
     }
     let spool_err = |e| Error::io("upload spool", e);
-    let file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(&session.path)
-        .await
-        .map_err(spool_err)?;
-    file.set_len(offset).await.map_err(spool_err)?;
-    session.len.store(offset, Ordering::SeqCst);
-    let mut file = file;
-    tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(offset))
-        .await
-        .map_err(spool_err)?;
+    // The spool is written on a blocking thread, off the upload's path: the
+    // chunks are handed over by reference, not copied.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let writer_session = session.clone();
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::{Seek, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&writer_session.path)?;
+        file.set_len(offset)?;
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        writer_session.len.store(offset, Ordering::SeqCst);
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk)?;
+            // The session says only what the file holds.
+            writer_session
+                .len
+                .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
+        Ok(())
+    });
     let prefix: ChunkStream = if offset > 0 {
         let reader = tokio::fs::File::open(&session.path)
             .await
@@ -221,9 +231,15 @@ async fn resumable(
         futures::stream::empty().boxed()
     };
     incoming.next_offset = offset;
-    incoming.spool = Some((file, session.clone()));
+    incoming.spool = Some(tx);
     let body = prefix.chain(incoming.into_stream()).boxed();
-    match instance.cas.put(&name.digest, Body::Stream(body)).await {
+    let stored = instance.cas.put(&name.digest, Body::Stream(body)).await;
+    // The body (and with it the sender) is gone: the writer finishes what was
+    // queued, so a resumed write finds every kept byte in the file.
+    if let Ok(Err(e)) = writer.await {
+        tracing::warn!(error = %e, "upload spool write failed; a resume will restart from the bytes kept");
+    }
+    match stored {
         Ok(()) => {
             uploads.remove(&key);
             Ok(name.digest.size as i64)
@@ -245,7 +261,7 @@ struct Incoming {
     next_offset: u64,
     finished: bool,
     decoder: Option<Decompressor>,
-    spool: Option<(tokio::fs::File, Arc<Session>)>,
+    spool: Option<tokio::sync::mpsc::Sender<Bytes>>,
     /// Wire bytes received, for the compressed committed_size.
     received: Arc<AtomicU64>,
 }
@@ -283,15 +299,7 @@ impl Incoming {
             }
             let msg = match self.receive().await {
                 Ok(m) => m,
-                Err(e) => {
-                    // What arrived must be on disk before a resumed write reads it.
-                    if let Some((file, _)) = &mut self.spool
-                        && let Err(io) = file.flush().await
-                    {
-                        return Some(Err(Error::io("upload spool", io)));
-                    }
-                    return Some(Err(e));
-                }
+                Err(e) => return Some(Err(e)),
             };
             self.finished = msg.finish_write;
             let data = msg.data;
@@ -301,11 +309,12 @@ impl Incoming {
                 decoder.feed(data);
                 continue;
             }
-            if let Some((file, session)) = &mut self.spool {
-                if let Err(e) = file.write_all(&data).await {
-                    return Some(Err(Error::io("upload spool", e)));
-                }
-                session.len.store(self.next_offset, Ordering::SeqCst);
+            if let Some(spool) = &self.spool
+                && spool.send(data.clone()).await.is_err()
+            {
+                return Some(Err(Error::Internal(
+                    "the upload spool writer failed".into(),
+                )));
             }
             return Some(Ok(data));
         }
