@@ -192,6 +192,66 @@ async fn call(channel: &Channel, rpc: &str, token: Option<&str>) -> Code {
             .await
             .map(|_| ())
         }
+        "QueryWriteStatus" => ByteStreamClient::new(channel.clone())
+            .query_write_status(with_token(
+                tonic::Request::new(kiln::proto::bytestream::QueryWriteStatusRequest {
+                    resource_name: format!("uploads/q/blobs/{d}"),
+                }),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "QueryEvents" => BuildEventQueryClient::new(channel.clone())
+            .query_events(with_token(
+                tonic::Request::new(kiln::proto::kiln_v1::QueryEventsRequest::default()),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "ListStreams" => BuildEventQueryClient::new(channel.clone())
+            .list_streams(with_token(
+                tonic::Request::new(kiln::proto::kiln_v1::ListStreamsRequest {
+                    stream_key_regex: ".*".into(),
+                }),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "GetInvocation" => BuildEventQueryClient::new(channel.clone())
+            .get_invocation(with_token(
+                tonic::Request::new(kiln::proto::kiln_v1::GetInvocationRequest {
+                    invocation_id: "none".into(),
+                }),
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "PublishBuildToolEventStream" => {
+            let sid = crate::common::bes::stream_id("acl", &uuid::Uuid::new_v4().to_string());
+            let reqs = crate::common::bes::requests(
+                &sid,
+                &crate::common::bes::bazel_events(true)[..1],
+                false,
+            );
+            let client =
+                kiln::proto::bes_v1::publish_build_event_client::PublishBuildEventClient::new(
+                    channel.clone(),
+                );
+            match client
+                .clone()
+                .publish_build_tool_event_stream(with_token(
+                    tonic::Request::new(tokio_stream::iter(reqs)),
+                    token,
+                ))
+                .await
+            {
+                Ok(r) => {
+                    let mut acks = r.into_inner();
+                    acks.message().await.map(|_| ())
+                }
+                Err(e) => Err(e),
+            }
+        }
         other => panic!("unknown rpc {other}"),
     };
     match result {
@@ -219,6 +279,11 @@ async fn every_role_against_every_rpc() {
         ("Write", "write"),
         ("UpdateActionResult", "ac-write"),
         ("PublishLifecycleEvent", "bes"),
+        ("PublishBuildToolEventStream", "bes"),
+        ("QueryWriteStatus", "write"),
+        ("QueryEvents", "read"),
+        ("ListStreams", "read"),
+        ("GetInvocation", "read"),
     ];
     for role in ["read", "write", "ac-write", "bes", "execute", "admin"] {
         let t = token(&[role], 600, "kiln", SECRET);
