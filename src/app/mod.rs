@@ -115,10 +115,11 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let routes = services::routes(&config, &parts, health);
     let mut server = Server::builder()
-        // Large windows let one stream move hundreds of MB/s over loopback and
-        // real networks alike; the defaults (64 KiB) cap a blob transfer.
-        .initial_stream_window_size(Some(16 << 20))
-        .initial_connection_window_size(Some(64 << 20))
+        // Windows well above the 64 KiB default let one stream move hundreds
+        // of MB/s; kept moderate because every stream may buffer its window
+        // in memory (4 MiB per stream, 32 MiB per connection).
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(32 << 20))
         // Outermost first: every call is counted, then authenticated, then
         // rate-limited by who it is.
         .layer(
