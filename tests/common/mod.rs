@@ -140,3 +140,19 @@ pub fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A BatchUpdateBlobs request storing `blobs` under their SHA-256 digests.
+pub fn upload_request(blobs: &[Bytes]) -> kiln::proto::reapi::BatchUpdateBlobsRequest {
+    use kiln::proto::reapi::batch_update_blobs_request::Request;
+    kiln::proto::reapi::BatchUpdateBlobsRequest {
+        requests: blobs
+            .iter()
+            .map(|b| Request {
+                digest: Some(sha(b).to_proto()),
+                data: b.clone(),
+                compressor: 0,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}

@@ -1,11 +1,11 @@
 //! The disk-backed default keeps blobs and action results across a restart.
 
 use kiln::proto::reapi::{
-    ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, GetActionResultRequest,
-    OutputFile, UpdateActionResultRequest, batch_update_blobs_request,
+    ActionResult, BatchReadBlobsRequest, GetActionResultRequest, OutputFile,
+    UpdateActionResultRequest,
 };
 
-use crate::common::{Kiln, blob, disk, sha};
+use crate::common::{Kiln, blob, disk, sha, upload_request};
 
 #[tokio::test]
 async fn blobs_and_results_survive_a_restart() {
@@ -25,14 +25,7 @@ async fn blobs_and_results_survive_a_restart() {
         let kiln = Kiln::start_in(&disk(), dir.path()).await;
         kiln.cas()
             .await
-            .batch_update_blobs(BatchUpdateBlobsRequest {
-                requests: vec![batch_update_blobs_request::Request {
-                    digest: Some(d.to_proto()),
-                    data: data.clone(),
-                    compressor: 0,
-                }],
-                ..Default::default()
-            })
+            .batch_update_blobs(upload_request(std::slice::from_ref(&data)))
             .await
             .unwrap();
         kiln.ac()

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use kiln::proto::reapi::action_cache_client::ActionCacheClient;
 use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use kiln::proto::reapi::{
-    ActionResult, BatchReadBlobsRequest, BatchUpdateBlobsRequest, GetActionResultRequest,
-    OutputFile, UpdateActionResultRequest, batch_update_blobs_request,
+    ActionResult, BatchReadBlobsRequest, GetActionResultRequest, OutputFile,
+    UpdateActionResultRequest,
 };
 
 use crate::common::bazel::{Bazel, ShutdownOnDrop};
 use crate::common::s3::SeaweedFs;
-use crate::common::{blob, sha};
+use crate::common::{blob, sha, upload_request};
 
 /// A kiln child process, killed on drop.
 struct Pod {
@@ -86,14 +86,7 @@ async fn two_pods_share_one_bucket_and_bazel_hits_through_either() {
         .await
         .unwrap();
     cas_a
-        .batch_update_blobs(BatchUpdateBlobsRequest {
-            requests: vec![batch_update_blobs_request::Request {
-                digest: Some(d.to_proto()),
-                data: data.clone(),
-                compressor: 0,
-            }],
-            ..Default::default()
-        })
+        .batch_update_blobs(upload_request(std::slice::from_ref(&data)))
         .await
         .unwrap();
     let action = sha(b"shared action");
