@@ -10,7 +10,7 @@
 //! - [`bench`]: `kiln bench`, the load generator.
 //! - [`auth`], [`limits`], [`rpc_metrics`], [`rpc_trace`]: tower layers at the edge.
 //! - [`http`], [`metrics`]: the HTTP listener and what it serves.
-//! - [`digest`], [`error`], [`config`], [`proto`], [`telemetry`]: foundations.
+//! - [`digest`], [`error`], [`config`], [`proto`], [`sql`], [`telemetry`]: foundations.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -32,6 +32,7 @@ pub mod proto;
 pub mod rpc_metrics;
 pub mod rpc_trace;
 pub mod service;
+pub mod sql;
 pub mod store;
 pub mod telemetry;
 pub mod tree;

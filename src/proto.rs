@@ -10,6 +10,7 @@ pub use self::build::bazel::semver;
 pub use self::build_event_stream as bep;
 pub use self::google::bytestream;
 pub use self::google::devtools::build::v1 as bes_v1;
+pub use self::google::devtools::remoteworkers::v1test2 as remoteworkers;
 pub use self::google::longrunning;
 pub use self::kiln::v1 as kiln_v1;
 

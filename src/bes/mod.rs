@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::BuildEventsConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use store::EventStore;
 
 /// Limits on what one invocation may publish.
@@ -39,30 +39,12 @@ impl From<&BuildEventsConfig> for BesLimits {
 /// The database URL `config` names: from its environment variable if one is
 /// set, with a relative SQLite path placed under `data_dir`.
 pub fn database_url(config: &BuildEventsConfig, data_dir: &Path) -> Result<String> {
-    let url = match &config.database_env {
-        Some(var) => std::env::var(var).map_err(|_| {
-            Error::InvalidArgument(format!(
-                "build_events.database_env: environment variable {var} is not set"
-            ))
-        })?,
-        None => config.database.clone(),
-    };
-    if let Some(path) = url.strip_prefix("sqlite:") {
-        let path = path.trim_start_matches("//");
-        let (path, query) = path.split_once('?').unwrap_or((path, ""));
-        let file = if Path::new(path).is_absolute() {
-            Path::new(path).to_path_buf()
-        } else {
-            data_dir.join(path)
-        };
-        let query = if query.is_empty() {
-            "mode=rwc".to_string()
-        } else {
-            query.to_string()
-        };
-        return Ok(format!("sqlite://{}?{query}", file.display()));
-    }
-    Ok(url)
+    crate::sql::database_url(
+        &config.database,
+        config.database_env.as_deref(),
+        "build_events.database_env",
+        data_dir,
+    )
 }
 
 /// Opens the configured event store.

@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::store::{
@@ -13,6 +13,7 @@ use super::store::{
 };
 use super::summary::Invocation;
 use crate::error::{Error, Result};
+use crate::sql::{db_err, now_ms};
 
 /// Schema versions, applied in order, each once.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_build_events.sql"))];
@@ -26,103 +27,12 @@ pub struct SqlEventStore {
     pool: AnyPool,
 }
 
-fn db_err(context: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
-    move |e| match &e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            Error::Unavailable(format!("{context}: database unavailable: {e}"))
-        }
-        _ => Error::Internal(format!("{context}: {e}")),
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl SqlEventStore {
     /// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://...`) and
     /// applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self> {
-        sqlx::any::install_default_drivers();
-        let sqlite = url.starts_with("sqlite:");
-        let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { 4 } else { 16 })
-            .acquire_timeout(std::time::Duration::from_secs(10))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL lets readers run beside the writer; FULL makes a
-                        // commit durable before kiln acknowledges events.
-                        sqlx::query("PRAGMA journal_mode=WAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA synchronous=FULL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout=10000")
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await
-            .map_err(|e| {
-                Error::Unavailable(format!("build events database {}: {e}", redact(url)))
-            })?;
-        let store = SqlEventStore { pool };
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        let err = db_err("migrating the build events schema");
-        sqlx::query("CREATE TABLE IF NOT EXISTS kiln_migrations (version BIGINT PRIMARY KEY)")
-            .execute(&self.pool)
-            .await
-            .map_err(&err)?;
-        for (version, sql) in MIGRATIONS {
-            let done = sqlx::query("SELECT version FROM kiln_migrations WHERE version = $1")
-                .bind(*version)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(&err)?;
-            if done.is_some() {
-                continue;
-            }
-            let mut tx = self.pool.begin().await.map_err(&err)?;
-            for statement in sql
-                .split(';')
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--")))
-            {
-                sqlx::query(statement)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(&err)?;
-            }
-            sqlx::query("INSERT INTO kiln_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(*version)
-                .execute(&mut *tx)
-                .await
-                .map_err(&err)?;
-            tx.commit().await.map_err(&err)?;
-        }
-        Ok(())
-    }
-}
-
-/// A database URL without its password, for error messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_string(),
+        let pool = crate::sql::connect(url, "build events", MIGRATIONS).await?;
+        Ok(SqlEventStore { pool })
     }
 }
 

@@ -1,0 +1,149 @@
+//! The SQL seam shared by everything kiln keeps in a database (build events,
+//! the execution scheduler): one way to connect (SQLite file by default,
+//! PostgreSQL for many pods), one migration runner, one error mapping.
+//!
+//! Migrations of every component share the `kiln_migrations` table, so their
+//! version numbers are globally unique: build events use 1-999, the
+//! scheduler 1001-1999.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+use crate::error::{Error, Result};
+
+/// Maps a database error: connection trouble is UNAVAILABLE (clients retry),
+/// anything else INTERNAL, both naming what kiln was doing.
+pub fn db_err(context: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
+    move |e| match &e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            Error::Unavailable(format!("{context}: database unavailable: {e}"))
+        }
+        _ => Error::Internal(format!("{context}: {e}")),
+    }
+}
+
+/// Milliseconds since the Unix epoch: the one clock every table stores, so
+/// rows written by different pods compare.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A database URL without its password, for error messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Resolves a configured database: the URL from `env` when set (so a
+/// password stays out of the config file), with a relative SQLite path put
+/// under `data_dir`. `field` names the setting in error messages.
+pub fn database_url(
+    database: &str,
+    env: Option<&str>,
+    field: &str,
+    data_dir: &Path,
+) -> Result<String> {
+    let url = match env {
+        Some(var) => std::env::var(var).map_err(|_| {
+            Error::InvalidArgument(format!(
+                "{field}: environment variable {var} is not set"
+            ))
+        })?,
+        None => database.to_string(),
+    };
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = path.trim_start_matches("//");
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let file = if Path::new(path).is_absolute() {
+            Path::new(path).to_path_buf()
+        } else {
+            data_dir.join(path)
+        };
+        let query = if query.is_empty() {
+            "mode=rwc".to_string()
+        } else {
+            query.to_string()
+        };
+        return Ok(format!("sqlite://{}?{query}", file.display()));
+    }
+    Ok(url)
+}
+
+/// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://...`) and applies
+/// the pending `migrations` (version, SQL text) in order. `what` names the
+/// database in errors.
+pub async fn connect(url: &str, what: &str, migrations: &[(i64, &'static str)]) -> Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let sqlite = url.starts_with("sqlite:");
+    let pool = AnyPoolOptions::new()
+        .max_connections(if sqlite { 4 } else { 16 })
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if sqlite {
+                    // WAL lets readers run beside the writer; FULL makes a
+                    // commit durable before kiln acknowledges anything.
+                    for pragma in [
+                        "PRAGMA journal_mode=WAL",
+                        "PRAGMA synchronous=FULL",
+                        "PRAGMA busy_timeout=10000",
+                    ] {
+                        sqlx::query(pragma).execute(&mut *conn).await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(|e| Error::Unavailable(format!("{what} database {}: {e}", redact(url))))?;
+    migrate(&pool, what, migrations).await?;
+    Ok(pool)
+}
+
+async fn migrate(pool: &AnyPool, what: &str, migrations: &[(i64, &'static str)]) -> Result<()> {
+    let context = format!("migrating the {what} schema");
+    let err = db_err(&context);
+    sqlx::query("CREATE TABLE IF NOT EXISTS kiln_migrations (version BIGINT PRIMARY KEY)")
+        .execute(pool)
+        .await
+        .map_err(&err)?;
+    for (version, sql) in migrations {
+        let done = sqlx::query("SELECT version FROM kiln_migrations WHERE version = $1")
+            .bind(*version)
+            .fetch_optional(pool)
+            .await
+            .map_err(&err)?;
+        if done.is_some() {
+            continue;
+        }
+        let mut tx = pool.begin().await.map_err(&err)?;
+        for statement in sql
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--")))
+        {
+            sqlx::query(statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(&err)?;
+        }
+        sqlx::query("INSERT INTO kiln_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(*version)
+            .execute(&mut *tx)
+            .await
+            .map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+    }
+    Ok(())
+}
