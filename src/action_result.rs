@@ -121,6 +121,30 @@ pub async fn is_complete(
     }
 }
 
+/// The cached result of `action` in `instance`, or None: absent, undecodable
+/// or (with the completeness check on) pointing at blobs no longer stored.
+/// GetActionResult and Execute's cache lookup share this.
+pub async fn lookup(
+    instance: &crate::instance::Instance,
+    action: &Digest,
+) -> Result<Option<ActionResult>> {
+    let bytes = match get_bytes(instance.action_cache.as_ref(), action).await {
+        Err(Error::NotFound(_)) => return Ok(None),
+        other => other?,
+    };
+    let Ok(result) = ActionResult::decode(bytes) else {
+        tracing::warn!(%action, "undecodable action cache entry; treating as a miss");
+        return Ok(None);
+    };
+    if instance.settings.completeness_check
+        && !is_complete(instance.cas.as_ref(), action.function, &result).await?
+    {
+        tracing::debug!(%action, "action result refers to blobs no longer in the CAS");
+        return Ok(None);
+    }
+    Ok(Some(result))
+}
+
 /// What a client asked to have inlined.
 #[derive(Debug, Default)]
 pub struct Inline<'a> {

@@ -24,6 +24,7 @@ pub mod compression;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod execution;
 pub mod http;
 pub mod instance;
 pub mod limits;

@@ -69,6 +69,15 @@ pub struct Metrics {
     pub resident_bytes: prometheus_client::metrics::gauge::Gauge,
     /// Webhook deliveries by outcome: delivered, retried, failed, dropped.
     pub webhook_deliveries: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Jobs waiting for a worker (all pods' jobs, refreshed by this pod).
+    pub exec_queued: prometheus_client::metrics::gauge::Gauge,
+    /// Jobs by event: queued, merged, cached, completed, failed, cancelled,
+    /// requeued, timed_out.
+    pub exec_jobs: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Time from queueing to a worker taking the job, in seconds.
+    pub exec_queue_wait: Histogram,
+    /// Time from a worker taking the job to its result, in seconds.
+    pub exec_run: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -160,7 +169,31 @@ impl Metrics {
             "Webhook deliveries by outcome",
             webhook_deliveries.clone(),
         );
+        let exec_queued = prometheus_client::metrics::gauge::Gauge::default();
+        let exec_jobs = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        let exec_queue_wait = Histogram::new(exponential_buckets(0.001, 4.0, 12));
+        let exec_run = Histogram::new(exponential_buckets(0.001, 4.0, 12));
+        registry.register(
+            "exec_queued",
+            "Jobs waiting for a worker",
+            exec_queued.clone(),
+        );
+        registry.register("exec_jobs", "Execution jobs by event", exec_jobs.clone());
+        registry.register(
+            "exec_queue_wait_seconds",
+            "Time from queueing to a worker taking the job",
+            exec_queue_wait.clone(),
+        );
+        registry.register(
+            "exec_run_seconds",
+            "Time from a worker taking a job to its result",
+            exec_run.clone(),
+        );
         Arc::new(Metrics {
+            exec_queued,
+            exec_jobs,
+            exec_queue_wait,
+            exec_run,
             resident_bytes,
             rpc_calls,
             rpc_latency,

@@ -97,3 +97,12 @@ where
         future.instrument(span).boxed()
     }
 }
+
+/// The current span's W3C `traceparent`, or empty without tracing: stored
+/// with an execution job so the worker's run joins the client's trace.
+pub fn current_traceparent() -> String {
+    let context = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    carrier.remove("traceparent").unwrap_or_default()
+}

@@ -29,6 +29,8 @@ pub struct Walk {
     pub directories: Vec<Bytes>,
     /// False when some subtree was missing from the CAS.
     pub complete: bool,
+    /// The directories that were missing (Execute reports them to clients).
+    pub missing: Vec<Digest>,
 }
 
 /// Walks the tree under `root`, reading up to `concurrency` directories at
@@ -36,7 +38,7 @@ pub struct Walk {
 /// not a Directory is INVALID_ARGUMENT.
 pub async fn walk(cas: &dyn BlobStore, root: Digest, concurrency: usize) -> Result<Walk> {
     let mut directories = Vec::new();
-    let mut complete = true;
+    let mut missing = Vec::new();
     let mut seen = HashSet::from([root]);
     let mut level = vec![root];
     while !level.is_empty() {
@@ -55,7 +57,7 @@ pub async fn walk(cas: &dyn BlobStore, root: Digest, concurrency: usize) -> Resu
                     )));
                 }
                 Err(Error::NotFound(_)) => {
-                    complete = false;
+                    missing.push(digest);
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -75,7 +77,8 @@ pub async fn walk(cas: &dyn BlobStore, root: Digest, concurrency: usize) -> Resu
     }
     Ok(Walk {
         directories,
-        complete,
+        complete: missing.is_empty(),
+        missing,
     })
 }
 

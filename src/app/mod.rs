@@ -101,9 +101,19 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
         .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
     let metrics = Metrics::new();
     let (authenticator, policy) = crate::auth::from_config(&config.auth).await?;
+    let instances =
+        Instances::build(&config, data_dir.clone(), metrics.clone(), policy.clone()).await?;
+    let scheduler = if config.execution.enabled {
+        Some(
+            crate::execution::open(&config.execution, &data_dir, instances.clone(), metrics.clone())
+                .await?,
+        )
+    } else {
+        None
+    };
     let parts = services::Parts {
-        instances: Instances::build(&config, data_dir.clone(), metrics.clone(), policy.clone())
-            .await?,
+        scheduler: scheduler.clone(),
+        instances,
         bes_access: crate::bes::service::Access {
             policy,
             instance: config.auth.build_events_instance.clone(),
@@ -172,6 +182,9 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
     tokio::spawn(async move {
         let _ = stop.wait_for(|s| *s).await;
         serving.store(false, Ordering::SeqCst);
+        if let Some(scheduler) = &scheduler {
+            scheduler.stop();
+        }
         set_health(&reporter, ServingStatus::NotServing).await;
         tracing::info!(?delay, "shutting down: reporting NOT_SERVING");
         tokio::time::sleep(delay).await;

@@ -24,16 +24,26 @@ use crate::service::action_cache::ActionCacheService;
 use crate::service::bytestream::ByteStreamService;
 use crate::service::capabilities::CapabilitiesService;
 use crate::service::cas::CasService;
+use crate::execution::scheduler::Scheduler;
+use crate::proto::longrunning::operations_server::OperationsServer;
+use crate::proto::reapi::execution_server::ExecutionServer;
+use crate::proto::remoteworkers::bots_server::BotsServer;
+use crate::service::bots::BotsService;
+use crate::service::execution::ExecutionService;
+use crate::service::operations::OperationsService;
 use crate::service::upload::Uploads;
 
 /// The fully qualified names of kiln's own services, for health reporting.
-pub const SERVICE_NAMES: [&str; 6] = [
+pub const SERVICE_NAMES: [&str; 9] = [
     "build.bazel.remote.execution.v2.Capabilities",
     "build.bazel.remote.execution.v2.ContentAddressableStorage",
     "google.bytestream.ByteStream",
     "build.bazel.remote.execution.v2.ActionCache",
     "google.devtools.build.v1.PublishBuildEvent",
     "kiln.v1.BuildEventQuery",
+    "build.bazel.remote.execution.v2.Execution",
+    "google.longrunning.Operations",
+    "google.devtools.remoteworkers.v1test2.Bots",
 ];
 
 /// Applies the same message limits and compression to every service.
@@ -63,6 +73,8 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     /// Who may publish and query build events.
     pub bes_access: crate::bes::service::Access,
+    /// The execution scheduler, unless execution is disabled.
+    pub scheduler: Option<Arc<Scheduler>>,
 }
 
 /// Every gRPC service of the server, health and reflection included.
@@ -94,7 +106,7 @@ pub fn routes(
     let i = &parts.instances;
     let mut routes = Routes::new(health)
         .add_service(configured!(
-            CapabilitiesServer::new(CapabilitiesService::new(i.clone())),
+            CapabilitiesServer::new(CapabilitiesService::new(i.clone(), parts.scheduler.is_some())),
             max,
             send
         ))
@@ -122,6 +134,24 @@ pub fn routes(
             max,
             send
         ));
+    if let Some(scheduler) = &parts.scheduler {
+        routes = routes
+            .add_service(configured!(
+                ExecutionServer::new(ExecutionService::new(i.clone(), scheduler.clone())),
+                max,
+                send
+            ))
+            .add_service(configured!(
+                OperationsServer::new(OperationsService::new(i.clone(), scheduler.clone())),
+                max,
+                send
+            ))
+            .add_service(configured!(
+                BotsServer::new(BotsService::new(i.clone(), scheduler.clone())),
+                max,
+                send
+            ));
+    }
     if config.grpc.reflection {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)

@@ -30,12 +30,16 @@ pub enum Role {
     Bes,
     /// Remote execution.
     Execute,
+    /// Running other people's actions (the Bots service): a worker takes
+    /// leases and reports results that land in the action cache, so it is
+    /// as trusted as `ac-write`. Workers need `read` and `write` too.
+    Worker,
     /// Everything.
     Admin,
 }
 
 impl Role {
-    /// Parses a role name (`read`, `write`, `ac-write`, `bes`, `execute`, `admin`).
+    /// Parses a role name (`read`, `write`, `ac-write`, `bes`, `execute`, `worker`, `admin`).
     pub fn parse(name: &str) -> Option<Role> {
         Some(match name {
             "read" => Role::Read,
@@ -43,6 +47,7 @@ impl Role {
             "ac-write" => Role::AcWrite,
             "bes" => Role::Bes,
             "execute" => Role::Execute,
+            "worker" => Role::Worker,
             "admin" => Role::Admin,
             _ => return None,
         })
@@ -56,6 +61,7 @@ impl Role {
             Role::AcWrite => "ac-write",
             Role::Bes => "bes",
             Role::Execute => "execute",
+            Role::Worker => "worker",
             Role::Admin => "admin",
         }
     }

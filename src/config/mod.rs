@@ -69,6 +69,9 @@ pub struct Config {
     /// The Build Event Service and its database.
     #[serde(default)]
     pub build_events: BuildEventsConfig,
+    /// Remote execution: the scheduler, its database and its timeouts.
+    #[serde(default)]
+    pub execution: ExecutionConfig,
     /// Named stores, shared by reference (`ref: NAME`) between instances.
     #[serde(default)]
     pub stores: BTreeMap<String, StoreConfig>,
@@ -106,6 +109,59 @@ pub struct BuildEventsConfig {
 impl Default for BuildEventsConfig {
     fn default() -> Self {
         serde_saphyr::from_str("{}").expect("build_events defaults parse")
+    }
+}
+
+/// `execution:` settings: the scheduler behind Execute, Operations and Bots.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutionConfig {
+    /// Serve Execute, Operations and Bots, and advertise execution in
+    /// Capabilities. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where jobs and operations live: `sqlite:FILE` (relative to the data
+    /// dir), `postgres://...` (shared by many pods; may be the build events
+    /// database) or `memory` (one process, lost on restart: for tests).
+    /// Default `sqlite:scheduler.db`.
+    #[serde(default = "default_exec_database")]
+    pub database: String,
+    /// An environment variable holding the database URL instead.
+    #[serde(default)]
+    pub database_env: Option<String>,
+    /// An action no worker has taken after this long fails with
+    /// FAILED_PRECONDITION (usually: no worker offers its platform). Default `30m`.
+    #[serde(default = "default_queue_timeout")]
+    pub queue_timeout: Duration,
+    /// Timeout of actions that set none. Default `15m`.
+    #[serde(default = "default_action_timeout")]
+    pub default_action_timeout: Duration,
+    /// Cap on any action's timeout. Default `1h`.
+    #[serde(default = "default_max_action_timeout")]
+    pub max_action_timeout: Duration,
+    /// A worker silent this long has lost its leases: their jobs are queued
+    /// again for another worker. Default `30s`.
+    #[serde(default = "default_lease_timeout")]
+    pub lease_timeout: Duration,
+    /// Runs per job before a job whose workers keep vanishing fails. Default 3.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// How often waiters look at the database for changes made by other
+    /// pods (changes made by this pod wake them at once). Default `250ms`.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: Duration,
+    /// How long an idle worker's UpdateBotSession waits for work before
+    /// returning empty. Default `10s`.
+    #[serde(default = "default_bot_wait")]
+    pub bot_wait: Duration,
+    /// Finished operations stay queryable this long. Default `24h`.
+    #[serde(default = "default_retention")]
+    pub retention: Duration,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        serde_saphyr::from_str("{}").expect("execution defaults parse")
     }
 }
 
@@ -199,6 +255,36 @@ fn default_listen() -> String {
 }
 fn default_bes_database() -> String {
     "sqlite:build-events.db".into()
+}
+fn default_exec_database() -> String {
+    "sqlite:scheduler.db".into()
+}
+fn secs(n: u64) -> Duration {
+    Duration(std::time::Duration::from_secs(n))
+}
+fn default_queue_timeout() -> Duration {
+    secs(30 * 60)
+}
+fn default_action_timeout() -> Duration {
+    secs(15 * 60)
+}
+fn default_max_action_timeout() -> Duration {
+    secs(3600)
+}
+fn default_lease_timeout() -> Duration {
+    secs(30)
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_poll_interval() -> Duration {
+    Duration(std::time::Duration::from_millis(250))
+}
+fn default_bot_wait() -> Duration {
+    secs(10)
+}
+fn default_retention() -> Duration {
+    secs(24 * 3600)
 }
 fn default_max_events() -> u64 {
     1_000_000

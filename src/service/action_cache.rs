@@ -15,7 +15,6 @@ use crate::proto::reapi::{
     action_cache_server::ActionCache,
 };
 use crate::service::caller;
-use crate::store::get_bytes;
 
 /// The ActionCache service.
 #[derive(Debug, Clone)]
@@ -42,18 +41,9 @@ impl ActionCache for ActionCacheService {
         instance.authorize(&who, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let action = Digest::from_proto(function, req.action_digest.as_ref(), "action")?;
-        let not_found = || Error::NotFound(format!("no action result for {action}"));
-        let bytes = get_bytes(instance.action_cache.as_ref(), &action).await?;
-        let mut result = ActionResult::decode(bytes).map_err(|e| {
-            tracing::warn!(%action, error = %e, "undecodable action cache entry; treating as a miss");
-            not_found()
-        })?;
-        if instance.settings.completeness_check
-            && !action_result::is_complete(instance.cas.as_ref(), function, &result).await?
-        {
-            tracing::debug!(%action, "action result refers to blobs no longer in the CAS");
-            return Err(not_found().into());
-        }
+        let mut result = action_result::lookup(&instance, &action)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no action result for {action}")))?;
         let want = Inline {
             stdout: req.inline_stdout,
             stderr: req.inline_stderr,

@@ -8,7 +8,8 @@ use crate::auth::Role;
 use crate::digest::DigestFunction;
 use crate::instance::Instances;
 use crate::proto::reapi::{
-    ActionCacheUpdateCapabilities, CacheCapabilities, GetCapabilitiesRequest, ServerCapabilities,
+    ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities, PriorityCapabilities,
+    priority_capabilities, GetCapabilitiesRequest, ServerCapabilities,
     capabilities_server::Capabilities, compressor, symlink_absolute_path_strategy,
 };
 use crate::proto::semver::SemVer;
@@ -18,12 +19,17 @@ use crate::service::caller;
 #[derive(Debug, Clone)]
 pub struct CapabilitiesService {
     instances: Instances,
+    execution: bool,
 }
 
 impl CapabilitiesService {
-    /// Serves the capabilities of `instances`.
-    pub fn new(instances: Instances) -> Self {
-        CapabilitiesService { instances }
+    /// Serves the capabilities of `instances`; `execution` says whether the
+    /// Execution service runs (Bazel refuses `--remote_executor` otherwise).
+    pub fn new(instances: Instances, execution: bool) -> Self {
+        CapabilitiesService {
+            instances,
+            execution,
+        }
     }
 }
 
@@ -61,7 +67,22 @@ impl Capabilities for CapabilitiesService {
         };
         Ok(Response::new(ServerCapabilities {
             cache_capabilities: Some(cache),
-            execution_capabilities: None,
+            execution_capabilities: self.execution.then(|| ExecutionCapabilities {
+                digest_function: DigestFunction::Sha256.to_proto() as i32,
+                digest_functions: DigestFunction::ALL
+                    .iter()
+                    .map(|f| f.to_proto() as i32)
+                    .collect(),
+                exec_enabled: !instance.settings.read_only,
+                // Any int32 is accepted; lower runs sooner.
+                execution_priority_capabilities: Some(PriorityCapabilities {
+                    priorities: vec![priority_capabilities::PriorityRange {
+                        min_priority: i32::MIN,
+                        max_priority: i32::MAX,
+                    }],
+                }),
+                supported_node_properties: Vec::new(),
+            }),
             deprecated_api_version: version(2, 0),
             low_api_version: version(2, 0),
             high_api_version: version(2, 3),

@@ -3,9 +3,12 @@
 //! here touches a backend directly.
 
 pub mod action_cache;
+pub mod bots;
 pub mod bytestream;
 pub mod capabilities;
 pub mod cas;
+pub mod execution;
+pub mod operations;
 pub mod resource;
 pub mod upload;
 

@@ -1,0 +1,212 @@
+//! A job: one action queued, running or finished, as the scheduler's data
+//! stores keep it. Everything a pod needs to report on, hand out or finish a
+//! job is in this row; no pod holds job state of its own.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+
+/// Where a job is, with REAPI's ExecutionStage numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Waiting for a worker.
+    Queued = 2,
+    /// A worker holds its lease.
+    Executing = 3,
+    /// Finished: `response` holds the ExecuteResponse.
+    Completed = 4,
+}
+
+impl Stage {
+    /// From the stored number.
+    pub fn from_i64(n: i64) -> Result<Stage> {
+        Ok(match n {
+            2 => Stage::Queued,
+            3 => Stage::Executing,
+            4 => Stage::Completed,
+            _ => return Err(Error::Internal(format!("unknown job stage {n}"))),
+        })
+    }
+
+    /// Parses a ListOperations filter value (`QUEUED`, `EXECUTING`, `COMPLETED`).
+    pub fn parse(name: &str) -> Option<Stage> {
+        match name.to_ascii_uppercase().as_str() {
+            "QUEUED" => Some(Stage::Queued),
+            "EXECUTING" => Some(Stage::Executing),
+            "COMPLETED" => Some(Stage::Completed),
+            _ => None,
+        }
+    }
+}
+
+/// Platform properties an action requires, sorted and without duplicates, so
+/// equal requirements have one canonical (stored) form.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Platform(pub Vec<(String, String)>);
+
+impl Platform {
+    /// Canonicalises a list of (name, value) pairs.
+    pub fn new(mut props: Vec<(String, String)>) -> Platform {
+        props.sort();
+        props.dedup();
+        Platform(props)
+    }
+
+    /// The stored form (JSON), identical for equal platforms.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(&self.0).unwrap_or_default()
+    }
+
+    /// Reads the stored form.
+    pub fn decode(text: &str) -> Result<Platform> {
+        serde_json::from_str(text)
+            .map(Platform)
+            .map_err(|e| Error::Internal(format!("corrupt job platform {text:?}: {e}")))
+    }
+
+    /// True when a worker offering `offers` may run it: every required
+    /// property is among the worker's values for that name.
+    pub fn satisfied_by(&self, offers: &Offers) -> bool {
+        self.0
+            .iter()
+            .all(|(k, v)| offers.get(k).is_some_and(|values| values.contains(v)))
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(none)");
+        }
+        let parts: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// What a worker offers: each property name with every value it has (a
+/// worker may offer several, e.g. two ISAs).
+pub type Offers = BTreeMap<String, BTreeSet<String>>;
+
+/// One job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Unique id; the operation name ends with it.
+    pub id: String,
+    /// The instance it was submitted to.
+    pub instance: String,
+    /// The action's digest.
+    pub action_digest: Digest,
+    /// The encoded Action handed to workers (its timeout already capped).
+    pub action: Bytes,
+    /// Required worker properties.
+    pub platform: Platform,
+    /// Lower runs sooner (REAPI's convention).
+    pub priority: i32,
+    /// Results are not written to the action cache.
+    pub do_not_cache: bool,
+    /// Identical cacheable actions share one job through this key while it
+    /// is unfinished.
+    pub merge_key: Option<String>,
+    /// Where it is.
+    pub stage: Stage,
+    /// The bot session holding its lease, while executing.
+    pub bot: Option<String>,
+    /// When that lease runs out (ms since the epoch) unless the bot renews it.
+    pub lease_expires: i64,
+    /// Runs started so far (a vanished worker's run counts).
+    pub attempts: u32,
+    /// Finished by CancelOperation.
+    pub cancelled: bool,
+    /// First queued (ms).
+    pub queued_at: i64,
+    /// Last queued (ms): differs from `queued_at` after a retry.
+    pub ready_at: i64,
+    /// Last taken by a worker (ms), or 0.
+    pub started_at: i64,
+    /// Finished (ms), or 0.
+    pub completed_at: i64,
+    /// The encoded ExecuteResponse, once finished.
+    pub response: Option<Bytes>,
+    /// The submitter's W3C traceparent, so the worker's run joins its trace.
+    pub trace: String,
+    /// Bumped on every change; watchers compare it.
+    pub version: i64,
+}
+
+/// What ListOperations may select on.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this instance.
+    pub instance: Option<String>,
+    /// Only this stage.
+    pub stage: Option<Stage>,
+    /// Only this action hash (lowercase hex).
+    pub action_hash: Option<String>,
+    /// Only jobs queued at or after this time (ms).
+    pub queued_after: Option<i64>,
+    /// Only jobs queued before this time (ms).
+    pub queued_before: Option<i64>,
+    /// Skip this many (newest first).
+    pub offset: u64,
+    /// At most this many.
+    pub limit: u64,
+}
+
+impl JobFilter {
+    /// The filter applied in memory, for stores that cannot query.
+    pub fn matches(&self, job: &Job) -> bool {
+        self.instance.as_ref().is_none_or(|i| *i == job.instance)
+            && self.stage.is_none_or(|s| s == job.stage)
+            && self
+                .action_hash
+                .as_ref()
+                .is_none_or(|h| *h == job.action_digest.hash_hex())
+            && self.queued_after.is_none_or(|t| job.queued_at >= t)
+            && self.queued_before.is_none_or(|t| job.queued_at < t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offers(pairs: &[(&str, &str)]) -> Offers {
+        let mut o = Offers::new();
+        for (k, v) in pairs {
+            o.entry(k.to_string()).or_default().insert(v.to_string());
+        }
+        o
+    }
+
+    #[test]
+    fn platform_matching_needs_every_property() {
+        let p = Platform::new(vec![
+            ("OSFamily".into(), "linux".into()),
+            ("ISA".into(), "x86-64".into()),
+        ]);
+        assert!(p.satisfied_by(&offers(&[
+            ("OSFamily", "linux"),
+            ("ISA", "x86-64"),
+            ("ISA", "arm64"),
+            ("pool", "a"),
+        ])));
+        assert!(!p.satisfied_by(&offers(&[("OSFamily", "linux")])));
+        assert!(!p.satisfied_by(&offers(&[("OSFamily", "linux"), ("ISA", "arm64")])));
+        assert!(Platform::default().satisfied_by(&Offers::new()));
+    }
+
+    #[test]
+    fn platform_has_one_canonical_form() {
+        let a = Platform::new(vec![("b".into(), "1".into()), ("a".into(), "2".into())]);
+        let b = Platform::new(vec![
+            ("a".into(), "2".into()),
+            ("b".into(), "1".into()),
+            ("a".into(), "2".into()),
+        ]);
+        assert_eq!(a.encode(), b.encode());
+        assert_eq!(Platform::decode(&a.encode()).unwrap(), a);
+    }
+}

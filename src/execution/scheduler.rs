@@ -1,0 +1,454 @@
+//! The scheduler: queues actions as jobs, hands them to workers, finishes
+//! them, and wakes whoever watches. State lives in the [`JobStore`]; this
+//! pod adds only wake-ups: in-process notifications for changes it makes,
+//! and polling every `poll_interval` for changes other pods make.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::Notify;
+
+use super::job::{Job, JobFilter, Offers, Platform, Stage};
+use super::store::JobStore;
+use crate::config::ExecutionConfig;
+use crate::digest::Digest;
+use crate::error::{Error, Result, ok_rpc_status};
+use crate::instance::Instances;
+use crate::metrics::Metrics;
+use crate::proto::reapi::{Action, ActionResult, Command, ExecuteResponse};
+use crate::sql::now_ms;
+
+/// Timing and retry settings, copied out of config.
+#[derive(Debug, Clone)]
+pub struct ExecSettings {
+    /// Queued longer than this without a worker: fail.
+    pub queue_timeout: Duration,
+    /// Timeout of actions that set none.
+    pub default_action_timeout: Duration,
+    /// Cap on action timeouts.
+    pub max_action_timeout: Duration,
+    /// A worker silent this long loses its leases.
+    pub lease_timeout: Duration,
+    /// Runs per job before it fails.
+    pub max_attempts: u32,
+    /// How often to look for other pods' changes.
+    pub poll_interval: Duration,
+    /// Longest wait of an idle worker's update.
+    pub bot_wait: Duration,
+    /// How long finished jobs are kept.
+    pub retention: Duration,
+}
+
+impl From<&ExecutionConfig> for ExecSettings {
+    fn from(c: &ExecutionConfig) -> Self {
+        ExecSettings {
+            queue_timeout: c.queue_timeout.0,
+            default_action_timeout: c.default_action_timeout.0,
+            max_action_timeout: c.max_action_timeout.0,
+            lease_timeout: c.lease_timeout.0,
+            max_attempts: c.max_attempts,
+            poll_interval: c.poll_interval.0,
+            bot_wait: c.bot_wait.0,
+            retention: c.retention.0,
+        }
+    }
+}
+
+/// What a worker reports when it finishes a lease.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The action's result (possibly partial, e.g. after a timeout).
+    pub result: Option<ActionResult>,
+    /// OK, or why the action could not be run to completion.
+    pub status: tonic_types::pb::Status,
+}
+
+/// The scheduler of one server (any number of pods may share its store).
+#[derive(Debug)]
+pub struct Scheduler {
+    store: Arc<dyn JobStore>,
+    instances: Instances,
+    settings: ExecSettings,
+    metrics: Arc<Metrics>,
+    /// Per-job wake-ups for watchers in this pod.
+    watchers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Wakes idle workers' updates when this pod queues work.
+    work: Notify,
+    stopping: AtomicBool,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// An ExecuteResponse for a job that ends without a result.
+fn failure(code: tonic::Code, message: String) -> Bytes {
+    Bytes::from(
+        ExecuteResponse {
+            status: Some(tonic_types::pb::Status {
+                code: code as i32,
+                message: message.clone(),
+                details: Vec::new(),
+            }),
+            message,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    )
+}
+
+impl Scheduler {
+    /// A scheduler over `store`, finishing jobs into `instances`' action caches.
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        instances: Instances,
+        settings: ExecSettings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Scheduler {
+            store,
+            instances,
+            settings,
+            metrics,
+            watchers: Mutex::new(HashMap::new()),
+            work: Notify::new(),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &ExecSettings {
+        &self.settings
+    }
+
+    fn count(&self, event: &'static str) {
+        self.metrics
+            .exec_jobs
+            .get_or_create(&vec![("event", event)])
+            .inc();
+    }
+
+    fn watcher(&self, id: &str) -> Arc<Notify> {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        w.entry(id.to_string()).or_default().clone()
+    }
+
+    fn changed(&self, id: &str) {
+        let w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = w.get(id) {
+            n.notify_waiters();
+        }
+    }
+
+    /// Queues an action whose inputs were checked, or joins the identical
+    /// unfinished one. Returns the job to watch.
+    pub async fn submit(
+        &self,
+        instance: &str,
+        digest: Digest,
+        mut action: Action,
+        command: &Command,
+        priority: i32,
+        trace: String,
+    ) -> Result<Job> {
+        let mut props: Vec<(String, String)> = Vec::new();
+        for p in [&action.platform, &command.platform].into_iter().flatten() {
+            props.extend(p.properties.iter().map(|p| (p.name.clone(), p.value.clone())));
+        }
+        // Workers get the Action with its timeout already capped.
+        let asked = action
+            .timeout
+            .as_ref()
+            .and_then(|t| Duration::try_from(*t).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(self.settings.default_action_timeout);
+        let timeout = asked.min(self.settings.max_action_timeout);
+        action.timeout = prost_types::Duration::try_from(timeout).ok();
+        let now = now_ms();
+        let job = Job {
+            id: uuid::Uuid::new_v4().to_string(),
+            instance: instance.to_string(),
+            action_digest: digest,
+            do_not_cache: action.do_not_cache,
+            merge_key: (!action.do_not_cache)
+                .then(|| format!("{instance}\n{}:{digest}", digest.function.name())),
+            action: Bytes::from(action.encode_to_vec()),
+            platform: Platform::new(props),
+            priority,
+            stage: Stage::Queued,
+            bot: None,
+            lease_expires: 0,
+            attempts: 0,
+            cancelled: false,
+            queued_at: now,
+            ready_at: now,
+            started_at: 0,
+            completed_at: 0,
+            response: None,
+            trace,
+            version: 1,
+        };
+        let (job, merged) = self.store.insert(job).await?;
+        if merged {
+            self.count("merged");
+        } else {
+            self.count("queued");
+            self.work.notify_waiters();
+        }
+        Ok(job)
+    }
+
+    /// One job; NOT_FOUND if unknown (or purged).
+    pub async fn get(&self, id: &str) -> Result<Job> {
+        self.store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("no operation {id}")))
+    }
+
+    /// Jobs matching `filter`, newest first.
+    pub async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        self.store.list(filter).await
+    }
+
+    /// Returns the job once its version passes `seen`, or as it is after
+    /// `timeout` (callers use that as a keep-alive).
+    pub async fn wait(&self, id: &str, seen: i64, timeout: Duration) -> Result<Job> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let notify = self.watcher(id);
+        let result = loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let job = match self.get(id).await {
+                Ok(job) => job,
+                Err(e) => break Err(e),
+            };
+            if job.version > seen || job.stage == Stage::Completed {
+                break Ok(job);
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = tokio::time::sleep_until(deadline) => break Ok(job),
+            }
+        };
+        drop(notify);
+        self.forget_idle_watchers();
+        result
+    }
+
+    fn forget_idle_watchers(&self) {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() > 64 {
+            w.retain(|_, n| Arc::strong_count(n) > 1);
+        }
+    }
+
+    /// Cancels a job: a queued one never runs, a running one's worker is
+    /// told to stop at its next update. Returns the job as it ends up.
+    pub async fn cancel(&self, id: &str) -> Result<Job> {
+        let response = failure(tonic::Code::Cancelled, "cancelled by CancelOperation".into());
+        match self.store.finish(id, None, response, true, now_ms()).await? {
+            Some(job) => {
+                self.count("cancelled");
+                self.changed(id);
+                Ok(job)
+            }
+            None => self.get(id).await,
+        }
+    }
+
+    /// Waits up to `wait` for a job `offers` can run and leases it to `bot`.
+    pub async fn take(
+        &self,
+        instance: &str,
+        bot: &str,
+        offers: &Offers,
+        wait: Duration,
+    ) -> Result<Option<Job>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stopping.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let now = now_ms();
+            let lease = now + millis(self.settings.lease_timeout);
+            if let Some(job) = self.store.claim(instance, bot, offers, now, lease).await? {
+                self.metrics
+                    .exec_queue_wait
+                    .observe((now - job.ready_at).max(0) as f64 / 1000.0);
+                self.changed(&job.id);
+                return Ok(Some(job));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            }
+        }
+    }
+
+    /// True while `bot` holds the unfinished job `id` (else its worker must
+    /// stop: the job was cancelled, or re-queued after its lease ran out).
+    pub async fn holds(&self, bot: &str, id: &str) -> Result<bool> {
+        Ok(self
+            .store
+            .get(id)
+            .await?
+            .is_some_and(|j| j.stage == Stage::Executing && j.bot.as_deref() == Some(bot)))
+    }
+
+    /// Keeps `bot`'s leases alive; called on every update it sends.
+    pub async fn renew(&self, bot: &str) -> Result<()> {
+        let now = now_ms();
+        let lease = millis(self.settings.lease_timeout);
+        self.store.renew(bot, now + lease / 2, now + lease).await
+    }
+
+    /// A worker gave a lease back unfinished: another worker gets the job.
+    pub async fn give_back(&self, bot: &str, id: &str) -> Result<()> {
+        if self.store.requeue(id, bot, now_ms()).await?.is_some() {
+            self.count("requeued");
+            self.changed(id);
+            self.work.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Finishes the job `bot` ran: stores a successful cacheable result in
+    /// the action cache first (so a client told "done" finds it there), then
+    /// completes the job and wakes its watchers. A report for a job the bot
+    /// no longer holds is dropped.
+    pub async fn complete(&self, bot: &str, id: &str, outcome: Outcome) -> Result<()> {
+        let Some(job) = self.store.get(id).await? else {
+            return Ok(());
+        };
+        if job.stage != Stage::Executing || job.bot.as_deref() != Some(bot) {
+            tracing::info!(job = id, bot, "dropping a result for a job the bot no longer holds");
+            return Ok(());
+        }
+        let ok = outcome.status.code == 0;
+        if let Some(result) = &outcome.result {
+            crate::action_result::validate(job.action_digest.function, result)?;
+            if ok && result.exit_code == 0 && !job.do_not_cache {
+                let instance = self.instances.get(&job.instance)?;
+                let encoded = Bytes::from(result.encode_to_vec());
+                if let Err(e) = instance
+                    .action_cache
+                    .put(&job.action_digest, encoded.into())
+                    .await
+                {
+                    tracing::warn!(job = id, error = %e, "could not cache an action result");
+                }
+            }
+        }
+        let message = if ok {
+            String::new()
+        } else {
+            outcome.status.message.clone()
+        };
+        let response = ExecuteResponse {
+            result: outcome.result,
+            cached_result: false,
+            status: Some(if ok { ok_rpc_status() } else { outcome.status }),
+            message,
+            ..Default::default()
+        };
+        let now = now_ms();
+        if let Some(done) = self
+            .store
+            .finish(id, Some(bot), Bytes::from(response.encode_to_vec()), false, now)
+            .await?
+        {
+            self.metrics
+                .exec_run
+                .observe((now - done.started_at).max(0) as f64 / 1000.0);
+            self.count(if ok { "completed" } else { "failed" });
+            self.changed(id);
+        }
+        Ok(())
+    }
+
+    /// Ends long waits so that a graceful stop is not held up by idle workers.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.work.notify_waiters();
+    }
+
+    /// One pass of housekeeping, which every pod runs (each step is
+    /// conditional, so pods never double up): re-queue or fail jobs whose
+    /// worker vanished, fail jobs nobody took, purge old ones.
+    pub async fn housekeep(&self) -> Result<()> {
+        let now = now_ms();
+        for job in self.store.expired_leases(now).await? {
+            let bot = job.bot.clone().unwrap_or_default();
+            if job.attempts >= self.settings.max_attempts {
+                let message = format!(
+                    "the worker running this action stopped responding (bot {bot}); gave up after {} attempts",
+                    job.attempts
+                );
+                let response = failure(tonic::Code::Unavailable, message);
+                if self
+                    .store
+                    .finish(&job.id, Some(&bot), response, false, now)
+                    .await?
+                    .is_some()
+                {
+                    self.count("failed");
+                    self.changed(&job.id);
+                }
+            } else {
+                tracing::warn!(job = %job.id, %bot, attempts = job.attempts, "lease expired; re-queueing the job");
+                self.give_back(&bot, &job.id).await?;
+            }
+        }
+        let before = now - millis(self.settings.queue_timeout);
+        for job in self.store.stale_queued(before).await? {
+            let message = format!(
+                "no worker took this action within {:?}; it needs platform properties {} on instance {:?}",
+                self.settings.queue_timeout, job.platform, job.instance
+            );
+            let response = failure(tonic::Code::FailedPrecondition, message);
+            if self
+                .store
+                .finish(&job.id, None, response, false, now)
+                .await?
+                .is_some()
+            {
+                self.count("timed_out");
+                self.changed(&job.id);
+            }
+        }
+        self.metrics
+            .exec_queued
+            .set(self.store.queued_count().await? as i64);
+        self.store
+            .purge(now - millis(self.settings.retention))
+            .await?;
+        Ok(())
+    }
+
+    /// Runs [`Scheduler::housekeep`] every second until the scheduler is dropped.
+    pub fn start_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(s) = weak.upgrade() else { return };
+                if let Err(e) = s.housekeep().await {
+                    tracing::warn!(error = %e, "scheduler housekeeping failed");
+                }
+            }
+        })
+    }
+}

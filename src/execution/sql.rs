@@ -1,0 +1,350 @@
+//! [`JobStore`] on SQL (SQLite by default, PostgreSQL for many pods), through
+//! the seam in [`crate::sql`]. Every racing step is one conditional UPDATE
+//! (`... WHERE stage = 2 AND bot IS NULL`), so two pods never both win.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+use super::job::{Job, JobFilter, Offers, Platform, Stage};
+use super::store::JobStore;
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{Error, Result};
+use crate::sql::db_err;
+
+/// Schema versions (the scheduler's range is 1001-1999).
+const MIGRATIONS: &[(i64, &str)] = &[(1001, include_str!("../../migrations/1001_scheduler.sql"))];
+
+/// Every column, in the order [`job_from_row`] reads them.
+const COLUMNS: &str = "id, instance, action_function, action_hash, action_size, action, platform, \
+    priority, do_not_cache, merge_key, stage, bot, lease_expires, attempts, cancelled, queued_at, \
+    ready_at, started_at, completed_at, response, trace, version";
+
+/// Claims retried when another pod takes the chosen job first.
+const CLAIM_RACES: usize = 8;
+
+/// Jobs in a SQL database.
+#[derive(Debug, Clone)]
+pub struct SqlJobStore {
+    pool: AnyPool,
+}
+
+impl SqlJobStore {
+    /// Connects to `url` and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = crate::sql::connect(url, "scheduler", MIGRATIONS).await?;
+        Ok(SqlJobStore { pool })
+    }
+
+    async fn select(&self, clause: &str, context: &str, binds: Vec<Bind>) -> Result<Vec<Job>> {
+        let sql = format!("SELECT {COLUMNS} FROM exec_jobs {clause}");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in binds {
+            q = match b {
+                Bind::I(v) => q.bind(v),
+                Bind::S(v) => q.bind(v),
+            };
+        }
+        let rows = q.fetch_all(&self.pool).await.map_err(db_err(context))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn one(&self, id: &str) -> Result<Option<Job>> {
+        Ok(self
+            .select("WHERE id = $1", "reading a job", vec![Bind::S(id.into())])
+            .await?
+            .pop())
+    }
+}
+
+enum Bind {
+    I(i64),
+    S(String),
+}
+
+fn job_from_row(row: &AnyRow) -> Result<Job> {
+    let read = || -> std::result::Result<Job, sqlx::Error> {
+        let function: String = row.try_get(2)?;
+        let hash: String = row.try_get(3)?;
+        let size: i64 = row.try_get(4)?;
+        let platform: String = row.try_get(6)?;
+        let function = DigestFunction::from_name(&function).unwrap_or(DigestFunction::Sha256);
+        Ok(Job {
+            id: row.try_get(0)?,
+            instance: row.try_get(1)?,
+            action_digest: Digest::parse(function, &hash, size)
+                .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
+            action: Bytes::from(row.try_get::<Vec<u8>, _>(5)?),
+            platform: Platform::decode(&platform)
+                .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
+            priority: row.try_get::<i64, _>(7)? as i32,
+            do_not_cache: row.try_get::<i64, _>(8)? != 0,
+            merge_key: row.try_get(9)?,
+            stage: Stage::from_i64(row.try_get(10)?)
+                .map_err(|e| sqlx::Error::Decode(e.to_string().into()))?,
+            bot: row.try_get(11)?,
+            lease_expires: row.try_get(12)?,
+            attempts: row.try_get::<i64, _>(13)? as u32,
+            cancelled: row.try_get::<i64, _>(14)? != 0,
+            queued_at: row.try_get(15)?,
+            ready_at: row.try_get(16)?,
+            started_at: row.try_get(17)?,
+            completed_at: row.try_get(18)?,
+            response: row.try_get::<Option<Vec<u8>>, _>(19)?.map(Bytes::from),
+            trace: row.try_get(20)?,
+            version: row.try_get(21)?,
+        })
+    };
+    read().map_err(|e| Error::Internal(format!("reading a job row: {e}")))
+}
+
+#[async_trait]
+impl JobStore for SqlJobStore {
+    async fn insert(&self, job: Job) -> Result<(Job, bool)> {
+        let err = db_err("queueing a job");
+        // The merge target may finish between a failed insert and the
+        // lookup; then the insert is simply tried again.
+        for _ in 0..CLAIM_RACES {
+            let sql = format!(
+                "INSERT INTO exec_jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) ON CONFLICT DO NOTHING"
+            );
+            let d = &job.action_digest;
+            let done = sqlx::query(AssertSqlSafe(sql))
+                .bind(job.id.clone())
+                .bind(job.instance.clone())
+                .bind(d.function.name())
+                .bind(d.hash_hex())
+                .bind(d.size as i64)
+                .bind(job.action.to_vec())
+                .bind(job.platform.encode())
+                .bind(job.priority as i64)
+                .bind(job.do_not_cache as i64)
+                .bind(job.merge_key.clone())
+                .bind(job.stage as i64)
+                .bind(job.bot.clone())
+                .bind(job.lease_expires)
+                .bind(job.attempts as i64)
+                .bind(job.cancelled as i64)
+                .bind(job.queued_at)
+                .bind(job.ready_at)
+                .bind(job.started_at)
+                .bind(job.completed_at)
+                .bind(job.response.as_ref().map(|r| r.to_vec()))
+                .bind(job.trace.clone())
+                .bind(job.version)
+                .execute(&self.pool)
+                .await
+                .map_err(&err)?;
+            if done.rows_affected() == 1 {
+                return Ok((job, false));
+            }
+            let Some(key) = &job.merge_key else {
+                return Err(Error::Internal(format!("job id {} already taken", job.id)));
+            };
+            let existing = self
+                .select(
+                    "WHERE merge_key = $1",
+                    "queueing a job",
+                    vec![Bind::S(key.clone())],
+                )
+                .await?;
+            if let Some(existing) = existing.into_iter().next() {
+                return Ok((existing, true));
+            }
+        }
+        Err(Error::Unavailable(
+            "queueing a job: kept racing with identical actions; retry".into(),
+        ))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Job>> {
+        self.one(id).await
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        let mut clauses = Vec::new();
+        let mut binds = Vec::new();
+        let mut add = |clause: &str, bind: Bind| {
+            binds.push(bind);
+            clauses.push(clause.replace('?', &format!("${}", binds.len())));
+        };
+        if let Some(i) = &filter.instance {
+            add("instance = ?", Bind::S(i.clone()));
+        }
+        if let Some(s) = filter.stage {
+            add("stage = ?", Bind::I(s as i64));
+        }
+        if let Some(h) = &filter.action_hash {
+            add("action_hash = ?", Bind::S(h.clone()));
+        }
+        if let Some(t) = filter.queued_after {
+            add("queued_at >= ?", Bind::I(t));
+        }
+        if let Some(t) = filter.queued_before {
+            add("queued_at < ?", Bind::I(t));
+        }
+        let mut clause = String::new();
+        if !clauses.is_empty() {
+            clause = format!("WHERE {}", clauses.join(" AND "));
+        }
+        clause.push_str(&format!(
+            " ORDER BY queued_at DESC, id DESC LIMIT {} OFFSET {}",
+            filter.limit, filter.offset
+        ));
+        self.select(&clause, "listing jobs", binds).await
+    }
+
+    async fn claim(
+        &self,
+        instance: &str,
+        bot: &str,
+        offers: &Offers,
+        now: i64,
+        lease_expires: i64,
+    ) -> Result<Option<Job>> {
+        let err = db_err("taking a job");
+        for _ in 0..CLAIM_RACES {
+            // Few distinct platforms wait at once: match them here, then let
+            // the index pick the most urgent job among the matching ones.
+            let platforms: Vec<String> = sqlx::query(
+                "SELECT DISTINCT platform FROM exec_jobs WHERE stage = 2 AND instance = $1",
+            )
+            .bind(instance.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(&err)?
+            .iter()
+            .filter_map(|r| r.try_get::<String, _>(0).ok())
+            .filter(|p| Platform::decode(p).is_ok_and(|p| p.satisfied_by(offers)))
+            .collect();
+            if platforms.is_empty() {
+                return Ok(None);
+            }
+            let marks: Vec<String> = (0..platforms.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT id FROM exec_jobs WHERE stage = 2 AND instance = $1 AND platform IN ({}) \
+                 ORDER BY priority, ready_at LIMIT 1",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(instance.to_string());
+            for p in platforms {
+                q = q.bind(p);
+            }
+            let Some(row) = q.fetch_optional(&self.pool).await.map_err(&err)? else {
+                return Ok(None);
+            };
+            let id: String = row.try_get(0).map_err(&err)?;
+            let sql = format!(
+                "UPDATE exec_jobs SET stage = 3, bot = $1, lease_expires = $2, started_at = $3, \
+                 attempts = attempts + 1, version = version + 1 \
+                 WHERE id = $4 AND stage = 2 RETURNING {COLUMNS}"
+            );
+            let taken = sqlx::query(AssertSqlSafe(sql))
+                .bind(bot.to_string())
+                .bind(lease_expires)
+                .bind(now)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(&err)?;
+            if let Some(row) = taken {
+                return job_from_row(&row).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn renew(&self, bot: &str, renew_before: i64, lease_expires: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE exec_jobs SET lease_expires = $1 WHERE bot = $2 AND stage = 3 AND lease_expires < $3",
+        )
+        .bind(lease_expires)
+        .bind(bot.to_string())
+        .bind(renew_before)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("renewing leases"))?;
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        id: &str,
+        holder: Option<&str>,
+        response: Bytes,
+        cancelled: bool,
+        now: i64,
+    ) -> Result<Option<Job>> {
+        let sql = format!(
+            "UPDATE exec_jobs SET stage = 4, response = $1, cancelled = $2, completed_at = $3, \
+             merge_key = NULL, version = version + 1 \
+             WHERE id = $4 AND stage < 4 {} RETURNING {COLUMNS}",
+            if holder.is_some() { "AND bot = $5" } else { "" }
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(response.to_vec())
+            .bind(cancelled as i64)
+            .bind(now)
+            .bind(id.to_string());
+        if let Some(h) = holder {
+            q = q.bind(h.to_string());
+        }
+        let row = q
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("finishing a job"))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn requeue(&self, id: &str, bot: &str, now: i64) -> Result<Option<Job>> {
+        let sql = format!(
+            "UPDATE exec_jobs SET stage = 2, bot = NULL, ready_at = $1, version = version + 1 \
+             WHERE id = $2 AND stage = 3 AND bot = $3 RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(now)
+            .bind(id.to_string())
+            .bind(bot.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err("re-queueing a job"))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn expired_leases(&self, now: i64) -> Result<Vec<Job>> {
+        self.select(
+            "WHERE stage = 3 AND lease_expires < $1",
+            "finding expired leases",
+            vec![Bind::I(now)],
+        )
+        .await
+    }
+
+    async fn stale_queued(&self, before: i64) -> Result<Vec<Job>> {
+        self.select(
+            "WHERE stage = 2 AND ready_at < $1",
+            "finding stale jobs",
+            vec![Bind::I(before)],
+        )
+        .await
+    }
+
+    async fn queued_count(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM exec_jobs WHERE stage = 2")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err("counting queued jobs"))?;
+        Ok(row.try_get::<i64, _>(0).unwrap_or(0) as u64)
+    }
+
+    async fn purge(&self, before: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM exec_jobs WHERE stage = 4 AND completed_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("purging finished jobs"))?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,122 @@
+//! REAPI Execution: Execute (cache lookup, input check, queue or join an
+//! identical running action, then stream the operation) and WaitExecution.
+
+use std::sync::Arc;
+
+use prost::Message;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::action_result::{self, Inline};
+use crate::auth::Role;
+use crate::digest::{Digest, DigestFunction};
+use crate::error::ok_rpc_status;
+use crate::execution::inputs;
+use crate::execution::scheduler::Scheduler;
+use crate::instance::Instances;
+use crate::proto::longrunning::Operation;
+use crate::proto::reapi::{
+    ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, execution_stage,
+    WaitExecutionRequest, execution_server::Execution,
+};
+use crate::service::caller;
+use crate::service::operations::{finished, job_id, operation_name, watch};
+
+/// The Execution service.
+#[derive(Debug, Clone)]
+pub struct ExecutionService {
+    instances: Instances,
+    scheduler: Arc<Scheduler>,
+}
+
+impl ExecutionService {
+    /// Runs `instances`' actions through `scheduler`.
+    pub fn new(instances: Instances, scheduler: Arc<Scheduler>) -> Self {
+        ExecutionService {
+            instances,
+            scheduler,
+        }
+    }
+}
+
+type OperationStream = ReceiverStream<Result<Operation, Status>>;
+
+/// A stream of one finished operation: what a cache hit returns.
+fn done_now(operation: Operation) -> OperationStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let _ = tx.try_send(Ok(operation));
+    ReceiverStream::new(rx)
+}
+
+#[tonic::async_trait]
+impl Execution for ExecutionService {
+    type ExecuteStream = OperationStream;
+    type WaitExecutionStream = OperationStream;
+
+    async fn execute(
+        &self,
+        request: Request<ExecuteRequest>,
+    ) -> Result<Response<OperationStream>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        let instance = self.instances.get(&req.instance_name)?;
+        instance.authorize(&who, Role::Execute)?;
+        instance.check_writable()?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let digest = Digest::from_proto(function, req.action_digest.as_ref(), "action")?;
+        if !req.skip_cache_lookup
+            && let Some(mut result) = action_result::lookup(&instance, &digest).await?
+        {
+            let want = Inline {
+                stdout: req.inline_stdout,
+                stderr: req.inline_stderr,
+                files: &req.inline_output_files,
+            };
+            action_result::inline(instance.cas.as_ref(), function, &mut result, want).await?;
+            let response = ExecuteResponse {
+                result: Some(result),
+                cached_result: true,
+                status: Some(ok_rpc_status()),
+                ..Default::default()
+            };
+            let metadata = ExecuteOperationMetadata {
+                stage: execution_stage::Value::Completed as i32,
+                action_digest: Some(digest.to_proto()),
+                digest_function: function.to_proto() as i32,
+                ..Default::default()
+            };
+            let name = operation_name(&req.instance_name, &uuid::Uuid::new_v4().to_string());
+            return Ok(Response::new(done_now(finished(
+                name,
+                metadata,
+                &response.encode_to_vec(),
+            ))));
+        }
+        let checked = inputs::check(&instance, digest).await?;
+        let priority = req.execution_policy.map(|p| p.priority).unwrap_or(0);
+        let job = self
+            .scheduler
+            .submit(
+                &req.instance_name,
+                digest,
+                checked.action,
+                &checked.command,
+                priority,
+                crate::rpc_trace::current_traceparent(),
+            )
+            .await?;
+        Ok(Response::new(watch(self.scheduler.clone(), job)))
+    }
+
+    async fn wait_execution(
+        &self,
+        request: Request<WaitExecutionRequest>,
+    ) -> Result<Response<OperationStream>, Status> {
+        let who = caller(&request);
+        let job = self.scheduler.get(job_id(&request.get_ref().name)?).await?;
+        self.instances
+            .get(&job.instance)?
+            .authorize(&who, Role::Execute)?;
+        Ok(Response::new(watch(self.scheduler.clone(), job)))
+    }
+}

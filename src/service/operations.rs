@@ -1,0 +1,277 @@
+//! google.longrunning Operations over the scheduler's jobs (GetOperation,
+//! ListOperations with a filter, CancelOperation, WaitOperation), and the
+//! one Job → Operation mapping that Execute and WaitExecution share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::auth::Role;
+use crate::error::{Error, Result};
+use crate::execution::job::{Job, JobFilter, Stage};
+use crate::execution::scheduler::Scheduler;
+use crate::instance::Instances;
+use crate::proto::longrunning::{
+    CancelOperationRequest, DeleteOperationRequest, GetOperationRequest, ListOperationsRequest,
+    ListOperationsResponse, Operation, WaitOperationRequest, operation, operations_server,
+};
+use crate::proto::reapi::ExecuteOperationMetadata;
+use crate::service::{Caller, caller};
+use crate::sql::now_ms;
+
+const METADATA_URL: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
+const RESPONSE_URL: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
+
+/// How long an operation stream may stay silent: an unchanged Operation is
+/// re-sent after this, so proxies and clients see the call alive.
+const STREAM_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Longest WaitOperation without a timeout of its own.
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// The operation name of job `id`: `INSTANCE/operations/ID`, or
+/// `operations/ID` for the default instance.
+pub fn operation_name(instance: &str, id: &str) -> String {
+    if instance.is_empty() {
+        format!("operations/{id}")
+    } else {
+        format!("{instance}/operations/{id}")
+    }
+}
+
+/// The job id an operation name ends with.
+pub fn job_id(name: &str) -> Result<&str> {
+    let id = name.rsplit('/').next().unwrap_or(name);
+    if id.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "operation name {name:?} names no operation"
+        )));
+    }
+    Ok(id)
+}
+
+fn any(type_url: &str, value: Vec<u8>) -> prost_types::Any {
+    prost_types::Any {
+        type_url: type_url.to_string(),
+        value,
+    }
+}
+
+/// An operation with an ExecuteResponse; for jobs and for cache hits.
+pub fn finished(name: String, metadata: ExecuteOperationMetadata, response: &[u8]) -> Operation {
+    Operation {
+        name,
+        metadata: Some(any(METADATA_URL, metadata.encode_to_vec())),
+        done: true,
+        result: Some(operation::Result::Response(any(
+            RESPONSE_URL,
+            response.to_vec(),
+        ))),
+    }
+}
+
+/// The Operation a job is reported as.
+pub fn operation(job: &Job) -> Operation {
+    let metadata = ExecuteOperationMetadata {
+        stage: job.stage as i32,
+        action_digest: Some(job.action_digest.to_proto()),
+        digest_function: job.action_digest.function.to_proto() as i32,
+        ..Default::default()
+    };
+    let name = operation_name(&job.instance, &job.id);
+    match (&job.response, job.stage) {
+        (Some(response), Stage::Completed) => finished(name, metadata, response),
+        _ => Operation {
+            name,
+            metadata: Some(any(METADATA_URL, metadata.encode_to_vec())),
+            done: false,
+            result: None,
+        },
+    }
+}
+
+/// The stream Execute and WaitExecution return: the job now, then after
+/// every change, until it is done or the client goes away.
+pub fn watch(scheduler: Arc<Scheduler>, mut job: Job) -> ReceiverStream<Result<Operation, Status>> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            if tx.send(Ok(operation(&job))).await.is_err() || job.stage == Stage::Completed {
+                return;
+            }
+            tokio::select! {
+                next = scheduler.wait(&job.id, job.version, STREAM_KEEPALIVE) => match next {
+                    Ok(next) => job = next,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+
+/// The Operations service.
+#[derive(Debug, Clone)]
+pub struct OperationsService {
+    instances: Instances,
+    scheduler: Arc<Scheduler>,
+}
+
+impl OperationsService {
+    /// Reports on `scheduler`'s jobs, authorised per job instance.
+    pub fn new(instances: Instances, scheduler: Arc<Scheduler>) -> Self {
+        OperationsService {
+            instances,
+            scheduler,
+        }
+    }
+
+    async fn job(&self, who: &Caller, name: &str, role: Role) -> Result<Job> {
+        let job = self.scheduler.get(job_id(name)?).await?;
+        self.instances.get(&job.instance)?.authorize(who, role)?;
+        Ok(job)
+    }
+}
+
+/// Parses ListOperations' filter: terms joined by spaces or `AND`, each one
+/// of `stage=QUEUED|EXECUTING|COMPLETED`, `action_digest=HASH[/SIZE]`,
+/// `min_age=DURATION` or `max_age=DURATION` (`30s`, `5m`, `2h`).
+pub fn parse_filter(text: &str, filter: &mut JobFilter) -> Result<()> {
+    let bad = |term: &str, why: &str| {
+        Error::InvalidArgument(format!(
+            "filter term {term:?}: {why} (terms: stage=QUEUED|EXECUTING|COMPLETED, action_digest=HASH, min_age=5m, max_age=1h)"
+        ))
+    };
+    let now = now_ms();
+    for term in text.split_whitespace().filter(|t| !t.eq_ignore_ascii_case("AND")) {
+        let (key, value) = term
+            .split_once('=')
+            .ok_or_else(|| bad(term, "expected key=value"))?;
+        let age = || -> Result<i64> {
+            let d: crate::config::Duration = serde_saphyr::from_str(value)
+                .map_err(|_| bad(term, "not a duration"))?;
+            Ok(now - i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX))
+        };
+        match key {
+            "stage" => {
+                filter.stage = Some(Stage::parse(value).ok_or_else(|| bad(term, "unknown stage"))?)
+            }
+            "action_digest" => {
+                let hash = value.split('/').next().unwrap_or(value);
+                filter.action_hash = Some(hash.to_ascii_lowercase());
+            }
+            "min_age" => filter.queued_before = Some(age()?),
+            "max_age" => filter.queued_after = Some(age()?),
+            _ => return Err(bad(term, "unknown key")),
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl operations_server::Operations for OperationsService {
+    async fn list_operations(
+        &self,
+        request: Request<ListOperationsRequest>,
+    ) -> Result<Response<ListOperationsResponse>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        let instance = req
+            .name
+            .strip_suffix("operations")
+            .map(|s| s.trim_end_matches('/'))
+            .unwrap_or(&req.name);
+        self.instances.get(instance)?.authorize(&who, Role::Read)?;
+        let offset = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token
+                .parse::<u64>()
+                .map_err(|_| Error::InvalidArgument(format!("bad page_token {:?}", req.page_token)))?
+        };
+        let limit = match req.page_size {
+            n if n <= 0 => 100,
+            n => (n as u64).min(1000),
+        };
+        let mut filter = JobFilter {
+            instance: Some(instance.to_string()),
+            offset,
+            limit: limit + 1,
+            ..Default::default()
+        };
+        parse_filter(&req.filter, &mut filter)?;
+        let mut jobs = self.scheduler.list(&filter).await?;
+        let more = jobs.len() as u64 > limit;
+        jobs.truncate(limit as usize);
+        Ok(Response::new(ListOperationsResponse {
+            operations: jobs.iter().map(operation).collect(),
+            next_page_token: if more {
+                (offset + limit).to_string()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    async fn get_operation(
+        &self,
+        request: Request<GetOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let who = caller(&request);
+        let job = self.job(&who, &request.get_ref().name, Role::Read).await?;
+        Ok(Response::new(operation(&job)))
+    }
+
+    async fn delete_operation(
+        &self,
+        _request: Request<DeleteOperationRequest>,
+    ) -> Result<Response<()>, Status> {
+        Err(Status::unimplemented(
+            "DeleteOperation is not supported: finished operations expire after execution.retention",
+        ))
+    }
+
+    async fn cancel_operation(
+        &self,
+        request: Request<CancelOperationRequest>,
+    ) -> Result<Response<()>, Status> {
+        let who = caller(&request);
+        let job = self
+            .job(&who, &request.get_ref().name, Role::Execute)
+            .await?;
+        self.scheduler.cancel(&job.id).await?;
+        Ok(Response::new(()))
+    }
+
+    async fn wait_operation(
+        &self,
+        request: Request<WaitOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        let mut job = self.job(&who, &req.name, Role::Read).await?;
+        let timeout = req
+            .timeout
+            .and_then(|t| Duration::try_from(t).ok())
+            .filter(|t| !t.is_zero())
+            .unwrap_or(DEFAULT_WAIT);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while job.stage != Stage::Completed {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            job = self.scheduler.wait(&job.id, job.version, left).await?;
+        }
+        Ok(Response::new(operation(&job)))
+    }
+}
