@@ -37,3 +37,4 @@ pub mod sql;
 pub mod store;
 pub mod telemetry;
 pub mod tree;
+pub mod worker;

@@ -73,6 +73,8 @@ enum Command {
     /// Query invocations recorded by a running kiln's Build Event Service.
     #[command(subcommand)]
     Invocations(InvocationsCommand),
+    /// Run actions for a kiln server (a Remote Workers API bot).
+    Worker(kiln::worker::WorkerArgs),
     /// Validate a config file; prints every error with its YAML path.
     CheckConfig {
         /// YAML config file.
@@ -105,6 +107,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("kiln bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Worker(args) => match worker(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kiln worker: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -150,6 +159,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server.stop().await?;
         tracing::info!("stopped");
         // Flushes the last spans before the runtime goes away.
+        drop(telemetry);
+        Ok(())
+    })
+}
+
+fn worker(args: kiln::worker::WorkerArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let tracing = args
+            .otlp_endpoint
+            .as_ref()
+            .map(|endpoint| kiln::config::TracingConfig {
+                otlp_endpoint: endpoint.clone(),
+                service_name: "kiln-worker".into(),
+                sampling_ratio: 1.0,
+            });
+        let telemetry = kiln::telemetry::init(&Default::default(), tracing.as_ref());
+        kiln::worker::run(args).await?;
         drop(telemetry);
         Ok(())
     })

@@ -20,7 +20,7 @@ use crate::instance::Instances;
 use crate::proto::reapi::{ActionResult, ExecuteResponse};
 use crate::proto::remoteworkers::{
     BotSession, BotStatus, CreateBotSessionRequest, Lease, LeaseState, PostBotEventTempRequest,
-    UpdateBotSessionRequest, Worker, bots_server::Bots,
+    UpdateBotSessionRequest, Worker, bots_server::Bots, worker,
 };
 use crate::service::caller;
 
@@ -140,6 +140,24 @@ impl BotsService {
                         value: job.action.to_vec(),
                     }),
                     state: LeaseState::Pending as i32,
+                    // What the lease needs: the platform it asked for, and
+                    // the digest function to hash its outputs with.
+                    requirements: Some(Worker {
+                        properties: job
+                            .platform
+                            .0
+                            .iter()
+                            .map(|(k, v)| worker::Property {
+                                key: k.clone(),
+                                value: v.clone(),
+                            })
+                            .collect(),
+                        configs: vec![worker::Config {
+                            key: "digest_function".into(),
+                            value: job.action_digest.function.name().into(),
+                        }],
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 });
             }

@@ -1,0 +1,378 @@
+//! The worker's CAS client: downloads into files (small blobs batched,
+//! large ones streamed through ByteStream) and uploads of what is missing,
+//! hashing everything it receives so a bad byte never reaches an action.
+
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::Conn;
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{Error, Result};
+use crate::proto::bytestream::byte_stream_client::ByteStreamClient;
+use crate::proto::bytestream::{ReadRequest, WriteRequest};
+use crate::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
+use crate::proto::reapi::{
+    BatchReadBlobsRequest, BatchUpdateBlobsRequest, FindMissingBlobsRequest, GetTreeRequest,
+    batch_update_blobs_request,
+};
+
+/// Blobs up to this size travel in batches; larger ones through ByteStream.
+const SMALL: u64 = 256 << 10;
+/// Bytes per batch request: well under every server's 4 MiB default.
+const BATCH_BYTES: u64 = 2 << 20;
+/// ByteStream write chunk.
+const CHUNK: usize = 1 << 20;
+
+/// Where an upload's content comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// In memory (small encoded messages such as Trees).
+    Bytes(bytes::Bytes),
+    /// A file on disk.
+    File(PathBuf),
+}
+
+/// A CAS client bound to one instance and digest function.
+#[derive(Clone)]
+pub struct Cas {
+    conn: Conn,
+    instance: String,
+    function: DigestFunction,
+}
+
+fn status(what: &str) -> impl Fn(tonic::Status) -> Error + '_ {
+    move |s| match s.code() {
+        tonic::Code::NotFound => Error::NotFound(format!("{what}: {}", s.message())),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            Error::Unavailable(format!("{what}: {}", s.message()))
+        }
+        _ => Error::Internal(format!("{what}: {:?}: {}", s.code(), s.message())),
+    }
+}
+
+impl Cas {
+    /// A client for `instance`, hashing with `function`.
+    pub fn new(conn: Conn, instance: String, function: DigestFunction) -> Self {
+        Cas {
+            conn,
+            instance,
+            function,
+        }
+    }
+
+    /// The digest function in use.
+    pub fn function(&self) -> DigestFunction {
+        self.function
+    }
+
+    fn resource(&self, digest: &Digest) -> String {
+        let function = match self.function {
+            DigestFunction::Sha256 => String::new(),
+            f => format!("{}/", f.name()),
+        };
+        let prefix = if self.instance.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.instance)
+        };
+        format!(
+            "{prefix}blobs/{function}{}/{}",
+            digest.hash_hex(),
+            digest.size
+        )
+    }
+
+    /// One whole blob in memory (for small messages: Command, Action).
+    pub async fn read(&self, digest: &Digest) -> Result<bytes::Bytes> {
+        let mut blobs = self.read_batch(&[*digest]).await?;
+        blobs
+            .pop()
+            .map(|(_, b)| b)
+            .ok_or_else(|| Error::NotFound(format!("blob {digest}")))
+    }
+
+    async fn read_batch(&self, digests: &[Digest]) -> Result<Vec<(Digest, bytes::Bytes)>> {
+        let response = ContentAddressableStorageClient::new(self.conn.clone())
+            .batch_read_blobs(BatchReadBlobsRequest {
+                instance_name: self.instance.clone(),
+                digests: digests.iter().map(Digest::to_proto).collect(),
+                acceptable_compressors: Vec::new(),
+                digest_function: self.function.to_proto() as i32,
+            })
+            .await
+            .map_err(status("reading inputs"))?
+            .into_inner();
+        let mut out = Vec::new();
+        for r in response.responses {
+            let digest = Digest::from_proto(self.function, r.digest.as_ref(), "blob")?;
+            if let Some(s) = r.status.filter(|s| s.code != 0) {
+                let e = format!("blob {digest}: {}", s.message);
+                return Err(if s.code == tonic::Code::NotFound as i32 {
+                    Error::NotFound(e)
+                } else {
+                    Error::Unavailable(e)
+                });
+            }
+            if self.function.digest_of(&r.data) != digest {
+                return Err(Error::Unavailable(format!(
+                    "blob {digest}: the server sent content with another digest"
+                )));
+            }
+            out.push((digest, r.data));
+        }
+        Ok(out)
+    }
+
+    /// Writes each blob to its path (via a temporary file, renamed into
+    /// place, so a concurrent reader never sees half a file).
+    pub async fn download(&self, blobs: Vec<(Digest, PathBuf)>) -> Result<()> {
+        let (small, large): (Vec<_>, Vec<_>) = blobs.into_iter().partition(|(d, _)| d.size <= SMALL);
+        let mut batch: Vec<(Digest, PathBuf)> = Vec::new();
+        let mut batch_bytes = 0;
+        let mut batches = Vec::new();
+        for (d, p) in small {
+            if batch_bytes + d.size > BATCH_BYTES && !batch.is_empty() {
+                batches.push(std::mem::take(&mut batch));
+                batch_bytes = 0;
+            }
+            batch_bytes += d.size;
+            batch.push((d, p));
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        let small_jobs = futures::stream::iter(batches)
+            .map(|batch| async move {
+                let digests: Vec<Digest> = batch.iter().map(|(d, _)| *d).collect();
+                let got = self.read_batch(&digests).await?;
+                for (digest, data) in got {
+                    for (_, path) in batch.iter().filter(|(d, _)| *d == digest) {
+                        write_atomically(path, &data).await?;
+                    }
+                }
+                Ok::<_, Error>(())
+            })
+            .buffer_unordered(4);
+        let large_jobs = futures::stream::iter(large)
+            .map(|(d, p)| async move { self.read_to_file(&d, &p).await })
+            .buffer_unordered(4);
+        let results: Vec<Result<()>> = small_jobs.chain(large_jobs).collect().await;
+        results.into_iter().collect()
+    }
+
+    async fn read_to_file(&self, digest: &Digest, path: &Path) -> Result<()> {
+        let mut stream = ByteStreamClient::new(self.conn.clone())
+            .read(ReadRequest {
+                resource_name: self.resource(digest),
+                read_offset: 0,
+                read_limit: 0,
+            })
+            .await
+            .map_err(status("reading an input"))?
+            .into_inner();
+        let tmp = temp_path(path);
+        let mut file = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        let mut hasher = self.function.hasher();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(status("reading an input"))?;
+            hasher.update(&chunk.data);
+            file.write_all(&chunk.data)
+                .await
+                .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        }
+        file.flush().await.map_err(|e| Error::io("flushing", e))?;
+        if hasher.finish() != *digest {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(Error::Unavailable(format!(
+                "blob {digest}: the server sent content with another digest"
+            )));
+        }
+        tokio::fs::rename(&tmp, path)
+            .await
+            .map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
+    }
+
+    /// Every directory of the tree under `root`, with its digest.
+    pub async fn tree(&self, root: &Digest) -> Result<Vec<(Digest, bytes::Bytes)>> {
+        let mut stream = ContentAddressableStorageClient::new(self.conn.clone())
+            .get_tree(GetTreeRequest {
+                instance_name: self.instance.clone(),
+                root_digest: Some(root.to_proto()),
+                page_size: 0,
+                page_token: String::new(),
+                digest_function: self.function.to_proto() as i32,
+            })
+            .await
+            .map_err(status("reading the input tree"))?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(page) = stream.next().await {
+            for dir in page.map_err(status("reading the input tree"))?.directories {
+                out.push((self.function.digest_of(&dir), dir));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Uploads those of `blobs` the server lacks.
+    pub async fn upload(&self, blobs: Vec<(Digest, Source)>) -> Result<()> {
+        if blobs.is_empty() {
+            return Ok(());
+        }
+        let missing = ContentAddressableStorageClient::new(self.conn.clone())
+            .find_missing_blobs(FindMissingBlobsRequest {
+                instance_name: self.instance.clone(),
+                blob_digests: blobs.iter().map(|(d, _)| d.to_proto()).collect(),
+                digest_function: self.function.to_proto() as i32,
+            })
+            .await
+            .map_err(status("uploading outputs"))?
+            .into_inner()
+            .missing_blob_digests;
+        let missing: std::collections::HashSet<Digest> = missing
+            .iter()
+            .map(|d| Digest::from_proto(self.function, Some(d), "missing blob"))
+            .collect::<Result<_>>()?;
+        let mut seen = std::collections::HashSet::new();
+        let todo: Vec<(Digest, Source)> = blobs
+            .into_iter()
+            .filter(|(d, _)| missing.contains(d) && seen.insert(*d))
+            .collect();
+        let (small, large): (Vec<_>, Vec<_>) = todo.into_iter().partition(|(d, _)| d.size <= SMALL);
+        let mut requests = Vec::new();
+        let mut batch_bytes = 0;
+        for (digest, source) in small {
+            if batch_bytes + digest.size > BATCH_BYTES && !requests.is_empty() {
+                self.update_batch(std::mem::take(&mut requests)).await?;
+                batch_bytes = 0;
+            }
+            batch_bytes += digest.size;
+            requests.push(batch_update_blobs_request::Request {
+                digest: Some(digest.to_proto()),
+                data: read_source(&source).await?,
+                compressor: 0,
+            });
+        }
+        if !requests.is_empty() {
+            self.update_batch(requests).await?;
+        }
+        for (digest, source) in large {
+            self.write(&digest, &source).await?;
+        }
+        Ok(())
+    }
+
+    async fn update_batch(&self, requests: Vec<batch_update_blobs_request::Request>) -> Result<()> {
+        let response = ContentAddressableStorageClient::new(self.conn.clone())
+            .batch_update_blobs(BatchUpdateBlobsRequest {
+                instance_name: self.instance.clone(),
+                requests,
+                digest_function: self.function.to_proto() as i32,
+            })
+            .await
+            .map_err(status("uploading outputs"))?
+            .into_inner();
+        for r in response.responses {
+            if let Some(s) = r.status.filter(|s| s.code != 0) {
+                return Err(Error::Unavailable(format!(
+                    "uploading an output: {}",
+                    s.message
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn write(&self, digest: &Digest, source: &Source) -> Result<()> {
+        let resource = {
+            let r = self.resource(digest);
+            let (prefix, rest) = match r.find("blobs/") {
+                Some(i) => r.split_at(i),
+                None => ("", r.as_str()),
+            };
+            format!("{prefix}uploads/{}/{rest}", uuid::Uuid::new_v4())
+        };
+        let path = match source {
+            Source::File(p) => p.clone(),
+            Source::Bytes(b) => {
+                // Large in-memory sources do not occur; upload them in one message.
+                let request = WriteRequest {
+                    resource_name: resource,
+                    write_offset: 0,
+                    finish_write: true,
+                    data: b.clone(),
+                };
+                ByteStreamClient::new(self.conn.clone())
+                    .write(futures::stream::iter([request]))
+                    .await
+                    .map_err(status("uploading an output"))?;
+                return Ok(());
+            }
+        };
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        // Streamed chunk by chunk; a final empty message at the end offset
+        // finishes the write (a short or failed read makes the server refuse
+        // the upload, as the size will not match).
+        let size = digest.size as i64;
+        let mut offset = 0i64;
+        let mut name = Some(resource);
+        let chunks = tokio_util::io::ReaderStream::with_capacity(file, CHUNK)
+            .take_while(|r| std::future::ready(r.is_ok()))
+            .filter_map(|r| std::future::ready(r.ok()))
+            .map(move |data| {
+                let request = WriteRequest {
+                    resource_name: name.take().unwrap_or_default(),
+                    write_offset: offset,
+                    finish_write: false,
+                    data,
+                };
+                offset += request.data.len() as i64;
+                request
+            });
+        let finish = futures::stream::once(async move {
+            WriteRequest {
+                resource_name: String::new(),
+                write_offset: size,
+                finish_write: true,
+                data: bytes::Bytes::new(),
+            }
+        });
+        ByteStreamClient::new(self.conn.clone())
+            .write(chunks.chain(finish))
+            .await
+            .map_err(status("uploading an output"))?;
+        Ok(())
+    }
+}
+
+async fn read_source(source: &Source) -> Result<bytes::Bytes> {
+    match source {
+        Source::Bytes(b) => Ok(b.clone()),
+        Source::File(p) => tokio::fs::read(p)
+            .await
+            .map(bytes::Bytes::from)
+            .map_err(|e| Error::io(format!("reading {}", p.display()), e)),
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", uuid::Uuid::new_v4()));
+    path.with_file_name(name)
+}
+
+async fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    tokio::fs::write(&tmp, data)
+        .await
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(|e| Error::io(format!("renaming {}", tmp.display()), e))
+}

@@ -1,0 +1,473 @@
+//! `kiln worker`: a bot for the Remote Workers API. Each of its
+//! `--concurrency` slots keeps one bot session with kiln (or any server of
+//! that protocol): it takes a lease, builds the input root from the CAS
+//! (through a local hard-linked file cache), runs the command, uploads the
+//! outputs and reports the ActionResult, renewing the lease meanwhile and
+//! stopping when the server says the lease was cancelled.
+
+pub mod cas;
+pub mod inputs;
+pub mod outputs;
+pub mod run;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{Error, Result};
+use crate::proto::reapi::{Action, ActionResult, Command, ExecutedActionMetadata};
+use crate::proto::remoteworkers::bots_client::BotsClient;
+use crate::proto::remoteworkers::{
+    BotSession, BotStatus, CreateBotSessionRequest, Lease, LeaseState, UpdateBotSessionRequest,
+    Worker, worker,
+};
+use cas::Cas;
+use inputs::FileCache;
+
+/// How often a busy slot renews its lease (and learns of cancellation).
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// Command-line options of `kiln worker`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// kiln's gRPC endpoint: grpc://HOST:PORT, or grpcs:// with --tls-ca.
+    #[arg(long, default_value = "grpc://127.0.0.1:50051")]
+    pub server: String,
+    /// The instance whose actions to run.
+    #[arg(long, default_value = "")]
+    pub instance: String,
+    /// Actions run at once (one bot session each).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Where input roots are built and the file cache lives.
+    #[arg(long, default_value = "kiln-worker")]
+    pub work_dir: PathBuf,
+    /// A platform property this worker offers, as key=value; repeat it.
+    /// Actions run here only if it offers every property they require.
+    #[arg(long = "property", value_parser = parse_property)]
+    pub properties: Vec<(String, String)>,
+    /// The bot id reported to the server (default: hostname and pid).
+    #[arg(long)]
+    pub bot_id: Option<String>,
+    /// A file holding a bearer token (a JWT or static token with the
+    /// `worker`, `read` and `write` roles) when kiln requires auth.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for grpcs://.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Run each command through this sandbox runner, e.g.
+    /// "buildbox-run --use-localcas" (the command follows after `--`).
+    #[arg(long)]
+    pub runner: Option<String>,
+    /// OTLP/gRPC collector for the worker's spans (they join the client's
+    /// trace through kiln).
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+}
+
+fn parse_property(text: &str) -> std::result::Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not key=value"))
+}
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+pub struct Auth(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The worker's connection to the server.
+pub type Conn = InterceptedService<Channel, Auth>;
+
+async fn connect(args: &WorkerArgs) -> Result<Conn> {
+    let (uri, tls) = if let Some(rest) = args.server.strip_prefix("grpcs://") {
+        (format!("https://{rest}"), true)
+    } else if let Some(rest) = args.server.strip_prefix("grpc://") {
+        (format!("http://{rest}"), false)
+    } else {
+        (args.server.clone(), args.server.starts_with("https://"))
+    };
+    let mut endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|e| Error::InvalidArgument(format!("bad --server {}: {e}", args.server)))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20));
+    if tls {
+        crate::app::install_crypto_provider();
+        let ca = args.tls_ca.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("grpcs:// needs --tls-ca (the CA that signed kiln's certificate)".into())
+        })?;
+        let pem = std::fs::read(ca).map_err(|e| Error::io(format!("reading {}", ca.display()), e))?;
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            .map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?;
+    }
+    let token = match &args.token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            Some(
+                format!("Bearer {}", text.trim())
+                    .parse()
+                    .map_err(|_| Error::InvalidArgument("the token is not valid header text".into()))?,
+            )
+        }
+        None => None,
+    };
+    // Connects lazily, so a worker started before kiln keeps retrying.
+    Ok(InterceptedService::new(endpoint.connect_lazy(), Auth(token)))
+}
+
+/// What every slot shares.
+struct Ctx {
+    conn: Conn,
+    instance: String,
+    bot_id: String,
+    properties: Vec<(String, String)>,
+    cache: FileCache,
+    runs: PathBuf,
+    runner: Vec<String>,
+}
+
+/// Runs the worker until SIGINT or SIGTERM.
+pub async fn run(args: WorkerArgs) -> Result<()> {
+    let conn = connect(&args).await?;
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "worker".into());
+    let runs = args.work_dir.join("runs");
+    // Leftovers of a previous run (killed mid-action) are not inputs of anything.
+    let _ = std::fs::remove_dir_all(&runs);
+    std::fs::create_dir_all(&runs).map_err(|e| Error::io(format!("creating {}", runs.display()), e))?;
+    let ctx = Arc::new(Ctx {
+        conn,
+        instance: args.instance.clone(),
+        bot_id: args
+            .bot_id
+            .clone()
+            .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        properties: args.properties.clone(),
+        cache: FileCache::new(args.work_dir.join("cache"))?,
+        runs,
+        runner: args
+            .runner
+            .as_deref()
+            .map(|r| r.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
+    });
+    tracing::info!(server = %args.server, instance = %args.instance, concurrency = args.concurrency, bot = %ctx.bot_id, "kiln worker starting");
+    let slots: Vec<_> = (0..args.concurrency.max(1))
+        .map(|n| tokio::spawn(slot(ctx.clone(), n)))
+        .collect();
+    shutdown_signal().await;
+    tracing::info!("stopping: running actions are abandoned and will be re-queued");
+    for s in slots {
+        s.abort();
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+impl Ctx {
+    fn bots(&self) -> BotsClient<Conn> {
+        BotsClient::new(self.conn.clone()).max_decoding_message_size(64 << 20)
+    }
+
+    fn worker(&self) -> Worker {
+        Worker {
+            properties: self
+                .properties
+                .iter()
+                .map(|(k, v)| worker::Property {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Retries `call` with capped back-off while the server is unreachable.
+async fn with_retry<F, Fut, T>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(s) => {
+                tracing::warn!(code = ?s.code(), message = s.message(), "{what} failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One slot: a bot session taking one lease at a time, forever.
+async fn slot(ctx: Arc<Ctx>, n: usize) {
+    let bot_id = format!("{}-{n}", ctx.bot_id);
+    let create = || {
+        let mut bots = ctx.bots();
+        let request = CreateBotSessionRequest {
+            parent: ctx.instance.clone(),
+            bot_session: Some(BotSession {
+                bot_id: bot_id.clone(),
+                status: BotStatus::Ok as i32,
+                worker: Some(ctx.worker()),
+                ..Default::default()
+            }),
+        };
+        async move { bots.create_bot_session(request).await }
+    };
+    let mut response = with_retry("creating a bot session", create).await;
+    loop {
+        let trace = response
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        let mut session = response.into_inner();
+        let lease = session
+            .leases
+            .iter()
+            .find(|l| l.state == LeaseState::Pending as i32)
+            .cloned();
+        session.leases.clear();
+        if let Some(lease) = lease {
+            let span = tracing::info_span!("worker.run", otel.name = "run action", lease = %lease.id, bot = %bot_id);
+            if let Some(tp) = trace {
+                let mut carrier = std::collections::HashMap::new();
+                carrier.insert("traceparent".to_string(), tp);
+                let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+                let _ = span.set_parent(parent);
+            }
+            if let Some(done) = work(&ctx, &session, lease).instrument(span).await {
+                session.leases.push(done);
+            }
+        }
+        let update = || {
+            let mut bots = ctx.bots();
+            let request = UpdateBotSessionRequest {
+                name: session.name.clone(),
+                bot_session: Some(BotSession {
+                    worker: Some(ctx.worker()),
+                    status: BotStatus::Ok as i32,
+                    ..session.clone()
+                }),
+                update_mask: None,
+            };
+            async move { bots.update_bot_session(request).await }
+        };
+        response = with_retry("updating the bot session", update).await;
+    }
+}
+
+/// Runs a lease while renewing it; returns the finished lease to report,
+/// or None when the server cancelled it (the run is killed).
+async fn work(ctx: &Ctx, session: &BotSession, lease: Lease) -> Option<Lease> {
+    let id = lease.id.clone();
+    let run = execute(ctx, &lease);
+    tokio::pin!(run);
+    let mut tick = tokio::time::interval(KEEPALIVE);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut run => {
+                let (result, status) = match done {
+                    Ok((result, status)) => (Some(result), status),
+                    Err(e) => {
+                        tracing::warn!(lease = %id, error = %e, "action could not be run");
+                        (None, e.to_rpc_status())
+                    }
+                };
+                return Some(Lease {
+                    id,
+                    state: LeaseState::Completed as i32,
+                    result: result.map(|r| prost_types::Any {
+                        type_url: "type.googleapis.com/build.bazel.remote.execution.v2.ActionResult".into(),
+                        value: r.encode_to_vec(),
+                    }),
+                    status: Some(status),
+                    ..Default::default()
+                });
+            }
+            _ = tick.tick() => {
+                let request = UpdateBotSessionRequest {
+                    name: session.name.clone(),
+                    bot_session: Some(BotSession {
+                        worker: Some(ctx.worker()),
+                        status: BotStatus::Ok as i32,
+                        leases: vec![Lease { id: id.clone(), state: LeaseState::Active as i32, ..Default::default() }],
+                        ..session.clone()
+                    }),
+                    update_mask: None,
+                };
+                match ctx.bots().update_bot_session(request).await {
+                    Ok(r) if r.get_ref().leases.iter().any(|l| l.id == id && l.state == LeaseState::Cancelled as i32) => {
+                        tracing::info!(lease = %id, "lease cancelled by the server; stopping the action");
+                        return None;
+                    }
+                    Ok(_) => {}
+                    // The server may be restarting: keep running, report later.
+                    Err(s) => tracing::warn!(lease = %id, code = ?s.code(), "lease renewal failed"),
+                }
+            }
+        }
+    }
+}
+
+fn timestamp() -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp::from(SystemTime::now()))
+}
+
+/// The digest function a lease asks for (kiln says so in the lease's
+/// requirements; SHA-256 otherwise, as for any REAPI server).
+fn lease_function(lease: &Lease) -> DigestFunction {
+    lease
+        .requirements
+        .as_ref()
+        .and_then(|w| w.configs.iter().find(|c| c.key == "digest_function"))
+        .and_then(|c| DigestFunction::from_name(&c.value))
+        .unwrap_or(DigestFunction::Sha256)
+}
+
+/// Builds the input root, runs the command and uploads its outputs.
+async fn execute(ctx: &Ctx, lease: &Lease) -> Result<(ActionResult, tonic_types::pb::Status)> {
+    let function = lease_function(lease);
+    let cas = Cas::new(ctx.conn.clone(), ctx.instance.clone(), function);
+    let payload = lease
+        .payload
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument(format!("lease {} has no payload", lease.id)))?;
+    let action = if payload.type_url.ends_with("/build.bazel.remote.execution.v2.Action") {
+        Action::decode(&payload.value[..])?
+    } else if payload.type_url.ends_with("/build.bazel.remote.execution.v2.Digest") {
+        let digest = crate::proto::reapi::Digest::decode(&payload.value[..])?;
+        let digest = Digest::from_proto(function, Some(&digest), "action")?;
+        Action::decode(cas.read(&digest).await?)?
+    } else {
+        return Err(Error::InvalidArgument(format!(
+            "lease payload of unknown type {}",
+            payload.type_url
+        )));
+    };
+    let mut meta = ExecutedActionMetadata {
+        worker: ctx.bot_id.clone(),
+        worker_start_timestamp: timestamp(),
+        input_fetch_start_timestamp: timestamp(),
+        ..Default::default()
+    };
+    let command_digest = Digest::from_proto(function, action.command_digest.as_ref(), "command")?;
+    let command = Command::decode(cas.read(&command_digest).await?)?;
+    let input_root = Digest::from_proto(function, action.input_root_digest.as_ref(), "input root")?;
+    let run_dir = ctx.runs.join(format!("{}-{}", lease.id, uuid::Uuid::new_v4()));
+    let root = run_dir.join("root");
+    let _cleanup = RemoveOnDrop(run_dir.clone());
+    inputs::materialize(&cas, &ctx.cache, &input_root, &root).await?;
+    let cwd = root.join(&command.working_directory);
+    for out in command
+        .output_files
+        .iter()
+        .chain(&command.output_directories)
+        .chain(&command.output_paths)
+    {
+        if let Some(parent) = cwd.join(out).parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+    }
+    meta.input_fetch_completed_timestamp = timestamp();
+    let timeout = action
+        .timeout
+        .and_then(|t| Duration::try_from(t).ok())
+        .filter(|t| !t.is_zero())
+        .unwrap_or(Duration::from_secs(3600));
+    let (stdout, stderr) = run::log_paths(&run_dir);
+    meta.execution_start_timestamp = timestamp();
+    let exit = run::run(&command, &root, &ctx.runner, timeout, &stdout, &stderr).await?;
+    meta.execution_completed_timestamp = timestamp();
+    meta.output_upload_start_timestamp = timestamp();
+    let mut result = ActionResult::default();
+    let status = match exit {
+        run::Exit::Code(code) => {
+            result.exit_code = code;
+            crate::error::ok_rpc_status()
+        }
+        run::Exit::TimedOut => {
+            result.exit_code = -1;
+            tonic_types::pb::Status {
+                code: tonic::Code::DeadlineExceeded as i32,
+                message: format!("the action ran longer than its timeout of {timeout:?} and was killed"),
+                details: Vec::new(),
+            }
+        }
+    };
+    outputs::collect(&cas, &command, &root, &mut result).await?;
+    result.stdout_digest = Some(outputs::log(&cas, &stdout).await?.to_proto());
+    result.stderr_digest = Some(outputs::log(&cas, &stderr).await?.to_proto());
+    meta.output_upload_completed_timestamp = timestamp();
+    meta.worker_completed_timestamp = timestamp();
+    result.execution_metadata = Some(meta);
+    Ok((result, status))
+}
+
+/// Deletes a run directory however the run ends (read-only directories an
+/// action left are made writable first).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let path = self.0.clone();
+        if std::fs::remove_dir_all(&path).is_ok() {
+            return;
+        }
+        make_writable(&path);
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a run directory");
+        }
+    }
+}
+
+fn make_writable(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
