@@ -5,6 +5,7 @@
 
 pub mod bazel;
 pub mod bes;
+pub mod exec;
 pub mod s3;
 
 use std::path::{Path, PathBuf};

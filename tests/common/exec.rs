@@ -1,0 +1,213 @@
+//! Remote execution helpers: `kiln worker` processes, actions uploaded to the
+//! CAS, and Execute / WaitExecution calls collected into their operations.
+
+use std::path::Path;
+use std::process::{Child, Command as Process, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kiln::digest::Digest;
+use kiln::proto::longrunning::{Operation, operation};
+use kiln::proto::reapi::execution_client::ExecutionClient;
+use kiln::proto::reapi::{
+    Action, Command, Directory, ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse,
+    ExecutionPolicy, FileNode, Platform, WaitExecutionRequest, command, platform,
+};
+use prost::Message;
+use tonic::transport::Channel;
+
+use super::{sha, upload_request};
+
+/// A `kiln worker` process, killed when dropped.
+pub struct WorkerProc {
+    pub child: Child,
+    pub bot_id: String,
+    _dir: tempfile::TempDir,
+}
+
+impl WorkerProc {
+    /// Starts `kiln worker` against `url` for `instance`.
+    pub fn start(url: &str, instance: &str, bot_id: &str, extra: &[&str]) -> WorkerProc {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Process::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("worker")
+            .arg(format!("--server={}", url.replace("http://", "grpc://")))
+            .arg(format!("--instance={instance}"))
+            .arg(format!("--work-dir={}", dir.path().display()))
+            .arg(format!("--bot-id={bot_id}"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("kiln worker starts");
+        WorkerProc {
+            child,
+            bot_id: bot_id.to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// SIGKILL: the worker vanishes without a word, as a crashed host would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What an action looks like.
+#[derive(Default, Clone)]
+pub struct Spec<'a> {
+    pub argv: Vec<&'a str>,
+    pub inputs: Vec<(&'a str, &'a [u8])>,
+    pub outputs: Vec<&'a str>,
+    pub platform: Vec<(&'a str, &'a str)>,
+    pub timeout: Option<Duration>,
+    pub do_not_cache: bool,
+    /// Makes otherwise identical actions distinct.
+    pub salt: &'a str,
+}
+
+/// The blobs of an action: (action digest, every blob to upload).
+pub fn build(spec: &Spec<'_>) -> (Digest, Vec<Bytes>) {
+    let mut blobs = Vec::new();
+    let mut root = Directory::default();
+    let mut inputs = spec.inputs.clone();
+    inputs.sort();
+    for (name, data) in inputs {
+        let data = Bytes::copy_from_slice(data);
+        root.files.push(FileNode {
+            name: name.to_string(),
+            digest: Some(sha(&data).to_proto()),
+            is_executable: false,
+            node_properties: None,
+        });
+        blobs.push(data);
+    }
+    let root = Bytes::from(root.encode_to_vec());
+    let command = Command {
+        arguments: spec.argv.iter().map(|s| s.to_string()).collect(),
+        environment_variables: vec![command::EnvironmentVariable {
+            name: "PATH".into(),
+            value: "/usr/bin:/bin".into(),
+        }],
+        output_files: spec.outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let command = Bytes::from(command.encode_to_vec());
+    let action = Action {
+        command_digest: Some(sha(&command).to_proto()),
+        input_root_digest: Some(sha(&root).to_proto()),
+        timeout: spec.timeout.map(|t| prost_types::Duration::try_from(t).unwrap()),
+        do_not_cache: spec.do_not_cache,
+        salt: Bytes::copy_from_slice(spec.salt.as_bytes()),
+        platform: (!spec.platform.is_empty()).then(|| Platform {
+            properties: spec
+                .platform
+                .iter()
+                .map(|(k, v)| platform::Property {
+                    name: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+        }),
+    };
+    let action = Bytes::from(action.encode_to_vec());
+    let digest = sha(&action);
+    blobs.extend([root, command, action]);
+    (digest, blobs)
+}
+
+/// Uploads an action and everything it needs; returns its digest.
+pub async fn upload(channel: &Channel, instance: &str, spec: &Spec<'_>) -> Digest {
+    let (digest, blobs) = build(spec);
+    let mut request = upload_request(&blobs);
+    request.instance_name = instance.to_string();
+    kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient::new(
+        channel.clone(),
+    )
+    .batch_update_blobs(request)
+    .await
+    .unwrap();
+    digest
+}
+
+/// The ExecuteOperationMetadata of an operation.
+pub fn metadata(op: &Operation) -> ExecuteOperationMetadata {
+    ExecuteOperationMetadata::decode(&op.metadata.as_ref().unwrap().value[..]).unwrap()
+}
+
+/// The ExecuteResponse of a finished operation.
+pub fn response(op: &Operation) -> ExecuteResponse {
+    assert!(op.done, "operation {} is not done", op.name);
+    match &op.result {
+        Some(operation::Result::Response(any)) => ExecuteResponse::decode(&any.value[..]).unwrap(),
+        other => panic!("operation {} ended without a response: {other:?}", op.name),
+    }
+}
+
+/// Execute, collecting every operation until the stream ends.
+pub async fn execute(
+    channel: &Channel,
+    instance: &str,
+    digest: Digest,
+    skip_cache_lookup: bool,
+    priority: i32,
+) -> Result<Vec<Operation>, tonic::Status> {
+    let stream = ExecutionClient::new(channel.clone())
+        .execute(ExecuteRequest {
+            instance_name: instance.to_string(),
+            skip_cache_lookup,
+            action_digest: Some(digest.to_proto()),
+            execution_policy: Some(ExecutionPolicy { priority }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    collect(stream).await
+}
+
+/// WaitExecution, collecting every operation until the stream ends.
+pub async fn wait_execution(channel: &Channel, name: &str) -> Result<Vec<Operation>, tonic::Status> {
+    let stream = ExecutionClient::new(channel.clone())
+        .wait_execution(WaitExecutionRequest {
+            name: name.to_string(),
+        })
+        .await?
+        .into_inner();
+    collect(stream).await
+}
+
+async fn collect(
+    mut stream: tonic::Streaming<Operation>,
+) -> Result<Vec<Operation>, tonic::Status> {
+    let mut ops = Vec::new();
+    while let Some(op) = stream.next().await {
+        ops.push(op?);
+    }
+    Ok(ops)
+}
+
+/// Waits until `path` exists and has content (an action's marker file).
+pub async fn wait_for_file(path: &Path, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && !text.is_empty()
+        {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} did not appear within {within:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,1 @@
+//! BuildGrid's own client, `bgd execute command`, against kiln with a worker.

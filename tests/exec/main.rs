@@ -1,0 +1,11 @@
+//! Remote execution end to end: kiln with real `kiln worker` processes,
+//! driven by our own client (suite.rs, on SQLite, PostgreSQL and the
+//! in-memory store), by BuildGrid's `bgd execute` (bgd.rs) and by a real
+//! Bazel with `--remote_executor` (bazel.rs).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bazel;
+mod bgd;
+mod suite;
