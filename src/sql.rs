@@ -55,9 +55,7 @@ pub fn database_url(
 ) -> Result<String> {
     let url = match env {
         Some(var) => std::env::var(var).map_err(|_| {
-            Error::InvalidArgument(format!(
-                "{field}: environment variable {var} is not set"
-            ))
+            Error::InvalidArgument(format!("{field}: environment variable {var} is not set"))
         })?,
         None => database.to_string(),
     };

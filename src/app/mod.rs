@@ -105,8 +105,13 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
         Instances::build(&config, data_dir.clone(), metrics.clone(), policy.clone()).await?;
     let scheduler = if config.execution.enabled {
         Some(
-            crate::execution::open(&config.execution, &data_dir, instances.clone(), metrics.clone())
-                .await?,
+            crate::execution::open(
+                &config.execution,
+                &data_dir,
+                instances.clone(),
+                metrics.clone(),
+            )
+            .await?,
         )
     } else {
         None

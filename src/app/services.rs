@@ -12,23 +12,23 @@ use crate::bes::service::BuildEventService;
 use crate::bes::store::EventStore;
 use crate::bes::webhook::Webhooks;
 use crate::config::{Config, SendCompression};
+use crate::execution::scheduler::Scheduler;
 use crate::instance::Instances;
 use crate::metrics::Metrics;
 use crate::proto::bes_v1::publish_build_event_server::PublishBuildEventServer;
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
 use crate::proto::kiln_v1::build_event_query_server::BuildEventQueryServer;
+use crate::proto::longrunning::operations_server::OperationsServer;
 use crate::proto::reapi::action_cache_server::ActionCacheServer;
 use crate::proto::reapi::capabilities_server::CapabilitiesServer;
 use crate::proto::reapi::content_addressable_storage_server::ContentAddressableStorageServer;
+use crate::proto::reapi::execution_server::ExecutionServer;
+use crate::proto::remoteworkers::bots_server::BotsServer;
 use crate::service::action_cache::ActionCacheService;
+use crate::service::bots::BotsService;
 use crate::service::bytestream::ByteStreamService;
 use crate::service::capabilities::CapabilitiesService;
 use crate::service::cas::CasService;
-use crate::execution::scheduler::Scheduler;
-use crate::proto::longrunning::operations_server::OperationsServer;
-use crate::proto::reapi::execution_server::ExecutionServer;
-use crate::proto::remoteworkers::bots_server::BotsServer;
-use crate::service::bots::BotsService;
 use crate::service::execution::ExecutionService;
 use crate::service::operations::OperationsService;
 use crate::service::upload::Uploads;
@@ -106,7 +106,10 @@ pub fn routes(
     let i = &parts.instances;
     let mut routes = Routes::new(health)
         .add_service(configured!(
-            CapabilitiesServer::new(CapabilitiesService::new(i.clone(), parts.scheduler.is_some())),
+            CapabilitiesServer::new(CapabilitiesService::new(
+                i.clone(),
+                parts.scheduler.is_some()
+            )),
             max,
             send
         ))

@@ -356,6 +356,42 @@ fn fs_dirs(store: &StoreConfig, named: &BTreeMap<String, StoreConfig>) -> HashSe
     out
 }
 
+fn check_execution(config: &Config, errors: &mut Vec<String>) {
+    let e = &config.execution;
+    if !(e.database == "memory"
+        || e.database.starts_with("sqlite:")
+        || e.database.starts_with("postgres://")
+        || e.database.starts_with("postgresql://"))
+    {
+        errors.push(format!(
+            "execution.database: {:?} must be memory or start with sqlite: or postgres://",
+            e.database
+        ));
+    }
+    for (name, d) in [
+        ("queue_timeout", e.queue_timeout),
+        ("default_action_timeout", e.default_action_timeout),
+        ("max_action_timeout", e.max_action_timeout),
+        ("lease_timeout", e.lease_timeout),
+        ("poll_interval", e.poll_interval),
+        ("bot_wait", e.bot_wait),
+        ("retention", e.retention),
+    ] {
+        if d.0.is_zero() {
+            errors.push(format!("execution.{name}: must be above 0"));
+        }
+    }
+    if e.max_attempts == 0 {
+        errors.push("execution.max_attempts: must be at least 1".into());
+    }
+    if e.bot_wait.0 >= e.lease_timeout.0 {
+        errors.push(format!(
+            "execution.bot_wait: {:?} must be shorter than lease_timeout ({:?}), or waiting workers lose their leases",
+            e.bot_wait.0, e.lease_timeout.0
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Config;
@@ -433,41 +469,5 @@ instances:
         );
         let unit = "instances:\n  - name: ''\n    cas: { memory: { max_size: 12 parsecs } }\n    action_cache: { memory: { max_size: 1MiB } }\n";
         assert!(errors(unit)[0].contains("parsecs"), "{:?}", errors(unit));
-    }
-}
-
-fn check_execution(config: &Config, errors: &mut Vec<String>) {
-    let e = &config.execution;
-    if !(e.database == "memory"
-        || e.database.starts_with("sqlite:")
-        || e.database.starts_with("postgres://")
-        || e.database.starts_with("postgresql://"))
-    {
-        errors.push(format!(
-            "execution.database: {:?} must be memory or start with sqlite: or postgres://",
-            e.database
-        ));
-    }
-    for (name, d) in [
-        ("queue_timeout", e.queue_timeout),
-        ("default_action_timeout", e.default_action_timeout),
-        ("max_action_timeout", e.max_action_timeout),
-        ("lease_timeout", e.lease_timeout),
-        ("poll_interval", e.poll_interval),
-        ("bot_wait", e.bot_wait),
-        ("retention", e.retention),
-    ] {
-        if d.0.is_zero() {
-            errors.push(format!("execution.{name}: must be above 0"));
-        }
-    }
-    if e.max_attempts == 0 {
-        errors.push("execution.max_attempts: must be at least 1".into());
-    }
-    if e.bot_wait.0 >= e.lease_timeout.0 {
-        errors.push(format!(
-            "execution.bot_wait: {:?} must be shorter than lease_timeout ({:?}), or waiting workers lose their leases",
-            e.bot_wait.0, e.lease_timeout.0
-        ));
     }
 }

@@ -25,7 +25,8 @@ async fn read<M: Message + Default>(instance: &Instance, digest: Digest, what: &
         Err(Error::NotFound(_)) => return Err(Error::MissingBlobs(vec![digest])),
         other => other?,
     };
-    M::decode(bytes).map_err(|e| Error::InvalidArgument(format!("{what} {digest} does not decode: {e}")))
+    M::decode(bytes)
+        .map_err(|e| Error::InvalidArgument(format!("{what} {digest} does not decode: {e}")))
 }
 
 /// Reads the action and checks that everything it needs is stored.
@@ -44,15 +45,23 @@ pub async fn check(instance: &Instance, action_digest: Digest) -> Result<Checked
         Err(e) => return Err(e),
     };
     let mut files = Vec::new();
-    match crate::tree::walk(instance.cas.as_ref(), root, instance.settings.tree_read_concurrency)
-        .await
+    match crate::tree::walk(
+        instance.cas.as_ref(),
+        root,
+        instance.settings.tree_read_concurrency,
+    )
+    .await
     {
         Ok(walk) => {
             missing.extend(walk.missing);
             for bytes in walk.directories {
                 let dir = Directory::decode(bytes)?;
                 for f in &dir.files {
-                    files.push(Digest::from_proto(function, f.digest.as_ref(), "input file")?);
+                    files.push(Digest::from_proto(
+                        function,
+                        f.digest.as_ref(),
+                        "input file",
+                    )?);
                 }
             }
         }

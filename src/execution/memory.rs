@@ -82,7 +82,9 @@ impl JobStore for MemoryJobStore {
             .jobs
             .values()
             .filter(|j| {
-                j.stage == Stage::Queued && j.instance == instance && j.platform.satisfied_by(offers)
+                j.stage == Stage::Queued
+                    && j.instance == instance
+                    && j.platform.satisfied_by(offers)
             })
             .min_by_key(|j| (j.priority, j.ready_at))
             .map(|j| j.id.clone());
@@ -122,8 +124,7 @@ impl JobStore for MemoryJobStore {
         let Some(job) = s.jobs.get_mut(id) else {
             return Ok(None);
         };
-        if job.stage == Stage::Completed || holder.is_some_and(|h| job.bot.as_deref() != Some(h))
-        {
+        if job.stage == Stage::Completed || holder.is_some_and(|h| job.bot.as_deref() != Some(h)) {
             return Ok(None);
         }
         job.stage = Stage::Completed;

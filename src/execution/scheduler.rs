@@ -157,7 +157,11 @@ impl Scheduler {
     ) -> Result<Job> {
         let mut props: Vec<(String, String)> = Vec::new();
         for p in [&action.platform, &command.platform].into_iter().flatten() {
-            props.extend(p.properties.iter().map(|p| (p.name.clone(), p.value.clone())));
+            props.extend(
+                p.properties
+                    .iter()
+                    .map(|p| (p.name.clone(), p.value.clone())),
+            );
         }
         // Workers get the Action with its timeout already capped.
         let asked = action
@@ -252,8 +256,15 @@ impl Scheduler {
     /// Cancels a job: a queued one never runs, a running one's worker is
     /// told to stop at its next update. Returns the job as it ends up.
     pub async fn cancel(&self, id: &str) -> Result<Job> {
-        let response = failure(tonic::Code::Cancelled, "cancelled by CancelOperation".into());
-        match self.store.finish(id, None, response, true, now_ms()).await? {
+        let response = failure(
+            tonic::Code::Cancelled,
+            "cancelled by CancelOperation".into(),
+        );
+        match self
+            .store
+            .finish(id, None, response, true, now_ms())
+            .await?
+        {
             Some(job) => {
                 self.count("cancelled");
                 self.changed(id);
@@ -332,7 +343,11 @@ impl Scheduler {
             return Ok(());
         };
         if job.stage != Stage::Executing || job.bot.as_deref() != Some(bot) {
-            tracing::info!(job = id, bot, "dropping a result for a job the bot no longer holds");
+            tracing::info!(
+                job = id,
+                bot,
+                "dropping a result for a job the bot no longer holds"
+            );
             return Ok(());
         }
         let ok = outcome.status.code == 0;
@@ -365,7 +380,13 @@ impl Scheduler {
         let now = now_ms();
         if let Some(done) = self
             .store
-            .finish(id, Some(bot), Bytes::from(response.encode_to_vec()), false, now)
+            .finish(
+                id,
+                Some(bot),
+                Bytes::from(response.encode_to_vec()),
+                false,
+                now,
+            )
             .await?
         {
             self.metrics

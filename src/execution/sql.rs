@@ -222,7 +222,9 @@ impl JobStore for SqlJobStore {
             if platforms.is_empty() {
                 return Ok(None);
             }
-            let marks: Vec<String> = (0..platforms.len()).map(|i| format!("${}", i + 2)).collect();
+            let marks: Vec<String> = (0..platforms.len())
+                .map(|i| format!("${}", i + 2))
+                .collect();
             let sql = format!(
                 "SELECT id FROM exec_jobs WHERE stage = 2 AND instance = $1 AND platform IN ({}) \
                  ORDER BY priority, ready_at LIMIT 1",

@@ -47,11 +47,11 @@ impl BotsService {
 pub fn offers(worker: Option<&Worker>) -> Offers {
     let mut offers = Offers::new();
     if let Some(w) = worker {
-        let pairs = w
-            .properties
-            .iter()
-            .map(|p| (&p.key, &p.value))
-            .chain(w.devices.iter().flat_map(|d| d.properties.iter().map(|p| (&p.key, &p.value))));
+        let pairs = w.properties.iter().map(|p| (&p.key, &p.value)).chain(
+            w.devices
+                .iter()
+                .flat_map(|d| d.properties.iter().map(|p| (&p.key, &p.value))),
+        );
         for (k, v) in pairs {
             offers.entry(k.clone()).or_default().insert(v.clone());
         }
@@ -62,13 +62,24 @@ pub fn offers(worker: Option<&Worker>) -> Offers {
 /// What a finished lease reports: its result (an ActionResult, or an
 /// ExecuteResponse carrying one) and its status.
 fn outcome(lease: &Lease) -> Result<Outcome> {
-    let mut status = lease.status.clone().unwrap_or_else(crate::error::ok_rpc_status);
+    let mut status = lease
+        .status
+        .clone()
+        .unwrap_or_else(crate::error::ok_rpc_status);
     let result = match &lease.result {
         None => None,
-        Some(any) if any.type_url.ends_with("/build.bazel.remote.execution.v2.ActionResult") => {
+        Some(any)
+            if any
+                .type_url
+                .ends_with("/build.bazel.remote.execution.v2.ActionResult") =>
+        {
             Some(ActionResult::decode(&any.value[..])?)
         }
-        Some(any) if any.type_url.ends_with("/build.bazel.remote.execution.v2.ExecuteResponse") => {
+        Some(any)
+            if any
+                .type_url
+                .ends_with("/build.bazel.remote.execution.v2.ExecuteResponse") =>
+        {
             let response = ExecuteResponse::decode(&any.value[..])?;
             if let Some(s) = response.status.filter(|s| s.code != 0) {
                 status = s;
@@ -121,9 +132,7 @@ impl BotsService {
             }
         }
         self.scheduler.renew(&bot).await?;
-        let busy = kept
-            .iter()
-            .any(|l| l.state != LeaseState::Cancelled as i32);
+        let busy = kept.iter().any(|l| l.state != LeaseState::Cancelled as i32);
         let healthy = matches!(
             BotStatus::try_from(session.status).unwrap_or(BotStatus::Unspecified),
             BotStatus::Ok | BotStatus::Unspecified
@@ -219,7 +228,9 @@ impl Bots for BotsService {
                 .into());
             }
         };
-        self.instances.get(instance)?.authorize(&who, Role::Worker)?;
+        self.instances
+            .get(instance)?
+            .authorize(&who, Role::Worker)?;
         let mut session = req
             .bot_session
             .ok_or_else(|| Error::InvalidArgument("bot_session is missing".into()))?;

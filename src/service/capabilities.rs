@@ -8,9 +8,10 @@ use crate::auth::Role;
 use crate::digest::DigestFunction;
 use crate::instance::Instances;
 use crate::proto::reapi::{
-    ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities, PriorityCapabilities,
-    priority_capabilities, GetCapabilitiesRequest, ServerCapabilities,
-    capabilities_server::Capabilities, compressor, symlink_absolute_path_strategy,
+    ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities,
+    GetCapabilitiesRequest, PriorityCapabilities, ServerCapabilities,
+    capabilities_server::Capabilities, compressor, priority_capabilities,
+    symlink_absolute_path_strategy,
 };
 use crate::proto::semver::SemVer;
 use crate::service::caller;

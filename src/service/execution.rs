@@ -16,8 +16,8 @@ use crate::execution::scheduler::Scheduler;
 use crate::instance::Instances;
 use crate::proto::longrunning::Operation;
 use crate::proto::reapi::{
-    ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, execution_stage,
-    WaitExecutionRequest, execution_server::Execution,
+    ExecuteOperationMetadata, ExecuteRequest, ExecuteResponse, WaitExecutionRequest,
+    execution_server::Execution, execution_stage,
 };
 use crate::service::caller;
 use crate::service::operations::{finished, job_id, operation_name, watch};

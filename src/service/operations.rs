@@ -23,7 +23,8 @@ use crate::proto::reapi::ExecuteOperationMetadata;
 use crate::service::{Caller, caller};
 use crate::sql::now_ms;
 
-const METADATA_URL: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
+const METADATA_URL: &str =
+    "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";
 const RESPONSE_URL: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteResponse";
 
 /// How long an operation stream may stay silent: an unchanged Operation is
@@ -118,7 +119,6 @@ pub fn watch(scheduler: Arc<Scheduler>, mut job: Job) -> ReceiverStream<Result<O
     ReceiverStream::new(rx)
 }
 
-
 /// The Operations service.
 #[derive(Debug, Clone)]
 pub struct OperationsService {
@@ -152,13 +152,16 @@ pub fn parse_filter(text: &str, filter: &mut JobFilter) -> Result<()> {
         ))
     };
     let now = now_ms();
-    for term in text.split_whitespace().filter(|t| !t.eq_ignore_ascii_case("AND")) {
+    for term in text
+        .split_whitespace()
+        .filter(|t| !t.eq_ignore_ascii_case("AND"))
+    {
         let (key, value) = term
             .split_once('=')
             .ok_or_else(|| bad(term, "expected key=value"))?;
         let age = || -> Result<i64> {
-            let d: crate::config::Duration = serde_saphyr::from_str(value)
-                .map_err(|_| bad(term, "not a duration"))?;
+            let d: crate::config::Duration =
+                serde_saphyr::from_str(value).map_err(|_| bad(term, "not a duration"))?;
             Ok(now - i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX))
         };
         match key {
@@ -194,9 +197,9 @@ impl operations_server::Operations for OperationsService {
         let offset = if req.page_token.is_empty() {
             0
         } else {
-            req.page_token
-                .parse::<u64>()
-                .map_err(|_| Error::InvalidArgument(format!("bad page_token {:?}", req.page_token)))?
+            req.page_token.parse::<u64>().map_err(|_| {
+                Error::InvalidArgument(format!("bad page_token {:?}", req.page_token))
+            })?
         };
         let limit = match req.page_size {
             n if n <= 0 => 100,

@@ -128,7 +128,8 @@ impl Cas {
     /// Writes each blob to its path (via a temporary file, renamed into
     /// place, so a concurrent reader never sees half a file).
     pub async fn download(&self, blobs: Vec<(Digest, PathBuf)>) -> Result<()> {
-        let (small, large): (Vec<_>, Vec<_>) = blobs.into_iter().partition(|(d, _)| d.size <= SMALL);
+        let (small, large): (Vec<_>, Vec<_>) =
+            blobs.into_iter().partition(|(d, _)| d.size <= SMALL);
         let mut batch: Vec<(Digest, PathBuf)> = Vec::new();
         let mut batch_bytes = 0;
         let mut batches = Vec::new();

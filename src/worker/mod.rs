@@ -84,9 +84,14 @@ fn parse_property(text: &str) -> std::result::Result<(String, String), String> {
 pub struct Auth(Option<tonic::metadata::AsciiMetadataValue>);
 
 impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut request: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
         if let Some(token) = &self.0 {
-            request.metadata_mut().insert("authorization", token.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
         }
         Ok(request)
     }
@@ -112,27 +117,32 @@ async fn connect(args: &WorkerArgs) -> Result<Conn> {
     if tls {
         crate::app::install_crypto_provider();
         let ca = args.tls_ca.as_ref().ok_or_else(|| {
-            Error::InvalidArgument("grpcs:// needs --tls-ca (the CA that signed kiln's certificate)".into())
+            Error::InvalidArgument(
+                "grpcs:// needs --tls-ca (the CA that signed kiln's certificate)".into(),
+            )
         })?;
-        let pem = std::fs::read(ca).map_err(|e| Error::io(format!("reading {}", ca.display()), e))?;
+        let pem =
+            std::fs::read(ca).map_err(|e| Error::io(format!("reading {}", ca.display()), e))?;
         endpoint = endpoint
             .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
             .map_err(|e| Error::InvalidArgument(format!("TLS: {e}")))?;
     }
-    let token = match &args.token_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            Some(
-                format!("Bearer {}", text.trim())
-                    .parse()
-                    .map_err(|_| Error::InvalidArgument("the token is not valid header text".into()))?,
-            )
-        }
-        None => None,
-    };
+    let token =
+        match &args.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                Some(format!("Bearer {}", text.trim()).parse().map_err(|_| {
+                    Error::InvalidArgument("the token is not valid header text".into())
+                })?)
+            }
+            None => None,
+        };
     // Connects lazily, so a worker started before kiln keeps retrying.
-    Ok(InterceptedService::new(endpoint.connect_lazy(), Auth(token)))
+    Ok(InterceptedService::new(
+        endpoint.connect_lazy(),
+        Auth(token),
+    ))
 }
 
 /// What every slot shares.
@@ -155,7 +165,8 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
     let runs = args.work_dir.join("runs");
     // Leftovers of a previous run (killed mid-action) are not inputs of anything.
     let _ = std::fs::remove_dir_all(&runs);
-    std::fs::create_dir_all(&runs).map_err(|e| Error::io(format!("creating {}", runs.display()), e))?;
+    std::fs::create_dir_all(&runs)
+        .map_err(|e| Error::io(format!("creating {}", runs.display()), e))?;
     let ctx = Arc::new(Ctx {
         conn,
         instance: args.instance.clone(),
@@ -270,7 +281,8 @@ async fn slot(ctx: Arc<Ctx>, n: usize) {
             if let Some(tp) = trace {
                 let mut carrier = std::collections::HashMap::new();
                 carrier.insert("traceparent".to_string(), tp);
-                let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
+                let parent =
+                    opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
                 let _ = span.set_parent(parent);
             }
             if let Some(done) = work(&ctx, &session, lease).instrument(span).await {
@@ -371,9 +383,15 @@ async fn execute(ctx: &Ctx, lease: &Lease) -> Result<(ActionResult, tonic_types:
         .payload
         .as_ref()
         .ok_or_else(|| Error::InvalidArgument(format!("lease {} has no payload", lease.id)))?;
-    let action = if payload.type_url.ends_with("/build.bazel.remote.execution.v2.Action") {
+    let action = if payload
+        .type_url
+        .ends_with("/build.bazel.remote.execution.v2.Action")
+    {
         Action::decode(&payload.value[..])?
-    } else if payload.type_url.ends_with("/build.bazel.remote.execution.v2.Digest") {
+    } else if payload
+        .type_url
+        .ends_with("/build.bazel.remote.execution.v2.Digest")
+    {
         let digest = crate::proto::reapi::Digest::decode(&payload.value[..])?;
         let digest = Digest::from_proto(function, Some(&digest), "action")?;
         Action::decode(cas.read(&digest).await?)?
@@ -392,7 +410,9 @@ async fn execute(ctx: &Ctx, lease: &Lease) -> Result<(ActionResult, tonic_types:
     let command_digest = Digest::from_proto(function, action.command_digest.as_ref(), "command")?;
     let command = Command::decode(cas.read(&command_digest).await?)?;
     let input_root = Digest::from_proto(function, action.input_root_digest.as_ref(), "input root")?;
-    let run_dir = ctx.runs.join(format!("{}-{}", lease.id, uuid::Uuid::new_v4()));
+    let run_dir = ctx
+        .runs
+        .join(format!("{}-{}", lease.id, uuid::Uuid::new_v4()));
     let root = run_dir.join("root");
     let _cleanup = RemoveOnDrop(run_dir.clone());
     inputs::materialize(&cas, &ctx.cache, &input_root, &root).await?;
@@ -429,7 +449,9 @@ async fn execute(ctx: &Ctx, lease: &Lease) -> Result<(ActionResult, tonic_types:
             result.exit_code = -1;
             tonic_types::pb::Status {
                 code: tonic::Code::DeadlineExceeded as i32,
-                message: format!("the action ran longer than its timeout of {timeout:?} and was killed"),
+                message: format!(
+                    "the action ran longer than its timeout of {timeout:?} and was killed"
+                ),
                 details: Vec::new(),
             }
         }

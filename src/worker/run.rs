@@ -32,7 +32,9 @@ pub async fn run(
 ) -> Result<Exit> {
     let mut argv: Vec<String> = command.arguments.clone();
     if argv.is_empty() {
-        return Err(Error::InvalidArgument("the command has no arguments".into()));
+        return Err(Error::InvalidArgument(
+            "the command has no arguments".into(),
+        ));
     }
     let cwd = root.join(&command.working_directory);
     // A relative program with a slash is relative to the working directory.
@@ -64,7 +66,11 @@ pub async fn run(
         .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| {
-        Error::FailedPrecondition(format!("cannot start {:?} in {}: {e}", argv[0], cwd.display()))
+        Error::FailedPrecondition(format!(
+            "cannot start {:?} in {}: {e}",
+            argv[0],
+            cwd.display()
+        ))
     })?;
     let group = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
     let guard = GroupKiller(group);

@@ -104,7 +104,9 @@ pub fn build(spec: &Spec<'_>) -> (Digest, Vec<Bytes>) {
     let action = Action {
         command_digest: Some(sha(&command).to_proto()),
         input_root_digest: Some(sha(&root).to_proto()),
-        timeout: spec.timeout.map(|t| prost_types::Duration::try_from(t).unwrap()),
+        timeout: spec
+            .timeout
+            .map(|t| prost_types::Duration::try_from(t).unwrap()),
         do_not_cache: spec.do_not_cache,
         salt: Bytes::copy_from_slice(spec.salt.as_bytes()),
         platform: (!spec.platform.is_empty()).then(|| Platform {
@@ -174,7 +176,10 @@ pub async fn execute(
 }
 
 /// WaitExecution, collecting every operation until the stream ends.
-pub async fn wait_execution(channel: &Channel, name: &str) -> Result<Vec<Operation>, tonic::Status> {
+pub async fn wait_execution(
+    channel: &Channel,
+    name: &str,
+) -> Result<Vec<Operation>, tonic::Status> {
     let stream = ExecutionClient::new(channel.clone())
         .wait_execution(WaitExecutionRequest {
             name: name.to_string(),
@@ -184,9 +189,7 @@ pub async fn wait_execution(channel: &Channel, name: &str) -> Result<Vec<Operati
     collect(stream).await
 }
 
-async fn collect(
-    mut stream: tonic::Streaming<Operation>,
-) -> Result<Vec<Operation>, tonic::Status> {
+async fn collect(mut stream: tonic::Streaming<Operation>) -> Result<Vec<Operation>, tonic::Status> {
     let mut ops = Vec::new();
     while let Some(op) = stream.next().await {
         ops.push(op?);

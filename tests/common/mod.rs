@@ -157,3 +157,14 @@ pub fn upload_request(blobs: &[Bytes]) -> kiln::proto::reapi::BatchUpdateBlobsRe
         ..Default::default()
     }
 }
+
+/// BuildGrid's `bgd` (Python, grpcio), installed by README's test command.
+pub fn bgd() -> String {
+    let path = std::env::var("KILN_BGD")
+        .expect("KILN_BGD is not set: README's test command installs BuildGrid's bgd");
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "KILN_BGD={path} does not exist"
+    );
+    path
+}

@@ -131,21 +131,10 @@ async fn mtls_refuses_clients_without_a_certificate() {
     );
 }
 
-/// BuildGrid's `bgd` (Python, grpcio), installed by README's test command.
-fn bgd() -> String {
-    let path = std::env::var("KILN_BGD")
-        .expect("KILN_BGD is not set: README's test command installs BuildGrid's bgd");
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "KILN_BGD={path} does not exist"
-    );
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buildgrids_bgd_client_works_over_tls_and_mtls() {
     kiln::app::install_crypto_provider();
-    let bgd = bgd();
+    let bgd = crate::common::bgd();
     for mtls in [false, true] {
         let pki = Pki::new();
         let kiln = Kiln::start(&pki.server_config(mtls)).await;

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use kiln::proto::longrunning::operations_client::OperationsClient;
-use kiln::proto::longrunning::{CancelOperationRequest, GetOperationRequest, ListOperationsRequest};
+use kiln::proto::longrunning::{
+    CancelOperationRequest, GetOperationRequest, ListOperationsRequest,
+};
 use kiln::proto::reapi::GetActionResultRequest;
 use kiln::proto::reapi::action_cache_client::ActionCacheClient;
 use tonic::Code;
@@ -55,7 +57,12 @@ async fn run(database: &str, restartable: bool) {
     let yaml = config(i, database);
     let kiln = Kiln::start_in(&yaml, tmp.path()).await;
     let ch = kiln.channel().await;
-    let mut w1 = WorkerProc::start(&kiln.url, i, "w1", &["--concurrency=2", "--property=os=linux"]);
+    let mut w1 = WorkerProc::start(
+        &kiln.url,
+        i,
+        "w1",
+        &["--concurrency=2", "--property=os=linux"],
+    );
 
     // Missing inputs: FAILED_PRECONDITION naming every missing blob.
     let spec = Spec {
@@ -75,7 +82,10 @@ async fn run(database: &str, restartable: bool) {
             .get_details_precondition_failure()
             .expect("a PreconditionFailure")
             .violations;
-        assert!(violations.iter().all(|v| v.r#type == "MISSING"), "{violations:?}");
+        assert!(
+            violations.iter().all(|v| v.r#type == "MISSING"),
+            "{violations:?}"
+        );
         let mut subjects: Vec<String> = violations.iter().map(|v| v.subject.clone()).collect();
         let mut wanted: Vec<String> = want
             .iter()
@@ -95,7 +105,11 @@ async fn run(database: &str, restartable: bool) {
 
     // A real run: stages in order, outputs and logs in the CAS, result cached.
     let spec = Spec {
-        argv: vec!["/bin/sh", "-c", "tr a-z A-Z < in.txt > out/up.txt; echo to-stdout; echo to-stderr >&2"],
+        argv: vec![
+            "/bin/sh",
+            "-c",
+            "tr a-z A-Z < in.txt > out/up.txt; echo to-stdout; echo to-stderr >&2",
+        ],
         inputs: vec![("in.txt", b"hello kiln")],
         outputs: vec!["out/up.txt"],
         salt: "run",
@@ -116,12 +130,21 @@ async fn run(database: &str, restartable: bool) {
     assert_eq!(result.output_files[0].path, "out/up.txt");
     let out = read_blob(&kiln, i, result.output_files[0].digest.as_ref().unwrap()).await;
     assert_eq!(out, b"HELLO KILN");
-    assert_eq!(read_blob(&kiln, i, result.stdout_digest.as_ref().unwrap()).await, b"to-stdout\n");
-    assert_eq!(read_blob(&kiln, i, result.stderr_digest.as_ref().unwrap()).await, b"to-stderr\n");
+    assert_eq!(
+        read_blob(&kiln, i, result.stdout_digest.as_ref().unwrap()).await,
+        b"to-stdout\n"
+    );
+    assert_eq!(
+        read_blob(&kiln, i, result.stderr_digest.as_ref().unwrap()).await,
+        b"to-stderr\n"
+    );
     assert_eq!(result.execution_metadata.as_ref().unwrap().worker, "w1");
     let cached = execute(&ch, i, digest, false, 0).await.unwrap();
     assert_eq!(cached.len(), 1);
-    assert!(response(&cached[0]).cached_result, "a second Execute is a cache hit");
+    assert!(
+        response(&cached[0]).cached_result,
+        "a second Execute is a cache hit"
+    );
     ActionCacheClient::new(ch.clone())
         .get_action_result(GetActionResultRequest {
             instance_name: i.to_string(),
@@ -154,8 +177,16 @@ async fn run(database: &str, restartable: bool) {
         names.insert(last.name.clone());
         assert_eq!(response(last).result.unwrap().exit_code, 0);
     }
-    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n", "exactly one run");
-    assert_eq!(names.len(), 1, "every caller watched one operation: {names:?}");
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap(),
+        "run\n",
+        "exactly one run"
+    );
+    assert_eq!(
+        names.len(),
+        1,
+        "every caller watched one operation: {names:?}"
+    );
 
     // Cancelling a sleeping action kills it.
     let pid_file = tmp.path().join("sleeper.pid");
@@ -196,7 +227,10 @@ async fn run(database: &str, restartable: bool) {
     assert_eq!(status.code, Code::Cancelled as i32, "{status:?}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(tokio::time::Instant::now() < deadline, "the cancelled action still runs");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cancelled action still runs"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let got = ops_client
@@ -320,7 +354,12 @@ async fn run(database: &str, restartable: bool) {
     assert_eq!(ops.last().unwrap().name, first.name);
     let done = response(ops.last().unwrap());
     assert_eq!(done.status.unwrap().code, 0);
-    let stdout = read_blob(&kiln, i, done.result.unwrap().stdout_digest.as_ref().unwrap()).await;
+    let stdout = read_blob(
+        &kiln,
+        i,
+        done.result.unwrap().stdout_digest.as_ref().unwrap(),
+    )
+    .await;
     assert_eq!(stdout, b"after restart\n");
     kiln.server.stop().await.unwrap();
 }
