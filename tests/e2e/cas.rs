@@ -52,7 +52,24 @@ async fn capabilities_advertise_what_bazel_4_needs() {
             .unwrap()
             .update_enabled
     );
-    assert!(caps.execution_capabilities.is_none());
+    let exec = caps.execution_capabilities.expect("execution is on by default");
+    assert!(exec.exec_enabled);
+    assert_eq!(
+        exec.digest_function,
+        reapi::digest_function::Value::Sha256 as i32
+    );
+    let disabled = Kiln::start(&format!("execution: {{ enabled: false }}\n{MEMORY}")).await;
+    let caps = disabled
+        .capabilities()
+        .await
+        .get_capabilities(GetCapabilitiesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        caps.execution_capabilities.is_none(),
+        "with execution disabled, Capabilities says so"
+    );
 
     let err = kiln
         .capabilities()
