@@ -20,7 +20,7 @@ use crate::proto::reapi::{
     execution_server::Execution, execution_stage,
 };
 use crate::service::caller;
-use crate::service::operations::{finished, job_id, operation_name, watch};
+use crate::service::operations::{authorized_job, finished, operation_name, watch};
 
 /// The Execution service.
 #[derive(Debug, Clone)]
@@ -113,10 +113,14 @@ impl Execution for ExecutionService {
         request: Request<WaitExecutionRequest>,
     ) -> Result<Response<OperationStream>, Status> {
         let who = caller(&request);
-        let job = self.scheduler.get(job_id(&request.get_ref().name)?).await?;
-        self.instances
-            .get(&job.instance)?
-            .authorize(&who, Role::Execute)?;
+        let job = authorized_job(
+            &self.instances,
+            &self.scheduler,
+            &who,
+            &request.get_ref().name,
+            Role::Execute,
+        )
+        .await?;
         Ok(Response::new(watch(self.scheduler.clone(), job)))
     }
 }

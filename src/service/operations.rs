@@ -44,15 +44,37 @@ pub fn operation_name(instance: &str, id: &str) -> String {
     }
 }
 
-/// The job id an operation name ends with.
-pub fn job_id(name: &str) -> Result<&str> {
-    let id = name.rsplit('/').next().unwrap_or(name);
-    if id.is_empty() {
+/// The instance and job id an operation name holds (a bare id means the
+/// default instance), so callers are authorised before anything is looked up.
+pub fn parse_name(name: &str) -> Result<(&str, &str)> {
+    let (instance, id) = match name.rsplit_once("/operations/") {
+        Some((instance, id)) => (instance, id),
+        None => ("", name.strip_prefix("operations/").unwrap_or(name)),
+    };
+    if id.is_empty() || id.contains('/') {
         return Err(Error::InvalidArgument(format!(
-            "operation name {name:?} names no operation"
+            "{name:?} is not an operation name (INSTANCE/operations/ID)"
         )));
     }
-    Ok(id)
+    Ok((instance, id))
+}
+
+/// Looks up the job an operation name names, after authorising `who` as
+/// `role` on its instance. A job of another instance is NOT_FOUND.
+pub async fn authorized_job(
+    instances: &Instances,
+    scheduler: &Scheduler,
+    who: &Caller,
+    name: &str,
+    role: Role,
+) -> Result<Job> {
+    let (instance, id) = parse_name(name)?;
+    instances.get(instance)?.authorize(who, role)?;
+    let job = scheduler.get(id).await?;
+    if job.instance != instance {
+        return Err(Error::NotFound(format!("no operation {name}")));
+    }
+    Ok(job)
 }
 
 fn any(type_url: &str, value: Vec<u8>) -> prost_types::Any {
@@ -136,9 +158,7 @@ impl OperationsService {
     }
 
     async fn job(&self, who: &Caller, name: &str, role: Role) -> Result<Job> {
-        let job = self.scheduler.get(job_id(name)?).await?;
-        self.instances.get(&job.instance)?.authorize(who, role)?;
-        Ok(job)
+        authorized_job(&self.instances, &self.scheduler, who, name, role).await
     }
 }
 

@@ -52,7 +52,9 @@ async fn capabilities_advertise_what_bazel_4_needs() {
             .unwrap()
             .update_enabled
     );
-    let exec = caps.execution_capabilities.expect("execution is on by default");
+    let exec = caps
+        .execution_capabilities
+        .expect("execution is on by default");
     assert!(exec.exec_enabled);
     assert_eq!(
         exec.digest_function,

@@ -252,6 +252,101 @@ async fn call(channel: &Channel, rpc: &str, token: Option<&str>) -> Code {
                 Err(e) => Err(e),
             }
         }
+        "Execute" => {
+            use kiln::proto::reapi::execution_client::ExecutionClient;
+            ExecutionClient::new(channel.clone())
+                .execute(with_token(
+                    tonic::Request::new(kiln::proto::reapi::ExecuteRequest {
+                        action_digest: Some(d.to_proto()),
+                        ..Default::default()
+                    }),
+                    token,
+                ))
+                .await
+                .map(|_| ())
+        }
+        "WaitExecution" => {
+            use kiln::proto::reapi::execution_client::ExecutionClient;
+            ExecutionClient::new(channel.clone())
+                .wait_execution(with_token(
+                    tonic::Request::new(kiln::proto::reapi::WaitExecutionRequest {
+                        name: "operations/no-such-job".into(),
+                    }),
+                    token,
+                ))
+                .await
+                .map(|_| ())
+        }
+        "GetOperation" | "CancelOperation" | "WaitOperation" | "ListOperations" => {
+            use kiln::proto::longrunning::operations_client::OperationsClient;
+            use kiln::proto::longrunning::*;
+            let mut ops = OperationsClient::new(channel.clone());
+            let name = "operations/no-such-job".to_string();
+            match rpc {
+                "GetOperation" => ops
+                    .get_operation(with_token(
+                        tonic::Request::new(GetOperationRequest { name }),
+                        token,
+                    ))
+                    .await
+                    .map(|_| ()),
+                "CancelOperation" => ops
+                    .cancel_operation(with_token(
+                        tonic::Request::new(CancelOperationRequest { name }),
+                        token,
+                    ))
+                    .await
+                    .map(|_| ()),
+                "WaitOperation" => ops
+                    .wait_operation(with_token(
+                        tonic::Request::new(WaitOperationRequest {
+                            name,
+                            timeout: None,
+                        }),
+                        token,
+                    ))
+                    .await
+                    .map(|_| ()),
+                _ => ops
+                    .list_operations(with_token(
+                        tonic::Request::new(ListOperationsRequest::default()),
+                        token,
+                    ))
+                    .await
+                    .map(|_| ()),
+            }
+        }
+        "CreateBotSession" | "UpdateBotSession" => {
+            use kiln::proto::remoteworkers::bots_client::BotsClient;
+            use kiln::proto::remoteworkers::*;
+            let mut bots = BotsClient::new(channel.clone());
+            let session = BotSession {
+                bot_id: "acl-bot".into(),
+                ..Default::default()
+            };
+            if rpc == "CreateBotSession" {
+                bots.create_bot_session(with_token(
+                    tonic::Request::new(CreateBotSessionRequest {
+                        parent: String::new(),
+                        bot_session: Some(session),
+                    }),
+                    token,
+                ))
+                .await
+                .map(|_| ())
+            } else {
+                bots.update_bot_session(with_token(
+                    tonic::Request::new(UpdateBotSessionRequest {
+                        name: "botSessions/acl".into(),
+                        bot_session: Some(session),
+                        update_mask: None,
+                    }),
+                    token,
+                ))
+                .await
+                .map(|_| ())
+            }
+        }
         other => panic!("unknown rpc {other}"),
     };
     match result {
@@ -265,7 +360,11 @@ async fn call(channel: &Channel, rpc: &str, token: Option<&str>) -> Code {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_against_every_rpc() {
     let dir = tempfile::tempdir().unwrap();
-    let kiln = Kiln::start(&config(dir.path(), "")).await;
+    let kiln = Kiln::start(&config(
+        dir.path(),
+        "execution: { database: memory, bot_wait: 100ms }\n",
+    ))
+    .await;
     let channel = kiln.channel().await;
     let needs: &[(&str, &str)] = &[
         ("Capabilities", "read"),
@@ -284,8 +383,18 @@ async fn every_role_against_every_rpc() {
         ("QueryEvents", "read"),
         ("ListStreams", "read"),
         ("GetInvocation", "read"),
+        ("Execute", "execute"),
+        ("WaitExecution", "execute"),
+        ("CancelOperation", "execute"),
+        ("GetOperation", "read"),
+        ("ListOperations", "read"),
+        ("WaitOperation", "read"),
+        ("CreateBotSession", "worker"),
+        ("UpdateBotSession", "worker"),
     ];
-    for role in ["read", "write", "ac-write", "bes", "execute", "admin"] {
+    for role in [
+        "read", "write", "ac-write", "bes", "execute", "worker", "admin",
+    ] {
         let t = token(&[role], 600, "kiln", SECRET);
         for (rpc, needed) in needs {
             let expected = if role == *needed || role == "admin" {

@@ -154,6 +154,25 @@ async fn run(database: &str, restartable: bool) {
         .await
         .expect("the result is in the action cache");
 
+    // Metrics: jobs by event, queue wait and run time.
+    let metrics = crate::common::scrape(kiln.server.http_addr).await;
+    assert!(
+        crate::common::metric_sum(&metrics, "kiln_exec_jobs_total", &[("event", "completed")])
+            >= 1.0,
+        "{metrics}"
+    );
+    for histogram in [
+        "kiln_exec_queue_wait_seconds_count",
+        "kiln_exec_run_seconds_count",
+    ] {
+        let count: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{histogram} "))?.parse().ok())
+            .unwrap_or_else(|| panic!("no {histogram} in\n{metrics}"));
+        assert!(count >= 1.0, "{histogram} = {count}");
+    }
+    assert!(metrics.contains("kiln_exec_queued "), "{metrics}");
+
     // Ten identical concurrent Executes: one run, one operation.
     let runs = tmp.path().join("runs.txt");
     let script = format!("echo run >> {}; sleep 1; echo same", runs.display());
@@ -280,7 +299,34 @@ async fn run(database: &str, restartable: bool) {
     // A worker killed mid-action: its lease expires and another worker
     // finishes the job.
     w1.kill();
+    // Priorities: queued while no worker runs, an urgent action (lower
+    // value) submitted later runs before an ordinary one.
+    let order = tmp.path().join("order.txt");
+    let mut calls = Vec::new();
+    for (name, priority) in [("ordinary", 10), ("urgent", -10)] {
+        let script = format!("echo {name} >> {}", order.display());
+        let spec = Spec {
+            argv: vec!["/bin/sh", "-c", &script],
+            salt: name,
+            ..Default::default()
+        };
+        let digest = upload(&ch, i, &spec).await;
+        let ch = ch.clone();
+        let i = i.to_string();
+        calls.push(tokio::spawn(async move {
+            execute(&ch, &i, digest, false, priority).await
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let mut w2 = WorkerProc::start(&kiln.url, i, "w2", &[]);
+    for call in calls {
+        let ops = call.await.unwrap().unwrap();
+        assert_eq!(response(ops.last().unwrap()).status.unwrap().code, 0);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&order).unwrap(),
+        "urgent\nordinary\n"
+    );
     let marker = tmp.path().join("attempts.txt");
     let script = format!("echo try >> {}; sleep 2; echo finished", marker.display());
     let spec = Spec {
