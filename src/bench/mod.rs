@@ -8,6 +8,7 @@
 mod bes;
 mod bytestream;
 mod data;
+mod exec;
 mod runner;
 mod tree;
 mod workloads;
@@ -21,7 +22,7 @@ pub use runner::{Limit, Report};
 use crate::error::{Error, Result};
 
 /// The workloads `kiln bench` knows.
-pub const WORKLOADS: [&str; 8] = [
+pub const WORKLOADS: [&str; 9] = [
     "fmb",
     "fmb_present",
     "batch",
@@ -30,6 +31,7 @@ pub const WORKLOADS: [&str; 8] = [
     "ac",
     "bes",
     "hash",
+    "exec",
 ];
 
 /// Command-line options of `kiln bench`.
@@ -41,8 +43,9 @@ pub struct BenchArgs {
     /// The instance_name to send.
     #[arg(long, default_value = "")]
     pub instance: String,
-    /// Workloads, comma-separated: fmb, batch, bytestream, tree, ac, hash
-    /// (local hashing speed; needs no server), or all.
+    /// Workloads, comma-separated: fmb, batch, bytestream, tree, ac, bes,
+    /// exec (no-op actions; needs `kiln worker`s connected), hash (local
+    /// hashing speed; needs no server), or all.
     #[arg(long, default_value = "fmb,batch,ac")]
     pub workload: String,
     /// Calls in flight at once.
@@ -251,6 +254,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Vec<Report>> {
             "ac" => workloads::ac(&ctx).await?,
             "bes" => bes::bes(&ctx, args.bes_events).await?,
             "hash" => workloads::hash(&ctx).await?,
+            "exec" => exec::exec(&ctx).await?,
             _ => unreachable!("checked in workloads()"),
         };
         reports.extend(stats.into_iter().map(|s| s.report()));

@@ -335,8 +335,8 @@ impl Scheduler {
     }
 
     /// Finishes the job `bot` ran: stores a successful cacheable result in
-    /// the action cache first (so a client told "done" finds it there), then
-    /// completes the job and wakes its watchers. A report for a job the bot
+    /// the action cache while completing the job, then wakes its watchers
+    /// (so a watcher told "done" by this pod finds the result cached). A report for a job the bot
     /// no longer holds is dropped.
     pub async fn complete(&self, bot: &str, id: &str, outcome: Outcome) -> Result<()> {
         let Some(job) = self.store.get(id).await? else {
@@ -351,18 +351,20 @@ impl Scheduler {
             return Ok(());
         }
         let ok = outcome.status.code == 0;
+        // The ExecuteResponse carries the result itself, so the action-cache
+        // write runs beside the job's completion instead of before it.
+        let mut cache_write = None;
         if let Some(result) = &outcome.result {
             crate::action_result::validate(job.action_digest.function, result)?;
             if ok && result.exit_code == 0 && !job.do_not_cache {
                 let instance = self.instances.get(&job.instance)?;
                 let encoded = Bytes::from(result.encode_to_vec());
-                if let Err(e) = instance
-                    .action_cache
-                    .put(&job.action_digest, encoded.into())
-                    .await
-                {
-                    tracing::warn!(job = id, error = %e, "could not cache an action result");
-                }
+                let digest = job.action_digest;
+                cache_write = Some(async move {
+                    if let Err(e) = instance.action_cache.put(&digest, encoded.into()).await {
+                        tracing::warn!(action = %digest, error = %e, "could not cache an action result");
+                    }
+                });
             }
         }
         let message = if ok {
@@ -378,17 +380,19 @@ impl Scheduler {
             ..Default::default()
         };
         let now = now_ms();
-        if let Some(done) = self
-            .store
-            .finish(
-                id,
-                Some(bot),
-                Bytes::from(response.encode_to_vec()),
-                false,
-                now,
-            )
-            .await?
-        {
+        let finish = self.store.finish(
+            id,
+            Some(bot),
+            Bytes::from(response.encode_to_vec()),
+            false,
+            now,
+        );
+        let (finished, ()) = tokio::join!(finish, async {
+            if let Some(write) = cache_write {
+                write.await;
+            }
+        });
+        if let Some(done) = finished? {
             self.metrics
                 .exec_run
                 .observe((now - done.started_at).max(0) as f64 / 1000.0);

@@ -199,6 +199,10 @@ impl Cas {
 
     /// Every directory of the tree under `root`, with its digest.
     pub async fn tree(&self, root: &Digest) -> Result<Vec<(Digest, bytes::Bytes)>> {
+        if root.is_empty_blob() {
+            // An empty input root: the empty Directory, no call needed.
+            return Ok(vec![(*root, bytes::Bytes::new())]);
+        }
         let mut stream = ContentAddressableStorageClient::new(self.conn.clone())
             .get_tree(GetTreeRequest {
                 instance_name: self.instance.clone(),
@@ -220,7 +224,9 @@ impl Cas {
     }
 
     /// Uploads those of `blobs` the server lacks.
-    pub async fn upload(&self, blobs: Vec<(Digest, Source)>) -> Result<()> {
+    pub async fn upload(&self, mut blobs: Vec<(Digest, Source)>) -> Result<()> {
+        // The empty blob is always present; asking costs a round trip.
+        blobs.retain(|(d, _)| !d.is_empty_blob());
         if blobs.is_empty() {
             return Ok(());
         }

@@ -154,6 +154,8 @@ struct Ctx {
     cache: FileCache,
     runs: PathBuf,
     runner: Vec<String>,
+    /// Commands by digest (verified when fetched).
+    commands: moka::future::Cache<Digest, bytes::Bytes>,
 }
 
 /// Runs the worker until SIGINT or SIGTERM.
@@ -176,6 +178,10 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         properties: args.properties.clone(),
         cache: FileCache::new(args.work_dir.join("cache"))?,
+        commands: moka::future::Cache::builder()
+            .max_capacity(32 << 20)
+            .weigher(|_: &Digest, b: &bytes::Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
+            .build(),
         runs,
         runner: args
             .runner
@@ -408,7 +414,13 @@ async fn execute(ctx: &Ctx, lease: &Lease) -> Result<(ActionResult, tonic_types:
         ..Default::default()
     };
     let command_digest = Digest::from_proto(function, action.command_digest.as_ref(), "command")?;
-    let command = Command::decode(cas.read(&command_digest).await?)?;
+    // Builds send the same few Commands over and over: keep them.
+    let command_bytes = ctx
+        .commands
+        .try_get_with(command_digest, cas.read(&command_digest))
+        .await
+        .map_err(|e| (*e).clone())?;
+    let command = Command::decode(command_bytes)?;
     let input_root = Digest::from_proto(function, action.input_root_digest.as_ref(), "input root")?;
     let run_dir = ctx
         .runs
