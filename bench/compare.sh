@@ -117,6 +117,27 @@ log "measuring one core's hashing speed"
 WORKLOADS=fmb,batch,bytestream,tree,ac
 start kiln-disk 50071 "$KILN" serve --listen 127.0.0.1:50071 --data-dir "$RUN/kiln-disk-data"
 bench kiln-disk 50071 "$WORKLOADS,bes"
+log "bench kiln-disk: exec with two workers"
+for w in 1 2; do
+    "$KILN" worker --server grpc://127.0.0.1:50071 --concurrency 4 --work-dir "$RUN/worker$w" \
+        > "$RUN/worker$w.log" 2>&1 &
+    WORKER_PIDS+=($!)
+done
+PIDS+=("${WORKER_PIDS[@]}")
+sleep 1
+"$KILN" bench --json --target grpc://127.0.0.1:50071 --workload exec --duration "$DURATION" \
+    --concurrency 1 | sed 's/"workload":"exec"/"workload":"exec_serial"/' >> "$RUN/kiln-disk.jsonl"
+"$KILN" bench --json --target grpc://127.0.0.1:50071 --workload exec --duration "$DURATION" \
+    --concurrency 8 >> "$RUN/kiln-disk.jsonl"
+kill "${WORKER_PIDS[@]}"
+# The same-run baseline for exec: what one bare local fork+exec of /bin/true costs.
+python3 -c '
+import subprocess, time, json
+t = []
+for _ in range(500):
+    s = time.perf_counter(); subprocess.run(["/bin/true"]); t.append((time.perf_counter() - s) * 1000)
+t.sort()
+print(json.dumps({"workload": "local_spawn", "p50_ms": t[len(t) // 2]}))' >> "$RUN/kiln-disk.jsonl"
 log "bench kiln-disk: ${BIG_BLOB} blobs (memory bound check)"
 "$KILN" bench --json --target grpc://127.0.0.1:50071 --workload bytestream --blob-size "$BIG_BLOB" \
     --concurrency 1 --requests 2 | sed 's/"workload":"bytestream_/"workload":"big_bytestream_/' >> "$RUN/kiln-disk.jsonl"
