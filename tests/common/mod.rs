@@ -6,6 +6,7 @@
 pub mod bazel;
 pub mod bes;
 pub mod exec;
+pub mod otlp;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
@@ -167,4 +168,43 @@ pub fn bgd() -> String {
         "KILN_BGD={path} does not exist"
     );
     path
+}
+
+/// Starts `kiln serve` as a child process (for what is global per process,
+/// such as the trace exporter) with `yaml` on free ports; returns the child,
+/// its URL and a connected channel.
+pub async fn spawn_kiln(yaml: &str, dir: &Path) -> (std::process::Child, String, Channel) {
+    let cfg = dir.join("kiln.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, http) = (free(), free());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .arg(format!("--listen=127.0.0.1:{port}"))
+        .arg(format!("--http-listen=127.0.0.1:{http}"))
+        .arg("--data-dir")
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let channel = loop {
+        if let Ok(c) = Channel::from_shared(url.clone()).unwrap().connect().await {
+            break c;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "kiln did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    (child, url, channel)
 }

@@ -2,113 +2,27 @@
 //! client sent, with Bazel's RequestMetadata on the span and store calls as
 //! children; spans are flushed when kiln stops.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient;
 use kiln::proto::reapi::{FindMissingBlobsRequest, RequestMetadata, ToolDetails};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::trace::v1::Span;
+
+use crate::common::otlp::{Receiver, attr};
 use prost::Message;
 use tonic::metadata::{BinaryMetadataValue, MetadataValue};
 
-#[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<Span>>>);
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.0.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
-            for ss in rs.scope_spans {
-                spans.extend(ss.spans);
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-fn attr(span: &Span, key: &str) -> Option<String> {
-    span.attributes
-        .iter()
-        .find(|a| a.key == key)
-        .and_then(|a| a.value.as_ref())
-        .and_then(|v| match &v.value {
-            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
-                Some(s.clone())
-            }
-            _ => None,
-        })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_the_collector_parented_to_the_clients_trace() {
-    let receiver = Receiver::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let otlp = listener.local_addr().unwrap();
-    let r = receiver.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(r))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap()
-    });
+    let (receiver, otlp) = Receiver::start().await;
 
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("kiln.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (mut child, _url, channel) = crate::common::spawn_kiln(
+        &format!(
             "tracing:\n  otlp_endpoint: http://{otlp}\n  service_name: kiln-test\n{}",
             crate::common::MEMORY
         ),
+        dir.path(),
     )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .arg(format!("--listen=127.0.0.1:{port}"))
-        .arg(format!("--http-listen=127.0.0.1:{http}"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let started = std::time::Instant::now();
-    let channel = loop {
-        if let Ok(c) = tonic::transport::Channel::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            break c;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "kiln did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    .await;
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent_id = "00f067aa0ba902b7";
@@ -149,7 +63,7 @@ async fn spans_reach_the_collector_parented_to_the_clients_trace() {
         .unwrap();
     assert!(waited.success(), "kiln exits cleanly on SIGTERM");
 
-    let spans = receiver.0.lock().unwrap().clone();
+    let spans = receiver.spans();
     let ours: Vec<&Span> = spans
         .iter()
         .filter(|s| hex::encode(&s.trace_id) == trace_id)

@@ -9,3 +9,4 @@ mod common;
 mod bazel;
 mod bgd;
 mod suite;
+mod traces;
