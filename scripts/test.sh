@@ -40,6 +40,15 @@ if [ ! -x "$BGD_VENV/bin/bgd" ]; then
     install_venv "$BGD_VENV" buildgrid '3.13*'
 fi
 export KILN_BGD="$BGD_VENV/bin/bgd"
+# Helm without a helm binary (PyPI helm-python-sdk embeds Helm's Go library,
+# Python 3.12+) and the Kubernetes schemas (kubernetes-validate), for the
+# chart and manifest tests.
+K8S_VENV="${KILN_TEST_K8S_VENV:-/var/tmp/kiln-test-k8s}"
+if [ ! -x "$K8S_VENV/bin/kubernetes-validate" ] || ! "$K8S_VENV/bin/python" -c "import helm_python" 2>/dev/null; then
+    echo "==> installing helm-python-sdk and kubernetes-validate into $K8S_VENV"
+    install_venv "$K8S_VENV" "helm-python-sdk kubernetes-validate" '3.13*'
+fi
+export KILN_K8S_PYTHON="$K8S_VENV/bin/python" KILN_KUBERNETES_VALIDATE="$K8S_VENV/bin/kubernetes-validate"
 # The credentials the test SeaweedFS instances accept; kiln reads them
 # through the standard AWS chain, as in production.
 export AWS_ACCESS_KEY_ID=testkey AWS_SECRET_ACCESS_KEY=testsecret AWS_REGION=us-east-1

@@ -2,7 +2,8 @@
 # tool from PyPI, with a Python that can make venvs (pyenv's on this image,
 # else the system's).
 
-# install_venv DIR PACKAGE PYTHON_GLOB: e.g. install_venv V buildgrid '3.13*'
+# install_venv DIR PACKAGES PYTHON_GLOB: e.g. install_venv V buildgrid '3.13*'
+# (PACKAGES: one or more, space-separated)
 # (BuildGrid needs 3.13: on 3.11 pip silently picks an old 0.4 release).
 install_venv() {
     local dir=$1 package=$2 want=$3 python="" candidate
@@ -18,5 +19,6 @@ install_venv() {
         exit 1
     fi
     "$python" -m venv "$dir"
-    "$dir/bin/pip" install --quiet --disable-pip-version-check "$package"
+    # shellcheck disable=SC2086 # several packages may be given, space-separated
+    "$dir/bin/pip" install --quiet --disable-pip-version-check $package
 }

@@ -21,7 +21,9 @@ fn args(target: &str, extra: &[&str]) -> BenchArgs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_workload_completes_without_errors() {
-    let kiln = Kiln::start(MEMORY).await;
+    let kiln = Kiln::start(&format!("execution: {{ database: memory }}\n{MEMORY}")).await;
+    // exec needs a worker.
+    let _worker = crate::common::exec::WorkerProc::start(&kiln.url, "", "bench", &[]);
     let target = kiln.url.replace("http://", "grpc://");
     let a = args(
         &target,
@@ -57,7 +59,8 @@ async fn every_workload_completes_without_errors() {
             "ac",
             "bes",
             "hash_sha256",
-            "hash_blake3"
+            "hash_blake3",
+            "exec"
         ]
     );
     for r in &reports {
@@ -68,6 +71,7 @@ async fn every_workload_completes_without_errors() {
     let by = |n: &str| reports.iter().find(|r| r.workload == n).unwrap();
     assert_eq!(by("fmb").ops, 6);
     assert_eq!(by("batch").ops, 6);
+    assert_eq!(by("exec").ops, 6, "six no-op actions ran on the worker");
     assert_eq!(by("ac").ops, 6);
     assert_eq!(by("bytestream_write").ops, 4, "two fresh blobs per worker");
     assert_eq!(by("tree_cold").ops, 3);
