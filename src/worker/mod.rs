@@ -63,8 +63,8 @@ pub struct WorkerArgs {
     /// CA certificate (PEM) to trust for grpcs://.
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
-    /// Run each command through this sandbox runner, e.g.
-    /// "buildbox-run --use-localcas" (the command follows after `--`).
+    /// Run each command through this sandbox prefix, e.g.
+    /// "bwrap --dev-bind / / --unshare-net" (the command's arguments follow).
     #[arg(long)]
     pub runner: Option<String>,
     /// OTLP/gRPC collector for the worker's spans (they join the client's

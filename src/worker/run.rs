@@ -19,8 +19,9 @@ pub enum Exit {
     TimedOut,
 }
 
-/// Runs `command` in `root`, optionally through `runner` (a sandbox such as
-/// `buildbox-run`, given the command after `--`), writing its output to
+/// Runs `command` in `root`, optionally through `runner` (a sandbox command
+/// prefix such as `bwrap --dev-bind / / --unshare-net`; the command's
+/// arguments follow it), writing its output to
 /// `stdout` and `stderr`. Dropping the future kills the process group.
 pub async fn run(
     command: &Command,
@@ -43,7 +44,6 @@ pub async fn run(
     }
     if !runner.is_empty() {
         let mut wrapped = runner.to_vec();
-        wrapped.push("--".into());
         wrapped.extend(argv);
         argv = wrapped;
     }

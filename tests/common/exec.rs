@@ -175,6 +175,17 @@ pub async fn execute(
     collect(stream).await
 }
 
+/// Execute in a task of its own (for calls that wait while the test acts).
+pub fn spawn_execute(
+    channel: &Channel,
+    instance: &str,
+    digest: Digest,
+    priority: i32,
+) -> tokio::task::JoinHandle<Result<Vec<Operation>, tonic::Status>> {
+    let (channel, instance) = (channel.clone(), instance.to_string());
+    tokio::spawn(async move { execute(&channel, &instance, digest, false, priority).await })
+}
+
 /// WaitExecution, collecting every operation until the stream ends.
 pub async fn wait_execution(
     channel: &Channel,

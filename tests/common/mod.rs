@@ -176,6 +176,16 @@ pub fn bgd() -> String {
 pub async fn spawn_kiln(yaml: &str, dir: &Path) -> (std::process::Child, String, Channel) {
     let cfg = dir.join("kiln.yaml");
     std::fs::write(&cfg, yaml).unwrap();
+    spawn_kiln_config(&cfg, dir, &[]).await
+}
+
+/// Starts `kiln serve --config FILE` as a child process with extra
+/// environment variables, as [`spawn_kiln`] does.
+pub async fn spawn_kiln_config(
+    cfg: &Path,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, Channel) {
     let free = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -186,11 +196,12 @@ pub async fn spawn_kiln(yaml: &str, dir: &Path) -> (std::process::Child, String,
     let (port, http) = (free(), free());
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["serve", "--config"])
-        .arg(&cfg)
+        .arg(cfg)
         .arg(format!("--listen=127.0.0.1:{port}"))
         .arg(format!("--http-listen=127.0.0.1:{http}"))
         .arg("--data-dir")
         .arg(dir)
+        .envs(env.iter().copied())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -207,4 +218,13 @@ pub async fn spawn_kiln(yaml: &str, dir: &Path) -> (std::process::Child, String,
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     (child, url, channel)
+}
+
+/// A finished command's stdout and stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

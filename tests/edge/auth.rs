@@ -594,42 +594,12 @@ async fn a_burst_over_the_rate_limit_is_resource_exhausted_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_auth_config_runs_with_the_secret_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "serve",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/auth.yaml"),
-        ])
-        .arg(format!("--listen=127.0.0.1:{port}"))
-        .arg(format!("--http-listen=127.0.0.1:{http}"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("KILN_JWT_SECRET", SECRET)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let started = std::time::Instant::now();
-    let channel = loop {
-        if let Ok(c) = Channel::from_shared(url.clone()).unwrap().connect().await {
-            break c;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "kiln did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (mut child, _url, channel) = crate::common::spawn_kiln_config(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/auth.yaml")),
+        dir.path(),
+        &[("KILN_JWT_SECRET", SECRET)],
+    )
+    .await;
     let claims = serde_json::json!({"sub": "ci", "roles": ["read", "write", "ac-write"], "exp": now() + 600});
     let t = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

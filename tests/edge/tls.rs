@@ -169,11 +169,7 @@ async fn buildgrids_bgd_client_works_over_tls_and_mtls() {
         })
         .await
         .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = crate::common::output_text(&out);
         assert!(
             out.status.success(),
             "bgd over {}: {text}",

@@ -39,11 +39,7 @@ async fn bgd_execute_command_runs_on_a_kiln_worker() {
     })
     .await
     .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = crate::common::output_text(&out);
     assert!(out.status.success(), "bgd execute failed:\n{text}");
     // bgd writes outputs under --output-directory (default "testing").
     let greeting = std::fs::read_to_string(tmp.path().join("testing/greeting.txt"))

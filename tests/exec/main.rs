@@ -8,5 +8,6 @@ mod common;
 
 mod bazel;
 mod bgd;
+mod runner;
 mod suite;
 mod traces;

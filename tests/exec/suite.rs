@@ -14,7 +14,8 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::common::exec::{
-    Spec, WorkerProc, execute, metadata, response, upload, wait_execution, wait_for_file,
+    Spec, WorkerProc, execute, metadata, response, spawn_execute, upload, wait_execution,
+    wait_for_file,
 };
 use crate::common::{Kiln, sha};
 
@@ -182,16 +183,10 @@ async fn run(database: &str, restartable: bool) {
         ..Default::default()
     };
     let digest = upload(&ch, i, &spec).await;
-    let calls: Vec<_> = (0..10)
-        .map(|_| {
-            let ch = ch.clone();
-            let i = i.to_string();
-            tokio::spawn(async move { execute(&ch, &i, digest, false, 0).await.unwrap() })
-        })
-        .collect();
+    let calls: Vec<_> = (0..10).map(|_| spawn_execute(&ch, i, digest, 0)).collect();
     let mut names = std::collections::HashSet::new();
     for call in calls {
-        let ops = call.await.unwrap();
+        let ops = call.await.unwrap().unwrap();
         let last = ops.last().unwrap();
         names.insert(last.name.clone());
         assert_eq!(response(last).result.unwrap().exit_code, 0);
@@ -216,11 +211,7 @@ async fn run(database: &str, restartable: bool) {
         ..Default::default()
     };
     let digest = upload(&ch, i, &spec).await;
-    let call = {
-        let ch = ch.clone();
-        let i = i.to_string();
-        tokio::spawn(async move { execute(&ch, &i, digest, false, 0).await })
-    };
+    let call = spawn_execute(&ch, i, digest, 0);
     let pid = wait_for_file(&pid_file, Duration::from_secs(20)).await;
     let pid = pid.trim();
     let mut ops_client = OperationsClient::new(ch.clone());
@@ -311,11 +302,7 @@ async fn run(database: &str, restartable: bool) {
             ..Default::default()
         };
         let digest = upload(&ch, i, &spec).await;
-        let ch = ch.clone();
-        let i = i.to_string();
-        calls.push(tokio::spawn(async move {
-            execute(&ch, &i, digest, false, priority).await
-        }));
+        calls.push(spawn_execute(&ch, i, digest, priority));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let mut w2 = WorkerProc::start(&kiln.url, i, "w2", &[]);
@@ -335,11 +322,7 @@ async fn run(database: &str, restartable: bool) {
         ..Default::default()
     };
     let digest = upload(&ch, i, &spec).await;
-    let call = {
-        let ch = ch.clone();
-        let i = i.to_string();
-        tokio::spawn(async move { execute(&ch, &i, digest, false, 0).await })
-    };
+    let call = spawn_execute(&ch, i, digest, 0);
     wait_for_file(&marker, Duration::from_secs(20)).await;
     w2.kill();
     let w3 = WorkerProc::start(&kiln.url, i, "w3", &[]);
