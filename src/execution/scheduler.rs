@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::job::{Job, JobFilter, Offers, Platform, Stage};
 use super::store::JobStore;
@@ -74,11 +74,33 @@ pub struct Scheduler {
     instances: Instances,
     settings: ExecSettings,
     metrics: Arc<Metrics>,
-    /// Per-job wake-ups for watchers in this pod.
-    watchers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Per-job news for watchers in this pod: the job as this pod last
+    /// changed it, so a local watcher needs no database read.
+    watchers: Mutex<HashMap<String, watch::Sender<Option<Job>>>>,
+    /// What completing a job needs, for jobs this pod leased out: spares a
+    /// database read when (as usual) the same pod takes the report.
+    leased: moka::sync::Cache<String, Leased>,
     /// Wakes idle workers' updates when this pod queues work.
     work: Notify,
     stopping: AtomicBool,
+}
+
+/// The parts of a leased job that completing it needs.
+#[derive(Debug, Clone)]
+struct Leased {
+    instance: String,
+    digest: Digest,
+    do_not_cache: bool,
+}
+
+impl From<&Job> for Leased {
+    fn from(job: &Job) -> Self {
+        Leased {
+            instance: job.instance.clone(),
+            digest: job.action_digest,
+            do_not_cache: job.do_not_cache,
+        }
+    }
 }
 
 fn millis(d: Duration) -> i64 {
@@ -115,6 +137,10 @@ impl Scheduler {
             settings,
             metrics,
             watchers: Mutex::new(HashMap::new()),
+            leased: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(4 * 3600))
+                .build(),
             work: Notify::new(),
             stopping: AtomicBool::new(false),
         })
@@ -132,15 +158,17 @@ impl Scheduler {
             .inc();
     }
 
-    fn watcher(&self, id: &str) -> Arc<Notify> {
+    fn watcher(&self, id: &str) -> watch::Receiver<Option<Job>> {
         let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        w.entry(id.to_string()).or_default().clone()
+        w.entry(id.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe()
     }
 
-    fn changed(&self, id: &str) {
+    fn changed(&self, job: &Job) {
         let w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = w.get(id) {
-            n.notify_waiters();
+        if let Some(tx) = w.get(&job.id) {
+            tx.send_replace(Some(job.clone()));
         }
     }
 
@@ -223,25 +251,31 @@ impl Scheduler {
     /// `timeout` (callers use that as a keep-alive).
     pub async fn wait(&self, id: &str, seen: i64, timeout: Duration) -> Result<Job> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let notify = self.watcher(id);
-        let result = loop {
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let job = match self.get(id).await {
-                Ok(job) => job,
-                Err(e) => break Err(e),
-            };
-            if job.version > seen || job.stage == Stage::Completed {
-                break Ok(job);
+        // Subscribed before reading, so no local change is missed between.
+        let mut news = self.watcher(id);
+        let result = async {
+            let mut job = self.get(id).await?;
+            loop {
+                if job.version > seen || job.stage == Stage::Completed {
+                    return Ok(job);
+                }
+                tokio::select! {
+                    changed = news.changed() => {
+                        if changed.is_ok()
+                            && let Some(fresh) = news.borrow_and_update().clone()
+                            && fresh.version > job.version
+                        {
+                            job = fresh;
+                        }
+                    }
+                    // Other pods' changes are only in the database.
+                    _ = tokio::time::sleep(self.settings.poll_interval) => job = self.get(id).await?,
+                    _ = tokio::time::sleep_until(deadline) => return Ok(job),
+                }
             }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
-                _ = tokio::time::sleep_until(deadline) => break Ok(job),
-            }
-        };
-        drop(notify);
+        }
+        .await;
+        drop(news);
         self.forget_idle_watchers();
         result
     }
@@ -249,7 +283,7 @@ impl Scheduler {
     fn forget_idle_watchers(&self) {
         let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         if w.len() > 64 {
-            w.retain(|_, n| Arc::strong_count(n) > 1);
+            w.retain(|_, tx| tx.receiver_count() > 0);
         }
     }
 
@@ -267,7 +301,7 @@ impl Scheduler {
         {
             Some(job) => {
                 self.count("cancelled");
-                self.changed(id);
+                self.changed(&job);
                 Ok(job)
             }
             None => self.get(id).await,
@@ -296,7 +330,8 @@ impl Scheduler {
                 self.metrics
                     .exec_queue_wait
                     .observe((now - job.ready_at).max(0) as f64 / 1000.0);
-                self.changed(&job.id);
+                self.leased.insert(job.id.clone(), Leased::from(&job));
+                self.changed(&job);
                 return Ok(Some(job));
             }
             tokio::select! {
@@ -326,9 +361,9 @@ impl Scheduler {
 
     /// A worker gave a lease back unfinished: another worker gets the job.
     pub async fn give_back(&self, bot: &str, id: &str) -> Result<()> {
-        if self.store.requeue(id, bot, now_ms()).await?.is_some() {
+        if let Some(job) = self.store.requeue(id, bot, now_ms()).await? {
             self.count("requeued");
-            self.changed(id);
+            self.changed(&job);
             self.work.notify_waiters();
         }
         Ok(())
@@ -339,27 +374,28 @@ impl Scheduler {
     /// (so a watcher told "done" by this pod finds the result cached). A report for a job the bot
     /// no longer holds is dropped.
     pub async fn complete(&self, bot: &str, id: &str, outcome: Outcome) -> Result<()> {
-        let Some(job) = self.store.get(id).await? else {
-            return Ok(());
+        let job = match self.leased.get(id) {
+            Some(leased) => leased,
+            None => match self.store.get(id).await? {
+                Some(job) if job.stage == Stage::Executing && job.bot.as_deref() == Some(bot) => {
+                    Leased::from(&job)
+                }
+                _ => {
+                    tracing::info!(job = id, bot, "dropping a result for a job the bot no longer holds");
+                    return Ok(());
+                }
+            },
         };
-        if job.stage != Stage::Executing || job.bot.as_deref() != Some(bot) {
-            tracing::info!(
-                job = id,
-                bot,
-                "dropping a result for a job the bot no longer holds"
-            );
-            return Ok(());
-        }
         let ok = outcome.status.code == 0;
         // The ExecuteResponse carries the result itself, so the action-cache
         // write runs beside the job's completion instead of before it.
         let mut cache_write = None;
         if let Some(result) = &outcome.result {
-            crate::action_result::validate(job.action_digest.function, result)?;
+            crate::action_result::validate(job.digest.function, result)?;
             if ok && result.exit_code == 0 && !job.do_not_cache {
                 let instance = self.instances.get(&job.instance)?;
                 let encoded = Bytes::from(result.encode_to_vec());
-                let digest = job.action_digest;
+                let digest = job.digest;
                 cache_write = Some(async move {
                     if let Err(e) = instance.action_cache.put(&digest, encoded.into()).await {
                         tracing::warn!(action = %digest, error = %e, "could not cache an action result");
@@ -392,13 +428,16 @@ impl Scheduler {
                 write.await;
             }
         });
-        if let Some(done) = finished? {
-            self.metrics
-                .exec_run
-                .observe((now - done.started_at).max(0) as f64 / 1000.0);
-            self.count(if ok { "completed" } else { "failed" });
-            self.changed(id);
-        }
+        let Some(done) = finished? else {
+            tracing::info!(job = id, bot, "dropping a result for a job the bot no longer holds");
+            return Ok(());
+        };
+        self.leased.invalidate(id);
+        self.metrics
+            .exec_run
+            .observe((now - done.started_at).max(0) as f64 / 1000.0);
+        self.count(if ok { "completed" } else { "failed" });
+        self.changed(&done);
         Ok(())
     }
 
@@ -421,14 +460,13 @@ impl Scheduler {
                     job.attempts
                 );
                 let response = failure(tonic::Code::Unavailable, message);
-                if self
+                if let Some(done) = self
                     .store
                     .finish(&job.id, Some(&bot), response, false, now)
                     .await?
-                    .is_some()
                 {
                     self.count("failed");
-                    self.changed(&job.id);
+                    self.changed(&done);
                 }
             } else {
                 tracing::warn!(job = %job.id, %bot, attempts = job.attempts, "lease expired; re-queueing the job");
@@ -442,14 +480,9 @@ impl Scheduler {
                 self.settings.queue_timeout, job.platform, job.instance
             );
             let response = failure(tonic::Code::FailedPrecondition, message);
-            if self
-                .store
-                .finish(&job.id, None, response, false, now)
-                .await?
-                .is_some()
-            {
+            if let Some(done) = self.store.finish(&job.id, None, response, false, now).await? {
                 self.count("timed_out");
-                self.changed(&job.id);
+                self.changed(&done);
             }
         }
         self.metrics

@@ -2,6 +2,10 @@
 //! the seam in [`crate::sql`]. Every racing step is one conditional UPDATE
 //! (`... WHERE stage = 2 AND bot IS NULL`), so two pods never both win.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use sqlx::any::AnyRow;
@@ -24,17 +28,27 @@ const COLUMNS: &str = "id, instance, action_function, action_hash, action_size, 
 /// Claims retried when another pod takes the chosen job first.
 const CLAIM_RACES: usize = 8;
 
+/// How long the list of queued platforms is reused before it is read again
+/// (jobs queued by this pod update it at once; other pods' new platforms are
+/// seen within this).
+const PLATFORMS_TTL: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Jobs in a SQL database.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SqlJobStore {
     pool: AnyPool,
+    /// Per instance: when read, and the distinct platforms of queued jobs.
+    platforms: Mutex<HashMap<String, (Instant, Vec<String>)>>,
 }
 
 impl SqlJobStore {
     /// Connects to `url` and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = crate::sql::connect(url, "scheduler", MIGRATIONS).await?;
-        Ok(SqlJobStore { pool })
+        Ok(SqlJobStore {
+            pool,
+            platforms: Mutex::new(HashMap::new()),
+        })
     }
 
     async fn select(&self, clause: &str, context: &str, binds: Vec<Bind>) -> Result<Vec<Job>> {
@@ -48,6 +62,43 @@ impl SqlJobStore {
         }
         let rows = q.fetch_all(&self.pool).await.map_err(db_err(context))?;
         rows.iter().map(job_from_row).collect()
+    }
+
+    fn note_platform(&self, instance: &str, platform: String) {
+        let mut cached = self.platforms.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, list)) = cached.get_mut(instance)
+            && !list.contains(&platform)
+        {
+            list.push(platform);
+        }
+    }
+
+    /// The distinct platforms of `instance`'s queued jobs (cached briefly).
+    async fn queued_platforms(&self, instance: &str) -> Result<Vec<String>> {
+        if let Some((at, list)) = self
+            .platforms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(instance)
+            && at.elapsed() < PLATFORMS_TTL
+        {
+            return Ok(list.clone());
+        }
+        let list: Vec<String> = sqlx::query(
+            "SELECT DISTINCT platform FROM exec_jobs WHERE stage = 2 AND instance = $1",
+        )
+        .bind(instance.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err("taking a job"))?
+        .iter()
+        .filter_map(|r| r.try_get::<String, _>(0).ok())
+        .collect();
+        self.platforms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(instance.to_string(), (Instant::now(), list.clone()));
+        Ok(list)
     }
 
     async fn one(&self, id: &str) -> Result<Option<Job>> {
@@ -138,6 +189,7 @@ impl JobStore for SqlJobStore {
                 .await
                 .map_err(&err)?;
             if done.rows_affected() == 1 {
+                self.note_platform(&job.instance, job.platform.encode());
                 return Ok((job, false));
             }
             let Some(key) = &job.merge_key else {
@@ -205,54 +257,47 @@ impl JobStore for SqlJobStore {
         lease_expires: i64,
     ) -> Result<Option<Job>> {
         let err = db_err("taking a job");
-        for _ in 0..CLAIM_RACES {
-            // Few distinct platforms wait at once: match them here, then let
-            // the index pick the most urgent job among the matching ones.
-            let platforms: Vec<String> = sqlx::query(
-                "SELECT DISTINCT platform FROM exec_jobs WHERE stage = 2 AND instance = $1",
-            )
-            .bind(instance.to_string())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(&err)?
-            .iter()
-            .filter_map(|r| r.try_get::<String, _>(0).ok())
+        // Few distinct platforms wait at once: match them here, then one
+        // conditional UPDATE takes the most urgent job among the matching
+        // ones (0 rows when another pod took it first: try again).
+        let platforms: Vec<String> = self
+            .queued_platforms(instance)
+            .await?
+            .into_iter()
             .filter(|p| Platform::decode(p).is_ok_and(|p| p.satisfied_by(offers)))
             .collect();
-            if platforms.is_empty() {
-                return Ok(None);
-            }
-            let marks: Vec<String> = (0..platforms.len())
-                .map(|i| format!("${}", i + 2))
-                .collect();
-            let sql = format!(
-                "SELECT id FROM exec_jobs WHERE stage = 2 AND instance = $1 AND platform IN ({}) \
-                 ORDER BY priority, ready_at LIMIT 1",
-                marks.join(", ")
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(instance.to_string());
-            for p in platforms {
-                q = q.bind(p);
-            }
-            let Some(row) = q.fetch_optional(&self.pool).await.map_err(&err)? else {
-                return Ok(None);
-            };
-            let id: String = row.try_get(0).map_err(&err)?;
-            let sql = format!(
-                "UPDATE exec_jobs SET stage = 3, bot = $1, lease_expires = $2, started_at = $3, \
-                 attempts = attempts + 1, version = version + 1 \
-                 WHERE id = $4 AND stage = 2 RETURNING {COLUMNS}"
-            );
-            let taken = sqlx::query(AssertSqlSafe(sql))
+        if platforms.is_empty() {
+            return Ok(None);
+        }
+        let marks: Vec<String> = (0..platforms.len()).map(|i| format!("${}", i + 5)).collect();
+        let sql = format!(
+            "UPDATE exec_jobs SET stage = 3, bot = $1, lease_expires = $2, started_at = $3, \
+             attempts = attempts + 1, version = version + 1 \
+             WHERE stage = 2 AND id = (SELECT id FROM exec_jobs WHERE stage = 2 AND instance = $4 \
+             AND platform IN ({}) ORDER BY priority, ready_at LIMIT 1) RETURNING {COLUMNS}",
+            marks.join(", ")
+        );
+        for _ in 0..CLAIM_RACES {
+            let mut q = sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(bot.to_string())
                 .bind(lease_expires)
                 .bind(now)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(&err)?;
-            if let Some(row) = taken {
+                .bind(instance.to_string());
+            for p in &platforms {
+                q = q.bind(p.clone());
+            }
+            if let Some(row) = q.fetch_optional(&self.pool).await.map_err(&err)? {
                 return job_from_row(&row).map(Some);
+            }
+            // Nothing matched, or a race: is anything matching still queued?
+            let left = sqlx::query(AssertSqlSafe(format!(
+                "SELECT 1 FROM exec_jobs WHERE stage = 2 AND instance = $1 AND platform IN ({}) LIMIT 1",
+                (0..platforms.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ")
+            )))
+            .bind(instance.to_string());
+            let left = platforms.iter().fold(left, |q, p| q.bind(p.clone()));
+            if left.fetch_optional(&self.pool).await.map_err(&err)?.is_none() {
+                return Ok(None);
             }
         }
         Ok(None)
