@@ -86,6 +86,9 @@ pub async fn connect(url: &str, what: &str, migrations: &[(i64, &'static str)]) 
     let pool = AnyPoolOptions::new()
         .max_connections(if sqlite { 4 } else { 16 })
         .acquire_timeout(Duration::from_secs(10))
+        // A local file cannot drop a connection; a ping before every query
+        // would double the cost of each. (PostgreSQL keeps the check.)
+        .test_before_acquire(!sqlite)
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if sqlite {

@@ -103,6 +103,18 @@ impl From<&Job> for Leased {
     }
 }
 
+/// Publishes `job` unless a newer version of it is already published
+/// (concurrent changes in one pod may report out of order).
+fn newer(tx: &watch::Sender<Option<Job>>, job: &Job) {
+    tx.send_if_modified(|current| match current {
+        Some(known) if known.version >= job.version => false,
+        _ => {
+            *current = Some(job.clone());
+            true
+        }
+    });
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -165,10 +177,21 @@ impl Scheduler {
             .subscribe()
     }
 
+    /// Records `job` as this pod last saw it, for watchers that come later
+    /// (a watcher starting on a job just queued here reads no database).
+    fn seed(&self, job: &Job) {
+        let mut w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = w
+            .entry(job.id.clone())
+            .or_insert_with(|| watch::channel(None).0);
+        newer(tx, job);
+    }
+
+    /// Tells this pod's watchers of `job` (if any) about its new state.
     fn changed(&self, job: &Job) {
         let w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = w.get(&job.id) {
-            tx.send_replace(Some(job.clone()));
+            newer(tx, job);
         }
     }
 
@@ -225,6 +248,7 @@ impl Scheduler {
             version: 1,
         };
         let (job, merged) = self.store.insert(job).await?;
+        self.seed(&job);
         if merged {
             self.count("merged");
         } else {
@@ -254,7 +278,13 @@ impl Scheduler {
         // Subscribed before reading, so no local change is missed between.
         let mut news = self.watcher(id);
         let result = async {
-            let mut job = self.get(id).await?;
+            // What this pod knows is as fresh as the database for its own
+            // changes; other pods' changes arrive by polling below.
+            let local = news.borrow_and_update().clone();
+            let mut job = match local {
+                Some(job) => job,
+                None => self.get(id).await?,
+            };
             loop {
                 if job.version > seen || job.stage == Stage::Completed {
                     return Ok(job);
