@@ -411,7 +411,11 @@ impl Scheduler {
                     Leased::from(&job)
                 }
                 _ => {
-                    tracing::info!(job = id, bot, "dropping a result for a job the bot no longer holds");
+                    tracing::info!(
+                        job = id,
+                        bot,
+                        "dropping a result for a job the bot no longer holds"
+                    );
                     return Ok(());
                 }
             },
@@ -459,7 +463,11 @@ impl Scheduler {
             }
         });
         let Some(done) = finished? else {
-            tracing::info!(job = id, bot, "dropping a result for a job the bot no longer holds");
+            tracing::info!(
+                job = id,
+                bot,
+                "dropping a result for a job the bot no longer holds"
+            );
             return Ok(());
         };
         self.leased.invalidate(id);
@@ -479,7 +487,7 @@ impl Scheduler {
 
     /// One pass of housekeeping, which every pod runs (each step is
     /// conditional, so pods never double up): re-queue or fail jobs whose
-    /// worker vanished, fail jobs nobody took, purge old ones.
+    /// worker vanished, fail jobs nobody took.
     pub async fn housekeep(&self) -> Result<()> {
         let now = now_ms();
         for job in self.store.expired_leases(now).await? {
@@ -510,7 +518,11 @@ impl Scheduler {
                 self.settings.queue_timeout, job.platform, job.instance
             );
             let response = failure(tonic::Code::FailedPrecondition, message);
-            if let Some(done) = self.store.finish(&job.id, None, response, false, now).await? {
+            if let Some(done) = self
+                .store
+                .finish(&job.id, None, response, false, now)
+                .await?
+            {
                 self.count("timed_out");
                 self.changed(&done);
             }
@@ -518,23 +530,27 @@ impl Scheduler {
         self.metrics
             .exec_queued
             .set(self.store.queued_count().await? as i64);
-        self.store
-            .purge(now - millis(self.settings.retention))
-            .await?;
         Ok(())
     }
 
-    /// Runs [`Scheduler::housekeep`] every second until the scheduler is dropped.
+    /// Runs [`Scheduler::housekeep`] every second, and purges finished jobs
+    /// past `retention` every minute, until the scheduler is dropped.
     pub fn start_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for n in 0u64.. {
                 tick.tick().await;
                 let Some(s) = weak.upgrade() else { return };
                 if let Err(e) = s.housekeep().await {
                     tracing::warn!(error = %e, "scheduler housekeeping failed");
+                }
+                // Finished jobs are purged once a minute.
+                if n % 60 == 0
+                    && let Err(e) = s.store.purge(now_ms() - millis(s.settings.retention)).await
+                {
+                    tracing::warn!(error = %e, "purging finished jobs failed");
                 }
             }
         })

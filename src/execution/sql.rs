@@ -18,7 +18,13 @@ use crate::error::{Error, Result};
 use crate::sql::db_err;
 
 /// Schema versions (the scheduler's range is 1001-1999).
-const MIGRATIONS: &[(i64, &str)] = &[(1001, include_str!("../../migrations/1001_scheduler.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1001, include_str!("../../migrations/1001_scheduler.sql")),
+    (
+        1002,
+        include_str!("../../migrations/1002_scheduler_purge_index.sql"),
+    ),
+];
 
 /// Every column, in the order [`job_from_row`] reads them.
 const COLUMNS: &str = "id, instance, action_function, action_hash, action_size, action, platform, \
@@ -269,7 +275,9 @@ impl JobStore for SqlJobStore {
         if platforms.is_empty() {
             return Ok(None);
         }
-        let marks: Vec<String> = (0..platforms.len()).map(|i| format!("${}", i + 5)).collect();
+        let marks: Vec<String> = (0..platforms.len())
+            .map(|i| format!("${}", i + 5))
+            .collect();
         let sql = format!(
             "UPDATE exec_jobs SET stage = 3, bot = $1, lease_expires = $2, started_at = $3, \
              attempts = attempts + 1, version = version + 1 \
@@ -296,7 +304,12 @@ impl JobStore for SqlJobStore {
             )))
             .bind(instance.to_string());
             let left = platforms.iter().fold(left, |q, p| q.bind(p.clone()));
-            if left.fetch_optional(&self.pool).await.map_err(&err)?.is_none() {
+            if left
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(&err)?
+                .is_none()
+            {
                 return Ok(None);
             }
         }
@@ -387,11 +400,13 @@ impl JobStore for SqlJobStore {
     }
 
     async fn purge(&self, before: i64) -> Result<u64> {
-        let done = sqlx::query("DELETE FROM exec_jobs WHERE stage = 4 AND completed_at < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("purging finished jobs"))?;
+        let done = sqlx::query(
+            "DELETE FROM exec_jobs WHERE completed_at > 0 AND completed_at < $1 AND stage = 4",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("purging finished jobs"))?;
         Ok(done.rows_affected())
     }
 }

@@ -66,3 +66,199 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// Deletes jobs finished before `before`; returns how many.
     async fn purge(&self, before: i64) -> Result<u64>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::DigestFunction;
+    use crate::execution::job::{Platform, Stage};
+
+    fn job(id: &str, merge: Option<&str>, platform: &[(&str, &str)], priority: i32) -> Job {
+        Job {
+            id: id.into(),
+            instance: "i".into(),
+            action_digest: DigestFunction::Sha256.digest_of(id.as_bytes()),
+            action: Bytes::from_static(b"action"),
+            platform: Platform::new(
+                platform
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            priority,
+            do_not_cache: merge.is_none(),
+            merge_key: merge.map(String::from),
+            stage: Stage::Queued,
+            bot: None,
+            lease_expires: 0,
+            attempts: 0,
+            cancelled: false,
+            queued_at: 1000,
+            ready_at: 1000,
+            started_at: 0,
+            completed_at: 0,
+            response: None,
+            trace: String::new(),
+            version: 1,
+        }
+    }
+
+    fn offers(pairs: &[(&str, &str)]) -> Offers {
+        let mut o = Offers::new();
+        for (k, v) in pairs {
+            o.entry(k.to_string()).or_default().insert(v.to_string());
+        }
+        o
+    }
+
+    /// What every job store must do, step by step.
+    async fn contract(store: &dyn JobStore) {
+        // Merging: a second job with the same key joins the first.
+        let (a, merged) = store.insert(job("a", Some("k"), &[], 5)).await.unwrap();
+        assert!(!merged);
+        let (joined, merged) = store.insert(job("a2", Some("k"), &[], 5)).await.unwrap();
+        assert!(merged);
+        assert_eq!(joined.id, a.id);
+        store
+            .insert(job("b", None, &[("os", "win")], 0))
+            .await
+            .unwrap();
+        store.insert(job("c", None, &[], -1)).await.unwrap();
+        assert_eq!(store.queued_count().await.unwrap(), 3);
+
+        // Claims: most urgent matching first; platforms must be offered.
+        let linux = offers(&[("os", "linux")]);
+        let c = store
+            .claim("i", "bot1", &linux, 2000, 5000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.id.as_str(), c.stage, c.attempts),
+            ("c", Stage::Executing, 1)
+        );
+        let a = store
+            .claim("i", "bot1", &linux, 2000, 5000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.id, "a");
+        assert!(
+            store
+                .claim("i", "bot1", &linux, 2000, 5000)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .claim("other", "bot1", &offers(&[("os", "win")]), 2000, 5000)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let b = store
+            .claim("i", "bot2", &offers(&[("os", "win")]), 2000, 5000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.id, "b");
+
+        // Leases: renewal, expiry, re-queueing only by the holder.
+        store.renew("bot1", 6000, 9000).await.unwrap();
+        let expired: Vec<String> = store
+            .expired_leases(6000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(
+            expired,
+            vec!["b".to_string()],
+            "bot1's leases were renewed, bot2's not"
+        );
+        assert!(
+            store.requeue("b", "bot1", 6000).await.unwrap().is_none(),
+            "not bot1's"
+        );
+        let b = store.requeue("b", "bot2", 6000).await.unwrap().unwrap();
+        assert_eq!(
+            (b.stage, b.ready_at, b.bot.clone()),
+            (Stage::Queued, 6000, None)
+        );
+        assert_eq!(store.stale_queued(7000).await.unwrap().len(), 1);
+
+        // Finishing: only the holder, only once; the merge key is freed.
+        let resp = Bytes::from_static(b"response");
+        assert!(
+            store
+                .finish("a", Some("bot2"), resp.clone(), false, 7000)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let done = store
+            .finish("a", Some("bot1"), resp.clone(), false, 7000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (done.stage, done.response.clone()),
+            (Stage::Completed, Some(resp.clone()))
+        );
+        assert!(done.version > a.version);
+        assert!(
+            store
+                .finish("a", None, resp.clone(), true, 7001)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let (fresh, merged) = store.insert(job("a3", Some("k"), &[], 5)).await.unwrap();
+        assert!(!merged && fresh.id == "a3", "a finished job is not joined");
+        let cancelled = store
+            .finish("c", None, resp.clone(), true, 8000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(cancelled.cancelled);
+
+        // Listing and purging.
+        let filter = JobFilter {
+            instance: Some("i".into()),
+            stage: Some(Stage::Completed),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(store.list(&filter).await.unwrap().len(), 2);
+        assert_eq!(
+            store.purge(7500).await.unwrap(),
+            1,
+            "only a finished before 7500"
+        );
+        assert!(store.get("a").await.unwrap().is_none());
+        assert!(store.get("c").await.unwrap().is_some());
+        assert!(
+            store.get("b").await.unwrap().is_some(),
+            "queued jobs are never purged"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_memory_store_keeps_the_contract() {
+        contract(&crate::execution::memory::MemoryJobStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_store_keeps_the_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/jobs.db?mode=rwc", dir.path().display());
+        contract(
+            &crate::execution::sql::SqlJobStore::connect(&url)
+                .await
+                .unwrap(),
+        )
+        .await;
+    }
+}
