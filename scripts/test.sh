@@ -63,10 +63,20 @@ chown postgres "$PG_DIR" 2>/dev/null || true
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 stop_pg() { as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$PG_DIR"; }
 trap stop_pg EXIT
-echo "==> starting PostgreSQL on 127.0.0.1:$PG_PORT"
 as_postgres "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres >/dev/null
-as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
-    -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=on" start >/dev/null
+# A port another cluster still holds (or a start that fails for any other
+# reason) gets its log shown and one more try on the next port.
+for attempt in 1 2; do
+    echo "==> starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    if as_postgres "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
+        -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=on" start >/dev/null; then
+        break
+    fi
+    echo "PostgreSQL did not start; its log:" >&2
+    tail -n 20 "$PG_DIR/log" >&2 || true
+    [ "$attempt" -eq 2 ] && exit 1
+    PG_PORT=$((PG_PORT + 1))
+done
 as_postgres "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres kiln_test
 export KILN_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/kiln_test"
 
