@@ -12,11 +12,14 @@ use bytes::Bytes;
 use prost::Message;
 use tokio::sync::{Notify, watch};
 
-use super::job::{Job, JobFilter, Offers, Platform, Stage};
+mod housekeeping;
+mod leases;
+
+use super::job::{Job, JobFilter, Platform, Stage};
 use super::store::JobStore;
 use crate::config::ExecutionConfig;
 use crate::digest::Digest;
-use crate::error::{Error, Result, ok_rpc_status};
+use crate::error::{Error, Result};
 use crate::instance::Instances;
 use crate::metrics::Metrics;
 use crate::proto::reapi::{Action, ActionResult, Command, ExecuteResponse};
@@ -79,28 +82,10 @@ pub struct Scheduler {
     watchers: Mutex<HashMap<String, watch::Sender<Option<Job>>>>,
     /// What completing a job needs, for jobs this pod leased out: spares a
     /// database read when (as usual) the same pod takes the report.
-    leased: moka::sync::Cache<String, Leased>,
+    leased: moka::sync::Cache<String, leases::Leased>,
     /// Wakes idle workers' updates when this pod queues work.
     work: Notify,
     stopping: AtomicBool,
-}
-
-/// The parts of a leased job that completing it needs.
-#[derive(Debug, Clone)]
-struct Leased {
-    instance: String,
-    digest: Digest,
-    do_not_cache: bool,
-}
-
-impl From<&Job> for Leased {
-    fn from(job: &Job) -> Self {
-        Leased {
-            instance: job.instance.clone(),
-            digest: job.action_digest,
-            do_not_cache: job.do_not_cache,
-        }
-    }
 }
 
 /// Publishes `job` unless a newer version of it is already published
@@ -338,221 +323,9 @@ impl Scheduler {
         }
     }
 
-    /// Waits up to `wait` for a job `offers` can run and leases it to `bot`.
-    pub async fn take(
-        &self,
-        instance: &str,
-        bot: &str,
-        offers: &Offers,
-        wait: Duration,
-    ) -> Result<Option<Job>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let notified = self.work.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.stopping.load(Ordering::SeqCst) {
-                return Ok(None);
-            }
-            let now = now_ms();
-            let lease = now + millis(self.settings.lease_timeout);
-            if let Some(job) = self.store.claim(instance, bot, offers, now, lease).await? {
-                self.metrics
-                    .exec_queue_wait
-                    .observe((now - job.ready_at).max(0) as f64 / 1000.0);
-                self.leased.insert(job.id.clone(), Leased::from(&job));
-                self.changed(&job);
-                return Ok(Some(job));
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
-                _ = tokio::time::sleep_until(deadline) => return Ok(None),
-            }
-        }
-    }
-
-    /// True while `bot` holds the unfinished job `id` (else its worker must
-    /// stop: the job was cancelled, or re-queued after its lease ran out).
-    pub async fn holds(&self, bot: &str, id: &str) -> Result<bool> {
-        Ok(self
-            .store
-            .get(id)
-            .await?
-            .is_some_and(|j| j.stage == Stage::Executing && j.bot.as_deref() == Some(bot)))
-    }
-
-    /// Keeps `bot`'s leases alive; called on every update it sends.
-    pub async fn renew(&self, bot: &str) -> Result<()> {
-        let now = now_ms();
-        let lease = millis(self.settings.lease_timeout);
-        self.store.renew(bot, now + lease / 2, now + lease).await
-    }
-
-    /// A worker gave a lease back unfinished: another worker gets the job.
-    pub async fn give_back(&self, bot: &str, id: &str) -> Result<()> {
-        if let Some(job) = self.store.requeue(id, bot, now_ms()).await? {
-            self.count("requeued");
-            self.changed(&job);
-            self.work.notify_waiters();
-        }
-        Ok(())
-    }
-
-    /// Finishes the job `bot` ran: stores a successful cacheable result in
-    /// the action cache while completing the job, then wakes its watchers
-    /// (so a watcher told "done" by this pod finds the result cached). A report for a job the bot
-    /// no longer holds is dropped.
-    pub async fn complete(&self, bot: &str, id: &str, outcome: Outcome) -> Result<()> {
-        let job = match self.leased.get(id) {
-            Some(leased) => leased,
-            None => match self.store.get(id).await? {
-                Some(job) if job.stage == Stage::Executing && job.bot.as_deref() == Some(bot) => {
-                    Leased::from(&job)
-                }
-                _ => {
-                    tracing::info!(
-                        job = id,
-                        bot,
-                        "dropping a result for a job the bot no longer holds"
-                    );
-                    return Ok(());
-                }
-            },
-        };
-        let ok = outcome.status.code == 0;
-        // The ExecuteResponse carries the result itself, so the action-cache
-        // write runs beside the job's completion instead of before it.
-        let mut cache_write = None;
-        if let Some(result) = &outcome.result {
-            crate::action_result::validate(job.digest.function, result)?;
-            if ok && result.exit_code == 0 && !job.do_not_cache {
-                let instance = self.instances.get(&job.instance)?;
-                let encoded = Bytes::from(result.encode_to_vec());
-                let digest = job.digest;
-                cache_write = Some(async move {
-                    if let Err(e) = instance.action_cache.put(&digest, encoded.into()).await {
-                        tracing::warn!(action = %digest, error = %e, "could not cache an action result");
-                    }
-                });
-            }
-        }
-        let message = if ok {
-            String::new()
-        } else {
-            outcome.status.message.clone()
-        };
-        let response = ExecuteResponse {
-            result: outcome.result,
-            cached_result: false,
-            status: Some(if ok { ok_rpc_status() } else { outcome.status }),
-            message,
-            ..Default::default()
-        };
-        let now = now_ms();
-        let finish = self.store.finish(
-            id,
-            Some(bot),
-            Bytes::from(response.encode_to_vec()),
-            false,
-            now,
-        );
-        let (finished, ()) = tokio::join!(finish, async {
-            if let Some(write) = cache_write {
-                write.await;
-            }
-        });
-        let Some(done) = finished? else {
-            tracing::info!(
-                job = id,
-                bot,
-                "dropping a result for a job the bot no longer holds"
-            );
-            return Ok(());
-        };
-        self.leased.invalidate(id);
-        self.metrics
-            .exec_run
-            .observe((now - done.started_at).max(0) as f64 / 1000.0);
-        self.count(if ok { "completed" } else { "failed" });
-        self.changed(&done);
-        Ok(())
-    }
-
     /// Ends long waits so that a graceful stop is not held up by idle workers.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.work.notify_waiters();
-    }
-
-    /// One pass of housekeeping, which every pod runs (each step is
-    /// conditional, so pods never double up): re-queue or fail jobs whose
-    /// worker vanished, fail jobs nobody took.
-    pub async fn housekeep(&self) -> Result<()> {
-        let now = now_ms();
-        for job in self.store.expired_leases(now).await? {
-            let bot = job.bot.clone().unwrap_or_default();
-            if job.attempts >= self.settings.max_attempts {
-                let message = format!(
-                    "the worker running this action stopped responding (bot {bot}); gave up after {} attempts",
-                    job.attempts
-                );
-                let response = failure(tonic::Code::Unavailable, message);
-                if let Some(done) = self
-                    .store
-                    .finish(&job.id, Some(&bot), response, false, now)
-                    .await?
-                {
-                    self.count("failed");
-                    self.changed(&done);
-                }
-            } else {
-                tracing::warn!(job = %job.id, %bot, attempts = job.attempts, "lease expired; re-queueing the job");
-                self.give_back(&bot, &job.id).await?;
-            }
-        }
-        let before = now - millis(self.settings.queue_timeout);
-        for job in self.store.stale_queued(before).await? {
-            let message = format!(
-                "no worker took this action within {:?}; it needs platform properties {} on instance {:?}",
-                self.settings.queue_timeout, job.platform, job.instance
-            );
-            let response = failure(tonic::Code::FailedPrecondition, message);
-            if let Some(done) = self
-                .store
-                .finish(&job.id, None, response, false, now)
-                .await?
-            {
-                self.count("timed_out");
-                self.changed(&done);
-            }
-        }
-        self.metrics
-            .exec_queued
-            .set(self.store.queued_count().await? as i64);
-        Ok(())
-    }
-
-    /// Runs [`Scheduler::housekeep`] every second, and purges finished jobs
-    /// past `retention` every minute, until the scheduler is dropped.
-    pub fn start_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            for n in 0u64.. {
-                tick.tick().await;
-                let Some(s) = weak.upgrade() else { return };
-                if let Err(e) = s.housekeep().await {
-                    tracing::warn!(error = %e, "scheduler housekeeping failed");
-                }
-                // Finished jobs are purged once a minute.
-                if n % 60 == 0
-                    && let Err(e) = s.store.purge(now_ms() - millis(s.settings.retention)).await
-                {
-                    tracing::warn!(error = %e, "purging finished jobs failed");
-                }
-            }
-        })
     }
 }

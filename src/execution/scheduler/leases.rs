@@ -1,0 +1,176 @@
+//! The worker side of the scheduler: handing out leases, keeping them
+//! alive, taking them back, and finishing jobs with what workers report.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::{Outcome, Scheduler, millis};
+use crate::digest::Digest;
+use crate::error::{Result, ok_rpc_status};
+use crate::execution::job::{Job, Offers, Stage};
+use crate::proto::reapi::ExecuteResponse;
+use crate::sql::now_ms;
+
+/// The parts of a leased job that completing it needs.
+#[derive(Debug, Clone)]
+pub(super) struct Leased {
+    instance: String,
+    digest: Digest,
+    do_not_cache: bool,
+}
+
+impl From<&Job> for Leased {
+    fn from(job: &Job) -> Self {
+        Leased {
+            instance: job.instance.clone(),
+            digest: job.action_digest,
+            do_not_cache: job.do_not_cache,
+        }
+    }
+}
+
+impl Scheduler {
+    /// Waits up to `wait` for a job `offers` can run and leases it to `bot`.
+    pub async fn take(
+        &self,
+        instance: &str,
+        bot: &str,
+        offers: &Offers,
+        wait: Duration,
+    ) -> Result<Option<Job>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.stopping.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            let now = now_ms();
+            let lease = now + millis(self.settings.lease_timeout);
+            if let Some(job) = self.store.claim(instance, bot, offers, now, lease).await? {
+                self.metrics
+                    .exec_queue_wait
+                    .observe((now - job.ready_at).max(0) as f64 / 1000.0);
+                self.leased.insert(job.id.clone(), Leased::from(&job));
+                self.changed(&job);
+                return Ok(Some(job));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
+            }
+        }
+    }
+
+    /// True while `bot` holds the unfinished job `id` (else its worker must
+    /// stop: the job was cancelled, or re-queued after its lease ran out).
+    pub async fn holds(&self, bot: &str, id: &str) -> Result<bool> {
+        Ok(self
+            .store
+            .get(id)
+            .await?
+            .is_some_and(|j| j.stage == Stage::Executing && j.bot.as_deref() == Some(bot)))
+    }
+
+    /// Keeps `bot`'s leases alive; called on every update it sends.
+    pub async fn renew(&self, bot: &str) -> Result<()> {
+        let now = now_ms();
+        let lease = millis(self.settings.lease_timeout);
+        self.store.renew(bot, now + lease / 2, now + lease).await
+    }
+
+    /// A worker gave a lease back unfinished: another worker gets the job.
+    pub async fn give_back(&self, bot: &str, id: &str) -> Result<()> {
+        if let Some(job) = self.store.requeue(id, bot, now_ms()).await? {
+            self.count("requeued");
+            self.changed(&job);
+            self.work.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Finishes the job `bot` ran: stores a successful cacheable result in
+    /// the action cache while completing the job, then wakes its watchers
+    /// (so a watcher told "done" by this pod finds the result cached). A report for a job the bot
+    /// no longer holds is dropped.
+    pub async fn complete(&self, bot: &str, id: &str, outcome: Outcome) -> Result<()> {
+        let job = match self.leased.get(id) {
+            Some(leased) => leased,
+            None => match self.store.get(id).await? {
+                Some(job) if job.stage == Stage::Executing && job.bot.as_deref() == Some(bot) => {
+                    Leased::from(&job)
+                }
+                _ => {
+                    tracing::info!(
+                        job = id,
+                        bot,
+                        "dropping a result for a job the bot no longer holds"
+                    );
+                    return Ok(());
+                }
+            },
+        };
+        let ok = outcome.status.code == 0;
+        // The ExecuteResponse carries the result itself, so the action-cache
+        // write runs beside the job's completion instead of before it.
+        let mut cache_write = None;
+        if let Some(result) = &outcome.result {
+            crate::action_result::validate(job.digest.function, result)?;
+            if ok && result.exit_code == 0 && !job.do_not_cache {
+                let instance = self.instances.get(&job.instance)?;
+                let encoded = Bytes::from(result.encode_to_vec());
+                let digest = job.digest;
+                cache_write = Some(async move {
+                    if let Err(e) = instance.action_cache.put(&digest, encoded.into()).await {
+                        tracing::warn!(action = %digest, error = %e, "could not cache an action result");
+                    }
+                });
+            }
+        }
+        let message = if ok {
+            String::new()
+        } else {
+            outcome.status.message.clone()
+        };
+        let response = ExecuteResponse {
+            result: outcome.result,
+            cached_result: false,
+            status: Some(if ok { ok_rpc_status() } else { outcome.status }),
+            message,
+            ..Default::default()
+        };
+        let now = now_ms();
+        let finish = self.store.finish(
+            id,
+            Some(bot),
+            Bytes::from(response.encode_to_vec()),
+            false,
+            now,
+        );
+        let (finished, ()) = tokio::join!(finish, async {
+            if let Some(write) = cache_write {
+                write.await;
+            }
+        });
+        let Some(done) = finished? else {
+            tracing::info!(
+                job = id,
+                bot,
+                "dropping a result for a job the bot no longer holds"
+            );
+            return Ok(());
+        };
+        self.leased.invalidate(id);
+        self.metrics
+            .exec_run
+            .observe((now - done.started_at).max(0) as f64 / 1000.0);
+        self.count(if ok { "completed" } else { "failed" });
+        self.changed(&done);
+        Ok(())
+    }
+}

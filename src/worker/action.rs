@@ -1,0 +1,158 @@
+//! One lease's action: the Action and Command, the input root built from
+//! the CAS, the command run, its outputs and logs uploaded, and the run
+//! directory removed whatever happens.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+
+use super::cas::Cas;
+use super::{Ctx, inputs, outputs, run};
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{Error, Result};
+use crate::proto::reapi::{Action, ActionResult, Command, ExecutedActionMetadata};
+use crate::proto::remoteworkers::Lease;
+
+fn timestamp() -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp::from(SystemTime::now()))
+}
+
+/// The digest function a lease asks for (kiln says so in the lease's
+/// requirements; SHA-256 otherwise, as for any REAPI server).
+fn lease_function(lease: &Lease) -> DigestFunction {
+    lease
+        .requirements
+        .as_ref()
+        .and_then(|w| w.configs.iter().find(|c| c.key == "digest_function"))
+        .and_then(|c| DigestFunction::from_name(&c.value))
+        .unwrap_or(DigestFunction::Sha256)
+}
+
+/// Builds the input root, runs the command and uploads its outputs.
+pub(super) async fn execute(
+    ctx: &Ctx,
+    lease: &Lease,
+) -> Result<(ActionResult, tonic_types::pb::Status)> {
+    let function = lease_function(lease);
+    let cas = Cas::new(ctx.conn.clone(), ctx.instance.clone(), function);
+    let payload = lease
+        .payload
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument(format!("lease {} has no payload", lease.id)))?;
+    let action = if payload
+        .type_url
+        .ends_with("/build.bazel.remote.execution.v2.Action")
+    {
+        Action::decode(&payload.value[..])?
+    } else if payload
+        .type_url
+        .ends_with("/build.bazel.remote.execution.v2.Digest")
+    {
+        let digest = crate::proto::reapi::Digest::decode(&payload.value[..])?;
+        let digest = Digest::from_proto(function, Some(&digest), "action")?;
+        Action::decode(cas.read(&digest).await?)?
+    } else {
+        return Err(Error::InvalidArgument(format!(
+            "lease payload of unknown type {}",
+            payload.type_url
+        )));
+    };
+    let mut meta = ExecutedActionMetadata {
+        worker: ctx.bot_id.clone(),
+        worker_start_timestamp: timestamp(),
+        input_fetch_start_timestamp: timestamp(),
+        ..Default::default()
+    };
+    let command_digest = Digest::from_proto(function, action.command_digest.as_ref(), "command")?;
+    // Builds send the same few Commands over and over: keep them.
+    let command_bytes = ctx
+        .commands
+        .try_get_with(command_digest, cas.read(&command_digest))
+        .await
+        .map_err(|e| (*e).clone())?;
+    let command = Command::decode(command_bytes)?;
+    let input_root = Digest::from_proto(function, action.input_root_digest.as_ref(), "input root")?;
+    let run_dir = ctx
+        .runs
+        .join(format!("{}-{}", lease.id, uuid::Uuid::new_v4()));
+    let root = run_dir.join("root");
+    let _cleanup = RemoveOnDrop(run_dir.clone());
+    inputs::materialize(&cas, &ctx.cache, &input_root, &root).await?;
+    let cwd = root.join(&command.working_directory);
+    for out in command
+        .output_files
+        .iter()
+        .chain(&command.output_directories)
+        .chain(&command.output_paths)
+    {
+        if let Some(parent) = cwd.join(out).parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        }
+    }
+    meta.input_fetch_completed_timestamp = timestamp();
+    let timeout = action
+        .timeout
+        .and_then(|t| Duration::try_from(t).ok())
+        .filter(|t| !t.is_zero())
+        .unwrap_or(Duration::from_secs(3600));
+    let (stdout, stderr) = run::log_paths(&run_dir);
+    meta.execution_start_timestamp = timestamp();
+    let exit = run::run(&command, &root, &ctx.runner, timeout, &stdout, &stderr).await?;
+    meta.execution_completed_timestamp = timestamp();
+    meta.output_upload_start_timestamp = timestamp();
+    let mut result = ActionResult::default();
+    let status = match exit {
+        run::Exit::Code(code) => {
+            result.exit_code = code;
+            crate::error::ok_rpc_status()
+        }
+        run::Exit::TimedOut => {
+            result.exit_code = -1;
+            tonic_types::pb::Status {
+                code: tonic::Code::DeadlineExceeded as i32,
+                message: format!(
+                    "the action ran longer than its timeout of {timeout:?} and was killed"
+                ),
+                details: Vec::new(),
+            }
+        }
+    };
+    outputs::collect(&cas, &command, &root, &mut result).await?;
+    result.stdout_digest = Some(outputs::log(&cas, &stdout).await?.to_proto());
+    result.stderr_digest = Some(outputs::log(&cas, &stderr).await?.to_proto());
+    meta.output_upload_completed_timestamp = timestamp();
+    meta.worker_completed_timestamp = timestamp();
+    result.execution_metadata = Some(meta);
+    Ok((result, status))
+}
+
+/// Deletes a run directory however the run ends (read-only directories an
+/// action left are made writable first).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let path = self.0.clone();
+        if std::fs::remove_dir_all(&path).is_ok() {
+            return;
+        }
+        make_writable(&path);
+        if let Err(e) = std::fs::remove_dir_all(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a run directory");
+        }
+    }
+}
+
+fn make_writable(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
