@@ -98,6 +98,10 @@ pub async fn connect(url: &str, what: &str, migrations: &[(i64, &'static str)]) 
                         "PRAGMA journal_mode=WAL",
                         "PRAGMA synchronous=FULL",
                         "PRAGMA busy_timeout=10000",
+                        // 1 MiB of page cache per connection (SQLite's
+                        // default is 2 MiB): the OS page cache holds the
+                        // rest, and kiln's memory stays within its budget.
+                        "PRAGMA cache_size=-1024",
                     ] {
                         sqlx::query(pragma).execute(&mut *conn).await?;
                     }
