@@ -48,6 +48,10 @@ pub struct WorkerArgs {
     /// Where input roots are built and the file cache lives.
     #[arg(long, default_value = "kiln-worker")]
     pub work_dir: PathBuf,
+    /// Bytes the local input-file cache may hold (least recently used
+    /// files go first), e.g. 10GiB.
+    #[arg(long, default_value = "10GiB")]
+    pub cache_size: String,
     /// A platform property this worker offers, as key=value; repeat it.
     /// Actions run here only if it offers every property they require.
     #[arg(long = "property", value_parser = parse_property)]
@@ -176,7 +180,12 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         properties: args.properties.clone(),
-        cache: FileCache::new(args.work_dir.join("cache"))?,
+        cache: FileCache::new(
+            args.work_dir.join("cache"),
+            crate::config::ByteSize::parse(&args.cache_size)
+                .map_err(|e| Error::InvalidArgument(format!("--cache-size: {e}")))?
+                .0,
+        )?,
         commands: moka::future::Cache::builder()
             .max_capacity(32 << 20)
             .weigher(|_: &Digest, b: &bytes::Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))

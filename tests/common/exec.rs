@@ -23,7 +23,7 @@ use super::{sha, upload_request};
 pub struct WorkerProc {
     pub child: Child,
     pub bot_id: String,
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl WorkerProc {
@@ -44,7 +44,7 @@ impl WorkerProc {
         WorkerProc {
             child,
             bot_id: bot_id.to_string(),
-            _dir: dir,
+            dir,
         }
     }
 

@@ -8,6 +8,7 @@ mod common;
 
 mod bazel;
 mod bgd;
+mod cache;
 mod pods;
 mod runner;
 mod suite;
