@@ -120,6 +120,14 @@ enum Bind {
     S(String),
 }
 
+/// `$first, $first+1, ...`: `n` numbered placeholders for an IN list.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn job_from_row(row: &AnyRow) -> Result<Job> {
     let read = || -> std::result::Result<Job, sqlx::Error> {
         let function: String = row.try_get(2)?;
@@ -275,34 +283,29 @@ impl JobStore for SqlJobStore {
         if platforms.is_empty() {
             return Ok(None);
         }
-        let marks: Vec<String> = (0..platforms.len())
-            .map(|i| format!("${}", i + 5))
-            .collect();
         let sql = format!(
             "UPDATE exec_jobs SET stage = 3, bot = $1, lease_expires = $2, started_at = $3, \
              attempts = attempts + 1, version = version + 1 \
              WHERE stage = 2 AND id = (SELECT id FROM exec_jobs WHERE stage = 2 AND instance = $4 \
              AND platform IN ({}) ORDER BY priority, ready_at LIMIT 1) RETURNING {COLUMNS}",
-            marks.join(", ")
+            placeholders(5, platforms.len())
+        );
+        let left_sql = format!(
+            "SELECT 1 FROM exec_jobs WHERE stage = 2 AND instance = $1 AND platform IN ({}) LIMIT 1",
+            placeholders(2, platforms.len())
         );
         for _ in 0..CLAIM_RACES {
-            let mut q = sqlx::query(AssertSqlSafe(sql.clone()))
+            let q = sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(bot.to_string())
                 .bind(lease_expires)
                 .bind(now)
                 .bind(instance.to_string());
-            for p in &platforms {
-                q = q.bind(p.clone());
-            }
+            let q = platforms.iter().fold(q, |q, p| q.bind(p.clone()));
             if let Some(row) = q.fetch_optional(&self.pool).await.map_err(&err)? {
                 return job_from_row(&row).map(Some);
             }
             // Nothing matched, or a race: is anything matching still queued?
-            let left = sqlx::query(AssertSqlSafe(format!(
-                "SELECT 1 FROM exec_jobs WHERE stage = 2 AND instance = $1 AND platform IN ({}) LIMIT 1",
-                (0..platforms.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ")
-            )))
-            .bind(instance.to_string());
+            let left = sqlx::query(AssertSqlSafe(left_sql.clone())).bind(instance.to_string());
             let left = platforms.iter().fold(left, |q, p| q.bind(p.clone()));
             if left
                 .fetch_optional(&self.pool)

@@ -180,8 +180,7 @@ pub fn parse_filter(text: &str, filter: &mut JobFilter) -> Result<()> {
             .split_once('=')
             .ok_or_else(|| bad(term, "expected key=value"))?;
         let age = || -> Result<i64> {
-            let d: crate::config::Duration =
-                serde_saphyr::from_str(value).map_err(|_| bad(term, "not a duration"))?;
+            let d = crate::config::Duration::parse(value).map_err(|e| bad(term, &e))?;
             Ok(now - i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX))
         };
         match key {
@@ -296,5 +295,38 @@ impl operations_server::Operations for OperationsService {
             job = self.scheduler.wait(&job.id, job.version, left).await?;
         }
         Ok(Response::new(operation(&job)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_into_job_filters() {
+        let mut f = JobFilter::default();
+        parse_filter(
+            "stage=queued AND action_digest=ABC/12 min_age=5m max_age=1h",
+            &mut f,
+        )
+        .unwrap();
+        assert_eq!(f.stage, Some(Stage::Queued));
+        assert_eq!(f.action_hash.as_deref(), Some("abc"));
+        let (before, after) = (f.queued_before.unwrap(), f.queued_after.unwrap());
+        assert_eq!(before - after, 55 * 60 * 1000, "min_age 5m and max_age 1h");
+        for bad in ["stage=sleeping", "min_age=soon", "color=red", "stage"] {
+            let err = parse_filter(bad, &mut JobFilter::default()).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn operation_names_carry_their_instance() {
+        assert_eq!(parse_name("ci/operations/abc").unwrap(), ("ci", "abc"));
+        assert_eq!(parse_name("operations/abc").unwrap(), ("", "abc"));
+        assert_eq!(parse_name("abc").unwrap(), ("", "abc"));
+        assert!(parse_name("ci/operations/").is_err());
+        assert_eq!(operation_name("", "x"), "operations/x");
+        assert_eq!(operation_name("ci", "x"), "ci/operations/x");
     }
 }
