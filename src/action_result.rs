@@ -8,7 +8,7 @@ use prost::Message;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result};
 use crate::proto::reapi::{ActionResult, Directory, Tree};
-use crate::store::{BlobStore, get_bytes};
+use crate::store::{BlobStore, Range, get_bytes, get_parsed_blob};
 use crate::tree;
 
 /// Total bytes inlined into one GetActionResult response: far enough below
@@ -21,6 +21,7 @@ pub async fn referenced_blobs(
     cas: &dyn BlobStore,
     function: DigestFunction,
     result: &ActionResult,
+    limits: tree::WalkLimits,
 ) -> Result<Option<Vec<Digest>>> {
     let parse =
         |d: Option<&crate::proto::reapi::Digest>, what: &str| Digest::from_proto(function, d, what);
@@ -37,7 +38,7 @@ pub async fn referenced_blobs(
     for dir in &result.output_directories {
         let directories = if let Some(td) = &dir.tree_digest {
             let tree_digest = parse(Some(td), "tree")?;
-            let bytes = match get_bytes(cas, &tree_digest).await {
+            let bytes = match get_parsed_blob(cas, &tree_digest, limits.max_total).await {
                 Ok(b) => b,
                 Err(Error::NotFound(_)) => return Ok(None),
                 Err(e) => return Err(e),
@@ -49,7 +50,7 @@ pub async fn referenced_blobs(
                 .chain(tree.children)
                 .collect::<Vec<Directory>>()
         } else if let Some(rd) = &dir.root_directory_digest {
-            let walk = tree::walk(cas, parse(Some(rd), "root directory")?, 32).await;
+            let walk = tree::walk(cas, parse(Some(rd), "root directory")?, limits).await;
             match walk {
                 Ok(w) if w.complete => w
                     .directories
@@ -114,8 +115,9 @@ pub async fn is_complete(
     cas: &dyn BlobStore,
     function: DigestFunction,
     result: &ActionResult,
+    limits: tree::WalkLimits,
 ) -> Result<bool> {
-    match referenced_blobs(cas, function, result).await? {
+    match referenced_blobs(cas, function, result, limits).await? {
         None => Ok(false),
         Some(blobs) => Ok(cas.find_missing(&blobs).await?.is_empty()),
     }
@@ -128,7 +130,12 @@ pub async fn lookup(
     instance: &crate::instance::Instance,
     action: &Digest,
 ) -> Result<Option<ActionResult>> {
-    let bytes = match get_bytes(instance.action_cache.as_ref(), action).await {
+    let max = instance.settings.max_parsed_blob;
+    let stored = async {
+        let body = instance.action_cache.get(action, Range::FULL).await?;
+        body.collect_max(max).await
+    };
+    let bytes = match stored.await {
         Err(Error::NotFound(_)) => return Ok(None),
         other => other?,
     };
@@ -137,7 +144,13 @@ pub async fn lookup(
         return Ok(None);
     };
     if instance.settings.completeness_check
-        && !is_complete(instance.cas.as_ref(), action.function, &result).await?
+        && !is_complete(
+            instance.cas.as_ref(),
+            action.function,
+            &result,
+            instance.settings.walk,
+        )
+        .await?
     {
         tracing::debug!(%action, "action result refers to blobs no longer in the CAS");
         return Ok(None);
@@ -250,7 +263,11 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(is_complete(&cas, f, &result).await.unwrap());
+        assert!(
+            is_complete(&cas, f, &result, tree::WalkLimits::default())
+                .await
+                .unwrap()
+        );
 
         // A file inside the tree goes missing.
         let gone = f.digest_of(b"never uploaded");
@@ -263,16 +280,28 @@ mod tests {
         };
         let tree2_d = put(&cas, &tree2.encode_to_vec()).await;
         result.output_directories[0].tree_digest = Some(tree2_d.to_proto());
-        assert!(!is_complete(&cas, f, &result).await.unwrap());
+        assert!(
+            !is_complete(&cas, f, &result, tree::WalkLimits::default())
+                .await
+                .unwrap()
+        );
 
         // The tree blob itself goes missing.
         result.output_directories[0].tree_digest = Some(gone.to_proto());
-        assert!(!is_complete(&cas, f, &result).await.unwrap());
+        assert!(
+            !is_complete(&cas, f, &result, tree::WalkLimits::default())
+                .await
+                .unwrap()
+        );
 
         // A plain output file goes missing.
         result.output_directories.clear();
         result.output_files[0].digest = Some(gone.to_proto());
-        assert!(!is_complete(&cas, f, &result).await.unwrap());
+        assert!(
+            !is_complete(&cas, f, &result, tree::WalkLimits::default())
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]

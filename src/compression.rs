@@ -5,13 +5,73 @@
 
 use bytes::Bytes;
 use futures::StreamExt;
-use zstd::stream::raw::{Decoder, Encoder, InBuffer, Operation, OutBuffer};
+use zstd::stream::raw::{DParameter, Decoder, Encoder, InBuffer, Operation, OutBuffer};
 
 use crate::error::{Error, Result};
 use crate::store::ChunkStream;
 
 /// Largest piece the decompressor produces at once.
 pub const OUT_CHUNK: usize = 256 << 10;
+
+/// Largest zstd window a client's frame may ask for (`2^24` = 16 MiB). The
+/// decoder allocates a buffer of the window's size before producing a byte,
+/// so a frame header alone could otherwise make kiln reserve 128 MiB (or,
+/// with `--long`, 2 GiB); no ordinary compression level needs more.
+const WINDOW_LOG_MAX: u32 = 24;
+
+/// A decoder that refuses frames with windows above [`WINDOW_LOG_MAX`].
+fn decoder() -> Result<Decoder<'static>> {
+    let mut decoder = Decoder::new().map_err(zstd_err)?;
+    decoder
+        .set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX))
+        .map_err(zstd_err)?;
+    Ok(decoder)
+}
+
+/// Decompresses a whole (small) zstd payload, such as one entry of a batch
+/// upload, refusing it as soon as it would produce more than `limit` bytes:
+/// memory grows with what the data really holds, never with a size a client
+/// declared, and a bomb costs at most `limit` bytes and the work to get there.
+pub fn decompress_bounded(data: &[u8], limit: u64) -> Result<Bytes> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut decoder = decoder()?;
+    // Start near what compressed data usually expands to; grow by doubling.
+    let first = data.len().saturating_mul(4).clamp(64, OUT_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(first.min(limit.saturating_add(1)));
+    let mut input = InBuffer::around(data);
+    loop {
+        if out.len() == out.capacity() {
+            if out.len() > limit {
+                return Err(too_large(limit));
+            }
+            let room = out.capacity().max(64).min(limit + 1 - out.len());
+            out.reserve_exact(room);
+        }
+        let pos = out.len();
+        let before = input.pos();
+        let mut output = OutBuffer::around_pos(&mut out, pos);
+        let hint = decoder.run(&mut input, &mut output).map_err(zstd_err)?;
+        let produced = output.pos() - pos;
+        if out.len() > limit {
+            return Err(too_large(limit));
+        }
+        let consumed = input.pos() - before;
+        if hint == 0 && input.pos() == data.len() {
+            return Ok(Bytes::from(out));
+        }
+        if produced == 0 && consumed == 0 && out.len() < out.capacity() {
+            return Err(Error::InvalidArgument(
+                "zstd: the data ends in the middle of a frame".into(),
+            ));
+        }
+    }
+}
+
+fn too_large(limit: usize) -> Error {
+    Error::InvalidArgument(format!(
+        "zstd: the data decompresses to more than the {limit} bytes its digest declares"
+    ))
+}
 
 /// Compression level for reads: fast, since the client asked to save bytes on
 /// the wire, not to wait for the best ratio.
@@ -101,7 +161,7 @@ impl Decompressor {
     /// A decoder for one zstd stream.
     pub fn new() -> Result<Self> {
         Ok(Decompressor {
-            decoder: Decoder::new().map_err(zstd_err)?,
+            decoder: decoder()?,
             pending: Bytes::new(),
             frame_done: false,
         })
@@ -179,6 +239,26 @@ mod tests {
         }
         assert!(d.frame_done());
         assert_eq!(out, data);
+    }
+
+    #[test]
+    fn bounded_decompression_stops_at_the_limit() {
+        let zeros = zstd::bulk::compress(&vec![0u8; 8 << 20], 3).unwrap();
+        let whole = decompress_bounded(&zeros, 8 << 20).unwrap();
+        assert_eq!(whole.len(), 8 << 20);
+        let err = decompress_bounded(&zeros, (8 << 20) - 1).unwrap_err();
+        assert!(err.to_string().contains("more than"), "{err}");
+        assert!(decompress_bounded(&zeros[..zeros.len() / 2], 8 << 20).is_err());
+        assert!(decompress_bounded(b"not zstd at all", 100).is_err());
+        let empty = zstd::bulk::compress(b"", 3).unwrap();
+        assert!(decompress_bounded(&empty, 0).unwrap().is_empty());
+        let two = [
+            zstd::bulk::compress(b"ab", 1).unwrap(),
+            zstd::bulk::compress(b"cd", 1).unwrap(),
+        ]
+        .concat();
+        assert_eq!(decompress_bounded(&two, 4).unwrap(), "abcd");
+        assert!(decompress_bounded(&two, 3).is_err());
     }
 
     #[test]

@@ -33,15 +33,43 @@ async fn healthz(State(serving): State<Arc<AtomicBool>>) -> impl IntoResponse {
     }
 }
 
+/// Which HTTP routes need credentials when authentication is on.
+#[derive(Debug, Clone)]
+pub struct HttpAccess {
+    /// The check for guarded routes.
+    pub guard: crate::http_auth::HttpGuard,
+    /// The build-event API and pages need `read` (`auth.http_auth`).
+    pub build_events: bool,
+    /// `/metrics` needs `read` (`auth.metrics_auth`).
+    pub metrics: bool,
+}
+
 /// The routes of the HTTP listener: metrics, health and the build-event API.
+/// `/healthz` is always open: load balancers and kubelets probe it.
 pub fn router(
     metrics: Arc<Metrics>,
     events: Arc<dyn crate::bes::store::EventStore>,
     serving: Arc<AtomicBool>,
+    access: HttpAccess,
 ) -> Router {
-    Router::new()
+    let guarded = |router: Router, on: bool| {
+        if on {
+            router.layer(axum::middleware::from_fn_with_state(
+                access.guard.clone(),
+                crate::http_auth::require_read,
+            ))
+        } else {
+            router
+        }
+    };
+    let metrics_routes = Router::new()
         .route("/metrics", get(self::metrics))
-        .with_state(metrics)
+        .with_state(metrics);
+    Router::new()
         .route("/healthz", get(healthz).with_state(serving))
-        .merge(crate::bes::http::router(events))
+        .merge(guarded(metrics_routes, access.metrics))
+        .merge(guarded(
+            crate::bes::http::router(events),
+            access.build_events,
+        ))
 }

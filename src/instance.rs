@@ -28,8 +28,13 @@ pub struct Settings {
     pub read_chunk_size: usize,
     /// ByteStream writes of existing blobs run to the end.
     pub disable_overwrite_early_return: bool,
-    /// GetTree parallel reads per level.
-    pub tree_read_concurrency: usize,
+    /// Bounds on every tree walk (GetTree, Execute's input check, output
+    /// directories of action results).
+    pub walk: crate::tree::WalkLimits,
+    /// Largest Action, Command or Tree read whole to be parsed.
+    pub max_parsed_blob: u64,
+    /// Most digests in one FindMissingBlobs.
+    pub max_find_missing: usize,
 }
 
 /// One REAPI instance.
@@ -74,6 +79,7 @@ impl Instance {
         path: &str,
         stores: &mut StoreBuilder<'_>,
         policy: Arc<Policy>,
+        max_parsed_blob: u64,
     ) -> Result<Self> {
         Ok(Instance {
             name: config.name.clone(),
@@ -89,7 +95,13 @@ impl Instance {
                 max_batch_total_size: config.max_batch_total_size.0,
                 read_chunk_size: config.read_chunk_size.0 as usize,
                 disable_overwrite_early_return: config.disable_overwrite_early_return,
-                tree_read_concurrency: config.tree_read_concurrency,
+                walk: crate::tree::WalkLimits {
+                    concurrency: config.tree_read_concurrency,
+                    max_directory: max_parsed_blob,
+                    max_total: config.max_tree_size.0,
+                },
+                max_parsed_blob,
+                max_find_missing: config.max_find_missing,
             },
         })
     }
@@ -99,6 +111,10 @@ impl Instance {
 #[derive(Debug, Clone)]
 pub struct Instances {
     by_name: Arc<HashMap<String, Arc<Instance>>>,
+    /// Unknown-instance errors list the served names only when anyone may
+    /// call anyway (auth off): otherwise they would tell an anonymous
+    /// caller what the server holds.
+    list_names: bool,
 }
 
 impl Instances {
@@ -112,19 +128,24 @@ impl Instances {
         let mut stores = StoreBuilder::new(config, data_dir, metrics);
         let mut by_name = HashMap::new();
         for (i, ic) in config.instances.iter().enumerate() {
+            let path = format!("instances[{i}]");
+            let max_parsed = config.max_message_size.0;
             let instance =
-                Instance::build(ic, &format!("instances[{i}]"), &mut stores, policy.clone())
-                    .await?;
+                Instance::build(ic, &path, &mut stores, policy.clone(), max_parsed).await?;
             by_name.insert(ic.name.clone(), Arc::new(instance));
         }
         Ok(Instances {
             by_name: Arc::new(by_name),
+            list_names: !policy.enabled,
         })
     }
 
     /// The instance a request names; an unknown one is INVALID_ARGUMENT.
     pub fn get(&self, name: &str) -> Result<Arc<Instance>> {
         self.by_name.get(name).cloned().ok_or_else(|| {
+            if !self.list_names {
+                return Error::InvalidArgument(format!("unknown instance_name {name:?}"));
+            }
             let mut known: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
             known.sort();
             Error::InvalidArgument(format!(

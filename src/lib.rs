@@ -9,7 +9,7 @@
 //! - [`store`]: the `BlobStore` trait, its backends and layers.
 //! - [`bench`]: `kiln bench`, the load generator.
 //! - [`auth`], [`limits`], [`rpc_metrics`], [`rpc_trace`]: tower layers at the edge.
-//! - [`http`], [`metrics`]: the HTTP listener and what it serves.
+//! - [`http`], [`http_auth`], [`metrics`]: the HTTP listener, its credentials check and what it serves.
 //! - [`digest`], [`error`], [`config`], [`proto`], [`sql`], [`telemetry`]: foundations.
 
 #![forbid(unsafe_code)]
@@ -26,6 +26,7 @@ pub mod digest;
 pub mod error;
 pub mod execution;
 pub mod http;
+pub mod http_auth;
 pub mod instance;
 pub mod limits;
 pub mod metrics;
@@ -36,5 +37,6 @@ pub mod service;
 pub mod sql;
 pub mod store;
 pub mod telemetry;
+pub mod time;
 pub mod tree;
 pub mod worker;

@@ -77,6 +77,49 @@ impl Drop for Call {
     }
 }
 
+/// Every `/package.Service/Method` kiln declares, plus the health and
+/// reflection services tonic provides: the only values the `method` label
+/// takes besides `unknown`, so a client calling made-up paths cannot grow
+/// `/metrics` without bound.
+static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
+    std::sync::LazyLock::new(|| {
+        use prost::Message;
+        let mut known = std::collections::HashSet::new();
+        let fds = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
+        for file in &fds.file {
+            for service in &file.service {
+                for method in &service.method {
+                    known.insert(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+        for extra in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            known.insert(extra.to_string());
+        }
+        known
+    });
+
+/// The `method` label for a request path: itself if kiln declares it,
+/// `unknown` otherwise.
+fn method_label(path: &str) -> String {
+    if KNOWN_METHODS.contains(path) {
+        path.to_string()
+    } else {
+        "unknown".to_string()
+    }
+}
+
 /// The canonical name of a `grpc-status` value, as gRPC spells it.
 fn code_name(status: &[u8]) -> String {
     const NAMES: [&str; 17] = [
@@ -125,7 +168,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
-        let method = req.uri().path().to_string();
+        let method = method_label(req.uri().path());
         let instance = CallInstance::default();
         req.extensions_mut().insert(instance.clone());
         let metrics = self.metrics.clone();
@@ -210,5 +253,29 @@ impl<B: Body> Body for Metered<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_come_from_a_closed_set() {
+        for known in [
+            "/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs",
+            "/google.bytestream.ByteStream/Write",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert_eq!(method_label(known), known);
+        }
+        for made_up in [
+            "/build.bazel.remote.execution.v2.ContentAddressableStorage/Nope",
+            "/x/y",
+            "",
+            "/google.bytestream.ByteStream/Write/extra",
+        ] {
+            assert_eq!(method_label(made_up), "unknown");
+        }
     }
 }

@@ -28,10 +28,7 @@ pub fn db_err(context: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
 /// Milliseconds since the Unix epoch: the one clock every table stores, so
 /// rows written by different pods compare.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    crate::time::now_ms()
 }
 
 /// A database URL without its password, for error messages.

@@ -16,7 +16,7 @@ use prost::Message;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::proto::reapi::Directory;
-use crate::store::{BlobStore, get_bytes};
+use crate::store::{BlobStore, get_parsed_blob};
 
 /// The directories of a tree in breadth-first order, root first, each once,
 /// encoded exactly as stored in the CAS.
@@ -33,18 +33,54 @@ pub struct Walk {
     pub missing: Vec<Digest>,
 }
 
-/// Walks the tree under `root`, reading up to `concurrency` directories at
-/// once per level. The root missing is NOT_FOUND; a blob in the tree that is
-/// not a Directory is INVALID_ARGUMENT.
-pub async fn walk(cas: &dyn BlobStore, root: Digest, concurrency: usize) -> Result<Walk> {
+/// How much one walk may read: a client names the root, so these bound the
+/// memory and work one request can cause whatever tree it stored.
+#[derive(Debug, Clone, Copy)]
+pub struct WalkLimits {
+    /// Directories fetched in parallel per level.
+    pub concurrency: usize,
+    /// Largest single Directory blob read whole.
+    pub max_directory: u64,
+    /// Largest total of the encoded directories of one tree (each distinct
+    /// directory counted once).
+    pub max_total: u64,
+}
+
+impl Default for WalkLimits {
+    fn default() -> Self {
+        WalkLimits {
+            concurrency: 32,
+            max_directory: 16 << 20,
+            max_total: 128 << 20,
+        }
+    }
+}
+
+/// Walks the tree under `root`, reading up to `limits.concurrency`
+/// directories at once per level. The root missing is NOT_FOUND; a blob in
+/// the tree that is not a Directory is INVALID_ARGUMENT; a tree past
+/// `limits` is INVALID_ARGUMENT before more of it is read.
+pub async fn walk(cas: &dyn BlobStore, root: Digest, limits: WalkLimits) -> Result<Walk> {
     let mut directories = Vec::new();
     let mut missing = Vec::new();
     let mut seen = HashSet::from([root]);
     let mut level = vec![root];
+    let mut total: u64 = 0;
     while !level.is_empty() {
+        // Declared sizes are checked before anything is fetched.
+        for d in &level {
+            total = total.saturating_add(d.size);
+        }
+        if total > limits.max_total {
+            return Err(Error::InvalidArgument(format!(
+                "the tree under {root} is too large: expected at most {} bytes of directories, got at least {total}",
+                limits.max_total
+            )));
+        }
+        let max = limits.max_directory;
         let fetched: Vec<(Digest, Result<Bytes>)> = futures::stream::iter(level)
-            .map(|d| async move { (d, get_bytes(cas, &d).await) })
-            .buffered(concurrency.max(1))
+            .map(|d| async move { (d, get_parsed_blob(cas, &d, max).await) })
+            .buffered(limits.concurrency.max(1))
             .collect()
             .await;
         let mut next = Vec::new();
@@ -114,10 +150,10 @@ impl TreeCache {
         &self,
         cas: &dyn BlobStore,
         root: Digest,
-        concurrency: usize,
+        limits: WalkLimits,
     ) -> Result<TreeNodes> {
         let Some(cache) = &self.cache else {
-            return Ok(Arc::new(walk(cas, root, concurrency).await?.directories));
+            return Ok(Arc::new(walk(cas, root, limits).await?.directories));
         };
         if let Some(nodes) = cache.get(&root).await {
             return Ok(nodes);
@@ -127,7 +163,7 @@ impl TreeCache {
         let mut partial = None;
         let cached = cache
             .try_get_with(root, async {
-                let walk = walk(cas, root, concurrency).await?;
+                let walk = walk(cas, root, limits).await?;
                 if walk.complete {
                     Ok(Arc::new(walk.directories))
                 } else {
@@ -141,7 +177,7 @@ impl TreeCache {
             (Err(_), Some(nodes)) => Ok(nodes),
             // Another caller's walk found holes: walk again, uncached.
             (Err(e), None) if matches!(&*e, Error::FailedPrecondition(m) if m == INCOMPLETE) => {
-                Ok(Arc::new(walk(cas, root, concurrency).await?.directories))
+                Ok(Arc::new(walk(cas, root, limits).await?.directories))
             }
             (Err(e), None) => Err((*e).clone()),
         }
@@ -280,7 +316,16 @@ mod tests {
     async fn walks_breadth_first_once_per_directory() {
         let store = MemoryStore::new(1 << 20);
         let root = sample(&store).await;
-        let walk = walk(&store, root, 4).await.unwrap();
+        let walk = walk(
+            &store,
+            root,
+            WalkLimits {
+                concurrency: 4,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         assert!(walk.complete);
         let firsts: Vec<String> = walk
             .directories
@@ -296,7 +341,15 @@ mod tests {
         let store = MemoryStore::new(1 << 20);
         let absent = DigestFunction::Sha256.digest_of(b"nope");
         assert!(matches!(
-            walk(&store, absent, 4).await,
+            walk(
+                &store,
+                absent,
+                WalkLimits {
+                    concurrency: 4,
+                    ..Default::default()
+                }
+            )
+            .await,
             Err(Error::NotFound(_))
         ));
 
@@ -310,13 +363,36 @@ mod tests {
             ..Default::default()
         };
         let (_, root) = put_dir(&store, "", &root).await;
-        let walk = walk(&store, root, 4).await.unwrap();
+        let walk = walk(
+            &store,
+            root,
+            WalkLimits {
+                concurrency: 4,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         assert!(!walk.complete);
         assert_eq!(walk.directories.len(), 1);
 
         // An incomplete tree is served but not cached.
         let cache = TreeCache::new(1 << 20, Duration::from_secs(60));
-        assert_eq!(cache.get(&store, root, 4).await.unwrap().len(), 1);
+        assert_eq!(
+            cache
+                .get(
+                    &store,
+                    root,
+                    WalkLimits {
+                        concurrency: 4,
+                        ..Default::default()
+                    }
+                )
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(cache.cache.as_ref().unwrap().get(&root).await.is_none());
     }
 
@@ -325,11 +401,31 @@ mod tests {
         let store = MemoryStore::new(1 << 20);
         let root = sample(&store).await;
         let cache = TreeCache::new(1 << 20, Duration::from_secs(60));
-        let first = cache.get(&store, root, 4).await.unwrap();
+        let first = cache
+            .get(
+                &store,
+                root,
+                WalkLimits {
+                    concurrency: 4,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
         assert!(cache.cache.as_ref().unwrap().get(&root).await.is_some());
         assert!(Arc::ptr_eq(
             &first,
-            &cache.get(&store, root, 4).await.unwrap()
+            &cache
+                .get(
+                    &store,
+                    root,
+                    WalkLimits {
+                        concurrency: 4,
+                        ..Default::default()
+                    }
+                )
+                .await
+                .unwrap()
         ));
     }
 

@@ -116,6 +116,15 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
     } else {
         None
     };
+    let http_access = crate::http::HttpAccess {
+        guard: crate::http_auth::HttpGuard {
+            authenticator: authenticator.clone(),
+            policy: policy.clone(),
+            instance: config.auth.build_events_instance.clone(),
+        },
+        build_events: config.auth.http_auth == crate::config::HttpAuth::Required,
+        metrics: config.auth.metrics_auth == crate::config::HttpAuth::Required,
+    };
     let parts = services::Parts {
         scheduler: scheduler.clone(),
         instances,
@@ -160,7 +169,12 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
     let mut stop_http = stop_grpc.clone();
     let http = axum::serve(
         http_listener,
-        crate::http::router(metrics.clone(), parts.events.clone(), serving.clone()),
+        crate::http::router(
+            metrics.clone(),
+            parts.events.clone(),
+            serving.clone(),
+            http_access,
+        ),
     )
     .with_graceful_shutdown(async move {
         let _ = stop_http.wait_for(|s| *s).await;

@@ -148,21 +148,25 @@ pub struct Policy {
 impl Policy {
     /// Allows `who` to act as `role` on `instance`, or says precisely why not.
     pub fn authorize(&self, who: Option<&Identity>, instance: &str, role: Role) -> Result<()> {
-        if !self.enabled || self.open_instances.iter().any(|i| i == instance) {
+        if !self.enabled {
             return Ok(());
         }
-        let who = who.unwrap_or(&Identity::Anonymous);
-        if *who == Identity::Anonymous {
-            return Err(Error::Unauthenticated(format!(
-                "instance {instance:?} requires credentials (authorization: Bearer TOKEN)"
-            )));
-        }
+        // The cap comes first: it binds open instances and admins alike.
         if let Some(cap) = self.instance_roles.get(instance)
             && !cap.contains(&role)
             && !cap.contains(&Role::Admin)
         {
             return Err(Error::PermissionDenied(format!(
                 "instance {instance:?} does not allow the {role} role"
+            )));
+        }
+        if self.open_instances.iter().any(|i| i == instance) {
+            return Ok(());
+        }
+        let who = who.unwrap_or(&Identity::Anonymous);
+        if *who == Identity::Anonymous {
+            return Err(Error::Unauthenticated(format!(
+                "instance {instance:?} requires credentials (authorization: Bearer TOKEN)"
             )));
         }
         if !who.holds(instance, role) {
@@ -269,12 +273,18 @@ mod tests {
     fn policy_matrix() {
         let policy = Policy {
             enabled: true,
-            open_instances: vec!["public".into()],
-            instance_roles: HashMap::from([("ro".to_string(), vec![Role::Read])]),
+            open_instances: vec!["public".into(), "open-ro".into()],
+            instance_roles: HashMap::from([
+                ("ro".to_string(), vec![Role::Read]),
+                ("open-ro".to_string(), vec![Role::Read]),
+            ]),
         };
         let cases: &[(Option<Identity>, &str, Role, Option<&str>)] = &[
             (None, "", Role::Read, Some("credentials")),
             (None, "public", Role::Write, None),
+            (None, "open-ro", Role::Read, None),
+            (None, "open-ro", Role::AcWrite, Some("does not allow")),
+            (None, "open-ro", Role::Write, Some("does not allow")),
             (Some(subject(&["read"])), "", Role::Read, None),
             (Some(subject(&["read"])), "", Role::Write, Some("lacks")),
             (Some(subject(&["write"])), "", Role::AcWrite, Some("lacks")),

@@ -96,7 +96,7 @@ fn event_time_ms(ordered: &OrderedBuildEvent) -> i64 {
         .event
         .as_ref()
         .and_then(|e| e.event_time.as_ref())
-        .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+        .map(|t| crate::time::saturating_ms(t.seconds, t.nanos))
         .unwrap_or(0)
 }
 
@@ -112,6 +112,15 @@ impl BuildEventService {
     async fn connect(&self, key: StreamKey) -> Result<Connected> {
         let stream = self.store.stream(&key).await?;
         let mut summary = match self.store.invocation(&key.invocation_id).await? {
+            // An invocation belongs to the build that started it: another
+            // build's stream naming the same invocation id must not rewrite
+            // its summary.
+            Some(s) if s.build_id != key.build_id => {
+                return Err(Error::PermissionDenied(format!(
+                    "invocation {} belongs to another build than {}",
+                    key.invocation_id, key.build_id
+                )));
+            }
             Some(s) => s,
             None => Invocation::new(&key.invocation_id, &key.build_id),
         };
@@ -300,6 +309,31 @@ impl BuildEventService {
     }
 }
 
+impl BuildEventService {
+    /// The limits a lifecycle event must keep, like any build-tool event.
+    async fn check_lifecycle(&self, key: &StreamKey, seq: i64, size: usize) -> Result<()> {
+        if seq < 1 {
+            return Err(Error::InvalidArgument(format!(
+                "lifecycle event sequence_number must be at least 1, got {seq}"
+            )));
+        }
+        if size as u64 > self.limits.max_event_size {
+            return Err(Error::exhausted(format!(
+                "lifecycle event {seq} is {size} bytes, above max_event_size {}",
+                self.limits.max_event_size
+            )));
+        }
+        if seq as u64 > self.limits.max_events_per_invocation {
+            return Err(Error::exhausted(format!(
+                "lifecycle stream {} reached max_events_per_invocation {}",
+                key.display(),
+                self.limits.max_events_per_invocation
+            )));
+        }
+        Ok(())
+    }
+}
+
 type AckStream =
     Pin<Box<dyn Stream<Item = Result<PublishBuildToolEventStreamResponse, Status>> + Send>>;
 
@@ -316,13 +350,33 @@ impl PublishBuildEvent for BuildEventService {
             .ok_or_else(|| Error::InvalidArgument("build_event is missing".into()))?;
         let key = key_of(ordered.stream_id.as_ref())?;
         let event = ordered.event.clone().unwrap_or_default();
+        let seq = ordered.sequence_number;
+        let payload = Bytes::from(event.encode_to_vec());
+        self.check_lifecycle(&key, seq, payload.len()).await?;
+        let last = self
+            .store
+            .stream(&key)
+            .await?
+            .map_or(0, |s| s.last_sequence);
+        if seq <= last {
+            // A retry of an event already stored: acknowledged, stored once.
+            return Ok(Response::new(()));
+        }
+        if seq != last + 1 {
+            return Err(Error::FailedPrecondition(format!(
+                "sequence gap in lifecycle stream {}: expected {}, got {seq}",
+                key.display(),
+                last + 1
+            ))
+            .into());
+        }
         let (kind, label, _) = classify(&event);
         let new = NewEvent {
             sequence: ordered.sequence_number,
             kind,
             label,
             event_time_ms: event_time_ms(&ordered),
-            payload: Bytes::from(event.encode_to_vec()),
+            payload,
         };
         // The summary belongs to the build tool's stream, which may be
         // committing at this moment: lifecycle events never write it.

@@ -308,7 +308,7 @@ impl Invocation {
                 self.started_at = s
                     .start_time
                     .as_ref()
-                    .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                    .map(|t| crate::time::saturating_ms(t.seconds, t.nanos))
                     .filter(|ms| *ms > 0)
                     .unwrap_or(s.start_time_millis);
             }
@@ -342,7 +342,7 @@ impl Invocation {
                 let duration = r
                     .test_attempt_duration
                     .as_ref()
-                    .map(|d| d.seconds * 1000 + i64::from(d.nanos) / 1_000_000)
+                    .map(|d| crate::time::saturating_ms(d.seconds, d.nanos))
                     .unwrap_or(r.test_attempt_duration_millis);
                 let cached = r.cached_locally
                     || r.execution_info.as_ref().is_some_and(|e| e.cached_remotely);
@@ -397,7 +397,7 @@ impl Invocation {
                 let finish = f
                     .finish_time
                     .as_ref()
-                    .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+                    .map(|t| crate::time::saturating_ms(t.seconds, t.nanos))
                     .filter(|ms| *ms > 0)
                     .unwrap_or(f.finish_time_millis);
                 if self.started_at > 0 && finish >= self.started_at {

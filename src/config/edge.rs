@@ -60,7 +60,7 @@ pub struct TracingConfig {
 }
 
 /// `auth:` settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `none` (the default: every call allowed) or `jwt`.
@@ -85,6 +85,36 @@ pub struct AuthConfig {
     /// (the Build Event Service has no instance name). Default `""`.
     #[serde(default)]
     pub build_events_instance: String,
+    /// With authentication on, whether the build-event JSON API and pages
+    /// on the HTTP listener need a bearer token with `read` on
+    /// `build_events_instance`: `required` (the default) or `open`.
+    #[serde(default)]
+    pub http_auth: HttpAuth,
+    /// The same for `/metrics`: `open` (the default, for Prometheus) or
+    /// `required`. `/healthz` is always open.
+    #[serde(default = "open")]
+    pub metrics_auth: HttpAuth,
+}
+
+/// Whether an HTTP route needs credentials (when authentication is on).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpAuth {
+    /// A bearer token with `read` is needed.
+    #[default]
+    Required,
+    /// Anyone who reaches the port may read.
+    Open,
+}
+
+fn open() -> HttpAuth {
+    HttpAuth::Open
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        serde_saphyr::from_str("{}").expect("auth defaults parse")
+    }
 }
 
 /// How callers authenticate.

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use edge::{
-    AuthConfig, AuthMethod, GrpcConfig, JwtConfig, LimitsConfig, SendCompression, TlsConfig,
-    TracingConfig,
+    AuthConfig, AuthMethod, GrpcConfig, HttpAuth, JwtConfig, LimitsConfig, SendCompression,
+    TlsConfig, TracingConfig,
 };
 pub use stores::{
     ExistenceCacheConfig, FsConfig, MemoryCacheConfig, MemoryConfig, S3Config, StoreConfig,
@@ -225,6 +225,17 @@ pub struct InstanceConfig {
     /// GetTree's cache of complete trees.
     #[serde(default)]
     pub tree_cache: TreeCacheConfig,
+    /// Largest total of the (distinct, encoded) Directory messages of one
+    /// tree that GetTree, Execute or an action-cache check will read: a
+    /// client chooses the root, so this bounds what one request can make
+    /// kiln read and hold. Default `128MiB`.
+    #[serde(default = "default_max_tree_size")]
+    pub max_tree_size: ByteSize,
+    /// Most digests one FindMissingBlobs may ask about; more is
+    /// INVALID_ARGUMENT (clients split their queries). Default 200000 (a
+    /// 16 MiB message holds about 230,000).
+    #[serde(default = "default_max_find_missing")]
+    pub max_find_missing: usize,
 }
 
 /// `tree_cache:` settings (BuildGrid's tree_cache_size / tree_cache_ttl_minutes).
@@ -312,6 +323,12 @@ fn default_chunk() -> ByteSize {
 }
 fn default_tree_concurrency() -> usize {
     32
+}
+fn default_max_tree_size() -> ByteSize {
+    ByteSize(128 << 20)
+}
+fn default_max_find_missing() -> usize {
+    200_000
 }
 fn default_tree_cache_size() -> ByteSize {
     ByteSize(64 << 20)

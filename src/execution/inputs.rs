@@ -9,7 +9,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
 use crate::proto::reapi::{Action, Command, Directory};
-use crate::store::get_bytes;
+use crate::store::get_parsed_blob;
 
 /// The decoded Action and Command of an action whose inputs are all present.
 #[derive(Debug)]
@@ -21,7 +21,8 @@ pub struct Checked {
 }
 
 async fn read<M: Message + Default>(instance: &Instance, digest: Digest, what: &str) -> Result<M> {
-    let bytes = match get_bytes(instance.cas.as_ref(), &digest).await {
+    let max = instance.settings.max_parsed_blob;
+    let bytes = match get_parsed_blob(instance.cas.as_ref(), &digest, max).await {
         Err(Error::NotFound(_)) => return Err(Error::MissingBlobs(vec![digest])),
         other => other?,
     };
@@ -37,7 +38,10 @@ pub async fn check(instance: &Instance, action_digest: Digest) -> Result<Checked
     let root = Digest::from_proto(function, action.input_root_digest.as_ref(), "input root")?;
     let mut missing = Vec::new();
     let command = match read::<Command>(instance, command_digest, "command").await {
-        Ok(c) => Some(c),
+        Ok(c) => {
+            super::validate::check_command(&c)?;
+            Some(c)
+        }
         Err(Error::MissingBlobs(m)) => {
             missing.extend(m);
             None
@@ -45,17 +49,12 @@ pub async fn check(instance: &Instance, action_digest: Digest) -> Result<Checked
         Err(e) => return Err(e),
     };
     let mut files = Vec::new();
-    match crate::tree::walk(
-        instance.cas.as_ref(),
-        root,
-        instance.settings.tree_read_concurrency,
-    )
-    .await
-    {
+    match crate::tree::walk(instance.cas.as_ref(), root, instance.settings.walk).await {
         Ok(walk) => {
             missing.extend(walk.missing);
             for bytes in walk.directories {
                 let dir = Directory::decode(bytes)?;
+                super::validate::check_directory(&dir)?;
                 for f in &dir.files {
                     files.push(Digest::from_proto(
                         function,

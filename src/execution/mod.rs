@@ -12,6 +12,7 @@ pub mod memory;
 pub mod scheduler;
 pub mod sql;
 pub mod store;
+pub mod validate;
 
 use std::path::Path;
 use std::sync::Arc;

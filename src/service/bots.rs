@@ -96,6 +96,18 @@ fn outcome(lease: &Lease) -> Result<Outcome> {
     Ok(Outcome { result, status })
 }
 
+/// The instance a bot session name (`INSTANCE/botSessions/ID`) belongs to.
+fn session_instance(name: &str) -> Result<&str> {
+    match name.rsplit_once("botSessions/") {
+        Some((prefix, id)) if !id.is_empty() && (prefix.is_empty() || prefix.ends_with('/')) => {
+            Ok(prefix.trim_end_matches('/'))
+        }
+        _ => Err(Error::InvalidArgument(format!(
+            "{name:?} is not a bot session name (INSTANCE/botSessions/ID)"
+        ))),
+    }
+}
+
 impl BotsService {
     /// Processes the leases a bot reports and, if it is idle and healthy,
     /// waits up to `wait` for a new one.
@@ -111,7 +123,7 @@ impl BotsService {
             match LeaseState::try_from(lease.state).unwrap_or(LeaseState::Unspecified) {
                 LeaseState::Completed => {
                     self.scheduler
-                        .complete(&bot, &lease.id, outcome(&lease)?)
+                        .complete(&bot, instance, &lease.id, outcome(&lease)?)
                         .await?
                 }
                 LeaseState::Cancelled => self.scheduler.give_back(&bot, &lease.id).await?,
@@ -218,16 +230,7 @@ impl Bots for BotsService {
     ) -> Result<Response<BotSession>, Status> {
         let who = caller(&request);
         let req = request.into_inner();
-        let instance = match req.name.rsplit_once("botSessions/") {
-            Some((prefix, id)) if !id.is_empty() => prefix.trim_end_matches('/'),
-            _ => {
-                return Err(Error::InvalidArgument(format!(
-                    "{:?} is not a bot session name (INSTANCE/botSessions/ID)",
-                    req.name
-                ))
-                .into());
-            }
-        };
+        let instance = session_instance(&req.name)?;
         self.instances
             .get(instance)?
             .authorize(&who, Role::Worker)?;
@@ -243,8 +246,15 @@ impl Bots for BotsService {
         &self,
         request: Request<PostBotEventTempRequest>,
     ) -> Result<Response<()>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
-        tracing::info!(session = %req.name, kind = req.r#type, message = %req.msg, "bot event");
+        let instance = session_instance(&req.name)?;
+        self.instances
+            .get(instance)?
+            .authorize(&who, Role::Worker)?;
+        // A bot's words go to the log: keep one event to a line's worth.
+        let msg: String = req.msg.chars().take(1024).collect();
+        tracing::info!(session = %req.name, kind = req.r#type, message = %msg, "bot event");
         Ok(Response::new(()))
     }
 }

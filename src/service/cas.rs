@@ -85,13 +85,31 @@ async fn update_one(
 fn decode_batch_data(digest: &Digest, compressor: i32, data: Bytes) -> Result<Bytes> {
     match compressor::Value::try_from(compressor) {
         Ok(compressor::Value::Identity) => Ok(data),
-        Ok(compressor::Value::Zstd) => zstd::bulk::decompress(&data, digest.size as usize)
-            .map(Bytes::from)
-            .map_err(|e| Error::InvalidArgument(format!("blob {digest}: bad zstd data: {e}"))),
+        Ok(compressor::Value::Zstd) => crate::compression::decompress_bounded(&data, digest.size)
+            .map_err(|e| Error::InvalidArgument(format!("blob {digest}: {e}"))),
         _ => Err(Error::InvalidArgument(format!(
             "blob {digest}: unsupported compressor {compressor}"
         ))),
     }
+}
+
+/// Refuses a batch whose entries add up to more than `limit` bytes; the sum
+/// is checked, so sizes chosen to wrap around 2^64 cannot slip under it.
+pub(crate) fn check_batch_total(sizes: impl Iterator<Item = u64>, limit: u64) -> Result<()> {
+    let mut total: u64 = 0;
+    for size in sizes {
+        total = total.checked_add(size).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "batch sizes add up to more than 2^64 bytes: expected at most {limit}"
+            ))
+        })?;
+    }
+    if total > limit {
+        return Err(Error::InvalidArgument(format!(
+            "batch of {total} bytes exceeds max_batch_total_size_bytes: expected at most {limit}; use ByteStream"
+        )));
+    }
+    Ok(())
 }
 
 type TreeStream = Pin<Box<dyn Stream<Item = Result<GetTreeResponse, Status>> + Send>>;
@@ -107,6 +125,14 @@ impl ContentAddressableStorage for CasService {
         let instance = self.instances.get(&req.instance_name)?;
         instance.authorize(&who, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
+        let max = instance.settings.max_find_missing;
+        if req.blob_digests.len() > max {
+            return Err(Error::InvalidArgument(format!(
+                "FindMissingBlobs asks about {} digests: expected at most {max}; split the query",
+                req.blob_digests.len()
+            ))
+            .into());
+        }
         let digests = parse_digests(function, &req.blob_digests)?;
         let missing = instance.cas.find_missing(&digests).await?;
         Ok(Response::new(FindMissingBlobsResponse {
@@ -124,14 +150,13 @@ impl ContentAddressableStorage for CasService {
         instance.authorize(&who, Role::Write)?;
         instance.check_writable()?;
         let function = DigestFunction::from_proto(req.digest_function)?;
-        let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
-        let limit = instance.settings.max_batch_total_size;
-        if total > limit {
-            return Err(Error::InvalidArgument(format!(
-                "batch of {total} bytes exceeds max_batch_total_size_bytes {limit}; use ByteStream"
-            ))
-            .into());
-        }
+        // What each entry will occupy once decoded: its declared size (a
+        // zstd entry inflates to it), or its data when that is longer.
+        let sizes = req.requests.iter().map(|r| {
+            let declared = r.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64);
+            declared.max(r.data.len() as u64)
+        });
+        check_batch_total(sizes, instance.settings.max_batch_total_size)?;
         let instance = &instance;
         let responses = futures::stream::iter(req.requests)
             .map(|r| update_one(instance, function, r))
@@ -151,14 +176,10 @@ impl ContentAddressableStorage for CasService {
         instance.authorize(&who, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digests = parse_digests(function, &req.digests)?;
-        let total: u64 = digests.iter().map(|d| d.size).sum();
-        let limit = instance.settings.max_batch_total_size;
-        if total > limit {
-            return Err(Error::InvalidArgument(format!(
-                "batch of {total} bytes exceeds max_batch_total_size_bytes {limit}; use ByteStream"
-            ))
-            .into());
-        }
+        check_batch_total(
+            digests.iter().map(|d| d.size),
+            instance.settings.max_batch_total_size,
+        )?;
         let cas = instance.cas.as_ref();
         let responses = futures::stream::iter(digests)
             .map(|d| async move {
@@ -193,11 +214,7 @@ impl ContentAddressableStorage for CasService {
         let root = Digest::from_proto(function, req.root_digest.as_ref(), "root")?;
         let nodes = instance
             .tree_cache
-            .get(
-                instance.cas.as_ref(),
-                root,
-                instance.settings.tree_read_concurrency,
-            )
+            .get(instance.cas.as_ref(), root, instance.settings.walk)
             .await?;
         let pages = tree::pages(&nodes, &req.page_token, req.page_size, TREE_PAGE_BYTES)?;
         let stream = futures::stream::iter(pages).map(move |page| {

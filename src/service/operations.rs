@@ -33,6 +33,8 @@ const STREAM_KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Longest WaitOperation without a timeout of its own.
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+/// The longest one WaitOperation blocks, whatever timeout it asks for.
+const MAX_WAIT: Duration = Duration::from_secs(600);
 
 /// The operation name of job `id`: `INSTANCE/operations/ID`, or
 /// `operations/ID` for the default instance.
@@ -285,7 +287,9 @@ impl operations_server::Operations for OperationsService {
             .timeout
             .and_then(|t| Duration::try_from(t).ok())
             .filter(|t| !t.is_zero())
-            .unwrap_or(DEFAULT_WAIT);
+            .unwrap_or(DEFAULT_WAIT)
+            // A client's timeout is a wish: callers wait again after this.
+            .min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + timeout;
         while job.stage != Stage::Completed {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

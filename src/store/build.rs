@@ -28,7 +28,7 @@ pub struct StoreBuilder<'a> {
     config: &'a Config,
     data_dir: PathBuf,
     metrics: Arc<Metrics>,
-    named: HashMap<String, Store>,
+    named: HashMap<String, (Role, Store)>,
 }
 
 /// Whether a graph holds content-addressed blobs (a CAS) or action results;
@@ -77,9 +77,12 @@ impl<'a> StoreBuilder<'a> {
                 StoreConfig::Memory(m) => Arc::new(MemoryStore::new(m.max_size.0)),
                 StoreConfig::Fs(f) => {
                     let dir = self.data_dir.join(&f.path);
-                    Arc::new(FsStore::open(&dir, 1 << 20).map_err(|e| {
-                        Error::Internal(format!("{path}: opening {}: {e}", dir.display()))
-                    })?)
+                    let content_addressed = role == Role::Cas;
+                    Arc::new(
+                        FsStore::open(&dir, 1 << 20, content_addressed).map_err(|e| {
+                            Error::Internal(format!("{path}: opening {}: {e}", dir.display()))
+                        })?,
+                    )
                 }
                 StoreConfig::S3(c) => {
                     let s3 = S3Store::connect(c, role == Role::Cas)
@@ -117,7 +120,14 @@ impl<'a> StoreBuilder<'a> {
     }
 
     async fn named(&mut self, name: &str, role: Role) -> Result<Store> {
-        if let Some(store) = self.named.get(name) {
+        // A node behaves by its role (S3 refuses overwrites in a CAS, fs
+        // checks lengths), so one named store cannot serve both.
+        if let Some((built_as, store)) = self.named.get(name) {
+            if *built_as != role {
+                return Err(Error::InvalidArgument(format!(
+                    "store {name:?} is used both as a CAS and as an action cache; give each its own store"
+                )));
+            }
             return Ok(store.clone());
         }
         let spec = self
@@ -127,7 +137,7 @@ impl<'a> StoreBuilder<'a> {
             .ok_or_else(|| Error::Internal(format!("unknown store {name:?}")))?
             .clone();
         let store = self.node(&spec, name.to_string(), role).await?;
-        self.named.insert(name.to_string(), store.clone());
+        self.named.insert(name.to_string(), (role, store.clone()));
         Ok(store)
     }
 }

@@ -114,12 +114,15 @@ impl BlobStore for ContentAddressed {
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
         if digest.is_empty_blob() {
-            let data = body.collect().await?;
-            if !data.is_empty() {
-                let actual = digest.function.digest_of(&data);
-                return Err(mismatch(digest, &actual));
-            }
-            return Ok(());
+            // Never buffer what a client sends under the empty digest: one
+            // byte is already a mismatch.
+            return match body.collect_max(0).await {
+                Ok(_) => Ok(()),
+                Err(Error::ResourceExhausted { .. }) => Err(Error::InvalidArgument(format!(
+                    "content does not match its digest: expected {digest} (empty), got at least one byte"
+                ))),
+                Err(e) => Err(e),
+            };
         }
         match body {
             Body::Bytes(data) => {

@@ -54,8 +54,9 @@ impl BlobStore for ExistenceCache {
             return Ok(unknown);
         }
         let missing = self.inner.find_missing(&unknown).await?;
+        let absent: std::collections::HashSet<&Digest> = missing.iter().collect();
         for d in &unknown {
-            if !missing.contains(d) {
+            if !absent.contains(d) {
                 self.known.insert(*d, ()).await;
             }
         }

@@ -27,12 +27,19 @@ pub struct FsStore {
     root: PathBuf,
     tmp: PathBuf,
     read_chunk: usize,
+    /// Values are content-addressed, so a file's length must equal its
+    /// digest's size (an action cache's values have sizes of their own).
+    sized: bool,
 }
 
 impl FsStore {
     /// Opens (creating if needed) a store under `root`, clearing temp files
     /// that a crash may have left behind.
-    pub fn open(root: impl Into<PathBuf>, read_chunk: usize) -> Result<Self> {
+    pub fn open(
+        root: impl Into<PathBuf>,
+        read_chunk: usize,
+        content_addressed: bool,
+    ) -> Result<Self> {
         let root = root.into();
         let tmp = root.join("tmp");
         if tmp.exists() {
@@ -50,6 +57,7 @@ impl FsStore {
             root,
             tmp,
             read_chunk: read_chunk.max(4096),
+            sized: content_addressed,
         })
     }
 
@@ -93,10 +101,36 @@ fn put_whole(temp: &Path, dest: &Path, data: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// The error for a blob file whose length is not its digest's size (cut
+/// short by a crash of the file system, or tampered with): it is removed
+/// and reported absent, so clients upload it again instead of reading
+/// wrong bytes.
+fn damaged(path: &Path, digest: &Digest, len: u64) -> Error {
+    tracing::error!(
+        path = %path.display(),
+        expected = digest.size,
+        actual = len,
+        "removing a damaged blob file"
+    );
+    let _ = std::fs::remove_file(path);
+    Error::NotFound(format!(
+        "blob {digest} not found (its file was damaged: expected {} bytes, found {len})",
+        digest.size
+    ))
+}
+
 /// Reads `[start, end)` of a file whole.
-fn read_whole(path: &Path, range: Range) -> std::io::Result<std::result::Result<Bytes, Error>> {
+fn read_whole(
+    path: &Path,
+    digest: &Digest,
+    sized: bool,
+    range: Range,
+) -> std::io::Result<std::result::Result<Bytes, Error>> {
     let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
+    if sized && len != digest.size {
+        return Ok(Err(damaged(path, digest, len)));
+    }
     let (start, end) = match range.bounds(len) {
         Ok(b) => b,
         Err(e) => return Ok(Err(e)),
@@ -105,6 +139,33 @@ fn read_whole(path: &Path, range: Range) -> std::io::Result<std::result::Result<
     let mut buf = vec![0u8; (end - start) as usize];
     f.read_exact(&mut buf)?;
     Ok(Ok(buf.into()))
+}
+
+/// Passes a file's chunks through, ending in an error rather than a clean
+/// end if the file yields fewer bytes than were checked at open (it was
+/// truncated while being read): a reader never gets OK with short data.
+fn exactly(stream: super::ChunkStream, expected: u64, digest: Digest) -> super::ChunkStream {
+    // State: the file's stream, bytes seen so far, and whether it is over.
+    futures::stream::unfold((stream, 0u64, false), move |(mut stream, seen, over)| async move {
+        if over {
+            return None;
+        }
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                let seen = seen + chunk.len() as u64;
+                Some((Ok(chunk), (stream, seen, false)))
+            }
+            Some(Err(e)) => Some((Err(e), (stream, seen, true))),
+            None if seen == expected => None,
+            None => Some((
+                Err(Error::Internal(format!(
+                    "blob {digest} was cut short while being read: expected {expected} bytes, got {seen}"
+                ))),
+                (stream, seen, true),
+            )),
+        }
+    })
+    .boxed()
 }
 
 #[async_trait]
@@ -137,20 +198,24 @@ impl BlobStore for FsStore {
         let not_found = |e: std::io::Error| Error::io(format!("blob {digest}"), e);
         let wanted = range.limit.unwrap_or(u64::MAX);
         if digest.size <= WHOLE_READ_MAX || wanted <= WHOLE_READ_MAX {
-            let bytes = tokio::task::spawn_blocking(move || read_whole(&path, range))
+            let (d, sized) = (*digest, self.sized);
+            let bytes = tokio::task::spawn_blocking(move || read_whole(&path, &d, sized, range))
                 .await?
                 .map_err(not_found)??;
             return Ok(Body::Bytes(bytes));
         }
         let mut file = tokio::fs::File::open(&path).await.map_err(not_found)?;
         let len = file.metadata().await.map_err(not_found)?.len();
+        if self.sized && len != digest.size {
+            return Err(damaged(&path, digest, len));
+        }
         let (start, end) = range.bounds(len)?;
         file.seek(SeekFrom::Start(start)).await.map_err(not_found)?;
         let reader = file.take(end - start);
         let context = format!("reading blob {digest}");
         let stream = ReaderStream::with_capacity(reader, self.read_chunk)
             .map_err(move |e| Error::io(&context, e));
-        Ok(Body::Stream(stream.boxed()))
+        Ok(Body::Stream(exactly(stream.boxed(), end - start, *digest)))
     }
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
@@ -164,6 +229,9 @@ impl BlobStore for FsStore {
                     .map_err(|e| Error::io(context(), e))
             }
             Body::Stream(mut stream) => {
+                // Removes the temp file if this put is dropped half-way (the
+                // client reset the stream), not only at the next start.
+                let guard = TempGuard(Some(temp.clone()));
                 let result = async {
                     let file = tokio::fs::File::create(&temp)
                         .await
@@ -186,11 +254,28 @@ impl BlobStore for FsStore {
                         .map_err(|e| Error::io(context(), e))
                 }
                 .await;
-                if result.is_err() {
-                    let _ = tokio::fs::remove_file(&temp).await;
+                if result.is_ok() {
+                    guard.disarm();
                 }
                 result
             }
+        }
+    }
+}
+
+/// Deletes a temp file when dropped, unless disarmed once it was renamed.
+struct TempGuard(Option<PathBuf>);
+
+impl TempGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -205,13 +290,14 @@ mod tests {
     #[tokio::test]
     async fn contract() {
         let dir = tempfile::tempdir().unwrap();
-        contract::run(&FsStore::open(dir.path(), 64 << 10).unwrap()).await;
+        contract::run(&FsStore::open(dir.path(), 64 << 10, true).unwrap()).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers() {
         let dir = tempfile::tempdir().unwrap();
-        contract::concurrent_writers(Arc::new(FsStore::open(dir.path(), 64 << 10).unwrap())).await;
+        contract::concurrent_writers(Arc::new(FsStore::open(dir.path(), 64 << 10, true).unwrap()))
+            .await;
     }
 
     #[tokio::test]
@@ -220,11 +306,11 @@ mod tests {
         let data = contract::blob(7, 5000);
         let d = DigestFunction::Sha256.digest_of(&data);
         {
-            let store = FsStore::open(dir.path(), 4096).unwrap();
+            let store = FsStore::open(dir.path(), 4096, true).unwrap();
             store.put(&d, data.clone().into()).await.unwrap();
             std::fs::write(store.tmp.join("leftover"), b"partial").unwrap();
         }
-        let store = FsStore::open(dir.path(), 4096).unwrap();
+        let store = FsStore::open(dir.path(), 4096, true).unwrap();
         assert_eq!(crate::store::get_bytes(&store, &d).await.unwrap(), data);
         assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 0);
     }

@@ -63,14 +63,16 @@ impl BlobStore for MemoryStore {
     }
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
-        let bytes = body.collect().await?;
-        if bytes.len() as u64 + 64 > self.max_size {
-            return Err(Error::exhausted(format!(
-                "blob {digest} ({} bytes) is larger than the memory store ({} bytes)",
-                bytes.len(),
+        // Checked while collecting: a stream is never buffered past what
+        // the store could hold anyway.
+        let room = self.max_size.saturating_sub(64);
+        let bytes = body.collect_max(room).await.map_err(|e| match e {
+            Error::ResourceExhausted { .. } => Error::exhausted(format!(
+                "blob {digest} is larger than the memory store ({} bytes)",
                 self.max_size
-            )));
-        }
+            )),
+            other => other,
+        })?;
         self.blobs.insert(*digest, bytes).await;
         Ok(())
     }

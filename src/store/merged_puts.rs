@@ -41,6 +41,21 @@ impl MergedPuts {
     }
 }
 
+/// Removes a lead's entry from the in-flight map when dropped.
+struct Release<'a> {
+    in_flight: &'a Mutex<HashMap<Digest, watch::Receiver<Option<bool>>>>,
+    digest: Digest,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.digest);
+    }
+}
+
 #[async_trait]
 impl BlobStore for MergedPuts {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
@@ -53,7 +68,7 @@ impl BlobStore for MergedPuts {
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
         let lead = {
-            let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             match in_flight.get(digest) {
                 Some(rx) => Err(rx.clone()),
                 None => {
@@ -65,11 +80,14 @@ impl BlobStore for MergedPuts {
         };
         match lead {
             Ok(tx) => {
+                // Releases the entry however the lead ends, dropped included
+                // (its client went away): waiters then see the sender gone
+                // and upload their own bodies.
+                let _release = Release {
+                    in_flight: &self.in_flight,
+                    digest: *digest,
+                };
                 let result = self.inner.put(digest, body).await;
-                self.in_flight
-                    .lock()
-                    .expect("in-flight lock")
-                    .remove(digest);
                 let _ = tx.send(Some(result.is_ok()));
                 result
             }
@@ -158,6 +176,25 @@ mod tests {
         let (puts, results) = race(false).await;
         assert_eq!(puts, 1);
         assert!(results.iter().all(Result::is_ok));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_lead_releases_its_entry() {
+        let merged = MergedPuts::new(Arc::new(MemoryStore::new(1 << 20)));
+        let data = Bytes::from_static(b"abandoned");
+        let d = DigestFunction::Sha256.digest_of(&data);
+        // A lead whose body never ends, dropped as a reset client's would be.
+        let pending = futures::stream::pending::<Result<Bytes>>();
+        let body = Body::Stream(futures::StreamExt::boxed(pending));
+        {
+            let lead = merged.put(&d, body);
+            futures::pin_mut!(lead);
+            assert!(futures::poll!(lead.as_mut()).is_pending());
+            assert_eq!(merged.in_flight.lock().unwrap().len(), 1);
+        }
+        assert!(merged.in_flight.lock().unwrap().is_empty());
+        merged.put(&d, data.into()).await.unwrap();
+        assert!(merged.find_missing(&[d]).await.unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

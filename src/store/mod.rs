@@ -84,6 +84,32 @@ impl Body {
         }
     }
 
+    /// Concatenates the body, failing with RESOURCE_EXHAUSTED as soon as it
+    /// passes `max` bytes, so a stream of unknown length never grows a
+    /// buffer beyond what the caller budgeted.
+    pub async fn collect_max(self, max: u64) -> Result<Bytes> {
+        let over = |n: u64| {
+            Error::exhausted(format!(
+                "value of at least {n} bytes is larger than the {max} bytes allowed here"
+            ))
+        };
+        match self {
+            Body::Bytes(b) if b.len() as u64 > max => Err(over(b.len() as u64)),
+            Body::Bytes(b) => Ok(b),
+            Body::Stream(mut s) => {
+                let mut buf = BytesMut::new();
+                while let Some(chunk) = s.next().await.transpose()? {
+                    let n = buf.len() as u64 + chunk.len() as u64;
+                    if n > max {
+                        return Err(over(n));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(buf.freeze())
+            }
+        }
+    }
+
     /// The body as a stream of chunks, whatever its form.
     pub fn into_stream(self) -> ChunkStream {
         match self {
@@ -157,4 +183,17 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
 /// messages and ActionResults.
 pub async fn get_bytes(store: &dyn BlobStore, digest: &Digest) -> Result<Bytes> {
     store.get(digest, Range::FULL).await?.collect().await
+}
+
+/// Reads a whole CAS blob that kiln must parse (a Directory, Action,
+/// Command or Tree), refusing one larger than `max` before reading a byte:
+/// the size is the digest's, which the CAS guarantees.
+pub async fn get_parsed_blob(store: &dyn BlobStore, digest: &Digest, max: u64) -> Result<Bytes> {
+    if digest.size > max {
+        return Err(Error::InvalidArgument(format!(
+            "blob {digest} is too large to be read whole: expected at most {max} bytes, got {}",
+            digest.size
+        )));
+    }
+    store.get(digest, Range::FULL).await?.collect_max(max).await
 }

@@ -46,6 +46,38 @@ pub struct S3Store {
     refresh_after: Option<Duration>,
 }
 
+/// Aborts a multipart upload whose put was dropped before it finished.
+struct AbortGuard {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: Option<String>,
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        let Some(upload_id) = self.upload_id.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let req = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(upload_id);
+        let key = self.key.clone();
+        runtime.spawn(async move {
+            match req.send().await {
+                Ok(_) => tracing::debug!(key, "aborted an abandoned multipart upload"),
+                Err(e) => tracing::warn!(key, error = %s3_error("AbortMultipartUpload", e), "could not abort an abandoned multipart upload"),
+            }
+        });
+    }
+}
+
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "S3Store(s3://{}/{})", self.bucket, self.prefix)
@@ -201,6 +233,29 @@ impl S3Store {
             .await
             .map_err(|e| s3_error("CreateMultipartUpload", e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
+        // If this put is dropped (the client went away mid-upload), the
+        // guard aborts the upload in the background: parts of abandoned
+        // uploads would otherwise sit in the bucket, billed, until a
+        // lifecycle rule (if any) removes them.
+        let mut guard = AbortGuard {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            upload_id: Some(upload_id.clone()),
+        };
+        let done = self.finish_multipart(key, &upload_id, first, stream).await;
+        guard.upload_id = None;
+        done
+    }
+
+    async fn finish_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: BytesMut,
+        stream: ChunkStream,
+    ) -> Result<()> {
+        let upload_id = upload_id.to_string();
         let result = self.upload_parts(key, &upload_id, first, stream).await;
         let parts = match result {
             Ok(parts) => parts,

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use prost::Message;
 
 use super::cas::Cas;
-use super::{Ctx, inputs, outputs, run};
+use super::{Ctx, confine, inputs, outputs, run};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result};
 use crate::proto::reapi::{Action, ActionResult, Command, ExecutedActionMetadata};
@@ -72,34 +72,50 @@ pub(super) async fn execute(
         .await
         .map_err(|e| (*e).clone())?;
     let command = Command::decode(command_bytes)?;
+    // Before anything is created: no path the action names may lead out.
+    crate::execution::validate::check_command(&command)?;
     let input_root = Digest::from_proto(function, action.input_root_digest.as_ref(), "input root")?;
     let run_dir = ctx
         .runs
         .join(format!("{}-{}", lease.id, uuid::Uuid::new_v4()));
     let root = run_dir.join("root");
     let _cleanup = RemoveOnDrop(run_dir.clone());
-    inputs::materialize(&cas, &ctx.cache, &input_root, &root).await?;
-    let cwd = root.join(&command.working_directory);
+    inputs::materialize(&cas, &ctx.cache, &input_root, &root, ctx.user).await?;
+    let root = std::fs::canonicalize(&root)
+        .map_err(|e| Error::io(format!("resolving {}", root.display()), e))?;
+    // The working directory and every output's parent are made inside the
+    // root, following input symlinks only while they stay inside it.
+    let cwd_rel = std::path::Path::new(&command.working_directory);
     for out in command
         .output_files
         .iter()
         .chain(&command.output_directories)
         .chain(&command.output_paths)
     {
-        if let Some(parent) = cwd.join(out).parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+        if let Some(parent) = cwd_rel.join(out).parent() {
+            confine::mkdirs_within(&root, parent, ctx.user)?;
         }
     }
+    let cwd = confine::mkdirs_within(&root, cwd_rel, ctx.user)?;
     meta.input_fetch_completed_timestamp = timestamp();
     let timeout = action
         .timeout
         .and_then(|t| Duration::try_from(t).ok())
         .filter(|t| !t.is_zero())
-        .unwrap_or(Duration::from_secs(3600));
+        .unwrap_or(Duration::from_secs(3600))
+        .min(Duration::from_secs(24 * 3600));
     let (stdout, stderr) = run::log_paths(&run_dir);
     meta.execution_start_timestamp = timestamp();
-    let exit = run::run(&command, &root, &ctx.runner, timeout, &stdout, &stderr).await?;
+    let exit = run::run(
+        &command,
+        &cwd,
+        &ctx.runner,
+        ctx.user,
+        timeout,
+        &stdout,
+        &stderr,
+    )
+    .await?;
     meta.execution_completed_timestamp = timestamp();
     meta.output_upload_start_timestamp = timestamp();
     let mut result = ActionResult::default();
@@ -119,7 +135,7 @@ pub(super) async fn execute(
             }
         }
     };
-    outputs::collect(&cas, &command, &root, &mut result).await?;
+    outputs::collect(&cas, &command, &root, &cwd, &mut result).await?;
     result.stdout_digest = Some(outputs::log(&cas, &stdout).await?.to_proto());
     result.stderr_digest = Some(outputs::log(&cas, &stderr).await?.to_proto());
     meta.output_upload_completed_timestamp = timestamp();

@@ -180,6 +180,13 @@ impl Cas {
         let mut hasher = self.function.hasher();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(status("reading an input"))?;
+            if hasher.len() + chunk.data.len() as u64 > digest.size {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(Error::Unavailable(format!(
+                    "blob {digest}: the server sent more than the {} bytes declared",
+                    digest.size
+                )));
+            }
             hasher.update(&chunk.data);
             file.write_all(&chunk.data)
                 .await

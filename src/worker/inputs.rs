@@ -6,6 +6,10 @@
 //! separate cache entries because hard links share their mode). The cache
 //! keeps to `--cache-size`, evicting the least recently used files; an
 //! evicted file still lives on in the input roots linked to it.
+//!
+//! Hard links are only safe when actions run as another user than the
+//! cache's owner (see [`super::confine`]); otherwise files are copied out
+//! and re-hashed on the way, so a tampered cache file is never served.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -15,9 +19,15 @@ use std::sync::{Arc, Mutex};
 use prost::Message;
 
 use super::cas::Cas;
+use super::confine::{self, ActionUser};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::execution::validate::check_directory;
 use crate::proto::reapi::Directory;
+
+/// Most files, directories and symlinks one input root may have: a small
+/// Merkle tree can name one directory many times, and each is made anew.
+pub const MAX_INPUT_ENTRIES: usize = 1_000_000;
 
 /// The machine's file cache under `--work-dir`.
 #[derive(Debug, Clone)]
@@ -25,6 +35,9 @@ pub struct FileCache {
     dir: PathBuf,
     limit: u64,
     state: Arc<Mutex<CacheState>>,
+    /// Hard-link inputs (actions run as another user, who cannot change
+    /// them); otherwise copy them out, re-verifying each copy.
+    link: bool,
 }
 
 #[derive(Debug, Default)]
@@ -38,7 +51,7 @@ struct CacheState {
 impl FileCache {
     /// A cache in `dir` (created if needed) holding up to `limit` bytes;
     /// what a previous run left there is adopted.
-    pub fn new(dir: PathBuf, limit: u64) -> Result<Self> {
+    pub fn new(dir: PathBuf, limit: u64, link: bool) -> Result<Self> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let mut state = CacheState::default();
@@ -60,6 +73,7 @@ impl FileCache {
             dir,
             limit,
             state: Arc::new(Mutex::new(state)),
+            link,
         };
         cache.evict();
         Ok(cache)
@@ -79,27 +93,44 @@ impl FileCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Links each file into place from the cache, marking its use; returns
-    /// the files whose cache entry is gone (evicted since it was checked).
+    /// The cache directory, for setting its mode.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Puts one cached file at `path`, which must not exist (nothing is
+    /// ever written through an existing name). False when the cache entry
+    /// is gone or, when copying, no longer matches its digest.
+    fn place(&self, digest: &Digest, cached: &Path, path: &Path) -> Result<bool> {
+        if self.link {
+            match std::fs::hard_link(cached, path) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                // Another file system: copy instead.
+                Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
+                Err(e) => return Err(io("linking", path)(e)),
+            }
+        }
+        copy_verified(digest, cached, path, !self.link)
+    }
+
+    /// Places each file from the cache, marking its use; returns the files
+    /// whose cache entry is gone (evicted since it was checked, or found
+    /// damaged and removed).
     fn link_all(
         &self,
         files: Vec<(Digest, bool, PathBuf)>,
     ) -> Result<Vec<(Digest, bool, PathBuf)>> {
-        let mut state = self.state();
         let mut gone = Vec::new();
         for (d, x, path) in files {
             let cached = self.path(&d, x);
-            let linked = match std::fs::hard_link(&cached, &path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                // Another file system: copy instead.
-                Err(_) => match std::fs::copy(&cached, &path) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-                    other => other.map(|_| true).map_err(io("copying to", &path))?,
-                },
-                Ok(()) => true,
-            };
-            if !linked {
-                state.entries.remove(&cached);
+            // Copies hash the file: outside the lock.
+            let placed = self.place(&d, &cached, &path)?;
+            let mut state = self.state();
+            if !placed {
+                if let Some((size, _)) = state.entries.remove(&cached) {
+                    state.total = state.total.saturating_sub(size);
+                }
                 gone.push((d, x, path));
                 continue;
             }
@@ -145,39 +176,68 @@ fn io<'a>(what: &'a str, path: &'a Path) -> impl Fn(std::io::Error) -> Error + '
     move |e| Error::io(format!("{what} {}", path.display()), e)
 }
 
-/// Creates the tree under `root` in `dest` (which must not exist).
-pub async fn materialize(cas: &Cas, cache: &FileCache, root: &Digest, dest: &Path) -> Result<()> {
+/// Creates the tree under `root` in `dest` (which must not exist), every
+/// directory handed to `user`; refuses a tree whose directories are
+/// malformed or that expands past [`MAX_INPUT_ENTRIES`] or past the cache.
+pub async fn materialize(
+    cas: &Cas,
+    cache: &FileCache,
+    root: &Digest,
+    dest: &Path,
+    user: Option<ActionUser>,
+) -> Result<()> {
     let directories: HashMap<Digest, Directory> = cas
         .tree(root)
         .await?
         .into_iter()
-        .map(|(d, bytes)| Ok((d, Directory::decode(bytes)?)))
+        .map(|(d, bytes)| {
+            let dir = Directory::decode(bytes)?;
+            check_directory(&dir)?;
+            Ok((d, dir))
+        })
         .collect::<Result<_>>()?;
     // Walk the tree: create directories and symlinks, note files.
     let mut files: Vec<(Digest, bool, PathBuf)> = Vec::new();
     let mut stack = vec![(*root, dest.to_path_buf())];
     std::fs::create_dir_all(dest).map_err(io("creating", dest))?;
+    confine::hand_over(dest, user)?;
+    let mut entries = 0usize;
+    let mut distinct = std::collections::HashSet::new();
+    let mut distinct_bytes = 0u64;
     while let Some((digest, path)) = stack.pop() {
         let dir = directories.get(&digest).ok_or_else(|| {
             Error::NotFound(format!("input directory {digest} is not in the CAS"))
         })?;
+        entries += dir.files.len() + dir.symlinks.len() + dir.directories.len();
+        if entries > MAX_INPUT_ENTRIES {
+            return Err(Error::InvalidArgument(format!(
+                "the input root expands to more than {MAX_INPUT_ENTRIES} files, directories and symlinks"
+            )));
+        }
         for f in &dir.files {
-            check_name(&f.name)?;
             let d = Digest::from_proto(cas.function(), f.digest.as_ref(), "input file")?;
+            if distinct.insert((d, f.is_executable)) {
+                distinct_bytes = distinct_bytes.saturating_add(d.size);
+            }
             files.push((d, f.is_executable, path.join(&f.name)));
         }
         for s in &dir.symlinks {
-            check_name(&s.name)?;
             let link = path.join(&s.name);
             std::os::unix::fs::symlink(&s.target, &link).map_err(io("creating symlink", &link))?;
         }
         for sub in &dir.directories {
-            check_name(&sub.name)?;
             let d = Digest::from_proto(cas.function(), sub.digest.as_ref(), "input directory")?;
             let p = path.join(&sub.name);
             std::fs::create_dir(&p).map_err(io("creating", &p))?;
+            confine::hand_over(&p, user)?;
             stack.push((d, p));
         }
+    }
+    if distinct_bytes > cache.limit {
+        return Err(Error::InvalidArgument(format!(
+            "the inputs hold {distinct_bytes} bytes: expected at most the {} of --cache-size",
+            cache.limit
+        )));
     }
     // Fetch what the cache lacks, then link everything; files evicted by a
     // concurrent action in between are fetched again.
@@ -227,12 +287,78 @@ async fn fetch_missing(
     Ok(())
 }
 
-/// Refuses names that would escape the input root.
-fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-        return Err(Error::InvalidArgument(format!(
-            "input tree has an invalid name {name:?}"
-        )));
+/// Copies a cached file to `dest` (created new: never through an existing
+/// name), hashing it on the way when `verify`; a copy that does not match
+/// its digest is removed together with the cache entry, and reported gone.
+fn copy_verified(digest: &Digest, cached: &Path, dest: &Path, verify: bool) -> Result<bool> {
+    use std::io::{Read, Write};
+    let mut src = match std::fs::File::open(cached) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io("opening", cached)(e)),
+    };
+    let mode = src
+        .metadata()
+        .map_err(io("reading", cached))?
+        .permissions()
+        .mode();
+    let mut out = std::fs::File::create_new(dest).map_err(io("creating", dest))?;
+    let mut hasher = digest.function.hasher();
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = src.read(&mut buf).map_err(io("reading", cached))?;
+        if n == 0 {
+            break;
+        }
+        if verify {
+            hasher.update(&buf[..n]);
+        }
+        out.write_all(&buf[..n]).map_err(io("writing", dest))?;
     }
-    Ok(())
+    if verify && hasher.finish() != *digest {
+        tracing::warn!(path = %cached.display(), "a cached input no longer matches its digest; fetching it again");
+        drop(out);
+        let _ = std::fs::remove_file(dest);
+        let _ = std::fs::remove_file(cached);
+        return Ok(false);
+    }
+    out.set_permissions(std::fs::Permissions::from_mode(mode & 0o555))
+        .map_err(io("setting the mode of", dest))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::DigestFunction;
+
+    #[test]
+    fn a_tampered_cache_file_is_never_copied_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"the real input";
+        let d = DigestFunction::Sha256.digest_of(data);
+        let cached = dir.path().join("cached");
+        std::fs::write(&cached, data).unwrap();
+        assert!(copy_verified(&d, &cached, &dir.path().join("a"), true).unwrap());
+        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), data);
+        std::fs::write(&cached, b"tampered!!!!!!").unwrap();
+        assert!(!copy_verified(&d, &cached, &dir.path().join("b"), true).unwrap());
+        assert!(!dir.path().join("b").exists(), "no tampered copy is left");
+        assert!(!cached.exists(), "the damaged entry is dropped");
+    }
+
+    #[test]
+    fn nothing_is_written_through_an_existing_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"input";
+        let d = DigestFunction::Sha256.digest_of(data);
+        let cached = dir.path().join("cached");
+        std::fs::write(&cached, data).unwrap();
+        let target = dir.path().join("host-file");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(copy_verified(&d, &cached, &link, true).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    }
 }

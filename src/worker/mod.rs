@@ -7,6 +7,7 @@
 
 mod action;
 pub mod cas;
+pub mod confine;
 pub mod inputs;
 pub mod outputs;
 pub mod run;
@@ -70,6 +71,12 @@ pub struct WorkerArgs {
     /// "bwrap --dev-bind / / --unshare-net" (the command's arguments follow).
     #[arg(long)]
     pub runner: Option<String>,
+    /// Who actions run as: `self` (the worker's own user), a user name, or
+    /// UID[:GID]. Default: `nobody` when the worker runs as root (so actions
+    /// cannot change the shared input cache or read the token file), `self`
+    /// otherwise (inputs are then copied and re-verified instead of linked).
+    #[arg(long)]
+    pub action_user: Option<String>,
     /// OTLP/gRPC collector for the worker's spans (they join the client's
     /// trace through kiln).
     #[arg(long)]
@@ -157,12 +164,18 @@ struct Ctx {
     cache: FileCache,
     runs: PathBuf,
     runner: Vec<String>,
+    /// Who actions run as, when not the worker itself.
+    user: Option<confine::ActionUser>,
     /// Commands by digest (verified when fetched).
     commands: moka::future::Cache<Digest, bytes::Bytes>,
 }
 
 /// Runs the worker until SIGINT or SIGTERM.
 pub async fn run(args: WorkerArgs) -> Result<()> {
+    let user = confine::action_user(args.action_user.as_deref())?;
+    if let Some(path) = &args.token_file {
+        confine::check_token_file(path, user)?;
+    }
     let conn = connect(&args).await?;
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
@@ -172,6 +185,24 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&runs);
     std::fs::create_dir_all(&runs)
         .map_err(|e| Error::io(format!("creating {}", runs.display()), e))?;
+    let cache = FileCache::new(
+        args.work_dir.join("cache"),
+        crate::config::ByteSize::parse(&args.cache_size)
+            .map_err(|e| Error::InvalidArgument(format!("--cache-size: {e}")))?
+            .0,
+        user.is_some(),
+    )?;
+    confine::prepare_dirs(&args.work_dir, &runs, cache.dir(), user)?;
+    match user {
+        Some(u) => tracing::info!(
+            uid = u.uid,
+            gid = u.gid,
+            "actions run as another user; inputs are hard-linked"
+        ),
+        None => tracing::warn!(
+            "actions run as the worker's own user; inputs are copied and re-verified (run the worker as root for hard links)"
+        ),
+    }
     let ctx = Arc::new(Ctx {
         conn,
         instance: args.instance.clone(),
@@ -180,12 +211,8 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         properties: args.properties.clone(),
-        cache: FileCache::new(
-            args.work_dir.join("cache"),
-            crate::config::ByteSize::parse(&args.cache_size)
-                .map_err(|e| Error::InvalidArgument(format!("--cache-size: {e}")))?
-                .0,
-        )?,
+        cache,
+        user,
         commands: moka::future::Cache::builder()
             .max_capacity(32 << 20)
             .weigher(|_: &Digest, b: &bytes::Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))

@@ -93,16 +93,19 @@ fn directory<'a>(
 }
 
 /// Collects the outputs `command` declares (REAPI 2.0's output_files and
-/// output_directories, or 2.1's output_paths) from `root` into `result`
-/// and uploads their content. Missing outputs are left out, as REAPI says.
+/// output_directories, or 2.1's output_paths) from `cwd` into `result` and
+/// uploads their content. Missing outputs are left out, as REAPI says.
+/// Nothing outside `root` (canonical) is ever read: an output whose parent
+/// leads out is an error, one that is itself a symlink leading out is
+/// reported as a symlink, never followed.
 pub async fn collect(
     cas: &Cas,
     command: &Command,
     root: &Path,
+    cwd: &Path,
     result: &mut ActionResult,
 ) -> Result<()> {
     let function = cas.function();
-    let cwd = root.join(&command.working_directory);
     let mut uploads: Vec<(Digest, Source)> = Vec::new();
     let declared: Vec<&String> = if command.output_paths.is_empty() {
         command
@@ -115,14 +118,27 @@ pub async fn collect(
     };
     for rel in declared {
         let path = cwd.join(rel);
+        if let Some(parent) = path.parent() {
+            match std::fs::canonicalize(parent) {
+                Ok(real) if real.starts_with(root) => {}
+                Ok(real) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "output {rel:?} lies under {}, outside the input root",
+                        real.display()
+                    )));
+                }
+                Err(_) => continue,
+            }
+        }
         let Ok(link_meta) = std::fs::symlink_metadata(&path) else {
             continue;
         };
-        // Symlinks are followed when they resolve; a dangling one is
-        // reported as a symlink.
+        // Symlinks are followed when they resolve inside the root; a
+        // dangling one, or one leading out, is reported as a symlink.
+        let inside = std::fs::canonicalize(&path).is_ok_and(|real| real.starts_with(root));
         let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(_) if link_meta.file_type().is_symlink() => {
+            Ok(m) if inside => m,
+            _ if link_meta.file_type().is_symlink() => {
                 let target = std::fs::read_link(&path)
                     .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
                 let symlink = OutputSymlink {
@@ -134,6 +150,7 @@ pub async fn collect(
                 result.output_symlinks.push(symlink);
                 continue;
             }
+            Ok(_) => continue,
             Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
         };
         if meta.is_dir() {

@@ -19,14 +19,16 @@ pub enum Exit {
     TimedOut,
 }
 
-/// Runs `command` in `root`, optionally through `runner` (a sandbox command
-/// prefix such as `bwrap --dev-bind / / --unshare-net`; the command's
-/// arguments follow it), writing its output to
-/// `stdout` and `stderr`. Dropping the future kills the process group.
+/// Runs `command` in `cwd` (its working directory, already resolved inside
+/// the input root), as `user` when given, optionally through `runner` (a
+/// sandbox command prefix such as `bwrap --dev-bind / / --unshare-net`; the
+/// command's arguments follow it), writing its output to `stdout` and
+/// `stderr`. Dropping the future kills the process group.
 pub async fn run(
     command: &Command,
-    root: &Path,
+    cwd: &Path,
     runner: &[String],
+    user: Option<super::confine::ActionUser>,
     timeout: Duration,
     stdout: &Path,
     stderr: &Path,
@@ -37,7 +39,6 @@ pub async fn run(
             "the command has no arguments".into(),
         ));
     }
-    let cwd = root.join(&command.working_directory);
     // A relative program with a slash is relative to the working directory.
     if argv[0].contains('/') && !argv[0].starts_with('/') {
         argv[0] = cwd.join(&argv[0]).to_string_lossy().into_owned();
@@ -59,12 +60,16 @@ pub async fn run(
                 .iter()
                 .map(|e| (e.name.clone(), e.value.clone())),
         )
-        .current_dir(&cwd)
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(file(stdout)?)
         .stderr(file(stderr)?)
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(u) = user {
+        // std drops the supplementary groups of root when it sets the uid.
+        cmd.uid(u.uid).gid(u.gid);
+    }
     let mut child = cmd.spawn().map_err(|e| {
         Error::FailedPrecondition(format!(
             "cannot start {:?} in {}: {e}",

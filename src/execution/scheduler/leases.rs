@@ -20,14 +20,17 @@ pub(super) struct Leased {
     instance: String,
     digest: Digest,
     do_not_cache: bool,
+    /// The bot session the lease went to.
+    bot: String,
 }
 
-impl From<&Job> for Leased {
-    fn from(job: &Job) -> Self {
+impl Leased {
+    fn of(job: &Job, bot: &str) -> Self {
         Leased {
             instance: job.instance.clone(),
             digest: job.action_digest,
             do_not_cache: job.do_not_cache,
+            bot: bot.to_string(),
         }
     }
 }
@@ -55,7 +58,7 @@ impl Scheduler {
                 self.metrics
                     .exec_queue_wait
                     .observe((now - job.ready_at).max(0) as f64 / 1000.0);
-                self.leased.insert(job.id.clone(), Leased::from(&job));
+                self.leased.insert(job.id.clone(), Leased::of(&job, bot));
                 self.changed(&job);
                 return Ok(Some(job));
             }
@@ -94,30 +97,51 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Finishes the job `bot` ran: stores a successful cacheable result in
-    /// the action cache while completing the job, then wakes its watchers
-    /// (so a watcher told "done" by this pod finds the result cached). A report for a job the bot
-    /// no longer holds is dropped.
-    pub async fn complete(&self, bot: &str, id: &str, outcome: Outcome) -> Result<()> {
+    /// Finishes the job `bot` ran on `instance` (the instance its session
+    /// was authorised on): stores a successful cacheable result in the
+    /// action cache, then wakes the job's watchers (so a watcher told "done"
+    /// by this pod finds the result cached). A report for a job the bot does
+    /// not hold, or of another instance, is dropped without touching the
+    /// action cache.
+    pub async fn complete(
+        &self,
+        bot: &str,
+        instance: &str,
+        id: &str,
+        outcome: Outcome,
+    ) -> Result<()> {
+        let drop_report = || {
+            tracing::info!(
+                job = id,
+                bot,
+                "dropping a result for a job the bot does not hold"
+            );
+            Ok(())
+        };
+        // This pod's record of the lease is used only if it names this bot;
+        // either way the finish below re-checks the holder.
         let job = match self.leased.get(id) {
-            Some(leased) => leased,
-            None => match self.store.get(id).await? {
+            Some(leased) if leased.bot == bot => leased,
+            _ => match self.store.get(id).await? {
                 Some(job) if job.stage == Stage::Executing && job.bot.as_deref() == Some(bot) => {
-                    Leased::from(&job)
+                    Leased::of(&job, bot)
                 }
-                _ => {
-                    tracing::info!(
-                        job = id,
-                        bot,
-                        "dropping a result for a job the bot no longer holds"
-                    );
-                    return Ok(());
-                }
+                _ => return drop_report(),
             },
         };
+        if job.instance != instance {
+            tracing::warn!(
+                job = id,
+                bot,
+                job_instance = %job.instance,
+                session_instance = instance,
+                "refusing a result reported through another instance's bot session"
+            );
+            return Err(crate::error::Error::PermissionDenied(format!(
+                "lease {id} is not a job of instance {instance:?}"
+            )));
+        }
         let ok = outcome.status.code == 0;
-        // The ExecuteResponse carries the result itself, so the action-cache
-        // write runs beside the job's completion instead of before it.
         let mut cache_write = None;
         if let Some(result) = &outcome.result {
             crate::action_result::validate(job.digest.function, result)?;
@@ -152,18 +176,16 @@ impl Scheduler {
             false,
             now,
         );
-        let (finished, ()) = tokio::join!(finish, async {
-            if let Some(write) = cache_write {
-                write.await;
-            }
-        });
-        let Some(done) = finished? else {
-            tracing::info!(
-                job = id,
-                bot,
-                "dropping a result for a job the bot no longer holds"
-            );
-            return Ok(());
+        // The conditional finish checks in the database that this bot holds
+        // the lease; only then may its result reach the action cache.
+        let done = finish.await?;
+        if done.is_some()
+            && let Some(write) = cache_write
+        {
+            write.await;
+        }
+        let Some(done) = done else {
+            return drop_report();
         };
         self.leased.invalidate(id);
         self.metrics
