@@ -113,39 +113,78 @@ pub async fn connect(url: &str, what: &str, migrations: &[(i64, &'static str)]) 
     Ok(pool)
 }
 
+/// The PostgreSQL advisory lock every kiln pod takes while migrating, so
+/// pods that start together (a Deployment's replicas on first install)
+/// migrate one after another instead of racing on CREATE TABLE.
+const MIGRATION_LOCK: i64 = 0x6b69_6c6e_6d69_67; // "kilnmig"
+
+/// Applies the pending migrations on one connection, under a lock: on
+/// PostgreSQL an advisory lock held for the whole run, on SQLite a write
+/// transaction (`BEGIN IMMEDIATE`) per migration, which also excludes other
+/// processes. Each migration is re-checked once the lock is held.
 async fn migrate(pool: &AnyPool, what: &str, migrations: &[(i64, &'static str)]) -> Result<()> {
     let context = format!("migrating the {what} schema");
     let err = db_err(&context);
+    let mut conn = pool.acquire().await.map_err(&err)?;
+    // Never returned to the pool: a session that held the lock (even after
+    // an error) is closed, which releases whatever it still holds.
+    conn.close_on_drop();
+    let postgres = conn.backend_name().eq_ignore_ascii_case("postgresql");
+    if postgres {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await
+            .map_err(&err)?;
+    }
+    let result = apply(&mut conn, postgres, migrations).await.map_err(&err);
+    if postgres && result.is_ok() {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await
+            .map_err(&err)?;
+    }
+    result
+}
+
+async fn apply(
+    conn: &mut sqlx::AnyConnection,
+    postgres: bool,
+    migrations: &[(i64, &'static str)],
+) -> std::result::Result<(), sqlx::Error> {
     sqlx::query("CREATE TABLE IF NOT EXISTS kiln_migrations (version BIGINT PRIMARY KEY)")
-        .execute(pool)
-        .await
-        .map_err(&err)?;
+        .execute(&mut *conn)
+        .await?;
     for (version, sql) in migrations {
-        let done = sqlx::query("SELECT version FROM kiln_migrations WHERE version = $1")
-            .bind(*version)
-            .fetch_optional(pool)
-            .await
-            .map_err(&err)?;
-        if done.is_some() {
-            continue;
-        }
-        let mut tx = pool.begin().await.map_err(&err)?;
-        for statement in sql
-            .split(';')
-            .map(str::trim)
-            .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--")))
-        {
-            sqlx::query(statement)
-                .execute(&mut *tx)
+        sqlx::query(if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" })
+            .execute(&mut *conn)
+            .await?;
+        let outcome = async {
+            let done = sqlx::query("SELECT version FROM kiln_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if done.is_some() {
+                return Ok(());
+            }
+            for statement in sql
+                .split(';')
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--")))
+            {
+                sqlx::query(statement).execute(&mut *conn).await?;
+            }
+            sqlx::query("INSERT INTO kiln_migrations (version) VALUES ($1)")
+                .bind(*version)
+                .execute(&mut *conn)
                 .await
-                .map_err(&err)?;
+                .map(|_| ())
         }
-        sqlx::query("INSERT INTO kiln_migrations (version) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(*version)
-            .execute(&mut *tx)
-            .await
-            .map_err(&err)?;
-        tx.commit().await.map_err(&err)?;
+        .await;
+        let end = if outcome.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        sqlx::query(end).execute(&mut *conn).await?;
+        outcome?;
     }
     Ok(())
 }

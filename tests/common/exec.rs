@@ -29,7 +29,10 @@ pub struct WorkerProc {
 impl WorkerProc {
     /// Starts `kiln worker` against `url` for `instance`.
     pub fn start(url: &str, instance: &str, bot_id: &str, extra: &[&str]) -> WorkerProc {
+        // A worker running as root runs actions as `nobody`, who must be
+        // able to reach the work dir (0700 temp dirs are not traversable).
         let dir = tempfile::tempdir().unwrap();
+        set_mode(dir.path(), 0o755);
         let child = Process::new(env!("CARGO_BIN_EXE_kiln"))
             .arg("worker")
             .arg(format!("--server={}", url.replace("http://", "grpc://")))
@@ -206,6 +209,19 @@ async fn collect(mut stream: tonic::Streaming<Operation>) -> Result<Vec<Operatio
         ops.push(op?);
     }
     Ok(ops)
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A temp dir that actions may write marker files into (as the worker's
+/// action user, not the test's).
+pub fn action_writable_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    set_mode(dir.path(), 0o1777);
+    dir
 }
 
 /// Waits until `path` exists and has content (an action's marker file).

@@ -19,7 +19,7 @@ async fn any_pod_accepts_dispatches_and_reports_on_any_job() {
         .expect("KILN_TEST_POSTGRES_URL is not set: README's test command starts a PostgreSQL for these tests");
     let instance = format!("pods-{}", uuid::Uuid::new_v4());
     let i = instance.as_str();
-    let shared = tempfile::tempdir().unwrap();
+    let shared = crate::common::exec::action_writable_dir();
     let yaml = format!(
         r#"
 execution: {{ database: "{url}", bot_wait: 1s, poll_interval: 100ms }}

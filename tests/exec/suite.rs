@@ -54,7 +54,7 @@ async fn read_blob(kiln: &Kiln, instance: &str, digest: &kiln::proto::reapi::Dig
 async fn run(database: &str, restartable: bool) {
     let instance = format!("exec-{}", uuid::Uuid::new_v4());
     let i = instance.as_str();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = crate::common::exec::action_writable_dir();
     let yaml = config(i, database);
     let kiln = Kiln::start_in(&yaml, tmp.path()).await;
     let ch = kiln.channel().await;
