@@ -116,7 +116,7 @@ pub async fn connect(url: &str, what: &str, migrations: &[(i64, &'static str)]) 
 /// The PostgreSQL advisory lock every kiln pod takes while migrating, so
 /// pods that start together (a Deployment's replicas on first install)
 /// migrate one after another instead of racing on CREATE TABLE.
-const MIGRATION_LOCK: i64 = 0x6b69_6c6e_6d69_67; // "kilnmig"
+const MIGRATION_LOCK: i64 = 0x006b_696c_6e6d_6967; // "kilnmig"
 
 /// Applies the pending migrations on one connection, under a lock: on
 /// PostgreSQL an advisory lock held for the whole run, on SQLite a write
@@ -160,29 +160,32 @@ async fn apply(
         sqlx::query(if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" })
             .execute(&mut *conn)
             .await?;
-        let outcome = async {
-            let done = sqlx::query("SELECT version FROM kiln_migrations WHERE version = $1")
-                .bind(*version)
-                .fetch_optional(&mut *conn)
-                .await?;
-            if done.is_some() {
-                return Ok(());
+        let outcome =
+            async {
+                let done = sqlx::query("SELECT version FROM kiln_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                if done.is_some() {
+                    return Ok(());
+                }
+                for statement in sql.split(';').map(str::trim).filter(|s| {
+                    !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--"))
+                }) {
+                    sqlx::query(statement).execute(&mut *conn).await?;
+                }
+                sqlx::query("INSERT INTO kiln_migrations (version) VALUES ($1)")
+                    .bind(*version)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| ())
             }
-            for statement in sql
-                .split(';')
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--")))
-            {
-                sqlx::query(statement).execute(&mut *conn).await?;
-            }
-            sqlx::query("INSERT INTO kiln_migrations (version) VALUES ($1)")
-                .bind(*version)
-                .execute(&mut *conn)
-                .await
-                .map(|_| ())
-        }
-        .await;
-        let end = if outcome.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            .await;
+        let end = if outcome.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
         sqlx::query(end).execute(&mut *conn).await?;
         outcome?;
     }

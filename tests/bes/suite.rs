@@ -3,14 +3,11 @@
 use std::time::Duration;
 
 use kiln::proto::bes_v1::publish_build_event_client::PublishBuildEventClient;
-use kiln::proto::bes_v1::{
-    PublishBuildToolEventStreamRequest, PublishBuildToolEventStreamResponse,
-};
 use kiln::proto::kiln_v1::build_event_query_client::BuildEventQueryClient;
 use kiln::proto::kiln_v1::{ListStreamsRequest, QueryEventsRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Status};
+use tonic::Code;
 
 use crate::common::Kiln;
 use crate::common::bes::{bazel_events, requests, stream_id};
@@ -22,31 +19,7 @@ pub fn config(database: &str, extra: &str) -> String {
     )
 }
 
-/// Sends `reqs` on one stream and collects the acknowledgements (and the
-/// final status, if the server ended the stream with an error).
-pub async fn publish(
-    kiln: &Kiln,
-    reqs: Vec<PublishBuildToolEventStreamRequest>,
-) -> (Vec<i64>, Option<Status>) {
-    let mut client = PublishBuildEventClient::new(kiln.channel().await);
-    let mut acks = Vec::new();
-    let resp = client
-        .publish_build_tool_event_stream(tokio_stream::iter(reqs))
-        .await;
-    let mut stream = match resp {
-        Ok(r) => r.into_inner(),
-        Err(s) => return (acks, Some(s)),
-    };
-    loop {
-        match stream.message().await {
-            Ok(Some(PublishBuildToolEventStreamResponse {
-                sequence_number, ..
-            })) => acks.push(sequence_number),
-            Ok(None) => return (acks, None),
-            Err(s) => return (acks, Some(s)),
-        }
-    }
-}
+pub use crate::common::bes::publish;
 
 pub async fn http_json(kiln: &Kiln, path: &str) -> (u16, serde_json::Value) {
     let r = reqwest::get(format!("http://{}{path}", kiln.server.http_addr))

@@ -232,3 +232,31 @@ pub fn progress(n: i32, size: usize) -> bep::BuildEvent {
 pub fn undecodable() -> Bytes {
     Bytes::from_static(b"\xff\xff\xff not a proto")
 }
+
+/// Sends `reqs` on one stream and collects the acknowledgements (and the
+/// final status, if the server ended the stream with an error).
+pub async fn publish(
+    kiln: &super::Kiln,
+    reqs: Vec<PublishBuildToolEventStreamRequest>,
+) -> (Vec<i64>, Option<tonic::Status>) {
+    let mut client = kiln::proto::bes_v1::publish_build_event_client::PublishBuildEventClient::new(
+        kiln.channel().await,
+    );
+    let mut acks = Vec::new();
+    let resp = client
+        .publish_build_tool_event_stream(tokio_stream::iter(reqs))
+        .await;
+    let mut stream = match resp {
+        Ok(r) => r.into_inner(),
+        Err(s) => return (acks, Some(s)),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(v1::PublishBuildToolEventStreamResponse {
+                sequence_number, ..
+            })) => acks.push(sequence_number),
+            Ok(None) => return (acks, None),
+            Err(s) => return (acks, Some(s)),
+        }
+    }
+}

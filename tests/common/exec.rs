@@ -75,6 +75,12 @@ pub struct Spec<'a> {
     pub do_not_cache: bool,
     /// Makes otherwise identical actions distinct.
     pub salt: &'a str,
+    /// Symlinks in the input root, as (name, target).
+    pub symlinks: Vec<(&'a str, &'a str)>,
+    /// REAPI 2.1 output paths (beside `outputs`, the 2.0 output files).
+    pub output_paths: Vec<&'a str>,
+    /// The Command's working directory.
+    pub working_directory: &'a str,
 }
 
 /// The blobs of an action: (action digest, every blob to upload).
@@ -93,6 +99,13 @@ pub fn build(spec: &Spec<'_>) -> (Digest, Vec<Bytes>) {
         });
         blobs.push(data);
     }
+    for (name, target) in &spec.symlinks {
+        root.symlinks.push(kiln::proto::reapi::SymlinkNode {
+            name: name.to_string(),
+            target: target.to_string(),
+            node_properties: None,
+        });
+    }
     let root = Bytes::from(root.encode_to_vec());
     let command = Command {
         arguments: spec.argv.iter().map(|s| s.to_string()).collect(),
@@ -101,6 +114,8 @@ pub fn build(spec: &Spec<'_>) -> (Digest, Vec<Bytes>) {
             value: "/usr/bin:/bin".into(),
         }],
         output_files: spec.outputs.iter().map(|s| s.to_string()).collect(),
+        output_paths: spec.output_paths.iter().map(|s| s.to_string()).collect(),
+        working_directory: spec.working_directory.to_string(),
         ..Default::default()
     };
     let command = Bytes::from(command.encode_to_vec());

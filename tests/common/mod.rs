@@ -53,20 +53,25 @@ impl Kiln {
 
     /// Starts kiln from `yaml` on an existing data dir (restart tests).
     pub async fn start_in(yaml: &str, data_dir: &Path) -> Kiln {
+        Kiln::try_start_in(yaml, data_dir)
+            .await
+            .expect("kiln starts")
+    }
+
+    /// Starts kiln, or says why it could not.
+    pub async fn try_start_in(yaml: &str, data_dir: &Path) -> Result<Kiln, kiln::error::Error> {
         let mut config = Config::parse(yaml).expect("test config parses");
         config.listen = "127.0.0.1:0".into();
         config.http_listen = "127.0.0.1:0".into();
         config.validate().expect("test config is valid");
-        let server = kiln::app::start(config, data_dir.to_path_buf())
-            .await
-            .expect("kiln starts");
+        let server = kiln::app::start(config, data_dir.to_path_buf()).await?;
         let url = format!("http://{}", server.addr);
-        Kiln {
+        Ok(Kiln {
             server,
             url,
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
-        }
+        })
     }
 
     pub async fn channel(&self) -> Channel {
