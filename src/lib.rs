@@ -40,3 +40,6 @@ pub mod telemetry;
 pub mod time;
 pub mod tree;
 pub mod worker;
+
+#[cfg(test)]
+mod proptests;

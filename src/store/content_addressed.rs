@@ -217,4 +217,13 @@ mod tests {
         };
         assert!(store.put(&as_blake, data.into()).await.is_err());
     }
+
+    #[tokio::test]
+    async fn an_endless_body_under_the_empty_digest_is_refused_at_once() {
+        let (_, store) = layer();
+        let endless = futures::stream::repeat_with(|| Ok(Bytes::from_static(b"more"))).boxed();
+        let empty = DigestFunction::Sha256.empty();
+        let err = store.put(&empty, Body::Stream(endless)).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+    }
 }

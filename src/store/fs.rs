@@ -314,4 +314,63 @@ mod tests {
         assert_eq!(crate::store::get_bytes(&store, &d).await.unwrap(), data);
         assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 0);
     }
+
+    #[tokio::test]
+    async fn a_dropped_put_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path(), 4096, true).unwrap();
+        let d = DigestFunction::Sha256.digest_of(b"never finished");
+        let first = futures::stream::iter([Ok(Bytes::from_static(b"never"))]);
+        let body = Body::Stream(first.chain(futures::stream::pending()).boxed());
+        {
+            let put = store.put(&d, body);
+            futures::pin_mut!(put);
+            // Drive the put until its temp file exists, as a client reset
+            // would find it (polled with a deadline, never a fixed wait).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::fs::read_dir(&store.tmp).unwrap().count() == 0 {
+                assert!(futures::poll!(put.as_mut()).is_pending());
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no temp file appeared"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 1);
+        }
+        assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_file_cut_short_while_streaming_ends_in_an_error() {
+        let d = DigestFunction::Sha256.digest_of(b"0123456789");
+        let short = futures::stream::iter([Ok(Bytes::from_static(b"01234"))]).boxed();
+        let got: Vec<Result<Bytes>> = exactly(short, 10, d).collect().await;
+        assert!(got[0].is_ok());
+        assert!(
+            matches!(got.last(), Some(Err(_))),
+            "a short file must not end cleanly"
+        );
+        let whole = futures::stream::iter([Ok(Bytes::from_static(b"0123456789"))]).boxed();
+        let got: Vec<Result<Bytes>> = exactly(whole, 10, d).collect().await;
+        assert_eq!(got.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn action_cache_values_keep_their_own_lengths() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path(), 4096, false).unwrap();
+        let key = DigestFunction::Sha256.digest_of(b"an action");
+        store
+            .put(
+                &key,
+                Bytes::from_static(b"a result of another length").into(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            crate::store::get_bytes(&store, &key).await.unwrap(),
+            "a result of another length"
+        );
+    }
 }

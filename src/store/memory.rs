@@ -105,4 +105,15 @@ mod tests {
         );
         assert!(store.blobs.weighted_size() <= 10_000);
     }
+
+    #[tokio::test]
+    async fn a_stream_larger_than_the_store_is_refused_while_it_arrives() {
+        use futures::StreamExt;
+        let store = MemoryStore::new(1 << 20);
+        let d = crate::digest::DigestFunction::Sha256.digest_of(b"x");
+        // An endless stream: refused once it passes the budget, never collected.
+        let endless = futures::stream::repeat_with(|| Ok(Bytes::from(vec![0u8; 64 << 10]))).boxed();
+        let err = store.put(&d, Body::Stream(endless)).await.unwrap_err();
+        assert!(matches!(err, Error::ResourceExhausted { .. }), "{err:?}");
+    }
 }

@@ -42,3 +42,31 @@ async fn three_pods_start_at_once_on_a_fresh_postgresql_database() {
     }
     admin.close().await;
 }
+
+/// One named store as a CAS and as an action cache would get the CAS's
+/// create-if-absent writes for action results (on S3, overwrites that
+/// silently do nothing): refused at start.
+#[tokio::test]
+async fn a_store_cannot_serve_as_cas_and_action_cache() {
+    let yaml = r#"
+stores:
+  shared: { memory: { max_size: 8MiB } }
+instances:
+  - name: a
+    cas: { ref: shared }
+    action_cache: { memory: { max_size: 8MiB } }
+  - name: b
+    cas: { memory: { max_size: 8MiB } }
+    action_cache: { ref: shared }
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let err = Kiln::try_start_in(yaml, dir.path())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("both as a CAS and as an action cache"),
+        "{err}"
+    );
+}

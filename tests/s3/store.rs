@@ -190,3 +190,52 @@ async fn warm_find_missing_costs_almost_no_backend_calls() {
     );
     assert_eq!(warm, 5.0 * 200.0);
 }
+
+/// A multipart upload whose put is dropped (its client went away) is
+/// aborted, so no parts stay behind in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_multipart_upload_is_aborted() {
+    use futures::StreamExt;
+    let weed = SeaweedFs::start().await;
+    let cfg = s3_config(
+        &weed,
+        "dropped/",
+        ", multipart_threshold: 5MiB, part_size: 5MiB",
+    );
+    let store = S3Store::connect(&cfg, true).await.unwrap();
+    let d = sha(b"never finished");
+    let client = weed.client().await;
+    let uploads = || async {
+        client
+            .list_multipart_uploads()
+            .bucket(BUCKET)
+            .prefix("dropped/")
+            .send()
+            .await
+            .unwrap()
+            .uploads()
+            .len()
+    };
+    // 6 MiB and then nothing: past the threshold, so a multipart upload starts.
+    let body = futures::stream::iter((0..6).map(|i| Ok(blob(i, 1 << 20))))
+        .chain(futures::stream::pending())
+        .boxed();
+    let put = tokio::spawn(async move { store.put(&d, kiln::store::Body::Stream(body)).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while uploads().await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no multipart upload started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    put.abort();
+    let _ = put.await;
+    while uploads().await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned upload was not aborted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
