@@ -84,9 +84,20 @@ fn the_chart_renders_lints_validates_and_ships_a_valid_kiln_config() {
         assert_eq!(has("Service"), 1);
         validate(&[out.path().join(format!("{name}.yaml"))]);
         check_config(&out.path().join(format!("{name}.kiln.yaml")));
+        let notes = s["notes"].as_str().unwrap();
+        let rendered =
+            std::fs::read_to_string(out.path().join(format!("{name}.kiln.yaml"))).unwrap();
+        let parsed = kiln::config::Config::parse(&rendered).unwrap();
         if name == "default" {
+            // No workers, no auth: execution stays off and NOTES warn.
+            assert!(
+                !parsed.execution.enabled,
+                "{name}: execution on without workers"
+            );
+            assert!(notes.contains("WARNING: authentication is off"), "{notes}");
             continue;
         }
+        assert!(parsed.execution.enabled, "{name}: workers need execution");
         // The scaled-out installs: HPAs for server and workers, a PDB, workers.
         assert_eq!(has("HorizontalPodAutoscaler"), 2, "{name}");
         assert_eq!(has("PodDisruptionBudget"), 1, "{name}");
@@ -108,6 +119,13 @@ fn the_chart_renders_lints_validates_and_ships_a_valid_kiln_config() {
         );
     }
     let s3 = &summaries[2];
+    assert!(
+        !s3["notes"]
+            .as_str()
+            .unwrap()
+            .contains("authentication is off"),
+        "values-s3 turns JWT auth on"
+    );
     assert!(
         s3["kinds"]
             .as_array()

@@ -60,5 +60,12 @@ app.kubernetes.io/component: worker
 {{- if .Values.tracing.otlpEndpoint }}
 {{- $_ := set $config "tracing" (dict "otlp_endpoint" .Values.tracing.otlpEndpoint "service_name" .Values.tracing.serviceName "sampling_ratio" .Values.tracing.samplingRatio) }}
 {{- end }}
+{{- /* Execution runs other people's commands: off unless this release
+       also runs workers (or the config says so explicitly). */}}
+{{- $execution := deepCopy (default (dict) $config.execution) }}
+{{- if not (hasKey $execution "enabled") }}
+{{- $_ := set $execution "enabled" .Values.worker.enabled }}
+{{- end }}
+{{- $_ := set $config "execution" $execution }}
 {{- toYaml $config }}
 {{- end }}
