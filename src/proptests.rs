@@ -57,11 +57,11 @@ proptest! {
 
     #[test]
     fn digests_never_panic(hash in text(), size in any::<i64>(), f in 0..4i32) {
-        if let Ok(function) = DigestFunction::from_proto(f) {
-            if let Ok(d) = Digest::parse(function, &hash, size) {
-                prop_assert!(size >= 0);
-                prop_assert_eq!(d.hash_hex(), hash.to_ascii_lowercase());
-            }
+        if let Ok(function) = DigestFunction::from_proto(f)
+            && let Ok(d) = Digest::parse(function, &hash, size)
+        {
+            prop_assert!(size >= 0);
+            prop_assert_eq!(d.hash_hex(), hash.to_ascii_lowercase());
         }
     }
 
@@ -112,7 +112,7 @@ proptest! {
         let event = crate::proto::bes_v1::BuildEvent {
             event: Some(crate::proto::bes_v1::build_event::Event::BazelEvent(prost_types::Any {
                 type_url: url,
-                value: bytes.into(),
+                value: bytes,
             })),
             event_time: Some(prost_types::Timestamp { seconds: i64::MAX, nanos: i32::MIN }),
         };
@@ -157,7 +157,7 @@ proptest! {
             let wrapped = crate::proto::bes_v1::BuildEvent {
                 event: Some(crate::proto::bes_v1::build_event::Event::BazelEvent(prost_types::Any {
                     type_url: "type.googleapis.com/build_event_stream.BuildEvent".into(),
-                    value: prost::Message::encode_to_vec(&event).into(),
+                    value: prost::Message::encode_to_vec(&event),
                 })),
                 event_time: ts(0),
             };

@@ -51,6 +51,31 @@ impl WorkerProc {
         }
     }
 
+    /// Starts `kiln worker` as the unprivileged `uid`/`gid` (so the test
+    /// needs root), with a work dir that user owns.
+    pub fn start_as(uid: u32, gid: u32, url: &str, bot_id: &str) -> WorkerProc {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        set_mode(dir.path(), 0o755);
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        let child = Process::new(env!("CARGO_BIN_EXE_kiln"))
+            .uid(uid)
+            .gid(gid)
+            .arg("worker")
+            .arg(format!("--server={}", url.replace("http://", "grpc://")))
+            .arg(format!("--work-dir={}", dir.path().display()))
+            .arg(format!("--bot-id={bot_id}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("kiln worker starts as another user");
+        WorkerProc {
+            child,
+            bot_id: bot_id.to_string(),
+            dir,
+        }
+    }
+
     /// SIGKILL: the worker vanishes without a word, as a crashed host would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

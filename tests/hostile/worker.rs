@@ -178,6 +178,43 @@ async fn an_action_cannot_change_what_the_next_one_reads() {
     assert_eq!(stdout_of(&kiln, &done).await.as_bytes(), original);
 }
 
+/// A worker that is not root runs actions as itself, so an action can
+/// reach the cache directory and rewrite a cached file there: the next
+/// action still reads the original, because copies out of the cache are
+/// re-verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unprivileged_workers_cache_cannot_be_poisoned() {
+    let kiln = Kiln::start(&config()).await;
+    let _worker = WorkerProc::start_as(65534, 65534, &kiln.url, "unprivileged");
+    let original = b"cached input, shared by actions\n";
+    // The action's cwd is WORK/runs/RUN/root: the cache is three levels up.
+    let tamper = Spec {
+        argv: vec![
+            "/bin/sh",
+            "-c",
+            "for f in ../../../cache/*; do chmod u+w \"$f\" && echo poisoned > \"$f\"; done; ls ../../../cache",
+        ],
+        inputs: vec![("shared.txt", original)],
+        salt: "tamper-cache",
+        ..Default::default()
+    };
+    let done = run(&kiln, &tamper).await.unwrap();
+    assert_eq!(done.result.as_ref().unwrap().exit_code, 0);
+    assert!(
+        !stdout_of(&kiln, &done).await.trim().is_empty(),
+        "the action did reach the cache"
+    );
+    let read = Spec {
+        argv: vec!["/bin/cat", "shared.txt"],
+        inputs: vec![("shared.txt", original)],
+        salt: "read-after-poison",
+        ..Default::default()
+    };
+    let done = run(&kiln, &read).await.unwrap();
+    assert_eq!(done.result.as_ref().unwrap().exit_code, 0);
+    assert_eq!(stdout_of(&kiln, &done).await.as_bytes(), original);
+}
+
 #[tokio::test]
 async fn a_token_file_others_can_read_is_refused() {
     let dir = tempfile::tempdir().unwrap();
