@@ -312,20 +312,18 @@ mod tests {
         put_dir(store, "", &root).await.1
     }
 
+    fn four() -> WalkLimits {
+        WalkLimits {
+            concurrency: 4,
+            ..Default::default()
+        }
+    }
+
     #[tokio::test]
     async fn walks_breadth_first_once_per_directory() {
         let store = MemoryStore::new(1 << 20);
         let root = sample(&store).await;
-        let walk = walk(
-            &store,
-            root,
-            WalkLimits {
-                concurrency: 4,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+        let walk = walk(&store, root, four()).await.unwrap();
         assert!(walk.complete);
         let firsts: Vec<String> = walk
             .directories
@@ -341,15 +339,7 @@ mod tests {
         let store = MemoryStore::new(1 << 20);
         let absent = DigestFunction::Sha256.digest_of(b"nope");
         assert!(matches!(
-            walk(
-                &store,
-                absent,
-                WalkLimits {
-                    concurrency: 4,
-                    ..Default::default()
-                }
-            )
-            .await,
+            walk(&store, absent, four()).await,
             Err(Error::NotFound(_))
         ));
 
@@ -363,36 +353,13 @@ mod tests {
             ..Default::default()
         };
         let (_, root) = put_dir(&store, "", &root).await;
-        let walk = walk(
-            &store,
-            root,
-            WalkLimits {
-                concurrency: 4,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+        let walk = walk(&store, root, four()).await.unwrap();
         assert!(!walk.complete);
         assert_eq!(walk.directories.len(), 1);
 
         // An incomplete tree is served but not cached.
         let cache = TreeCache::new(1 << 20, Duration::from_secs(60));
-        assert_eq!(
-            cache
-                .get(
-                    &store,
-                    root,
-                    WalkLimits {
-                        concurrency: 4,
-                        ..Default::default()
-                    }
-                )
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
+        assert_eq!(cache.get(&store, root, four()).await.unwrap().len(), 1);
         assert!(cache.cache.as_ref().unwrap().get(&root).await.is_none());
     }
 
@@ -401,31 +368,11 @@ mod tests {
         let store = MemoryStore::new(1 << 20);
         let root = sample(&store).await;
         let cache = TreeCache::new(1 << 20, Duration::from_secs(60));
-        let first = cache
-            .get(
-                &store,
-                root,
-                WalkLimits {
-                    concurrency: 4,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let first = cache.get(&store, root, four()).await.unwrap();
         assert!(cache.cache.as_ref().unwrap().get(&root).await.is_some());
         assert!(Arc::ptr_eq(
             &first,
-            &cache
-                .get(
-                    &store,
-                    root,
-                    WalkLimits {
-                        concurrency: 4,
-                        ..Default::default()
-                    }
-                )
-                .await
-                .unwrap()
+            &cache.get(&store, root, four()).await.unwrap()
         ));
     }
 

@@ -148,6 +148,37 @@ pub fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// BatchReadBlobs of one digest: its response entry (data and status).
+pub async fn read_one(
+    cas: &mut ContentAddressableStorageClient<Channel>,
+    digest: &Digest,
+) -> kiln::proto::reapi::batch_read_blobs_response::Response {
+    let r = cas
+        .batch_read_blobs(kiln::proto::reapi::BatchReadBlobsRequest {
+            digests: vec![digest.to_proto()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.responses.into_iter().next().unwrap()
+}
+
+/// FindMissingBlobs: which of `digests` the server lacks.
+pub async fn missing(
+    cas: &mut ContentAddressableStorageClient<Channel>,
+    digests: &[Digest],
+) -> Vec<kiln::proto::reapi::Digest> {
+    cas.find_missing_blobs(kiln::proto::reapi::FindMissingBlobsRequest {
+        blob_digests: digests.iter().map(Digest::to_proto).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .missing_blob_digests
+}
+
 /// A BatchUpdateBlobs request storing `blobs` under their SHA-256 digests.
 pub fn upload_request(blobs: &[Bytes]) -> kiln::proto::reapi::BatchUpdateBlobsRequest {
     use kiln::proto::reapi::batch_update_blobs_request::Request;

@@ -263,51 +263,23 @@ async fn the_http_listener_needs_a_read_token() {
     let kiln = start(dir.path()).await;
     let base = format!("http://{}", kiln.server.http_addr);
     let client = reqwest::Client::new();
-    let get = |path: &str, token: Option<&str>| {
+    let cases: &[(&str, Option<&str>, u16)] = &[
+        ("/api/v1/invocations", None, 401),
+        ("/invocation/x", None, 401),
+        ("/api/v1/invocations", Some("wrong"), 401),
+        ("/api/v1/invocations", Some("other-reader"), 403),
+        ("/api/v1/invocations", Some("reader"), 200),
+        ("/healthz", None, 200),
+        ("/metrics", None, 200),
+    ];
+    for (path, token, want) in cases {
         let mut req = client.get(format!("{base}{path}"));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
-        req.send()
-    };
-    assert_eq!(
-        get("/api/v1/invocations", None)
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        401
-    );
-    assert_eq!(
-        get("/invocation/x", None).await.unwrap().status().as_u16(),
-        401
-    );
-    assert_eq!(
-        get("/api/v1/invocations", Some("wrong"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        401
-    );
-    assert_eq!(
-        get("/api/v1/invocations", Some("other-reader"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        403
-    );
-    assert_eq!(
-        get("/api/v1/invocations", Some("reader"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
-    assert_eq!(get("/healthz", None).await.unwrap().status().as_u16(), 200);
-    assert_eq!(get("/metrics", None).await.unwrap().status().as_u16(), 200);
+        let got = req.send().await.unwrap().status().as_u16();
+        assert_eq!(got, *want, "{path} with {token:?}");
+    }
 }
 
 #[tokio::test]

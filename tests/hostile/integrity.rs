@@ -4,10 +4,10 @@
 
 use futures::StreamExt;
 use kiln::proto::bytestream::ReadRequest;
-use kiln::proto::reapi::{BatchReadBlobsRequest, FindMissingBlobsRequest};
+use kiln::proto::reapi::FindMissingBlobsRequest;
 use tonic::Code;
 
-use crate::common::{Kiln, blob, metric_sum, scrape, sha, upload_request};
+use crate::common::{Kiln, blob, metric_sum, missing, read_one, scrape, sha, upload_request};
 
 /// The CAS straight on disk (no memory tier in front to hide the file).
 const FS_ONLY: &str = r#"
@@ -16,6 +16,15 @@ instances:
     cas: { fs: { path: cas } }
     action_cache: { fs: { path: ac } }
 "#;
+
+/// Where the fs store keeps a blob.
+fn blob_file(kiln: &Kiln, d: &kiln::digest::Digest) -> std::path::PathBuf {
+    let hash = d.hash_hex();
+    kiln.data_dir
+        .join("cas/sha256")
+        .join(&hash[..2])
+        .join(format!("{hash}-{}", d.size))
+}
 
 #[tokio::test]
 async fn a_truncated_blob_file_is_not_found_and_removed() {
@@ -28,38 +37,18 @@ async fn a_truncated_blob_file_is_not_found_and_removed() {
         .unwrap();
     for data in [&small, &large] {
         let d = sha(data);
-        let hash = d.hash_hex();
-        let path = kiln
-            .data_dir
-            .join("cas/sha256")
-            .join(&hash[..2])
-            .join(format!("{hash}-{}", d.size));
+        let path = blob_file(&kiln, &d);
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(d.size / 2).unwrap();
         drop(file);
 
-        let r = cas
-            .batch_read_blobs(BatchReadBlobsRequest {
-                digests: vec![d.to_proto()],
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let status = r.responses[0].status.as_ref().unwrap();
+        let r = read_one(&mut cas, &d).await;
+        let status = r.status.as_ref().unwrap();
         assert_eq!(status.code, Code::NotFound as i32, "{}", status.message);
-        assert!(r.responses[0].data.is_empty());
+        assert!(r.data.is_empty());
         assert!(!path.exists(), "the damaged file is removed");
-        let missing = cas
-            .find_missing_blobs(FindMissingBlobsRequest {
-                blob_digests: vec![d.to_proto()],
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
         assert_eq!(
-            missing.missing_blob_digests.len(),
+            missing(&mut cas, &[d]).await.len(),
             1,
             "clients re-upload it"
         );
@@ -69,17 +58,11 @@ async fn a_truncated_blob_file_is_not_found_and_removed() {
         .await
         .unwrap();
     let d = sha(&large);
-    let hash = d.hash_hex();
-    let path = kiln
-        .data_dir
-        .join("cas/sha256")
-        .join(&hash[..2])
-        .join(format!("{hash}-{}", d.size));
-    std::fs::write(&path, &large[..1000]).unwrap();
+    std::fs::write(blob_file(&kiln, &d), &large[..1000]).unwrap();
     let mut bs = kiln.bytestream().await;
     let result = bs
         .read(ReadRequest {
-            resource_name: format!("blobs/{hash}/{}", d.size),
+            resource_name: format!("blobs/{}/{}", d.hash_hex(), d.size),
             ..Default::default()
         })
         .await;

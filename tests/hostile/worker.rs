@@ -6,11 +6,10 @@
 use std::time::Duration;
 
 use kiln::proto::reapi::ExecuteResponse;
-use kiln::proto::reapi::{BatchReadBlobsRequest, FindMissingBlobsRequest};
 use tonic::Code;
 
 use crate::common::exec::{Spec, WorkerProc, action_writable_dir, execute, response, upload};
-use crate::common::{Kiln, MEMORY, sha};
+use crate::common::{Kiln, MEMORY, missing, read_one, sha};
 
 fn config() -> String {
     format!("execution: {{ database: memory, bot_wait: 1s }}\n{MEMORY}")
@@ -24,32 +23,27 @@ async fn run(kiln: &Kiln, spec: &Spec<'_>) -> Result<ExecuteResponse, tonic::Sta
 }
 
 async fn stdout_of(kiln: &Kiln, done: &ExecuteResponse) -> String {
-    let digest = done.result.as_ref().unwrap().stdout_digest.clone().unwrap();
-    let r = kiln
-        .cas()
-        .await
-        .batch_read_blobs(BatchReadBlobsRequest {
-            digests: vec![digest],
-            ..Default::default()
-        })
-        .await
+    let digest = done
+        .result
+        .as_ref()
         .unwrap()
-        .into_inner();
-    String::from_utf8_lossy(&r.responses[0].data).into_owned()
+        .stdout_digest
+        .as_ref()
+        .unwrap();
+    let digest = kiln::digest::Digest::from_proto(
+        kiln::digest::DigestFunction::Sha256,
+        Some(digest),
+        "stdout",
+    )
+    .unwrap();
+    let r = read_one(&mut kiln.cas().await, &digest).await;
+    String::from_utf8_lossy(&r.data).into_owned()
 }
 
 async fn stored(kiln: &Kiln, data: &[u8]) -> bool {
-    let r = kiln
-        .cas()
+    missing(&mut kiln.cas().await, &[sha(data)])
         .await
-        .find_missing_blobs(FindMissingBlobsRequest {
-            blob_digests: vec![sha(data).to_proto()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    r.missing_blob_digests.is_empty()
+        .is_empty()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
