@@ -55,12 +55,42 @@ pub enum Error {
     /// The client went away or the call was cancelled.
     #[error("{0}")]
     Cancelled(String),
-    /// A bug or an unexpected failure, with context for the log.
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A bug or an unexpected failure: what kiln was doing, and the
+    /// underlying error (kept as the source, so logs show the whole chain).
+    #[error("internal error: {context}{}", source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
+    Internal {
+        /// What was being done.
+        context: String,
+        /// The cause, if another error.
+        #[source]
+        source: Option<Source>,
+    },
 }
 
+/// The cause of an internal error; shared so that [`Error`] stays `Clone`
+/// (merged requests hand one error to every waiter).
+pub type Source = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
 impl Error {
+    /// An unexpected failure with no underlying error.
+    pub fn internal(context: impl Into<String>) -> Self {
+        Error::Internal {
+            context: context.into(),
+            source: None,
+        }
+    }
+
+    /// An unexpected failure caused by `source`.
+    pub fn internal_from(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Internal {
+            context: context.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
+
     /// Out of space or quota, with no retry hint.
     pub fn exhausted(message: impl Into<String>) -> Self {
         Error::ResourceExhausted {
@@ -82,7 +112,7 @@ impl Error {
             Error::Unavailable(_) => Code::Unavailable,
             Error::Cancelled(_) => Code::Cancelled,
             Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::Internal(_) => Code::Internal,
+            Error::Internal { .. } => Code::Internal,
         }
     }
 
@@ -104,7 +134,7 @@ impl Error {
             ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
                 Error::exhausted(format!("{context}: {err}"))
             }
-            _ => Error::Internal(format!("{context}: {err}")),
+            _ => Error::internal_from(context.to_string(), err),
         }
     }
 }
@@ -168,6 +198,94 @@ impl From<prost::DecodeError> for Error {
 
 impl From<tokio::task::JoinError> for Error {
     fn from(err: tokio::task::JoinError) -> Self {
-        Error::Internal(format!("background task failed: {err}"))
+        Error::internal_from("background task failed", err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::DigestFunction;
+
+    #[test]
+    fn each_error_maps_to_its_status() {
+        let d = DigestFunction::Sha256.digest_of(b"x");
+        let cases: Vec<(Error, Code)> = vec![
+            (Error::NotFound("n".into()), Code::NotFound),
+            (Error::InvalidArgument("i".into()), Code::InvalidArgument),
+            (Error::OutOfRange("o".into()), Code::OutOfRange),
+            (Error::MissingBlobs(vec![d]), Code::FailedPrecondition),
+            (
+                Error::FailedPrecondition("f".into()),
+                Code::FailedPrecondition,
+            ),
+            (Error::Unauthenticated("u".into()), Code::Unauthenticated),
+            (Error::PermissionDenied("p".into()), Code::PermissionDenied),
+            (Error::exhausted("r"), Code::ResourceExhausted),
+            (Error::Unavailable("u".into()), Code::Unavailable),
+            (Error::AlreadyExists("a".into()), Code::AlreadyExists),
+            (Error::Cancelled("c".into()), Code::Cancelled),
+            (Error::internal("x"), Code::Internal),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.code(), code, "{err:?}");
+            assert_eq!(err.to_rpc_status().code, code as i32);
+            assert_eq!(Status::from(err).code(), code);
+        }
+    }
+
+    #[test]
+    fn missing_blobs_carry_precondition_violations() {
+        let sha = DigestFunction::Sha256.digest_of(b"x");
+        let blake = DigestFunction::Blake3.digest_of(b"y");
+        let status = Status::from(Error::MissingBlobs(vec![sha, blake]));
+        let details = status.get_error_details();
+        let failure = details
+            .precondition_failure()
+            .expect("a PreconditionFailure");
+        let subjects: Vec<&str> = failure
+            .violations
+            .iter()
+            .map(|v| v.subject.as_str())
+            .collect();
+        assert_eq!(
+            subjects,
+            [format!("blobs/{sha}"), format!("blobs/blake3/{blake}")]
+        );
+        assert!(failure.violations.iter().all(|v| v.r#type == "MISSING"));
+    }
+
+    #[test]
+    fn back_pressure_carries_retry_info() {
+        let err = Error::ResourceExhausted {
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_millis(250)),
+        };
+        let status = Status::from(err);
+        let retry = status
+            .get_error_details()
+            .retry_info()
+            .cloned()
+            .expect("RetryInfo");
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(250)));
+    }
+
+    #[test]
+    fn io_errors_are_classified_and_keep_their_cause() {
+        use std::error::Error as _;
+        let gone = Error::io(
+            "reading x",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert_eq!(gone.code(), Code::NotFound);
+        let full = Error::io(
+            "writing x",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        );
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        let odd = Error::io("syncing x", std::io::Error::other("disk on fire"));
+        assert_eq!(odd.code(), Code::Internal);
+        assert!(odd.to_string().contains("syncing x: disk on fire"), "{odd}");
+        assert_eq!(odd.source().unwrap().to_string(), "disk on fire");
     }
 }

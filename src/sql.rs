@@ -21,7 +21,7 @@ pub fn db_err(context: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
             Error::Unavailable(format!("{context}: database unavailable: {e}"))
         }
-        _ => Error::Internal(format!("{context}: {e}")),
+        _ => Error::internal_from(context.to_string(), e),
     }
 }
 

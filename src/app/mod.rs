@@ -216,7 +216,7 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
             tracing::info!("shutting down: no new calls accepted");
         });
         let result = tokio::select! {
-            r = serve => r.map_err(|e| Error::Internal(format!("server: {e}"))),
+            r = serve => r.map_err(|e| Error::internal_from("server", e)),
             _ = async {
                 let _ = stop_grace.wait_for(|s| *s).await;
                 tokio::time::sleep(grace).await;

@@ -193,7 +193,7 @@ async fn publish(
     }
     let _ = sender.await;
     if latencies.len() != n {
-        return Err(Error::Internal(format!(
+        return Err(Error::internal(format!(
             "{} of {n} events acknowledged",
             latencies.len()
         )));

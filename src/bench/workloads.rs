@@ -68,7 +68,7 @@ pub(super) async fn upload(ctx: &Ctx, blobs: Vec<Bytes>) -> Result<()> {
                 .iter()
                 .find(|r| r.status.as_ref().is_some_and(|s| s.code != 0))
             {
-                return Err(Error::Internal(format!(
+                return Err(Error::internal(format!(
                     "setup upload refused: {:?}",
                     bad.status
                 )));

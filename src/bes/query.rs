@@ -45,7 +45,8 @@ fn summary(inv: &Invocation) -> Result<InvocationSummary, Error> {
     Ok(InvocationSummary {
         invocation_id: inv.invocation_id.clone(),
         status: inv.status.as_str().to_string(),
-        json: serde_json::to_string(inv).map_err(|e| Error::Internal(e.to_string()))?,
+        json: serde_json::to_string(inv)
+            .map_err(|e| Error::internal_from("encoding an invocation", e))?,
     })
 }
 

@@ -49,8 +49,7 @@ fn stream_info(row: &AnyRow) -> std::result::Result<StreamInfo, sqlx::Error> {
 }
 
 fn parse_summary(json: &str) -> Result<Invocation> {
-    serde_json::from_str(json)
-        .map_err(|e| Error::Internal(format!("corrupt invocation summary: {e}")))
+    serde_json::from_str(json).map_err(|e| Error::internal_from("corrupt invocation summary", e))
 }
 
 #[async_trait]
@@ -165,7 +164,7 @@ impl EventStore for SqlEventStore {
         .map_err(&err)?;
         if let Some(invocation) = invocation.filter(|i| !i.invocation_id.is_empty()) {
             let json = serde_json::to_string(invocation)
-                .map_err(|e| Error::Internal(format!("encoding a summary: {e}")))?;
+                .map_err(|e| Error::internal_from("encoding a summary", e))?;
             sqlx::query(
                 "INSERT INTO invocations (invocation_id, status, user_name, started_at, updated_at, summary) \
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (invocation_id) DO UPDATE SET \

@@ -55,6 +55,15 @@ pub struct MemoryConfig {
 pub struct FsConfig {
     /// Directory of the store; relative paths are under the data dir.
     pub path: PathBuf,
+    /// Size of the pieces large blobs are streamed in when read (at least
+    /// 4KiB). Default `1MiB`: large enough that one read syscall moves a
+    /// useful amount, small enough that many concurrent readers stay cheap.
+    #[serde(default = "default_read_chunk")]
+    pub read_chunk: ByteSize,
+}
+
+fn default_read_chunk() -> ByteSize {
+    ByteSize(1 << 20)
 }
 
 /// `memory_cache:` settings.

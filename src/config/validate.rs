@@ -204,6 +204,12 @@ impl StoreWalker<'_> {
                 }
             }
             StoreConfig::Fs(f) => {
+                if !(4096..=64 << 20).contains(&f.read_chunk.0) {
+                    self.errors.push(format!(
+                        "{path}.fs.read_chunk: must be between 4KiB and 64MiB, got {}",
+                        f.read_chunk
+                    ));
+                }
                 if f.path.as_os_str().is_empty() {
                     self.errors
                         .push(format!("{path}.fs.path: must not be empty"));

@@ -27,7 +27,7 @@ impl Stage {
             2 => Stage::Queued,
             3 => Stage::Executing,
             4 => Stage::Completed,
-            _ => return Err(Error::Internal(format!("unknown job stage {n}"))),
+            _ => return Err(Error::internal(format!("unknown job stage {n}"))),
         })
     }
 
@@ -64,7 +64,7 @@ impl Platform {
     pub fn decode(text: &str) -> Result<Platform> {
         serde_json::from_str(text)
             .map(Platform)
-            .map_err(|e| Error::Internal(format!("corrupt job platform {text:?}: {e}")))
+            .map_err(|e| Error::internal_from(format!("corrupt job platform {text:?}"), e))
     }
 
     /// True when a worker offering `offers` may run it: every required

@@ -161,7 +161,7 @@ fn job_from_row(row: &AnyRow) -> Result<Job> {
             version: row.try_get(21)?,
         })
     };
-    read().map_err(|e| Error::Internal(format!("reading a job row: {e}")))
+    read().map_err(|e| Error::internal_from("reading a job row", e))
 }
 
 #[async_trait]
@@ -207,7 +207,7 @@ impl JobStore for SqlJobStore {
                 return Ok((job, false));
             }
             let Some(key) = &job.merge_key else {
-                return Err(Error::Internal(format!("job id {} already taken", job.id)));
+                return Err(Error::internal(format!("job id {} already taken", job.id)));
             };
             let existing = self
                 .select(

@@ -312,9 +312,7 @@ impl Incoming {
             if let Some(spool) = &self.spool
                 && spool.send(data.clone()).await.is_err()
             {
-                return Some(Err(Error::Internal(
-                    "the upload spool writer failed".into(),
-                )));
+                return Some(Err(Error::internal("the upload spool writer failed")));
             }
             return Some(Ok(data));
         }

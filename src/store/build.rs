@@ -80,26 +80,15 @@ impl<'a> StoreBuilder<'a> {
                     let content_addressed = role == Role::Cas;
                     Arc::new(
                         FsStore::open(&dir, 1 << 20, content_addressed).map_err(|e| {
-                            Error::Internal(format!("{path}: opening {}: {e}", dir.display()))
+                            Error::internal_from(format!("{path}: opening {}", dir.display()), e)
                         })?,
                     )
                 }
-                StoreConfig::S3(c) => {
-                    let s3 = S3Store::connect(c, role == Role::Cas)
+                StoreConfig::S3(c) => Arc::new(
+                    S3Store::connect(c, role == Role::Cas)
                         .await
-                        .map_err(|e| Error::Unavailable(format!("{path}: {e}")))?;
-                    let s3: Store = Arc::new(Instrumented::new(
-                        path.clone(),
-                        "s3",
-                        Arc::new(s3),
-                        self.metrics.clone(),
-                    ));
-                    if role == Role::ActionCache {
-                        return Ok(s3);
-                    }
-                    // One upload per blob per pod, however many clients send it.
-                    Arc::new(MergedPuts::new(s3))
-                }
+                        .map_err(|e| Error::Unavailable(format!("{path}: {e}")))?,
+                ),
                 StoreConfig::MemoryCache(c) => {
                     let inner = self.node(&c.inner, format!("{path}.inner"), role).await?;
                     Arc::new(MemoryCache::new(inner, c.max_size.0, c.max_blob_size.0))
@@ -109,14 +98,28 @@ impl<'a> StoreBuilder<'a> {
                     Arc::new(ExistenceCache::new(inner, c.ttl.0, c.max_entries))
                 }
             };
-            let kind = if matches!(spec, StoreConfig::S3(_)) {
-                "merged_puts"
-            } else {
-                spec.kind()
-            };
             let metrics = self.metrics.clone();
-            Ok(Arc::new(Instrumented::new(path, kind, store, metrics)) as Store)
+            let node: Store =
+                Arc::new(Instrumented::new(path.clone(), spec.kind(), store, metrics));
+            Ok(self.merge_puts(node, spec, role, &path))
         })
+    }
+
+    /// The one implicit layer: in a CAS, a remote backend (S3) gets a
+    /// [`MergedPuts`] above it, its own node `{path}.merged_puts`, so one
+    /// pod uploads a blob once however many clients send it at the same
+    /// time. Local backends gain nothing from it.
+    fn merge_puts(&self, node: Store, spec: &StoreConfig, role: Role, path: &str) -> Store {
+        if role != Role::Cas || !matches!(spec, StoreConfig::S3(_)) {
+            return node;
+        }
+        let merged = Arc::new(MergedPuts::new(node));
+        Arc::new(Instrumented::new(
+            format!("{path}.merged_puts"),
+            "merged_puts",
+            merged,
+            self.metrics.clone(),
+        ))
     }
 
     async fn named(&mut self, name: &str, role: Role) -> Result<Store> {
@@ -134,7 +137,7 @@ impl<'a> StoreBuilder<'a> {
             .config
             .stores
             .get(name)
-            .ok_or_else(|| Error::Internal(format!("unknown store {name:?}")))?
+            .ok_or_else(|| Error::internal(format!("unknown store {name:?}")))?
             .clone();
         let store = self.node(&spec, name.to_string(), role).await?;
         self.named.insert(name.to_string(), (role, store.clone()));

@@ -158,7 +158,7 @@ fn exactly(stream: super::ChunkStream, expected: u64, digest: Digest) -> super::
             Some(Err(e)) => Some((Err(e), (stream, seen, true))),
             None if seen == expected => None,
             None => Some((
-                Err(Error::Internal(format!(
+                Err(Error::internal(format!(
                     "blob {digest} was cut short while being read: expected {expected} bytes, got {seen}"
                 ))),
                 (stream, seen, true),

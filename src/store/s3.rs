@@ -107,7 +107,7 @@ fn s3_error<E: ProvideErrorMetadata + std::fmt::Debug>(
         (Some(404), _) | (_, "NoSuchKey" | "NotFound" | "NoSuchUpload") => Error::NotFound(message),
         (Some(416), _) | (_, "InvalidRange") => Error::OutOfRange(message),
         (Some(403), _) | (_, "AccessDenied") => Error::PermissionDenied(message),
-        (Some(s), _) if (400..500).contains(&s) && s != 408 && s != 429 => Error::Internal(message),
+        (Some(s), _) if (400..500).contains(&s) && s != 408 && s != 429 => Error::internal(message),
         _ => Error::Unavailable(message),
     }
 }

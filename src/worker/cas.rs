@@ -48,7 +48,7 @@ fn status(what: &str) -> impl Fn(tonic::Status) -> Error + '_ {
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
             Error::Unavailable(format!("{what}: {}", s.message()))
         }
-        _ => Error::Internal(format!("{what}: {:?}: {}", s.code(), s.message())),
+        _ => Error::internal(format!("{what}: {:?}: {}", s.code(), s.message())),
     }
 }
 
