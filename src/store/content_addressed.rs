@@ -156,9 +156,9 @@ mod tests {
         (inner.clone(), ContentAddressed::new(inner))
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn contract() {
-        contract::run(&layer().1).await;
+        contract::run_all(Arc::new(layer().1)).await;
     }
 
     #[tokio::test]

@@ -53,6 +53,13 @@ pub async fn run(store: &dyn BlobStore) {
 }
 
 /// Many writers of one blob at once must all succeed and leave it intact.
+/// The whole contract: [`run`], then [`concurrent_writers`] (which needs a
+/// multi-threaded runtime to mean anything).
+pub async fn run_all(store: Arc<dyn BlobStore>) {
+    run(store.as_ref()).await;
+    concurrent_writers(store).await;
+}
+
 pub async fn concurrent_writers(store: Arc<dyn BlobStore>) {
     let data = blob(rand_seed(), 300_000);
     let d = digest(&data);

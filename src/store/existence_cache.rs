@@ -79,7 +79,6 @@ impl BlobStore for ExistenceCache {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use bytes::Bytes;
 
@@ -87,40 +86,22 @@ mod tests {
     use crate::digest::DigestFunction;
     use crate::store::contract;
     use crate::store::memory::MemoryStore;
+    use crate::store::testing::Counting;
 
-    /// Counts digests asked of the inner store.
-    #[derive(Debug)]
-    struct Counting {
-        inner: MemoryStore,
-        asked: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl BlobStore for Counting {
-        async fn find_missing(&self, d: &[Digest]) -> Result<Vec<Digest>> {
-            self.asked.fetch_add(d.len(), Ordering::SeqCst);
-            self.inner.find_missing(d).await
-        }
-        async fn get(&self, d: &Digest, r: Range) -> Result<Body> {
-            self.inner.get(d, r).await
-        }
-        async fn put(&self, d: &Digest, b: Body) -> Result<()> {
-            self.inner.put(d, b).await
-        }
-    }
-
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn contract() {
         let inner = Arc::new(MemoryStore::new(64 << 20));
-        contract::run(&ExistenceCache::new(inner, Duration::from_secs(60), 10_000)).await;
+        contract::run_all(Arc::new(ExistenceCache::new(
+            inner,
+            Duration::from_secs(60),
+            10_000,
+        )))
+        .await;
     }
 
     #[tokio::test]
     async fn warm_lookups_skip_the_inner_store_and_misses_are_not_cached() {
-        let counting = Arc::new(Counting {
-            inner: MemoryStore::new(1 << 20),
-            asked: AtomicUsize::new(0),
-        });
+        let counting = Arc::new(Counting::new());
         let f = DigestFunction::Sha256;
         let present: Vec<Digest> = (0..10u8).map(|i| f.digest_of(&[i])).collect();
         for (i, d) in present.iter().enumerate() {
@@ -134,10 +115,10 @@ mod tests {
         let mut all = present.clone();
         all.push(absent);
         assert_eq!(cache.find_missing(&all).await.unwrap(), vec![absent]);
-        assert_eq!(counting.asked.load(Ordering::SeqCst), 11);
+        assert_eq!(counting.asked(), 11);
         assert_eq!(cache.find_missing(&all).await.unwrap(), vec![absent]);
         assert_eq!(
-            counting.asked.load(Ordering::SeqCst),
+            counting.asked(),
             12,
             "only the absent digest is asked again"
         );
@@ -147,15 +128,12 @@ mod tests {
             .await
             .unwrap();
         assert!(cache.find_missing(&all).await.unwrap().is_empty());
-        assert_eq!(counting.asked.load(Ordering::SeqCst), 12);
+        assert_eq!(counting.asked(), 12);
     }
 
     #[tokio::test]
     async fn entries_expire() {
-        let counting = Arc::new(Counting {
-            inner: MemoryStore::new(1 << 20),
-            asked: AtomicUsize::new(0),
-        });
+        let counting = Arc::new(Counting::new());
         let d = DigestFunction::Sha256.digest_of(b"x");
         counting
             .put(&d, Bytes::from_static(b"x").into())
@@ -164,13 +142,17 @@ mod tests {
         let cache = ExistenceCache::new(counting.clone(), Duration::from_millis(50), 1000);
         cache.find_missing(&[d]).await.unwrap();
         cache.find_missing(&[d]).await.unwrap();
-        assert_eq!(counting.asked.load(Ordering::SeqCst), 1);
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        cache.find_missing(&[d]).await.unwrap();
-        assert_eq!(
-            counting.asked.load(Ordering::SeqCst),
-            2,
-            "expired entries are asked again"
-        );
+        assert_eq!(counting.asked(), 1);
+        // Expiry runs on moka's own clock: poll until the entry is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while counting.asked() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the entry never expired"
+            );
+            cache.find_missing(&[d]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(counting.asked(), 2, "expired entries are asked again, once");
     }
 }

@@ -287,17 +287,10 @@ mod tests {
     use super::*;
     use crate::store::contract;
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn contract() {
         let dir = tempfile::tempdir().unwrap();
-        contract::run(&FsStore::open(dir.path(), 64 << 10, true).unwrap()).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_writers() {
-        let dir = tempfile::tempdir().unwrap();
-        contract::concurrent_writers(Arc::new(FsStore::open(dir.path(), 64 << 10, true).unwrap()))
-            .await;
+        contract::run_all(Arc::new(FsStore::open(dir.path(), 64 << 10, true).unwrap())).await;
     }
 
     #[tokio::test]

@@ -124,3 +124,22 @@ impl BlobStore for Instrumented {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::contract;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn contract() {
+        let inner = Arc::new(MemoryStore::new(64 << 20));
+        let metrics = crate::metrics::Metrics::new();
+        contract::run_all(Arc::new(Instrumented::new(
+            "test", "memory", inner, metrics,
+        )))
+        .await;
+    }
+}

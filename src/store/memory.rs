@@ -82,9 +82,9 @@ impl BlobStore for MemoryStore {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn contract() {
-        super::super::contract::run(&MemoryStore::new(64 << 20)).await;
+        super::super::contract::run_all(std::sync::Arc::new(MemoryStore::new(64 << 20))).await;
     }
 
     #[tokio::test]

@@ -93,64 +93,43 @@ impl BlobStore for MemoryCache {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
     use crate::digest::DigestFunction;
     use crate::store::contract::{self, blob};
     use crate::store::memory::MemoryStore;
+    use crate::store::testing::Gated;
 
-    /// Counts the reads that reach the inner store.
-    #[derive(Debug)]
-    struct CountingStore {
-        inner: MemoryStore,
-        gets: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl BlobStore for CountingStore {
-        async fn find_missing(&self, d: &[Digest]) -> Result<Vec<Digest>> {
-            self.inner.find_missing(d).await
-        }
-        async fn get(&self, d: &Digest, r: Range) -> Result<Body> {
-            self.gets.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            self.inner.get(d, r).await
-        }
-        async fn put(&self, d: &Digest, b: Body) -> Result<()> {
-            self.inner.put(d, b).await
-        }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn contract() {
+        let inner = Arc::new(MemoryStore::new(64 << 20));
+        contract::run_all(Arc::new(MemoryCache::new(inner, 1 << 20, 64 << 10))).await;
     }
 
     #[tokio::test]
-    async fn contract() {
-        let inner = Arc::new(MemoryStore::new(64 << 20));
-        contract::run(&MemoryCache::new(inner, 1 << 20, 64 << 10)).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_for_one_blob_read_the_inner_store_once() {
-        let counting = Arc::new(CountingStore {
-            inner: MemoryStore::new(1 << 20),
-            gets: AtomicUsize::new(0),
-        });
+        let gated = Arc::new(Gated::new(false));
         let data = blob(9, 1000);
         let d = DigestFunction::Sha256.digest_of(&data);
-        counting.put(&d, data.clone().into()).await.unwrap();
-        let cache = Arc::new(MemoryCache::new(counting.clone(), 1 << 20, 4096));
+        gated.inner.put(&d, data.clone().into()).await.unwrap();
+        let cache = Arc::new(MemoryCache::new(gated.clone(), 1 << 20, 4096));
         let reads: Vec<_> = (0..10)
             .map(|_| {
                 let cache = cache.clone();
                 tokio::spawn(async move { get_bytes(cache.as_ref(), &d).await.unwrap() })
             })
             .collect();
+        // One read waits at the gate; on this single-threaded runtime the
+        // other nine have joined it by the time the main task runs again.
+        gated.wait_entered(1).await;
+        tokio::task::yield_now().await;
+        gated.open();
         for r in reads {
             assert_eq!(r.await.unwrap(), data);
         }
-        assert_eq!(counting.gets.load(Ordering::SeqCst), 1);
-        // Warm now: no more inner reads, and find_missing needs no inner call.
+        assert_eq!(gated.inner.gets(), 1);
+        // Warm now: no more inner reads.
         get_bytes(cache.as_ref(), &d).await.unwrap();
-        assert_eq!(counting.gets.load(Ordering::SeqCst), 1);
+        assert_eq!(gated.inner.gets(), 1);
     }
 
     #[tokio::test]

@@ -15,6 +15,9 @@ pub mod memory_cache;
 pub mod merged_puts;
 pub mod s3;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 /// The store contract suite, public so that integration tests can run it over
 /// backends that need a real server (S3).
 #[doc(hidden)]

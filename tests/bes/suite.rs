@@ -252,12 +252,19 @@ async fn reconnects_resume_without_duplicates(database: &str) {
     }
     drop(tx);
     assert!(acks.message().await.unwrap().is_none());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_, s) = http_json(&kiln, &format!("/api/v1/invocations/{inv}")).await;
-    assert_eq!(
-        s["status"], "DISCONNECTED",
-        "a stream without component_stream_finished"
-    );
+    // Recorded once the server sees the stream end: poll for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, s) = http_json(&kiln, &format!("/api/v1/invocations/{inv}")).await;
+        if s["status"] == "DISCONNECTED" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a stream without component_stream_finished is DISCONNECTED: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // It reconnects (to a second server on the same database: any pod) and
     // resends from event 4, as if acks 4-6 had been lost.

@@ -120,20 +120,48 @@ async fn a_graceful_stop_finishes_in_flight_calls_and_refuses_new_ones() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The server holds the first half (seen through QueryWriteStatus).
+    let mut status = kiln.bytestream().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let q = status
+            .query_write_status(kiln::proto::bytestream::QueryWriteStatusRequest {
+                resource_name: format!("uploads/u/blobs/{d}"),
+            })
+            .await;
+        if q.is_ok_and(|r| r.into_inner().committed_size == 1 << 20) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first half never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(status);
 
     let url = kiln.url.clone();
     let stopping = tokio::spawn(kiln.server.stop());
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The stop has begun once new connections are refused...
+    loop {
+        let refused = tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await;
+        if refused.is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new connections are still accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // ...and it cannot end while the upload is open.
     assert!(
         !stopping.is_finished(),
         "the stop waits for the in-flight upload"
     );
-    let refused = tonic::transport::Channel::from_shared(url)
-        .unwrap()
-        .connect()
-        .await;
-    assert!(refused.is_err(), "no new connections during the stop");
 
     tx.send(WriteRequest {
         resource_name: String::new(),

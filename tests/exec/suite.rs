@@ -14,8 +14,7 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::common::exec::{
-    Spec, WorkerProc, execute, metadata, response, spawn_execute, upload, wait_execution,
-    wait_for_file,
+    Spec, WorkerProc, execute, metadata, response, spawn_execute, upload, wait_for_file,
 };
 use crate::common::{Kiln, sha};
 
@@ -49,6 +48,32 @@ async fn read_blob(kiln: &Kiln, instance: &str, digest: &kiln::proto::reapi::Dig
         .unwrap()
         .into_inner();
     r.responses[0].data.to_vec()
+}
+
+/// Waits until ListOperations on `instance` with `filter` lists a job.
+async fn wait_listed(ch: &tonic::transport::Channel, instance: &str, filter: &str) {
+    let mut ops = OperationsClient::new(ch.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = ops
+            .list_operations(ListOperationsRequest {
+                name: instance.to_string(),
+                filter: filter.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .operations;
+        if !listed.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no job matches {filter}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn run(database: &str, restartable: bool) {
@@ -303,7 +328,13 @@ async fn run(database: &str, restartable: bool) {
         };
         let digest = upload(&ch, i, &spec).await;
         calls.push(spawn_execute(&ch, i, digest, priority));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Queued before the next one is submitted: seen, not assumed.
+        wait_listed(
+            &ch,
+            i,
+            &format!("stage=QUEUED action_digest={}", digest.hash_hex()),
+        )
+        .await;
     }
     let mut w2 = WorkerProc::start(&kiln.url, i, "w2", &[]);
     for call in calls {
@@ -367,12 +398,23 @@ async fn run(database: &str, restartable: bool) {
     let kiln = Kiln::start_in(&yaml, tmp.path()).await;
     let ch = kiln.channel().await;
     upload(&ch, i, &spec).await;
-    let call = {
-        let ch = ch.clone();
-        let name = first.name.clone();
-        tokio::spawn(async move { wait_execution(&ch, &name).await })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Re-attached (its first answer arrived) before a worker exists.
+    let mut stream = kiln::proto::reapi::execution_client::ExecutionClient::new(ch.clone())
+        .wait_execution(kiln::proto::reapi::WaitExecutionRequest {
+            name: first.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let attached = stream.message().await.unwrap().expect("the current state");
+    assert!(!attached.done);
+    let call = tokio::spawn(async move {
+        let mut ops = vec![attached];
+        while let Some(op) = stream.message().await? {
+            ops.push(op);
+        }
+        Ok::<_, tonic::Status>(ops)
+    });
     let _w4 = WorkerProc::start(&kiln.url, i, "w4", &[]);
     let ops = tokio::time::timeout(Duration::from_secs(60), call)
         .await
