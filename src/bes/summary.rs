@@ -348,7 +348,7 @@ impl Invocation {
                     || r.execution_info.as_ref().is_some_and(|e| e.cached_remotely);
                 let test = self.test(&label);
                 test.attempts += 1;
-                test.duration_ms += duration;
+                test.duration_ms = test.duration_ms.saturating_add(duration);
                 test.cached = cached;
                 if test.status.is_empty() || test.status == "NO_STATUS" {
                     test.status = r.status().as_str_name().to_string();
@@ -406,5 +406,179 @@ impl Invocation {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bep::build_event::Payload;
+    use bep::build_event_id::Id;
+
+    fn wrap(id: Option<Id>, payload: Payload) -> v1::BuildEvent {
+        let event = bep::BuildEvent {
+            id: id.map(|id| bep::BuildEventId { id: Some(id) }),
+            payload: Some(payload),
+            ..Default::default()
+        };
+        v1::BuildEvent {
+            event: Some(v1::build_event::Event::BazelEvent(prost_types::Any {
+                type_url: BAZEL_EVENT_TYPE.into(),
+                value: event.encode_to_vec(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn finished_stream() -> v1::BuildEvent {
+        v1::BuildEvent {
+            event: Some(v1::build_event::Event::ComponentStreamFinished(
+                v1::build_event::BuildComponentStreamFinished { r#type: 1 },
+            )),
+            ..Default::default()
+        }
+    }
+
+    fn started(ms: i64) -> v1::BuildEvent {
+        wrap(
+            Some(Id::Started(Default::default())),
+            Payload::Started(bep::BuildStarted {
+                command: "test".into(),
+                start_time_millis: ms,
+                ..Default::default()
+            }),
+        )
+    }
+
+    fn finished(ok: bool, ms: i64) -> v1::BuildEvent {
+        wrap(
+            Some(Id::BuildFinished(Default::default())),
+            Payload::Finished(bep::BuildFinished {
+                overall_success: ok,
+                finish_time_millis: ms,
+                ..Default::default()
+            }),
+        )
+    }
+
+    fn test_result(label: &str, status: bep::TestStatus, ms: i64, cached: bool) -> v1::BuildEvent {
+        wrap(
+            Some(Id::TestResult(bep::build_event_id::TestResultId {
+                label: label.into(),
+                ..Default::default()
+            })),
+            Payload::TestResult(bep::TestResult {
+                status: status as i32,
+                test_attempt_duration_millis: ms,
+                cached_locally: cached,
+                ..Default::default()
+            }),
+        )
+    }
+
+    fn fold(events: &[v1::BuildEvent]) -> Invocation {
+        let mut inv = Invocation::new("inv", "build");
+        for e in events {
+            inv.apply(e);
+        }
+        inv
+    }
+
+    #[test]
+    fn the_fold_over_event_sequences() {
+        struct Case {
+            name: &'static str,
+            events: Vec<v1::BuildEvent>,
+            status: Status,
+            exit_code: Option<i32>,
+            duration_ms: Option<i64>,
+        }
+        let cases = vec![
+            Case {
+                name: "a passing build",
+                events: vec![started(1000), finished(true, 4000), finished_stream()],
+                status: Status::Succeeded,
+                exit_code: Some(0),
+                duration_ms: Some(3000),
+            },
+            Case {
+                name: "a failing build",
+                events: vec![started(1000), finished(false, 1500), finished_stream()],
+                status: Status::Failed,
+                exit_code: Some(1),
+                duration_ms: Some(500),
+            },
+            Case {
+                name: "a stream closed before BuildFinished",
+                events: vec![started(1000), finished_stream()],
+                status: Status::Disconnected,
+                exit_code: None,
+                duration_ms: None,
+            },
+            Case {
+                name: "still running",
+                events: vec![started(1000)],
+                status: Status::InProgress,
+                exit_code: None,
+                duration_ms: None,
+            },
+            Case {
+                name: "a finish before the start is no duration",
+                events: vec![started(5000), finished(true, 4000), finished_stream()],
+                status: Status::Succeeded,
+                exit_code: Some(0),
+                duration_ms: None,
+            },
+        ];
+        for c in cases {
+            let inv = fold(&c.events);
+            assert_eq!(inv.status, c.status, "{}", c.name);
+            assert_eq!(inv.exit_code, c.exit_code, "{}", c.name);
+            assert_eq!(inv.duration_ms, c.duration_ms, "{}", c.name);
+            assert_eq!(inv.event_count, (c.events.len() - 1).max(1) as u64, "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn tests_sum_their_attempts() {
+        use bep::TestStatus::{Failed, Passed};
+        let inv = fold(&[
+            test_result("//a:t", Failed, 100, false),
+            test_result("//a:t", Passed, 200, false),
+            test_result("//b:t", Passed, 5, true),
+            test_result("//c:t", Passed, i64::MAX, false),
+            test_result("//c:t", Passed, i64::MAX, false),
+        ]);
+        let by = |l: &str| inv.tests.iter().find(|t| t.label == l).unwrap();
+        assert_eq!(by("//a:t").attempts, 2);
+        assert_eq!(by("//a:t").duration_ms, 300);
+        assert_eq!(by("//a:t").status, "FAILED", "the first real status is kept");
+        assert!(by("//b:t").cached);
+        assert_eq!(by("//c:t").duration_ms, i64::MAX, "saturates, never wraps");
+    }
+
+    #[test]
+    fn undecodable_events_are_counted_not_fatal() {
+        let raw = v1::BuildEvent {
+            event: Some(v1::build_event::Event::BazelEvent(prost_types::Any {
+                type_url: BAZEL_EVENT_TYPE.into(),
+                value: vec![0xff, 0xff, 0xff],
+            })),
+            ..Default::default()
+        };
+        let inv = fold(&[raw, started(1)]);
+        assert_eq!(inv.undecodable_events, 1);
+        assert_eq!(inv.event_count, 2);
+        assert_eq!(inv.command, "test");
+    }
+
+    #[test]
+    fn a_disconnect_only_ends_a_running_invocation() {
+        let mut done = fold(&[started(1), finished(true, 2), finished_stream()]);
+        done.disconnect();
+        assert_eq!(done.status, Status::Succeeded);
+        let mut running = fold(&[started(1)]);
+        running.disconnect();
+        assert_eq!(running.status, Status::Disconnected);
     }
 }
