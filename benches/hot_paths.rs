@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use kiln::digest::{Digest, DigestFunction};
-use kiln::service::resource::{parse_read, parse_write};
+use kiln::resource::{parse_read, parse_write};
 use kiln::store::memory::MemoryStore;
 use kiln::store::{BlobStore, Range};
 

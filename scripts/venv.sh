@@ -1,4 +1,4 @@
-# Sourced by scripts/test.sh and bench/compare.sh: creates a Python venv for a
+# Sourced by scripts/test.sh and benches/compare.sh: creates a Python venv for a
 # tool from PyPI, with a Python that can make venvs (pyenv's on this image,
 # else the system's).
 

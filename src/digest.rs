@@ -7,7 +7,15 @@
 
 use std::fmt;
 
-use crate::error::{Error, Result};
+/// A malformed digest or digest function in a request: what was wrong,
+/// with the expected form. `crate::error` turns it into INVALID_ARGUMENT
+/// (digest sits below the error type, so it names no error of its own
+/// beyond this).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidDigest(pub String);
+
+type Result<T> = std::result::Result<T, InvalidDigest>;
 use crate::proto::reapi;
 
 /// The hash functions kiln verifies content with.
@@ -46,11 +54,11 @@ impl DigestFunction {
         match Value::try_from(value) {
             Ok(Value::Unknown | Value::Sha256) => Ok(DigestFunction::Sha256),
             Ok(Value::Blake3) => Ok(DigestFunction::Blake3),
-            Ok(other) => Err(Error::InvalidArgument(format!(
+            Ok(other) => Err(InvalidDigest(format!(
                 "digest function {} is not supported (supported: sha256, blake3)",
                 other.as_str_name()
             ))),
-            Err(_) => Err(Error::InvalidArgument(format!(
+            Err(_) => Err(InvalidDigest(format!(
                 "unknown digest function value {value}"
             ))),
         }
@@ -98,7 +106,7 @@ impl Digest {
     /// Parses a lowercase 64-hex-digit hash and a size.
     pub fn parse(function: DigestFunction, hash: &str, size: i64) -> Result<Self> {
         if size < 0 {
-            return Err(Error::InvalidArgument(format!(
+            return Err(InvalidDigest(format!(
                 "digest {hash}/{size}: size must not be negative"
             )));
         }
@@ -107,7 +115,7 @@ impl Digest {
             || hash.bytes().any(|b| b.is_ascii_uppercase())
             || hex::decode_to_slice(hash, &mut bytes).is_err()
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(InvalidDigest(format!(
                 "digest {hash}/{size}: hash must be 64 lowercase hex digits for {}",
                 function.name()
             )));
@@ -125,8 +133,7 @@ impl Digest {
         digest: Option<&reapi::Digest>,
         what: &str,
     ) -> Result<Self> {
-        let digest =
-            digest.ok_or_else(|| Error::InvalidArgument(format!("{what} digest is missing")))?;
+        let digest = digest.ok_or_else(|| InvalidDigest(format!("{what} digest is missing")))?;
         Self::parse(function, &digest.hash, digest.size_bytes)
     }
 

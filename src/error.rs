@@ -190,6 +190,18 @@ fn missing_subject(digest: &Digest) -> String {
     }
 }
 
+impl From<crate::digest::InvalidDigest> for Error {
+    fn from(err: crate::digest::InvalidDigest) -> Self {
+        Error::InvalidArgument(err.0)
+    }
+}
+
+impl From<crate::digest::InvalidDigest> for Status {
+    fn from(err: crate::digest::InvalidDigest) -> Self {
+        Error::from(err).into()
+    }
+}
+
 impl From<prost::DecodeError> for Error {
     fn from(err: prost::DecodeError) -> Self {
         Error::InvalidArgument(format!("undecodable message: {err}"))

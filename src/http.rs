@@ -37,7 +37,7 @@ async fn healthz(State(serving): State<Arc<AtomicBool>>) -> impl IntoResponse {
 #[derive(Debug, Clone)]
 pub struct HttpAccess {
     /// The check for guarded routes.
-    pub guard: crate::http_auth::HttpGuard,
+    pub guard: crate::edge::http_auth::HttpGuard,
     /// The build-event API and pages need `read` (`auth.http_auth`).
     pub build_events: bool,
     /// `/metrics` needs `read` (`auth.metrics_auth`).
@@ -56,7 +56,7 @@ pub fn router(
         if on {
             router.layer(axum::middleware::from_fn_with_state(
                 access.guard.clone(),
-                crate::http_auth::require_read,
+                crate::edge::http_auth::require_read,
             ))
         } else {
             router

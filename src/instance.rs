@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use crate::auth::{Policy, Role};
 use crate::config::{Config, InstanceConfig};
+use crate::edge::Caller;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::service::Caller;
 use crate::store::Store;
 use crate::store::build::StoreBuilder;
 use crate::tree::TreeCache;

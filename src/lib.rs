@@ -18,28 +18,27 @@
 pub mod action_result;
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod bes;
+pub mod client;
 pub mod compression;
 pub mod config;
 pub mod digest;
+pub mod edge;
 pub mod error;
 pub mod execution;
 pub mod http;
-pub mod http_auth;
 pub mod instance;
-pub mod limits;
 pub mod metrics;
 pub mod proto;
-pub mod rpc_metrics;
-pub mod rpc_trace;
+pub mod resource;
 pub mod service;
 pub mod sql;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod tree;
-pub mod worker;
+pub mod upload;
 
 #[cfg(test)]
 mod proptests;

@@ -38,43 +38,16 @@ struct ServeArgs {
 }
 
 #[derive(Subcommand)]
-enum InvocationsCommand {
-    /// The newest invocations, one line each.
-    List {
-        /// kiln's HTTP address.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        server: String,
-        /// At most this many.
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
-        /// Only this status (IN_PROGRESS, SUCCEEDED, FAILED, DISCONNECTED).
-        #[arg(long)]
-        status: Option<String>,
-        /// Only this user.
-        #[arg(long)]
-        user: Option<String>,
-    },
-    /// One invocation's whole summary, as JSON.
-    Show {
-        /// The invocation id Bazel printed.
-        id: String,
-        /// kiln's HTTP address.
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        server: String,
-    },
-}
-
-#[derive(Subcommand)]
 enum Command {
     /// Serve the REAPI cache (the embedded default config without --config).
     Serve(ServeArgs),
     /// Measure a REAPI endpoint (kiln or any other) with synthetic workloads.
-    Bench(kiln::bench::BenchArgs),
+    Bench(kiln::client::bench::BenchArgs),
     /// Query invocations recorded by a running kiln's Build Event Service.
     #[command(subcommand)]
-    Invocations(InvocationsCommand),
+    Invocations(kiln::client::invocations::InvocationsCommand),
     /// Run actions for a kiln server (a Remote Workers API bot).
-    Worker(kiln::worker::WorkerArgs),
+    Worker(kiln::client::worker::WorkerArgs),
     /// Validate a config file; prints every error with its YAML path.
     CheckConfig {
         /// YAML config file.
@@ -164,7 +137,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-fn worker(args: kiln::worker::WorkerArgs) -> anyhow::Result<()> {
+fn worker(args: kiln::client::worker::WorkerArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let tracing = args
@@ -176,112 +149,34 @@ fn worker(args: kiln::worker::WorkerArgs) -> anyhow::Result<()> {
                 sampling_ratio: 1.0,
             });
         let telemetry = kiln::telemetry::init(&Default::default(), tracing.as_ref());
-        kiln::worker::run(args).await?;
+        kiln::client::worker::run(args).await?;
         drop(telemetry);
         Ok(())
     })
 }
 
-fn invocations(cmd: InvocationsCommand) -> anyhow::Result<()> {
+fn invocations(cmd: kiln::client::invocations::InvocationsCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(async {
-        let (url, show) = match &cmd {
-            InvocationsCommand::List {
-                server,
-                limit,
-                status,
-                user,
-            } => {
-                let mut url = format!(
-                    "{}/api/v1/invocations?limit={limit}",
-                    server.trim_end_matches('/')
-                );
-                if let Some(s) = status {
-                    url.push_str(&format!("&status={s}"));
-                }
-                if let Some(u) = user {
-                    url.push_str(&format!("&user={u}"));
-                }
-                (url, false)
-            }
-            InvocationsCommand::Show { id, server } => (
-                format!("{}/api/v1/invocations/{id}", server.trim_end_matches('/')),
-                true,
-            ),
-        };
-        let response = reqwest::get(&url)
-            .await
-            .with_context(|| format!("GET {url}"))?;
-        let status = response.status();
-        let body: serde_json::Value = serde_json::from_str(&response.text().await?)
-            .context("kiln answered something other than JSON")?;
-        if !status.is_success() {
-            anyhow::bail!(
-                "{status}: {}",
-                body["error"].as_str().unwrap_or("unknown error")
-            );
-        }
-        if show {
-            println!("{}", serde_json::to_string_pretty(&body)?);
-            return Ok(());
-        }
-        println!(
-            "{:<38} {:<13} {:<8} {:>5} {:>10}  user",
-            "invocation", "status", "command", "exit", "duration"
-        );
-        for inv in body["invocations"].as_array().into_iter().flatten() {
-            println!(
-                "{:<38} {:<13} {:<8} {:>5} {:>10}  {}",
-                inv["invocation_id"].as_str().unwrap_or(""),
-                inv["status"].as_str().unwrap_or(""),
-                inv["command"].as_str().unwrap_or(""),
-                inv["exit_code"]
-                    .as_i64()
-                    .map(|c| c.to_string())
-                    .unwrap_or_default(),
-                inv["duration_ms"]
-                    .as_i64()
-                    .map(|d| format!("{:.1}s", d as f64 / 1000.0))
-                    .unwrap_or_default(),
-                inv["user"].as_str().unwrap_or(""),
-            );
-        }
-        Ok(())
-    })
+    let out = runtime.block_on(kiln::client::invocations::run(&cmd))?;
+    print!("{out}");
+    if !out.ends_with('\n') {
+        println!();
+    }
+    Ok(())
 }
 
-fn bench(args: &kiln::bench::BenchArgs) -> anyhow::Result<()> {
+fn bench(args: &kiln::client::bench::BenchArgs) -> anyhow::Result<()> {
     use std::io::IsTerminal;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let progress = !args.json && std::io::stderr().is_terminal();
-    let reports = runtime.block_on(kiln::bench::run(args, progress))?;
+    let reports = runtime.block_on(kiln::client::bench::run(args, progress))?;
     if args.json {
         for r in &reports {
             println!("{}", serde_json::to_string(r)?);
         }
         return Ok(());
     }
-    println!(
-        "{:<18} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",
-        "workload", "ops", "ops/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"
-    );
-    for r in &reports {
-        println!(
-            "{:<18} {:>9} {:>11.1} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}",
-            r.workload,
-            r.ops,
-            r.ops_per_sec,
-            r.bytes_per_sec / 1e6,
-            r.p50_ms,
-            r.p90_ms,
-            r.p99_ms,
-            r.max_ms,
-            r.errors
-        );
-        if let Some(e) = &r.first_error {
-            println!("  first error: {e}");
-        }
-    }
+    print!("{}", kiln::client::bench::table(&reports));
     Ok(())
 }
 

@@ -33,8 +33,8 @@ proptest! {
 
     #[test]
     fn resource_names_never_panic(name in text()) {
-        let _ = crate::service::resource::parse_read(&name);
-        let _ = crate::service::resource::parse_write(&name);
+        let _ = crate::resource::parse_read(&name);
+        let _ = crate::resource::parse_write(&name);
     }
 
     #[test]
@@ -46,11 +46,11 @@ proptest! {
         let d = DigestFunction::Sha256.digest_of(&data);
         let prefix = if instance.is_empty() { String::new() } else { format!("{instance}/") };
         let read = format!("{prefix}blobs/{}/{}", d.hash_hex(), d.size);
-        let parsed = crate::service::resource::parse_read(&read).unwrap();
+        let parsed = crate::resource::parse_read(&read).unwrap();
         prop_assert_eq!(parsed.digest, d);
         prop_assert_eq!(parsed.instance, instance.clone());
         let write = format!("{prefix}uploads/{upload}/blobs/{}/{}/meta", d.hash_hex(), d.size);
-        let parsed = crate::service::resource::parse_write(&write).unwrap();
+        let parsed = crate::resource::parse_write(&write).unwrap();
         prop_assert_eq!(parsed.digest, d);
         prop_assert_eq!(parsed.upload_id.as_deref(), Some(upload.as_str()));
     }

@@ -25,12 +25,6 @@ pub fn db_err(context: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
     }
 }
 
-/// Milliseconds since the Unix epoch: the one clock every table stores, so
-/// rows written by different pods compare.
-pub fn now_ms() -> i64 {
-    crate::time::now_ms()
-}
-
 /// A database URL without its password, for error messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -13,16 +13,16 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::{Config, TlsConfig};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::instance::Instances;
 use crate::metrics::Metrics;
-use crate::service::upload::Uploads;
+use crate::upload::Uploads;
 pub use services::SERVICE_NAMES;
 
 /// Interrupted uploads are kept this long for the client to resume.
@@ -53,26 +53,6 @@ impl RunningServer {
     }
 }
 
-/// rustls with aws-lc everywhere (tonic, reqwest, the AWS SDK); installed
-/// once, since two providers in one process make rustls refuse to choose.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path)
-            .map_err(|e| Error::InvalidArgument(format!("tls: reading {}: {e}", path.display())))
-    };
-    let mut config =
-        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
-    if let Some(ca) = &tls.client_ca {
-        // With a client CA every client must present a certificate it signed.
-        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(config)
-}
-
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
     for name in SERVICE_NAMES {
@@ -83,7 +63,7 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 /// Builds everything from `config` and starts serving on `config.listen`.
 /// Relative fs paths live under `data_dir`.
 pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
-    install_crypto_provider();
+    crate::tls::install_crypto_provider();
     let bind = |addr: String| async move {
         TcpListener::bind(&addr)
             .await
@@ -117,7 +97,7 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
         None
     };
     let http_access = crate::http::HttpAccess {
-        guard: crate::http_auth::HttpGuard {
+        guard: crate::edge::http_auth::HttpGuard {
             authenticator: authenticator.clone(),
             policy: policy.clone(),
             instance: config.auth.build_events_instance.clone(),
@@ -148,17 +128,17 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
         // rate-limited by who it is.
         .layer(
             tower::ServiceBuilder::new()
-                .layer(crate::rpc_trace::TraceLayer)
-                .layer(crate::rpc_metrics::RpcMetricsLayer::new(metrics.clone()))
-                .option_layer(authenticator.map(crate::auth::layer::AuthLayer::new))
+                .layer(crate::edge::trace::TraceLayer)
+                .layer(crate::edge::metrics::RpcMetricsLayer::new(metrics.clone()))
+                .option_layer(authenticator.map(crate::edge::auth::AuthLayer::new))
                 .option_layer(
-                    crate::limits::Limits::from_config(&config.limits)
-                        .map(crate::limits::LimitLayer::new),
+                    crate::edge::limits::Limits::from_config(&config.limits)
+                        .map(crate::edge::limits::LimitLayer::new),
                 ),
         );
     if let Some(tls) = &config.tls {
         server = server
-            .tls_config(tls_config(tls)?)
+            .tls_config(crate::tls::server_config(tls)?)
             .map_err(|e| Error::InvalidArgument(format!("tls: {e}")))?;
     }
     let router = server.add_routes(routes);

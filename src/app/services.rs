@@ -31,7 +31,7 @@ use crate::service::capabilities::CapabilitiesService;
 use crate::service::cas::CasService;
 use crate::service::execution::ExecutionService;
 use crate::service::operations::OperationsService;
-use crate::service::upload::Uploads;
+use crate::upload::Uploads;
 
 /// The fully qualified names of kiln's own services, for health reporting.
 pub const SERVICE_NAMES: [&str; 9] = [

@@ -1,6 +1,6 @@
 //! Authentication and authorization.
 //!
-//! A tower layer ([`layer::AuthLayer`]) turns the `authorization: Bearer`
+//! A tower layer ([`crate::edge::auth::AuthLayer`]) turns the `authorization: Bearer`
 //! metadata of every call into an [`Identity`] (a JWT or a static API token)
 //! or refuses the call with UNAUTHENTICATED; services then ask the [`Policy`]
 //! whether that identity holds the role a method needs on the instance it
@@ -8,70 +8,15 @@
 //! success.
 
 pub mod jwt;
-pub mod layer;
 pub mod tokens;
 
 use std::collections::HashMap;
-use std::fmt;
 
 use crate::error::{Error, Result};
 
-/// What a caller may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Capabilities, FindMissingBlobs, reads, GetTree, GetActionResult, queries.
-    Read,
-    /// CAS uploads.
-    Write,
-    /// UpdateActionResult: separate from plain writes, since a forged action
-    /// result poisons every build that hits it.
-    AcWrite,
-    /// Publishing build events.
-    Bes,
-    /// Remote execution.
-    Execute,
-    /// Running other people's actions (the Bots service): a worker takes
-    /// leases and reports results that land in the action cache, so it is
-    /// as trusted as `ac-write`. Workers need `read` and `write` too.
-    Worker,
-    /// Everything.
-    Admin,
-}
-
-impl Role {
-    /// Parses a role name (`read`, `write`, `ac-write`, `bes`, `execute`, `worker`, `admin`).
-    pub fn parse(name: &str) -> Option<Role> {
-        Some(match name {
-            "read" => Role::Read,
-            "write" => Role::Write,
-            "ac-write" => Role::AcWrite,
-            "bes" => Role::Bes,
-            "execute" => Role::Execute,
-            "worker" => Role::Worker,
-            "admin" => Role::Admin,
-            _ => return None,
-        })
-    }
-
-    /// The role's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Read => "read",
-            Role::Write => "write",
-            Role::AcWrite => "ac-write",
-            Role::Bes => "bes",
-            Role::Execute => "execute",
-            Role::Worker => "worker",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// Roles are config vocabulary (`instance_roles`, token files and JWT
+/// claims all name them), so config owns the type and auth uses it.
+pub use crate::config::Role;
 
 /// One role, on every instance or on one.
 #[derive(Debug, Clone, PartialEq, Eq)]

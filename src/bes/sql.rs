@@ -13,7 +13,8 @@ use super::store::{
 };
 use super::summary::Invocation;
 use crate::error::{Error, Result};
-use crate::sql::{db_err, now_ms};
+use crate::sql::db_err;
+use crate::time::now_ms;
 
 /// Schema versions, applied in order, each once.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_build_events.sql"))];

@@ -535,7 +535,12 @@ mod tests {
             assert_eq!(inv.status, c.status, "{}", c.name);
             assert_eq!(inv.exit_code, c.exit_code, "{}", c.name);
             assert_eq!(inv.duration_ms, c.duration_ms, "{}", c.name);
-            assert_eq!(inv.event_count, (c.events.len() - 1).max(1) as u64, "{}", c.name);
+            assert_eq!(
+                inv.event_count,
+                (c.events.len() - 1).max(1) as u64,
+                "{}",
+                c.name
+            );
         }
     }
 
@@ -552,7 +557,11 @@ mod tests {
         let by = |l: &str| inv.tests.iter().find(|t| t.label == l).unwrap();
         assert_eq!(by("//a:t").attempts, 2);
         assert_eq!(by("//a:t").duration_ms, 300);
-        assert_eq!(by("//a:t").status, "FAILED", "the first real status is kept");
+        assert_eq!(
+            by("//a:t").status,
+            "FAILED",
+            "the first real status is kept"
+        );
         assert!(by("//b:t").cached);
         assert_eq!(by("//c:t").duration_ms, i64::MAX, "saturates, never wraps");
     }

@@ -213,3 +213,60 @@ fn default_jwks_refresh() -> Duration {
 fn zero() -> Duration {
     Duration(std::time::Duration::ZERO)
 }
+
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Capabilities, FindMissingBlobs, reads, GetTree, GetActionResult, queries.
+    Read,
+    /// CAS uploads.
+    Write,
+    /// UpdateActionResult: separate from plain writes, since a forged action
+    /// result poisons every build that hits it.
+    AcWrite,
+    /// Publishing build events.
+    Bes,
+    /// Remote execution.
+    Execute,
+    /// Running other people's actions (the Bots service): a worker takes
+    /// leases and reports results that land in the action cache, so it is
+    /// as trusted as `ac-write`. Workers need `read` and `write` too.
+    Worker,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// Parses a role name (`read`, `write`, `ac-write`, `bes`, `execute`, `worker`, `admin`).
+    pub fn parse(name: &str) -> Option<Role> {
+        Some(match name {
+            "read" => Role::Read,
+            "write" => Role::Write,
+            "ac-write" => Role::AcWrite,
+            "bes" => Role::Bes,
+            "execute" => Role::Execute,
+            "worker" => Role::Worker,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+
+    /// The role's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::AcWrite => "ac-write",
+            Role::Bes => "bes",
+            Role::Execute => "execute",
+            Role::Worker => "worker",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

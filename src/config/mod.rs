@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use edge::{
-    AuthConfig, AuthMethod, GrpcConfig, HttpAuth, JwtConfig, LimitsConfig, SendCompression,
+    AuthConfig, AuthMethod, GrpcConfig, HttpAuth, JwtConfig, LimitsConfig, Role, SendCompression,
     TlsConfig, TracingConfig,
 };
 pub use stores::{

@@ -112,7 +112,7 @@ fn check_auth(config: &Config, errors: &mut Vec<String>) {
     }
     for (instance, roles) in &auth.instance_roles {
         for r in roles {
-            if crate::auth::Role::parse(r).is_none() {
+            if super::Role::parse(r).is_none() {
                 errors.push(format!("auth.instance_roles.{instance}: unknown role {r:?} (read, write, ac-write, bes, execute, admin)"));
             }
         }

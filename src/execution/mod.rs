@@ -1,6 +1,6 @@
 //! Remote execution: the scheduler and its durable job store. Execute,
 //! Operations and Bots ([`crate::service`]) are thin shells over
-//! [`scheduler::Scheduler`]; `kiln worker` ([`crate::worker`]) is a bot.
+//! [`scheduler::Scheduler`]; `kiln worker` ([`crate::client::worker`]) is a bot.
 //!
 //! Stateless pods: jobs, leases and results live in the [`store::JobStore`]
 //! (SQL for real use), so any pod accepts, hands out or reports on any job,

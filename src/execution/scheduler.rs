@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::instance::Instances;
 use crate::metrics::Metrics;
 use crate::proto::reapi::{Action, ActionResult, Command, ExecuteResponse};
-use crate::sql::now_ms;
+use crate::time::now_ms;
 
 /// Timing and retry settings, copied out of config.
 #[derive(Debug, Clone)]

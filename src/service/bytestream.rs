@@ -9,8 +9,6 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::resource::{Compressor, parse_read, parse_write};
-use super::upload::{self, Uploads};
 use crate::auth::Role;
 use crate::compression;
 use crate::error::{Error, Result};
@@ -19,8 +17,10 @@ use crate::proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
     WriteResponse, byte_stream_server::ByteStream,
 };
+use crate::resource::{Compressor, parse_read, parse_write};
 use crate::service::caller;
 use crate::store::{Body, ChunkStream, Range};
+use crate::upload::{self, Uploads};
 
 /// The ByteStream service.
 #[derive(Debug, Clone)]
@@ -116,7 +116,8 @@ impl ByteStream for ByteStreamService {
         let name = parse_write(&first.resource_name)?;
         let instance = self.instances.get(&name.instance)?;
         instance.authorize(&who, Role::Write)?;
-        let committed_size = upload::write(&instance, &self.uploads, first, stream.boxed()).await?;
+        let committed_size =
+            upload::write(&instance, &self.uploads, name, first, stream.boxed()).await?;
         Ok(Response::new(WriteResponse { committed_size }))
     }
 

@@ -43,7 +43,7 @@ impl CasService {
 pub fn parse_digests(function: DigestFunction, digests: &[reapi::Digest]) -> Result<Vec<Digest>> {
     digests
         .iter()
-        .map(|d| Digest::parse(function, &d.hash, d.size_bytes))
+        .map(|d| Digest::parse(function, &d.hash, d.size_bytes).map_err(Error::from))
         .collect()
 }
 

@@ -102,7 +102,7 @@ impl Execution for ExecutionService {
                 checked.action,
                 &checked.command,
                 priority,
-                crate::rpc_trace::current_traceparent(),
+                crate::edge::trace::current_traceparent(),
             )
             .await?;
         Ok(Response::new(watch(self.scheduler.clone(), job)))

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::auth::Role;
+use crate::edge::Caller;
 use crate::error::{Error, Result};
 use crate::execution::job::{Job, JobFilter, Stage};
 use crate::execution::scheduler::Scheduler;
@@ -20,8 +21,8 @@ use crate::proto::longrunning::{
     ListOperationsResponse, Operation, WaitOperationRequest, operation, operations_server,
 };
 use crate::proto::reapi::ExecuteOperationMetadata;
-use crate::service::{Caller, caller};
-use crate::sql::now_ms;
+use crate::service::caller;
+use crate::time::now_ms;
 
 const METADATA_URL: &str =
     "type.googleapis.com/build.bazel.remote.execution.v2.ExecuteOperationMetadata";

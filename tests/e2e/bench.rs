@@ -1,9 +1,9 @@
 //! Smoke runs of every `kiln bench` workload against a real kiln: tiny sizes,
 //! bounded by request count. They check that each workload completes, counts
-//! what it did and sees no errors; speed is measured by bench/compare.sh.
+//! what it did and sees no errors; speed is measured by benches/compare.sh.
 
 use clap::Parser;
-use kiln::bench::{BenchArgs, run, target_uri};
+use kiln::client::bench::{BenchArgs, run, target_uri};
 
 use crate::common::{Kiln, MEMORY};
 

@@ -520,7 +520,7 @@ fn es256_token(pem: &str, kid: &str, roles: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_key_rotation_is_picked_up() {
-    kiln::app::install_crypto_provider();
+    kiln::tls::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let (old_pem, old_jwk) = es256_key("old");
     let (new_pem, new_jwk) = es256_key("new");

@@ -84,7 +84,7 @@ async fn caps(kiln: &Kiln, tls: Option<ClientTlsConfig>) -> Result<(), String> {
 
 #[tokio::test]
 async fn tls_serves_clients_that_trust_the_ca() {
-    kiln::app::install_crypto_provider();
+    kiln::tls::install_crypto_provider();
     let pki = Pki::new();
     let kiln = Kiln::start(&pki.server_config(false)).await;
     let trusting = ClientTlsConfig::new()
@@ -107,7 +107,7 @@ async fn tls_serves_clients_that_trust_the_ca() {
 
 #[tokio::test]
 async fn mtls_refuses_clients_without_a_certificate() {
-    kiln::app::install_crypto_provider();
+    kiln::tls::install_crypto_provider();
     let pki = Pki::new();
     let kiln = Kiln::start(&pki.server_config(true)).await;
     let base = || {
@@ -133,7 +133,7 @@ async fn mtls_refuses_clients_without_a_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buildgrids_bgd_client_works_over_tls_and_mtls() {
-    kiln::app::install_crypto_provider();
+    kiln::tls::install_crypto_provider();
     let bgd = crate::common::bgd();
     for mtls in [false, true] {
         let pki = Pki::new();

@@ -2,7 +2,7 @@
 //! backend-call accounting.
 
 use clap::Parser;
-use kiln::bench::{BenchArgs, run};
+use kiln::client::bench::{BenchArgs, run};
 use kiln::proto::reapi::{
     BatchReadBlobsRequest, BatchUpdateBlobsRequest, batch_update_blobs_request,
 };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Scheduler, failure, millis};
 use crate::error::Result;
-use crate::sql::now_ms;
+use crate::time::now_ms;
 
 impl Scheduler {
     /// One pass of housekeeping, which every pod runs (each step is

@@ -12,7 +12,7 @@ use crate::digest::Digest;
 use crate::error::{Result, ok_rpc_status};
 use crate::execution::job::{Job, Offers, Stage};
 use crate::proto::reapi::ExecuteResponse;
-use crate::sql::now_ms;
+use crate::time::now_ms;
 
 /// The parts of a leased job that completing it needs.
 #[derive(Debug, Clone)]

@@ -19,11 +19,11 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
-use super::resource::{Compressor, ResourceName, parse_write};
 use crate::compression::Decompressor;
 use crate::error::{Error, Result};
 use crate::instance::Instance;
 use crate::proto::bytestream::WriteRequest;
+use crate::resource::{Compressor, ResourceName};
 use crate::store::{Body, ChunkStream};
 
 /// Identity uploads at least this large are spooled so they can resume.
@@ -110,10 +110,10 @@ impl Uploads {
 pub async fn write(
     instance: &Instance,
     uploads: &Uploads,
+    name: ResourceName,
     first: WriteRequest,
     rest: Requests,
 ) -> Result<i64> {
-    let name = parse_write(&first.resource_name)?;
     instance.check_writable()?;
     let digest = name.digest;
     let compressed = name.compressor == Compressor::Zstd;

@@ -250,7 +250,7 @@ impl Cas {
         let missing: std::collections::HashSet<Digest> = missing
             .iter()
             .map(|d| Digest::from_proto(self.function, Some(d), "missing blob"))
-            .collect::<Result<_>>()?;
+            .collect::<Result<_, _>>()?;
         let mut seen = std::collections::HashSet::new();
         let todo: Vec<(Digest, Source)> = blobs
             .into_iter()

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use futures::future::{BoxFuture, FutureExt};
 use tower::{Layer, Service};
 
-use super::{Authenticator, Identity};
+use crate::auth::{Authenticator, Identity};
 
 /// Calls that never need credentials: probes and service discovery.
 fn exempt(path: &str) -> bool {

@@ -13,8 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use super::CallInstance;
 use crate::metrics::{Metrics, RpcLabels};
-use crate::service::CallInstance;
 
 /// Adds [`RpcMetrics`] around a service.
 #[derive(Debug, Clone)]

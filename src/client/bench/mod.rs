@@ -261,3 +261,29 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Vec<Report>> {
     }
     Ok(reports)
 }
+
+/// Reports as the aligned text table `kiln bench` prints.
+pub fn table(reports: &[Report]) -> String {
+    let mut out = format!(
+        "{:<18} {:>9} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+        "workload", "ops", "ops/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"
+    );
+    for r in reports {
+        out.push_str(&format!(
+            "{:<18} {:>9} {:>11.1} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7}\n",
+            r.workload,
+            r.ops,
+            r.ops_per_sec,
+            r.bytes_per_sec / 1e6,
+            r.p50_ms,
+            r.p90_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.errors
+        ));
+        if let Some(e) = &r.first_error {
+            out.push_str(&format!("  first error: {e}\n"));
+        }
+    }
+    out
+}

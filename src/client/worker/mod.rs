@@ -125,7 +125,7 @@ async fn connect(args: &WorkerArgs) -> Result<Conn> {
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(16 << 20));
     if tls {
-        crate::app::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let ca = args.tls_ca.as_ref().ok_or_else(|| {
             Error::InvalidArgument(
                 "grpcs:// needs --tls-ca (the CA that signed kiln's certificate)".into(),

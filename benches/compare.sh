@@ -2,8 +2,8 @@
 # Measures kiln against BuildGrid 0.9 on this machine, in one run, with the
 # same `kiln bench` workloads, and prints a markdown table of ratios.
 #
-#   bench/compare.sh            # print the table
-#   bench/compare.sh --write    # also replace the results in BENCHMARKS.md
+#   benches/compare.sh            # print the table
+#   benches/compare.sh --write    # also replace the results in BENCHMARKS.md
 #
 # Servers: kiln with its embedded default (disk + memory tier), kiln all in
 # memory, BuildGrid with an in-memory LRU CAS and action cache; then kiln with
@@ -183,4 +183,4 @@ ARGS=(--hash "$RUN/hash.jsonl" --disk "$RUN/kiln-disk.jsonl" --memory "$RUN/kiln
       --s3-blob "$S3_BLOB" --concurrency "$CONCURRENCY" --duration "$DURATION"
       --blob-size "$BLOB_SIZE" --big-blob "$BIG_BLOB" --tree-dirs "$TREE_DIRS")
 if [ "$WRITE" = 1 ]; then ARGS+=(--write "$ROOT/BENCHMARKS.md"); fi
-python3 "$ROOT/bench/report.py" "${ARGS[@]}"
+python3 "$ROOT/benches/report.py" "${ARGS[@]}"
