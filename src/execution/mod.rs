@@ -6,6 +6,8 @@
 //! (SQL for real use), so any pod accepts, hands out or reports on any job,
 //! and a pod or worker that dies loses nothing.
 
+pub mod bots;
+pub mod execute;
 pub mod inputs;
 pub mod job;
 pub mod memory;

@@ -1,5 +1,6 @@
-//! REAPI Execution: Execute (cache lookup, input check, queue or join an
-//! identical running action, then stream the operation) and WaitExecution.
+//! REAPI Execution: Execute and WaitExecution, translated to and from
+//! [`crate::execution::execute`] (which decides between a cached result and
+//! a queued job) and the scheduler's job watch.
 
 use std::sync::Arc;
 
@@ -7,11 +8,11 @@ use prost::Message;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::action_result::{self, Inline};
+use crate::action_result::Inline;
 use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::ok_rpc_status;
-use crate::execution::inputs;
+use crate::execution::execute::{self, Started};
 use crate::execution::scheduler::Scheduler;
 use crate::instance::Instances;
 use crate::proto::longrunning::Operation;
@@ -64,48 +65,37 @@ impl Execution for ExecutionService {
         instance.check_writable()?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let digest = Digest::from_proto(function, req.action_digest.as_ref(), "action")?;
-        if !req.skip_cache_lookup
-            && let Some(mut result) = action_result::lookup(&instance, &digest).await?
-        {
-            let want = Inline {
+        let request = execute::Request {
+            action: digest,
+            skip_cache_lookup: req.skip_cache_lookup,
+            priority: req.execution_policy.map(|p| p.priority).unwrap_or(0),
+            inline: Inline {
                 stdout: req.inline_stdout,
                 stderr: req.inline_stderr,
                 files: &req.inline_output_files,
-            };
-            action_result::inline(instance.cas.as_ref(), function, &mut result, want).await?;
-            let response = ExecuteResponse {
-                result: Some(result),
-                cached_result: true,
-                status: Some(ok_rpc_status()),
-                ..Default::default()
-            };
-            let metadata = ExecuteOperationMetadata {
-                stage: execution_stage::Value::Completed as i32,
-                action_digest: Some(digest.to_proto()),
-                digest_function: function.to_proto() as i32,
-                ..Default::default()
-            };
-            let name = operation_name(&req.instance_name, &uuid::Uuid::new_v4().to_string());
-            return Ok(Response::new(done_now(finished(
-                name,
-                metadata,
-                &response.encode_to_vec(),
-            ))));
+            },
+            traceparent: crate::edge::trace::current_traceparent(),
+        };
+        match execute::execute(&instance, &self.scheduler, request).await? {
+            Started::Cached(result) => {
+                let response = ExecuteResponse {
+                    result: Some(*result),
+                    cached_result: true,
+                    status: Some(ok_rpc_status()),
+                    ..Default::default()
+                };
+                let metadata = ExecuteOperationMetadata {
+                    stage: execution_stage::Value::Completed as i32,
+                    action_digest: Some(digest.to_proto()),
+                    digest_function: function.to_proto() as i32,
+                    ..Default::default()
+                };
+                let name = operation_name(&req.instance_name, &uuid::Uuid::new_v4().to_string());
+                let operation = finished(name, metadata, &response.encode_to_vec());
+                Ok(Response::new(done_now(operation)))
+            }
+            Started::Queued(job) => Ok(Response::new(watch(self.scheduler.clone(), *job))),
         }
-        let checked = inputs::check(&instance, digest).await?;
-        let priority = req.execution_policy.map(|p| p.priority).unwrap_or(0);
-        let job = self
-            .scheduler
-            .submit(
-                &req.instance_name,
-                digest,
-                checked.action,
-                &checked.command,
-                priority,
-                crate::edge::trace::current_traceparent(),
-            )
-            .await?;
-        Ok(Response::new(watch(self.scheduler.clone(), job)))
     }
 
     async fn wait_execution(
