@@ -125,7 +125,7 @@ impl Instances {
         metrics: Arc<Metrics>,
         policy: Arc<Policy>,
     ) -> Result<Self> {
-        let mut stores = StoreBuilder::new(config, data_dir, metrics);
+        let mut stores = StoreBuilder::new(config, data_dir, &metrics);
         let mut by_name = HashMap::new();
         for (i, ic) in config.instances.iter().enumerate() {
             let path = format!("instances[{i}]");

@@ -129,7 +129,7 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
         .layer(
             tower::ServiceBuilder::new()
                 .layer(crate::edge::trace::TraceLayer)
-                .layer(crate::edge::metrics::RpcMetricsLayer::new(metrics.clone()))
+                .layer(crate::edge::metrics::RpcMetricsLayer::new(&metrics))
                 .option_layer(authenticator.map(crate::edge::auth::AuthLayer::new))
                 .option_layer(
                     crate::edge::limits::Limits::from_config(&config.limits)

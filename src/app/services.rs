@@ -93,14 +93,14 @@ pub fn routes(
     };
     let webhooks = Webhooks::start(
         config.build_events.webhooks.clone(),
-        parts.metrics.clone(),
+        &parts.metrics,
         config.build_events.webhook_backoff.0,
     );
     let bes = BuildEventService::new(
         parts.events.clone(),
         BesLimits::from(&config.build_events),
         webhooks,
-        parts.metrics.clone(),
+        &parts.metrics,
         parts.bes_access.clone(),
     );
     let i = &parts.instances;

@@ -28,6 +28,7 @@ use crate::proto::bes_v1::{
     OrderedBuildEvent, PublishBuildToolEventStreamRequest, PublishBuildToolEventStreamResponse,
     PublishLifecycleEventRequest, StreamId, build_event::Event,
 };
+use prometheus_client::metrics::counter::Counter;
 
 /// Events committed per transaction at most.
 const MAX_BATCH: usize = 1000;
@@ -38,7 +39,7 @@ pub struct BuildEventService {
     store: Arc<dyn EventStore>,
     limits: BesLimits,
     webhooks: Webhooks,
-    metrics: Arc<Metrics>,
+    events: Counter,
     access: Access,
 }
 
@@ -69,14 +70,17 @@ impl BuildEventService {
         store: Arc<dyn EventStore>,
         limits: BesLimits,
         webhooks: Webhooks,
-        metrics: Arc<Metrics>,
+        registry: &Metrics,
         access: Access,
     ) -> Self {
+        // The ingestion rate is this counter's rate().
+        let events = Counter::default();
+        registry.register("bes_events", "Build events stored", events.clone());
         BuildEventService {
             store,
             limits,
             webhooks,
-            metrics,
+            events,
             access,
         }
     }
@@ -175,7 +179,7 @@ impl BuildEventService {
                 .max()
                 .unwrap_or(st.last)
                 .max(st.last);
-            self.metrics.bes_events.inc_by(new.len() as u64);
+            self.events.inc_by(new.len() as u64);
             if !was_finished && st.summary.is_finished() {
                 self.webhooks.notify(&st.summary);
             }

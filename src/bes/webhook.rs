@@ -2,13 +2,18 @@
 //! configured URL, with retries and exponential backoff, from a background
 //! task, so a slow or broken receiver never holds up event ingestion.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::summary::Invocation;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::metrics::Metrics;
+
+/// Deliveries by outcome: delivered, retried, failed, dropped.
+type Deliveries = Family<Vec<(&'static str, &'static str)>, Counter>;
 
 /// Attempts per delivery.
 const ATTEMPTS: u32 = 6;
@@ -20,12 +25,18 @@ const QUEUE: usize = 1024;
 #[derive(Debug, Clone, Default)]
 pub struct Webhooks {
     tx: Option<mpsc::Sender<Invocation>>,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Deliveries>,
 }
 
 impl Webhooks {
     /// Starts delivering to `urls` (nothing to do when empty).
-    pub fn start(urls: Vec<String>, metrics: Arc<Metrics>, first_backoff: Duration) -> Webhooks {
+    pub fn start(urls: Vec<String>, registry: &Metrics, first_backoff: Duration) -> Webhooks {
+        let metrics = Deliveries::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by outcome",
+            metrics.clone(),
+        );
         if urls.is_empty() {
             return Webhooks::default();
         }
@@ -64,9 +75,7 @@ impl Webhooks {
         if tx.try_send(invocation.clone()).is_err() {
             tracing::warn!(invocation = %invocation.invocation_id, "webhook queue full; summary not delivered");
             if let Some(m) = &self.metrics {
-                m.webhook_deliveries
-                    .get_or_create(&vec![("outcome", "dropped")])
-                    .inc();
+                m.get_or_create(&vec![("outcome", "dropped")]).inc();
             }
         }
     }
@@ -76,7 +85,7 @@ async fn deliver(
     client: reqwest::Client,
     url: String,
     body: Vec<u8>,
-    metrics: Arc<Metrics>,
+    metrics: Deliveries,
     first_backoff: Duration,
 ) {
     let mut backoff = first_backoff;
@@ -89,10 +98,7 @@ async fn deliver(
             .await;
         match result {
             Ok(r) if r.status().is_success() => {
-                metrics
-                    .webhook_deliveries
-                    .get_or_create(&vec![("outcome", "delivered")])
-                    .inc();
+                metrics.get_or_create(&vec![("outcome", "delivered")]).inc();
                 return;
             }
             Ok(r) => {
@@ -100,18 +106,12 @@ async fn deliver(
             }
             Err(e) => tracing::warn!(%url, attempt, error = %e, "webhook delivery failed"),
         }
-        metrics
-            .webhook_deliveries
-            .get_or_create(&vec![("outcome", "retried")])
-            .inc();
+        metrics.get_or_create(&vec![("outcome", "retried")]).inc();
         if attempt < ATTEMPTS {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(60));
         }
     }
-    metrics
-        .webhook_deliveries
-        .get_or_create(&vec![("outcome", "failed")])
-        .inc();
+    metrics.get_or_create(&vec![("outcome", "failed")]).inc();
     tracing::error!(%url, "webhook delivery gave up after {ATTEMPTS} attempts");
 }

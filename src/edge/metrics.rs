@@ -14,18 +14,80 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::CallInstance;
-use crate::metrics::{Metrics, RpcLabels};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::metrics::{Metrics, latency_histogram};
+
+/// Labels of a gRPC call: its method (from a closed set), the instance it
+/// addressed and its status code name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// E.g. `/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs`.
+    pub method: String,
+    /// The instance name (empty for the default instance, or when the call
+    /// failed before naming one).
+    pub instance: String,
+    /// E.g. `OK`, `NOT_FOUND` (empty on latency, which is per method).
+    pub code: String,
+}
+
+/// The metrics this layer records.
+#[derive(Debug)]
+pub struct CallMetrics {
+    calls: Family<RpcLabels, Counter>,
+    latency: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    bytes: Family<Vec<(&'static str, &'static str)>, Counter>,
+    in_flight: Gauge,
+}
+
+impl CallMetrics {
+    fn register(registry: &Metrics) -> Arc<CallMetrics> {
+        let m = CallMetrics {
+            calls: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            bytes: Family::default(),
+            in_flight: Gauge::default(),
+        };
+        registry.register(
+            "grpc_calls",
+            "gRPC calls by method and status code",
+            m.calls.clone(),
+        );
+        registry.register(
+            "grpc_latency_seconds",
+            "gRPC call latency by method",
+            m.latency.clone(),
+        );
+        registry.register(
+            "grpc_bytes",
+            "gRPC message bytes by direction",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "grpc_in_flight",
+            "gRPC calls being served",
+            m.in_flight.clone(),
+        );
+        Arc::new(m)
+    }
+}
 
 /// Adds [`RpcMetrics`] around a service.
 #[derive(Debug, Clone)]
 pub struct RpcMetricsLayer {
-    metrics: Arc<Metrics>,
+    metrics: Arc<CallMetrics>,
 }
 
 impl RpcMetricsLayer {
-    /// Records into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        RpcMetricsLayer { metrics }
+    /// Registers the call metrics in `registry` and records into them.
+    pub fn new(registry: &Metrics) -> Self {
+        RpcMetricsLayer {
+            metrics: CallMetrics::register(registry),
+        }
     }
 }
 
@@ -43,12 +105,12 @@ impl<S> Layer<S> for RpcMetricsLayer {
 #[derive(Debug, Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
-    metrics: Arc<Metrics>,
+    metrics: Arc<CallMetrics>,
 }
 
 /// What a finished call reports, once its response body ends.
 struct Call {
-    metrics: Arc<Metrics>,
+    metrics: Arc<CallMetrics>,
     method: String,
     instance: CallInstance,
     started: Instant,
@@ -65,15 +127,15 @@ impl Drop for Call {
             instance,
             code,
         };
-        self.metrics.rpc_calls.get_or_create(&labels).inc();
+        self.metrics.calls.get_or_create(&labels).inc();
         self.metrics
-            .rpc_latency
+            .latency
             .get_or_create(&RpcLabels {
                 code: String::new(),
                 ..labels
             })
             .observe(self.started.elapsed().as_secs_f64());
-        self.metrics.rpc_in_flight.dec();
+        self.metrics.in_flight.dec();
     }
 }
 
@@ -172,9 +234,9 @@ where
         let instance = CallInstance::default();
         req.extensions_mut().insert(instance.clone());
         let metrics = self.metrics.clone();
-        metrics.rpc_in_flight.inc();
+        metrics.in_flight.inc();
         let bytes_in = metrics
-            .rpc_bytes
+            .bytes
             .get_or_create(&vec![("direction", "in")])
             .clone();
         let req = req.map(|body| Metered {
@@ -199,7 +261,7 @@ where
                 code,
             };
             let bytes_out = metrics
-                .rpc_bytes
+                .bytes
                 .get_or_create(&vec![("direction", "out")])
                 .clone();
             Ok(response.map(|body| Metered {

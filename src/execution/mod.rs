@@ -44,7 +44,7 @@ pub async fn open(
         )?;
         Arc::new(sql::SqlJobStore::connect(&url).await?)
     };
-    let scheduler = Scheduler::new(store, instances, config.into(), metrics);
+    let scheduler = Scheduler::new(store, instances, config.into(), &metrics);
     scheduler.start_housekeeping();
     Ok(scheduler)
 }

@@ -21,7 +21,50 @@ use crate::config::ExecutionConfig;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::instance::Instances;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
 use crate::metrics::Metrics;
+
+/// The scheduler's metrics.
+#[derive(Debug)]
+pub(super) struct ExecMetrics {
+    /// Jobs waiting for a worker (all pods' jobs, refreshed by this pod).
+    pub(super) queued: Gauge,
+    /// Jobs by event: queued, merged, cached, completed, failed, cancelled,
+    /// requeued, timed_out.
+    jobs: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Time from queueing to a worker taking the job, in seconds.
+    pub(super) queue_wait: Histogram,
+    /// Time from a worker taking the job to its result, in seconds.
+    pub(super) run: Histogram,
+}
+
+impl ExecMetrics {
+    fn register(registry: &Metrics) -> ExecMetrics {
+        let m = ExecMetrics {
+            queued: Gauge::default(),
+            jobs: Family::default(),
+            queue_wait: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
+            run: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
+        };
+        registry.register("exec_queued", "Jobs waiting for a worker", m.queued.clone());
+        registry.register("exec_jobs", "Execution jobs by event", m.jobs.clone());
+        registry.register(
+            "exec_queue_wait_seconds",
+            "Time from queueing to a worker taking the job",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            "exec_run_seconds",
+            "Time from a worker taking a job to its result",
+            m.run.clone(),
+        );
+        m
+    }
+}
 use crate::proto::reapi::{Action, ActionResult, Command, ExecuteResponse};
 use crate::time::now_ms;
 
@@ -76,7 +119,7 @@ pub struct Scheduler {
     store: Arc<dyn JobStore>,
     instances: Instances,
     settings: ExecSettings,
-    metrics: Arc<Metrics>,
+    metrics: ExecMetrics,
     /// Per-job news for watchers in this pod: the job as this pod last
     /// changed it, so a local watcher needs no database read.
     watchers: Mutex<HashMap<String, watch::Sender<Option<Job>>>>,
@@ -126,13 +169,13 @@ impl Scheduler {
         store: Arc<dyn JobStore>,
         instances: Instances,
         settings: ExecSettings,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
     ) -> Arc<Self> {
         Arc::new(Scheduler {
             store,
             instances,
             settings,
-            metrics,
+            metrics: ExecMetrics::register(metrics),
             watchers: Mutex::new(HashMap::new()),
             leased: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -150,7 +193,7 @@ impl Scheduler {
 
     fn count(&self, event: &'static str) {
         self.metrics
-            .exec_jobs
+            .jobs
             .get_or_create(&vec![("event", event)])
             .inc();
     }

@@ -15,6 +15,7 @@ use super::content_addressed::ContentAddressed;
 use super::existence_cache::ExistenceCache;
 use super::fs::FsStore;
 use super::instrumented::Instrumented;
+use super::instrumented::StoreMetrics;
 use super::memory::MemoryStore;
 use super::memory_cache::MemoryCache;
 use super::merged_puts::MergedPuts;
@@ -27,7 +28,7 @@ use crate::metrics::Metrics;
 pub struct StoreBuilder<'a> {
     config: &'a Config,
     data_dir: PathBuf,
-    metrics: Arc<Metrics>,
+    metrics: Arc<StoreMetrics>,
     named: HashMap<String, (Role, Store)>,
 }
 
@@ -43,11 +44,11 @@ enum Role {
 impl<'a> StoreBuilder<'a> {
     /// A builder resolving relative fs paths against `data_dir` and
     /// recording every node's calls in `metrics`.
-    pub fn new(config: &'a Config, data_dir: PathBuf, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: &'a Config, data_dir: PathBuf, metrics: &Metrics) -> Self {
         StoreBuilder {
             config,
             data_dir,
-            metrics,
+            metrics: StoreMetrics::register(metrics),
             named: HashMap::new(),
         }
     }

@@ -7,12 +7,83 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use tracing::Instrument;
 
 use super::{BlobStore, Body, Range, Store};
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::metrics::{Metrics, StoreLabels};
+use crate::metrics::{Metrics, latency_histogram};
+
+/// Labels of a store call: the node's config path, its kind and the method.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// Config path or store name, e.g. `instances[0].cas.inner`.
+    pub node: String,
+    /// Store kind, e.g. `s3`, `memory_cache`.
+    pub kind: String,
+    /// `find_missing`, `get` or `put`.
+    pub op: &'static str,
+}
+
+type LatencyFamily = Family<StoreLabels, Histogram, fn() -> Histogram>;
+
+/// The store graph's metrics, one set per server, shared by every node:
+/// backend calls per client call is `kiln_store_calls_total{kind="s3"}`
+/// over the RPC counts.
+#[derive(Debug)]
+pub struct StoreMetrics {
+    calls: Family<StoreLabels, Counter>,
+    errors: Family<StoreLabels, Counter>,
+    digests: Family<StoreLabels, Counter>,
+    hits: Family<StoreLabels, Counter>,
+    misses: Family<StoreLabels, Counter>,
+    latency: LatencyFamily,
+}
+
+impl StoreMetrics {
+    /// Registers the store metrics in `registry`.
+    pub fn register(registry: &Metrics) -> Arc<StoreMetrics> {
+        let m = StoreMetrics {
+            calls: Family::default(),
+            errors: Family::default(),
+            digests: Family::default(),
+            hits: Family::default(),
+            misses: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        };
+        registry.register(
+            "store_hits",
+            "Blobs a store node had (gets served, digests present)",
+            m.hits.clone(),
+        );
+        registry.register(
+            "store_misses",
+            "Blobs a store node lacked (NOT_FOUND gets, missing digests)",
+            m.misses.clone(),
+        );
+        registry.register("store_calls", "Calls into each store node", m.calls.clone());
+        registry.register(
+            "store_errors",
+            "Failed calls into each store node",
+            m.errors.clone(),
+        );
+        registry.register(
+            "store_digests",
+            "Digests asked of each store node by find_missing",
+            m.digests.clone(),
+        );
+        registry.register(
+            "store_latency_seconds",
+            "Latency of store calls",
+            m.latency.clone(),
+        );
+        Arc::new(m)
+    }
+}
 
 /// A transparent wrapper that records spans and metrics for one named node.
 #[derive(Debug)]
@@ -20,7 +91,7 @@ pub struct Instrumented {
     name: String,
     kind: &'static str,
     inner: Store,
-    metrics: Arc<Metrics>,
+    metrics: Arc<StoreMetrics>,
 }
 
 impl Instrumented {
@@ -29,7 +100,7 @@ impl Instrumented {
         name: impl Into<String>,
         kind: &'static str,
         inner: Store,
-        metrics: Arc<Metrics>,
+        metrics: Arc<StoreMetrics>,
     ) -> Self {
         Instrumented {
             name: name.into(),
@@ -50,15 +121,15 @@ impl Instrumented {
     fn record<T>(&self, op: &'static str, result: &Result<T>, started: Instant) {
         let labels = self.labels(op);
         let elapsed = started.elapsed();
-        self.metrics.store_calls.get_or_create(&labels).inc();
+        self.metrics.calls.get_or_create(&labels).inc();
         self.metrics
-            .store_latency
+            .latency
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
         match result {
             Ok(_) => tracing::trace!(micros = elapsed.as_micros() as u64, "ok"),
             Err(e) => {
-                self.metrics.store_errors.get_or_create(&labels).inc();
+                self.metrics.errors.get_or_create(&labels).inc();
                 tracing::debug!(micros = elapsed.as_micros() as u64, error = %e, "failed");
             }
         }
@@ -70,7 +141,7 @@ impl BlobStore for Instrumented {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         let span = tracing::info_span!("store.find_missing", node = %self.name, kind = self.kind, count = digests.len());
         self.metrics
-            .store_digests
+            .digests
             .get_or_create(&self.labels("find_missing"))
             .inc_by(digests.len() as u64);
         let started = Instant::now();
@@ -83,11 +154,11 @@ impl BlobStore for Instrumented {
             let labels = self.labels("find_missing");
             let missing_count = missing.len().min(digests.len()) as u64;
             self.metrics
-                .store_misses
+                .misses
                 .get_or_create(&labels)
                 .inc_by(missing_count);
             self.metrics
-                .store_hits
+                .hits
                 .get_or_create(&labels)
                 .inc_by(digests.len() as u64 - missing_count);
         }
@@ -100,16 +171,10 @@ impl BlobStore for Instrumented {
         let started = Instant::now();
         let result = self.inner.get(digest, range).instrument(span.clone()).await;
         match &result {
-            Ok(_) => self
-                .metrics
-                .store_hits
-                .get_or_create(&self.labels("get"))
-                .inc(),
-            Err(crate::error::Error::NotFound(_)) => self
-                .metrics
-                .store_misses
-                .get_or_create(&self.labels("get"))
-                .inc(),
+            Ok(_) => self.metrics.hits.get_or_create(&self.labels("get")).inc(),
+            Err(crate::error::Error::NotFound(_)) => {
+                self.metrics.misses.get_or_create(&self.labels("get")).inc()
+            }
             Err(_) => 0,
         };
         span.in_scope(|| self.record("get", &result, started));
@@ -136,7 +201,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn contract() {
         let inner = Arc::new(MemoryStore::new(64 << 20));
-        let metrics = crate::metrics::Metrics::new();
+        let metrics = StoreMetrics::register(&crate::metrics::Metrics::new());
         contract::run_all(Arc::new(Instrumented::new(
             "test", "memory", inner, metrics,
         )))

@@ -53,7 +53,7 @@ impl Scheduler {
             }
         }
         self.metrics
-            .exec_queued
+            .queued
             .set(self.store.queued_count().await? as i64);
         Ok(())
     }

@@ -56,7 +56,7 @@ impl Scheduler {
             let lease = now + millis(self.settings.lease_timeout);
             if let Some(job) = self.store.claim(instance, bot, offers, now, lease).await? {
                 self.metrics
-                    .exec_queue_wait
+                    .queue_wait
                     .observe((now - job.ready_at).max(0) as f64 / 1000.0);
                 self.leased.insert(job.id.clone(), Leased::of(&job, bot));
                 self.changed(&job);
@@ -189,7 +189,7 @@ impl Scheduler {
         };
         self.leased.invalidate(id);
         self.metrics
-            .exec_run
+            .run
             .observe((now - done.started_at).max(0) as f64 / 1000.0);
         self.count(if ok { "completed" } else { "failed" });
         self.changed(&done);
