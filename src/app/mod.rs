@@ -1,13 +1,17 @@
 //! The only wiring: config → stores → instances → services → one tonic server
 //! plus the HTTP listener, with health reporting and graceful shutdown.
-//! `main.rs` and the end-to-end tests both start kiln through [`start`].
+//! `main.rs` and the end-to-end tests both start kiln through [`start`],
+//! which runs the three steps: [`build`] (everything from config), `serve`
+//! (listeners and tasks) and the stop sequence ([`stop`]).
 
+mod build;
 mod services;
+mod stop;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -20,9 +24,6 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::instance::Instances;
-use crate::metrics::Metrics;
-use crate::upload::Uploads;
 pub use services::SERVICE_NAMES;
 
 /// Interrupted uploads are kept this long for the client to resume.
@@ -71,51 +72,26 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
     };
     let listener = bind(config.listen.clone()).await?;
     let http_listener = bind(config.http_listen.clone()).await?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::io("listener address", e))?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|e| Error::io("listener address", e))?;
-    std::fs::create_dir_all(&data_dir)
-        .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
-    let metrics = Metrics::new();
-    let (authenticator, policy) = crate::auth::from_config(&config.auth).await?;
-    let instances =
-        Instances::build(&config, data_dir.clone(), metrics.clone(), policy.clone()).await?;
-    let scheduler = if config.execution.enabled {
-        Some(
-            crate::execution::open(
-                &config.execution,
-                &data_dir,
-                instances.clone(),
-                metrics.clone(),
-            )
-            .await?,
-        )
-    } else {
-        None
-    };
-    let http_access = crate::http::HttpAccess {
-        guard: crate::edge::http_auth::HttpGuard {
-            authenticator: authenticator.clone(),
-            policy: policy.clone(),
-            instance: config.auth.build_events_instance.clone(),
-        },
-        build_events: config.auth.http_auth == crate::config::HttpAuth::Required,
-        metrics: config.auth.metrics_auth == crate::config::HttpAuth::Required,
-    };
-    let parts = services::Parts {
-        scheduler: scheduler.clone(),
-        instances,
-        bes_access: crate::bes::service::Access {
-            policy,
-            instance: config.auth.build_events_instance.clone(),
-        },
-        uploads: Arc::new(Uploads::new(data_dir.join("uploads"))?),
-        events: crate::bes::open(&config.build_events, &data_dir).await?,
-        metrics: metrics.clone(),
-    };
+    let built = build::build(&config, &data_dir).await?;
+    serve(config, built, listener, http_listener).await
+}
+
+/// Serves what [`build::build`] made on the two listeners: the gRPC server
+/// behind the edge layers, the HTTP listener, upload expiry, and the stop
+/// sequence waiting for [`RunningServer::stop`].
+async fn serve(
+    config: Config,
+    built: build::Built,
+    listener: TcpListener,
+    http_listener: TcpListener,
+) -> Result<RunningServer> {
+    let address = |l: &TcpListener| l.local_addr().map_err(|e| Error::io("listener address", e));
+    let (addr, http_addr) = (address(&listener)?, address(&http_listener)?);
+    let build::Built {
+        parts,
+        authenticator,
+        http_access,
+    } = built;
     let (reporter, health) = tonic_health::server::health_reporter();
     let routes = services::routes(&config, &parts, health);
     let mut server = Server::builder()
@@ -124,12 +100,12 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
         // in memory (4 MiB per stream, 32 MiB per connection).
         .initial_stream_window_size(Some(4 << 20))
         .initial_connection_window_size(Some(32 << 20))
-        // Outermost first: every call is counted, then authenticated, then
-        // rate-limited by who it is.
+        // The edge, outermost first (see `edge`): every call is traced and
+        // counted, then authenticated, then rate-limited by who it is.
         .layer(
             tower::ServiceBuilder::new()
                 .layer(crate::edge::trace::TraceLayer)
-                .layer(crate::edge::metrics::RpcMetricsLayer::new(&metrics))
+                .layer(crate::edge::metrics::RpcMetricsLayer::new(&parts.metrics))
                 .option_layer(authenticator.map(crate::edge::auth::AuthLayer::new))
                 .option_layer(
                     crate::edge::limits::Limits::from_config(&config.limits)
@@ -144,13 +120,13 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
     let router = server.add_routes(routes);
 
     let serving = Arc::new(AtomicBool::new(true));
-    let (shutdown, mut stop) = watch::channel(false);
+    let (shutdown, stop_requested) = watch::channel(false);
     let (stop_grpc_tx, mut stop_grpc) = watch::channel(false);
     let mut stop_http = stop_grpc.clone();
     let http = axum::serve(
         http_listener,
         crate::http::router(
-            metrics.clone(),
+            parts.metrics.clone(),
             parts.events.clone(),
             serving.clone(),
             http_access,
@@ -176,19 +152,15 @@ pub async fn start(config: Config, data_dir: PathBuf) -> Result<RunningServer> {
         }
     });
     set_health(&reporter, ServingStatus::Serving).await;
-    let (delay, grace) = (config.grpc.shutdown_delay.0, config.grace_period.0);
-    // The stop sequence: NOT_SERVING first, then stop accepting after the delay.
-    tokio::spawn(async move {
-        let _ = stop.wait_for(|s| *s).await;
-        serving.store(false, Ordering::SeqCst);
-        if let Some(scheduler) = &scheduler {
-            scheduler.stop();
-        }
-        set_health(&reporter, ServingStatus::NotServing).await;
-        tracing::info!(?delay, "shutting down: reporting NOT_SERVING");
-        tokio::time::sleep(delay).await;
-        let _ = stop_grpc_tx.send(true);
+    stop::sequence(stop::Stop {
+        requested: stop_requested,
+        serving,
+        scheduler: parts.scheduler.clone(),
+        reporter,
+        delay: config.grpc.shutdown_delay.0,
+        stop_grpc: stop_grpc_tx,
     });
+    let grace = config.grace_period.0;
     let mut stop_grace = stop_grpc.clone();
     let task = tokio::spawn(async move {
         let serve = router.serve_with_incoming_shutdown(incoming, async move {

@@ -1,0 +1,77 @@
+//! Step one of a start: everything the services need, built from config
+//! (stores, instances, the scheduler, build-event storage, upload spools,
+//! authentication), before any listener serves a call.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::services::Parts;
+use crate::auth::Authenticator;
+use crate::config::{Config, HttpAuth};
+use crate::error::{Error, Result};
+use crate::instance::Instances;
+use crate::metrics::Metrics;
+use crate::upload::Uploads;
+
+/// What [`build`] made.
+pub(super) struct Built {
+    /// What the gRPC services share.
+    pub parts: Parts,
+    /// Present when authentication is on.
+    pub authenticator: Option<Arc<Authenticator>>,
+    /// Who may read the HTTP listener's guarded routes.
+    pub http_access: crate::http::HttpAccess,
+}
+
+/// Builds every component from a validated `config`, fs paths under
+/// `data_dir`.
+pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
+    let metrics = Metrics::new();
+    let (authenticator, policy) = crate::auth::from_config(&config.auth).await?;
+    let instances = Instances::build(
+        config,
+        data_dir.to_path_buf(),
+        metrics.clone(),
+        policy.clone(),
+    )
+    .await?;
+    let scheduler = if config.execution.enabled {
+        let scheduler = crate::execution::open(
+            &config.execution,
+            data_dir,
+            instances.clone(),
+            metrics.clone(),
+        )
+        .await?;
+        Some(scheduler)
+    } else {
+        None
+    };
+    let http_access = crate::http::HttpAccess {
+        guard: crate::edge::http_auth::HttpGuard {
+            authenticator: authenticator.clone(),
+            policy: policy.clone(),
+            instance: config.auth.build_events_instance.clone(),
+        },
+        build_events: config.auth.http_auth == HttpAuth::Required,
+        metrics: config.auth.metrics_auth == HttpAuth::Required,
+    };
+    let parts = Parts {
+        scheduler,
+        instances,
+        bes_access: crate::bes::service::Access {
+            policy,
+            instance: config.auth.build_events_instance.clone(),
+        },
+        uploads: Arc::new(Uploads::new(data_dir.join("uploads"))?),
+        events: crate::bes::open(&config.build_events, data_dir).await?,
+        metrics,
+    };
+    Ok(Built {
+        parts,
+        authenticator,
+        http_access,
+    })
+}
