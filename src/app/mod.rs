@@ -104,8 +104,10 @@ async fn serve(
         // counted, then authenticated, then rate-limited by who it is.
         .layer(
             tower::ServiceBuilder::new()
-                .layer(crate::edge::trace::TraceLayer)
-                .layer(crate::edge::metrics::RpcMetricsLayer::new(&parts.metrics))
+                .layer(crate::edge::trace::TraceLayer::new(
+                    crate::edge::trace::Tracing,
+                ))
+                .layer(crate::edge::metrics::layer(&parts.metrics))
                 .option_layer(authenticator.map(crate::edge::auth::AuthLayer::new))
                 .option_layer(
                     crate::edge::limits::Limits::from_config(&config.limits)

@@ -1,4 +1,4 @@
-//! The authentication layer: every call except health checks and reflection
+//! The authentication concern: every call except health checks and reflection
 //! gets an [`Identity`] in its extensions, or is refused with
 //! UNAUTHENTICATED before it reaches a service.
 
@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::{BoxFuture, FutureExt};
-use tower::{Layer, Service};
+use tower::Service;
+
+use super::layer::{Edge, EdgeLayer};
 
 use crate::auth::{Authenticator, Identity};
 
@@ -15,37 +17,10 @@ fn exempt(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
 }
 
-/// Adds [`Authenticate`] around the services.
-#[derive(Debug, Clone)]
-pub struct AuthLayer {
-    auth: Arc<Authenticator>,
-}
+/// Authenticates every call with its [`Authenticator`].
+pub type AuthLayer = EdgeLayer<Arc<Authenticator>>;
 
-impl AuthLayer {
-    /// Authenticates with `auth`.
-    pub fn new(auth: Arc<Authenticator>) -> Self {
-        AuthLayer { auth }
-    }
-}
-
-impl<S> Layer<S> for AuthLayer {
-    type Service = Authenticate<S>;
-    fn layer(&self, inner: S) -> Authenticate<S> {
-        Authenticate {
-            inner,
-            auth: self.auth.clone(),
-        }
-    }
-}
-
-/// The authenticating service.
-#[derive(Debug, Clone)]
-pub struct Authenticate<S> {
-    inner: S,
-    auth: Arc<Authenticator>,
-}
-
-impl<S, B> Service<http::Request<B>> for Authenticate<S>
+impl<S, B> Service<http::Request<B>> for Edge<S, Arc<Authenticator>>
 where
     S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
     S::Future: Send + 'static,
@@ -68,7 +43,7 @@ where
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        match self.auth.authenticate(header) {
+        match self.state.authenticate(header) {
             Ok(identity) => {
                 tracing::Span::current().record("subject", identity.name());
                 if let Identity::Subject { name, .. } = &identity {

@@ -17,7 +17,9 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tower::{Layer, Service};
+use tower::Service;
+
+use super::layer::{Edge, EdgeLayer};
 
 use crate::auth::Identity;
 use crate::config::LimitsConfig;
@@ -90,37 +92,10 @@ fn exhausted(message: String, retry_after: Duration) -> http::Response<tonic::bo
     status.into_http()
 }
 
-/// Adds [`Limit`] around the services.
-#[derive(Debug, Clone)]
-pub struct LimitLayer {
-    limits: Arc<Limits>,
-}
+/// Enforces the configured [`Limits`] on every call.
+pub type LimitLayer = EdgeLayer<Arc<Limits>>;
 
-impl LimitLayer {
-    /// Enforces `limits`.
-    pub fn new(limits: Arc<Limits>) -> Self {
-        LimitLayer { limits }
-    }
-}
-
-impl<S> Layer<S> for LimitLayer {
-    type Service = Limit<S>;
-    fn layer(&self, inner: S) -> Limit<S> {
-        Limit {
-            inner,
-            limits: self.limits.clone(),
-        }
-    }
-}
-
-/// The limiting service.
-#[derive(Debug, Clone)]
-pub struct Limit<S> {
-    inner: S,
-    limits: Arc<Limits>,
-}
-
-impl<S, B> Service<http::Request<B>> for Limit<S>
+impl<S, B> Service<http::Request<B>> for Edge<S, Arc<Limits>>
 where
     S: Service<http::Request<Throttled<B>>, Response = http::Response<tonic::body::Body>>
         + Send
@@ -140,7 +115,7 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let key = key_of(&req);
         let throttle = self
-            .limits
+            .state
             .bytes
             .clone()
             .map(|(limiter, burst)| (limiter, burst, key.clone()));
@@ -153,16 +128,16 @@ where
         if req.uri().path().starts_with("/grpc.health.v1.") {
             return self.inner.call(req).boxed();
         }
-        if let Some(limiter) = &self.limits.per_identity
+        if let Some(limiter) = &self.state.per_identity
             && let Err(not_until) = limiter.check_key(&key)
         {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let refused = exhausted(format!("rate limit for {key} exceeded"), wait);
             return std::future::ready(Ok(refused)).boxed();
         }
-        let guard = match self.limits.max_in_flight {
+        let guard = match self.state.max_in_flight {
             Some(max) => {
-                let in_flight = self.limits.in_flight.clone();
+                let in_flight = self.state.in_flight.clone();
                 if in_flight.fetch_add(1, Ordering::SeqCst) >= max {
                     in_flight.fetch_sub(1, Ordering::SeqCst);
                     let msg = format!("server busy: {max} calls in flight");

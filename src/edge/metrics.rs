@@ -11,7 +11,9 @@ use std::time::Instant;
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tower::{Layer, Service};
+use tower::Service;
+
+use super::layer::{Edge, EdgeLayer};
 
 use super::CallInstance;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -76,36 +78,12 @@ impl CallMetrics {
     }
 }
 
-/// Adds [`RpcMetrics`] around a service.
-#[derive(Debug, Clone)]
-pub struct RpcMetricsLayer {
-    metrics: Arc<CallMetrics>,
-}
+/// Counts every call into [`CallMetrics`].
+pub type RpcMetricsLayer = EdgeLayer<Arc<CallMetrics>>;
 
-impl RpcMetricsLayer {
-    /// Registers the call metrics in `registry` and records into them.
-    pub fn new(registry: &Metrics) -> Self {
-        RpcMetricsLayer {
-            metrics: CallMetrics::register(registry),
-        }
-    }
-}
-
-impl<S> Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-    fn layer(&self, inner: S) -> RpcMetrics<S> {
-        RpcMetrics {
-            inner,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-/// The metered service.
-#[derive(Debug, Clone)]
-pub struct RpcMetrics<S> {
-    inner: S,
-    metrics: Arc<CallMetrics>,
+/// The metrics layer, its metrics registered in `registry`.
+pub fn layer(registry: &Metrics) -> RpcMetricsLayer {
+    EdgeLayer::new(CallMetrics::register(registry))
 }
 
 /// What a finished call reports, once its response body ends.
@@ -210,7 +188,7 @@ fn code_name(status: &[u8]) -> String {
     NAMES.get(code).unwrap_or(&"UNKNOWN").to_string()
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RpcMetrics<S>
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Edge<S, Arc<CallMetrics>>
 where
     S: Service<http::Request<Metered<ReqBody>>, Response = http::Response<ResBody>>
         + Clone
@@ -233,7 +211,7 @@ where
         let method = method_label(req.uri().path());
         let instance = CallInstance::default();
         req.extensions_mut().insert(instance.clone());
-        let metrics = self.metrics.clone();
+        let metrics = self.state.clone();
         metrics.in_flight.inc();
         let bytes_in = metrics
             .bytes

@@ -10,12 +10,14 @@
 //! 4. [`limits`]: per-identity rates and the global in-flight cap; inside
 //!    auth, because the identity is what it limits.
 //!
-//! [`caller`] is what these leave for the services; [`http_auth`] is the
+//! All four are [`layer::EdgeLayer`]s over their own state. [`caller`] is
+//! what they leave for the services; [`http_auth`] is the
 //! HTTP listener's equivalent of [`auth`].
 
 pub mod auth;
 pub mod caller;
 pub mod http_auth;
+pub mod layer;
 pub mod limits;
 pub mod metrics;
 pub mod trace;

@@ -10,7 +10,9 @@ use base64::Engine;
 use futures::future::{BoxFuture, FutureExt};
 use opentelemetry::propagation::Extractor;
 use prost::Message;
-use tower::{Layer, Service};
+use tower::Service;
+
+use super::layer::{Edge, EdgeLayer};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -37,24 +39,14 @@ fn request_metadata(headers: &http::HeaderMap) -> Option<RequestMetadata> {
     RequestMetadata::decode(&bytes[..]).ok()
 }
 
-/// Adds [`Trace`] around the services.
-#[derive(Debug, Clone, Default)]
-pub struct TraceLayer;
+/// The tracing concern's state: none (spans go to the global subscriber).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tracing;
 
-impl<S> Layer<S> for TraceLayer {
-    type Service = Trace<S>;
-    fn layer(&self, inner: S) -> Trace<S> {
-        Trace { inner }
-    }
-}
+/// Gives every call a span, child of the client's `traceparent`.
+pub type TraceLayer = EdgeLayer<Tracing>;
 
-/// The tracing service.
-#[derive(Debug, Clone)]
-pub struct Trace<S> {
-    inner: S,
-}
-
-impl<S, B> Service<http::Request<B>> for Trace<S>
+impl<S, B> Service<http::Request<B>> for Edge<S, Tracing>
 where
     S: Service<http::Request<B>> + Send + 'static,
     S::Future: Send + 'static,
