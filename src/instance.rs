@@ -153,9 +153,4 @@ impl Instances {
             ))
         })
     }
-
-    /// Instance names, for resource-name parsing (longest match wins).
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.by_name.keys().map(String::as_str)
-    }
 }

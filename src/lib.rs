@@ -1,44 +1,71 @@
-//! kiln: a remote build cache (REAPI v2) for Bazel and other clients.
+//! kiln: a remote build cache, remote execution and build-event server
+//! (REAPI v2) for Bazel and other clients.
 //!
-//! Crate map, in the direction a request flows:
-//! - [`app`]: wiring; builds everything and serves it.
-//! - [`service`]: gRPC adapters, thin shells over instances.
-//! - [`instance`]: per-`instance_name` stores and settings.
-//! - [`bes`]: the Build Event Service, its storage, queries and webhooks.
-//! - [`tree`], [`action_result`], [`compression`]: domain logic services call.
-//! - [`store`]: the `BlobStore` trait, its backends and layers.
-//! - [`bench`]: `kiln bench`, the load generator.
-//! - [`auth`], [`limits`], [`rpc_metrics`], [`rpc_trace`]: tower layers at the edge.
-//! - [`http`], [`http_auth`], [`metrics`]: the HTTP listener, its credentials check and what it serves.
-//! - [`digest`], [`error`], [`config`], [`proto`], [`sql`], [`telemetry`]: foundations.
+//! Crate map, in the direction a request flows (docs/ARCHITECTURE.md has
+//! the whole picture). Public modules are what the binary, the integration
+//! tests and the benches use; the rest is `pub(crate)`.
+//!
+//! Wiring and the edge
+//! - `app`: the only wiring: build (config → stores → instances →
+//!   services), serve, and the stop sequence.
+//! - `edge`: the tower layers every call passes (trace, metrics, auth,
+//!   limits) and the `Caller` they leave for services; HTTP auth.
+//! - `http`: the HTTP listener's routes (`/metrics`, `/healthz`, build events).
+//! - `tls`: the crypto provider and the server's certificates.
+//!
+//! Services and domain
+//! - `service`: gRPC adapters, thin shells over instances and domain code.
+//! - `instance`: what an `instance_name` selects: stores, tree cache, limits.
+//! - `execution`: Execute's decision, bot sessions, the scheduler and its
+//!   job stores, and the Command/Directory validation workers repeat.
+//! - `bes`: the Build Event Service: ingestion, storage, summaries, queries,
+//!   webhooks.
+//! - `upload`: ByteStream uploads (the resumable spool); `resource`:
+//!   ByteStream resource names.
+//! - `tree`, `action_result`, `compression`: tree walks and the tree cache,
+//!   action-result checks and inlining, zstd.
+//! - `auth`: identities, grants and the per-instance policy.
+//!
+//! Storage
+//! - `store`: the three-method `BlobStore` trait, its backends (memory, fs,
+//!   s3), its layers, the builder and the contract suite.
+//!
+//! Client programs (never called by the server)
+//! - `client`: `kiln worker`, `kiln bench`, `kiln invocations`.
+//!
+//! Foundations
+//! - `config` (YAML types and validation, including the role names),
+//!   `digest`, `error` (the one `From<Error> for Status`), `proto`
+//!   (generated code), `sql` (connections and locked migrations),
+//!   `metrics` (the registry components register into), `telemetry`, `time`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod action_result;
+pub(crate) mod action_result;
 pub mod app;
-pub mod auth;
+pub(crate) mod auth;
 pub mod bes;
 pub mod client;
-pub mod compression;
+pub(crate) mod compression;
 pub mod config;
 pub mod digest;
-pub mod edge;
+pub(crate) mod edge;
 pub mod error;
-pub mod execution;
-pub mod http;
-pub mod instance;
-pub mod metrics;
+pub(crate) mod execution;
+pub(crate) mod http;
+pub(crate) mod instance;
+pub(crate) mod metrics;
 pub mod proto;
 pub mod resource;
-pub mod service;
-pub mod sql;
+pub(crate) mod service;
+pub(crate) mod sql;
 pub mod store;
 pub mod telemetry;
-pub mod time;
+pub(crate) mod time;
 pub mod tls;
-pub mod tree;
-pub mod upload;
+pub(crate) mod tree;
+pub(crate) mod upload;
 
 #[cfg(test)]
 mod proptests;

@@ -1,8 +1,8 @@
 //! The only wiring: config → stores → instances → services → one tonic server
 //! plus the HTTP listener, with health reporting and graceful shutdown.
 //! `main.rs` and the end-to-end tests both start kiln through [`start`],
-//! which runs the three steps: [`build`] (everything from config), `serve`
-//! (listeners and tasks) and the stop sequence ([`stop`]).
+//! which runs the three steps: `build` (everything from config), `serve`
+//! (listeners and tasks) and the stop sequence (`stop`).
 
 mod build;
 mod services;

@@ -3,13 +3,13 @@
 //! webhooks. Pods keep no stream state another pod would need: everything a
 //! reconnecting client resumes from is in the database.
 
-pub mod http;
-pub mod query;
-pub mod service;
+pub(crate) mod http;
+pub(crate) mod query;
+pub(crate) mod service;
 pub mod sql;
 pub mod store;
-pub mod summary;
-pub mod webhook;
+pub(crate) mod summary;
+pub(crate) mod webhook;
 
 use std::path::Path;
 use std::sync::Arc;

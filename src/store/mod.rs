@@ -5,14 +5,14 @@
 //! layer is a `BlobStore` wrapping another; the builder in [`build`] stacks
 //! them from config, so any topology is a YAML change, not a code change.
 
-pub mod build;
-pub mod content_addressed;
-pub mod existence_cache;
-pub mod fs;
-pub mod instrumented;
+pub(crate) mod build;
+pub(crate) mod content_addressed;
+pub(crate) mod existence_cache;
+pub(crate) mod fs;
+pub(crate) mod instrumented;
 pub mod memory;
-pub mod memory_cache;
-pub mod merged_puts;
+pub(crate) mod memory_cache;
+pub(crate) mod merged_puts;
 pub mod s3;
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ fn own_uid() -> u32 {
 }
 
 /// Resolves `--action-user`: `self` (run as the worker), a user name, or
-/// `UID[:GID]`. Default: `nobody` when the worker is root, `self` otherwise.
+/// `UID` or `UID:GID`. Default: `nobody` when the worker is root, `self` otherwise.
 pub fn action_user(arg: Option<&str>) -> Result<Option<ActionUser>> {
     let root = own_uid() == 0;
     let spec = match arg {
@@ -152,22 +152,6 @@ pub fn hand_over(dir: &Path, user: Option<ActionUser>) -> Result<()> {
     Ok(())
 }
 
-/// `root/rel` with every symlink resolved, or INVALID_ARGUMENT if that
-/// leaves `root` (which must be canonical). A path that does not exist
-/// resolves as far as it exists.
-pub fn resolve_within(root: &Path, rel: &str) -> Result<Option<PathBuf>> {
-    let path = root.join(rel);
-    match std::fs::canonicalize(&path) {
-        Ok(real) if real.starts_with(root) => Ok(Some(real)),
-        Ok(real) => Err(Error::InvalidArgument(format!(
-            "{rel:?} resolves to {}, outside the input root",
-            real.display()
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(format!("resolving {}", path.display()), e)),
-    }
-}
-
 /// Creates `root/rel` and its parents as directories one component at a
 /// time, following a symlink only where it stays inside `root` (which must
 /// be canonical), and hands what it creates to the action user.
@@ -232,9 +216,5 @@ mod tests {
         let made = mkdirs_within(&root, Path::new("alias/a/b"), None).unwrap();
         assert_eq!(made, root.join("inside/a/b"));
         assert!(mkdirs_within(&root, Path::new("../x"), None).is_err());
-
-        assert!(resolve_within(&root, "escape").is_err());
-        assert!(resolve_within(&root, "alias").unwrap().is_some());
-        assert!(resolve_within(&root, "absent/file").unwrap().is_none());
     }
 }

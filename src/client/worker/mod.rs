@@ -6,11 +6,11 @@
 //! stopping when the server says the lease was cancelled.
 
 mod action;
-pub mod cas;
-pub mod confine;
-pub mod inputs;
-pub mod outputs;
-pub mod run;
+mod cas;
+mod confine;
+mod inputs;
+mod outputs;
+mod run;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,7 +72,7 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub runner: Option<String>,
     /// Who actions run as: `self` (the worker's own user), a user name, or
-    /// UID[:GID]. Default: `nobody` when the worker runs as root (so actions
+    /// `UID[:GID]`. Default: `nobody` when the worker runs as root (so actions
     /// cannot change the shared input cache or read the token file), `self`
     /// otherwise (inputs are then copied and re-verified instead of linked).
     #[arg(long)]
