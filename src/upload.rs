@@ -353,3 +353,116 @@ impl Incoming {
         Ok(msg)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(name: &str, offset: i64, data: &'static [u8], finish: bool) -> WriteRequest {
+        WriteRequest {
+            resource_name: name.into(),
+            write_offset: offset,
+            finish_write: finish,
+            data: Bytes::from_static(data),
+        }
+    }
+
+    /// Runs a Write's messages through `Incoming` from `start`; the bytes
+    /// it yields, or the first error.
+    async fn feed(start: u64, msgs: Vec<WriteRequest>) -> Result<Vec<u8>> {
+        let mut msgs = msgs.into_iter();
+        let first = msgs.next();
+        let rest: Requests = futures::stream::iter(msgs.map(Ok)).boxed();
+        let incoming = Incoming {
+            resource: first
+                .as_ref()
+                .map(|f| f.resource_name.clone())
+                .unwrap_or_default(),
+            first,
+            rest,
+            next_offset: start,
+            finished: false,
+            decoder: None,
+            spool: None,
+            received: Arc::new(AtomicU64::new(0)),
+        };
+        let chunks: Vec<Bytes> = incoming.into_stream().try_collect().await?;
+        Ok(chunks.concat())
+    }
+
+    #[tokio::test]
+    async fn offsets_must_continue_the_stream() {
+        let n = "uploads/u/blobs/x/6";
+        let cases: Vec<(
+            &str,
+            u64,
+            Vec<WriteRequest>,
+            std::result::Result<&[u8], &str>,
+        )> = vec![
+            (
+                "in order",
+                0,
+                vec![msg(n, 0, b"abc", false), msg("", 3, b"def", true)],
+                Ok(b"abcdef"),
+            ),
+            (
+                "one message",
+                0,
+                vec![msg(n, 0, b"abcdef", true)],
+                Ok(b"abcdef"),
+            ),
+            ("resumed", 3, vec![msg(n, 3, b"def", true)], Ok(b"def")),
+            (
+                "a gap",
+                0,
+                vec![msg(n, 0, b"abc", false), msg("", 4, b"ef", true)],
+                Err("write_offset 4 but 3"),
+            ),
+            (
+                "an overlap",
+                0,
+                vec![msg(n, 0, b"abc", false), msg("", 2, b"cdef", true)],
+                Err("write_offset 2 but 3"),
+            ),
+            (
+                "a negative offset",
+                0,
+                vec![msg(n, -1, b"abc", true)],
+                Err("write_offset -1"),
+            ),
+            (
+                "a renamed stream",
+                0,
+                vec![
+                    msg(n, 0, b"abc", false),
+                    msg("uploads/v/blobs/x/6", 3, b"def", true),
+                ],
+                Err("changed mid-stream"),
+            ),
+            (
+                "no finish_write",
+                0,
+                vec![msg(n, 0, b"abc", false)],
+                Err("without finish_write"),
+            ),
+        ];
+        for (name, start, msgs, want) in cases {
+            let got = feed(start, msgs).await;
+            match (want, got) {
+                (Ok(bytes), Ok(got)) => assert_eq!(got, bytes, "{name}"),
+                (Err(text), Err(e)) => assert!(e.to_string().contains(text), "{name}: {e}"),
+                (want, got) => panic!("{name}: expected {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_resumed_write_must_start_where_the_spool_ends() {
+        let first = msg("n", 1000, b"x", false);
+        assert!(require_offset(Some(&first), 1000).is_ok());
+        let err = require_offset(Some(&first), 999).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)));
+        assert!(err.to_string().contains("999 bytes are committed"), "{err}");
+        assert!(require_offset(None, 5).is_ok());
+    }
+}

@@ -269,3 +269,100 @@ where
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+    use crate::auth::Grant;
+
+    fn config(yaml: &str) -> LimitsConfig {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn request(subject: Option<&str>) -> http::Request<tonic::body::Body> {
+        let mut req = http::Request::new(tonic::body::Body::empty());
+        *req.uri_mut() = "/build.bazel.remote.execution.v2.Capabilities/GetCapabilities"
+            .parse()
+            .unwrap();
+        if let Some(name) = subject {
+            req.extensions_mut().insert(Identity::Subject {
+                name: name.into(),
+                grants: Grant::parse("read").into_iter().collect(),
+            });
+        }
+        req
+    }
+
+    /// The gRPC code of a response (0 when the inner service answered).
+    fn code(response: &http::Response<tonic::body::Body>) -> i32 {
+        response
+            .headers()
+            .get("grpc-status")
+            .map_or(0, |v| v.to_str().unwrap().parse().unwrap())
+    }
+
+    fn ok_service() -> impl Service<
+        http::Request<Throttled<tonic::body::Body>>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone {
+        // A body with data, as real responses have (an empty one ends at once).
+        tower::service_fn(|_req| async {
+            Ok(http::Response::new(tonic::body::Body::new(String::from(
+                "reply",
+            ))))
+        })
+    }
+
+    #[test]
+    fn nothing_configured_is_no_layer() {
+        assert!(Limits::from_config(&config("{}")).is_none());
+        assert!(Limits::from_config(&config("max_in_flight: 10")).is_some());
+    }
+
+    #[tokio::test]
+    async fn calls_per_identity_are_limited_each_on_its_own() {
+        let limits = Limits::from_config(&config("requests_per_second: 3")).unwrap();
+        let svc = LimitLayer::new(limits).layer(ok_service());
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            let r = svc.clone().oneshot(request(Some("ci"))).await.unwrap();
+            codes.push(code(&r));
+        }
+        let exhausted = tonic::Code::ResourceExhausted as i32;
+        assert_eq!(
+            codes,
+            [0, 0, 0, exhausted],
+            "a burst of the quota, then refused"
+        );
+        let other = svc
+            .clone()
+            .oneshot(request(Some("someone-else")))
+            .await
+            .unwrap();
+        assert_eq!(code(&other), 0, "another identity has its own quota");
+    }
+
+    #[tokio::test]
+    async fn calls_over_the_in_flight_cap_are_shed() {
+        let limits = Limits::from_config(&config("max_in_flight: 1")).unwrap();
+        let svc = LimitLayer::new(limits.clone()).layer(ok_service());
+        // The first call's response body is still open: it stays in flight.
+        let held = svc.clone().oneshot(request(None)).await.unwrap();
+        assert_eq!(code(&held), 0);
+        let shed = svc.clone().oneshot(request(None)).await.unwrap();
+        assert_eq!(code(&shed), tonic::Code::ResourceExhausted as i32);
+        drop(held);
+        let again = svc.clone().oneshot(request(None)).await.unwrap();
+        assert_eq!(code(&again), 0, "the slot is free once the response ended");
+    }
+
+    #[test]
+    fn calls_count_against_the_subject_else_the_peer() {
+        assert_eq!(key_of(&request(Some("ci"))), "sub:ci");
+        assert_eq!(key_of(&request(None)), "unknown");
+    }
+}
