@@ -390,15 +390,18 @@ mod tests {
         Ok(chunks.concat())
     }
 
+    /// (name, resumed from, messages, the bytes or an error's text).
+    type Case = (
+        &'static str,
+        u64,
+        Vec<WriteRequest>,
+        std::result::Result<&'static [u8], &'static str>,
+    );
+
     #[tokio::test]
     async fn offsets_must_continue_the_stream() {
         let n = "uploads/u/blobs/x/6";
-        let cases: Vec<(
-            &str,
-            u64,
-            Vec<WriteRequest>,
-            std::result::Result<&[u8], &str>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "in order",
                 0,
