@@ -1,6 +1,8 @@
 //! The authentication concern: every call except health checks and reflection
 //! gets an [`Identity`] in its extensions, or is refused with
-//! UNAUTHENTICATED before it reaches a service.
+//! UNAUTHENTICATED before it reaches a service. Inside tracing and metrics
+//! (refusals are traced and counted), outside limits (which key on the
+//! identity it sets).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -2,7 +2,7 @@
 //! calls and request bytes per second per identity (its subject, else the
 //! peer address), and a global cap on calls in flight. Over a limit a call is refused at once with
 //! RESOURCE_EXHAUSTED and a RetryInfo saying when to come back, instead of
-//! queueing without bound.
+//! queueing without bound. Innermost: it limits by the identity auth set.
 
 use std::future::Future;
 use std::num::NonZeroU32;

@@ -1,6 +1,6 @@
 //! A tower layer in front of every gRPC service: per-method call counts by
 //! status code, latency, bytes in and out, and calls in flight. It sits
-//! outside the services so that every call is counted, refused ones included;
+//! outside auth and limits so that every call is counted, refused ones included;
 //! the status comes from the response trailers, where gRPC puts it.
 
 use std::pin::Pin;

@@ -2,7 +2,8 @@
 //! and carrying what Bazel says about the call in its RequestMetadata header
 //! (tool, invocation id, action id, mnemonic, target) plus, once
 //! authentication ran, the caller's subject. Store calls made while serving
-//! the call become its children.
+//! the call become its children. Outermost in the stack: refused calls
+//! (unauthenticated, rate-limited) are traced too.
 
 use std::task::{Context, Poll};
 
