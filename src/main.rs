@@ -35,6 +35,10 @@ struct ServeArgs {
     /// Directory for on-disk stores and upload spools (default ./kiln-data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Most bytes the CAS's disk store may hold, e.g. 50GiB (least recently
+    /// used blobs are evicted past it).
+    #[arg(long)]
+    max_size: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -106,6 +110,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen,
         http_listen,
         data_dir,
+        max_size,
     } = args;
     let mut config = match config {
         Some(path) => Config::load(&path)
@@ -117,6 +122,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(http_listen) = http_listen {
         config.http_listen = http_listen;
+    }
+    if let Some(size) = max_size {
+        let size =
+            kiln::config::ByteSize::parse(&size).map_err(|e| anyhow::anyhow!("--max-size: {e}"))?;
+        config.set_cas_max_size(size);
     }
     config
         .validate()

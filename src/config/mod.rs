@@ -355,6 +355,33 @@ impl Config {
         Ok(config)
     }
 
+    /// Sets `max_size` of every fs store in every instance's CAS (how
+    /// `kiln serve --max-size` bounds the embedded default, as
+    /// bazel-remote's `--max_size` does).
+    pub fn set_cas_max_size(&mut self, size: ByteSize) {
+        fn visit(
+            store: &mut StoreConfig,
+            named: &mut BTreeMap<String, StoreConfig>,
+            size: ByteSize,
+        ) {
+            match store {
+                StoreConfig::Fs(f) => f.max_size = Some(size),
+                StoreConfig::MemoryCache(c) => visit(&mut c.inner, named, size),
+                StoreConfig::ExistenceCache(c) => visit(&mut c.inner, named, size),
+                StoreConfig::Ref(name) => {
+                    if let Some(mut target) = named.remove(name.as_str()) {
+                        visit(&mut target, named, size);
+                        named.insert(name.clone(), target);
+                    }
+                }
+                StoreConfig::Memory(_) | StoreConfig::S3(_) => {}
+            }
+        }
+        for instance in &mut self.instances {
+            visit(&mut instance.cas, &mut self.stores, size);
+        }
+    }
+
     /// The embedded default configuration.
     pub fn embedded_default() -> Config {
         Config::parse(EMBEDDED_DEFAULT).expect("the embedded default config parses")

@@ -60,6 +60,45 @@ pub struct FsConfig {
     /// useful amount, small enough that many concurrent readers stay cheap.
     #[serde(default = "default_read_chunk")]
     pub read_chunk: ByteSize,
+    /// Most bytes the store holds: past it the least recently used blobs
+    /// are evicted, in the background, down to `low_watermark`. Default:
+    /// unbounded (the embedded default config sets one).
+    #[serde(default)]
+    pub max_size: Option<ByteSize>,
+    /// Where eviction stops, as a fraction of `max_size`. Default 0.9.
+    #[serde(default = "default_low_watermark")]
+    pub low_watermark: f64,
+    /// A blob read, stored or confirmed (FindMissingBlobs, an action-cache
+    /// completeness check) within this long is leased: not evicted while
+    /// the store stays under `max_size` + `lease_margin`. Default `3h`.
+    #[serde(default = "default_min_retention")]
+    pub min_retention: Duration,
+    /// How far past `max_size` leased blobs are kept before the oldest go
+    /// anyway. Default: a tenth of `max_size`.
+    #[serde(default)]
+    pub lease_margin: Option<ByteSize>,
+}
+
+fn default_low_watermark() -> f64 {
+    0.9
+}
+
+fn default_min_retention() -> Duration {
+    Duration(std::time::Duration::from_secs(3 * 3600))
+}
+
+impl FsConfig {
+    /// The eviction limits, if the store is bounded.
+    pub(crate) fn limits(&self) -> Option<crate::store::fs_index::Limits> {
+        let max = self.max_size?.0;
+        let margin = self.lease_margin.map_or(max / 10, |m| m.0);
+        Some(crate::store::fs_index::Limits {
+            max_size: max,
+            low_watermark: (max as f64 * self.low_watermark) as u64,
+            hard_limit: max.saturating_add(margin),
+            min_retention: self.min_retention.0,
+        })
+    }
 }
 
 fn default_read_chunk() -> ByteSize {

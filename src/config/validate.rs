@@ -204,6 +204,16 @@ impl StoreWalker<'_> {
                 }
             }
             StoreConfig::Fs(f) => {
+                if f.max_size.is_some_and(|m| m.0 == 0) {
+                    self.errors
+                        .push(format!("{path}.fs.max_size: must be above 0"));
+                }
+                if !(f.low_watermark > 0.0 && f.low_watermark <= 1.0) {
+                    self.errors.push(format!(
+                        "{path}.fs.low_watermark: must be above 0 and at most 1, got {}",
+                        f.low_watermark
+                    ));
+                }
                 if !(4096..=64 << 20).contains(&f.read_chunk.0) {
                     self.errors.push(format!(
                         "{path}.fs.read_chunk: must be between 4KiB and 64MiB, got {}",

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use super::Store;
 use super::content_addressed::ContentAddressed;
 use super::existence_cache::ExistenceCache;
-use super::fs::FsStore;
+use super::fs::{FsOptions, FsStore};
 use super::instrumented::Instrumented;
 use super::instrumented::StoreMetrics;
 use super::memory::MemoryStore;
@@ -78,12 +78,15 @@ impl<'a> StoreBuilder<'a> {
                 StoreConfig::Memory(m) => Arc::new(MemoryStore::new(m.max_size.0)),
                 StoreConfig::Fs(f) => {
                     let dir = self.data_dir.join(&f.path);
-                    let content_addressed = role == Role::Cas;
-                    Arc::new(
-                        FsStore::open(&dir, 1 << 20, content_addressed).map_err(|e| {
-                            Error::internal_from(format!("{path}: opening {}", dir.display()), e)
-                        })?,
-                    )
+                    let options = FsOptions {
+                        read_chunk: f.read_chunk.0 as usize,
+                        content_addressed: role == Role::Cas,
+                        limits: f.limits(),
+                        capacity: Some(self.metrics.capacity(&path)),
+                    };
+                    Arc::new(FsStore::open_with(&dir, options).map_err(|e| {
+                        Error::internal_from(format!("{path}: opening {}", dir.display()), e)
+                    })?)
                 }
                 StoreConfig::S3(c) => Arc::new(
                     S3Store::connect(c, role == Role::Cas)

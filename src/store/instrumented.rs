@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use tracing::Instrument;
 
@@ -31,11 +32,51 @@ pub struct StoreLabels {
 
 type LatencyFamily = Family<StoreLabels, Histogram, fn() -> Histogram>;
 
+/// Labels of a store node's capacity metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    /// Config path or store name.
+    pub node: String,
+}
+
+/// Labels of evictions: the node, and `lru` (an unleased blob) or `forced`
+/// (a blob still leased by `min_retention`, evicted past the hard limit).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EvictionLabels {
+    /// Config path or store name.
+    pub node: String,
+    /// `lru` or `forced`.
+    pub reason: &'static str,
+}
+
+/// One bounded node's capacity metrics, handed to the store by the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct CapacityMetrics {
+    lru: Counter,
+    forced: Counter,
+    evicted_bytes: Counter,
+    /// Bytes the node holds.
+    pub bytes: Gauge,
+}
+
+impl CapacityMetrics {
+    /// Records one eviction pass and the total left.
+    pub(crate) fn record(&self, done: &super::fs_index::Evicted, total: u64) {
+        self.lru.inc_by(done.blobs - done.forced);
+        self.forced.inc_by(done.forced);
+        self.evicted_bytes.inc_by(done.bytes);
+        self.bytes.set(total as i64);
+    }
+}
+
 /// The store graph's metrics, one set per server, shared by every node:
 /// backend calls per client call is `kiln_store_calls_total{kind="s3"}`
 /// over the RPC counts.
 #[derive(Debug)]
 pub struct StoreMetrics {
+    evictions: Family<EvictionLabels, Counter>,
+    evicted_bytes: Family<NodeLabels, Counter>,
+    bytes: Family<NodeLabels, Gauge>,
     calls: Family<StoreLabels, Counter>,
     errors: Family<StoreLabels, Counter>,
     digests: Family<StoreLabels, Counter>,
@@ -48,6 +89,9 @@ impl StoreMetrics {
     /// Registers the store metrics in `registry`.
     pub fn register(registry: &Metrics) -> Arc<StoreMetrics> {
         let m = StoreMetrics {
+            evictions: Family::default(),
+            evicted_bytes: Family::default(),
+            bytes: Family::default(),
             calls: Family::default(),
             errors: Family::default(),
             digests: Family::default(),
@@ -81,7 +125,41 @@ impl StoreMetrics {
             "Latency of store calls",
             m.latency.clone(),
         );
+        registry.register(
+            "store_evictions",
+            "Blobs evicted from a bounded store node, by reason (lru, forced)",
+            m.evictions.clone(),
+        );
+        registry.register(
+            "store_evicted_bytes",
+            "Bytes evicted from a bounded store node",
+            m.evicted_bytes.clone(),
+        );
+        registry.register("store_bytes", "Bytes a store node holds", m.bytes.clone());
         Arc::new(m)
+    }
+
+    /// The capacity metrics of node `node`.
+    pub(crate) fn capacity(&self, node: &str) -> CapacityMetrics {
+        let reason = |reason| EvictionLabels {
+            node: node.to_string(),
+            reason,
+        };
+        let labels = NodeLabels {
+            node: node.to_string(),
+        };
+        // One statement each: get_or_create returns a read guard, and a
+        // second call on the same family while it lives would deadlock.
+        let lru = self.evictions.get_or_create(&reason("lru")).clone();
+        let forced = self.evictions.get_or_create(&reason("forced")).clone();
+        let evicted_bytes = self.evicted_bytes.get_or_create(&labels).clone();
+        let bytes = self.bytes.get_or_create(&labels).clone();
+        CapacityMetrics {
+            lru,
+            forced,
+            evicted_bytes,
+            bytes,
+        }
     }
 }
 
@@ -197,6 +275,15 @@ mod tests {
     use super::*;
     use crate::store::contract;
     use crate::store::memory::MemoryStore;
+
+    #[test]
+    fn capacity_metrics_of_a_new_node_are_created_without_deadlock() {
+        let metrics = StoreMetrics::register(&crate::metrics::Metrics::new());
+        let a = metrics.capacity("a");
+        let again = metrics.capacity("a");
+        a.bytes.set(5);
+        assert_eq!(again.bytes.get(), 5, "one series per node");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn contract() {

@@ -53,15 +53,11 @@ impl MemoryCache {
 #[async_trait]
 impl BlobStore for MemoryCache {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
-        let uncached: Vec<Digest> = digests
-            .iter()
-            .filter(|d| !self.cache.contains_key(*d))
-            .copied()
-            .collect();
-        if uncached.is_empty() {
-            return Ok(uncached);
-        }
-        self.inner.find_missing(&uncached).await
+        // Always the inner store's answer: there a hit renews the blob's
+        // lease (a bounded fs store), so what this tier holds is never
+        // vouched for while the store below is free to evict it. (Behind
+        // it, an existence cache or the fs index answer without I/O.)
+        self.inner.find_missing(digests).await
     }
 
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {

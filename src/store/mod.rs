@@ -9,6 +9,7 @@ pub(crate) mod build;
 pub(crate) mod content_addressed;
 pub(crate) mod existence_cache;
 pub(crate) mod fs;
+pub(crate) mod fs_index;
 pub(crate) mod instrumented;
 pub mod memory;
 pub(crate) mod memory_cache;

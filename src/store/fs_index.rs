@@ -1,0 +1,395 @@
+//! The fs store's in-memory index: every blob on disk with its size and last
+//! access, rebuilt at start by scanning the store, kept current by puts,
+//! reads and FindMissingBlobs hits. It answers FindMissingBlobs without a
+//! syscall and chooses what eviction deletes.
+//!
+//! Eviction (when a size limit is set) deletes the least recently used
+//! blobs down to the low watermark once the total passes `max_size`, on a
+//! blocking thread, never holding the lock across a file deletion. A blob
+//! accessed within `min_retention` is leased: it is not evicted while the
+//! store stays under the hard limit (`max_size` + margin); past the hard
+//! limit the oldest go first anyway, and each such eviction is counted as
+//! `forced`. A put of a digest that is being evicted waits for that one
+//! deletion, so an acknowledged blob is never deleted by an eviction that
+//! chose its predecessor.
+//!
+//! The index lives only in memory: after any crash the scan at start
+//! rebuilds it from the files themselves, so it can never count a blob
+//! twice or miss a file.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::digest::{Digest, DigestFunction};
+use crate::time::now_ms;
+
+/// When eviction runs and what it keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Eviction starts above this many bytes.
+    pub max_size: u64,
+    /// ... and deletes down to this many.
+    pub low_watermark: u64,
+    /// Leased blobs go only above this many.
+    pub hard_limit: u64,
+    /// How long an access leases a blob.
+    pub min_retention: Duration,
+}
+
+/// What an eviction pass deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Evicted {
+    /// Blobs deleted.
+    pub blobs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Of those, blobs still leased (deleted only past the hard limit).
+    pub forced: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    size: u64,
+    last_ms: i64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<Digest, Entry>,
+    total: u64,
+    /// Digests whose file an eviction is deleting right now.
+    evicting: HashSet<Digest>,
+}
+
+/// The index of one fs store.
+#[derive(Debug)]
+pub(crate) struct Index {
+    state: Mutex<State>,
+    limits: Option<Limits>,
+    evicting: AtomicBool,
+}
+
+impl Index {
+    pub(crate) fn new(limits: Option<Limits>) -> Self {
+        Index {
+            state: Mutex::new(State::default()),
+            limits,
+            evicting: AtomicBool::new(false),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes and blobs indexed.
+    pub(crate) fn totals(&self) -> (u64, usize) {
+        let s = self.state();
+        (s.total, s.entries.len())
+    }
+
+    /// True while an eviction pass runs.
+    #[cfg(test)]
+    pub(crate) fn is_evicting(&self) -> bool {
+        self.evicting.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn limits(&self) -> Option<Limits> {
+        self.limits
+    }
+
+    /// Records a blob of `size` bytes as stored and accessed now.
+    pub(crate) fn insert(&self, digest: Digest, size: u64) {
+        self.insert_at(digest, size, now_ms());
+    }
+
+    fn insert_at(&self, digest: Digest, size: u64, last_ms: i64) {
+        let mut s = self.state();
+        let old = s.entries.insert(digest, Entry { size, last_ms });
+        s.total = s.total - old.map_or(0, |e| e.size) + size;
+    }
+
+    /// Forgets a blob whose file turned out to be gone or damaged.
+    pub(crate) fn remove(&self, digest: &Digest) {
+        let mut s = self.state();
+        if let Some(e) = s.entries.remove(digest) {
+            s.total -= e.size;
+        }
+    }
+
+    /// Marks a read (or a confirmation) of `digest` now; false when the
+    /// index does not hold it.
+    pub(crate) fn touch(&self, digest: &Digest) -> bool {
+        let now = now_ms();
+        match self.state().entries.get_mut(digest) {
+            Some(e) => {
+                e.last_ms = now;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Those of `digests` not stored, in order; the others are touched.
+    pub(crate) fn find_missing(&self, digests: &[Digest]) -> Vec<Digest> {
+        let now = now_ms();
+        let mut s = self.state();
+        digests
+            .iter()
+            .filter(|d| match s.entries.get_mut(*d) {
+                Some(e) => {
+                    e.last_ms = now;
+                    false
+                }
+                None => true,
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Waits (briefly) until no eviction is deleting `digest`'s file, so a
+    /// put that renames its file into place cannot be undone by it.
+    pub(crate) fn wait_not_evicting(&self, digest: &Digest) {
+        while self.state().evicting.contains(digest) {
+            std::thread::yield_now();
+        }
+    }
+
+    /// True when the store is over its limit and no eviction runs yet; the
+    /// caller then runs [`Index::evict`] (and it alone).
+    pub(crate) fn should_evict(&self) -> bool {
+        let Some(limits) = self.limits else {
+            return false;
+        };
+        self.state().total > limits.max_size
+            && self
+                .evicting
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
+
+    /// One eviction pass, deleting files with `delete` (outside the lock).
+    /// Call only after [`Index::should_evict`] returned true.
+    pub(crate) fn evict(&self, delete: impl Fn(&Digest) -> std::io::Result<()>) -> Evicted {
+        let mut done = Evicted::default();
+        if let Some(limits) = self.limits {
+            for (digest, forced) in self.choose(&limits) {
+                if let Err(e) = delete(&digest)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(%digest, error = %e, "could not evict a blob");
+                }
+                let mut s = self.state();
+                s.evicting.remove(&digest);
+                drop(s);
+                done.blobs += 1;
+                done.bytes += digest.size;
+                done.forced += u64::from(forced);
+            }
+            if done.forced > 0 {
+                tracing::warn!(
+                    forced = done.forced,
+                    "the store passed its hard limit: blobs still leased by min_retention were evicted"
+                );
+            }
+        }
+        self.evicting.store(false, Ordering::SeqCst);
+        done
+    }
+
+    /// The victims, oldest first, already taken out of the index (and
+    /// marked as being evicted): unleased ones down to the low watermark,
+    /// then leased ones while over the hard limit.
+    fn choose(&self, limits: &Limits) -> Vec<(Digest, bool)> {
+        let lease_start =
+            now_ms() - i64::try_from(limits.min_retention.as_millis()).unwrap_or(i64::MAX);
+        let mut s = self.state();
+        let mut by_age: Vec<(i64, Digest, u64)> = s
+            .entries
+            .iter()
+            .map(|(d, e)| (e.last_ms, *d, e.size))
+            .collect();
+        by_age.sort_unstable_by_key(|(last, _, _)| *last);
+        let mut victims = Vec::new();
+        let mut total = s.total;
+        for (last, digest, size) in &by_age {
+            if total <= limits.low_watermark {
+                break;
+            }
+            if *last < lease_start {
+                victims.push((*digest, false));
+                total -= size;
+            }
+        }
+        if total > limits.hard_limit {
+            let chosen: HashSet<Digest> = victims.iter().map(|(d, _)| *d).collect();
+            for (_, digest, size) in &by_age {
+                if total <= limits.hard_limit {
+                    break;
+                }
+                if !chosen.contains(digest) {
+                    victims.push((*digest, true));
+                    total -= size;
+                }
+            }
+        }
+        for (digest, _) in &victims {
+            if let Some(e) = s.entries.remove(digest) {
+                s.total -= e.size;
+            }
+            s.evicting.insert(*digest);
+        }
+        victims
+    }
+
+    /// Rebuilds the index from the files under `root`: one entry per
+    /// `{function}/{xx}/{hash}-{size}` file, last accessed at its mtime.
+    /// Files that are not blobs, and (when `sized`) files whose length is
+    /// not their digest's size, are deleted.
+    pub(crate) fn scan(&self, root: &Path, sized: bool) -> std::io::Result<()> {
+        let mut shards: Vec<(DigestFunction, PathBuf)> = Vec::new();
+        for function in DigestFunction::ALL {
+            let dir = root.join(function.name());
+            for entry in std::fs::read_dir(&dir)? {
+                shards.push((function, entry?.path()));
+            }
+        }
+        // Shards are independent: a few threads list them in parallel.
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8);
+        let chunk = shards.len().div_ceil(workers).max(1);
+        let found: Vec<Vec<(Digest, u64, i64)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = shards
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || scan_shards(part, sized)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        let mut s = self.state();
+        for (digest, size, last_ms) in found.into_iter().flatten() {
+            if let Some(old) = s.entries.insert(digest, Entry { size, last_ms }) {
+                s.total -= old.size;
+            }
+            s.total += size;
+        }
+        Ok(())
+    }
+}
+
+/// Lists blob files in some shard directories.
+fn scan_shards(shards: &[(DigestFunction, PathBuf)], sized: bool) -> Vec<(Digest, u64, i64)> {
+    let mut out = Vec::new();
+    for (function, dir) in shards {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            let parsed = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.rsplit_once('-'))
+                .and_then(|(hash, size)| Digest::parse(*function, hash, size.parse().ok()?).ok());
+            let Some(digest) = parsed.filter(|_| meta.is_file()) else {
+                continue;
+            };
+            if sized && meta.len() != digest.size {
+                tracing::warn!(path = %path.display(), "removing a damaged blob file found at start");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let last_ms = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as i64);
+            out.push((digest, meta.len(), last_ms));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u32, size: u64) -> Digest {
+        let mut digest = DigestFunction::Sha256.digest_of(&n.to_le_bytes());
+        digest.size = size;
+        digest
+    }
+
+    fn limits(max: u64, low: u64, hard: u64, retention: Duration) -> Limits {
+        Limits {
+            max_size: max,
+            low_watermark: low,
+            hard_limit: hard,
+            min_retention: retention,
+        }
+    }
+
+    #[test]
+    fn evicts_least_recently_used_down_to_the_low_watermark() {
+        let index = Index::new(Some(limits(1000, 600, 2000, Duration::ZERO)));
+        for n in 0..12 {
+            index.insert_at(d(n, 100), 100, 1000 + i64::from(n));
+        }
+        index.touch(&d(0, 100)); // the oldest becomes the newest
+        assert!(index.should_evict());
+        assert!(!index.should_evict(), "one eviction at a time");
+        let deleted = Mutex::new(Vec::new());
+        let done = index.evict(|digest| {
+            deleted.lock().unwrap().push(*digest);
+            Ok(())
+        });
+        assert_eq!(done.blobs, 6);
+        assert_eq!(index.totals(), (600, 6));
+        let deleted = deleted.into_inner().unwrap();
+        assert!(!deleted.contains(&d(0, 100)), "the touched blob stays");
+        assert_eq!(deleted[0], d(1, 100), "oldest first");
+        assert_eq!(index.find_missing(&[d(0, 100)]), vec![]);
+    }
+
+    #[test]
+    fn leased_blobs_stay_until_the_hard_limit() {
+        let index = Index::new(Some(limits(1000, 600, 1500, Duration::from_secs(3600))));
+        // All recent: leased.
+        for n in 0..14 {
+            index.insert(d(n, 100), 100);
+        }
+        assert!(index.should_evict());
+        let done = index.evict(|_| Ok(()));
+        assert_eq!(
+            done,
+            Evicted::default(),
+            "under the hard limit nothing leased goes"
+        );
+        for n in 14..18 {
+            index.insert(d(n, 100), 100);
+        }
+        assert!(index.should_evict());
+        let done = index.evict(|_| Ok(()));
+        assert_eq!(done.blobs, 3);
+        assert_eq!(done.forced, 3, "past the hard limit, counted as forced");
+        assert_eq!(index.totals().0, 1500);
+    }
+
+    #[test]
+    fn re_inserting_a_blob_counts_it_once() {
+        let index = Index::new(None);
+        index.insert(d(1, 10), 10);
+        index.insert(d(1, 10), 10);
+        assert_eq!(index.totals(), (10, 1));
+        index.remove(&d(1, 10));
+        assert_eq!(index.totals(), (0, 0));
+        assert!(!index.should_evict(), "no limit, no eviction");
+    }
+}
