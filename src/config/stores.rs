@@ -160,8 +160,11 @@ pub struct S3Config {
     /// Attempts per S3 call, with exponential backoff. Default 3.
     #[serde(default = "default_s3_attempts")]
     pub max_attempts: u32,
-    /// When a blob older than this is read, copy it onto itself so that a
-    /// lifecycle expiry rule counts it as new. Default: off.
+    /// When a blob older than this is read or confirmed by FindMissingBlobs,
+    /// copy it onto itself so that a lifecycle expiry rule counts it as new
+    /// (renewals count as `kiln_store_calls_total{op="refresh"}`). Pair it
+    /// with the bucket's expiry and the existence cache's `ttl`: see README
+    /// "S3". Default: off.
     #[serde(default)]
     pub refresh_after: Option<Duration>,
 }

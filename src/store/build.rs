@@ -88,11 +88,13 @@ impl<'a> StoreBuilder<'a> {
                         Error::internal_from(format!("{path}: opening {}", dir.display()), e)
                     })?)
                 }
-                StoreConfig::S3(c) => Arc::new(
-                    S3Store::connect(c, role == Role::Cas)
+                StoreConfig::S3(c) => {
+                    let mut s3 = S3Store::connect(c, role == Role::Cas)
                         .await
-                        .map_err(|e| Error::Unavailable(format!("{path}: {e}")))?,
-                ),
+                        .map_err(|e| Error::Unavailable(format!("{path}: {e}")))?;
+                    s3.count_renewals(self.metrics.calls_counter(&path, "s3", "refresh"));
+                    Arc::new(s3)
+                }
                 StoreConfig::MemoryCache(c) => {
                     let inner = self.node(&c.inner, format!("{path}.inner"), role).await?;
                     Arc::new(MemoryCache::new(inner, c.max_size.0, c.max_blob_size.0))

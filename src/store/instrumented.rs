@@ -139,6 +139,17 @@ impl StoreMetrics {
         Arc::new(m)
     }
 
+    /// The counter of calls `op` into node `node` of kind `kind`, for calls
+    /// a store makes on its own (an S3 store's renewals).
+    pub(crate) fn calls_counter(&self, node: &str, kind: &str, op: &'static str) -> Counter {
+        let labels = StoreLabels {
+            node: node.to_string(),
+            kind: kind.to_string(),
+            op,
+        };
+        self.calls.get_or_create(&labels).clone()
+    }
+
     /// The capacity metrics of node `node`.
     pub(crate) fn capacity(&self, node: &str) -> CapacityMetrics {
         let reason = |reason| EvictionLabels {

@@ -44,6 +44,8 @@ pub struct S3Store {
     /// `If-None-Match: *` on writes: only for content-addressed data.
     create_if_absent: bool,
     refresh_after: Option<Duration>,
+    /// Counts renewals (`kiln_store_calls_total{op="refresh"}`).
+    renewals: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 /// Aborts a multipart upload whose put was dropped before it finished.
@@ -75,6 +77,13 @@ impl Drop for AbortGuard {
                 Err(e) => tracing::warn!(key, error = %s3_error("AbortMultipartUpload", e), "could not abort an abandoned multipart upload"),
             }
         });
+    }
+}
+
+impl S3Store {
+    /// Counts each renewal (the self-copy of an old object) in `counter`.
+    pub(crate) fn count_renewals(&mut self, counter: prometheus_client::metrics::counter::Counter) {
+        self.renewals = Some(counter);
     }
 }
 
@@ -167,6 +176,7 @@ impl S3Store {
             concurrency: config.concurrency.max(1),
             create_if_absent: create_if_absent && config.conditional_writes,
             refresh_after: config.refresh_after.map(|d| d.0),
+            renewals: None,
         })
     }
 
@@ -190,7 +200,12 @@ impl S3Store {
             .send()
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(head) => {
+                // A client told "present" relies on the object staying: an
+                // old one is renewed so a lifecycle rule does not expire it.
+                self.refresh_if_old(&key, head.last_modified());
+                Ok(true)
+            }
             Err(e) => match s3_error("HeadObject", e) {
                 Error::NotFound(_) => Ok(false),
                 other => Err(other),
@@ -376,6 +391,9 @@ impl S3Store {
             return;
         }
         let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), key.to_string());
+        if let Some(renewals) = &self.renewals {
+            renewals.inc();
+        }
         tokio::spawn(async move {
             let res = client
                 .copy_object()

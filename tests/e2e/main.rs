@@ -8,5 +8,6 @@ mod action_cache;
 mod bench;
 mod bytestream;
 mod cas;
+mod lifecycle;
 mod operations;
 mod restart;

@@ -239,3 +239,49 @@ async fn a_dropped_multipart_upload_is_aborted() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A blob confirmed by FindMissingBlobs is renewed when older than
+/// `refresh_after`, so a lifecycle expiry rule never removes what a client
+/// was just told exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_missing_renews_old_objects() {
+    let weed = SeaweedFs::start().await;
+    let cfg = s3_config(&weed, "renew/", ", refresh_after: 1ms");
+    let store = S3Store::connect(&cfg, true).await.unwrap();
+    let data = blob(77, 1000);
+    let d = sha(&data);
+    store.put(&d, data.into()).await.unwrap();
+    let client = weed.client().await;
+    let key = format!(
+        "renew/sha256/{}/{}-{}",
+        &d.hash_hex()[..2],
+        d.hash_hex(),
+        d.size
+    );
+    let modified = || async {
+        client
+            .head_object()
+            .bucket(BUCKET)
+            .key(&key)
+            .send()
+            .await
+            .unwrap()
+            .last_modified()
+            .copied()
+            .unwrap()
+    };
+    let first = modified().await;
+    // LastModified has one-second resolution: confirm until it moves.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        assert!(store.find_missing(&[d]).await.unwrap().is_empty());
+        if modified().await > first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the object was never renewed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

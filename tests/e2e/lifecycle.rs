@@ -1,0 +1,164 @@
+//! The bounded disk store, end to end: a mixed workload past `max_size`
+//! keeps disk usage at the limit (plus one blob) and never evicts the hot
+//! set; leased blobs go only past the hard limit, and the metrics say so;
+//! a restart rebuilds the same index from the files.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::common::{Kiln, blob, metric_sum, missing, read_one, scrape, sha, upload_request};
+
+const BLOB: usize = 100 << 10;
+
+fn config(max: &str, retention: &str, margin: &str) -> String {
+    format!(
+        r#"
+instances:
+  - name: ""
+    cas: {{ fs: {{ path: cas, max_size: {max}, min_retention: {retention}, lease_margin: {margin} }} }}
+    action_cache: {{ memory: {{ max_size: 8MiB }} }}
+"#
+    )
+}
+
+/// Bytes of blob files under the store (its temp dir excluded).
+fn disk_usage(root: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for function in std::fs::read_dir(root).unwrap().flatten() {
+        if function.file_name() == "tmp" {
+            continue;
+        }
+        for shard in std::fs::read_dir(function.path()).unwrap().flatten() {
+            for file in std::fs::read_dir(shard.path()).unwrap().flatten() {
+                total += file.metadata().unwrap().len();
+            }
+        }
+    }
+    total
+}
+
+/// Polls `/metrics` until `done` holds for it.
+async fn wait_metrics(kiln: &Kiln, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(kiln.server.http_addr).await;
+        if done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn stored_bytes(text: &str) -> f64 {
+    metric_sum(text, "kiln_store_bytes", &[("node", "instances[0].cas")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_workload_keeps_to_max_size_and_keeps_the_hot_set() {
+    let max = 2u64 << 20;
+    let kiln = Kiln::start(&config("2MiB", "0s", "0")).await;
+    let mut cas = kiln.cas().await;
+    let hot: Vec<Bytes> = (0..3).map(|i| blob(500 + i, BLOB)).collect();
+    cas.batch_update_blobs(upload_request(&hot)).await.unwrap();
+    for i in 0..60 {
+        let new = blob(i, BLOB);
+        let r = cas
+            .batch_update_blobs(upload_request(&[new]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.responses[0].status.as_ref().unwrap().code, 0);
+        for h in &hot {
+            let got = read_one(&mut cas, &sha(h)).await;
+            assert_eq!(
+                got.status.unwrap().code,
+                0,
+                "hot blob evicted after upload {i}"
+            );
+        }
+    }
+    let text = wait_metrics(&kiln, "the store settles under max_size", |t| {
+        stored_bytes(t) <= max as f64
+    })
+    .await;
+    assert!(metric_sum(&text, "kiln_store_evictions_total", &[("reason", "lru")]) > 0.0);
+    assert_eq!(
+        metric_sum(&text, "kiln_store_evictions_total", &[("reason", "forced")]),
+        0.0
+    );
+    let usage = disk_usage(&kiln.data_dir.join("cas"));
+    assert!(
+        usage <= max + BLOB as u64,
+        "disk usage {usage} over the limit"
+    );
+    let hot_digests: Vec<_> = hot.iter().map(|h| sha(h)).collect();
+    assert!(missing(&mut cas, &hot_digests).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_blobs_go_only_past_the_hard_limit_and_restarts_keep_the_index() {
+    // Everything here is leased (min_retention 1h): nothing goes until the
+    // store passes max_size + lease_margin = 2 MiB.
+    let yaml = config("1MiB", "1h", "1MiB");
+    let dir = tempfile::tempdir().unwrap();
+    let kiln = Kiln::start_in(&yaml, dir.path()).await;
+    let mut cas = kiln.cas().await;
+    let blobs: Vec<Bytes> = (0..15).map(|i| blob(100 + i, BLOB)).collect();
+    for b in &blobs {
+        cas.batch_update_blobs(upload_request(std::slice::from_ref(b)))
+            .await
+            .unwrap();
+    }
+    let all: Vec<_> = blobs.iter().map(|b| sha(b)).collect();
+    assert!(
+        missing(&mut cas, &all).await.is_empty(),
+        "1.5 MiB: over max_size, all leased, all kept"
+    );
+    for i in 0..10 {
+        let b = blob(200 + i, BLOB);
+        cas.batch_update_blobs(upload_request(&[b])).await.unwrap();
+    }
+    let hard = 2u64 << 20;
+    let text = wait_metrics(
+        &kiln,
+        "forced evictions bring it under the hard limit",
+        |t| {
+            stored_bytes(t) <= hard as f64
+                && metric_sum(t, "kiln_store_evictions_total", &[("reason", "forced")]) > 0.0
+        },
+    )
+    .await;
+    assert!(
+        stored_bytes(&text) > (1u64 << 20) as f64,
+        "leased blobs above max_size stay"
+    );
+    let gone = missing(&mut cas, &all).await;
+    assert!(
+        !gone.is_empty(),
+        "past the hard limit the oldest leased blobs went"
+    );
+    assert_eq!(gone[0], all[0].to_proto(), "oldest first");
+
+    // A restart rebuilds the index from the files: the same blobs, bytes.
+    let before = stored_bytes(&text);
+    let data_dir = kiln.data_dir.clone();
+    let kept: Vec<_> = all
+        .iter()
+        .filter(|d| !gone.contains(&d.to_proto()))
+        .copied()
+        .collect();
+    drop(cas);
+    kiln.server.stop().await.unwrap();
+    let kiln = Kiln::start_in(&yaml, &data_dir).await;
+    let text = scrape(kiln.server.http_addr).await;
+    assert_eq!(
+        stored_bytes(&text),
+        before,
+        "the rebuilt index counts the same bytes"
+    );
+    assert_eq!(disk_usage(&data_dir.join("cas")) as f64, before);
+    let mut cas = kiln.cas().await;
+    assert!(missing(&mut cas, &kept).await.is_empty());
+}
