@@ -50,7 +50,41 @@ pub fn database_url(config: &BuildEventsConfig, data_dir: &Path) -> Result<Strin
 /// Opens the configured event store.
 pub async fn open(config: &BuildEventsConfig, data_dir: &Path) -> Result<Arc<dyn EventStore>> {
     let url = database_url(config, data_dir)?;
-    Ok(Arc::new(sql::SqlEventStore::connect(&url).await?))
+    let store: Arc<dyn EventStore> = Arc::new(sql::SqlEventStore::connect(&url).await?);
+    retention(Arc::downgrade(&store), config.retention.0);
+    Ok(store)
+}
+
+/// Invocations deleted per batch: small enough that no transaction holds
+/// the database for long.
+const PURGE_BATCH: i64 = 100;
+
+/// Deletes build events older than `keep`, now and then every ten minutes,
+/// until the store is dropped (with the server that owns it).
+fn retention(store: std::sync::Weak<dyn EventStore>, keep: std::time::Duration) {
+    let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            let Some(store) = store.upgrade() else { return };
+            let before = crate::time::now_ms().saturating_sub(keep_ms);
+            let mut deleted = 0;
+            loop {
+                match store.purge(before, PURGE_BATCH).await {
+                    Ok(0) => break,
+                    Ok(n) => deleted += n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "build-event retention failed; retrying later");
+                        break;
+                    }
+                }
+            }
+            if deleted > 0 {
+                tracing::info!(deleted, "deleted invocations past build_events.retention");
+            }
+        }
+    });
 }
 
 #[cfg(test)]

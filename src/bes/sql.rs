@@ -17,7 +17,13 @@ use crate::sql::db_err;
 use crate::time::now_ms;
 
 /// Schema versions, applied in order, each once.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/0001_build_events.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_build_events.sql")),
+    (
+        2,
+        include_str!("../../migrations/0002_build_events_retention.sql"),
+    ),
+];
 
 /// Rows per multi-row INSERT: far below either database's parameter limit.
 const INSERT_CHUNK: usize = 100;
@@ -55,6 +61,71 @@ fn parse_summary(json: &str) -> Result<Invocation> {
 
 #[async_trait]
 impl EventStore for SqlEventStore {
+    async fn purge(&self, before_ms: i64, limit: i64) -> Result<u64> {
+        let err = db_err("deleting old build events");
+        // Invocations last updated before the cutoff, a bounded batch at a
+        // time, each with its events and streams in one transaction.
+        let ids: Vec<String> = sqlx::query(
+            "SELECT invocation_id FROM invocations WHERE updated_at < $1 ORDER BY updated_at LIMIT $2",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(&err)?
+        .iter()
+        .map(|row| row.try_get::<String, _>(0))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(&err)?;
+        for id in &ids {
+            let mut tx = self.pool.begin().await.map_err(&err)?;
+            for sql in [
+                "DELETE FROM bes_events WHERE invocation_id = $1",
+                "DELETE FROM bes_streams WHERE invocation_id = $1",
+                "DELETE FROM invocations WHERE invocation_id = $1",
+            ] {
+                sqlx::query(sql)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&err)?;
+            }
+            tx.commit().await.map_err(&err)?;
+        }
+        // Streams with no invocation summary (build-level lifecycle events
+        // carry an empty invocation id), by their age.
+        let orphans: Vec<(String, String, i64)> = sqlx::query(
+            "SELECT build_id, invocation_id, component FROM bes_streams WHERE created_at < $1 \
+             AND invocation_id NOT IN (SELECT invocation_id FROM invocations) LIMIT $2",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(&err)?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(&err)?;
+        for (build, invocation, component) in &orphans {
+            let mut tx = self.pool.begin().await.map_err(&err)?;
+            for sql in [
+                "DELETE FROM bes_events WHERE build_id = $1 AND invocation_id = $2 AND component = $3",
+                "DELETE FROM bes_streams WHERE build_id = $1 AND invocation_id = $2 AND component = $3",
+            ] {
+                sqlx::query(sql)
+                    .bind(build)
+                    .bind(invocation)
+                    .bind(component)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(&err)?;
+            }
+            tx.commit().await.map_err(&err)?;
+        }
+        Ok((ids.len() + orphans.len()) as u64)
+    }
+
     async fn create_stream(&self, key: &StreamKey) -> Result<()> {
         let done = sqlx::query(
             "INSERT INTO bes_streams (build_id, invocation_id, component, created_at, last_sequence, finished) \

@@ -110,6 +110,11 @@ pub struct InvocationFilter {
 /// first copy.
 #[async_trait]
 pub trait EventStore: std::fmt::Debug + Send + Sync + 'static {
+    /// Deletes up to `limit` invocations last updated before `before_ms`
+    /// (with their events and streams), and as many summary-less streams
+    /// created before it; returns how many went. Retention calls it until
+    /// it returns 0, so no call holds the database for long.
+    async fn purge(&self, before_ms: i64, limit: i64) -> Result<u64>;
     /// Creates an empty stream; ALREADY_EXISTS if it exists.
     async fn create_stream(&self, key: &StreamKey) -> Result<()>;
     /// The stream, if it exists.

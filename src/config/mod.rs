@@ -104,6 +104,14 @@ pub struct BuildEventsConfig {
     /// each of up to 6 attempts. Default `1s`.
     #[serde(default = "default_webhook_backoff")]
     pub webhook_backoff: Duration,
+    /// Invocations (their summaries, events and streams) not updated for
+    /// this long are deleted, a bounded batch at a time. Default `30d`.
+    #[serde(default = "default_bes_retention")]
+    pub retention: Duration,
+}
+
+fn default_bes_retention() -> Duration {
+    secs(30 * 24 * 3600)
 }
 
 impl Default for BuildEventsConfig {

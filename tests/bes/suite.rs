@@ -368,3 +368,78 @@ async fn the_suite_on_postgresql() {
         .expect("KILN_TEST_POSTGRES_URL is not set: README's test command starts a PostgreSQL for these tests");
     run(&url).await;
 }
+
+/// Retention: invocations past `build_events.retention` go (summary,
+/// events, streams), in bounded batches, and queries stop finding them.
+async fn retention(database: &str) {
+    use kiln::bes::store::EventStore;
+    let kiln = Kiln::start(&config(database, "")).await;
+    let inv = uuid::Uuid::new_v4().to_string();
+    let (_, err) = publish(
+        &kiln,
+        requests(&stream_id("old-build", &inv), &bazel_events(true), true),
+    )
+    .await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(
+        http_json(&kiln, &format!("/api/v1/invocations/{inv}"))
+            .await
+            .0,
+        200
+    );
+    let url = if database.starts_with("sqlite://") {
+        format!("{database}?mode=rwc")
+    } else {
+        database.to_string()
+    };
+    let store = kiln::bes::sql::SqlEventStore::connect(&url).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert_eq!(
+        store.purge(now - 3_600_000, 10).await.unwrap(),
+        0,
+        "nothing is an hour old"
+    );
+    // Everything updated before a minute from now is "old": one per batch.
+    let mut batches = 0;
+    while store.purge(now + 60_000, 1).await.unwrap() > 0 {
+        batches += 1;
+        assert!(batches < 100);
+    }
+    assert!(batches >= 1);
+    assert_eq!(
+        http_json(&kiln, &format!("/api/v1/invocations/{inv}"))
+            .await
+            .0,
+        404
+    );
+    let (status, events) = http_json(&kiln, &format!("/api/v1/invocations/{inv}/events")).await;
+    assert!(
+        status == 404 || events["events"].as_array().is_some_and(|e| e.is_empty()),
+        "{events}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    retention(&format!("sqlite://{}/bes.db", dir.path().display())).await;
+}
+
+/// On a database of its own: retention deletes every old invocation, so it
+/// must not share one with the other tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_on_postgresql() {
+    let url = std::env::var("KILN_TEST_POSTGRES_URL")
+        .expect("KILN_TEST_POSTGRES_URL is not set: README's test command starts a PostgreSQL for these tests");
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let db = format!("kiln_retention_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    retention(&format!("{base}/{db}")).await;
+}
