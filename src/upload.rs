@@ -36,6 +36,9 @@ pub type Requests = BoxStream<'static, Result<WriteRequest, tonic::Status>>;
 #[derive(Debug)]
 struct Session {
     path: PathBuf,
+    /// Who reserved the spool space, and how much.
+    owner: String,
+    reserved: u64,
     len: AtomicU64,
     touched: Mutex<Instant>,
     /// Held by the Write that is using the session.
@@ -47,11 +50,15 @@ struct Session {
 pub struct Uploads {
     dir: PathBuf,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
+    limits: crate::config::UploadsConfig,
+    /// Bytes reserved in all, and per owner.
+    reserved: Mutex<(u64, HashMap<String, u64>)>,
 }
 
 impl Uploads {
-    /// Keeps spool files under `dir`, clearing any a previous run left.
-    pub fn new(dir: PathBuf) -> Result<Self> {
+    /// Keeps spool files under `dir` within `limits`, clearing any a
+    /// previous run left.
+    pub fn new(dir: PathBuf, limits: crate::config::UploadsConfig) -> Result<Self> {
         if dir.exists() {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| Error::io(format!("clearing {}", dir.display()), e))?;
@@ -61,6 +68,8 @@ impl Uploads {
         Ok(Uploads {
             dir,
             sessions: Mutex::new(HashMap::new()),
+            limits,
+            reserved: Mutex::new((0, HashMap::new())),
         })
     }
 
@@ -72,37 +81,80 @@ impl Uploads {
             .map(|s| s.len.load(Ordering::SeqCst))
     }
 
-    fn session(&self, key: &str) -> Arc<Session> {
+    /// The session of `key`, reserving `size` bytes for `owner` when it is
+    /// new; RESOURCE_EXHAUSTED when that would pass a spool limit.
+    fn session(&self, key: &str, size: u64, owner: &str) -> Result<Arc<Session>> {
         let mut sessions = self.sessions.lock().expect("uploads lock");
-        let session = sessions.entry(key.to_string()).or_insert_with(|| {
-            Arc::new(Session {
-                path: self.dir.join(uuid::Uuid::new_v4().simple().to_string()),
-                len: AtomicU64::new(0),
-                touched: Mutex::new(Instant::now()),
-                busy: tokio::sync::Mutex::new(()),
-            })
+        if let Some(session) = sessions.get(key) {
+            *session.touched.lock().expect("session lock") = Instant::now();
+            return Ok(session.clone());
+        }
+        self.reserve(owner, size)?;
+        let session = Arc::new(Session {
+            path: self.dir.join(uuid::Uuid::new_v4().simple().to_string()),
+            owner: owner.to_string(),
+            reserved: size,
+            len: AtomicU64::new(0),
+            touched: Mutex::new(Instant::now()),
+            busy: tokio::sync::Mutex::new(()),
         });
-        *session.touched.lock().expect("session lock") = Instant::now();
-        session.clone()
+        sessions.insert(key.to_string(), session.clone());
+        Ok(session)
+    }
+
+    fn reserve(&self, owner: &str, size: u64) -> Result<()> {
+        let mut reserved = self.reserved.lock().expect("uploads lock");
+        let (total, by_owner) = &mut *reserved;
+        let mine = by_owner.get(owner).copied().unwrap_or(0);
+        let (max, per) = (
+            self.limits.max_spool.0,
+            self.limits.max_spool_per_identity.0,
+        );
+        if total.saturating_add(size) > max || mine.saturating_add(size) > per {
+            return Err(Error::exhausted(format!(
+                "upload spools are full: {owner} holds {mine} of {per} bytes and all uploads {total} of {max}; \
+                 a resumable upload of {size} bytes does not fit (finish or abandon other uploads first)"
+            )));
+        }
+        *total += size;
+        by_owner.insert(owner.to_string(), mine + size);
+        Ok(())
+    }
+
+    fn release(&self, session: &Session) {
+        let _ = std::fs::remove_file(&session.path);
+        let mut reserved = self.reserved.lock().expect("uploads lock");
+        let (total, by_owner) = &mut *reserved;
+        *total = total.saturating_sub(session.reserved);
+        if let Some(mine) = by_owner.get_mut(&session.owner) {
+            *mine = mine.saturating_sub(session.reserved);
+            if *mine == 0 {
+                by_owner.remove(&session.owner);
+            }
+        }
     }
 
     fn remove(&self, key: &str) {
-        if let Some(s) = self.sessions.lock().expect("uploads lock").remove(key) {
-            let _ = std::fs::remove_file(&s.path);
+        let removed = self.sessions.lock().expect("uploads lock").remove(key);
+        if let Some(s) = removed {
+            self.release(&s);
         }
     }
 
     /// Drops sessions untouched for `idle`; clients that never come back
     /// must not fill the disk.
     pub fn expire(&self, idle: Duration) {
-        let mut sessions = self.sessions.lock().expect("uploads lock");
-        sessions.retain(|_, s| {
+        let mut expired = Vec::new();
+        self.sessions.lock().expect("uploads lock").retain(|_, s| {
             let keep = s.touched.lock().expect("session lock").elapsed() < idle;
             if !keep {
-                let _ = std::fs::remove_file(&s.path);
+                expired.push(s.clone());
             }
             keep
         });
+        for s in expired {
+            self.release(&s);
+        }
     }
 }
 
@@ -110,6 +162,7 @@ impl Uploads {
 pub async fn write(
     instance: &Instance,
     uploads: &Uploads,
+    owner: &str,
     name: ResourceName,
     first: WriteRequest,
     rest: Requests,
@@ -167,7 +220,7 @@ pub async fn write(
             .await?;
         return Ok(digest.size as i64);
     }
-    resumable(instance, uploads, &name, incoming).await
+    resumable(instance, uploads, owner, &name, incoming).await
 }
 
 fn require_offset(first: Option<&WriteRequest>, expected: u64) -> Result<()> {
@@ -184,11 +237,12 @@ fn require_offset(first: Option<&WriteRequest>, expected: u64) -> Result<()> {
 async fn resumable(
     instance: &Instance,
     uploads: &Uploads,
+    owner: &str,
     name: &ResourceName,
     mut incoming: Incoming,
 ) -> Result<i64> {
     let key = name.upload_key();
-    let session = uploads.session(&key);
+    let session = uploads.session(&key, name.digest.size, owner)?;
     let _busy = session.busy.lock().await;
     let offset = incoming.first.as_ref().map_or(0, |f| f.write_offset as u64);
     let kept = session.len.load(Ordering::SeqCst);

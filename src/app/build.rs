@@ -65,7 +65,10 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
             policy,
             instance: config.auth.build_events_instance.clone(),
         },
-        uploads: Arc::new(Uploads::new(data_dir.join("uploads"))?),
+        uploads: Arc::new(Uploads::new(
+            data_dir.join("uploads"),
+            config.uploads.clone(),
+        )?),
         events: crate::bes::open(&config.build_events, data_dir).await?,
         metrics,
     };

@@ -66,6 +66,9 @@ pub struct Config {
     /// Per-identity request and byte rates, and a global in-flight limit.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// ByteStream upload spools (what makes large uploads resumable).
+    #[serde(default)]
+    pub uploads: UploadsConfig,
     /// The Build Event Service and its database.
     #[serde(default)]
     pub build_events: BuildEventsConfig,
@@ -77,6 +80,35 @@ pub struct Config {
     pub stores: BTreeMap<String, StoreConfig>,
     /// The instances this server serves, chosen by `instance_name`.
     pub instances: Vec<InstanceConfig>,
+}
+
+/// `uploads:` settings: bounds on the spool files that keep interrupted
+/// large uploads resumable. A new resumable upload reserves its declared
+/// size; past a bound it is RESOURCE_EXHAUSTED.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// Bytes all spools together may reserve. Default `8GiB`.
+    #[serde(default = "default_max_spool")]
+    pub max_spool: ByteSize,
+    /// Bytes one identity's spools may reserve (all anonymous callers are
+    /// one identity). Default `2GiB`.
+    #[serde(default = "default_max_spool_per_identity")]
+    pub max_spool_per_identity: ByteSize,
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        serde_saphyr::from_str("{}").expect("uploads defaults parse")
+    }
+}
+
+fn default_max_spool() -> ByteSize {
+    ByteSize(8 << 30)
+}
+
+fn default_max_spool_per_identity() -> ByteSize {
+    ByteSize(2 << 30)
 }
 
 /// `build_events:` settings.

@@ -116,8 +116,10 @@ impl ByteStream for ByteStreamService {
         let name = parse_write(&first.resource_name)?;
         let instance = self.instances.get(&name.instance)?;
         instance.authorize(&who, Role::Write)?;
+        // Spool space is reserved per identity (all anonymous callers are one).
+        let owner = who.identity.as_ref().map_or("anonymous", |i| i.name());
         let committed_size =
-            upload::write(&instance, &self.uploads, name, first, stream.boxed()).await?;
+            upload::write(&instance, &self.uploads, owner, name, first, stream.boxed()).await?;
         Ok(Response::new(WriteResponse { committed_size }))
     }
 

@@ -162,3 +162,92 @@ async fn leased_blobs_go_only_past_the_hard_limit_and_restarts_keep_the_index() 
     let mut cas = kiln.cas().await;
     assert!(missing(&mut cas, &kept).await.is_empty());
 }
+
+/// Resumable-upload spools reserve their blob's size: past the per-identity
+/// (or total) cap a new resumable upload is RESOURCE_EXHAUSTED, and
+/// finishing an upload gives its space back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_spools_are_capped() {
+    use kiln::proto::bytestream::WriteRequest;
+    let yaml = format!(
+        "uploads: {{ max_spool: 8MiB, max_spool_per_identity: 2MiB }}\n{}",
+        crate::common::MEMORY
+    );
+    let kiln = Kiln::start(&yaml).await;
+    let (a, b) = (blob(1, 3 << 19), blob(2, 3 << 19)); // 1.5 MiB each
+    let name = |data: &Bytes, upload: &str| {
+        let d = sha(data);
+        format!("uploads/{upload}/blobs/{}/{}", d.hash_hex(), d.size)
+    };
+    // Upload `a` half-way and leave it open: its spool holds its reservation.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut bs = kiln.bytestream().await;
+    let open = tokio::spawn(async move {
+        bs.write(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tx.send(WriteRequest {
+        resource_name: name(&a, "ua"),
+        write_offset: 0,
+        finish_write: false,
+        data: a.slice(..1 << 20),
+    })
+    .await
+    .unwrap();
+    // Seen by QueryWriteStatus: the session exists.
+    let mut q = kiln.bytestream().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while q
+        .query_write_status(kiln::proto::bytestream::QueryWriteStatusRequest {
+            resource_name: name(&a, "ua"),
+        })
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the first upload never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let whole = |data: Bytes, upload: &'static str| {
+        let req = WriteRequest {
+            resource_name: name(&data, upload),
+            write_offset: 0,
+            finish_write: true,
+            data,
+        };
+        let kiln_url = kiln.url.clone();
+        async move {
+            let channel = tonic::transport::Channel::from_shared(kiln_url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            kiln::proto::bytestream::byte_stream_client::ByteStreamClient::new(channel)
+                .write(tokio_stream::iter([req]))
+                .await
+        }
+    };
+    let err = whole(b.clone(), "ub").await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::ResourceExhausted,
+        "{}",
+        err.message()
+    );
+    // Finishing `a` releases its reservation; then `b` fits.
+    tx.send(WriteRequest {
+        resource_name: String::new(),
+        write_offset: 1 << 20,
+        finish_write: true,
+        data: a.slice(1 << 20..),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    open.await.unwrap().expect("the first upload completes");
+    whole(b.clone(), "ub2").await.expect("space was given back");
+    assert!(
+        missing(&mut kiln.cas().await, &[sha(&a), sha(&b)])
+            .await
+            .is_empty()
+    );
+}
