@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The fs store's index at scale: lays out N blob files (default 1,000,000)
+# the way the fs store does, then in one run measures how long `kiln serve`
+# takes to open that store (the index rebuild) and FindMissingBlobs calls/s
+# against it, with kiln on an empty in-memory CAS as the baseline.
+#
+#   benches/fs_index.sh            # N=1000000
+#   N=100000 benches/fs_index.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"
+N="${N:-1000000}"
+DURATION="${DURATION:-8s}"
+CONCURRENCY="${CONCURRENCY:-8}"
+WORK=$(mktemp -d /var/tmp/kiln-fs-index.XXXXXX)
+PID=""
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+echo "==> building kiln (release)" >&2
+cargo build --release --quiet
+KILN="$CARGO_TARGET_DIR/release/kiln"
+
+echo "==> laying out $N blob files" >&2
+python3 - "$WORK/data/cas" "$N" <<'PY'
+import hashlib, os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+base = os.path.join(root, "sha256")
+for i in range(256):
+    os.makedirs(os.path.join(base, "%02x" % i), exist_ok=True)
+for f in ("blake3", "tmp"):
+    os.makedirs(os.path.join(root, f), exist_ok=True)
+for i in range(n):
+    data = b"%d" % i
+    h = hashlib.sha256(data).hexdigest()
+    with open(os.path.join(base, h[:2], "%s-%d" % (h, len(data))), "wb") as f:
+        f.write(data)
+PY
+
+serve() { # config-file; sets PID, PORT and START_MS (until the port answers)
+    PORT=$((20000 + RANDOM % 20000))
+    local start
+    start=$(date +%s%N)
+    "$KILN" serve --config "$1" --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" \
+        --http-listen "127.0.0.1:$((PORT + 1))" > "$WORK/log" 2>&1 &
+    PID=$!
+    until "$KILN" bench --target "grpc://127.0.0.1:$PORT" --workload fmb --requests 1 --json >/dev/null 2>&1; do
+        sleep 0.05
+    done
+    START_MS=$(( ($(date +%s%N) - start) / 1000000 ))
+}
+
+cat > "$WORK/disk.yaml" <<YAML
+instances:
+  - name: ""
+    cas: { fs: { path: cas } }
+    action_cache: { memory: { max_size: 64MiB } }
+YAML
+cat > "$WORK/memory.yaml" <<YAML
+instances:
+  - name: ""
+    cas: { memory: { max_size: 1GiB } }
+    action_cache: { memory: { max_size: 64MiB } }
+YAML
+
+serve "$WORK/disk.yaml"
+port=$PORT start_ms=$START_MS
+index_ms=$(grep -o 'index_ms=[0-9]*' "$WORK/log" | head -1 | cut -d= -f2)
+rss=$(grep VmRSS /proc/$PID/status | awk '{print $2}')
+disk=$("$KILN" bench --target "grpc://127.0.0.1:$port" --workload fmb --duration "$DURATION" --concurrency "$CONCURRENCY" --json)
+kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+serve "$WORK/memory.yaml"
+port=$PORT
+memory=$("$KILN" bench --target "grpc://127.0.0.1:$port" --workload fmb --duration "$DURATION" --concurrency "$CONCURRENCY" --json)
+kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+
+python3 - "$N" "$index_ms" "$start_ms" "$rss" "$disk" "$memory" <<'PY'
+import json, sys
+n, index_ms, secs, rss = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]) / 1000, int(sys.argv[4])
+disk = [json.loads(l) for l in sys.argv[5].splitlines() if l.strip()][-1]
+mem = [json.loads(l) for l in sys.argv[6].splitlines() if l.strip()][-1]
+print(f"| store | blobs | index rebuild | start to serving | RSS after start | fmb calls/s (1,000 digests) | vs memory |")
+print(f"|---|---:|---:|---:|---:|---:|---:|")
+print(f"| fs (index) | {n:,} | {index_ms} ms | {secs:.2f} s | {rss // 1024} MiB | {disk['ops_per_sec']:.0f} | {disk['ops_per_sec'] / mem['ops_per_sec']:.2f}x |")
+print(f"| memory (baseline) | 0 | - | - | - | {mem['ops_per_sec']:.0f} | 1.00x |")
+PY
