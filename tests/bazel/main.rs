@@ -102,3 +102,50 @@ async fn bazel_with_a_bearer_token_hits_and_without_one_is_refused() {
     assert!(!ok, "without the token the build is refused");
     assert!(out.contains("UNAUTHENTICATED"), "kiln says why:\n{out}");
 }
+
+/// A bounded CAS under churn: other clients upload far more than
+/// `max_size` while this workspace keeps building; its outputs stay hot
+/// (every rebuild confirms and reads them), so eviction takes the churn and
+/// a clean rebuild after it is still all remote cache hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_rebuilds_stay_cache_hits_while_a_bounded_cas_churns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = r#"
+instances:
+  - name: ""
+    cas: { fs: { path: cas, max_size: 4MiB, min_retention: 0s, lease_margin: 0 } }
+    action_cache: { memory: { max_size: 16MiB } }
+"#;
+    let kiln = Kiln::start(yaml).await;
+    let bazel = Bazel::new(tmp.path());
+    let _shutdown = ShutdownOnDrop(bazel.clone());
+    let url = kiln.url.clone();
+    let b = bazel.clone();
+    let (_, executed) = tokio::task::spawn_blocking(move || b.clean_test(&url, &[]))
+        .await
+        .unwrap();
+    assert!(executed > 0);
+    let mut cas = kiln.cas().await;
+    for round in 0..4u64 {
+        // 2.5 MiB of other clients' blobs: over the round, past max_size.
+        let churn: Vec<bytes::Bytes> = (0..10)
+            .map(|i| common::blob(round * 100 + i, 256 << 10))
+            .collect();
+        for b in churn.chunks(2) {
+            cas.batch_update_blobs(common::upload_request(b))
+                .await
+                .unwrap();
+        }
+        let (url, b) = (kiln.url.clone(), bazel.clone());
+        let (hits, misses) = tokio::task::spawn_blocking(move || b.clean_test(&url, &[]))
+            .await
+            .unwrap();
+        assert_eq!(misses, 0, "round {round}: every process is a cache hit");
+        assert!(hits >= executed);
+    }
+    let metrics = common::scrape(kiln.server.http_addr).await;
+    assert!(
+        common::metric_sum(&metrics, "kiln_store_evictions_total", &[("reason", "lru")]) > 0.0,
+        "the churn was evicted"
+    );
+}
