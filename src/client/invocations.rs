@@ -32,6 +32,17 @@ pub enum InvocationsCommand {
     },
 }
 
+/// `server` with `segments` appended to its path, each encoded.
+fn endpoint(server: &str, segments: &[&str]) -> Result<reqwest::Url> {
+    let mut url = reqwest::Url::parse(server)
+        .map_err(|e| Error::InvalidArgument(format!("--server {server:?}: {e}")))?;
+    url.path_segments_mut()
+        .map_err(|_| Error::InvalidArgument(format!("--server {server:?} is not a base URL")))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
+
 /// The URL a command fetches, every query value and path segment encoded.
 fn url_of(cmd: &InvocationsCommand) -> Result<reqwest::Url> {
     match cmd {
@@ -41,13 +52,7 @@ fn url_of(cmd: &InvocationsCommand) -> Result<reqwest::Url> {
             status,
             user,
         } => {
-            let mut url = parse(server)?;
-            url.path_segments_mut()
-                .map_err(|_| {
-                    Error::InvalidArgument(format!("--server {server:?} is not a base URL"))
-                })?
-                .pop_if_empty()
-                .extend(["api", "v1", "invocations"]);
+            let mut url = endpoint(server, &["api", "v1", "invocations"])?;
             {
                 let mut query = url.query_pairs_mut();
                 query.append_pair("limit", &limit.to_string());
@@ -61,21 +66,9 @@ fn url_of(cmd: &InvocationsCommand) -> Result<reqwest::Url> {
             Ok(url)
         }
         InvocationsCommand::Show { id, server } => {
-            let mut url = parse(server)?;
-            url.path_segments_mut()
-                .map_err(|_| {
-                    Error::InvalidArgument(format!("--server {server:?} is not a base URL"))
-                })?
-                .pop_if_empty()
-                .extend(["api", "v1", "invocations", id]);
-            Ok(url)
+            endpoint(server, &["api", "v1", "invocations", id])
         }
     }
-}
-
-fn parse(server: &str) -> Result<reqwest::Url> {
-    reqwest::Url::parse(server)
-        .map_err(|e| Error::InvalidArgument(format!("--server {server:?}: {e}")))
 }
 
 /// Runs one command; returns what to print.
