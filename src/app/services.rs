@@ -156,12 +156,20 @@ pub fn routes(
             ));
     }
     if config.grpc.reflection {
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let v1 = builder()
             .build_v1()
             .expect("kiln's descriptor set is valid");
-        routes = routes.add_service(reflection);
+        // v1alpha too: grpcurl 1.8 and other tools still in use speak only
+        // v1alpha ("server does not support the reflection API" otherwise).
+        let v1alpha = builder()
+            .build_v1alpha()
+            .expect("kiln's descriptor set is valid");
+        routes = routes.add_service(v1).add_service(v1alpha);
     }
     routes
 }

@@ -84,6 +84,53 @@ async fn serving_then_not_serving_during_a_graceful_stop() {
     stopping.await.unwrap().unwrap();
 }
 
+/// grpcurl 1.8.6 speaks only grpc.reflection.v1alpha: it lists kiln's
+/// services and describes a method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_and_describes_through_v1alpha_reflection() {
+    let grpcurl = std::env::var("KILN_GRPCURL")
+        .expect("KILN_GRPCURL is not set: README's test command installs grpcurl");
+    let kiln = Kiln::start(MEMORY).await;
+    let addr = kiln.server.addr.to_string();
+    let run = |args: Vec<String>| {
+        let grpcurl = grpcurl.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(&grpcurl)
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(vec!["-plaintext".into(), addr.clone(), "list".into()])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in kiln::app::SERVICE_NAMES {
+        assert!(
+            text.lines().any(|l| l.trim() == name),
+            "{name} missing from:\n{text}"
+        );
+    }
+    let described = run(vec![
+        "-plaintext".into(),
+        addr,
+        "describe".into(),
+        "build.bazel.remote.execution.v2.ContentAddressableStorage.FindMissingBlobs".into(),
+    ])
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        described.status.success() && text.contains("FindMissingBlobsRequest"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn reflection_lists_every_service() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
