@@ -9,6 +9,7 @@ mod common;
 mod bazel;
 mod bgd;
 mod cache;
+mod drain;
 mod pods;
 mod runner;
 mod suite;

@@ -46,6 +46,11 @@ pub struct WorkerArgs {
     /// Actions run at once (one bot session each).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    /// On SIGTERM or SIGINT: stop taking leases, let running actions finish
+    /// for up to this long, then give the rest back to the server (which
+    /// re-queues them at once), e.g. 30s.
+    #[arg(long, default_value = "30s")]
+    pub drain_timeout: String,
     /// Where input roots are built and the file cache lives.
     #[arg(long, default_value = "kiln-worker")]
     pub work_dir: PathBuf,
@@ -166,6 +171,9 @@ struct Ctx {
     runner: Vec<String>,
     /// Who actions run as, when not the worker itself.
     user: Option<confine::ActionUser>,
+    /// Turns to `Some(deadline)` when the worker drains: no new leases, and
+    /// running ones are given back once the deadline passes.
+    drain: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     /// Commands by digest (verified when fetched).
     commands: moka::future::Cache<Digest, bytes::Bytes>,
 }
@@ -203,7 +211,12 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             "actions run as the worker's own user; inputs are copied and re-verified (run the worker as root for hard links)"
         ),
     }
+    let drain_timeout = crate::config::Duration::parse(&args.drain_timeout)
+        .map_err(|e| Error::InvalidArgument(format!("--drain-timeout: {e}")))?
+        .0;
+    let (drain_tx, drain) = tokio::sync::watch::channel(None);
     let ctx = Arc::new(Ctx {
+        drain,
         conn,
         instance: args.instance.clone(),
         bot_id: args
@@ -229,10 +242,21 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         .map(|n| tokio::spawn(slot(ctx.clone(), n)))
         .collect();
     shutdown_signal().await;
-    tracing::info!("stopping: running actions are abandoned and will be re-queued");
+    let deadline = tokio::time::Instant::now() + drain_timeout;
+    tracing::info!(
+        ?drain_timeout,
+        "draining: no new leases; running actions may finish"
+    );
+    let _ = drain_tx.send(Some(deadline));
+    // Slots end once they reported their last lease; a slot stuck on an
+    // unreachable server is abandoned (its lease then times out).
+    let grace = deadline + Duration::from_secs(10);
     for s in slots {
-        s.abort();
+        if tokio::time::timeout_at(grace, s).await.is_err() {
+            tracing::warn!("a slot did not finish draining; its lease will time out on the server");
+        }
     }
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -330,20 +354,36 @@ async fn slot(ctx: Arc<Ctx>, n: usize) {
                 session.leases.push(done);
             }
         }
-        let update = || {
+        // A draining bot reports BOT_TERMINATING: the server hands it no
+        // new lease and answers at once.
+        let update = |status: BotStatus| {
             let mut bots = ctx.bots();
             let request = UpdateBotSessionRequest {
                 name: session.name.clone(),
                 bot_session: Some(BotSession {
                     worker: Some(ctx.worker()),
-                    status: BotStatus::Ok as i32,
+                    status: status as i32,
                     ..session.clone()
                 }),
                 update_mask: None,
             };
             async move { bots.update_bot_session(request).await }
         };
-        response = with_retry("updating the bot session", update).await;
+        // A draining bot reports what it finished with BOT_TERMINATING: the
+        // server hands it no new lease and answers at once. Then it ends.
+        if ctx.drain.borrow().is_some() {
+            let _ = update(BotStatus::BotTerminating).await;
+            return;
+        }
+        // An idle bot's update waits for work; a drain cuts the wait short.
+        let mut drain = ctx.drain.clone();
+        tokio::select! {
+            r = with_retry("updating the bot session", || update(BotStatus::Ok)) => response = r,
+            () = async { let _ = drain.wait_for(Option::is_some).await; } => {
+                let _ = update(BotStatus::BotTerminating).await;
+                return;
+            }
+        }
     }
 }
 
@@ -355,8 +395,25 @@ async fn work(ctx: &Ctx, session: &BotSession, lease: Lease) -> Option<Lease> {
     tokio::pin!(run);
     let mut tick = tokio::time::interval(KEEPALIVE);
     tick.tick().await;
+    let mut drain = ctx.drain.clone();
+    let given_back = async move {
+        let _ = drain.wait_for(Option::is_some).await;
+        let deadline = (*drain.borrow()).expect("set");
+        tokio::time::sleep_until(deadline).await;
+    };
+    tokio::pin!(given_back);
     loop {
         tokio::select! {
+            () = &mut given_back => {
+                tracing::info!(lease = %id, "drain timeout: giving the lease back");
+                // Dropping the run kills the action's process group; the
+                // server re-queues a given-back lease at once.
+                return Some(Lease {
+                    id,
+                    state: LeaseState::Cancelled as i32,
+                    ..Default::default()
+                });
+            }
             done = &mut run => {
                 let (result, status) = match done {
                     Ok((result, status)) => (Some(result), status),
