@@ -44,11 +44,21 @@ pub struct HttpAccess {
     pub metrics: bool,
 }
 
+/// `/api/v1/platforms`: each platform label of `kiln_exec_queued` and
+/// `kiln_exec_executing` with its properties and current demand.
+async fn platforms(
+    State(scheduler): State<Option<Arc<crate::execution::scheduler::Scheduler>>>,
+) -> impl IntoResponse {
+    let list = scheduler.map(|s| s.platforms()).unwrap_or_default();
+    axum::Json(serde_json::json!({ "platforms": list }))
+}
+
 /// The routes of the HTTP listener: metrics, health and the build-event API.
 /// `/healthz` is always open: load balancers and kubelets probe it.
 pub fn router(
     metrics: Arc<Metrics>,
     events: Arc<dyn crate::bes::store::EventStore>,
+    scheduler: Option<Arc<crate::execution::scheduler::Scheduler>>,
     serving: Arc<AtomicBool>,
     access: HttpAccess,
 ) -> Router {
@@ -70,6 +80,12 @@ pub fn router(
         .merge(guarded(metrics_routes, access.metrics))
         .merge(guarded(
             crate::bes::http::router(events),
+            access.build_events,
+        ))
+        .merge(guarded(
+            Router::new()
+                .route("/api/v1/platforms", get(platforms))
+                .with_state(scheduler),
             access.build_events,
         ))
 }

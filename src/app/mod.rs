@@ -130,6 +130,7 @@ async fn serve(
         crate::http::router(
             parts.metrics.clone(),
             parts.events.clone(),
+            parts.scheduler.clone(),
             serving.clone(),
             http_access,
         ),

@@ -42,6 +42,19 @@ impl Stage {
     }
 }
 
+/// Unfinished jobs of one platform: what autoscalers watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demand {
+    /// The platform's stored form ([`Platform::encode`]).
+    pub platform: String,
+    /// Jobs waiting for a worker.
+    pub queued: u64,
+    /// Jobs a worker runs.
+    pub executing: u64,
+    /// When the oldest queued job was queued (ms), 0 when none is.
+    pub oldest_queued_at: i64,
+}
+
 /// Platform properties an action requires, sorted and without duplicates, so
 /// equal requirements have one canonical (stored) form.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

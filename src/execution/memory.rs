@@ -174,13 +174,32 @@ impl JobStore for MemoryJobStore {
             .collect())
     }
 
-    async fn queued_count(&self) -> Result<u64> {
-        Ok(self
-            .state()
-            .jobs
-            .values()
-            .filter(|j| j.stage == Stage::Queued)
-            .count() as u64)
+    async fn demand(&self) -> Result<Vec<crate::execution::job::Demand>> {
+        let mut by: std::collections::BTreeMap<String, crate::execution::job::Demand> =
+            std::collections::BTreeMap::new();
+        for job in self.state().jobs.values() {
+            if job.stage == Stage::Completed {
+                continue;
+            }
+            let key = job.platform.encode();
+            let d = by
+                .entry(key.clone())
+                .or_insert(crate::execution::job::Demand {
+                    platform: key,
+                    queued: 0,
+                    executing: 0,
+                    oldest_queued_at: 0,
+                });
+            if job.stage == Stage::Queued {
+                d.queued += 1;
+                if d.oldest_queued_at == 0 || job.queued_at < d.oldest_queued_at {
+                    d.oldest_queued_at = job.queued_at;
+                }
+            } else {
+                d.executing += 1;
+            }
+        }
+        Ok(by.into_values().collect())
     }
 
     async fn purge(&self, before: i64) -> Result<u64> {

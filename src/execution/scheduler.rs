@@ -12,6 +12,7 @@ use bytes::Bytes;
 use prost::Message;
 use tokio::sync::{Notify, watch};
 
+mod demand;
 mod housekeeping;
 mod leases;
 
@@ -31,8 +32,6 @@ use crate::metrics::Metrics;
 /// The scheduler's metrics.
 #[derive(Debug)]
 pub(super) struct ExecMetrics {
-    /// Jobs waiting for a worker (all pods' jobs, refreshed by this pod).
-    pub(super) queued: Gauge,
     /// Jobs by event: queued, merged, cached, completed, failed, cancelled,
     /// requeued, timed_out.
     jobs: Family<Vec<(&'static str, &'static str)>, Counter>,
@@ -40,17 +39,40 @@ pub(super) struct ExecMetrics {
     pub(super) queue_wait: Histogram,
     /// Time from a worker taking the job to its result, in seconds.
     pub(super) run: Histogram,
+    /// Queued jobs per platform label (all pods' jobs, refreshed by this
+    /// pod every second).
+    pub(super) queued_by: Family<Vec<(&'static str, String)>, Gauge>,
+    /// Executing jobs per platform label.
+    pub(super) executing_by: Family<Vec<(&'static str, String)>, Gauge>,
+    /// Age of the oldest queued job, in seconds (0 when none is queued).
+    pub(super) oldest_queued_seconds: Gauge,
 }
 
 impl ExecMetrics {
     fn register(registry: &Metrics) -> ExecMetrics {
         let m = ExecMetrics {
-            queued: Gauge::default(),
             jobs: Family::default(),
             queue_wait: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
             run: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
+            queued_by: Family::default(),
+            executing_by: Family::default(),
+            oldest_queued_seconds: Gauge::default(),
         };
-        registry.register("exec_queued", "Jobs waiting for a worker", m.queued.clone());
+        registry.register(
+            "exec_queued",
+            "Jobs waiting for a worker, per platform (labels: /api/v1/platforms)",
+            m.queued_by.clone(),
+        );
+        registry.register(
+            "exec_executing",
+            "Jobs a worker runs, per platform (labels: /api/v1/platforms)",
+            m.executing_by.clone(),
+        );
+        registry.register(
+            "exec_oldest_queued_seconds",
+            "Age of the oldest queued job",
+            m.oldest_queued_seconds.clone(),
+        );
         registry.register("exec_jobs", "Execution jobs by event", m.jobs.clone());
         registry.register(
             "exec_queue_wait_seconds",
@@ -129,6 +151,10 @@ pub struct Scheduler {
     /// Wakes idle workers' updates when this pod queues work.
     work: Notify,
     stopping: AtomicBool,
+    /// Platform labels handed out so far, with their properties.
+    platforms: Mutex<std::collections::BTreeMap<String, Vec<(String, String)>>>,
+    /// The last demand read: label → (queued, executing).
+    demand_now: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
 }
 
 /// Publishes `job` unless a newer version of it is already published
@@ -183,6 +209,8 @@ impl Scheduler {
                 .build(),
             work: Notify::new(),
             stopping: AtomicBool::new(false),
+            platforms: Mutex::new(std::collections::BTreeMap::new()),
+            demand_now: Mutex::new(std::collections::BTreeMap::new()),
         })
     }
 

@@ -394,12 +394,38 @@ impl JobStore for SqlJobStore {
         .await
     }
 
-    async fn queued_count(&self) -> Result<u64> {
-        let row = sqlx::query("SELECT COUNT(*) FROM exec_jobs WHERE stage = 2")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err("counting queued jobs"))?;
-        Ok(row.try_get::<i64, _>(0).unwrap_or(0) as u64)
+    async fn demand(&self) -> Result<Vec<crate::execution::job::Demand>> {
+        let err = db_err("counting jobs per platform");
+        let rows = sqlx::query(
+            "SELECT platform, stage, COUNT(*), MIN(queued_at) FROM exec_jobs \
+             WHERE stage IN (2, 3) GROUP BY platform, stage",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(&err)?;
+        let mut by: std::collections::BTreeMap<String, crate::execution::job::Demand> =
+            std::collections::BTreeMap::new();
+        for row in rows {
+            let platform: String = row.try_get(0).map_err(&err)?;
+            let stage: i64 = row.try_get(1).map_err(&err)?;
+            let count: i64 = row.try_get(2).map_err(&err)?;
+            let oldest: i64 = row.try_get(3).map_err(&err)?;
+            let d = by
+                .entry(platform.clone())
+                .or_insert(crate::execution::job::Demand {
+                    platform,
+                    queued: 0,
+                    executing: 0,
+                    oldest_queued_at: 0,
+                });
+            if stage == 2 {
+                d.queued = count as u64;
+                d.oldest_queued_at = oldest;
+            } else {
+                d.executing = count as u64;
+            }
+        }
+        Ok(by.into_values().collect())
     }
 
     async fn purge(&self, before: i64) -> Result<u64> {

@@ -60,8 +60,8 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// Queued jobs that became ready before `before`.
     async fn stale_queued(&self, before: i64) -> Result<Vec<Job>>;
 
-    /// How many jobs wait for a worker.
-    async fn queued_count(&self) -> Result<u64>;
+    /// Queued and executing jobs per platform.
+    async fn demand(&self) -> Result<Vec<super::job::Demand>>;
 
     /// Deletes jobs finished before `before`; returns how many.
     async fn purge(&self, before: i64) -> Result<u64>;
@@ -124,7 +124,8 @@ mod tests {
             .await
             .unwrap();
         store.insert(job("c", None, &[], -1)).await.unwrap();
-        assert_eq!(store.queued_count().await.unwrap(), 3);
+        let queued: u64 = store.demand().await.unwrap().iter().map(|d| d.queued).sum();
+        assert_eq!(queued, 3);
 
         // Claims: most urgent matching first; platforms must be offered.
         let linux = offers(&[("os", "linux")]);

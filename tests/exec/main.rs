@@ -9,6 +9,7 @@ mod common;
 mod bazel;
 mod bgd;
 mod cache;
+mod demand;
 mod drain;
 mod pods;
 mod runner;

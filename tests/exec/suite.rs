@@ -197,7 +197,10 @@ async fn run(database: &str, restartable: bool) {
             .unwrap_or_else(|| panic!("no {histogram} in\n{metrics}"));
         assert!(count >= 1.0, "{histogram} = {count}");
     }
-    assert!(metrics.contains("kiln_exec_queued "), "{metrics}");
+    assert!(
+        metrics.contains("kiln_exec_oldest_queued_seconds "),
+        "{metrics}"
+    );
 
     // Ten identical concurrent Executes: one run, one operation.
     let runs = tmp.path().join("runs.txt");

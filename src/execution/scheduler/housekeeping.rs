@@ -52,10 +52,7 @@ impl Scheduler {
                 self.changed(&done);
             }
         }
-        self.metrics
-            .queued
-            .set(self.store.queued_count().await? as i64);
-        Ok(())
+        self.refresh_demand().await
     }
 
     /// Runs [`Scheduler::housekeep`] every second, and purges finished jobs

@@ -1,0 +1,68 @@
+//! Demand per platform, what a queue-driven autoscaler reads:
+//! `kiln_exec_queued{platform}` with the label's properties at
+//! `/api/v1/platforms`; it drops back once a worker of that platform runs
+//! the job.
+
+use std::time::{Duration, Instant};
+
+use crate::common::exec::{Spec, WorkerProc, response, spawn_execute, upload};
+use crate::common::{Kiln, metric_sum, scrape};
+
+async fn until(kiln: &Kiln, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(kiln.server.http_addr).await;
+        if done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_are_counted_per_platform() {
+    let kiln = Kiln::start(&format!(
+        "execution: {{ database: memory, bot_wait: 1s }}\n{}",
+        crate::common::MEMORY
+    ))
+    .await;
+    let ch = kiln.channel().await;
+    let spec = Spec {
+        argv: vec!["true"],
+        platform: vec![("OSFamily", "plan9")],
+        ..Default::default()
+    };
+    let digest = upload(&ch, "", &spec).await;
+    let call = spawn_execute(&ch, "", digest, 0);
+    let queued = |t: &str| metric_sum(t, "kiln_exec_queued", &[]);
+    until(&kiln, "one job queued", |t| queued(t) == 1.0).await;
+
+    let text = reqwest::get(format!("http://{}/api/v1/platforms", kiln.server.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let platforms = body["platforms"].as_array().unwrap();
+    let plan9 = platforms
+        .iter()
+        .find(|p| p["properties"] == serde_json::json!([["OSFamily", "plan9"]]))
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(plan9["queued"], 1);
+    let label = plan9["label"].as_str().unwrap();
+    let text = scrape(kiln.server.http_addr).await;
+    assert_eq!(
+        metric_sum(&text, "kiln_exec_queued", &[("platform", label)]),
+        1.0
+    );
+
+    let _worker = WorkerProc::start(&kiln.url, "", "plan9", &["--property=OSFamily=plan9"]);
+    let ops = call.await.unwrap().unwrap();
+    assert_eq!(response(ops.last().unwrap()).status.unwrap().code, 0);
+    until(&kiln, "the queue drained", |t| {
+        queued(t) == 0.0 && metric_sum(t, "kiln_exec_executing", &[("platform", label)]) == 0.0
+    })
+    .await;
+}
