@@ -135,6 +135,20 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
     out
 }
 
+/// Scrapes `/metrics` until `done` holds for it (within 20 s); returns the
+/// scrape that satisfied it.
+pub async fn wait_metrics(kiln: &Kiln, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = scrape(kiln.server.http_addr).await;
+        if done(&text) {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Sums the samples of `metric` whose labels include every `label="value"`.
 pub fn metric_sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()

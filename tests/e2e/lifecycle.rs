@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::common::{Kiln, blob, metric_sum, missing, read_one, scrape, sha, upload_request};
+use crate::common::{
+    Kiln, blob, metric_sum, missing, read_one, scrape, sha, upload_request, wait_metrics,
+};
 
 const BLOB: usize = 100 << 10;
 
@@ -36,19 +38,6 @@ fn disk_usage(root: &std::path::Path) -> u64 {
         }
     }
     total
-}
-
-/// Polls `/metrics` until `done` holds for it.
-async fn wait_metrics(kiln: &Kiln, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = scrape(kiln.server.http_addr).await;
-        if done(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn stored_bytes(text: &str) -> f64 {

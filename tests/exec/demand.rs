@@ -3,22 +3,8 @@
 //! `/api/v1/platforms`; it drops back once a worker of that platform runs
 //! the job.
 
-use std::time::{Duration, Instant};
-
 use crate::common::exec::{Spec, WorkerProc, response, spawn_execute, upload};
-use crate::common::{Kiln, metric_sum, scrape};
-
-async fn until(kiln: &Kiln, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = scrape(kiln.server.http_addr).await;
-        if done(&text) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::common::{Kiln, metric_sum, scrape, wait_metrics};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_jobs_are_counted_per_platform() {
@@ -36,7 +22,7 @@ async fn queued_jobs_are_counted_per_platform() {
     let digest = upload(&ch, "", &spec).await;
     let call = spawn_execute(&ch, "", digest, 0);
     let queued = |t: &str| metric_sum(t, "kiln_exec_queued", &[]);
-    until(&kiln, "one job queued", |t| queued(t) == 1.0).await;
+    wait_metrics(&kiln, "one job queued", |t| queued(t) == 1.0).await;
 
     let text = reqwest::get(format!("http://{}/api/v1/platforms", kiln.server.http_addr))
         .await
@@ -61,7 +47,7 @@ async fn queued_jobs_are_counted_per_platform() {
     let _worker = WorkerProc::start(&kiln.url, "", "plan9", &["--property=OSFamily=plan9"]);
     let ops = call.await.unwrap().unwrap();
     assert_eq!(response(ops.last().unwrap()).status.unwrap().code, 0);
-    until(&kiln, "the queue drained", |t| {
+    wait_metrics(&kiln, "the queue drained", |t| {
         queued(t) == 0.0 && metric_sum(t, "kiln_exec_executing", &[("platform", label)]) == 0.0
     })
     .await;

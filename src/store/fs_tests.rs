@@ -1,0 +1,285 @@
+//! Tests of the fs store: the contract, damaged and truncated files, dropped
+//! puts, and the bounded store (eviction, leases, the rebuilt index).
+
+use std::sync::Arc;
+
+use super::*;
+use crate::store::contract;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::run_all(Arc::new(FsStore::open(dir.path(), 64 << 10, true).unwrap())).await;
+}
+
+#[tokio::test]
+async fn survives_reopen_and_clears_temp_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = contract::blob(7, 5000);
+    let d = DigestFunction::Sha256.digest_of(&data);
+    {
+        let store = FsStore::open(dir.path(), 4096, true).unwrap();
+        store.put(&d, data.clone().into()).await.unwrap();
+        std::fs::write(store.tmp.join("leftover"), b"partial").unwrap();
+    }
+    let store = FsStore::open(dir.path(), 4096, true).unwrap();
+    assert_eq!(crate::store::get_bytes(&store, &d).await.unwrap(), data);
+    assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_dropped_put_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path(), 4096, true).unwrap();
+    let d = DigestFunction::Sha256.digest_of(b"never finished");
+    let first = futures::stream::iter([Ok(Bytes::from_static(b"never"))]);
+    let body = Body::Stream(first.chain(futures::stream::pending()).boxed());
+    {
+        let put = store.put(&d, body);
+        futures::pin_mut!(put);
+        // Drive the put until its temp file exists, as a client reset
+        // would find it (polled with a deadline, never a fixed wait).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_dir(&store.tmp).unwrap().count() == 0 {
+            assert!(futures::poll!(put.as_mut()).is_pending());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no temp file appeared"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 1);
+    }
+    assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_file_cut_short_while_streaming_ends_in_an_error() {
+    let d = DigestFunction::Sha256.digest_of(b"0123456789");
+    let short = futures::stream::iter([Ok(Bytes::from_static(b"01234"))]).boxed();
+    let got: Vec<Result<Bytes>> = exactly(short, 10, d).collect().await;
+    assert!(got[0].is_ok());
+    assert!(
+        matches!(got.last(), Some(Err(_))),
+        "a short file must not end cleanly"
+    );
+    let whole = futures::stream::iter([Ok(Bytes::from_static(b"0123456789"))]).boxed();
+    let got: Vec<Result<Bytes>> = exactly(whole, 10, d).collect().await;
+    assert_eq!(got.len(), 1);
+}
+
+#[tokio::test]
+async fn action_cache_values_keep_their_own_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path(), 4096, false).unwrap();
+    let key = DigestFunction::Sha256.digest_of(b"an action");
+    store
+        .put(
+            &key,
+            Bytes::from_static(b"a result of another length").into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::store::get_bytes(&store, &key).await.unwrap(),
+        "a result of another length"
+    );
+}
+
+fn bounded(dir: &Path, max: u64, hard: u64, retention: std::time::Duration) -> FsStore {
+    let limits = Limits {
+        max_size: max,
+        low_watermark: max / 10 * 9,
+        hard_limit: hard,
+        min_retention: retention,
+    };
+    FsStore::open_with(
+        dir,
+        FsOptions {
+            read_chunk: 4096,
+            content_addressed: true,
+            limits: Some(limits),
+            capacity: None,
+        },
+    )
+    .unwrap()
+}
+
+/// Bytes of blob files on disk (temp files excluded).
+fn disk_usage(root: &Path) -> u64 {
+    let mut total = 0;
+    for f in DigestFunction::ALL {
+        for shard in std::fs::read_dir(root.join(f.name())).unwrap().flatten() {
+            for file in std::fs::read_dir(shard.path()).unwrap().flatten() {
+                total += file.metadata().unwrap().len();
+            }
+        }
+    }
+    total
+}
+
+async fn settle(store: &FsStore, max: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.index.totals().0 > max || store.index.is_evicting() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "eviction never caught up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_store_keeps_to_its_size_and_its_hot_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (max, blob_size) = (100_000u64, 5_000usize);
+    let store = bounded(dir.path(), max, max, std::time::Duration::ZERO);
+    let hot: Vec<Bytes> = (0..3)
+        .map(|i| contract::blob(1000 + i, blob_size))
+        .collect();
+    for b in &hot {
+        let d = DigestFunction::Sha256.digest_of(b);
+        store.put(&d, b.clone().into()).await.unwrap();
+    }
+    for i in 0..100u64 {
+        let b = contract::blob(i, blob_size);
+        store
+            .put(&DigestFunction::Sha256.digest_of(&b), b.into())
+            .await
+            .unwrap();
+        for h in &hot {
+            let d = DigestFunction::Sha256.digest_of(h);
+            assert_eq!(crate::store::get_bytes(&store, &d).await.unwrap(), *h);
+        }
+        settle(&store, max).await;
+        assert!(
+            disk_usage(dir.path()) <= max + blob_size as u64,
+            "after put {i}"
+        );
+    }
+    let hot_digests: Vec<Digest> = hot
+        .iter()
+        .map(|h| DigestFunction::Sha256.digest_of(h))
+        .collect();
+    assert!(
+        store.find_missing(&hot_digests).await.unwrap().is_empty(),
+        "the hot set stays"
+    );
+    assert_eq!(
+        store.index.totals().0,
+        disk_usage(dir.path()),
+        "the index matches the files"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_blobs_are_leased_until_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob_size = 10_000usize;
+    // Ten old blobs, written before the store opens (their mtime is
+    // their last access): five will be confirmed, five not.
+    let old: Vec<Bytes> = (0..10).map(|i| contract::blob(i, blob_size)).collect();
+    {
+        let store = FsStore::open(dir.path(), 4096, true).unwrap();
+        for b in &old {
+            store
+                .put(&DigestFunction::Sha256.digest_of(b), b.clone().into())
+                .await
+                .unwrap();
+        }
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for b in &old {
+            let path = store.path(&DigestFunction::Sha256.digest_of(b));
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(past)
+                .unwrap();
+        }
+    }
+    let retention = std::time::Duration::from_secs(3600);
+    let store = bounded(dir.path(), 100_000, 200_000, retention);
+    let digests: Vec<Digest> = old
+        .iter()
+        .map(|b| DigestFunction::Sha256.digest_of(b))
+        .collect();
+    assert!(store.find_missing(&digests[..5]).await.unwrap().is_empty());
+    // Fill past max_size: the unconfirmed old ones go, the confirmed stay.
+    for i in 0..6u64 {
+        let b = contract::blob(100 + i, blob_size);
+        store
+            .put(&DigestFunction::Sha256.digest_of(&b), b.into())
+            .await
+            .unwrap();
+    }
+    // Over max_size but under the hard limit: the pass removes what is
+    // not leased and keeps the rest.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.index.find_missing(&digests[5..]).len() < 5 || store.index.is_evicting() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unconfirmed blobs stayed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let gone = store.index.find_missing(&digests);
+    assert!(
+        gone.iter().all(|d| digests[5..].contains(d)),
+        "only unconfirmed blobs went: {gone:?}"
+    );
+    assert!(
+        store.index.totals().0 > 100_000,
+        "leased blobs kept above max_size"
+    );
+    assert!(!gone.is_empty());
+    // Past the hard limit, leased blobs go too (counted as forced).
+    for i in 0..20u64 {
+        let b = contract::blob(200 + i, blob_size);
+        store
+            .put(&DigestFunction::Sha256.digest_of(&b), b.into())
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while store.index.totals().0 > 200_000 || store.index.is_evicting() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        !store.index.find_missing(&digests[..5]).is_empty(),
+        "past the hard limit the oldest go"
+    );
+}
+
+#[tokio::test]
+async fn a_reopened_store_rebuilds_its_index_from_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 100_000u32;
+    // Blob files laid out as the store lays them out (sizes only matter
+    // to the index; content is not re-hashed at start).
+    let started = std::time::Instant::now();
+    let mut digests = Vec::new();
+    {
+        let store = FsStore::open(dir.path(), 4096, true).unwrap();
+        for i in 0..n {
+            let mut d = DigestFunction::Sha256.digest_of(&i.to_le_bytes());
+            d.size = u64::from(i % 7);
+            let path = store.path(&d);
+            if let Err(e) = std::fs::write(&path, vec![0u8; d.size as usize]) {
+                assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, vec![0u8; d.size as usize]).unwrap();
+            }
+            digests.push(d);
+        }
+    }
+    let written = started.elapsed();
+    let opened = std::time::Instant::now();
+    let store = FsStore::open(dir.path(), 4096, true).unwrap();
+    let took = opened.elapsed();
+    println!("fs index: {n} blobs rebuilt in {took:?} (files written in {written:?})");
+    let expected: u64 = digests.iter().map(|d| d.size).sum();
+    assert_eq!(store.index.totals(), (expected, n as usize));
+    assert!(store.find_missing(&digests).await.unwrap().is_empty());
+}
