@@ -3,7 +3,9 @@
 //! Layout: `{root}/{function}/{hash[0..2]}/{hash}-{size}`, sharded so no
 //! directory grows huge. A put writes a temp file under `{root}/tmp`, fsyncs
 //! it, renames it into place and fsyncs the directory: a blob is either whole
-//! or absent, and an acknowledged blob survives a crash.
+//! or absent, and an acknowledged blob survives a crash. Every blob is in
+//! the in-memory index (`fs_index`), which answers FindMissingBlobs and
+//! drives eviction when the store has a `max_size`.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
