@@ -8,6 +8,8 @@
 # Servers: kiln with its embedded default (disk + memory tier), kiln all in
 # memory, BuildGrid with an in-memory LRU CAS and action cache; then kiln with
 # config/s3.yaml and BuildGrid with its !s3-storage, both on one SeaweedFS.
+# Every workload also records the server's CPU time per call (from
+# /proc/PID/stat, `kiln bench --server-pid`), set against the hashing floor.
 # Knobs (env): S3_BLOB (64MiB),
 # DURATION (10s), CONCURRENCY (4), BLOB_SIZE (256MiB), BIG_BLOB (1GiB),
 # TREE_DIRS (10000), KILN_BENCH_DIR (/var/tmp/kiln-bench).
@@ -108,7 +110,7 @@ bench() { # name port workloads [extra args]
     log "bench $name: $workloads"
     "$KILN" bench --json --target "grpc://127.0.0.1:$port" --workload "$workloads" \
         --duration "$DURATION" --concurrency "$CONCURRENCY" --blob-size "${BENCH_BLOB:-$BLOB_SIZE}" \
-        --tree-dirs "$TREE_DIRS" "$@" >> "$RUN/$name.jsonl"
+        --tree-dirs "$TREE_DIRS" --server-pid "$(cat "$RUN/$name.pid")" "$@" >> "$RUN/$name.jsonl"
 }
 
 log "measuring one core's hashing speed"
@@ -126,9 +128,10 @@ done
 PIDS+=("${WORKER_PIDS[@]}")
 sleep 1
 "$KILN" bench --json --target grpc://127.0.0.1:50071 --workload exec --duration "$DURATION" \
-    --concurrency 1 | sed 's/"workload":"exec"/"workload":"exec_serial"/' >> "$RUN/kiln-disk.jsonl"
+    --concurrency 1 --server-pid "$(cat "$RUN/kiln-disk.pid")" \
+    | sed 's/"workload":"exec"/"workload":"exec_serial"/' >> "$RUN/kiln-disk.jsonl"
 "$KILN" bench --json --target grpc://127.0.0.1:50071 --workload exec --duration "$DURATION" \
-    --concurrency 8 >> "$RUN/kiln-disk.jsonl"
+    --concurrency 8 --server-pid "$(cat "$RUN/kiln-disk.pid")" >> "$RUN/kiln-disk.jsonl"
 kill "${WORKER_PIDS[@]}"
 # The same-run baseline for exec: what one bare local fork+exec of /bin/true costs.
 python3 -c '

@@ -1,11 +1,17 @@
 //! ByteStream uploads: a client's Write stream becomes one verified store put,
 //! and an interrupted upload of a large blob is kept so it can resume.
 //!
-//! Large identity uploads are teed into a spool file as they stream into the
-//! store. If the stream breaks, the spool holds what arrived; QueryWriteStatus
-//! reports its length and a Write at that offset replays the spool, then the
-//! new data, into a fresh put. The bytes are hashed once per attempt, and the
-//! spool is deleted once the blob is committed.
+//! Large identity uploads go to a spool file as they arrive. If the stream
+//! breaks, the spool holds what arrived; QueryWriteStatus reports its length
+//! and a Write at that offset continues it.
+//!
+//! When the CAS adopts files (a store on the same local disk, the embedded
+//! default), the spool is the only write: it is hashed as it is written, off
+//! the async threads, and once it is whole and verified the store renames it
+//! into place. Other stores (S3, memory) get the bytes streamed into a put
+//! as they arrive, teed into the spool; a resumed Write replays the spool,
+//! then the new data, into a fresh put. Either way the spool is deleted once
+//! the blob is committed.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -249,6 +255,9 @@ async fn resumable(
     if offset != 0 {
         require_offset(incoming.first.as_ref(), kept)?;
     }
+    if instance.cas.adopts_files() {
+        return adopted(instance, uploads, &key, &session, name, offset, incoming).await;
+    }
     let spool_err = |e| Error::io("upload spool", e);
     // The spool is written on a blocking thread, off the upload's path: the
     // chunks are handed over by reference, not copied.
@@ -300,6 +309,123 @@ async fn resumable(
         }
         Err(e @ Error::InvalidArgument(_)) => {
             uploads.remove(&key);
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A large upload written once: into the spool, hashed on the way, then
+/// handed to a CAS that adopts the file.
+async fn adopted(
+    instance: &Instance,
+    uploads: &Uploads,
+    key: &str,
+    session: &Arc<Session>,
+    name: &ResourceName,
+    offset: u64,
+    mut incoming: Incoming,
+) -> Result<i64> {
+    let digest = name.digest;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let writer_session = session.clone();
+    // Writes and hashes on a blocking thread: the async workers only pass
+    // the chunks along, by reference.
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<crate::digest::Hasher> {
+        use std::io::{Read, Seek, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&writer_session.path)?;
+        file.set_len(offset)?;
+        let mut hasher = digest.function.hasher();
+        // A resumed upload hashes what the spool kept (from the page cache,
+        // usually) before the new bytes.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = offset;
+        while left > 0 {
+            let n = file.read(&mut buf[..left.min(1 << 20) as usize])?;
+            if n == 0 {
+                return Err(std::io::Error::other(
+                    "the upload spool is shorter than it was",
+                ));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        drop(buf);
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        writer_session.len.store(offset, Ordering::SeqCst);
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk)?;
+            hasher.update(&chunk);
+            // The session says only what the file holds.
+            writer_session
+                .len
+                .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
+        Ok(hasher)
+    });
+    incoming.next_offset = offset;
+    incoming.spool = Some(tx);
+    let mut stream = incoming.into_stream();
+    let mut received = Ok(offset);
+    while let Some(item) = stream.next().await {
+        match (item, &mut received) {
+            (Ok(chunk), Ok(len)) => {
+                *len += chunk.len() as u64;
+                if *len > digest.size {
+                    received = Err(Error::InvalidArgument(format!(
+                        "blob {digest}: received at least {} bytes, more than the {} declared",
+                        *len, digest.size
+                    )));
+                    break;
+                }
+            }
+            (Err(e), _) => {
+                received = Err(e);
+                break;
+            }
+            (Ok(_), Err(_)) => unreachable!("the loop stops at the first error"),
+        }
+    }
+    // The stream (and with it the sender) is gone: the writer finishes what
+    // was queued, so a resumed write finds every kept byte in the file.
+    drop(stream);
+    let hashed = writer.await?;
+    if hashed.is_err() {
+        // The spool could not be written (a full disk): what it holds
+        // cannot be resumed from, and it must not keep the disk full.
+        uploads.remove(key);
+    }
+    let outcome = match (received, hashed) {
+        // A failed spool write (a full disk) is the cause of whatever the
+        // stream then reported.
+        (_, Err(e)) => Err(Error::io("upload spool", e)),
+        (Err(e), _) => Err(e),
+        (Ok(len), Ok(_)) if len != digest.size => Err(Error::InvalidArgument(format!(
+            "blob {digest}: expected {} bytes, got {len}",
+            digest.size
+        ))),
+        (Ok(_), Ok(hasher)) => {
+            let actual = hasher.finish();
+            if actual != digest {
+                Err(crate::store::content_addressed::mismatch(&digest, &actual))
+            } else {
+                let file = crate::store::VerifiedFile::hashed(session.path.clone(), actual);
+                instance.cas.put_file(&digest, file).await
+            }
+        }
+    };
+    match outcome {
+        Ok(()) => {
+            uploads.remove(key);
+            Ok(digest.size as i64)
+        }
+        Err(e @ Error::InvalidArgument(_)) => {
+            uploads.remove(key);
             Err(e)
         }
         Err(e) => Err(e),

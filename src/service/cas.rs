@@ -21,8 +21,12 @@ use crate::service::caller;
 use crate::store::get_bytes;
 use crate::tree;
 
-/// Parallel store calls per batch request.
+/// Parallel store calls per batch read.
 const BATCH_CONCURRENCY: usize = 16;
+/// Parallel puts per batch update: the bytes are in memory already, and a
+/// store that commits in rounds (the fs store) makes a whole batch durable
+/// at once only when its puts are all waiting together.
+const BATCH_UPDATE_CONCURRENCY: usize = 256;
 /// Encoded bytes per GetTree page: well under the 4 MiB most clients accept.
 const TREE_PAGE_BYTES: usize = 2 << 20;
 
@@ -160,7 +164,7 @@ impl ContentAddressableStorage for CasService {
         let instance = &instance;
         let responses = futures::stream::iter(req.requests)
             .map(|r| update_one(instance, function, r))
-            .buffered(BATCH_CONCURRENCY)
+            .buffered(BATCH_UPDATE_CONCURRENCY)
             .collect()
             .await;
         Ok(Response::new(BatchUpdateBlobsResponse { responses }))

@@ -140,6 +140,20 @@ impl BlobStore for ContentAddressed {
             }
         }
     }
+
+    fn adopts_files(&self) -> bool {
+        self.inner.adopts_files()
+    }
+
+    async fn put_file(&self, digest: &Digest, file: super::VerifiedFile) -> Result<()> {
+        if file.digest() != *digest {
+            return Err(mismatch(digest, &file.digest()));
+        }
+        if digest.is_empty_blob() {
+            return Ok(());
+        }
+        self.inner.put_file(digest, file).await
+    }
 }
 
 #[cfg(test)]

@@ -74,6 +74,16 @@ impl BlobStore for ExistenceCache {
         self.known.insert(*digest, ()).await;
         Ok(())
     }
+
+    fn adopts_files(&self) -> bool {
+        self.inner.adopts_files()
+    }
+
+    async fn put_file(&self, digest: &Digest, file: super::VerifiedFile) -> Result<()> {
+        self.inner.put_file(digest, file).await?;
+        self.known.insert(*digest, ()).await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

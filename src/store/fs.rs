@@ -1,13 +1,15 @@
 //! `FsStore`: blobs as files on local disk, the embedded default.
 //!
 //! Layout: `{root}/{function}/{hash[0..2]}/{hash}-{size}`, sharded so no
-//! directory grows huge. A put writes a temp file under `{root}/tmp`, fsyncs
-//! it, renames it into place and fsyncs the directory: a blob is either whole
-//! or absent, and an acknowledged blob survives a crash. Every blob is in
+//! directory grows huge. A put writes a temp file under `{root}/tmp` and
+//! hands it to the store's syncer (`fs_sync`), which makes it durable,
+//! renames it into place and makes the rename durable, in rounds shared by
+//! every put finishing at about the same time: a blob is either whole or
+//! absent, and an acknowledged blob survives a crash. Every blob is in
 //! the in-memory index (`fs_index`), which answers FindMissingBlobs and
 //! drives eviction when the store has a `max_size`.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use super::fs_index::{Index, Limits};
+use super::fs_sync::Syncer;
 use super::instrumented::CapacityMetrics;
 use super::{BlobStore, Body, Range};
 use crate::digest::{Digest, DigestFunction};
@@ -38,6 +41,10 @@ pub struct FsStore {
     /// Every blob on disk, with its size and last access.
     index: Arc<Index>,
     capacity: Option<CapacityMetrics>,
+    /// Commits finished temp files durably, in rounds.
+    syncer: Syncer,
+    /// The device of the store's file system: files on it can be adopted.
+    dev: u64,
 }
 
 /// How an fs store is opened.
@@ -93,6 +100,13 @@ impl FsStore {
         index
             .scan(&root, options.content_addressed)
             .map_err(|e| Error::io(format!("scanning {}", root.display()), e))?;
+        let syncer = Syncer::start(&root, index.clone())?;
+        let dev = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&root)
+                .map_err(|e| Error::io(format!("reading {}", root.display()), e))?
+                .dev()
+        };
         let store = FsStore {
             root,
             tmp,
@@ -100,6 +114,8 @@ impl FsStore {
             sized: options.content_addressed,
             index,
             capacity: options.capacity,
+            syncer,
+            dev,
         };
         store.report_start(started.elapsed());
         if store.index.should_evict() {
@@ -201,55 +217,6 @@ impl Evictor {
             c.record(&done, self.index.totals().0);
         }
     }
-}
-
-/// Moves a finished temp file of `len` bytes into place, makes the rename
-/// durable and indexes the blob; waits first for an eviction deleting the
-/// same digest's old file, so that deletion cannot hit the new one.
-fn commit_indexed(
-    temp: &Path,
-    dest: &Path,
-    index: &Index,
-    digest: &Digest,
-    len: u64,
-) -> std::io::Result<()> {
-    index.wait_not_evicting(digest);
-    commit(temp, dest)?;
-    index.insert(*digest, len);
-    Ok(())
-}
-
-/// Moves a finished temp file into place and makes the rename durable.
-fn commit(temp: &Path, dest: &Path) -> std::io::Result<()> {
-    let dir = dest.parent().expect("blob paths have a parent");
-    if let Err(e) = std::fs::rename(temp, dest) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            return Err(e);
-        }
-        std::fs::create_dir_all(dir)?;
-        std::fs::rename(temp, dest)?;
-    }
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// Writes `data` to a temp file and commits it, all on a blocking thread.
-fn put_whole(
-    temp: &Path,
-    dest: &Path,
-    data: &[u8],
-    index: &Index,
-    digest: &Digest,
-) -> std::io::Result<()> {
-    let result = (|| {
-        let mut f = std::fs::File::create(temp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        commit_indexed(temp, dest, index, digest, data.len() as u64)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(temp);
-    }
-    result
 }
 
 /// The error for a blob file whose length is not its digest's size (cut
@@ -374,54 +341,80 @@ impl BlobStore for FsStore {
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
         let temp = self.temp_path();
-        let dest = self.path(digest);
         let context = || format!("storing blob {digest}");
-        let (index, d) = (self.index.clone(), *digest);
-        let stored = match body {
+        // Removes the temp file if this put fails or is dropped half-way
+        // (the client reset the stream), not only at the next start.
+        let guard = TempGuard(Some(temp.clone()));
+        let dest = self.path(digest);
+        let mut stream = match body {
             Body::Bytes(data) => {
-                tokio::task::spawn_blocking(move || put_whole(&temp, &dest, &data, &index, &d))
-                    .await?
-                    .map_err(|e| Error::io(context(), e))
+                // The syncer writes the file in its next round.
+                self.syncer
+                    .commit_bytes(temp, dest, *digest, data)
+                    .await
+                    .map_err(|e| Error::io(context(), e))?;
+                guard.disarm();
+                self.after_put();
+                return Ok(());
             }
-            Body::Stream(mut stream) => {
-                // Removes the temp file if this put is dropped half-way (the
-                // client reset the stream), not only at the next start.
-                let guard = TempGuard(Some(temp.clone()));
-                let result = async {
-                    let file = tokio::fs::File::create(&temp)
-                        .await
-                        .map_err(|e| Error::io(context(), e))?;
-                    // Client chunks are often 16-64 KiB; batching them saves a
-                    // blocking-pool hand-off per chunk.
-                    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
-                    let mut len = 0u64;
-                    while let Some(chunk) = stream.next().await {
-                        let chunk = chunk?;
-                        len += chunk.len() as u64;
-                        file.write_all(&chunk)
-                            .await
-                            .map_err(|e| Error::io(context(), e))?;
-                    }
-                    file.flush().await.map_err(|e| Error::io(context(), e))?;
-                    let file = file.into_inner();
-                    file.sync_all().await.map_err(|e| Error::io(context(), e))?;
-                    drop(file);
-                    let (t, dst) = (temp.clone(), dest.clone());
-                    tokio::task::spawn_blocking(move || commit_indexed(&t, &dst, &index, &d, len))
-                        .await?
-                        .map_err(|e| Error::io(context(), e))
-                }
-                .await;
-                if result.is_ok() {
-                    guard.disarm();
-                }
-                result
-            }
+            Body::Stream(stream) => stream,
         };
-        if stored.is_ok() {
-            self.after_put();
+        let file = tokio::fs::File::create(&temp)
+            .await
+            .map_err(|e| Error::io(context(), e))?;
+        // Client chunks are often 16-64 KiB; batching them saves a
+        // blocking-pool hand-off per chunk.
+        let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut len = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            len += chunk.len() as u64;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io(context(), e))?;
         }
-        stored
+        file.flush().await.map_err(|e| Error::io(context(), e))?;
+        drop(file);
+        self.syncer
+            .commit(temp, dest, *digest, len)
+            .await
+            .map_err(|e| Error::io(context(), e))?;
+        guard.disarm();
+        self.after_put();
+        Ok(())
+    }
+
+    fn adopts_files(&self) -> bool {
+        true
+    }
+
+    async fn put_file(&self, digest: &Digest, file: super::VerifiedFile) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let context = || format!("storing blob {digest}");
+        let meta = tokio::fs::metadata(file.path())
+            .await
+            .map_err(|e| Error::io(context(), e))?;
+        // Only a file on the store's own file system can be renamed in.
+        if meta.dev() != self.dev {
+            return self.put(digest, file.into_body().await?).await;
+        }
+        if meta.len() != digest.size {
+            return Err(Error::internal(format!(
+                "the file for blob {digest} holds {} bytes",
+                meta.len()
+            )));
+        }
+        self.syncer
+            .commit(
+                file.path().to_path_buf(),
+                self.path(digest),
+                *digest,
+                meta.len(),
+            )
+            .await
+            .map_err(|e| Error::io(context(), e))?;
+        self.after_put();
+        Ok(())
     }
 }
 

@@ -283,3 +283,67 @@ async fn a_reopened_store_rebuilds_its_index_from_the_files() {
     assert_eq!(store.index.totals(), (expected, n as usize));
     assert!(store.find_missing(&digests).await.unwrap().is_empty());
 }
+
+/// A verified file on the store's disk is adopted by a rename (the one
+/// write of a large upload); the content-addressed root refuses a file
+/// whose hash is not the digest it is stored under.
+#[tokio::test]
+async fn put_file_adopts_a_file_on_the_same_disk() {
+    use crate::store::VerifiedFile;
+    use crate::store::content_addressed::ContentAddressed;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FsStore::open(dir.path().join("cas"), 4096, true).unwrap());
+    assert!(store.adopts_files());
+    let data = contract::blob(11, 300_000);
+    let d = DigestFunction::Sha256.digest_of(&data);
+    let spool = dir.path().join("spooled");
+    std::fs::write(&spool, &data).unwrap();
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&spool).unwrap().ino()
+    };
+    let cas = ContentAddressed::new(store.clone());
+    let other = DigestFunction::Sha256.digest_of(b"other");
+    let err = cas
+        .put_file(&other, VerifiedFile::hashed(spool.clone(), d))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(spool.exists(), "a refused file is left to its owner");
+
+    cas.put_file(&d, VerifiedFile::hashed(spool.clone(), d))
+        .await
+        .unwrap();
+    assert!(!spool.exists(), "the file was moved, not copied");
+    let stored = blob_path(&store.root, &d);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&stored).unwrap().ino(), inode);
+    assert!(store.find_missing(&[d]).await.unwrap().is_empty());
+    assert_eq!(crate::store::get_bytes(&cas, &d).await.unwrap(), data);
+}
+
+/// Many puts at once share durability rounds and all land, each readable
+/// and indexed, with nothing left in the temp directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_share_rounds_and_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FsStore::open(dir.path(), 4096, true).unwrap());
+    let blobs: Vec<Bytes> = (0..500).map(|i| contract::blob(100 + i, 4096)).collect();
+    let digests: Vec<Digest> = blobs
+        .iter()
+        .map(|b| DigestFunction::Sha256.digest_of(b))
+        .collect();
+    futures::future::try_join_all(
+        blobs
+            .iter()
+            .zip(&digests)
+            .map(|(b, d)| store.put(d, b.clone().into())),
+    )
+    .await
+    .unwrap();
+    assert!(store.find_missing(&digests).await.unwrap().is_empty());
+    for (b, d) in blobs.iter().zip(&digests) {
+        assert_eq!(&crate::store::get_bytes(&*store, d).await.unwrap(), b);
+    }
+    assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 0);
+}

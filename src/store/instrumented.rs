@@ -277,6 +277,22 @@ impl BlobStore for Instrumented {
         span.in_scope(|| self.record("put", &result, started));
         result
     }
+
+    fn adopts_files(&self) -> bool {
+        self.inner.adopts_files()
+    }
+
+    async fn put_file(&self, digest: &Digest, file: super::VerifiedFile) -> Result<()> {
+        let span = tracing::info_span!("store.put", node = %self.name, kind = self.kind, %digest);
+        let started = Instant::now();
+        let result = self
+            .inner
+            .put_file(digest, file)
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| self.record("put", &result, started));
+        result
+    }
 }
 
 #[cfg(test)]

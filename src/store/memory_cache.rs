@@ -85,6 +85,19 @@ impl BlobStore for MemoryCache {
         self.cache.insert(*digest, bytes).await;
         Ok(())
     }
+
+    fn adopts_files(&self) -> bool {
+        self.inner.adopts_files()
+    }
+
+    async fn put_file(&self, digest: &Digest, file: super::VerifiedFile) -> Result<()> {
+        // Blobs small enough for the tier are not worth adopting: store
+        // them as bytes, which also fills the tier.
+        if self.cacheable(digest) {
+            return self.put(digest, file.into_body().await?).await;
+        }
+        self.inner.put_file(digest, file).await
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub(crate) mod content_addressed;
 pub(crate) mod existence_cache;
 pub(crate) mod fs;
 pub(crate) mod fs_index;
+pub(crate) mod fs_sync;
 pub(crate) mod instrumented;
 pub mod memory;
 pub(crate) mod memory_cache;
@@ -25,6 +26,7 @@ pub(crate) mod testing;
 pub mod contract;
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -163,6 +165,45 @@ impl Range {
     }
 }
 
+/// A finished local file whose bytes were hashed to `digest` as they were
+/// written: what a large ByteStream upload hands to the CAS, so that a store
+/// on the same disk can adopt the file instead of writing it again.
+#[derive(Debug)]
+pub struct VerifiedFile {
+    path: PathBuf,
+    digest: Digest,
+}
+
+impl VerifiedFile {
+    /// Vouches that the file at `path` holds exactly the bytes that hashed
+    /// to `digest`: only code that hashed them itself may say so.
+    pub(crate) fn hashed(path: PathBuf, digest: Digest) -> Self {
+        VerifiedFile { path, digest }
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What its bytes hashed to.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The file's bytes as a body, for stores that copy it.
+    pub async fn into_body(self) -> Result<Body> {
+        use futures::TryStreamExt;
+        let context = format!("reading {}", self.path.display());
+        let file = tokio::fs::File::open(&self.path)
+            .await
+            .map_err(|e| Error::io(&context, e))?;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+            .map_err(move |e| Error::io(&context, e));
+        Ok(Body::Stream(stream.boxed()))
+    }
+}
+
 /// A key-value store of blobs addressed by digest.
 ///
 /// Contract (checked for every implementation by the contract suite):
@@ -181,6 +222,19 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body>;
     /// Stores a blob; it is visible to `get` once this returns `Ok`.
     async fn put(&self, digest: &Digest, body: Body) -> Result<()>;
+
+    /// Whether [`BlobStore::put_file`] can adopt a local file without
+    /// copying its bytes (a store on local disk); layers ask their inner
+    /// store. Uploads written to a file first only pay off when it can.
+    fn adopts_files(&self) -> bool {
+        false
+    }
+
+    /// Stores a blob from a local file. The store may move the file away
+    /// (adopt it); whatever is left at its path afterwards is the caller's.
+    async fn put_file(&self, digest: &Digest, file: VerifiedFile) -> Result<()> {
+        self.put(digest, file.into_body().await?).await
+    }
 }
 
 /// Reads a whole value into memory: for small values such as Directory

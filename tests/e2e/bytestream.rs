@@ -72,101 +72,109 @@ fn upload_name(d: &kiln::digest::Digest) -> String {
 
 #[tokio::test]
 async fn large_blob_round_trip_streamed_and_ranged() {
-    let kiln = Kiln::start(MEMORY).await;
-    let mut bs = kiln.bytestream().await;
-    let data = blob(1, 9 << 20);
-    let d = sha(&data);
-    let resp = write(
-        &mut bs,
-        messages(&upload_name(&d), &data, 0, 64 << 10, true),
-    )
-    .await
-    .unwrap();
-    assert_eq!(resp.committed_size, data.len() as i64);
-
-    let name = format!("blobs/{d}");
-    let (all, biggest) = read(&mut bs, &name, 0, 0).await.unwrap();
-    assert_eq!(all, data);
-    assert!(
-        biggest <= 1 << 20,
-        "reads are chunked at 1 MiB, saw {biggest}"
-    );
-    let (part, _) = read(&mut bs, &name, 5_000_000, 123_456).await.unwrap();
-    assert_eq!(part, data.slice(5_000_000..5_123_456));
-    let (tail, _) = read(&mut bs, &name, data.len() as i64, 0).await.unwrap();
-    assert!(tail.is_empty(), "offset == size is an empty read");
-
-    let err = read(&mut bs, &name, data.len() as i64 + 1, 0)
+    // In memory (the upload streams into the store) and on the disk
+    // default (the spool is hashed and adopted by the fs store).
+    for config in [MEMORY.to_string(), crate::common::disk()] {
+        let kiln = Kiln::start(&config).await;
+        let mut bs = kiln.bytestream().await;
+        let data = blob(1, 9 << 20);
+        let d = sha(&data);
+        let resp = write(
+            &mut bs,
+            messages(&upload_name(&d), &data, 0, 64 << 10, true),
+        )
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange);
-    let err = read(&mut bs, &name, -1, 0).await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    let err = read(&mut bs, &name, 0, -5).await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    let err = read(&mut bs, &format!("blobs/{}", sha(b"missing")), 0, 0)
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .unwrap();
+        assert_eq!(resp.committed_size, data.len() as i64);
+
+        let name = format!("blobs/{d}");
+        let (all, biggest) = read(&mut bs, &name, 0, 0).await.unwrap();
+        assert_eq!(all, data);
+        assert!(
+            biggest <= 1 << 20,
+            "reads are chunked at 1 MiB, saw {biggest}"
+        );
+        let (part, _) = read(&mut bs, &name, 5_000_000, 123_456).await.unwrap();
+        assert_eq!(part, data.slice(5_000_000..5_123_456));
+        let (tail, _) = read(&mut bs, &name, data.len() as i64, 0).await.unwrap();
+        assert!(tail.is_empty(), "offset == size is an empty read");
+
+        let err = read(&mut bs, &name, data.len() as i64 + 1, 0)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::OutOfRange);
+        let err = read(&mut bs, &name, -1, 0).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let err = read(&mut bs, &name, 0, -5).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let err = read(&mut bs, &format!("blobs/{}", sha(b"missing")), 0, 0)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
 }
 
 #[tokio::test]
 async fn writes_with_wrong_content_are_refused_and_leave_nothing() {
-    let kiln = Kiln::start(MEMORY).await;
-    let mut bs = kiln.bytestream().await;
-    let data = blob(2, 3 << 20);
-    let d = sha(&data);
+    // In memory (the upload streams into the store) and on the disk
+    // default (the spool is hashed and adopted by the fs store).
+    for config in [MEMORY.to_string(), crate::common::disk()] {
+        let kiln = Kiln::start(&config).await;
+        let mut bs = kiln.bytestream().await;
+        let data = blob(2, 3 << 20);
+        let d = sha(&data);
 
-    // Wrong hash: the content of another blob under this digest.
-    let other = blob(3, 3 << 20);
-    let err = write(
-        &mut bs,
-        messages(&upload_name(&d), &other, 0, 1 << 20, true),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message().contains("expected") && err.message().contains("actual"),
-        "{}",
-        err.message()
-    );
-
-    // Too few bytes, then finish_write.
-    let short = data.slice(..(3 << 20) - 10);
-    let err = write(
-        &mut bs,
-        messages(&upload_name(&d), &short, 0, 1 << 20, true),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-
-    // More bytes than declared.
-    let long: Bytes = [data.clone(), Bytes::from_static(b"extra")].concat().into();
-    let err = write(&mut bs, messages(&upload_name(&d), &long, 0, 1 << 20, true))
+        // Wrong hash: the content of another blob under this digest.
+        let other = blob(3, 3 << 20);
+        let err = write(
+            &mut bs,
+            messages(&upload_name(&d), &other, 0, 1 << 20, true),
+        )
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("expected") && err.message().contains("actual"),
+            "{}",
+            err.message()
+        );
 
-    // A small blob with a wrong hash, too.
-    let small = blob(4, 100);
-    let err = write(
-        &mut bs,
-        messages(&upload_name(&sha(b"other")), &small, 0, 1000, true),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-
-    let err = read(&mut bs, &format!("blobs/{d}"), 0, 0)
+        // Too few bytes, then finish_write.
+        let short = data.slice(..(3 << 20) - 10);
+        let err = write(
+            &mut bs,
+            messages(&upload_name(&d), &short, 0, 1 << 20, true),
+        )
         .await
         .unwrap_err();
-    assert_eq!(
-        err.code(),
-        Code::NotFound,
-        "nothing visible after failed writes"
-    );
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        // More bytes than declared.
+        let long: Bytes = [data.clone(), Bytes::from_static(b"extra")].concat().into();
+        let err = write(&mut bs, messages(&upload_name(&d), &long, 0, 1 << 20, true))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        // A small blob with a wrong hash, too.
+        let small = blob(4, 100);
+        let err = write(
+            &mut bs,
+            messages(&upload_name(&sha(b"other")), &small, 0, 1000, true),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+
+        let err = read(&mut bs, &format!("blobs/{d}"), 0, 0)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::NotFound,
+            "nothing visible after failed writes"
+        );
+    }
 }
 
 #[tokio::test]
@@ -203,58 +211,62 @@ async fn malformed_resource_names_are_invalid_argument() {
 
 #[tokio::test]
 async fn an_interrupted_upload_resumes_where_it_stopped() {
-    let kiln = Kiln::start(MEMORY).await;
-    let mut bs = kiln.bytestream().await;
-    let data = blob(5, 5 << 20);
-    let d = sha(&data);
-    let name = upload_name(&d);
+    // In memory (the upload streams into the store) and on the disk
+    // default (the spool is hashed and adopted by the fs store).
+    for config in [MEMORY.to_string(), crate::common::disk()] {
+        let kiln = Kiln::start(&config).await;
+        let mut bs = kiln.bytestream().await;
+        let data = blob(5, 5 << 20);
+        let d = sha(&data);
+        let name = upload_name(&d);
 
-    // The client sends 3 MiB and goes away without finish_write.
-    let first_part = data.slice(..3 << 20);
-    let err = write(&mut bs, messages(&name, &first_part, 0, 256 << 10, false))
-        .await
-        .unwrap_err();
-    assert_ne!(err.code(), Code::Ok);
+        // The client sends 3 MiB and goes away without finish_write.
+        let first_part = data.slice(..3 << 20);
+        let err = write(&mut bs, messages(&name, &first_part, 0, 256 << 10, false))
+            .await
+            .unwrap_err();
+        assert_ne!(err.code(), Code::Ok);
 
-    let status = bs
-        .query_write_status(QueryWriteStatusRequest {
-            resource_name: name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!((status.committed_size, status.complete), (3 << 20, false));
+        let status = bs
+            .query_write_status(QueryWriteStatusRequest {
+                resource_name: name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((status.committed_size, status.complete), (3 << 20, false));
 
-    // Resuming anywhere else is refused.
-    let err = write(&mut bs, messages(&name, &data, 1 << 20, 1 << 20, true))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+        // Resuming anywhere else is refused.
+        let err = write(&mut bs, messages(&name, &data, 1 << 20, 1 << 20, true))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
 
-    let resp = write(&mut bs, messages(&name, &data, 3 << 20, 512 << 10, true))
-        .await
-        .unwrap();
-    assert_eq!(resp.committed_size, data.len() as i64);
-    assert_eq!(
-        read(&mut bs, &format!("blobs/{d}"), 0, 0).await.unwrap().0,
-        data
-    );
+        let resp = write(&mut bs, messages(&name, &data, 3 << 20, 512 << 10, true))
+            .await
+            .unwrap();
+        assert_eq!(resp.committed_size, data.len() as i64);
+        assert_eq!(
+            read(&mut bs, &format!("blobs/{d}"), 0, 0).await.unwrap().0,
+            data
+        );
 
-    let status = bs
-        .query_write_status(QueryWriteStatusRequest {
-            resource_name: name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(status.complete);
-    let err = bs
-        .query_write_status(QueryWriteStatusRequest {
-            resource_name: upload_name(&sha(b"never")),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        let status = bs
+            .query_write_status(QueryWriteStatusRequest {
+                resource_name: name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(status.complete);
+        let err = bs
+            .query_write_status(QueryWriteStatusRequest {
+                resource_name: upload_name(&sha(b"never")),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,6 +123,7 @@ pub(crate) async fn bes(ctx: &Ctx, total: u64) -> Result<Vec<Stats>> {
         latencies_us: Vec::new(),
         first_error: None,
         backend_calls: None,
+        server_cpu: None,
     };
     for w in workers {
         match w.await.map_err(Error::from).and_then(|r| r) {

@@ -73,6 +73,10 @@ pub struct BenchArgs {
     /// object-storage requests per call to each report.
     #[arg(long)]
     pub metrics_url: Option<String>,
+    /// The server's process id on this machine: adds the server's CPU time
+    /// per call (user + system, from /proc/PID/stat) to each report.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
     /// bes: build events published in all (split over --concurrency streams).
     #[arg(long, default_value_t = 100_000)]
     pub bes_events: u64,
@@ -151,9 +155,15 @@ pub(crate) struct Ctx {
     pub limit: Limit,
     pub progress: bool,
     pub metrics_url: Option<String>,
+    pub server_pid: Option<u32>,
 }
 
 impl Ctx {
+    /// CPU time the server process has used so far (user + system).
+    pub fn server_cpu(&self) -> Option<std::time::Duration> {
+        process_cpu(self.server_pid?)
+    }
+
     pub fn channel(&self, worker: usize) -> Channel {
         self.channels[worker % self.channels.len()].clone()
     }
@@ -239,6 +249,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Vec<Report>> {
         limit,
         progress,
         metrics_url: args.metrics_url.clone(),
+        server_pid: args.server_pid,
     };
     let blob_size = crate::config::ByteSize::parse(&args.blob_size)
         .map_err(Error::InvalidArgument)?
@@ -286,4 +297,36 @@ pub fn table(reports: &[Report]) -> String {
         }
     }
     out
+}
+
+/// The CPU time (user + system) process `pid` has used, from its
+/// /proc/PID/stat (fields 14 and 15, in clock ticks).
+fn process_cpu(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100) as u64;
+    Some(std::time::Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    #[test]
+    fn reads_this_process_cpu_time() {
+        let before = super::process_cpu(std::process::id()).expect("own /proc stat");
+        let mut x = 0u64;
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(100) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        std::hint::black_box(x);
+        let after = super::process_cpu(std::process::id()).unwrap();
+        assert!(after > before, "{before:?} -> {after:?}");
+    }
 }

@@ -39,6 +39,8 @@ pub struct Stats {
     pub first_error: Option<String>,
     /// Requests the server made to its object storage during the phase.
     pub backend_calls: Option<f64>,
+    /// CPU time the server used during the phase.
+    pub server_cpu: Option<Duration>,
 }
 
 /// One line of `kiln bench` output.
@@ -74,6 +76,10 @@ pub struct Report {
     /// Object-storage requests per item (per digest for fmb).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend_calls_per_item: Option<f64>,
+    /// The server's CPU time per successful call, in microseconds (with
+    /// `--server-pid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_op: Option<f64>,
 }
 
 impl Stats {
@@ -107,6 +113,9 @@ impl Stats {
                 .backend_calls
                 .filter(|_| self.items > 0)
                 .map(|c| c / self.items as f64),
+            server_cpu_us_per_op: self
+                .server_cpu
+                .map(|c| c.as_micros() as f64 / self.ops.max(1) as f64),
         }
     }
 }
@@ -197,6 +206,7 @@ where
         latencies_us: Vec::new(),
         first_error: None,
         backend_calls: None,
+        server_cpu: None,
     };
     for w in workers {
         let me = match w.await {

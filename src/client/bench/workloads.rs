@@ -80,10 +80,14 @@ pub(super) async fn upload(ctx: &Ctx, blobs: Vec<Bytes>) -> Result<()> {
 }
 
 /// Runs a timed phase, adding the server's backend calls during it when
-/// `--metrics-url` is given.
+/// `--metrics-url` is given, and its CPU time with `--server-pid`.
 pub(super) async fn probed(ctx: &Ctx, phase: impl std::future::Future<Output = Stats>) -> Stats {
     let before = ctx.backend_calls().await;
+    let cpu_before = ctx.server_cpu();
     let mut stats = phase.await;
+    if let (Some(b), Some(a)) = (cpu_before, ctx.server_cpu()) {
+        stats.server_cpu = Some(a.saturating_sub(b));
+    }
     if let (Some(b), Some(a)) = (before, ctx.backend_calls().await) {
         stats.backend_calls = Some(a - b);
     }
@@ -307,6 +311,7 @@ pub(crate) async fn hash(ctx: &Ctx) -> Result<Vec<Stats>> {
                 latencies_us: latencies,
                 first_error: None,
                 backend_calls: None,
+                server_cpu: None,
             }
         })
         .await?;
