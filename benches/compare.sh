@@ -12,7 +12,7 @@
 # /proc/PID/stat, `kiln bench --server-pid`), set against the hashing floor.
 # Knobs (env): S3_BLOB (64MiB),
 # DURATION (10s), CONCURRENCY (4), BLOB_SIZE (256MiB), BIG_BLOB (1GiB),
-# TREE_DIRS (10000), KILN_BENCH_DIR (/var/tmp/kiln-bench).
+# TREE_DIRS (10000), SOAK_DURATION (30s), KILN_BENCH_DIR (/var/tmp/kiln-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -24,6 +24,7 @@ CONCURRENCY="${CONCURRENCY:-4}"
 BLOB_SIZE="${BLOB_SIZE:-256MiB}"
 BIG_BLOB="${BIG_BLOB:-1GiB}"
 TREE_DIRS="${TREE_DIRS:-10000}"
+SOAK_DURATION="${SOAK_DURATION:-30s}"
 WRITE=0
 [ "${1:-}" = "--write" ] && WRITE=1
 
@@ -48,6 +49,8 @@ fi
 S3_BLOB="${S3_BLOB:-64MiB}"
 
 RUN=$(mktemp -d "$WORK/run.XXXXXX")
+# Root workers run actions as nobody, who must reach the work dirs in it.
+chmod 755 "$RUN"
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -145,6 +148,19 @@ log "bench kiln-disk: ${BIG_BLOB} blobs (memory bound check)"
 "$KILN" bench --json --target grpc://127.0.0.1:50071 --workload bytestream --blob-size "$BIG_BLOB" \
     --concurrency 1 --requests 2 | sed 's/"workload":"bytestream_/"workload":"big_bytestream_/' >> "$RUN/kiln-disk.jsonl"
 echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib kiln-disk)}" >> "$RUN/kiln-disk.jsonl"
+# The soak: 16 clients at once (four of each workload, 16 MiB ByteStream
+# blobs) on the embedded default, its peak RSS measured from a reset.
+log "bench kiln-disk: soak of 16 mixed clients"
+echo 5 > "/proc/$(cat "$RUN/kiln-disk.pid")/clear_refs"
+SOAK_PIDS=()
+for w in fmb batch ac bytestream; do
+    "$KILN" bench --json --target grpc://127.0.0.1:50071 --workload "$w" --duration "$SOAK_DURATION" \
+        --concurrency 4 --blob-size 16MiB > "$RUN/soak-$w.jsonl" &
+    SOAK_PIDS+=($!)
+done
+wait "${SOAK_PIDS[@]}"
+SOAK_ERRORS=$(cat "$RUN"/soak-*.jsonl | python3 -c 'import sys, json; print(sum(json.loads(l).get("errors", 0) for l in sys.stdin if l.strip()))')
+echo "{\"workload\":\"soak_rss\",\"mib\":$(peak_rss_mib kiln-disk),\"errors\":$SOAK_ERRORS}" >> "$RUN/kiln-disk.jsonl"
 kill "$(cat "$RUN/kiln-disk.pid")"
 
 start kiln-memory 50072 "$KILN" serve --config "$RUN/kiln-memory.yaml" --listen 127.0.0.1:50072 --data-dir "$RUN/kiln-memory-data"

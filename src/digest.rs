@@ -102,6 +102,41 @@ pub struct Digest {
     pub size: u64,
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Each byte's value as a lowercase hex digit, or 0xff: digests are parsed
+/// by the thousand per FindMissingBlobs call, so this is a table lookup per
+/// character with one check at the end, not a branch per character.
+const NIBBLES: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The 32 bytes spelled by 64 lowercase hex digits, or `None`.
+fn decode_hash(hex: &[u8]) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    let mut bad = 0u8;
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        let (hi, lo) = (NIBBLES[pair[0] as usize], NIBBLES[pair[1] as usize]);
+        bad |= hi | lo;
+        out[i] = (hi << 4) | (lo & 0xf);
+    }
+    (bad & 0xf0 == 0).then_some(out)
+}
+
 impl Digest {
     /// Parses a lowercase 64-hex-digit hash and a size.
     pub fn parse(function: DigestFunction, hash: &str, size: i64) -> Result<Self> {
@@ -110,16 +145,12 @@ impl Digest {
                 "digest {hash}/{size}: size must not be negative"
             )));
         }
-        let mut bytes = [0u8; 32];
-        if hash.len() != 64
-            || hash.bytes().any(|b| b.is_ascii_uppercase())
-            || hex::decode_to_slice(hash, &mut bytes).is_err()
-        {
+        let Some(bytes) = decode_hash(hash.as_bytes()) else {
             return Err(InvalidDigest(format!(
                 "digest {hash}/{size}: hash must be 64 lowercase hex digits for {}",
                 function.name()
             )));
-        }
+        };
         Ok(Digest {
             function,
             hash: bytes,
@@ -147,7 +178,12 @@ impl Digest {
 
     /// The hash as lowercase hex.
     pub fn hash_hex(&self) -> String {
-        hex::encode(self.hash)
+        let mut out = Vec::with_capacity(64);
+        for b in self.hash {
+            out.push(HEX_DIGITS[(b >> 4) as usize]);
+            out.push(HEX_DIGITS[(b & 0xf) as usize]);
+        }
+        String::from_utf8(out).expect("hex digits are ASCII")
     }
 
     /// True for the empty blob, which is always present.
@@ -239,6 +275,36 @@ mod tests {
 
     const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     const EMPTY_BLAKE3: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+
+    /// The table-driven hex codec agrees with the hex crate on every byte
+    /// value in every position, and refuses what it refuses (plus upper
+    /// case, which digests never use).
+    #[test]
+    fn hex_codec_matches_the_hex_crate() {
+        for b in 0..=255u8 {
+            for pos in [0usize, 17, 31] {
+                let mut hash = [0x5au8; 32];
+                hash[pos] = b;
+                let d = Digest {
+                    function: DigestFunction::Sha256,
+                    hash,
+                    size: 1,
+                };
+                assert_eq!(d.hash_hex(), hex::encode(hash));
+                assert_eq!(decode_hash(hex::encode(hash).as_bytes()), Some(hash));
+            }
+        }
+        let good = hex::encode([0xabu8; 32]);
+        for c in 0..=255u8 {
+            for pos in [0usize, 1, 63] {
+                let mut text = good.clone().into_bytes();
+                text[pos] = c;
+                let valid = c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
+                assert_eq!(decode_hash(&text).is_some(), valid, "byte {c} at {pos}");
+            }
+        }
+        assert_eq!(decode_hash(&good.as_bytes()[..62]), None);
+    }
 
     #[test]
     fn parsing() {

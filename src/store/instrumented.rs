@@ -174,13 +174,76 @@ impl StoreMetrics {
     }
 }
 
+/// One operation's metric series on one node, resolved once when the node
+/// is built: a call then only bumps counters, with no label strings to
+/// build or hash (a batch call makes hundreds of store calls).
+#[derive(Debug, Clone)]
+struct OpMetrics {
+    calls: Counter,
+    errors: Counter,
+    latency: Histogram,
+    /// Hits and misses, for the operations that have them.
+    found: Option<(Counter, Counter)>,
+}
+
+impl StoreMetrics {
+    fn op(&self, node: &str, kind: &str, op: &'static str, found: bool) -> OpMetrics {
+        let labels = StoreLabels {
+            node: node.to_string(),
+            kind: kind.to_string(),
+            op,
+        };
+        // One statement each: get_or_create returns a read guard, and a
+        // second call on the same family while it lives would deadlock.
+        let calls = self.calls.get_or_create(&labels).clone();
+        let errors = self.errors.get_or_create(&labels).clone();
+        let latency = self.latency.get_or_create(&labels).clone();
+        let found = found.then(|| {
+            let hits = self.hits.get_or_create(&labels).clone();
+            let misses = self.misses.get_or_create(&labels).clone();
+            (hits, misses)
+        });
+        OpMetrics {
+            calls,
+            errors,
+            latency,
+            found,
+        }
+    }
+}
+
+impl OpMetrics {
+    fn record<T>(&self, result: &Result<T>, started: Instant) {
+        let elapsed = started.elapsed();
+        self.calls.inc();
+        self.latency.observe(elapsed.as_secs_f64());
+        match result {
+            Ok(_) => tracing::trace!(micros = elapsed.as_micros() as u64, "ok"),
+            Err(e) => {
+                self.errors.inc();
+                tracing::debug!(micros = elapsed.as_micros() as u64, error = %e, "failed");
+            }
+        }
+    }
+
+    fn found(&self, hits: u64, misses: u64) {
+        if let Some((h, m)) = &self.found {
+            h.inc_by(hits);
+            m.inc_by(misses);
+        }
+    }
+}
+
 /// A transparent wrapper that records spans and metrics for one named node.
 #[derive(Debug)]
 pub struct Instrumented {
     name: String,
     kind: &'static str,
     inner: Store,
-    metrics: Arc<StoreMetrics>,
+    find_missing: OpMetrics,
+    digests: Counter,
+    get: OpMetrics,
+    put: OpMetrics,
 }
 
 impl Instrumented {
@@ -191,36 +254,23 @@ impl Instrumented {
         inner: Store,
         metrics: Arc<StoreMetrics>,
     ) -> Self {
+        let name = name.into();
+        let digests = metrics
+            .digests
+            .get_or_create(&StoreLabels {
+                node: name.clone(),
+                kind: kind.to_string(),
+                op: "find_missing",
+            })
+            .clone();
         Instrumented {
-            name: name.into(),
+            find_missing: metrics.op(&name, kind, "find_missing", true),
+            digests,
+            get: metrics.op(&name, kind, "get", true),
+            put: metrics.op(&name, kind, "put", false),
+            name,
             kind,
             inner,
-            metrics,
-        }
-    }
-
-    fn labels(&self, op: &'static str) -> StoreLabels {
-        StoreLabels {
-            node: self.name.clone(),
-            kind: self.kind.to_string(),
-            op,
-        }
-    }
-
-    fn record<T>(&self, op: &'static str, result: &Result<T>, started: Instant) {
-        let labels = self.labels(op);
-        let elapsed = started.elapsed();
-        self.metrics.calls.get_or_create(&labels).inc();
-        self.metrics
-            .latency
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
-        match result {
-            Ok(_) => tracing::trace!(micros = elapsed.as_micros() as u64, "ok"),
-            Err(e) => {
-                self.metrics.errors.get_or_create(&labels).inc();
-                tracing::debug!(micros = elapsed.as_micros() as u64, error = %e, "failed");
-            }
         }
     }
 }
@@ -229,10 +279,7 @@ impl Instrumented {
 impl BlobStore for Instrumented {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         let span = tracing::info_span!("store.find_missing", node = %self.name, kind = self.kind, count = digests.len());
-        self.metrics
-            .digests
-            .get_or_create(&self.labels("find_missing"))
-            .inc_by(digests.len() as u64);
+        self.digests.inc_by(digests.len() as u64);
         let started = Instant::now();
         let result = self
             .inner
@@ -240,41 +287,35 @@ impl BlobStore for Instrumented {
             .instrument(span.clone())
             .await;
         if let Ok(missing) = &result {
-            let labels = self.labels("find_missing");
             let missing_count = missing.len().min(digests.len()) as u64;
-            self.metrics
-                .misses
-                .get_or_create(&labels)
-                .inc_by(missing_count);
-            self.metrics
-                .hits
-                .get_or_create(&labels)
-                .inc_by(digests.len() as u64 - missing_count);
+            self.find_missing
+                .found(digests.len() as u64 - missing_count, missing_count);
         }
-        span.in_scope(|| self.record("find_missing", &result, started));
+        span.in_scope(|| self.find_missing.record(&result, started));
         result
     }
 
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
-        let span = tracing::info_span!("store.get", node = %self.name, kind = self.kind, %digest);
+        // Per-blob spans are debug: a batch call makes hundreds, and at
+        // info every one would format its digest (a tenth of a batch call's
+        // CPU). RUST_LOG=kiln=debug brings them back.
+        let span = tracing::debug_span!("store.get", node = %self.name, kind = self.kind, %digest);
         let started = Instant::now();
         let result = self.inner.get(digest, range).instrument(span.clone()).await;
         match &result {
-            Ok(_) => self.metrics.hits.get_or_create(&self.labels("get")).inc(),
-            Err(crate::error::Error::NotFound(_)) => {
-                self.metrics.misses.get_or_create(&self.labels("get")).inc()
-            }
-            Err(_) => 0,
-        };
-        span.in_scope(|| self.record("get", &result, started));
+            Ok(_) => self.get.found(1, 0),
+            Err(crate::error::Error::NotFound(_)) => self.get.found(0, 1),
+            Err(_) => {}
+        }
+        span.in_scope(|| self.get.record(&result, started));
         result
     }
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
-        let span = tracing::info_span!("store.put", node = %self.name, kind = self.kind, %digest);
+        let span = tracing::debug_span!("store.put", node = %self.name, kind = self.kind, %digest);
         let started = Instant::now();
         let result = self.inner.put(digest, body).instrument(span.clone()).await;
-        span.in_scope(|| self.record("put", &result, started));
+        span.in_scope(|| self.put.record(&result, started));
         result
     }
 
@@ -283,14 +324,14 @@ impl BlobStore for Instrumented {
     }
 
     async fn put_file(&self, digest: &Digest, file: super::VerifiedFile) -> Result<()> {
-        let span = tracing::info_span!("store.put", node = %self.name, kind = self.kind, %digest);
+        let span = tracing::debug_span!("store.put", node = %self.name, kind = self.kind, %digest);
         let started = Instant::now();
         let result = self
             .inner
             .put_file(digest, file)
             .instrument(span.clone())
             .await;
-        span.in_scope(|| self.record("put", &result, started));
+        span.in_scope(|| self.put.record(&result, started));
         result
     }
 }

@@ -66,14 +66,17 @@ impl BlobStore for MemoryStore {
         // Checked while collecting: a stream is never buffered past what
         // the store could hold anyway.
         let room = self.max_size.saturating_sub(64);
-        let bytes = body.collect_max(room).await.map_err(|e| match e {
-            Error::ResourceExhausted { .. } => Error::exhausted(format!(
-                "blob {digest} is larger than the memory store ({} bytes)",
-                self.max_size
-            )),
-            other => other,
-        })?;
-        self.blobs.insert(*digest, bytes).await;
+        let bytes = body
+            .collect_expecting(digest.size, room)
+            .await
+            .map_err(|e| match e {
+                Error::ResourceExhausted { .. } => Error::exhausted(format!(
+                    "blob {digest} is larger than the memory store ({} bytes)",
+                    self.max_size
+                )),
+                other => other,
+            })?;
+        self.blobs.insert(*digest, super::owned(bytes)).await;
         Ok(())
     }
 }
@@ -104,6 +107,24 @@ mod tests {
             "the newest blob must stay: {missing:?}"
         );
         assert!(store.blobs.weighted_size() <= 10_000);
+    }
+
+    /// A small blob sliced out of a big request buffer is stored in an
+    /// allocation of its own, so the store's budget counts what it holds
+    /// (a regression: 4 KiB batch entries pinned whole 4 MiB requests).
+    #[tokio::test]
+    async fn a_slice_of_a_request_buffer_does_not_pin_the_buffer() {
+        let request = Bytes::from(vec![7u8; 4 << 20]);
+        let entry = request.slice(4096..8192);
+        let d = crate::digest::DigestFunction::Sha256.digest_of(&entry);
+        let store = MemoryStore::new(1 << 20);
+        store.put(&d, entry.into()).await.unwrap();
+        let stored = crate::store::get_bytes(&store, &d).await.unwrap();
+        let range = request.as_ptr_range();
+        assert!(
+            !range.contains(&stored.as_ptr()),
+            "the stored blob is a view into the request buffer"
+        );
     }
 
     #[tokio::test]

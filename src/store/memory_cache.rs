@@ -67,10 +67,9 @@ impl BlobStore for MemoryCache {
         let inner = &self.inner;
         let bytes = self
             .cache
-            .try_get_with(
-                *digest,
-                async move { get_bytes(inner.as_ref(), digest).await },
-            )
+            .try_get_with(*digest, async move {
+                get_bytes(inner.as_ref(), digest).await.map(super::owned)
+            })
             .await
             .map_err(|e: Arc<Error>| (*e).clone())?;
         Ok(Body::Bytes(range.slice(&bytes)?))
@@ -82,7 +81,7 @@ impl BlobStore for MemoryCache {
         }
         let bytes = body.collect().await?;
         self.inner.put(digest, Body::Bytes(bytes.clone())).await?;
-        self.cache.insert(*digest, bytes).await;
+        self.cache.insert(*digest, super::owned(bytes)).await;
         Ok(())
     }
 

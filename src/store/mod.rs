@@ -94,6 +94,13 @@ impl Body {
     /// passes `max` bytes, so a stream of unknown length never grows a
     /// buffer beyond what the caller budgeted.
     pub async fn collect_max(self, max: u64) -> Result<Bytes> {
+        self.collect_expecting(0, max).await
+    }
+
+    /// [`Body::collect_max`] into a buffer sized for the `expected` bytes
+    /// (a digest's size) up front, so a large blob is not copied again each
+    /// time a growing buffer doubles.
+    pub async fn collect_expecting(self, expected: u64, max: u64) -> Result<Bytes> {
         let over = |n: u64| {
             Error::exhausted(format!(
                 "value of at least {n} bytes is larger than the {max} bytes allowed here"
@@ -103,7 +110,7 @@ impl Body {
             Body::Bytes(b) if b.len() as u64 > max => Err(over(b.len() as u64)),
             Body::Bytes(b) => Ok(b),
             Body::Stream(mut s) => {
-                let mut buf = BytesMut::new();
+                let mut buf = BytesMut::with_capacity(expected.min(max) as usize);
                 while let Some(chunk) = s.next().await.transpose()? {
                     let n = buf.len() as u64 + chunk.len() as u64;
                     if n > max {
@@ -234,6 +241,24 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     /// (adopt it); whatever is left at its path afterwards is the caller's.
     async fn put_file(&self, digest: &Digest, file: VerifiedFile) -> Result<()> {
         self.put(digest, file.into_body().await?).await
+    }
+}
+
+/// Values up to this size are copied into an allocation of their own
+/// before a memory store or tier keeps them (see [`owned`]).
+const OWN_COPY_MAX: usize = 1 << 20;
+
+/// `bytes` in an allocation of its own, for a value kept long. A blob of a
+/// BatchUpdateBlobs request is a slice of the whole decoded request: kept
+/// as it is, one 4 KiB entry would pin the 4 MiB buffer while the cache
+/// counts 4 KiB, so the memory a tier really holds would be many times its
+/// budget. Small values are copied (cheap); large ones come from streams
+/// that were concatenated into buffers of their own size already.
+pub(crate) fn owned(bytes: Bytes) -> Bytes {
+    if bytes.len() <= OWN_COPY_MAX {
+        Bytes::copy_from_slice(&bytes)
+    } else {
+        bytes
     }
 }
 
