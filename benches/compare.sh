@@ -105,6 +105,9 @@ start() { # name port command...
     exit 1
 }
 
+# Stops a server and waits until it has exited (and let go of its ports).
+stop() { local pid; pid=$(cat "$RUN/$1.pid"); kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+
 peak_rss_mib() { awk '/VmHWM/ {printf "%d", $2/1024}' "/proc/$(cat "$RUN/$1.pid")/status"; }
 
 bench() { # name port workloads [extra args]
@@ -161,12 +164,12 @@ done
 wait "${SOAK_PIDS[@]}"
 SOAK_ERRORS=$(cat "$RUN"/soak-*.jsonl | python3 -c 'import sys, json; print(sum(json.loads(l).get("errors", 0) for l in sys.stdin if l.strip()))')
 echo "{\"workload\":\"soak_rss\",\"mib\":$(peak_rss_mib kiln-disk),\"errors\":$SOAK_ERRORS}" >> "$RUN/kiln-disk.jsonl"
-kill "$(cat "$RUN/kiln-disk.pid")"
+stop kiln-disk
 
 start kiln-memory 50072 "$KILN" serve --config "$RUN/kiln-memory.yaml" --listen 127.0.0.1:50072 --data-dir "$RUN/kiln-memory-data"
 bench kiln-memory 50072 "$WORKLOADS"
 echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib kiln-memory)}" >> "$RUN/kiln-memory.jsonl"
-kill "$(cat "$RUN/kiln-memory.pid")"
+stop kiln-memory
 
 start buildgrid 50073 "$BGD" server start "$RUN/bgd.yaml"
 bench buildgrid 50073 "$WORKLOADS"
@@ -187,7 +190,7 @@ start kiln-s3 50074 "$KILN" serve --config "$RUN/kiln-s3.yaml" --listen 127.0.0.
     --http-listen 127.0.0.1:50084 --data-dir "$RUN/kiln-s3-data"
 BENCH_BLOB="$S3_BLOB" bench kiln-s3 50074 fmb,fmb_present,batch,bytestream --metrics-url http://127.0.0.1:50084/metrics
 echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib kiln-s3)}" >> "$RUN/kiln-s3.jsonl"
-kill "$(cat "$RUN/kiln-s3.pid")"
+stop kiln-s3
 
 sed -e 's|!lru-storage &main-storage|!s3-storage \&main-storage|' \
     -e 's|    size: 4GB|    bucket: kiln\n    endpoint: http://127.0.0.1:18433\n    access-key: benchkey\n    secret-key: benchsecret|' \
