@@ -197,6 +197,13 @@ def main():
     lines.append(f"| exec: >= 300 no-op actions/s with two workers | {fmt(ex_rate)} actions/s "
                  f"(p50 {fmt(get(disk, 'exec', 'p50_ms'))} ms, 8 in flight, 2 workers x 4 slots) | "
                  f"{status(None if ex_rate is None else ex_rate >= 300)} |")
+    ph = get(disk, "exec_serial", "phases_ms")
+    if ph:
+        lines.append("")
+        lines.append(f"exec serial, where the time goes (means from ExecutedActionMetadata): worker total "
+                     f"{fmt(ph.get('worker_total'))} ms = input fetch {fmt(ph.get('input_fetch'))}, execution "
+                     f"{fmt(ph.get('execution'))}, output upload {fmt(ph.get('output_upload'))}; the rest of the "
+                     f"call is queueing, lease hand-off, the report, the action-cache write and the answer.")
     lines.append("")
     lines.append("exec: every call executes a distinct cacheable no-op action with skip_cache_lookup, so "
                  "each is queued, leased, run by a `kiln worker`, reported, written to the action cache "

@@ -72,6 +72,14 @@ async fn every_workload_completes_without_errors() {
     assert_eq!(by("fmb").ops, 6);
     assert_eq!(by("batch").ops, 6);
     assert_eq!(by("exec").ops, 6, "six no-op actions ran on the worker");
+    let phases = by("exec")
+        .phases_ms
+        .as_ref()
+        .expect("exec reports the worker's phases");
+    assert!(
+        phases["worker_total"] > 0.0 && phases["worker_total"] >= phases["execution"],
+        "{phases:?}"
+    );
     assert_eq!(by("ac").ops, 6);
     assert_eq!(by("bytestream_write").ops, 4, "two fresh blobs per worker");
     assert_eq!(by("tree_cold").ops, 3);

@@ -124,6 +124,7 @@ pub(crate) async fn bes(ctx: &Ctx, total: u64) -> Result<Vec<Stats>> {
         first_error: None,
         backend_calls: None,
         server_cpu: None,
+        phases_ms: None,
     };
     for w in workers {
         match w.await.map_err(Error::from).and_then(|r| r) {

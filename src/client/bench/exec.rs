@@ -63,7 +63,9 @@ pub(super) async fn exec(ctx: &Ctx) -> Result<Vec<Stats>> {
     let next = Arc::new(AtomicU64::new(0));
     let channels: Vec<_> = (0..ctx.concurrency).map(|w| ctx.channel(w)).collect();
     let instance = ctx.instance.clone();
-    let stats = drive(
+    let phases = Arc::new(std::sync::Mutex::new(Phases::default()));
+    let phases_in = phases.clone();
+    let mut stats = drive(
         "exec",
         ctx.concurrency,
         ctx.limit,
@@ -77,6 +79,7 @@ pub(super) async fn exec(ctx: &Ctx) -> Result<Vec<Stats>> {
                 ..Default::default()
             };
             let mut client = ExecutionClient::new(channels[w].clone());
+            let phases = phases_in.clone();
             async move {
                 let call = async {
                     let mut stream = client.execute(request).await?.into_inner();
@@ -99,7 +102,12 @@ pub(super) async fn exec(ctx: &Ctx) -> Result<Vec<Stats>> {
                     };
                     match response.status {
                         Some(s) if s.code != 0 => Err(tonic::Status::new(s.code.into(), s.message)),
-                        _ => Ok(Done { bytes: 0, items: 1 }),
+                        _ => {
+                            if let Some(meta) = response.result.and_then(|r| r.execution_metadata) {
+                                phases.lock().expect("phases lock").add(&meta);
+                            }
+                            Ok(Done { bytes: 0, items: 1 })
+                        }
                     }
                 };
                 tokio::time::timeout(CALL_TIMEOUT, call)
@@ -113,5 +121,66 @@ pub(super) async fn exec(ctx: &Ctx) -> Result<Vec<Stats>> {
         },
     )
     .await;
+    stats.phases_ms = phases.lock().expect("phases lock").means();
     Ok(vec![stats])
+}
+
+/// Sums of the worker's phases over the calls, from the timestamps it
+/// reports in ExecutedActionMetadata: where an action's time goes.
+#[derive(Debug, Default)]
+struct Phases {
+    calls: u64,
+    input_fetch: f64,
+    execution: f64,
+    output_upload: f64,
+    worker_total: f64,
+}
+
+fn millis_between(
+    start: &Option<prost_types::Timestamp>,
+    end: &Option<prost_types::Timestamp>,
+) -> f64 {
+    let ms = |t: &prost_types::Timestamp| t.seconds as f64 * 1e3 + t.nanos as f64 / 1e6;
+    match (start, end) {
+        (Some(s), Some(e)) => (ms(e) - ms(s)).max(0.0),
+        _ => 0.0,
+    }
+}
+
+impl Phases {
+    fn add(&mut self, m: &crate::proto::reapi::ExecutedActionMetadata) {
+        self.calls += 1;
+        self.input_fetch += millis_between(
+            &m.input_fetch_start_timestamp,
+            &m.input_fetch_completed_timestamp,
+        );
+        self.execution += millis_between(
+            &m.execution_start_timestamp,
+            &m.execution_completed_timestamp,
+        );
+        self.output_upload += millis_between(
+            &m.output_upload_start_timestamp,
+            &m.output_upload_completed_timestamp,
+        );
+        self.worker_total +=
+            millis_between(&m.worker_start_timestamp, &m.worker_completed_timestamp);
+    }
+
+    fn means(&self) -> Option<std::collections::BTreeMap<&'static str, f64>> {
+        if self.calls == 0 {
+            return None;
+        }
+        let n = self.calls as f64;
+        Some(
+            [
+                ("input_fetch", self.input_fetch),
+                ("execution", self.execution),
+                ("output_upload", self.output_upload),
+                ("worker_total", self.worker_total),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k, v / n))
+            .collect(),
+        )
+    }
 }

@@ -41,6 +41,9 @@ pub struct Stats {
     pub backend_calls: Option<f64>,
     /// CPU time the server used during the phase.
     pub server_cpu: Option<Duration>,
+    /// Mean milliseconds of named parts of each call (exec: the worker's
+    /// phases from ExecutedActionMetadata).
+    pub phases_ms: Option<std::collections::BTreeMap<&'static str, f64>>,
 }
 
 /// One line of `kiln bench` output.
@@ -80,6 +83,9 @@ pub struct Report {
     /// `--server-pid`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_us_per_op: Option<f64>,
+    /// Mean milliseconds of named parts of each call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases_ms: Option<std::collections::BTreeMap<&'static str, f64>>,
 }
 
 impl Stats {
@@ -116,6 +122,7 @@ impl Stats {
             server_cpu_us_per_op: self
                 .server_cpu
                 .map(|c| c.as_micros() as f64 / self.ops.max(1) as f64),
+            phases_ms: self.phases_ms,
         }
     }
 }
@@ -207,6 +214,7 @@ where
         first_error: None,
         backend_calls: None,
         server_cpu: None,
+        phases_ms: None,
     };
     for w in workers {
         let me = match w.await {

@@ -312,6 +312,7 @@ pub(crate) async fn hash(ctx: &Ctx) -> Result<Vec<Stats>> {
                 first_error: None,
                 backend_calls: None,
                 server_cpu: None,
+                phases_ms: None,
             }
         })
         .await?;
