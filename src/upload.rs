@@ -13,11 +13,8 @@
 //! then the new data, into a fresh put. Either way the spool is deleted once
 //! the blob is committed.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -32,137 +29,16 @@ use crate::proto::bytestream::WriteRequest;
 use crate::resource::{Compressor, ResourceName};
 use crate::store::{Body, ChunkStream};
 
+mod sessions;
+
+use sessions::Session;
+pub use sessions::Uploads;
+
 /// Identity uploads at least this large are spooled so they can resume.
 pub const SPOOL_MIN: u64 = 1 << 20;
 
 /// The incoming messages of one Write call.
 pub type Requests = BoxStream<'static, Result<WriteRequest, tonic::Status>>;
-
-/// An interrupted upload's spooled bytes.
-#[derive(Debug)]
-struct Session {
-    path: PathBuf,
-    /// Who reserved the spool space, and how much.
-    owner: String,
-    reserved: u64,
-    len: AtomicU64,
-    touched: Mutex<Instant>,
-    /// Held by the Write that is using the session.
-    busy: tokio::sync::Mutex<()>,
-}
-
-/// The upload sessions of one server.
-#[derive(Debug)]
-pub struct Uploads {
-    dir: PathBuf,
-    sessions: Mutex<HashMap<String, Arc<Session>>>,
-    limits: crate::config::UploadsConfig,
-    /// Bytes reserved in all, and per owner.
-    reserved: Mutex<(u64, HashMap<String, u64>)>,
-}
-
-impl Uploads {
-    /// Keeps spool files under `dir` within `limits`, clearing any a
-    /// previous run left.
-    pub fn new(dir: PathBuf, limits: crate::config::UploadsConfig) -> Result<Self> {
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| Error::io(format!("clearing {}", dir.display()), e))?;
-        }
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-        Ok(Uploads {
-            dir,
-            sessions: Mutex::new(HashMap::new()),
-            limits,
-            reserved: Mutex::new((0, HashMap::new())),
-        })
-    }
-
-    /// Bytes kept for an upload, if it is known.
-    pub fn committed(&self, name: &ResourceName) -> Option<u64> {
-        let sessions = self.sessions.lock().expect("uploads lock");
-        sessions
-            .get(&name.upload_key())
-            .map(|s| s.len.load(Ordering::SeqCst))
-    }
-
-    /// The session of `key`, reserving `size` bytes for `owner` when it is
-    /// new; RESOURCE_EXHAUSTED when that would pass a spool limit.
-    fn session(&self, key: &str, size: u64, owner: &str) -> Result<Arc<Session>> {
-        let mut sessions = self.sessions.lock().expect("uploads lock");
-        if let Some(session) = sessions.get(key) {
-            *session.touched.lock().expect("session lock") = Instant::now();
-            return Ok(session.clone());
-        }
-        self.reserve(owner, size)?;
-        let session = Arc::new(Session {
-            path: self.dir.join(uuid::Uuid::new_v4().simple().to_string()),
-            owner: owner.to_string(),
-            reserved: size,
-            len: AtomicU64::new(0),
-            touched: Mutex::new(Instant::now()),
-            busy: tokio::sync::Mutex::new(()),
-        });
-        sessions.insert(key.to_string(), session.clone());
-        Ok(session)
-    }
-
-    fn reserve(&self, owner: &str, size: u64) -> Result<()> {
-        let mut reserved = self.reserved.lock().expect("uploads lock");
-        let (total, by_owner) = &mut *reserved;
-        let mine = by_owner.get(owner).copied().unwrap_or(0);
-        let (max, per) = (
-            self.limits.max_spool.0,
-            self.limits.max_spool_per_identity.0,
-        );
-        if total.saturating_add(size) > max || mine.saturating_add(size) > per {
-            return Err(Error::exhausted(format!(
-                "upload spools are full: {owner} holds {mine} of {per} bytes and all uploads {total} of {max}; \
-                 a resumable upload of {size} bytes does not fit (finish or abandon other uploads first)"
-            )));
-        }
-        *total += size;
-        by_owner.insert(owner.to_string(), mine + size);
-        Ok(())
-    }
-
-    fn release(&self, session: &Session) {
-        let _ = std::fs::remove_file(&session.path);
-        let mut reserved = self.reserved.lock().expect("uploads lock");
-        let (total, by_owner) = &mut *reserved;
-        *total = total.saturating_sub(session.reserved);
-        if let Some(mine) = by_owner.get_mut(&session.owner) {
-            *mine = mine.saturating_sub(session.reserved);
-            if *mine == 0 {
-                by_owner.remove(&session.owner);
-            }
-        }
-    }
-
-    fn remove(&self, key: &str) {
-        let removed = self.sessions.lock().expect("uploads lock").remove(key);
-        if let Some(s) = removed {
-            self.release(&s);
-        }
-    }
-
-    /// Drops sessions untouched for `idle`; clients that never come back
-    /// must not fill the disk.
-    pub fn expire(&self, idle: Duration) {
-        let mut expired = Vec::new();
-        self.sessions.lock().expect("uploads lock").retain(|_, s| {
-            let keep = s.touched.lock().expect("session lock").elapsed() < idle;
-            if !keep {
-                expired.push(s.clone());
-            }
-            keep
-        });
-        for s in expired {
-            self.release(&s);
-        }
-    }
-}
 
 /// Runs one Write call: returns the `committed_size` to answer with.
 pub async fn write(
@@ -259,29 +135,7 @@ async fn resumable(
         return adopted(instance, uploads, &key, &session, name, offset, incoming).await;
     }
     let spool_err = |e| Error::io("upload spool", e);
-    // The spool is written on a blocking thread, off the upload's path: the
-    // chunks are handed over by reference, not copied.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let writer_session = session.clone();
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        use std::io::{Seek, Write};
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(&writer_session.path)?;
-        file.set_len(offset)?;
-        file.seek(std::io::SeekFrom::Start(offset))?;
-        writer_session.len.store(offset, Ordering::SeqCst);
-        while let Some(chunk) = rx.blocking_recv() {
-            file.write_all(&chunk)?;
-            // The session says only what the file holds.
-            writer_session
-                .len
-                .fetch_add(chunk.len() as u64, Ordering::SeqCst);
-        }
-        Ok(())
-    });
+    let (tx, writer) = spool_writer(&session, offset, None);
     let prefix: ChunkStream = if offset > 0 {
         let reader = tokio::fs::File::open(&session.path)
             .await
@@ -302,17 +156,76 @@ async fn resumable(
     if let Ok(Err(e)) = writer.await {
         tracing::warn!(error = %e, "upload spool write failed; a resume will restart from the bytes kept");
     }
-    match stored {
+    settle(uploads, &key, name, stored)
+}
+
+/// Ends an upload's session when the outcome makes it useless: the blob is
+/// stored, or the content was wrong (resuming it cannot help); any other
+/// error keeps it for a resume.
+fn settle(uploads: &Uploads, key: &str, name: &ResourceName, outcome: Result<()>) -> Result<i64> {
+    match outcome {
         Ok(()) => {
-            uploads.remove(&key);
+            uploads.remove(key);
             Ok(name.digest.size as i64)
         }
         Err(e @ Error::InvalidArgument(_)) => {
-            uploads.remove(&key);
+            uploads.remove(key);
             Err(e)
         }
         Err(e) => Err(e),
     }
+}
+
+/// Starts the blocking thread that writes a session's spool from `offset`
+/// on: the chunks are handed over by reference, not copied, and the
+/// session's length says only what the file holds. Given a hasher, the
+/// thread also hashes what the spool keeps before `offset` (from the page
+/// cache, usually) and every chunk after it, and returns it.
+fn spool_writer(
+    session: &Arc<Session>,
+    offset: u64,
+    mut hasher: Option<crate::digest::Hasher>,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    tokio::task::JoinHandle<std::io::Result<Option<crate::digest::Hasher>>>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let session = session.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&session.path)?;
+        file.set_len(offset)?;
+        if let Some(h) = &mut hasher {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut left = offset;
+            while left > 0 {
+                let n = file.read(&mut buf[..left.min(1 << 20) as usize])?;
+                if n == 0 {
+                    return Err(std::io::Error::other(
+                        "the upload spool is shorter than it was",
+                    ));
+                }
+                h.update(&buf[..n]);
+                left -= n as u64;
+            }
+        }
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        session.len.store(offset, Ordering::SeqCst);
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk)?;
+            if let Some(h) = &mut hasher {
+                h.update(&chunk);
+            }
+            session.len.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        }
+        Ok(hasher)
+    });
+    (tx, writer)
 }
 
 /// A large upload written once: into the spool, hashed on the way, then
@@ -327,70 +240,25 @@ async fn adopted(
     mut incoming: Incoming,
 ) -> Result<i64> {
     let digest = name.digest;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let writer_session = session.clone();
-    // Writes and hashes on a blocking thread: the async workers only pass
-    // the chunks along, by reference.
-    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<crate::digest::Hasher> {
-        use std::io::{Read, Seek, Write};
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&writer_session.path)?;
-        file.set_len(offset)?;
-        let mut hasher = digest.function.hasher();
-        // A resumed upload hashes what the spool kept (from the page cache,
-        // usually) before the new bytes.
-        let mut buf = vec![0u8; 1 << 20];
-        let mut left = offset;
-        while left > 0 {
-            let n = file.read(&mut buf[..left.min(1 << 20) as usize])?;
-            if n == 0 {
-                return Err(std::io::Error::other(
-                    "the upload spool is shorter than it was",
-                ));
-            }
-            hasher.update(&buf[..n]);
-            left -= n as u64;
-        }
-        drop(buf);
-        file.seek(std::io::SeekFrom::Start(offset))?;
-        writer_session.len.store(offset, Ordering::SeqCst);
-        while let Some(chunk) = rx.blocking_recv() {
-            file.write_all(&chunk)?;
-            hasher.update(&chunk);
-            // The session says only what the file holds.
-            writer_session
-                .len
-                .fetch_add(chunk.len() as u64, Ordering::SeqCst);
-        }
-        Ok(hasher)
-    });
+    // Written and hashed on a blocking thread: the async workers only pass
+    // the chunks along.
+    let (tx, writer) = spool_writer(session, offset, Some(digest.function.hasher()));
     incoming.next_offset = offset;
     incoming.spool = Some(tx);
     let mut stream = incoming.into_stream();
-    let mut received = Ok(offset);
-    while let Some(item) = stream.next().await {
-        match (item, &mut received) {
-            (Ok(chunk), Ok(len)) => {
-                *len += chunk.len() as u64;
-                if *len > digest.size {
-                    received = Err(Error::InvalidArgument(format!(
-                        "blob {digest}: received at least {} bytes, more than the {} declared",
-                        *len, digest.size
-                    )));
-                    break;
+    let mut len = offset;
+    let received = loop {
+        match stream.next().await {
+            None => break Ok(len),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(chunk)) => {
+                len += chunk.len() as u64;
+                if len > digest.size {
+                    break Err(crate::store::content_addressed::too_long(&digest, len));
                 }
             }
-            (Err(e), _) => {
-                received = Err(e);
-                break;
-            }
-            (Ok(_), Err(_)) => unreachable!("the loop stops at the first error"),
         }
-    }
+    };
     // The stream (and with it the sender) is gone: the writer finishes what
     // was queued, so a resumed write finds every kept byte in the file.
     drop(stream);
@@ -410,7 +278,7 @@ async fn adopted(
             digest.size
         ))),
         (Ok(_), Ok(hasher)) => {
-            let actual = hasher.finish();
+            let actual = hasher.expect("the writer was given a hasher").finish();
             if actual != digest {
                 Err(crate::store::content_addressed::mismatch(&digest, &actual))
             } else {
@@ -419,17 +287,7 @@ async fn adopted(
             }
         }
     };
-    match outcome {
-        Ok(()) => {
-            uploads.remove(key);
-            Ok(digest.size as i64)
-        }
-        Err(e @ Error::InvalidArgument(_)) => {
-            uploads.remove(key);
-            Err(e)
-        }
-        Err(e) => Err(e),
-    }
+    settle(uploads, key, name, outcome)
 }
 
 /// The state of one Write stream as it is turned into blob chunks.

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
-use tokio::sync::{mpsc, oneshot};
 
+use super::sql_writer::{INSERT_STREAM, Writer};
 use super::store::{
     EventFilter, EventStore, InvocationFilter, NewEvent, StoredEvent, StreamInfo, StreamKey,
 };
@@ -26,42 +26,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
-/// Rows per multi-row INSERT: far below either database's parameter limit.
-const INSERT_CHUNK: usize = 100;
-/// Events one group transaction takes at most; more wait for the next.
-const MAX_GROUP_EVENTS: usize = 20_000;
-
 /// Build events in a SQL database.
 ///
-/// Commits are group commits: one writer task takes every commit waiting,
-/// from all streams, and stores them in one transaction; each stream's
-/// commit returns (and its events are acknowledged) when that transaction
-/// is durable. Streams never contend for the database's writer lock (SQLite
-/// has one), and a busy server pays one fsync for many streams' batches.
+/// Commits are group commits across streams, through the writer in
+/// `sql_writer`; reads and purges go to the pool directly.
 #[derive(Debug, Clone)]
 pub struct SqlEventStore {
     pool: AnyPool,
-    writer: mpsc::Sender<Job>,
-}
-
-/// One stream's commit, waiting for the writer.
-#[derive(Debug)]
-struct Job {
-    key: StreamKey,
-    events: Vec<NewEvent>,
-    finished: bool,
-    summary: Option<Summary>,
-    done: oneshot::Sender<Result<()>>,
-}
-
-/// An invocation summary, encoded, with the columns indexed beside it.
-#[derive(Debug)]
-struct Summary {
-    invocation_id: String,
-    status: String,
-    user: String,
-    started_at: i64,
-    json: String,
+    writer: Writer,
 }
 
 impl SqlEventStore {
@@ -69,180 +41,9 @@ impl SqlEventStore {
     /// applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = crate::sql::connect(url, "build events", MIGRATIONS).await?;
-        let (writer, jobs) = mpsc::channel(1024);
-        let placeholders = if url.starts_with("sqlite:") {
-            Placeholders::Anonymous
-        } else {
-            Placeholders::Numbered
-        };
-        tokio::spawn(write_groups(pool.clone(), placeholders, jobs));
+        let writer = Writer::start(pool.clone(), url.starts_with("sqlite:"));
         Ok(SqlEventStore { pool, writer })
     }
-}
-
-/// How the multi-row INSERT spells its parameters. SQLite's `$N` costs a
-/// scan of every named parameter per bind (quadratic in a statement of 800
-/// parameters: measured, 28% of the server's CPU under build events), its
-/// anonymous `?` none; PostgreSQL knows only `$N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Placeholders {
-    Anonymous,
-    Numbered,
-}
-
-/// `(p1, ..., p8), (p9, ...)`: the VALUES of `rows` rows of eight columns.
-fn values_clause(rows: usize, placeholders: Placeholders) -> String {
-    let mut out = String::with_capacity(rows * 40);
-    for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
-        for c in 0..8 {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            match placeholders {
-                Placeholders::Anonymous => out.push('?'),
-                Placeholders::Numbered => {
-                    use std::fmt::Write;
-                    let _ = write!(out, "${}", r * 8 + c + 1);
-                }
-            }
-        }
-        out.push(')');
-    }
-    out
-}
-
-/// The writer task: runs until every handle to the store is gone.
-async fn write_groups(pool: AnyPool, placeholders: Placeholders, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.recv().await {
-        let mut events = first.events.len();
-        let mut group = vec![first];
-        while events < MAX_GROUP_EVENTS {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    events += job.events.len();
-                    group.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        match write_group(&pool, placeholders, &group).await {
-            Ok(()) => {
-                for job in group {
-                    let _ = job.done.send(Ok(()));
-                }
-            }
-            Err(e) if group.len() == 1 => {
-                let _ = group.pop().expect("one job").done.send(Err(e));
-            }
-            Err(_) => {
-                // One stream's failure must not fail the others: each
-                // commits on its own.
-                for job in group {
-                    let result = write_group(&pool, placeholders, std::slice::from_ref(&job)).await;
-                    let _ = job.done.send(result);
-                }
-            }
-        }
-    }
-}
-
-/// Stores `group` in one transaction; of several summaries of one
-/// invocation only the newest is written.
-async fn write_group(pool: &AnyPool, placeholders: Placeholders, group: &[Job]) -> Result<()> {
-    let err = db_err("storing build events");
-    let mut tx = pool.begin().await.map_err(&err)?;
-    for (i, job) in group.iter().enumerate() {
-        let newer_summary = group[i + 1..].iter().any(|later| {
-            matches!((&later.summary, &job.summary), (Some(a), Some(b)) if a.invocation_id == b.invocation_id)
-        });
-        let summary = if newer_summary {
-            None
-        } else {
-            job.summary.as_ref()
-        };
-        write_job(&mut tx, placeholders, job, summary).await?;
-    }
-    tx.commit().await.map_err(&err)
-}
-
-/// One stream's part of a group: creates the stream if needed, stores the
-/// events (skipping sequence numbers already stored), advances the stream
-/// and stores the summary.
-async fn write_job(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    placeholders: Placeholders,
-    job: &Job,
-    summary: Option<&Summary>,
-) -> Result<()> {
-    let err = db_err("storing build events");
-    let (key, events, finished) = (&job.key, &job.events, job.finished);
-    sqlx::query(
-        "INSERT INTO bes_streams (build_id, invocation_id, component, created_at, last_sequence, finished) \
-         VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT DO NOTHING",
-    )
-    .bind(&key.build_id)
-    .bind(&key.invocation_id)
-    .bind(i64::from(key.component))
-    .bind(now_ms())
-    .execute(&mut **tx)
-    .await
-    .map_err(&err)?;
-    for chunk in events.chunks(INSERT_CHUNK) {
-        let sql = format!(
-            "INSERT INTO bes_events (build_id, invocation_id, component, sequence, kind, label, event_time, payload) \
-             VALUES {} ON CONFLICT DO NOTHING",
-            values_clause(chunk.len(), placeholders)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in chunk {
-            q = q
-                .bind(&key.build_id)
-                .bind(&key.invocation_id)
-                .bind(i64::from(key.component))
-                .bind(e.sequence)
-                .bind(&e.kind)
-                .bind(&e.label)
-                .bind(e.event_time_ms)
-                .bind(e.payload.to_vec());
-        }
-        q.execute(&mut **tx).await.map_err(&err)?;
-    }
-    let last = events.iter().map(|e| e.sequence).max().unwrap_or(0);
-    sqlx::query(
-        "UPDATE bes_streams SET last_sequence = CASE WHEN last_sequence < $1 THEN $1 ELSE last_sequence END, \
-         finished = CASE WHEN $2 = 1 THEN 1 ELSE finished END \
-         WHERE build_id = $3 AND invocation_id = $4 AND component = $5",
-    )
-    .bind(last)
-    .bind(i64::from(finished))
-    .bind(&key.build_id)
-    .bind(&key.invocation_id)
-    .bind(i64::from(key.component))
-    .execute(&mut **tx)
-    .await
-    .map_err(&err)?;
-    if let Some(summary) = summary {
-        sqlx::query(
-            "INSERT INTO invocations (invocation_id, status, user_name, started_at, updated_at, summary) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (invocation_id) DO UPDATE SET \
-             status = excluded.status, user_name = excluded.user_name, started_at = excluded.started_at, \
-             updated_at = excluded.updated_at, summary = excluded.summary",
-        )
-        .bind(&summary.invocation_id)
-        .bind(&summary.status)
-        .bind(&summary.user)
-        .bind(summary.started_at)
-        .bind(now_ms())
-        .bind(&summary.json)
-        .execute(&mut **tx)
-        .await
-        .map_err(&err)?;
-    }
-    Ok(())
 }
 
 fn stream_info(row: &AnyRow) -> std::result::Result<StreamInfo, sqlx::Error> {
@@ -329,17 +130,14 @@ impl EventStore for SqlEventStore {
     }
 
     async fn create_stream(&self, key: &StreamKey) -> Result<()> {
-        let done = sqlx::query(
-            "INSERT INTO bes_streams (build_id, invocation_id, component, created_at, last_sequence, finished) \
-             VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT DO NOTHING",
-        )
-        .bind(&key.build_id)
-        .bind(&key.invocation_id)
-        .bind(i64::from(key.component))
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("creating a stream"))?;
+        let done = sqlx::query(INSERT_STREAM)
+            .bind(&key.build_id)
+            .bind(&key.invocation_id)
+            .bind(i64::from(key.component))
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("creating a stream"))?;
         if done.rows_affected() == 0 {
             return Err(Error::AlreadyExists(format!(
                 "stream {} already exists",
@@ -373,36 +171,7 @@ impl EventStore for SqlEventStore {
         finished: bool,
         invocation: Option<&Invocation>,
     ) -> Result<()> {
-        // The summary is encoded here, on the stream's own task; the writer
-        // only runs the statements.
-        let summary = match invocation.filter(|i| !i.invocation_id.is_empty()) {
-            Some(i) => Some(Summary {
-                invocation_id: i.invocation_id.clone(),
-                status: i.status.as_str().to_string(),
-                user: i.user.clone(),
-                started_at: i.started_at,
-                json: serde_json::to_string(i)
-                    .map_err(|e| Error::internal_from("encoding a summary", e))?,
-            }),
-            None => None,
-        };
-        let (done, wait) = oneshot::channel();
-        let job = Job {
-            key: key.clone(),
-            events: events.to_vec(),
-            finished,
-            summary,
-            done,
-        };
-        self.writer
-            .send(job)
-            .await
-            .map_err(|_| Error::Unavailable("the build-event writer has stopped".into()))?;
-        wait.await.unwrap_or_else(|_| {
-            Err(Error::Unavailable(
-                "the build-event writer has stopped".into(),
-            ))
-        })
+        self.writer.commit(key, events, finished, invocation).await
     }
 
     async fn invocation(&self, invocation_id: &str) -> Result<Option<Invocation>> {
@@ -554,22 +323,5 @@ impl EventStore for SqlEventStore {
             }
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values_clauses() {
-        assert_eq!(
-            values_clause(2, Placeholders::Anonymous),
-            "(?, ?, ?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?, ?, ?)"
-        );
-        assert_eq!(
-            values_clause(2, Placeholders::Numbered),
-            "($1, $2, $3, $4, $5, $6, $7, $8), ($9, $10, $11, $12, $13, $14, $15, $16)"
-        );
     }
 }

@@ -37,6 +37,14 @@ pub fn mismatch(expected: &Digest, actual: &Digest) -> Error {
     ))
 }
 
+/// The INVALID_ARGUMENT for content longer than its digest says.
+pub(crate) fn too_long(expected: &Digest, seen: u64) -> Error {
+    Error::InvalidArgument(format!(
+        "blob {expected}: received at least {seen} bytes, more than the {} declared",
+        expected.size
+    ))
+}
+
 /// Feeds one chunk to the hasher, off the async threads when it is large.
 async fn update(mut hasher: Hasher, chunk: Bytes) -> Result<Hasher> {
     if chunk.len() < OFFLOAD_MIN {
@@ -67,11 +75,7 @@ fn verifying(expected: Digest, stream: ChunkStream) -> ChunkStream {
             Some(Ok(chunk)) => {
                 let seen = hasher.len() + chunk.len() as u64;
                 if seen > expected.size {
-                    let err = Error::InvalidArgument(format!(
-                        "blob {expected}: received at least {seen} bytes, more than the {} declared",
-                        expected.size
-                    ));
-                    return Some((Err(err), st));
+                    return Some((Err(too_long(&expected, seen)), st));
                 }
                 match update(hasher, chunk.clone()).await {
                     Ok(h) => {

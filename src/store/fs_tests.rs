@@ -241,11 +241,7 @@ async fn confirmed_blobs_are_leased_until_the_hard_limit() {
             .await
             .unwrap();
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while store.index.totals().0 > 200_000 || store.index.is_evicting() {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    settle(&store, 200_000).await;
     assert!(
         !store.index.find_missing(&digests[..5]).is_empty(),
         "past the hard limit the oldest go"

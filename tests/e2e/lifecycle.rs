@@ -248,6 +248,38 @@ async fn upload_spools_are_capped() {
     );
 }
 
+/// After a kill -9 and a restart: every blob of `sent` the store reports
+/// present reads back whole, and the files on disk are exactly those blobs
+/// (each `blob_len` bytes). Returns the ones reported missing.
+async fn restarted_store_is_consistent(
+    cas: &mut kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient<
+        tonic::transport::Channel,
+    >,
+    sent: &[kiln::digest::Digest],
+    root: &std::path::Path,
+    blob_len: usize,
+) -> Vec<kiln::proto::reapi::Digest> {
+    let mut absent = Vec::new();
+    for chunk in sent.chunks(1000) {
+        absent.extend(missing(cas, chunk).await);
+    }
+    let present: Vec<_> = sent
+        .iter()
+        .filter(|d| !absent.contains(&d.to_proto()))
+        .collect();
+    for d in &present {
+        let r = read_one(cas, d).await;
+        assert_eq!(r.status.unwrap().code, 0, "{d} is listed but unreadable");
+        assert_eq!(sha(&r.data), **d, "{d} reads back whole");
+    }
+    assert_eq!(
+        disk_usage(root),
+        present.len() as u64 * blob_len as u64,
+        "no file outside the index"
+    );
+    absent
+}
+
 /// kill -9 while puts and evictions run: the restarted store's index is
 /// rebuilt from the files, so what it counts is exactly what is on disk and
 /// every blob it reports present reads back whole.
@@ -272,22 +304,7 @@ async fn a_kill_during_eviction_leaves_a_consistent_store() {
     child.wait().unwrap();
     let (mut child, _url, channel) = crate::common::spawn_kiln(&yaml, dir.path()).await;
     let mut cas = ContentAddressableStorageClient::new(channel);
-    let absent = missing(&mut cas, &sent).await;
-    let present: Vec<_> = sent
-        .iter()
-        .filter(|d| !absent.contains(&d.to_proto()))
-        .collect();
-    for d in &present {
-        let r = read_one(&mut cas, d).await;
-        assert_eq!(r.status.unwrap().code, 0, "{d} is listed but unreadable");
-        assert_eq!(sha(&r.data), **d, "{d} reads back whole");
-    }
-    let usage = disk_usage(&dir.path().join("cas"));
-    assert_eq!(
-        usage,
-        present.len() as u64 * BLOB as u64,
-        "no file outside the index"
-    );
+    restarted_store_is_consistent(&mut cas, &sent, &dir.path().join("cas"), BLOB).await;
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -354,30 +371,14 @@ instances:
 
     let (mut child, _url, channel) = crate::common::spawn_kiln(yaml, dir.path()).await;
     let mut cas = ContentAddressableStorageClient::new(channel);
-    let mut absent = Vec::new();
-    for chunk in sent.chunks(1000) {
-        absent.extend(missing(&mut cas, chunk).await);
-    }
+    let absent =
+        restarted_store_is_consistent(&mut cas, &sent, &dir.path().join("cas"), 8 << 10).await;
     for d in &acked {
         assert!(
             !absent.contains(&d.to_proto()),
             "acknowledged blob {d} was lost"
         );
     }
-    let present: Vec<_> = sent
-        .iter()
-        .filter(|d| !absent.contains(&d.to_proto()))
-        .collect();
-    for d in &present {
-        let r = read_one(&mut cas, d).await;
-        assert_eq!(r.status.unwrap().code, 0, "{d} is listed but unreadable");
-        assert_eq!(sha(&r.data), **d, "{d} reads back whole");
-    }
-    assert_eq!(
-        disk_usage(&dir.path().join("cas")),
-        present.len() as u64 * (8 << 10),
-        "no file outside the index"
-    );
     let _ = child.kill();
     let _ = child.wait();
 }
