@@ -219,6 +219,30 @@ impl Evictor {
     }
 }
 
+/// Writes a streamed blob to its (unsynced) temp file; returns its length.
+async fn write_stream(
+    temp: &Path,
+    mut stream: super::ChunkStream,
+    context: &(dyn Fn() -> String + Sync),
+) -> Result<u64> {
+    let file = tokio::fs::File::create(temp)
+        .await
+        .map_err(|e| Error::io(context(), e))?;
+    // Client chunks are often 16-64 KiB; batching them saves a
+    // blocking-pool hand-off per chunk.
+    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let mut len = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        len += chunk.len() as u64;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| Error::io(context(), e))?;
+    }
+    file.flush().await.map_err(|e| Error::io(context(), e))?;
+    Ok(len)
+}
+
 /// The error for a blob file whose length is not its digest's size (cut
 /// short by a crash of the file system, or tampered with): it is removed
 /// and reported absent, so clients upload it again instead of reading
@@ -346,39 +370,15 @@ impl BlobStore for FsStore {
         // (the client reset the stream), not only at the next start.
         let guard = TempGuard(Some(temp.clone()));
         let dest = self.path(digest);
-        let mut stream = match body {
-            Body::Bytes(data) => {
-                // The syncer writes the file in its next round.
-                self.syncer
-                    .commit_bytes(temp, dest, *digest, data)
-                    .await
-                    .map_err(|e| Error::io(context(), e))?;
-                guard.disarm();
-                self.after_put();
-                return Ok(());
+        let committed = match body {
+            // The syncer writes the file in its next round.
+            Body::Bytes(data) => self.syncer.commit_bytes(temp, dest, *digest, data).await,
+            Body::Stream(stream) => {
+                let len = write_stream(&temp, stream, &context).await?;
+                self.syncer.commit(temp, dest, *digest, len).await
             }
-            Body::Stream(stream) => stream,
         };
-        let file = tokio::fs::File::create(&temp)
-            .await
-            .map_err(|e| Error::io(context(), e))?;
-        // Client chunks are often 16-64 KiB; batching them saves a
-        // blocking-pool hand-off per chunk.
-        let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
-        let mut len = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            len += chunk.len() as u64;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| Error::io(context(), e))?;
-        }
-        file.flush().await.map_err(|e| Error::io(context(), e))?;
-        drop(file);
-        self.syncer
-            .commit(temp, dest, *digest, len)
-            .await
-            .map_err(|e| Error::io(context(), e))?;
+        committed.map_err(|e| Error::io(context(), e))?;
         guard.disarm();
         self.after_put();
         Ok(())
