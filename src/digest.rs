@@ -92,7 +92,11 @@ impl DigestFunction {
 }
 
 /// A content digest: function, 32-byte hash and size in bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Its `Hash` covers the function and hash only (equality covers the size
+/// too), so a map keyed by `Digest` can also be searched by [`HashKey`]:
+/// protocols that name blobs by hash alone need that lookup.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Digest {
     /// Which function produced `hash`.
     pub function: DigestFunction,
@@ -100,6 +104,60 @@ pub struct Digest {
     pub hash: [u8; 32],
     /// The blob's size; part of its identity, as REAPI requires.
     pub size: u64,
+}
+
+impl std::hash::Hash for Digest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        HashKey::of(self).hash(state);
+    }
+}
+
+/// A digest without its size: what Bazel's HTTP cache protocol names a
+/// blob or an action by. Equivalent to every [`Digest`] with the same
+/// function and hash, and hashed the same way, so maps and moka caches
+/// keyed by `Digest` answer lookups by it without a second index.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct HashKey {
+    /// Which function produced `hash`.
+    pub function: DigestFunction,
+    /// The raw hash bytes.
+    pub hash: [u8; 32],
+}
+
+impl HashKey {
+    /// The function and hash of `digest`.
+    pub fn of(digest: &Digest) -> Self {
+        HashKey {
+            function: digest.function,
+            hash: digest.hash,
+        }
+    }
+
+    /// The digest of a blob of `size` bytes with this hash.
+    pub fn with_size(self, size: u64) -> Digest {
+        Digest {
+            function: self.function,
+            hash: self.hash,
+            size,
+        }
+    }
+
+    /// Parses a lowercase hex hash of `function`'s length.
+    pub fn parse(function: DigestFunction, hex: &str) -> Result<Self> {
+        let hash = decode_hash(hex.as_bytes()).ok_or_else(|| {
+            InvalidDigest(format!(
+                "hash {hex:?} must be 64 lowercase hex digits for {}",
+                function.name()
+            ))
+        })?;
+        Ok(HashKey { function, hash })
+    }
+}
+
+impl equivalent::Equivalent<Digest> for HashKey {
+    fn equivalent(&self, key: &Digest) -> bool {
+        key.function == self.function && key.hash == self.hash
+    }
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";

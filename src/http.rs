@@ -1,6 +1,6 @@
 //! The HTTP listener beside gRPC: `/metrics` (Prometheus text), the build
-//! event API (`/api/v1/...`) and invocation pages. It stops with the gRPC
-//! server.
+//! event API (`/api/v1/...`), invocation pages and Bazel's HTTP cache
+//! protocol (`http_cache.rs`). It stops with the gRPC server.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +61,7 @@ pub fn router(
     scheduler: Option<Arc<crate::execution::scheduler::Scheduler>>,
     serving: Arc<AtomicBool>,
     access: HttpAccess,
+    cache: Option<crate::http_cache::CacheState>,
 ) -> Router {
     let guarded = |router: Router, on: bool| {
         if on {
@@ -75,8 +76,10 @@ pub fn router(
     let metrics_routes = Router::new()
         .route("/metrics", get(self::metrics))
         .with_state(metrics);
+    let cache = cache.map(crate::http_cache::router).unwrap_or_default();
     Router::new()
         .route("/healthz", get(healthz).with_state(serving))
+        .merge(cache)
         .merge(guarded(metrics_routes, access.metrics))
         .merge(guarded(
             crate::bes::http::router(events),

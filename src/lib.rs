@@ -54,6 +54,7 @@ pub(crate) mod edge;
 pub mod error;
 pub(crate) mod execution;
 pub(crate) mod http;
+pub(crate) mod http_cache;
 pub(crate) mod instance;
 pub(crate) mod metrics;
 pub mod proto;

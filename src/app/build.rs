@@ -21,6 +21,8 @@ pub(super) struct Built {
     pub authenticator: Option<Arc<Authenticator>>,
     /// Who may read the HTTP listener's guarded routes.
     pub http_access: crate::http::HttpAccess,
+    /// Bazel's HTTP cache protocol, when enabled.
+    pub http_cache: Option<crate::http_cache::CacheState>,
 }
 
 /// Builds every component from a validated `config`, fs paths under
@@ -58,6 +60,14 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
         build_events: config.auth.http_auth == HttpAuth::Required,
         metrics: config.auth.metrics_auth == HttpAuth::Required,
     };
+    let http_cache = config
+        .http_cache
+        .enabled
+        .then(|| crate::http_cache::CacheState {
+            instances: instances.clone(),
+            guard: http_access.guard.clone(),
+            max_upload: config.http_cache.max_upload.0,
+        });
     let parts = Parts {
         scheduler,
         instances,
@@ -76,5 +86,6 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
         parts,
         authenticator,
         http_access,
+        http_cache,
     })
 }

@@ -91,6 +91,7 @@ async fn serve(
         parts,
         authenticator,
         http_access,
+        http_cache,
     } = built;
     let (reporter, health) = tonic_health::server::health_reporter();
     let routes = services::routes(&config, &parts, health);
@@ -133,6 +134,7 @@ async fn serve(
             parts.scheduler.clone(),
             serving.clone(),
             http_access,
+            http_cache,
         ),
     )
     .with_graceful_shutdown(async move {

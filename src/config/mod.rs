@@ -72,6 +72,9 @@ pub struct Config {
     /// The Build Event Service and its database.
     #[serde(default)]
     pub build_events: BuildEventsConfig,
+    /// Bazel's HTTP cache protocol on the HTTP listener.
+    #[serde(default)]
+    pub http_cache: HttpCacheConfig,
     /// Remote execution: the scheduler, its database and its timeouts.
     #[serde(default)]
     pub execution: ExecutionConfig,
@@ -80,6 +83,29 @@ pub struct Config {
     pub stores: BTreeMap<String, StoreConfig>,
     /// The instances this server serves, chosen by `instance_name`.
     pub instances: Vec<InstanceConfig>,
+}
+
+/// `http_cache:` settings: `/cas/{sha256}` and `/ac/{sha256}` on the HTTP
+/// listener, for clients that speak no gRPC.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCacheConfig {
+    /// Serve the protocol at all. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Largest CAS upload one PUT may send (413 above it). Default `8GiB`.
+    #[serde(default = "default_max_http_upload")]
+    pub max_upload: ByteSize,
+}
+
+impl Default for HttpCacheConfig {
+    fn default() -> Self {
+        serde_saphyr::from_str("{}").expect("http_cache defaults parse")
+    }
+}
+
+fn default_max_http_upload() -> ByteSize {
+    ByteSize(8 << 30)
 }
 
 /// `uploads:` settings: bounds on the spool files that keep interrupted

@@ -29,12 +29,53 @@ impl HttpGuard {
     /// Allows a request whose `authorization` header grants `read` on the
     /// guard's instance.
     fn check(&self, header: Option<&str>) -> Result<(), Error> {
+        self.allows(header, &self.instance, Role::Read)
+    }
+
+    /// Allows a request whose `authorization` header grants `role` on
+    /// `instance`: `Bearer TOKEN`, or `Basic` with the token as the password
+    /// (what clients that only know URLs with credentials send, such as
+    /// Bazel's `--remote_cache=http://user:TOKEN@host`).
+    pub fn allows(&self, header: Option<&str>, instance: &str, role: Role) -> Result<(), Error> {
         let Some(authenticator) = &self.authenticator else {
             return Ok(());
         };
-        let identity = authenticator.authenticate(header)?;
-        self.policy
-            .authorize(Some(&identity), &self.instance, Role::Read)
+        let header = header.map(basic_as_bearer).transpose()?;
+        let identity = authenticator.authenticate(header.as_deref())?;
+        self.policy.authorize(Some(&identity), instance, role)
+    }
+}
+
+/// `Basic base64(user:password)` as `Bearer password`; other schemes pass
+/// through unchanged.
+fn basic_as_bearer(header: &str) -> Result<String, Error> {
+    use base64::Engine;
+    let Some(encoded) = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))
+    else {
+        return Ok(header.to_string());
+    };
+    let bad = || Error::Unauthenticated("malformed Basic credentials".into());
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (_user, password) = text.split_once(':').ok_or_else(bad)?;
+    Ok(format!("Bearer {password}"))
+}
+
+/// The HTTP status for an authentication or authorization failure, with
+/// the challenge a 401 carries.
+pub fn refusal(e: &Error) -> Response {
+    match e {
+        Error::Unauthenticated(_) => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"kiln\"")],
+            format!("{e}\n"),
+        )
+            .into_response(),
+        _ => (StatusCode::FORBIDDEN, format!("{e}\n")).into_response(),
     }
 }
 
@@ -51,12 +92,6 @@ pub async fn require_read(
         .and_then(|v| v.to_str().ok());
     match guard.check(header) {
         Ok(()) => next.run(request).await,
-        Err(e @ Error::Unauthenticated(_)) => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer realm=\"kiln\"")],
-            format!("{e}\n"),
-        )
-            .into_response(),
-        Err(e) => (StatusCode::FORBIDDEN, format!("{e}\n")).into_response(),
+        Err(e) => refusal(&e),
     }
 }

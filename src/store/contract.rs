@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::{BlobStore, Body, Range, get_bytes};
-use crate::digest::{Digest, DigestFunction};
+use crate::digest::{Digest, DigestFunction, HashKey};
 use crate::error::Error;
 
 /// Deterministic, non-repeating content of `len` bytes, distinct per `seed`.
@@ -50,6 +50,23 @@ pub async fn run(store: &dyn BlobStore) {
     find_missing_keeps_order_and_duplicates(store, seed + 3).await;
     large_streamed(store, seed + 4).await;
     aborted_stream_leaves_nothing(store, seed + 5).await;
+    resolve_by_hash(store, seed + 6).await;
+}
+
+/// A key is found by its hash alone, with its size; an absent hash is None.
+async fn resolve_by_hash(store: &dyn BlobStore, seed: u64) {
+    let data = blob(seed, 3000);
+    let d = digest(&data);
+    let key = HashKey::of(&d);
+    assert_eq!(
+        store.resolve(&key).await.unwrap(),
+        None,
+        "resolved before put"
+    );
+    store.put(&d, data.into()).await.unwrap();
+    assert_eq!(store.resolve(&key).await.unwrap(), Some(d));
+    let other = HashKey::of(&digest(&blob(seed, 3001)));
+    assert_eq!(store.resolve(&other).await.unwrap(), None);
 }
 
 /// Many writers of one blob at once must all succeed and leave it intact.

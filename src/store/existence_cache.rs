@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use moka::future::Cache;
 
 use super::{BlobStore, Body, Range, Store};
-use crate::digest::Digest;
+use crate::digest::{Digest, HashKey};
 use crate::error::Result;
 
 /// A positive-only, bounded, TTL cache of existence in front of `inner`.
@@ -61,6 +61,14 @@ impl BlobStore for ExistenceCache {
             }
         }
         Ok(missing)
+    }
+
+    async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
+        if let Some(found) = self.inner.resolve(key).await? {
+            self.known.insert(found, ()).await;
+            return Ok(Some(found));
+        }
+        Ok(None)
     }
 
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {

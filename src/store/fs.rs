@@ -23,7 +23,7 @@ use super::fs_index::{Index, Limits};
 use super::fs_sync::Syncer;
 use super::instrumented::CapacityMetrics;
 use super::{BlobStore, Body, Range};
-use crate::digest::{Digest, DigestFunction};
+use crate::digest::{Digest, DigestFunction, HashKey};
 use crate::error::{Error, Result};
 
 /// Values up to this size are read whole; larger ones are streamed.
@@ -316,6 +316,10 @@ impl BlobStore for FsStore {
         // The index knows every file (it is rebuilt from them at start):
         // no syscall per digest, and each hit renews the blob's lease.
         Ok(self.index.find_missing(digests))
+    }
+
+    async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
+        Ok(self.index.resolve(key))
     }
 
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {

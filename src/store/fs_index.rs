@@ -17,13 +17,13 @@
 //! rebuilds it from the files themselves, so it can never count a blob
 //! twice or miss a file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::digest::{Digest, DigestFunction};
+use crate::digest::{Digest, DigestFunction, HashKey};
 use crate::time::now_ms;
 
 /// When eviction runs and what it keeps.
@@ -58,7 +58,9 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<Digest, Entry>,
+    /// hashbrown's map (std's own, with std's keyed hasher) because it can
+    /// be searched by [`HashKey`] too.
+    entries: hashbrown::HashMap<Digest, Entry, std::hash::RandomState>,
     total: u64,
     /// Digests whose file an eviction is deleting right now.
     evicting: HashSet<Digest>,
@@ -131,6 +133,15 @@ impl Index {
             }
             None => false,
         }
+    }
+
+    /// The stored digest with `key`'s hash, touched, or None.
+    pub(crate) fn resolve(&self, key: &HashKey) -> Option<Digest> {
+        let now = now_ms();
+        let mut s = self.state();
+        let (digest, entry) = s.entries.get_key_value_mut(key)?;
+        entry.last_ms = now;
+        Some(*digest)
     }
 
     /// Those of `digests` not stored, in order; the others are touched.

@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use tracing::Instrument;
 
 use super::{BlobStore, Body, Range, Store};
-use crate::digest::Digest;
+use crate::digest::{Digest, HashKey};
 use crate::error::Result;
 use crate::metrics::{Metrics, latency_histogram};
 
@@ -293,6 +293,11 @@ impl BlobStore for Instrumented {
         }
         span.in_scope(|| self.find_missing.record(&result, started));
         result
+    }
+
+    async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
+        let span = tracing::debug_span!("store.resolve", node = %self.name, kind = self.kind);
+        self.inner.resolve(key).instrument(span).await
     }
 
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {

@@ -7,7 +7,7 @@ use moka::future::Cache;
 use moka::policy::EvictionPolicy;
 
 use super::{BlobStore, Body, Range};
-use crate::digest::Digest;
+use crate::digest::{Digest, HashKey};
 use crate::error::{Error, Result};
 use bytes::Bytes;
 
@@ -15,7 +15,7 @@ use bytes::Bytes;
 /// must keep what it just accepted, and TinyLFU may refuse a new entry.
 #[derive(Clone)]
 pub struct MemoryStore {
-    blobs: Cache<Digest, Bytes>,
+    blobs: Cache<Digest, Stored>,
     max_size: u64,
 }
 
@@ -23,6 +23,15 @@ impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "MemoryStore(max_size={})", self.max_size)
     }
+}
+
+/// A value and the size its key declares (an action cache's key is the
+/// action's digest, not the value's), so a lookup by hash alone can return
+/// the whole key.
+#[derive(Clone)]
+struct Stored {
+    key_size: u64,
+    bytes: Bytes,
 }
 
 /// The weight of one entry: its bytes plus a fixed overhead, so that many
@@ -36,7 +45,7 @@ impl MemoryStore {
     pub fn new(max_size: u64) -> Self {
         let blobs = Cache::builder()
             .max_capacity(max_size)
-            .weigher(weigh)
+            .weigher(|d, v: &Stored| weigh(d, &v.bytes))
             .eviction_policy(EvictionPolicy::lru())
             .build();
         MemoryStore { blobs, max_size }
@@ -59,7 +68,11 @@ impl BlobStore for MemoryStore {
             .get(digest)
             .await
             .ok_or_else(|| Error::NotFound(format!("blob {digest} not found")))?;
-        Ok(Body::Bytes(range.slice(&bytes)?))
+        Ok(Body::Bytes(range.slice(&bytes.bytes)?))
+    }
+
+    async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
+        Ok(self.blobs.get(key).await.map(|v| key.with_size(v.key_size)))
     }
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
@@ -76,7 +89,11 @@ impl BlobStore for MemoryStore {
                 )),
                 other => other,
             })?;
-        self.blobs.insert(*digest, super::owned(bytes)).await;
+        let stored = Stored {
+            key_size: digest.size,
+            bytes: super::owned(bytes),
+        };
+        self.blobs.insert(*digest, stored).await;
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 
 use super::{BlobStore, Body, Range, Store, get_bytes};
-use crate::digest::Digest;
+use crate::digest::{Digest, HashKey};
 use crate::error::{Error, Result};
 
 /// A bounded memory tier over `inner`.
@@ -58,6 +58,11 @@ impl BlobStore for MemoryCache {
         // vouched for while the store below is free to evict it. (Behind
         // it, an existence cache or the fs index answer without I/O.)
         self.inner.find_missing(digests).await
+    }
+
+    async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
+        // The store below holds everything this tier does (write-through).
+        self.inner.resolve(key).await
     }
 
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::{BlobStore, Body, Range, Store};
-use crate::digest::Digest;
+use crate::digest::{Digest, HashKey};
 use crate::error::Result;
 
 /// Merges concurrent puts of one digest.
@@ -64,6 +64,10 @@ impl BlobStore for MergedPuts {
 
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
         self.inner.get(digest, range).await
+    }
+
+    async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
+        self.inner.resolve(key).await
     }
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt};
 
-use crate::digest::Digest;
+use crate::digest::{Digest, HashKey};
 use crate::error::{Error, Result};
 
 /// A shared handle to a store node; what instances and layers hold.
@@ -229,6 +229,12 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body>;
     /// Stores a blob; it is visible to `get` once this returns `Ok`.
     async fn put(&self, digest: &Digest, body: Body) -> Result<()>;
+
+    /// The full digest of a key this store holds with `key`'s function and
+    /// hash, whatever its size, or None. Bazel's HTTP cache names blobs and
+    /// actions by hash alone; every backend answers from what it indexes
+    /// anyway (a map lookup, one prefix listing on S3), and layers forward.
+    async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>>;
 
     /// Whether [`BlobStore::put_file`] can adopt a local file without
     /// copying its bytes (a store on local disk); layers ask their inner

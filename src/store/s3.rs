@@ -27,7 +27,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::{BlobStore, Body, ChunkStream, Range};
 use crate::config::S3Config;
-use crate::digest::Digest;
+use crate::digest::{Digest, HashKey};
 use crate::error::{Error, Result};
 
 /// Objects up to this size are read whole; larger ones are streamed.
@@ -425,6 +425,26 @@ impl BlobStore for S3Store {
             .filter(|(_, f)| !f)
             .map(|(d, _)| *d)
             .collect())
+    }
+
+    async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
+        // Keys end in `-{size}`: one listing of the hash's prefix finds it.
+        let probe = self.key(&key.with_size(0));
+        let prefix = probe.trim_end_matches('0');
+        let listed = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| s3_error("ListObjectsV2", e))?;
+        let found = listed.contents().iter().find_map(|object| {
+            let size = object.key()?.strip_prefix(prefix)?.parse::<u64>().ok()?;
+            Some(key.with_size(size))
+        });
+        Ok(found)
     }
 
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {

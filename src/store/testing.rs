@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use super::memory::MemoryStore;
 use super::{BlobStore, Body, Range};
-use crate::digest::Digest;
+use crate::digest::{Digest, HashKey};
 use crate::error::{Error, Result};
 
 /// A memory store that counts calls (and digests asked) on their way in.
@@ -54,6 +54,9 @@ impl BlobStore for Counting {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         self.asked.fetch_add(digests.len(), Ordering::SeqCst);
         self.inner.find_missing(digests).await
+    }
+    async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
+        self.inner.resolve(key).await
     }
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
         self.gets.fetch_add(1, Ordering::SeqCst);
@@ -114,6 +117,9 @@ impl Gated {
 impl BlobStore for Gated {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
         self.inner.find_missing(digests).await
+    }
+    async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
+        self.inner.resolve(key).await
     }
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
         self.pass().await;

@@ -149,3 +149,47 @@ instances:
         "the churn was evicted"
     );
 }
+
+/// Bazel's HTTP cache protocol (`--remote_cache=http://...`) on kiln's HTTP
+/// listener: a clean rebuild is all remote cache hits; with auth on, the
+/// token as the URL's password works and a wrong one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bazel_over_the_http_cache_protocol_hits_with_a_token_in_the_url() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hash = kiln::digest::DigestFunction::Sha256
+        .digest_of(b"http-cache-token")
+        .hash_hex();
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(&tokens, format!("{hash} read,write,ac-write bazel\n")).unwrap();
+    let yaml = format!("auth:\n  tokens_file: {}\n{}", tokens.display(), disk());
+    let kiln = Kiln::start_in(&yaml, &tmp.path().join("kiln-data")).await;
+    let bazel = Bazel::new(tmp.path());
+    let _shutdown = ShutdownOnDrop(bazel.clone());
+    let port = kiln.server.http_addr.port();
+    let (first, second, refused) = tokio::task::spawn_blocking(move || {
+        let good = format!("--remote_cache=http://bazel:http-cache-token@127.0.0.1:{port}");
+        let bad = format!("--remote_cache=http://bazel:wrong-token@127.0.0.1:{port}");
+        let first = bazel.clean_test_with(&good, &[]);
+        let second = bazel.clean_test_with(&good, &[]);
+        let refused = bazel.clean_test_with(&bad, &[]);
+        (first, second, refused)
+    })
+    .await
+    .unwrap();
+    let (ok, out) = first;
+    assert!(ok, "first build over the HTTP cache:\n{out}");
+    let (_, executed) = common::bazel::processes(&out);
+    assert!(executed > 0, "the first build runs its actions");
+    let (ok, out) = second;
+    assert!(ok, "second build:\n{out}");
+    let (hits, misses) = common::bazel::processes(&out);
+    assert_eq!(misses, 0, "every process is an HTTP cache hit:\n{out}");
+    assert!(hits >= executed, "hits {hits} < actions {executed}");
+    let (ok, out) = refused;
+    assert!(out.contains("401"), "kiln refuses a wrong token:\n{out}");
+    if ok {
+        let (hits, _) = common::bazel::processes(&out);
+        assert_eq!(hits, 0, "a wrong token gets no cache hits");
+    }
+    kiln.server.stop().await.unwrap();
+}

@@ -60,14 +60,20 @@ impl Bazel {
     /// `bazel clean`, then `bazel test //...` against `url`; returns the
     /// (remote cache hits, other non-internal processes) of the summary.
     pub fn clean_test(&self, url: &str, extra: &[&str]) -> (u32, u32) {
-        let (ok, out) = self.run(&["clean"]);
-        assert!(ok, "bazel clean failed:\n{out}");
         let remote = format!("--remote_cache={}", url.replace("http://", "grpc://"));
-        let mut args = vec!["test", "//...", remote.as_str(), "--remote_timeout=60"];
-        args.extend_from_slice(extra);
-        let (ok, out) = self.run(&args);
+        let (ok, out) = self.clean_test_with(&remote, extra);
         assert!(ok, "bazel test failed:\n{out}");
         processes(&out)
+    }
+
+    /// `bazel clean`, then `bazel test //...` with the `remote` flag as
+    /// given (e.g. an `http://` cache); returns (success, output).
+    pub fn clean_test_with(&self, remote: &str, extra: &[&str]) -> (bool, String) {
+        let (ok, out) = self.run(&["clean"]);
+        assert!(ok, "bazel clean failed:\n{out}");
+        let mut args = vec!["test", "//...", remote, "--remote_timeout=60"];
+        args.extend_from_slice(extra);
+        self.run(&args)
     }
 }
 

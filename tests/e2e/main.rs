@@ -8,6 +8,7 @@ mod action_cache;
 mod bench;
 mod bytestream;
 mod cas;
+mod http_cache;
 mod lifecycle;
 mod operations;
 mod restart;
