@@ -52,6 +52,13 @@ pub enum Error {
     /// The request does not fit the current state (used sparingly).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A deadline passed before the work was done (a download's timeout).
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// Content failed a consistency check (a download whose checksum is not
+    /// the one asked for).
+    #[error("{0}")]
+    Aborted(String),
     /// The client went away or the call was cancelled.
     #[error("{0}")]
     Cancelled(String),
@@ -111,6 +118,8 @@ impl Error {
             Error::ResourceExhausted { .. } => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Cancelled(_) => Code::Cancelled,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Aborted(_) => Code::Aborted,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::Internal { .. } => Code::Internal,
         }

@@ -305,7 +305,7 @@ async fn put_ac(instance: &Instance, key: HashKey, request: Request) -> Result<R
     }
     instance.check_writable()?;
     let bytes: Bytes = body_of(request, len).await?.collect_max(max).await?;
-    let result = ActionResult::decode(bytes.clone()).map_err(|e| {
+    let result = ActionResult::decode(bytes).map_err(|e| {
         Error::InvalidArgument(format!("the body is not a serialized ActionResult: {e}"))
     })?;
     crate::action_result::validate(DigestFunction::Sha256, &result)?;
@@ -313,7 +313,11 @@ async fn put_ac(instance: &Instance, key: HashKey, request: Request) -> Result<R
         Some(stored) => stored,
         None => key.with_size(0),
     };
-    instance.action_cache.put(&action, bytes.into()).await?;
+    // Stored re-encoded, as gRPC's UpdateActionResult stores it: fields the
+    // client added beyond ActionResult's are not kept (the action-cache
+    // store also holds kiln's own records, which must not be forgeable).
+    let encoded = Bytes::from(result.encode_to_vec());
+    instance.action_cache.put(&action, encoded.into()).await?;
     Ok(StatusCode::OK.into_response())
 }
 

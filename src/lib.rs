@@ -44,6 +44,7 @@
 
 pub(crate) mod action_result;
 pub mod app;
+pub(crate) mod asset;
 pub(crate) mod auth;
 pub mod bes;
 pub mod client;

@@ -5,6 +5,7 @@
 
 include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
 
+pub use self::build::bazel::remote::asset::v1 as asset;
 pub use self::build::bazel::remote::execution::v2 as reapi;
 pub use self::build::bazel::semver;
 pub use self::build_event_stream as bep;

@@ -80,6 +80,14 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
             config.uploads.clone(),
         )?),
         events: crate::bes::open(&config.build_events, data_dir).await?,
+        assets: if config.remote_asset.enabled {
+            Some(Arc::new(crate::asset::Assets::new(
+                &config.remote_asset,
+                &data_dir.join("asset-spool"),
+            )?))
+        } else {
+            None
+        },
         metrics,
     };
     Ok(Built {

@@ -15,6 +15,8 @@ use crate::config::{Config, SendCompression};
 use crate::execution::scheduler::Scheduler;
 use crate::instance::Instances;
 use crate::metrics::Metrics;
+use crate::proto::asset::fetch_server::FetchServer;
+use crate::proto::asset::push_server::PushServer;
 use crate::proto::bes_v1::publish_build_event_server::PublishBuildEventServer;
 use crate::proto::bytestream::byte_stream_server::ByteStreamServer;
 use crate::proto::kiln_v1::build_event_query_server::BuildEventQueryServer;
@@ -25,6 +27,7 @@ use crate::proto::reapi::content_addressable_storage_server::ContentAddressableS
 use crate::proto::reapi::execution_server::ExecutionServer;
 use crate::proto::remoteworkers::bots_server::BotsServer;
 use crate::service::action_cache::ActionCacheService;
+use crate::service::asset::AssetService;
 use crate::service::bots::BotsService;
 use crate::service::bytestream::ByteStreamService;
 use crate::service::capabilities::CapabilitiesService;
@@ -34,7 +37,7 @@ use crate::service::operations::OperationsService;
 use crate::upload::Uploads;
 
 /// The fully qualified names of kiln's own services, for health reporting.
-pub const SERVICE_NAMES: [&str; 9] = [
+pub const SERVICE_NAMES: [&str; 11] = [
     "build.bazel.remote.execution.v2.Capabilities",
     "build.bazel.remote.execution.v2.ContentAddressableStorage",
     "google.bytestream.ByteStream",
@@ -44,6 +47,8 @@ pub const SERVICE_NAMES: [&str; 9] = [
     "build.bazel.remote.execution.v2.Execution",
     "google.longrunning.Operations",
     "google.devtools.remoteworkers.v1test2.Bots",
+    "build.bazel.remote.asset.v1.Fetch",
+    "build.bazel.remote.asset.v1.Push",
 ];
 
 /// Applies the same message limits and compression to every service.
@@ -75,6 +80,8 @@ pub struct Parts {
     pub bes_access: crate::bes::service::Access,
     /// The execution scheduler, unless execution is disabled.
     pub scheduler: Option<Arc<Scheduler>>,
+    /// The Remote Asset API, unless disabled.
+    pub assets: Option<Arc<crate::asset::Assets>>,
 }
 
 /// Every gRPC service of the server, health and reflection included.
@@ -154,6 +161,12 @@ pub fn routes(
                 max,
                 send
             ));
+    }
+    if let Some(assets) = &parts.assets {
+        let service = AssetService::new(i.clone(), assets.clone());
+        routes = routes
+            .add_service(configured!(FetchServer::new(service.clone()), max, send))
+            .add_service(configured!(PushServer::new(service), max, send));
     }
     if config.grpc.reflection {
         let builder = || {

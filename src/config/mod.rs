@@ -4,6 +4,7 @@
 //!
 //! No secrets live here: the file can sit in a Kubernetes ConfigMap.
 
+mod asset;
 mod edge;
 mod stores;
 mod units;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use asset::{AllowRule, RemoteAssetConfig};
 pub use edge::{
     AuthConfig, AuthMethod, GrpcConfig, HttpAuth, JwtConfig, LimitsConfig, Role, SendCompression,
     TlsConfig, TracingConfig,
@@ -75,6 +77,9 @@ pub struct Config {
     /// Bazel's HTTP cache protocol on the HTTP listener.
     #[serde(default)]
     pub http_cache: HttpCacheConfig,
+    /// The Remote Asset API and its egress policy.
+    #[serde(default)]
+    pub remote_asset: RemoteAssetConfig,
     /// Remote execution: the scheduler, its database and its timeouts.
     #[serde(default)]
     pub execution: ExecutionConfig,

@@ -31,6 +31,9 @@ pub(super) fn errors(config: &Config) -> Vec<String> {
             config.http_listen
         ));
     }
+    if let Err(asset) = config.remote_asset.parsed() {
+        errors.extend(asset);
+    }
     let bes = &config.build_events;
     if !(bes.database.starts_with("sqlite:")
         || bes.database.starts_with("postgres://")

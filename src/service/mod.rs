@@ -3,6 +3,7 @@
 //! here touches a backend directly.
 
 pub mod action_cache;
+pub mod asset;
 pub mod bots;
 pub mod bytestream;
 pub mod capabilities;

@@ -1,0 +1,564 @@
+//! FetchDirectory's unpacking: a tar (plain, gzip, xz or zstd) or zip
+//! archive on local disk becomes Directory protos and file blobs in the CAS.
+//! Runs on a blocking thread; the archive is untrusted, so:
+//! - entries with absolute paths or `..`, symlinks whose target leaves the
+//!   root (followed through the tree's other symlinks), hard links to
+//!   anything but an earlier file, and device or fifo entries are refused;
+//! - the entry count and the bytes unpacked (counted as they are
+//!   decompressed, so a zip bomb stops at the cap) are bounded;
+//! - no file is held whole in memory above [`IN_MEMORY_MAX`]: larger ones
+//!   are hashed into a temp file the CAS adopts.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{Error, Result};
+use crate::proto::reapi::{Directory, DirectoryNode, FileNode, SymlinkNode};
+use crate::store::VerifiedFile;
+
+/// Files up to this size are kept in memory on their way to the CAS.
+const IN_MEMORY_MAX: u64 = 1 << 20;
+
+/// Longest symlink target read from an archive.
+const MAX_LINK_TARGET: u64 = 4096;
+
+/// Symlinks followed while checking where one symlink leads.
+const MAX_LINK_HOPS: usize = 40;
+
+/// What one archive may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_entries: u64,
+    pub(crate) max_bytes: u64,
+}
+
+/// A file's content on its way to the CAS, already hashed.
+pub(crate) enum Content {
+    Bytes(Bytes),
+    File(VerifiedFile),
+}
+
+/// Where unpacked content goes: each file blob and each Directory once.
+pub(crate) type Sink<'a> = dyn FnMut(Digest, Content) -> Result<()> + 'a;
+
+fn refused(why: String) -> Error {
+    Error::InvalidArgument(format!("archive refused: {why}"))
+}
+
+#[derive(Debug, Default)]
+struct Dir {
+    entries: BTreeMap<String, Node>,
+}
+
+#[derive(Debug)]
+enum Node {
+    File { digest: Digest, executable: bool },
+    Symlink(String),
+    Dir(Dir),
+}
+
+/// The archive formats, told apart by their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Tar,
+    Gzip,
+    Xz,
+    Zstd,
+    Zip,
+}
+
+fn detect(path: &Path) -> Result<Format> {
+    let mut head = [0u8; 512];
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io("opening the archive", e))?;
+    let mut n = 0;
+    while n < head.len() {
+        let got = file
+            .read(&mut head[n..])
+            .map_err(|e| Error::io("reading the archive", e))?;
+        if got == 0 {
+            break;
+        }
+        n += got;
+    }
+    let head = &head[..n];
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Format::Gzip
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Format::Xz
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Format::Zstd
+    } else if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        Format::Zip
+    } else if head.len() >= 262 && &head[257..262] == b"ustar" {
+        Format::Tar
+    } else {
+        return Err(refused(
+            "not a tar, tar.gz, tar.xz, tar.zst or zip archive".into(),
+        ));
+    })
+}
+
+/// Unpacks the archive at `path` into `sink`; returns the root Directory's
+/// digest (of `subdirectory` inside the archive, when given).
+pub(crate) fn unpack(
+    path: &Path,
+    function: DigestFunction,
+    limits: Limits,
+    spool_dir: &Path,
+    subdirectory: Option<&str>,
+    sink: &mut Sink<'_>,
+) -> Result<Digest> {
+    let mut unpacker = Unpacker {
+        function,
+        limits,
+        spool_dir,
+        sink,
+        entries: 0,
+        bytes: 0,
+        root: Dir::default(),
+    };
+    let file = || std::fs::File::open(path).map_err(|e| Error::io("opening the archive", e));
+    // A decompressed stream is cut off a little past the cap: tar headers
+    // and padding are not entry bytes, but cannot run on without bound.
+    let stream_cap = limits
+        .max_bytes
+        .saturating_add(limits.max_entries.saturating_mul(1536))
+        + (1 << 20);
+    match detect(path)? {
+        Format::Zip => unpacker.zip(file()?)?,
+        Format::Tar => unpacker.tar(Capped::new(file()?, stream_cap))?,
+        Format::Gzip => unpacker.tar(Capped::new(
+            flate2::read::MultiGzDecoder::new(file()?),
+            stream_cap,
+        ))?,
+        Format::Xz => unpacker.tar(Capped::new(
+            liblzma::read::XzDecoder::new_multi_decoder(file()?),
+            stream_cap,
+        ))?,
+        Format::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(file()?)
+                .map_err(|e| refused(format!("bad zstd stream: {e}")))?;
+            unpacker.tar(Capped::new(decoder, stream_cap))?
+        }
+    }
+    let tree = match subdirectory {
+        None => std::mem::take(&mut unpacker.root),
+        Some(sub) => take_dir(&mut unpacker.root, &components(sub))
+            .ok_or_else(|| Error::NotFound(format!("the archive has no directory {sub:?}")))?,
+    };
+    check_links(&tree)?;
+    store_dir(tree, function, unpacker.sink)
+}
+
+/// Takes the directory at `path` out of `root` (its symlinks are then
+/// checked against it alone: one leading above it would leave the tree).
+fn take_dir(root: &mut Dir, path: &[String]) -> Option<Dir> {
+    let mut dir = root;
+    for c in path {
+        match dir.entries.get_mut(c) {
+            Some(Node::Dir(d)) => dir = d,
+            _ => return None,
+        }
+    }
+    Some(std::mem::take(dir))
+}
+
+/// Stores `dir`'s subdirectories, then `dir` itself; returns its digest.
+fn store_dir(dir: Dir, function: DigestFunction, sink: &mut Sink<'_>) -> Result<Digest> {
+    let mut proto = Directory::default();
+    // BTreeMap order is byte order of the names, as REAPI asks.
+    for (name, node) in dir.entries {
+        match node {
+            Node::File { digest, executable } => proto.files.push(FileNode {
+                name,
+                digest: Some(digest.to_proto()),
+                is_executable: executable,
+                ..Default::default()
+            }),
+            Node::Symlink(target) => proto.symlinks.push(SymlinkNode {
+                name,
+                target,
+                ..Default::default()
+            }),
+            Node::Dir(sub) => {
+                let digest = store_dir(sub, function, sink)?;
+                proto.directories.push(DirectoryNode {
+                    name,
+                    digest: Some(digest.to_proto()),
+                });
+            }
+        }
+    }
+    let encoded = Bytes::from(proto.encode_to_vec());
+    let digest = function.digest_of(&encoded);
+    sink(digest, Content::Bytes(encoded))?;
+    Ok(digest)
+}
+
+fn components(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_string)
+        .collect()
+}
+
+fn lookup<'d>(root: &'d Dir, path: &[String]) -> Option<&'d Node> {
+    let (last, parents) = path.split_last()?;
+    let mut dir = root;
+    for c in parents {
+        match dir.entries.get(c)? {
+            Node::Dir(d) => dir = d,
+            _ => return None,
+        }
+    }
+    dir.entries.get(last)
+}
+
+/// A reader that fails once more than `left` bytes came out of it.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Capped<R> {
+    fn new(inner: R, cap: u64) -> Self {
+        Capped { inner, left: cap }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| {
+            std::io::Error::other(
+                "the archive decompresses to more than remote_asset.max_unpacked_size allows",
+            )
+        })?;
+        Ok(n)
+    }
+}
+
+struct Unpacker<'a, 's> {
+    function: DigestFunction,
+    limits: Limits,
+    spool_dir: &'a Path,
+    sink: &'a mut Sink<'s>,
+    entries: u64,
+    bytes: u64,
+    root: Dir,
+}
+
+impl Unpacker<'_, '_> {
+    fn count_entry(&mut self) -> Result<()> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(refused(format!(
+                "more than {} entries (remote_asset.max_archive_entries)",
+                self.limits.max_entries
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks an entry's path: relative, no `..`; returns its components.
+    fn path_of(&self, raw: &str) -> Result<Vec<String>> {
+        if raw.starts_with('/') || raw.contains('\\') || raw.contains('\0') {
+            return Err(refused(format!(
+                "entry {raw:?} has an absolute or non-portable path"
+            )));
+        }
+        let parts = components(raw);
+        if parts.iter().any(|c| c == "..") {
+            return Err(refused(format!(
+                "entry {raw:?} climbs out of the archive with .."
+            )));
+        }
+        Ok(parts)
+    }
+
+    fn insert(&mut self, path: Vec<String>, node: Node) -> Result<()> {
+        let Some((last, parents)) = path.split_last() else {
+            // The archive's root itself ("./"): nothing to record.
+            return Ok(());
+        };
+        let mut dir = &mut self.root;
+        for c in parents {
+            let next = dir
+                .entries
+                .entry(c.clone())
+                .or_insert_with(|| Node::Dir(Dir::default()));
+            match next {
+                Node::Dir(d) => dir = d,
+                _ => {
+                    return Err(refused(format!(
+                        "{} is both a file and a directory",
+                        path.join("/")
+                    )));
+                }
+            }
+        }
+        match (dir.entries.get(last), &node) {
+            (Some(Node::Dir(_)), Node::Dir(_)) => {}
+            (Some(Node::Dir(_)), _) => {
+                return Err(refused(format!(
+                    "{} is both a directory and a file",
+                    path.join("/")
+                )));
+            }
+            _ => {
+                dir.entries.insert(last.clone(), node);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one file's bytes (counted against the cap), hashes them and
+    /// hands them to the sink; returns the digest.
+    fn file(&mut self, reader: &mut dyn Read) -> Result<Digest> {
+        let mut hasher = self.function.hasher();
+        let mut memory: Vec<u8> = Vec::new();
+        let mut spool: Option<(PathBuf, std::fs::File)> = None;
+        let mut buf = vec![0u8; 64 << 10];
+        let result = (|| -> Result<()> {
+            loop {
+                let n = reader
+                    .read(&mut buf)
+                    .map_err(|e| refused(format!("unreadable entry: {e}")))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                self.bytes += n as u64;
+                if self.bytes > self.limits.max_bytes {
+                    return Err(refused(format!(
+                        "it unpacks to more than {} bytes (remote_asset.max_unpacked_size)",
+                        self.limits.max_bytes
+                    )));
+                }
+                hasher.update(&buf[..n]);
+                match &mut spool {
+                    Some((_, file)) => file
+                        .write_all(&buf[..n])
+                        .map_err(|e| Error::io("writing an unpacked file", e))?,
+                    None if (memory.len() + n) as u64 > IN_MEMORY_MAX => {
+                        let path = self
+                            .spool_dir
+                            .join(uuid::Uuid::new_v4().simple().to_string());
+                        let mut file = std::fs::File::create(&path)
+                            .map_err(|e| Error::io("creating an unpack spool file", e))?;
+                        let written = file
+                            .write_all(&memory)
+                            .and_then(|()| file.write_all(&buf[..n]));
+                        spool = Some((path, file));
+                        written.map_err(|e| Error::io("writing an unpacked file", e))?;
+                        memory = Vec::new();
+                    }
+                    None => memory.extend_from_slice(&buf[..n]),
+                }
+            }
+        })();
+        if let Err(e) = result {
+            if let Some((path, _)) = spool {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        let digest = hasher.finish();
+        let content = match spool {
+            None => Content::Bytes(Bytes::from(memory)),
+            Some((path, file)) => {
+                drop(file);
+                Content::File(VerifiedFile::hashed(path, digest))
+            }
+        };
+        (self.sink)(digest, content)?;
+        Ok(digest)
+    }
+
+    fn link_target(&self, name: &str, raw: &[u8]) -> Result<String> {
+        let target = std::str::from_utf8(raw)
+            .map_err(|_| refused(format!("symlink {name:?} has a target that is not UTF-8")))?;
+        if target.is_empty() || target.starts_with('/') || target.contains('\0') {
+            return Err(refused(format!(
+                "symlink {name:?} points at {target:?}, outside the archive"
+            )));
+        }
+        Ok(target.to_string())
+    }
+
+    fn tar(&mut self, reader: impl Read) -> Result<()> {
+        let mut archive = tar::Archive::new(reader);
+        let entries = archive
+            .entries()
+            .map_err(|e| refused(format!("bad tar: {e}")))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| refused(format!("bad tar: {e}")))?;
+            let kind = entry.header().entry_type();
+            if matches!(
+                kind,
+                tar::EntryType::XHeader | tar::EntryType::XGlobalHeader
+            ) || kind.is_gnu_longname()
+                || kind.is_gnu_longlink()
+            {
+                continue;
+            }
+            self.count_entry()?;
+            let raw = String::from_utf8(entry.path_bytes().into_owned())
+                .map_err(|_| refused("an entry path that is not UTF-8".into()))?;
+            let path = self.path_of(&raw)?;
+            let mode = entry.header().mode().unwrap_or(0o644);
+            let node = match kind {
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let digest = self.file(&mut entry)?;
+                    Node::File {
+                        digest,
+                        executable: mode & 0o111 != 0,
+                    }
+                }
+                tar::EntryType::Directory => Node::Dir(Dir::default()),
+                tar::EntryType::Symlink => {
+                    let target = entry
+                        .link_name_bytes()
+                        .ok_or_else(|| refused(format!("symlink {raw:?} has no target")))?
+                        .into_owned();
+                    Node::Symlink(self.link_target(&raw, &target)?)
+                }
+                tar::EntryType::Link => {
+                    let target = entry
+                        .link_name_bytes()
+                        .ok_or_else(|| refused(format!("hard link {raw:?} has no target")))?;
+                    let target = String::from_utf8_lossy(&target).into_owned();
+                    let target_path = self.path_of(&target)?;
+                    match lookup(&self.root, &target_path) {
+                        Some(Node::File { digest, executable }) => Node::File {
+                            digest: *digest,
+                            executable: *executable,
+                        },
+                        _ => {
+                            return Err(refused(format!(
+                                "hard link {raw:?} to {target:?}, which is not an earlier file of the archive"
+                            )));
+                        }
+                    }
+                }
+                other => {
+                    return Err(refused(format!(
+                        "entry {raw:?} is a {other:?}, not a file, directory or link"
+                    )));
+                }
+            };
+            self.insert(path, node)?;
+        }
+        Ok(())
+    }
+
+    fn zip(&mut self, file: std::fs::File) -> Result<()> {
+        let mut archive =
+            zip::ZipArchive::new(file).map_err(|e| refused(format!("bad zip: {e}")))?;
+        if archive.len() as u64 > self.limits.max_entries {
+            return Err(refused(format!(
+                "{} entries, more than {} (remote_asset.max_archive_entries)",
+                archive.len(),
+                self.limits.max_entries
+            )));
+        }
+        for i in 0..archive.len() {
+            let mut entry = archive
+                .by_index(i)
+                .map_err(|e| refused(format!("bad zip entry: {e}")))?;
+            self.count_entry()?;
+            let raw = entry
+                .name()
+                .map_err(|e| refused(format!("bad zip entry name: {e}")))?
+                .into_owned();
+            let path = self.path_of(&raw)?;
+            let mode = entry.unix_mode().unwrap_or(0o644);
+            const S_IFMT: u32 = 0o170000;
+            let node = if entry.is_dir() {
+                Node::Dir(Dir::default())
+            } else if mode & S_IFMT == 0o120000 {
+                let mut target = Vec::new();
+                (&mut entry)
+                    .take(MAX_LINK_TARGET + 1)
+                    .read_to_end(&mut target)
+                    .map_err(|e| refused(format!("unreadable symlink {raw:?}: {e}")))?;
+                if target.len() as u64 > MAX_LINK_TARGET {
+                    return Err(refused(format!("symlink {raw:?} has an overlong target")));
+                }
+                Node::Symlink(self.link_target(&raw, &target)?)
+            } else if mode & S_IFMT == 0 || mode & S_IFMT == 0o100000 {
+                let digest = self.file(&mut entry)?;
+                Node::File {
+                    digest,
+                    executable: mode & 0o111 != 0,
+                }
+            } else {
+                return Err(refused(format!(
+                    "entry {raw:?} is not a file, directory or symlink"
+                )));
+            };
+            self.insert(path, node)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every symlink, followed through the tree's other symlinks, must stay
+/// inside `root`.
+fn check_links(root: &Dir) -> Result<()> {
+    {
+        let mut pending = vec![(Vec::<String>::new(), root)];
+        while let Some((at, dir)) = pending.pop() {
+            for (name, node) in &dir.entries {
+                match node {
+                    Node::Dir(d) => {
+                        let mut sub = at.clone();
+                        sub.push(name.clone());
+                        pending.push((sub, d));
+                    }
+                    Node::Symlink(target) if !stays_inside(root, at.clone(), target) => {
+                        let mut path = at.clone();
+                        path.push(name.clone());
+                        return Err(refused(format!(
+                            "symlink {} -> {target:?} leads outside the archive",
+                            path.join("/")
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `target`, followed from the directory `at`, stays inside `root`
+/// (symlinks met on the way are followed, up to [`MAX_LINK_HOPS`]).
+fn stays_inside(root: &Dir, mut at: Vec<String>, target: &str) -> bool {
+    let mut pending: VecDeque<String> = components(target).into();
+    let mut hops = 0;
+    while let Some(c) = pending.pop_front() {
+        if c == ".." {
+            if at.pop().is_none() {
+                return false;
+            }
+            continue;
+        }
+        at.push(c);
+        if let Some(Node::Symlink(next)) = lookup(root, &at) {
+            hops += 1;
+            if hops > MAX_LINK_HOPS || next.starts_with('/') {
+                return false;
+            }
+            at.pop();
+            for c in components(next).into_iter().rev() {
+                pending.push_front(c);
+            }
+        }
+    }
+    true
+}

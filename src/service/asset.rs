@@ -1,0 +1,226 @@
+//! The Remote Asset API: Fetch (FetchBlob, FetchDirectory) and Push
+//! (PushBlob, PushDirectory). `read` fetches what is cached; causing a
+//! download or pushing needs `write`. A malformed request is the RPC's
+//! error; a failed fetch is reported in the response's `status`, as the
+//! spec asks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::asset::{Assets, Fetch as FetchRequestOf, Kind, Outcome, Push as PushRequestOf};
+use crate::auth::Role;
+use crate::digest::{Digest, DigestFunction};
+use crate::error::{Error, Result};
+use crate::instance::Instances;
+use crate::proto::asset::{
+    FetchBlobRequest, FetchBlobResponse, FetchDirectoryRequest, FetchDirectoryResponse,
+    PushBlobRequest, PushBlobResponse, PushDirectoryRequest, PushDirectoryResponse,
+    fetch_server::Fetch, push_server::Push,
+};
+use crate::service::caller;
+
+/// Both Remote Asset services (one value, two servers).
+#[derive(Debug, Clone)]
+pub struct AssetService {
+    instances: Instances,
+    assets: Arc<Assets>,
+}
+
+impl AssetService {
+    /// Serves `assets` for `instances`.
+    pub(crate) fn new(instances: Instances, assets: Arc<Assets>) -> Self {
+        AssetService { instances, assets }
+    }
+}
+
+/// A request's `timeout`, refused when negative.
+fn timeout_of(t: Option<&prost_types::Duration>) -> Result<Option<Duration>> {
+    let Some(t) = t else {
+        return Ok(None);
+    };
+    let ms = crate::time::saturating_ms(t.seconds, t.nanos);
+    if ms < 0 {
+        return Err(Error::InvalidArgument(format!(
+            "timeout: expected a duration of at least 0, got {ms} ms"
+        )));
+    }
+    Ok((ms > 0).then(|| Duration::from_millis(ms as u64)))
+}
+
+fn status_of(outcome: &Outcome) -> tonic_types::pb::Status {
+    match &outcome.result {
+        Ok(_) => tonic_types::pb::Status::default(),
+        Err(e) => e.to_rpc_status(),
+    }
+}
+
+/// One Fetch call, blob or directory: the fields both requests share.
+struct FetchCall<'a> {
+    instance_name: &'a str,
+    digest_function: i32,
+    uris: &'a [String],
+    qualifiers: &'a [crate::proto::asset::Qualifier],
+    oldest: Option<&'a prost_types::Timestamp>,
+    timeout: Option<&'a prost_types::Duration>,
+}
+
+impl AssetService {
+    async fn fetch<T>(
+        &self,
+        request: &Request<T>,
+        kind: Kind,
+        call: FetchCall<'_>,
+    ) -> Result<(DigestFunction, Outcome)> {
+        let who = caller(request);
+        let instance = self.instances.get(call.instance_name)?;
+        instance.authorize(&who, Role::Read)?;
+        let function = DigestFunction::from_proto(call.digest_function)?;
+        let may_download =
+            instance.authorize(&who, Role::Write).is_ok() && instance.check_writable().is_ok();
+        let req = FetchRequestOf {
+            kind,
+            function,
+            uris: call.uris,
+            qualifiers: call.qualifiers,
+            oldest_ms: call
+                .oldest
+                .map(|t| crate::time::saturating_ms(t.seconds, t.nanos)),
+            timeout: timeout_of(call.timeout)?,
+            may_download,
+        };
+        Ok((function, self.assets.fetch(&instance, req).await?))
+    }
+
+    async fn push<'r, T>(
+        &self,
+        request: &'r Request<T>,
+        instance_name: &str,
+        digest_function: i32,
+        build: impl FnOnce(DigestFunction) -> Result<PushRequestOf<'r>>,
+    ) -> Result<()> {
+        let who = caller(request);
+        let instance = self.instances.get(instance_name)?;
+        instance.authorize(&who, Role::Write)?;
+        instance.check_writable()?;
+        let function = DigestFunction::from_proto(digest_function)?;
+        self.assets.push(&instance, build(function)?).await
+    }
+}
+
+fn digests(
+    function: DigestFunction,
+    list: &[crate::proto::reapi::Digest],
+    what: &str,
+) -> Result<Vec<Digest>> {
+    list.iter()
+        .map(|d| Digest::from_proto(function, Some(d), what).map_err(Error::from))
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Fetch for AssetService {
+    async fn fetch_blob(
+        &self,
+        request: Request<FetchBlobRequest>,
+    ) -> Result<Response<FetchBlobResponse>, Status> {
+        let req = request.get_ref();
+        let call = FetchCall {
+            instance_name: &req.instance_name,
+            digest_function: req.digest_function,
+            uris: &req.uris,
+            qualifiers: &req.qualifiers,
+            oldest: req.oldest_content_accepted.as_ref(),
+            timeout: req.timeout.as_ref(),
+        };
+        let (function, outcome) = self.fetch(&request, Kind::Blob, call).await?;
+        Ok(Response::new(FetchBlobResponse {
+            status: Some(status_of(&outcome)),
+            blob_digest: outcome.result.as_ref().ok().map(Digest::to_proto),
+            uri: outcome.uri,
+            qualifiers: Vec::new(),
+            expires_at: None,
+            digest_function: function.to_proto() as i32,
+        }))
+    }
+
+    async fn fetch_directory(
+        &self,
+        request: Request<FetchDirectoryRequest>,
+    ) -> Result<Response<FetchDirectoryResponse>, Status> {
+        let req = request.get_ref();
+        let call = FetchCall {
+            instance_name: &req.instance_name,
+            digest_function: req.digest_function,
+            uris: &req.uris,
+            qualifiers: &req.qualifiers,
+            oldest: req.oldest_content_accepted.as_ref(),
+            timeout: req.timeout.as_ref(),
+        };
+        let (function, outcome) = self.fetch(&request, Kind::Directory, call).await?;
+        Ok(Response::new(FetchDirectoryResponse {
+            status: Some(status_of(&outcome)),
+            root_directory_digest: outcome.result.as_ref().ok().map(Digest::to_proto),
+            uri: outcome.uri,
+            qualifiers: Vec::new(),
+            expires_at: None,
+            digest_function: function.to_proto() as i32,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Push for AssetService {
+    async fn push_blob(
+        &self,
+        request: Request<PushBlobRequest>,
+    ) -> Result<Response<PushBlobResponse>, Status> {
+        let req = request.get_ref();
+        self.push(&request, &req.instance_name, req.digest_function, |f| {
+            Ok(PushRequestOf {
+                kind: Kind::Blob,
+                uris: &req.uris,
+                qualifiers: &req.qualifiers,
+                digest: Digest::from_proto(f, req.blob_digest.as_ref(), "blob")?,
+                references_blobs: digests(f, &req.references_blobs, "referenced blob")?,
+                references_directories: digests(
+                    f,
+                    &req.references_directories,
+                    "referenced directory",
+                )?,
+                expire_at: req.expire_at,
+            })
+        })
+        .await?;
+        Ok(Response::new(PushBlobResponse {}))
+    }
+
+    async fn push_directory(
+        &self,
+        request: Request<PushDirectoryRequest>,
+    ) -> Result<Response<PushDirectoryResponse>, Status> {
+        let req = request.get_ref();
+        self.push(&request, &req.instance_name, req.digest_function, |f| {
+            Ok(PushRequestOf {
+                kind: Kind::Directory,
+                uris: &req.uris,
+                qualifiers: &req.qualifiers,
+                digest: Digest::from_proto(
+                    f,
+                    req.root_directory_digest.as_ref(),
+                    "root directory",
+                )?,
+                references_blobs: digests(f, &req.references_blobs, "referenced blob")?,
+                references_directories: digests(
+                    f,
+                    &req.references_directories,
+                    "referenced directory",
+                )?,
+                expire_at: req.expire_at,
+            })
+        })
+        .await?;
+        Ok(Response::new(PushDirectoryResponse {}))
+    }
+}
