@@ -131,8 +131,10 @@ impl Assets {
             let result = self.fetch_one(instance, &req, &q, url, &headers).await;
             match result {
                 Ok(digest) => {
-                    self.remember(instance, &req, &q.identity, digest, None)
-                        .await?;
+                    // Recorded for the URI that served it: the ones that
+                    // failed may not hold it at all.
+                    let served = std::slice::from_ref(&req.uris[i]);
+                    store_records(instance, req.kind, served, &q.identity, digest, None).await?;
                     return Ok(Outcome {
                         uri: url.to_string(),
                         result: Ok(digest),
@@ -307,18 +309,6 @@ impl Assets {
             }
         }
         Ok(cas.find_missing(&files).await?.is_empty())
-    }
-
-    /// Records `digest` as the answer for every URI of `req`.
-    async fn remember(
-        &self,
-        instance: &Instance,
-        req: &Fetch<'_>,
-        identity: &[(String, String)],
-        digest: Digest,
-        expire_at: Option<prost_types::Timestamp>,
-    ) -> Result<()> {
-        store_records(instance, req.kind, req.uris, identity, digest, expire_at).await
     }
 
     /// Records a pushed association, once its content is in the CAS.

@@ -6,6 +6,7 @@
 pub mod bazel;
 pub mod bes;
 pub mod exec;
+pub mod origin;
 pub mod otlp;
 pub mod s3;
 

@@ -5,6 +5,7 @@
 mod common;
 
 mod action_cache;
+mod asset;
 mod bench;
 mod bytestream;
 mod cas;
