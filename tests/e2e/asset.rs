@@ -99,7 +99,12 @@ async fn fetch_blob_verifies_caches_and_serves_without_the_origin() {
     .await;
     let url = origin.url("/dist/file.bin");
 
-    let r = fetch_blob(&kiln, &[url.clone()], vec![q("checksum.sri", &sri(&file))]).await;
+    let r = fetch_blob(
+        &kiln,
+        std::slice::from_ref(&url),
+        vec![q("checksum.sri", &sri(&file))],
+    )
+    .await;
     assert_eq!(code(&r), Code::Ok, "{}", message(&r));
     assert_eq!(r.uri, url);
     let digest = Digest::from_proto(DigestFunction::Sha256, r.blob_digest.as_ref(), "d").unwrap();
@@ -114,7 +119,7 @@ async fn fetch_blob_verifies_caches_and_serves_without_the_origin() {
     let other = origin.url("/dist/other.bin");
     let r = fetch_blob(
         &kiln,
-        &[other.clone()],
+        std::slice::from_ref(&other),
         vec![q("checksum.sri", &sri(b"not it"))],
     )
     .await;
@@ -164,9 +169,13 @@ async fn fetch_blob_verifies_caches_and_serves_without_the_origin() {
     );
 
     // Unknown qualifiers are the RPC's INVALID_ARGUMENT, naming them.
-    let err = try_fetch_blob(&kiln, &[url.clone()], vec![q("vcs.commit", "abc")])
-        .await
-        .unwrap_err();
+    let err = try_fetch_blob(
+        &kiln,
+        std::slice::from_ref(&url),
+        vec![q("vcs.commit", "abc")],
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("vcs.commit"), "{}", err.message());
     let err = try_fetch_blob(&kiln, &[], vec![]).await.unwrap_err();
@@ -176,7 +185,12 @@ async fn fetch_blob_verifies_caches_and_serves_without_the_origin() {
     // record of the URI, and by the checksum for any URI.
     let before = origin.hits();
     origin.stop().await;
-    let r = fetch_blob(&kiln, &[url.clone()], vec![q("checksum.sri", &sri(&file))]).await;
+    let r = fetch_blob(
+        &kiln,
+        std::slice::from_ref(&url),
+        vec![q("checksum.sri", &sri(&file))],
+    )
+    .await;
     assert_eq!(code(&r), Code::Ok, "{}", message(&r));
     let r = fetch_blob(&kiln, &[origin.url("/dist/small.txt")], vec![]).await;
     assert_eq!(code(&r), Code::Ok, "{}", message(&r));
@@ -215,7 +229,7 @@ async fn names_resolving_to_private_addresses_need_an_allowed_network() {
     .await;
     let url = format!("http://localhost:{}/f", origin.addr.port());
     let closed = Kiln::start(&config(&["localhost".into()], "")).await;
-    let r = fetch_blob(&closed, &[url.clone()], vec![]).await;
+    let r = fetch_blob(&closed, std::slice::from_ref(&url), vec![]).await;
     assert_eq!(code(&r), Code::PermissionDenied, "{}", message(&r));
     assert!(message(&r).contains("non-public"), "{}", message(&r));
     // The cloud metadata address, even when a pattern would match it.
