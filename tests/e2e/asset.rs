@@ -481,9 +481,12 @@ async fn pushed_assets_are_fetched_without_a_download_and_roles_apply() {
     let err = push.push_blob(with("push-token", req())).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
     let mut cas = kiln.cas().await;
-    cas.batch_update_blobs(with("push-token", common::upload_request(&[data.clone()])))
-        .await
-        .unwrap();
+    cas.batch_update_blobs(with(
+        "push-token",
+        common::upload_request(std::slice::from_ref(&data)),
+    ))
+    .await
+    .unwrap();
     let err = push.push_blob(with("read-token", req())).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "read may not push");
     push.push_blob(with("push-token", req())).await.unwrap();
