@@ -64,8 +64,7 @@ pub(crate) struct Fetch<'a> {
     pub(crate) may_download: bool,
 }
 
-/// How a fetch ended: the URI it concerns and the content or the error
-/// (reported in the response's `status`, as the spec asks).
+/// How a fetch ended: the URI it concerns and the content or the error.
 #[derive(Debug)]
 pub(crate) struct Outcome {
     pub(crate) uri: String,
@@ -109,8 +108,8 @@ impl Assets {
         })
     }
 
-    /// Resolves a Fetch. An `Err` is the RPC's own error (a malformed
-    /// request); what went wrong with origin is in the [`Outcome`].
+    /// Resolves a Fetch. An `Err` is a malformed request; what went wrong
+    /// with origin is in the [`Outcome`], with the URI it concerns.
     pub(crate) async fn fetch(&self, instance: &Instance, req: Fetch<'_>) -> Result<Outcome> {
         let q = qualifiers::parse(req.qualifiers, req.kind == Kind::Directory)?;
         let urls = parse_uris(req.uris)?;

@@ -1,8 +1,12 @@
 //! The Remote Asset API: Fetch (FetchBlob, FetchDirectory) and Push
 //! (PushBlob, PushDirectory). `read` fetches what is cached; causing a
-//! download or pushing needs `write`. A malformed request is the RPC's
-//! error; a failed fetch is reported in the response's `status`, as the
-//! spec asks.
+//! download or pushing needs `write`.
+//!
+//! A failed fetch is the RPC's error (naming the URI), not an OK response
+//! with an error in `status`: Bazel before 5 never reads `status`, and
+//! would take the missing digest for the empty blob, so a download without
+//! a checksum would silently become an empty file. Every client handles an
+//! RPC error.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,10 +53,14 @@ fn timeout_of(t: Option<&prost_types::Duration>) -> Result<Option<Duration>> {
     Ok((ms > 0).then(|| Duration::from_millis(ms as u64)))
 }
 
-fn status_of(outcome: &Outcome) -> tonic_types::pb::Status {
-    match &outcome.result {
-        Ok(_) => tonic_types::pb::Status::default(),
-        Err(e) => e.to_rpc_status(),
+/// The content a fetch resolved to, or its error as the RPC's.
+fn resolved(outcome: Outcome) -> Result<(String, Digest), Status> {
+    match outcome.result {
+        Ok(digest) => Ok((outcome.uri, digest)),
+        Err(e) => {
+            let code = e.code();
+            Err(Status::new(code, format!("{}: {e}", outcome.uri)))
+        }
     }
 }
 
@@ -135,10 +143,11 @@ impl Fetch for AssetService {
             timeout: req.timeout.as_ref(),
         };
         let (function, outcome) = self.fetch(&request, Kind::Blob, call).await?;
+        let (uri, digest) = resolved(outcome)?;
         Ok(Response::new(FetchBlobResponse {
-            status: Some(status_of(&outcome)),
-            blob_digest: outcome.result.as_ref().ok().map(Digest::to_proto),
-            uri: outcome.uri,
+            status: Some(tonic_types::pb::Status::default()),
+            blob_digest: Some(digest.to_proto()),
+            uri,
             qualifiers: Vec::new(),
             expires_at: None,
             digest_function: function.to_proto() as i32,
@@ -159,10 +168,11 @@ impl Fetch for AssetService {
             timeout: req.timeout.as_ref(),
         };
         let (function, outcome) = self.fetch(&request, Kind::Directory, call).await?;
+        let (uri, digest) = resolved(outcome)?;
         Ok(Response::new(FetchDirectoryResponse {
-            status: Some(status_of(&outcome)),
-            root_directory_digest: outcome.result.as_ref().ok().map(Digest::to_proto),
-            uri: outcome.uri,
+            status: Some(tonic_types::pb::Status::default()),
+            root_directory_digest: Some(digest.to_proto()),
+            uri,
             qualifiers: Vec::new(),
             expires_at: None,
             digest_function: function.to_proto() as i32,

@@ -1,10 +1,14 @@
 //! Bazel 4.2.3 (Debian's bazel-bootstrap) against a real kiln: a clean rebuild
 //! is all remote cache hits, also after kiln restarts, and a
-//! `--remote_download_minimal` build passes. README's test command installs
-//! Bazel; without it this test fails rather than skips.
+//! `--remote_download_minimal` build passes, the HTTP cache protocol serves
+//! Bazel too, and `downloader.rs` fetches external repositories through the
+//! Remote Asset API. README's test command installs Bazel; without it these
+//! tests fail rather than skip.
 
 #[path = "../common/mod.rs"]
 mod common;
+
+mod downloader;
 
 use common::bazel::{Bazel, ShutdownOnDrop};
 use common::{Kiln, disk};

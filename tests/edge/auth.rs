@@ -347,6 +347,40 @@ async fn call(channel: &Channel, rpc: &str, token: Option<&str>) -> Code {
                 .map(|_| ())
             }
         }
+        // Requests without URIs: refused as INVALID_ARGUMENT once past
+        // authorization (a read token may not cause a download either way).
+        "FetchBlob" | "FetchDirectory" => {
+            use kiln::proto::asset::fetch_client::FetchClient;
+            let mut fetch = FetchClient::new(channel.clone());
+            if rpc == "FetchBlob" {
+                let req = kiln::proto::asset::FetchBlobRequest::default();
+                fetch
+                    .fetch_blob(with_token(tonic::Request::new(req), token))
+                    .await
+                    .map(|_| ())
+            } else {
+                let req = kiln::proto::asset::FetchDirectoryRequest::default();
+                fetch
+                    .fetch_directory(with_token(tonic::Request::new(req), token))
+                    .await
+                    .map(|_| ())
+            }
+        }
+        "PushBlob" | "PushDirectory" => {
+            use kiln::proto::asset::push_client::PushClient;
+            let mut push = PushClient::new(channel.clone());
+            if rpc == "PushBlob" {
+                let req = kiln::proto::asset::PushBlobRequest::default();
+                push.push_blob(with_token(tonic::Request::new(req), token))
+                    .await
+                    .map(|_| ())
+            } else {
+                let req = kiln::proto::asset::PushDirectoryRequest::default();
+                push.push_directory(with_token(tonic::Request::new(req), token))
+                    .await
+                    .map(|_| ())
+            }
+        }
         other => panic!("unknown rpc {other}"),
     };
     match result {
@@ -391,6 +425,10 @@ async fn every_role_against_every_rpc() {
         ("WaitOperation", "read"),
         ("CreateBotSession", "worker"),
         ("UpdateBotSession", "worker"),
+        ("FetchBlob", "read"),
+        ("FetchDirectory", "read"),
+        ("PushBlob", "write"),
+        ("PushDirectory", "write"),
     ];
     for role in [
         "read", "write", "ac-write", "bes", "execute", "worker", "admin",
