@@ -127,21 +127,49 @@ fn digests(
         .collect()
 }
 
+/// The fields FetchBlobRequest and FetchDirectoryRequest share, by name.
+macro_rules! fetch_call {
+    ($req:expr) => {
+        FetchCall {
+            instance_name: &$req.instance_name,
+            digest_function: $req.digest_function,
+            uris: &$req.uris,
+            qualifiers: &$req.qualifiers,
+            oldest: $req.oldest_content_accepted.as_ref(),
+            timeout: $req.timeout.as_ref(),
+        }
+    };
+}
+
+/// PushBlobRequest and PushDirectoryRequest as one domain Push, `$digest`
+/// naming the field that holds the content.
+macro_rules! push_of {
+    ($req:expr, $kind:expr, $digest:ident, $what:expr) => {
+        |f: DigestFunction| -> Result<PushRequestOf<'_>> {
+            Ok(PushRequestOf {
+                kind: $kind,
+                uris: &$req.uris,
+                qualifiers: &$req.qualifiers,
+                digest: Digest::from_proto(f, $req.$digest.as_ref(), $what)?,
+                references_blobs: digests(f, &$req.references_blobs, "referenced blob")?,
+                references_directories: digests(
+                    f,
+                    &$req.references_directories,
+                    "referenced directory",
+                )?,
+                expire_at: $req.expire_at,
+            })
+        }
+    };
+}
+
 #[tonic::async_trait]
 impl Fetch for AssetService {
     async fn fetch_blob(
         &self,
         request: Request<FetchBlobRequest>,
     ) -> Result<Response<FetchBlobResponse>, Status> {
-        let req = request.get_ref();
-        let call = FetchCall {
-            instance_name: &req.instance_name,
-            digest_function: req.digest_function,
-            uris: &req.uris,
-            qualifiers: &req.qualifiers,
-            oldest: req.oldest_content_accepted.as_ref(),
-            timeout: req.timeout.as_ref(),
-        };
+        let call = fetch_call!(request.get_ref());
         let (function, outcome) = self.fetch(&request, Kind::Blob, call).await?;
         let (uri, digest) = resolved(outcome)?;
         Ok(Response::new(FetchBlobResponse {
@@ -158,15 +186,7 @@ impl Fetch for AssetService {
         &self,
         request: Request<FetchDirectoryRequest>,
     ) -> Result<Response<FetchDirectoryResponse>, Status> {
-        let req = request.get_ref();
-        let call = FetchCall {
-            instance_name: &req.instance_name,
-            digest_function: req.digest_function,
-            uris: &req.uris,
-            qualifiers: &req.qualifiers,
-            oldest: req.oldest_content_accepted.as_ref(),
-            timeout: req.timeout.as_ref(),
-        };
+        let call = fetch_call!(request.get_ref());
         let (function, outcome) = self.fetch(&request, Kind::Directory, call).await?;
         let (uri, digest) = resolved(outcome)?;
         Ok(Response::new(FetchDirectoryResponse {
@@ -187,22 +207,9 @@ impl Push for AssetService {
         request: Request<PushBlobRequest>,
     ) -> Result<Response<PushBlobResponse>, Status> {
         let req = request.get_ref();
-        self.push(&request, &req.instance_name, req.digest_function, |f| {
-            Ok(PushRequestOf {
-                kind: Kind::Blob,
-                uris: &req.uris,
-                qualifiers: &req.qualifiers,
-                digest: Digest::from_proto(f, req.blob_digest.as_ref(), "blob")?,
-                references_blobs: digests(f, &req.references_blobs, "referenced blob")?,
-                references_directories: digests(
-                    f,
-                    &req.references_directories,
-                    "referenced directory",
-                )?,
-                expire_at: req.expire_at,
-            })
-        })
-        .await?;
+        let build = push_of!(req, Kind::Blob, blob_digest, "blob");
+        self.push(&request, &req.instance_name, req.digest_function, build)
+            .await?;
         Ok(Response::new(PushBlobResponse {}))
     }
 
@@ -211,26 +218,14 @@ impl Push for AssetService {
         request: Request<PushDirectoryRequest>,
     ) -> Result<Response<PushDirectoryResponse>, Status> {
         let req = request.get_ref();
-        self.push(&request, &req.instance_name, req.digest_function, |f| {
-            Ok(PushRequestOf {
-                kind: Kind::Directory,
-                uris: &req.uris,
-                qualifiers: &req.qualifiers,
-                digest: Digest::from_proto(
-                    f,
-                    req.root_directory_digest.as_ref(),
-                    "root directory",
-                )?,
-                references_blobs: digests(f, &req.references_blobs, "referenced blob")?,
-                references_directories: digests(
-                    f,
-                    &req.references_directories,
-                    "referenced directory",
-                )?,
-                expire_at: req.expire_at,
-            })
-        })
-        .await?;
+        let build = push_of!(
+            req,
+            Kind::Directory,
+            root_directory_digest,
+            "root directory"
+        );
+        self.push(&request, &req.instance_name, req.digest_function, build)
+            .await?;
         Ok(Response::new(PushDirectoryResponse {}))
     }
 }
