@@ -136,7 +136,8 @@ impl Downloader {
                 file.write_all(&chunk)?;
                 hashers.update(&chunk);
             }
-            file.sync_data()?;
+            // Not synced here: the store that takes the file makes it
+            // durable (the fs store's commit round) or copies it.
             Ok(hashers)
         });
         let mut body = response.bytes_stream();
