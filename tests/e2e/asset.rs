@@ -379,24 +379,15 @@ async fn fetch_directory_unpacks_archives_into_the_tree_on_disk() {
     sample_tree(&root);
     let mut expected = HashMap::new();
     let want = tree_of(&root, &mut expected);
-    // `../escape` inside an otherwise valid tar.gz.
-    let mut hostile = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.as_old_mut().name[..9].copy_from_slice(b"../escape");
-    h.set_size(1);
-    h.set_mode(0o644);
-    h.set_cksum();
-    hostile.append(&h, &b"x"[..]).unwrap();
-    let origin = Origin::start(HashMap::from([
+    let mut files = HashMap::from([
         ("/a/tree.tar.gz".to_string(), tar_gz_of(&root)),
         ("/a/tree.zip".to_string(), zip_of(&root)),
-        (
-            "/a/hostile.tar".to_string(),
-            Bytes::from(hostile.into_inner().unwrap()),
-        ),
-    ]))
-    .await;
-    let kiln = Kiln::start(&config(&[origin.url("/a/")], "")).await;
+    ]);
+    for (name, data, _) in hostile_archives() {
+        files.insert(format!("/a/{name}"), data);
+    }
+    let origin = Origin::start(files).await;
+    let kiln = Kiln::start(&config(&[origin.url("/a/")], "  max_unpacked_size: 4MiB\n")).await;
     let mut client = FetchClient::new(kiln.channel().await);
     for name in ["/a/tree.tar.gz", "/a/tree.zip"] {
         let r = client
@@ -443,17 +434,71 @@ async fn fetch_directory_unpacks_archives_into_the_tree_on_disk() {
     .unwrap();
     let want_nested = tree_of(&root.join("src/nested"), &mut HashMap::new());
     assert_eq!(nested, want_nested);
-    // A hostile archive is refused and its entry never stored.
-    let r = client
-        .fetch_directory(FetchDirectoryRequest {
-            uris: vec![origin.url("/a/hostile.tar")],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(r.code(), Code::InvalidArgument, "{}", r.message());
-    assert!(r.message().contains(".."), "{}", r.message());
+    // Hostile archives are refused, saying why.
+    for (name, _, says) in hostile_archives() {
+        let r = client
+            .fetch_directory(FetchDirectoryRequest {
+                uris: vec![origin.url(&format!("/a/{name}"))],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(r.code(), Code::InvalidArgument, "{name}: {}", r.message());
+        assert!(r.message().contains(says), "{name}: {}", r.message());
+    }
     kiln.server.stop().await.unwrap();
+}
+
+/// A one-entry tar whose header is written raw (tar's builder refuses
+/// these names).
+fn raw_tar(path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+    h.set_entry_type(kind);
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    if let Some(target) = link {
+        h.set_link_name_literal(target).unwrap();
+    }
+    h.set_cksum();
+    b.append(&h, data).unwrap();
+    b.into_inner().unwrap()
+}
+
+/// (file name, archive, what the refusal says): `..`, an absolute path, an
+/// escaping symlink, and a zip bomb past the 4 MiB cap the test sets.
+fn hostile_archives() -> Vec<(&'static str, Bytes, &'static str)> {
+    use tar::EntryType as T;
+    let gz = |data: Vec<u8>| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&data).unwrap();
+        Bytes::from(e.finish().unwrap())
+    };
+    let mut bomb = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    bomb.start_file("zeros", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    bomb.write_all(&vec![0u8; 64 << 20]).unwrap();
+    let bomb = Bytes::from(bomb.finish().unwrap().into_inner());
+    assert!(bomb.len() < 1 << 20, "the bomb is small");
+    vec![
+        (
+            "dotdot.tar.gz",
+            gz(raw_tar("../escape", T::Regular, b"x", None)),
+            "..",
+        ),
+        (
+            "absolute.tar",
+            raw_tar("/etc/passwd", T::Regular, b"x", None).into(),
+            "absolute",
+        ),
+        (
+            "symlink.tar",
+            raw_tar("l", T::Symlink, b"", Some("../../etc/passwd")).into(),
+            "outside",
+        ),
+        ("bomb.zip", bomb, "max_unpacked_size"),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
