@@ -123,7 +123,10 @@ log "measuring one core's hashing speed"
 "$KILN" bench --json --workload hash > "$RUN/hash.jsonl"
 
 WORKLOADS=fmb,batch,bytestream,tree,ac
-start kiln-disk 50071 "$KILN" serve --listen 127.0.0.1:50071 --data-dir "$RUN/kiln-disk-data"
+# kiln's image runs with two malloc arenas (Dockerfile): measure that
+# (env execs kiln, so the recorded PID is kiln's).
+KILN_ENV=(env MALLOC_ARENA_MAX=2)
+start kiln-disk 50071 "${KILN_ENV[@]}" "$KILN" serve --listen 127.0.0.1:50071 --data-dir "$RUN/kiln-disk-data"
 bench kiln-disk 50071 "$WORKLOADS,bes"
 log "bench kiln-disk: exec with two workers"
 for w in 1 2; do
@@ -166,7 +169,7 @@ SOAK_ERRORS=$(cat "$RUN"/soak-*.jsonl | python3 -c 'import sys, json; print(sum(
 echo "{\"workload\":\"soak_rss\",\"mib\":$(peak_rss_mib kiln-disk),\"errors\":$SOAK_ERRORS}" >> "$RUN/kiln-disk.jsonl"
 stop kiln-disk
 
-start kiln-memory 50072 "$KILN" serve --config "$RUN/kiln-memory.yaml" --listen 127.0.0.1:50072 --data-dir "$RUN/kiln-memory-data"
+start kiln-memory 50072 "${KILN_ENV[@]}" "$KILN" serve --config "$RUN/kiln-memory.yaml" --listen 127.0.0.1:50072 --data-dir "$RUN/kiln-memory-data"
 bench kiln-memory 50072 "$WORKLOADS"
 echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib kiln-memory)}" >> "$RUN/kiln-memory.jsonl"
 stop kiln-memory
@@ -186,7 +189,7 @@ start seaweedfs 18433 "$WEED" mini -dir="$RUN/weed" -ip=127.0.0.1 -ip.bind=127.0
 export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1
 sleep 3
 sed 's|http://127.0.0.1:8333|http://127.0.0.1:18433|' config/s3.yaml > "$RUN/kiln-s3.yaml"
-start kiln-s3 50074 "$KILN" serve --config "$RUN/kiln-s3.yaml" --listen 127.0.0.1:50074 \
+start kiln-s3 50074 "${KILN_ENV[@]}" "$KILN" serve --config "$RUN/kiln-s3.yaml" --listen 127.0.0.1:50074 \
     --http-listen 127.0.0.1:50084 --data-dir "$RUN/kiln-s3-data"
 BENCH_BLOB="$S3_BLOB" bench kiln-s3 50074 fmb,fmb_present,batch,bytestream --metrics-url http://127.0.0.1:50084/metrics
 echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib kiln-s3)}" >> "$RUN/kiln-s3.jsonl"
