@@ -111,6 +111,7 @@ impl Assets {
     /// Resolves a Fetch. An `Err` is a malformed request; what went wrong
     /// with origin is in the [`Outcome`], with the URI it concerns.
     pub(crate) async fn fetch(&self, instance: &Instance, req: Fetch<'_>) -> Result<Outcome> {
+        check_qualifier_count(req.qualifiers)?;
         let q = qualifiers::parse(req.qualifiers, req.kind == Kind::Directory)?;
         let urls = parse_uris(req.uris)?;
         if let Some(found) = self.cached(instance, &req, &q).await? {
@@ -313,6 +314,7 @@ impl Assets {
     /// Records a pushed association, once its content is in the CAS.
     pub(crate) async fn push(&self, instance: &Instance, req: Push<'_>) -> Result<()> {
         parse_uris(req.uris)?;
+        check_qualifier_count(req.qualifiers)?;
         let mut blobs = req.references_blobs.clone();
         if req.kind == Kind::Blob {
             blobs.push(req.digest);
@@ -395,13 +397,26 @@ fn record_key(
     function.digest_of(&text)
 }
 
-/// The request's URIs as URLs; none, or one that does not parse, is
-/// INVALID_ARGUMENT.
+/// Most URIs one request may name: each can cost a record lookup and a
+/// download, so a request's work stays in proportion to a few mirrors.
+const MAX_URIS: usize = 32;
+
+/// Most qualifiers one request may carry.
+const MAX_QUALIFIERS: usize = 64;
+
+/// The request's URIs as URLs; none, too many, or one that does not parse
+/// is INVALID_ARGUMENT.
 fn parse_uris(uris: &[String]) -> Result<Vec<url::Url>> {
     if uris.is_empty() {
         return Err(Error::InvalidArgument(
             "uris: at least one URI is required".into(),
         ));
+    }
+    if uris.len() > MAX_URIS {
+        return Err(Error::InvalidArgument(format!(
+            "uris: expected at most {MAX_URIS}, got {}",
+            uris.len()
+        )));
     }
     uris.iter()
         .map(|u| {
@@ -409,6 +424,16 @@ fn parse_uris(uris: &[String]) -> Result<Vec<url::Url>> {
                 .map_err(|e| Error::InvalidArgument(format!("uri {u:?} is not a URL: {e}")))
         })
         .collect()
+}
+
+fn check_qualifier_count(qualifiers: &[Qualifier]) -> Result<()> {
+    if qualifiers.len() > MAX_QUALIFIERS {
+        return Err(Error::InvalidArgument(format!(
+            "qualifiers: expected at most {MAX_QUALIFIERS}, got {}",
+            qualifiers.len()
+        )));
+    }
+    Ok(())
 }
 
 impl Qualifiers {

@@ -202,6 +202,15 @@ async fn fetch_blob_verifies_caches_and_serves_without_the_origin() {
     assert!(err.message().contains("vcs.commit"), "{}", err.message());
     let err = try_fetch_blob(&kiln, &[], vec![]).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    // A request's fan-out to origins is bounded.
+    let many: Vec<String> = (0..33)
+        .map(|i| origin.url(&format!("/dist/m{i}")))
+        .collect();
+    let before = origin.hits();
+    let err = try_fetch_blob(&kiln, &many, vec![]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("at most 32"), "{}", err.message());
+    assert_eq!(origin.hits(), before, "refused before any download");
 
     // With the origin gone, the same fetch is answered from kiln: by the
     // record of the URI, and by the checksum for any URI.
