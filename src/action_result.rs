@@ -50,15 +50,10 @@ pub async fn referenced_blobs(
                 .chain(tree.children)
                 .collect::<Vec<Directory>>()
         } else if let Some(rd) = &dir.root_directory_digest {
-            let walk = tree::walk(cas, parse(Some(rd), "root directory")?, limits).await;
-            match walk {
-                Ok(w) if w.complete => w
-                    .directories
-                    .into_iter()
-                    .map(Directory::decode)
-                    .collect::<Result<Vec<_>, _>>()?,
-                Ok(_) | Err(Error::NotFound(_)) => return Ok(None),
-                Err(e) => return Err(e),
+            let root = parse(Some(rd), "root directory")?;
+            match tree::complete_directories(cas, root, limits).await? {
+                Some(directories) => directories,
+                None => return Ok(None),
             }
         } else {
             return Err(Error::InvalidArgument(format!(

@@ -56,6 +56,26 @@ impl Default for WalkLimits {
     }
 }
 
+/// The decoded Directories of the tree under `root`, or None when the root
+/// or any subtree is missing: what the completeness checks of action
+/// results and Remote Asset records share.
+pub async fn complete_directories(
+    cas: &dyn BlobStore,
+    root: Digest,
+    limits: WalkLimits,
+) -> Result<Option<Vec<Directory>>> {
+    match walk(cas, root, limits).await {
+        Ok(w) if w.complete => Ok(Some(
+            w.directories
+                .into_iter()
+                .map(Directory::decode)
+                .collect::<Result<Vec<_>, _>>()?,
+        )),
+        Ok(_) | Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Walks the tree under `root`, reading up to `limits.concurrency`
 /// directories at once per level. The root missing is NOT_FOUND; a blob in
 /// the tree that is not a Directory is INVALID_ARGUMENT; a tree past

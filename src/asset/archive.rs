@@ -9,26 +9,22 @@
 //! - no file is held whole in memory above [`IN_MEMORY_MAX`]: larger ones
 //!   are hashed into a temp file the CAS adopts.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use prost::Message;
 
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result};
-use crate::proto::reapi::{Directory, DirectoryNode, FileNode, SymlinkNode};
 use crate::store::VerifiedFile;
+
+use super::archive_tree::{Dir, Node, check_links, components, lookup, store_dir, take_dir};
 
 /// Files up to this size are kept in memory on their way to the CAS.
 const IN_MEMORY_MAX: u64 = 1 << 20;
 
 /// Longest symlink target read from an archive.
 const MAX_LINK_TARGET: u64 = 4096;
-
-/// Symlinks followed while checking where one symlink leads.
-const MAX_LINK_HOPS: usize = 40;
 
 /// What one archive may unpack to.
 #[derive(Debug, Clone, Copy)]
@@ -46,20 +42,8 @@ pub(crate) enum Content {
 /// Where unpacked content goes: each file blob and each Directory once.
 pub(crate) type Sink<'a> = dyn FnMut(Digest, Content) -> Result<()> + 'a;
 
-fn refused(why: String) -> Error {
+pub(super) fn refused(why: String) -> Error {
     Error::InvalidArgument(format!("archive refused: {why}"))
-}
-
-#[derive(Debug, Default)]
-struct Dir {
-    entries: BTreeMap<String, Node>,
-}
-
-#[derive(Debug)]
-enum Node {
-    File { digest: Digest, executable: bool },
-    Symlink(String),
-    Dir(Dir),
 }
 
 /// The archive formats, told apart by their first bytes.
@@ -155,70 +139,6 @@ pub(crate) fn unpack(
     store_dir(tree, function, unpacker.sink)
 }
 
-/// Takes the directory at `path` out of `root` (its symlinks are then
-/// checked against it alone: one leading above it would leave the tree).
-fn take_dir(root: &mut Dir, path: &[String]) -> Option<Dir> {
-    let mut dir = root;
-    for c in path {
-        match dir.entries.get_mut(c) {
-            Some(Node::Dir(d)) => dir = d,
-            _ => return None,
-        }
-    }
-    Some(std::mem::take(dir))
-}
-
-/// Stores `dir`'s subdirectories, then `dir` itself; returns its digest.
-fn store_dir(dir: Dir, function: DigestFunction, sink: &mut Sink<'_>) -> Result<Digest> {
-    let mut proto = Directory::default();
-    // BTreeMap order is byte order of the names, as REAPI asks.
-    for (name, node) in dir.entries {
-        match node {
-            Node::File { digest, executable } => proto.files.push(FileNode {
-                name,
-                digest: Some(digest.to_proto()),
-                is_executable: executable,
-                ..Default::default()
-            }),
-            Node::Symlink(target) => proto.symlinks.push(SymlinkNode {
-                name,
-                target,
-                ..Default::default()
-            }),
-            Node::Dir(sub) => {
-                let digest = store_dir(sub, function, sink)?;
-                proto.directories.push(DirectoryNode {
-                    name,
-                    digest: Some(digest.to_proto()),
-                });
-            }
-        }
-    }
-    let encoded = Bytes::from(proto.encode_to_vec());
-    let digest = function.digest_of(&encoded);
-    sink(digest, Content::Bytes(encoded))?;
-    Ok(digest)
-}
-
-fn components(path: &str) -> Vec<String> {
-    path.split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .map(str::to_string)
-        .collect()
-}
-
-fn lookup<'d>(root: &'d Dir, path: &[String]) -> Option<&'d Node> {
-    let (last, parents) = path.split_last()?;
-    let mut dir = root;
-    for c in parents {
-        match dir.entries.get(c)? {
-            Node::Dir(d) => dir = d,
-            _ => return None,
-        }
-    }
-    dir.entries.get(last)
-}
-
 /// A reader that fails once more than `left` bytes came out of it.
 struct Capped<R> {
     inner: R,
@@ -279,42 +199,6 @@ impl Unpacker<'_, '_> {
             )));
         }
         Ok(parts)
-    }
-
-    fn insert(&mut self, path: Vec<String>, node: Node) -> Result<()> {
-        let Some((last, parents)) = path.split_last() else {
-            // The archive's root itself ("./"): nothing to record.
-            return Ok(());
-        };
-        let mut dir = &mut self.root;
-        for c in parents {
-            let next = dir
-                .entries
-                .entry(c.clone())
-                .or_insert_with(|| Node::Dir(Dir::default()));
-            match next {
-                Node::Dir(d) => dir = d,
-                _ => {
-                    return Err(refused(format!(
-                        "{} is both a file and a directory",
-                        path.join("/")
-                    )));
-                }
-            }
-        }
-        match (dir.entries.get(last), &node) {
-            (Some(Node::Dir(_)), Node::Dir(_)) => {}
-            (Some(Node::Dir(_)), _) => {
-                return Err(refused(format!(
-                    "{} is both a directory and a file",
-                    path.join("/")
-                )));
-            }
-            _ => {
-                dir.entries.insert(last.clone(), node);
-            }
-        }
-        Ok(())
     }
 
     /// Reads one file's bytes (counted against the cap), hashes them and
@@ -451,7 +335,7 @@ impl Unpacker<'_, '_> {
                     )));
                 }
             };
-            self.insert(path, node)?;
+            self.root.insert(path, node)?;
         }
         Ok(())
     }
@@ -501,64 +385,8 @@ impl Unpacker<'_, '_> {
                     "entry {raw:?} is not a file, directory or symlink"
                 )));
             };
-            self.insert(path, node)?;
+            self.root.insert(path, node)?;
         }
         Ok(())
     }
-}
-
-/// Every symlink, followed through the tree's other symlinks, must stay
-/// inside `root`.
-fn check_links(root: &Dir) -> Result<()> {
-    {
-        let mut pending = vec![(Vec::<String>::new(), root)];
-        while let Some((at, dir)) = pending.pop() {
-            for (name, node) in &dir.entries {
-                match node {
-                    Node::Dir(d) => {
-                        let mut sub = at.clone();
-                        sub.push(name.clone());
-                        pending.push((sub, d));
-                    }
-                    Node::Symlink(target) if !stays_inside(root, at.clone(), target) => {
-                        let mut path = at.clone();
-                        path.push(name.clone());
-                        return Err(refused(format!(
-                            "symlink {} -> {target:?} leads outside the archive",
-                            path.join("/")
-                        )));
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Whether `target`, followed from the directory `at`, stays inside `root`
-/// (symlinks met on the way are followed, up to [`MAX_LINK_HOPS`]).
-fn stays_inside(root: &Dir, mut at: Vec<String>, target: &str) -> bool {
-    let mut pending: VecDeque<String> = components(target).into();
-    let mut hops = 0;
-    while let Some(c) = pending.pop_front() {
-        if c == ".." {
-            if at.pop().is_none() {
-                return false;
-            }
-            continue;
-        }
-        at.push(c);
-        if let Some(Node::Symlink(next)) = lookup(root, &at) {
-            hops += 1;
-            if hops > MAX_LINK_HOPS || next.starts_with('/') {
-                return false;
-            }
-            at.pop();
-            for c in components(next).into_iter().rev() {
-                pending.push_front(c);
-            }
-        }
-    }
-    true
 }

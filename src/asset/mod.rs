@@ -13,6 +13,7 @@
 pub(crate) mod archive;
 #[cfg(test)]
 mod archive_tests;
+mod archive_tree;
 mod download;
 mod egress;
 mod qualifiers;
@@ -29,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::instance::Instance;
 use crate::proto::asset::Qualifier;
 use crate::proto::kiln_v1::AssetRecord;
-use crate::proto::reapi;
+use crate::store::VerifiedFile;
 
 pub(crate) use qualifiers::Qualifiers;
 
@@ -136,7 +137,7 @@ impl Assets {
                     let served = std::slice::from_ref(&req.uris[i]);
                     store_records(instance, req.kind, served, &q.identity, digest, None).await?;
                     return Ok(Outcome {
-                        uri: url.to_string(),
+                        uri: req.uris[i].clone(),
                         result: Ok(digest),
                     });
                 }
@@ -166,13 +167,7 @@ impl Assets {
             .get(url, headers, req.timeout, req.function, &q.sri)
             .await?;
         match req.kind {
-            Kind::Blob => {
-                let digest = file.digest();
-                let leftover = file.path().to_path_buf();
-                let stored = instance.cas.put_file(&digest, file).await;
-                let _ = tokio::fs::remove_file(&leftover).await;
-                stored.map(|()| digest)
-            }
+            Kind::Blob => store_file(instance.cas.as_ref(), file).await,
             Kind::Directory => {
                 let path = file.path().to_path_buf();
                 let unpacked = self
@@ -202,10 +197,7 @@ impl Assets {
                         handle.block_on(cas.put(&digest, bytes.into()))
                     }
                     archive::Content::File(file) => {
-                        let leftover = file.path().to_path_buf();
-                        let stored = handle.block_on(cas.put_file(&digest, file));
-                        let _ = std::fs::remove_file(leftover);
-                        stored
+                        handle.block_on(store_file(cas.as_ref(), file)).map(|_| ())
                     }
                 }
             };
@@ -290,23 +282,17 @@ impl Assets {
         if kind == Kind::Blob {
             return Ok(cas.find_missing(&[digest]).await?.is_empty());
         }
-        let walk = match crate::tree::walk(cas, digest, instance.settings.walk).await {
-            Ok(w) => w,
-            Err(Error::NotFound(_)) => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        if !walk.complete {
+        let walk = crate::tree::complete_directories(cas, digest, instance.settings.walk);
+        let Some(directories) = walk.await? else {
             return Ok(false);
-        }
+        };
         let mut files = Vec::new();
-        for bytes in walk.directories {
-            let dir = reapi::Directory::decode(bytes)
-                .map_err(|e| Error::internal(format!("a stored Directory does not decode: {e}")))?;
-            for f in dir.files {
-                if let Ok(d) = Digest::from_proto(digest.function, f.digest.as_ref(), "file") {
-                    files.push(d);
-                }
-            }
+        for f in directories.iter().flat_map(|d| &d.files) {
+            files.push(Digest::from_proto(
+                digest.function,
+                f.digest.as_ref(),
+                "file",
+            )?);
         }
         Ok(cas.find_missing(&files).await?.is_empty())
     }
@@ -345,6 +331,16 @@ impl Assets {
         )
         .await
     }
+}
+
+/// Hands a spool file to the CAS (which may adopt it) and removes what is
+/// left of it; returns its digest.
+async fn store_file(cas: &dyn crate::store::BlobStore, file: VerifiedFile) -> Result<Digest> {
+    let digest = file.digest();
+    let leftover = file.path().to_path_buf();
+    let stored = cas.put_file(&digest, file).await;
+    let _ = tokio::fs::remove_file(&leftover).await;
+    stored.map(|()| digest)
 }
 
 async fn store_records(
