@@ -12,7 +12,7 @@ use super::units::{ByteSize, Duration};
 pub struct RemoteAssetConfig {
     /// Serve the Fetch and Push services. Default true (with an empty
     /// `allow`, Fetch serves only cached and pushed assets).
-    #[serde(default = "yes")]
+    #[serde(default = "super::yes")]
     pub enabled: bool,
     /// Where downloads may go: URL prefixes (`https://github.com/bazelbuild/`)
     /// or host patterns (`mirror.example.com`, `*.example.com`). Empty:
@@ -47,10 +47,6 @@ impl Default for RemoteAssetConfig {
     fn default() -> Self {
         serde_saphyr::from_str("{}").expect("remote_asset defaults parse")
     }
-}
-
-fn yes() -> bool {
-    true
 }
 
 fn default_max_redirects() -> usize {

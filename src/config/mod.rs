@@ -6,6 +6,7 @@
 
 mod asset;
 mod edge;
+mod http_cache;
 mod stores;
 mod units;
 mod validate;
@@ -20,6 +21,7 @@ pub use edge::{
     AuthConfig, AuthMethod, GrpcConfig, HttpAuth, JwtConfig, LimitsConfig, Role, SendCompression,
     TlsConfig, TracingConfig,
 };
+pub use http_cache::HttpCacheConfig;
 pub use stores::{
     ExistenceCacheConfig, FsConfig, MemoryCacheConfig, MemoryConfig, S3Config, StoreConfig,
 };
@@ -88,29 +90,6 @@ pub struct Config {
     pub stores: BTreeMap<String, StoreConfig>,
     /// The instances this server serves, chosen by `instance_name`.
     pub instances: Vec<InstanceConfig>,
-}
-
-/// `http_cache:` settings: `/cas/{sha256}` and `/ac/{sha256}` on the HTTP
-/// listener, for clients that speak no gRPC.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpCacheConfig {
-    /// Serve the protocol at all. Default true.
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// Largest CAS upload one PUT may send (413 above it). Default `8GiB`.
-    #[serde(default = "default_max_http_upload")]
-    pub max_upload: ByteSize,
-}
-
-impl Default for HttpCacheConfig {
-    fn default() -> Self {
-        serde_saphyr::from_str("{}").expect("http_cache defaults parse")
-    }
-}
-
-fn default_max_http_upload() -> ByteSize {
-    ByteSize(8 << 30)
 }
 
 /// `uploads:` settings: bounds on the spool files that keep interrupted
