@@ -1,6 +1,6 @@
 //! The HTTP listener beside gRPC: `/metrics` (Prometheus text), the build
-//! event API (`/api/v1/...`), invocation pages and Bazel's HTTP cache
-//! protocol (`http_cache.rs`). It stops with the gRPC server.
+//! event API (`/api/v1/...`), the web UI (`crate::ui`) and Bazel's HTTP
+//! cache protocol (`http_cache.rs`). It stops with the gRPC server.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,8 +53,9 @@ async fn platforms(
     axum::Json(serde_json::json!({ "platforms": list }))
 }
 
-/// The routes of the HTTP listener: metrics, health and the build-event API.
-/// `/healthz` is always open: load balancers and kubelets probe it.
+/// The routes of the HTTP listener: metrics, health, the build-event API
+/// and the web UI. `/healthz` is always open: load balancers and kubelets
+/// probe it.
 pub fn router(
     metrics: Arc<Metrics>,
     events: Arc<dyn crate::bes::store::EventStore>,
@@ -62,7 +63,17 @@ pub fn router(
     serving: Arc<AtomicBool>,
     access: HttpAccess,
     cache: Option<crate::http_cache::CacheState>,
+    instances: crate::instance::Instances,
 ) -> Router {
+    // The pages check credentials themselves: a missing token gets the
+    // login form, and blob and action pages check their own instance.
+    let ui = crate::ui::router(crate::ui::UiState {
+        events: events.clone(),
+        instances,
+        scheduler: scheduler.clone(),
+        guard: access.guard.clone(),
+        events_guarded: access.build_events,
+    });
     let guarded = |router: Router, on: bool| {
         if on {
             router.layer(axum::middleware::from_fn_with_state(
@@ -80,6 +91,7 @@ pub fn router(
     Router::new()
         .route("/healthz", get(healthz).with_state(serving))
         .merge(cache)
+        .merge(ui)
         .merge(guarded(metrics_routes, access.metrics))
         .merge(guarded(
             crate::bes::http::router(events),

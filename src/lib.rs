@@ -11,6 +11,8 @@
 //! - `edge`: the tower layers every call passes (trace, metrics, auth,
 //!   limits) and the `Caller` they leave for services; HTTP auth.
 //! - `http`: the HTTP listener's routes (`/metrics`, `/healthz`, build events).
+//! - `ui`: the web pages on that listener (invocations, tests, timing,
+//!   actions, operations), server-rendered.
 //! - `tls`: the crypto provider and the server's certificates.
 //!
 //! Services and domain
@@ -67,6 +69,7 @@ pub mod telemetry;
 pub(crate) mod time;
 pub mod tls;
 pub(crate) mod tree;
+pub(crate) mod ui;
 pub(crate) mod upload;
 
 #[cfg(test)]

@@ -137,7 +137,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let telemetry = kiln::telemetry::init(&config.log, config.tracing.as_ref());
+        let hint = StartHint {
+            tls: config.tls.is_some(),
+            execution: config.execution.enabled,
+            downloader: config.remote_asset.enabled,
+            auth: config.auth.tokens_file.is_some() || config.auth.jwt.is_some(),
+        };
         let server = kiln::app::start(config, data_dir).await?;
+        println!("{}", hint.text(server.addr, server.http_addr));
         shutdown_signal().await;
         server.stop().await?;
         tracing::info!("stopped");
@@ -145,6 +152,49 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         drop(telemetry);
         Ok(())
     })
+}
+
+/// What `kiln serve` prints once it listens: the Bazel flags that use it
+/// and where its pages are.
+struct StartHint {
+    tls: bool,
+    execution: bool,
+    downloader: bool,
+    auth: bool,
+}
+
+impl StartHint {
+    fn text(&self, grpc: std::net::SocketAddr, http: std::net::SocketAddr) -> String {
+        // A wildcard address is reachable here as localhost.
+        let host = |a: std::net::SocketAddr| {
+            if a.ip().is_unspecified() {
+                format!("localhost:{}", a.port())
+            } else {
+                a.to_string()
+            }
+        };
+        let scheme = if self.tls { "grpcs" } else { "grpc" };
+        let g = format!("{scheme}://{}", host(grpc));
+        let web = format!("http://{}", host(http));
+        let mut flags = vec![format!("--remote_cache={g}")];
+        if self.execution {
+            flags.push(format!("--remote_executor={g}"));
+        }
+        flags.push(format!("--bes_backend={g}"));
+        flags.push(format!("--bes_results_url={web}/invocation/"));
+        if self.downloader {
+            flags.push(format!("--experimental_remote_downloader={g}"));
+        }
+        if self.auth {
+            flags.push("--remote_header=authorization=\"Bearer YOUR_TOKEN\"".into());
+        }
+        let mut out = String::from("kiln is serving. Point Bazel at it (e.g. in .bazelrc):\n");
+        for f in &flags {
+            out.push_str(&format!("  build {f}\n"));
+        }
+        out.push_str(&format!("Web UI: {web}/"));
+        out
+    }
 }
 
 fn worker(args: kiln::client::worker::WorkerArgs) -> anyhow::Result<()> {

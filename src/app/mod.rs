@@ -135,6 +135,7 @@ async fn serve(
             serving.clone(),
             http_access,
             http_cache,
+            parts.instances.clone(),
         ),
     )
     .with_graceful_shutdown(async move {

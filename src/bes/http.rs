@@ -1,13 +1,12 @@
-//! The HTTP side of build events: a JSON API under `/api/v1` and a plain HTML
-//! page per invocation, so the link Bazel prints for `--bes_results_url`
-//! opens something useful.
+//! The HTTP side of build events: a JSON API under `/api/v1` (the pages
+//! Bazel's `--bes_results_url` links to are in `crate::ui`).
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Json, Response};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
@@ -23,7 +22,6 @@ pub fn router(store: Store) -> Router {
         .route("/api/v1/invocations", get(list))
         .route("/api/v1/invocations/{id}", get(show))
         .route("/api/v1/invocations/{id}/events", get(events))
-        .route("/invocation/{id}", get(page))
         .with_state(store)
 }
 
@@ -49,6 +47,7 @@ async fn list(State(store): State<Store>, Query(q): Query<ListQuery>) -> Respons
         limit: q.limit.unwrap_or(50),
         status: q.status,
         user: q.user,
+        ..Default::default()
     };
     match store.invocations(&filter).await {
         Ok(list) => Json(serde_json::json!({ "invocations": list })).into_response(),
@@ -101,73 +100,4 @@ async fn events(
         Ok(list) => Json(serde_json::json!({ "events": list })).into_response(),
         Err(e) => failure(e),
     }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-async fn page(State(store): State<Store>, Path(id): Path<String>) -> Response {
-    let inv = match find(&store, &id).await {
-        Ok(inv) => inv,
-        Err(e @ Error::NotFound(_)) => {
-            return (
-                StatusCode::NOT_FOUND,
-                Html(format!("<p>{}</p>", escape(&e.to_string()))),
-            )
-                .into_response();
-        }
-        Err(e) => return failure(e),
-    };
-    let mut html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>kiln: {id}</title></head><body>\
-         <h1>Invocation {id}</h1><table>\
-         <tr><th>Status</th><td>{status}</td></tr><tr><th>Command</th><td>{cmd} {patterns}</td></tr>\
-         <tr><th>Exit code</th><td>{exit}</td></tr><tr><th>User</th><td>{user}</td></tr>\
-         <tr><th>Host</th><td>{host}</td></tr><tr><th>Duration</th><td>{dur}</td></tr>\
-         <tr><th>Remote cache hits</th><td>{hits} of {executed} actions</td></tr></table>",
-        id = escape(&inv.invocation_id),
-        status = inv.status.as_str(),
-        cmd = escape(&inv.command),
-        patterns = escape(&inv.patterns.join(" ")),
-        exit = inv
-            .exit_code
-            .map(|c| format!("{c} {}", escape(&inv.exit_code_name)))
-            .unwrap_or_default(),
-        user = escape(&inv.user),
-        host = escape(&inv.host),
-        dur = inv
-            .duration_ms
-            .map(|d| format!("{:.1} s", d as f64 / 1000.0))
-            .unwrap_or_default(),
-        hits = inv.cache_hits,
-        executed = inv.actions_executed,
-    );
-    html.push_str("<h2>Targets</h2><ul>");
-    for t in &inv.targets {
-        html.push_str(&format!(
-            "<li>{} {}</li>",
-            escape(&t.label),
-            escape(&t.outcome)
-        ));
-    }
-    html.push_str("</ul><h2>Tests</h2><ul>");
-    for t in &inv.tests {
-        html.push_str(&format!(
-            "<li>{} {} ({} attempts, {} ms)</li>",
-            escape(&t.label),
-            escape(&t.status),
-            t.attempts,
-            t.duration_ms
-        ));
-    }
-    html.push_str("</ul><h2>Logs and outputs</h2><ul>");
-    for l in &inv.links {
-        html.push_str(&format!("<li>{}: {}</li>", escape(&l.name), escape(&l.uri)));
-    }
-    html.push_str("</ul></body></html>");
-    Html(html).into_response()
 }

@@ -129,6 +129,7 @@ impl BuildEventQuery for QueryService {
             limit: r.limit,
             status: (!r.status.is_empty()).then_some(r.status),
             user: (!r.user.is_empty()).then_some(r.user),
+            ..Default::default()
         };
         let list = self.store.invocations(&filter).await?;
         Ok(Response::new(ListInvocationsResponse {

@@ -10,7 +10,8 @@ use sqlx::{AnyPool, Row};
 
 use super::sql_writer::{INSERT_STREAM, Writer};
 use super::store::{
-    EventFilter, EventStore, InvocationFilter, NewEvent, StoredEvent, StreamInfo, StreamKey,
+    EventFilter, EventStore, InvocationFilter, InvocationRow, NewEvent, StoredEvent, StreamInfo,
+    StreamKey, TestRun, TestStats,
 };
 use super::summary::Invocation;
 use crate::error::{Error, Result};
@@ -23,6 +24,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         2,
         include_str!("../../migrations/0002_build_events_retention.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/0003_build_events_pages.sql"),
     ),
 ];
 
@@ -85,6 +90,7 @@ impl EventStore for SqlEventStore {
             for sql in [
                 "DELETE FROM bes_events WHERE invocation_id = $1",
                 "DELETE FROM bes_streams WHERE invocation_id = $1",
+                "DELETE FROM test_runs WHERE invocation_id = $1",
                 "DELETE FROM invocations WHERE invocation_id = $1",
             ] {
                 sqlx::query(sql)
@@ -191,37 +197,7 @@ impl EventStore for SqlEventStore {
     }
 
     async fn invocations(&self, filter: &InvocationFilter) -> Result<Vec<Invocation>> {
-        let mut conditions = Vec::new();
-        let mut binds = Vec::new();
-        if let Some(status) = &filter.status {
-            binds.push(status.clone());
-            conditions.push(format!("status = ${}", binds.len()));
-        }
-        if let Some(user) = &filter.user {
-            binds.push(user.clone());
-            conditions.push(format!("user_name = ${}", binds.len()));
-        }
-        let filter_sql = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
-        let limit = if filter.limit <= 0 {
-            50
-        } else {
-            filter.limit.min(10_000)
-        };
-        let sql = format!(
-            "SELECT summary FROM invocations {filter_sql} ORDER BY started_at DESC, updated_at DESC LIMIT {limit}"
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for b in &binds {
-            q = q.bind(b.as_str());
-        }
-        let rows = q
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("listing invocations"))?;
+        let rows = super::sql_pages::select_invocations(&self.pool, "summary", filter).await?;
         rows.iter()
             .map(|r| {
                 parse_summary(
@@ -230,6 +206,18 @@ impl EventStore for SqlEventStore {
                 )
             })
             .collect()
+    }
+
+    async fn invocation_rows(&self, filter: &InvocationFilter) -> Result<Vec<InvocationRow>> {
+        super::sql_pages::invocation_rows(&self.pool, filter).await
+    }
+
+    async fn test_history(&self, label: &str, limit: i64) -> Result<Vec<TestRun>> {
+        super::sql_pages::test_history(&self.pool, label, limit).await
+    }
+
+    async fn test_stats(&self, since_ms: i64, limit: i64) -> Result<Vec<TestStats>> {
+        super::sql_pages::test_stats(&self.pool, since_ms, limit).await
     }
 
     async fn streams(&self, pattern: &regex::Regex) -> Result<Vec<StreamInfo>> {

@@ -8,7 +8,7 @@
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::store::{NewEvent, StreamKey};
+use super::store::{InvocationRow, NewEvent, StreamKey, TestRun};
 use super::summary::Invocation;
 use crate::error::{Error, Result};
 use crate::sql::db_err;
@@ -45,11 +45,63 @@ struct Job {
 /// An invocation summary, encoded, with the columns indexed beside it.
 #[derive(Debug)]
 struct Summary {
-    invocation_id: String,
-    status: String,
-    user: String,
-    started_at: i64,
+    row: InvocationRow,
     json: String,
+    /// Its tests, once the invocation is finished (history rows).
+    tests: Option<Vec<TestRun>>,
+}
+
+impl Summary {
+    fn of(i: &Invocation) -> Result<Summary> {
+        let failed_tests = i
+            .tests
+            .iter()
+            .filter(|t| !matches!(t.status.as_str(), "PASSED" | "FLAKY" | ""))
+            .count();
+        let failed_targets = i.targets.iter().filter(|t| t.outcome == "FAILED").count();
+        let row = InvocationRow {
+            invocation_id: i.invocation_id.clone(),
+            status: i.status.as_str().to_string(),
+            user: i.user.clone(),
+            host: i.host.clone(),
+            command: i.command.clone(),
+            patterns: i.patterns.join(" "),
+            exit_code_name: i.exit_code_name.clone(),
+            started_at: i.started_at,
+            duration_ms: i.duration_ms,
+            cache_hits: i.cache_hits,
+            actions_executed: i.actions_executed,
+            targets: i.targets.len() as i64,
+            failed: (failed_tests + failed_targets) as i64,
+        };
+        let tests = i.is_finished().then(|| {
+            i.tests
+                .iter()
+                .map(|t| TestRun {
+                    label: t.label.clone(),
+                    invocation_id: i.invocation_id.clone(),
+                    status: t.status.clone(),
+                    flaky: t.flaky,
+                    attempts: i64::from(t.attempts),
+                    duration_ms: t.duration_ms,
+                    cached: t.cached,
+                    fingerprint: i
+                        .targets
+                        .iter()
+                        .find(|x| x.label == t.label)
+                        .map(|x| x.fingerprint.clone())
+                        .unwrap_or_default(),
+                    started_at: i.started_at,
+                })
+                .collect()
+        });
+        Ok(Summary {
+            row,
+            json: serde_json::to_string(i)
+                .map_err(|e| Error::internal_from("encoding a summary", e))?,
+            tests,
+        })
+    }
 }
 
 impl Writer {
@@ -76,17 +128,10 @@ impl Writer {
     ) -> Result<()> {
         // The summary is encoded here, on the stream's own task; the writer
         // only runs the statements.
-        let summary = match invocation.filter(|i| !i.invocation_id.is_empty()) {
-            Some(i) => Some(Summary {
-                invocation_id: i.invocation_id.clone(),
-                status: i.status.as_str().to_string(),
-                user: i.user.clone(),
-                started_at: i.started_at,
-                json: serde_json::to_string(i)
-                    .map_err(|e| Error::internal_from("encoding a summary", e))?,
-            }),
-            None => None,
-        };
+        let summary = invocation
+            .filter(|i| !i.invocation_id.is_empty())
+            .map(Summary::of)
+            .transpose()?;
         let (done, wait) = oneshot::channel();
         let job = Job {
             key: key.clone(),
@@ -184,7 +229,7 @@ async fn write_group(pool: &AnyPool, placeholders: Placeholders, group: &[Job]) 
     let mut tx = pool.begin().await.map_err(&err)?;
     for (i, job) in group.iter().enumerate() {
         let newer_summary = group[i + 1..].iter().any(|later| {
-            matches!((&later.summary, &job.summary), (Some(a), Some(b)) if a.invocation_id == b.invocation_id)
+            matches!((&later.summary, &job.summary), (Some(a), Some(b)) if a.row.invocation_id == b.row.invocation_id)
         });
         let summary = if newer_summary {
             None
@@ -250,21 +295,95 @@ async fn write_job(
     .await
     .map_err(&err)?;
     if let Some(summary) = summary {
-        sqlx::query(
-            "INSERT INTO invocations (invocation_id, status, user_name, started_at, updated_at, summary) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (invocation_id) DO UPDATE SET \
-             status = excluded.status, user_name = excluded.user_name, started_at = excluded.started_at, \
-             updated_at = excluded.updated_at, summary = excluded.summary",
-        )
-        .bind(&summary.invocation_id)
-        .bind(&summary.status)
-        .bind(&summary.user)
-        .bind(summary.started_at)
-        .bind(now_ms())
-        .bind(&summary.json)
+        write_summary(tx, summary).await?;
+    }
+    Ok(())
+}
+
+/// Stores an invocation's summary and list columns, and its test rows once
+/// it is finished.
+async fn write_summary(tx: &mut sqlx::Transaction<'_, sqlx::Any>, summary: &Summary) -> Result<()> {
+    let err = db_err("storing an invocation summary");
+    let r = &summary.row;
+    sqlx::query(
+        "INSERT INTO invocations (invocation_id, status, user_name, started_at, updated_at, summary, \
+         host, command, patterns, exit_code_name, duration_ms, cache_hits, actions_executed, \
+         target_count, failed_count) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         ON CONFLICT (invocation_id) DO UPDATE SET \
+         status = excluded.status, user_name = excluded.user_name, started_at = excluded.started_at, \
+         updated_at = excluded.updated_at, summary = excluded.summary, host = excluded.host, \
+         command = excluded.command, patterns = excluded.patterns, \
+         exit_code_name = excluded.exit_code_name, duration_ms = excluded.duration_ms, \
+         cache_hits = excluded.cache_hits, actions_executed = excluded.actions_executed, \
+         target_count = excluded.target_count, failed_count = excluded.failed_count",
+    )
+    .bind(&r.invocation_id)
+    .bind(&r.status)
+    .bind(&r.user)
+    .bind(r.started_at)
+    .bind(now_ms())
+    .bind(&summary.json)
+    .bind(&r.host)
+    .bind(&r.command)
+    .bind(&r.patterns)
+    .bind(&r.exit_code_name)
+    .bind(r.duration_ms.unwrap_or(-1))
+    .bind(r.cache_hits)
+    .bind(r.actions_executed)
+    .bind(r.targets)
+    .bind(r.failed)
+    .execute(&mut **tx)
+    .await
+    .map_err(&err)?;
+    let Some(tests) = &summary.tests else {
+        return Ok(());
+    };
+    sqlx::query("DELETE FROM test_runs WHERE invocation_id = $1")
+        .bind(&r.invocation_id)
         .execute(&mut **tx)
         .await
         .map_err(&err)?;
+    for chunk in tests.chunks(INSERT_CHUNK) {
+        let mut sql = String::from(
+            "INSERT INTO test_runs (label, invocation_id, status, flaky, attempts, duration_ms, \
+             cached, fingerprint, started_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            use std::fmt::Write;
+            let b = i * 9;
+            let _ = write!(
+                sql,
+                "{}(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                if i == 0 { "" } else { ", " },
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9
+            );
+        }
+        // One test label twice in one invocation cannot happen (the
+        // summary folds by label), but a conflict must not fail the commit.
+        sql.push_str(" ON CONFLICT DO NOTHING");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for t in chunk {
+            q = q
+                .bind(&t.label)
+                .bind(&t.invocation_id)
+                .bind(&t.status)
+                .bind(i64::from(t.flaky))
+                .bind(t.attempts)
+                .bind(t.duration_ms)
+                .bind(i64::from(t.cached))
+                .bind(&t.fingerprint)
+                .bind(t.started_at);
+        }
+        q.execute(&mut **tx).await.map_err(&err)?;
     }
     Ok(())
 }

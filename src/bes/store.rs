@@ -101,6 +101,100 @@ pub struct InvocationFilter {
     pub status: Option<String>,
     /// Only this user.
     pub user: Option<String>,
+    /// Only this host.
+    pub host: Option<String>,
+    /// Only this command (`build`, `test`, ...).
+    pub command: Option<String>,
+    /// Only invocations with a target pattern containing this text.
+    pub pattern: Option<String>,
+    /// Only invocations started at or after this time (ms).
+    pub since_ms: Option<i64>,
+    /// Only invocations started before this time (ms).
+    pub until_ms: Option<i64>,
+    /// Skip this many of the newest (pagination).
+    pub offset: i64,
+}
+
+/// One line of the invocation list: the columns stored beside the summary,
+/// so a page of the list parses no summary.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InvocationRow {
+    /// Bazel's invocation id.
+    pub invocation_id: String,
+    /// Status name.
+    pub status: String,
+    /// Who ran it.
+    pub user: String,
+    /// Where.
+    pub host: String,
+    /// `build`, `test`, ...
+    pub command: String,
+    /// The target patterns, space-separated.
+    pub patterns: String,
+    /// Exit code name, once finished.
+    pub exit_code_name: String,
+    /// Start (ms since the epoch).
+    pub started_at: i64,
+    /// Wall time, once known.
+    pub duration_ms: Option<i64>,
+    /// Remote cache hits.
+    pub cache_hits: i64,
+    /// Actions executed (hits included).
+    pub actions_executed: i64,
+    /// Targets configured.
+    pub targets: i64,
+    /// Targets and tests that failed.
+    pub failed: i64,
+}
+
+/// One test in one finished invocation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TestRun {
+    /// The test target.
+    pub label: String,
+    /// The invocation.
+    pub invocation_id: String,
+    /// Bazel's overall status name.
+    pub status: String,
+    /// Failed and then passed within the invocation.
+    pub flaky: bool,
+    /// Attempts.
+    pub attempts: i64,
+    /// Total run time.
+    pub duration_ms: i64,
+    /// Served from a cache.
+    pub cached: bool,
+    /// Its inputs' fingerprint (see [`super::summary::Target::fingerprint`]).
+    pub fingerprint: String,
+    /// The invocation's start (ms).
+    pub started_at: i64,
+}
+
+/// One test over a window of invocations.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TestStats {
+    /// The test target.
+    pub label: String,
+    /// Invocations that ran it.
+    pub runs: i64,
+    /// Runs that did not pass.
+    pub failures: i64,
+    /// Runs that failed and then passed within the invocation.
+    pub flaky_runs: i64,
+    /// Input fingerprints under which it both passed and failed.
+    pub mixed_inputs: i64,
+    /// Mean run time.
+    pub mean_ms: i64,
+    /// Longest run time.
+    pub max_ms: i64,
+}
+
+impl TestStats {
+    /// Flaky in the window: a retry passed, or equal inputs gave both
+    /// outcomes.
+    pub fn flaky(&self) -> bool {
+        self.flaky_runs > 0 || self.mixed_inputs > 0
+    }
 }
 
 /// Durable storage of build events.
@@ -134,6 +228,13 @@ pub trait EventStore: std::fmt::Debug + Send + Sync + 'static {
     async fn invocation(&self, invocation_id: &str) -> Result<Option<Invocation>>;
     /// Summaries, newest first.
     async fn invocations(&self, filter: &InvocationFilter) -> Result<Vec<Invocation>>;
+    /// List rows, newest first.
+    async fn invocation_rows(&self, filter: &InvocationFilter) -> Result<Vec<InvocationRow>>;
+    /// The last `limit` runs of one test, newest first.
+    async fn test_history(&self, label: &str, limit: i64) -> Result<Vec<TestRun>>;
+    /// Every test run since `since_ms`, summed per test (at most `limit`
+    /// tests, most runs first).
+    async fn test_stats(&self, since_ms: i64, limit: i64) -> Result<Vec<TestStats>>;
     /// Streams whose `build_id/invocation_id/component` matches `pattern`.
     async fn streams(&self, pattern: &regex::Regex) -> Result<Vec<StreamInfo>>;
     /// The events of an invocation (all its streams), by stream then sequence.

@@ -14,6 +14,13 @@ pub const BAZEL_EVENT_TYPE: &str = "type.googleapis.com/build_event_stream.Build
 
 /// Links kept per invocation (logs first); beyond this they are dropped.
 const MAX_LINKS: usize = 500;
+/// Attempts kept per test (each with its log); later ones are counted only.
+const MAX_ATTEMPTS: usize = 64;
+/// Failed actions kept per invocation.
+const MAX_FAILED_ACTIONS: usize = 100;
+/// Command-line options kept, and the longest one kept whole.
+const MAX_OPTIONS: usize = 1000;
+const MAX_OPTION_LEN: usize = 4096;
 
 /// Where an invocation stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +58,29 @@ pub struct Target {
     pub outcome: String,
     /// E.g. `cc_binary rule`.
     pub kind: String,
+    /// The CAS digests of its outputs (`hash/size`, sorted, hashed): two
+    /// runs of a test with the same fingerprint had the same inputs.
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+/// One run of a test: a (run, shard, attempt) of Bazel's TestResult.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// `--runs_per_test` index (1-based).
+    pub run: i32,
+    /// Shard index (1-based when sharded, else 0 or 1).
+    pub shard: i32,
+    /// Attempt number (1-based; >1 after `--flaky_test_attempts` retries).
+    pub attempt: i32,
+    /// Bazel's TestStatus name.
+    pub status: String,
+    /// Run time.
+    pub duration_ms: i64,
+    /// Served from a cache.
+    pub cached: bool,
+    /// Its `test.log`, a `bytestream://` URI, when uploaded.
+    pub log: String,
 }
 
 /// A test's overall result.
@@ -66,6 +96,33 @@ pub struct Test {
     pub duration_ms: i64,
     /// Whether the last attempt was a cache hit (locally or remotely).
     pub cached: bool,
+    /// Shards (TestSummary's shard_count; 0 when unsharded).
+    #[serde(default)]
+    pub shards: u32,
+    /// Failed at least once and then passed in this invocation (Bazel's
+    /// FLAKY, or a failed attempt followed by a passing one).
+    #[serde(default)]
+    pub flaky: bool,
+    /// The first attempts, in the order reported.
+    #[serde(default)]
+    pub attempt_list: Vec<Attempt>,
+}
+
+/// An action that failed, as Bazel's ActionExecuted reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedAction {
+    /// The target it belongs to.
+    pub label: String,
+    /// Its mnemonic, e.g. `CppCompile`.
+    pub mnemonic: String,
+    /// Its exit code.
+    pub exit_code: i32,
+    /// Its stdout and stderr (`bytestream://` URIs), when uploaded.
+    pub stdout: String,
+    /// See `stdout`.
+    pub stderr: String,
+    /// Its command line (at most the first options).
+    pub argv: Vec<String>,
 }
 
 /// A file Bazel reported, with its CAS link (`bytestream://...`) or path.
@@ -118,6 +175,51 @@ pub struct Invocation {
     pub actions_created: i64,
     /// Logs and outputs.
     pub links: Vec<Link>,
+    /// Bazel's own logs (BuildToolLogs: the profile, the command log...),
+    /// kept apart so outputs never crowd them out.
+    #[serde(default)]
+    pub tool_logs: Vec<Link>,
+    /// The options given explicitly (OptionsParsed explicit_cmd_line).
+    #[serde(default)]
+    pub options: Vec<String>,
+    /// The first failed actions.
+    #[serde(default)]
+    pub failed_actions: Vec<FailedAction>,
+    /// Actions by the runner that ran them (`remote`, `linux-sandbox`,
+    /// `remote cache hit`, ...), from BuildMetrics.
+    #[serde(default)]
+    pub runners: Vec<Runner>,
+}
+
+/// How many actions one kind of runner ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runner {
+    /// Bazel's runner name.
+    pub name: String,
+    /// Actions it ran.
+    pub count: i64,
+}
+
+/// The `hash/size` of a `bytestream://.../blobs/HASH/SIZE` URI, which
+/// names the content whatever the host the client called kiln by.
+pub fn blob_of_uri(uri: &str) -> Option<(&str, &str)> {
+    let rest = uri.strip_prefix("bytestream://")?;
+    let at = rest.rfind("/blobs/")?;
+    let mut parts = rest[at + 7..].split('/');
+    let hash = parts.next()?;
+    let size = parts.next()?;
+    Some((hash, size))
+}
+
+fn option(text: &str) -> String {
+    if text.len() <= MAX_OPTION_LEN {
+        return text.to_string();
+    }
+    let mut cut = MAX_OPTION_LEN;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &text[..cut])
 }
 
 /// The build_event_stream id variant's name: the event's kind.
@@ -325,7 +427,26 @@ impl Invocation {
                 self.target(&label).kind = c.target_kind.clone()
             }
             Payload::Completed(c) if !label.is_empty() => {
-                self.target(&label).outcome = if c.success { "SUCCESS" } else { "FAILED" }.into();
+                let mut blobs: Vec<String> = c
+                    .important_output
+                    .iter()
+                    .filter_map(|f| match &f.file {
+                        Some(bep::file::File::Uri(uri)) => {
+                            blob_of_uri(uri).map(|(h, s)| format!("{h}/{s}"))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                blobs.sort();
+                let target = self.target(&label);
+                target.outcome = if c.success { "SUCCESS" } else { "FAILED" }.into();
+                if !blobs.is_empty() {
+                    target.fingerprint = hex::encode(
+                        &crate::digest::DigestFunction::Sha256
+                            .digest_of(blobs.join("\n").as_bytes())
+                            .hash[..8],
+                    );
+                }
                 for f in &c.important_output {
                     self.link(f);
                 }
@@ -346,19 +467,84 @@ impl Invocation {
                     .unwrap_or(r.test_attempt_duration_millis);
                 let cached = r.cached_locally
                     || r.execution_info.as_ref().is_some_and(|e| e.cached_remotely);
+                let (run, shard, attempt) = match ev.id.as_ref().and_then(|i| i.id.as_ref()) {
+                    Some(Id::TestResult(t)) => (t.run, t.shard, t.attempt),
+                    _ => (0, 0, 0),
+                };
+                let status = r.status().as_str_name().to_string();
+                let log = r
+                    .test_action_output
+                    .iter()
+                    .find(|f| f.name == "test.log")
+                    .and_then(|f| match &f.file {
+                        Some(bep::file::File::Uri(uri)) => Some(uri.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
                 let test = self.test(&label);
                 test.attempts += 1;
                 test.duration_ms = test.duration_ms.saturating_add(duration);
                 test.cached = cached;
                 if test.status.is_empty() || test.status == "NO_STATUS" {
-                    test.status = r.status().as_str_name().to_string();
+                    test.status = status.clone();
                 }
-                for f in &r.test_action_output {
-                    self.link(f);
+                // A pass after a failure of the same run and shard.
+                if status == "PASSED"
+                    && test
+                        .attempt_list
+                        .iter()
+                        .any(|a| a.run == run && a.shard == shard && a.status != "PASSED")
+                {
+                    test.flaky = true;
+                }
+                if test.attempt_list.len() < MAX_ATTEMPTS {
+                    test.attempt_list.push(Attempt {
+                        run,
+                        shard,
+                        attempt,
+                        status,
+                        duration_ms: duration,
+                        cached,
+                        log,
+                    });
                 }
             }
             Payload::TestSummary(s) if !label.is_empty() => {
-                self.test(&label).status = s.overall_status().as_str_name().to_string();
+                let test = self.test(&label);
+                test.status = s.overall_status().as_str_name().to_string();
+                test.shards = u32::try_from(s.shard_count).unwrap_or(0);
+                if test.status == "FLAKY" {
+                    test.flaky = true;
+                }
+            }
+            Payload::Action(a) => {
+                if !a.success && self.failed_actions.len() < MAX_FAILED_ACTIONS {
+                    let uri = |f: &Option<bep::File>| match f.as_ref().and_then(|f| f.file.as_ref())
+                    {
+                        Some(bep::file::File::Uri(uri)) => uri.clone(),
+                        _ => String::new(),
+                    };
+                    self.failed_actions.push(FailedAction {
+                        label: if a.label.is_empty() {
+                            label.clone()
+                        } else {
+                            a.label.clone()
+                        },
+                        mnemonic: a.r#type.clone(),
+                        exit_code: a.exit_code,
+                        stdout: uri(&a.stdout),
+                        stderr: uri(&a.stderr),
+                        argv: a.command_line.iter().take(64).map(|s| option(s)).collect(),
+                    });
+                }
+            }
+            Payload::OptionsParsed(o) => {
+                self.options = o
+                    .explicit_cmd_line
+                    .iter()
+                    .take(MAX_OPTIONS)
+                    .map(|s| option(s))
+                    .collect();
             }
             Payload::BuildMetrics(m) => {
                 if let Some(a) = &m.action_summary {
@@ -370,6 +556,15 @@ impl Invocation {
                         .filter(|r| r.name == "remote cache hit")
                         .map(|r| i64::from(r.count))
                         .sum();
+                    self.runners = a
+                        .runner_count
+                        .iter()
+                        .take(64)
+                        .map(|r| Runner {
+                            name: r.name.clone(),
+                            count: i64::from(r.count),
+                        })
+                        .collect();
                     self.cache_hits = if a.runner_count.is_empty() {
                         a.remote_cache_hits
                     } else {
@@ -379,7 +574,14 @@ impl Invocation {
             }
             Payload::BuildToolLogs(logs) => {
                 for f in &logs.log {
-                    self.link(f);
+                    if let Some(bep::file::File::Uri(uri)) = &f.file
+                        && self.tool_logs.len() < MAX_LINKS
+                    {
+                        self.tool_logs.push(Link {
+                            name: f.name.clone(),
+                            uri: uri.clone(),
+                        });
+                    }
                 }
             }
             Payload::NamedSetOfFiles(set) => {

@@ -112,8 +112,9 @@ pub async fn update(
         BotStatus::Ok | BotStatus::Unspecified
     );
     let mut trace = String::new();
+    let offered = offers(session.worker.as_ref());
+    scheduler.saw_worker(&bot, instance, &offered, busy);
     if !busy && healthy {
-        let offered = offers(session.worker.as_ref());
         if let Some(job) = scheduler.take(instance, &bot, &offered, wait).await? {
             trace = job.trace.clone();
             kept.push(Lease {

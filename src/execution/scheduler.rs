@@ -15,6 +15,7 @@ use tokio::sync::{Notify, watch};
 mod demand;
 mod housekeeping;
 mod leases;
+mod workers;
 
 use super::job::{Job, JobFilter, Platform, Stage};
 use super::store::JobStore;
@@ -155,6 +156,8 @@ pub struct Scheduler {
     platforms: Mutex<std::collections::BTreeMap<String, Vec<(String, String)>>>,
     /// The last demand read: label → (queued, executing).
     demand_now: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
+    /// Workers heard from lately (see `workers.rs`).
+    workers: moka::sync::Cache<String, workers::SeenWorker>,
 }
 
 /// Publishes `job` unless a newer version of it is already published
@@ -211,6 +214,10 @@ impl Scheduler {
             stopping: AtomicBool::new(false),
             platforms: Mutex::new(std::collections::BTreeMap::new()),
             demand_now: Mutex::new(std::collections::BTreeMap::new()),
+            workers: moka::sync::Cache::builder()
+                .max_capacity(workers::MAX_WORKERS)
+                .time_to_live(workers::SEEN_FOR)
+                .build(),
         })
     }
 

@@ -1,0 +1,233 @@
+//! Signing in to the pages: a token sent as `Authorization: Bearer` (or
+//! Basic, as the HTTP cache accepts), or entered once in a form that keeps
+//! it in an HttpOnly, SameSite=Strict cookie, so a browser sends it with
+//! every page and no script can read it. Pods keep no sessions: the cookie
+//! holds the token itself and every request is checked as gRPC's are.
+
+use axum::Form;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use maud::html;
+use serde::Deserialize;
+
+use super::{PageError, UiState, layout};
+use crate::auth::Role;
+use crate::error::Error;
+
+/// The cookie that carries a signed-in browser's token.
+const COOKIE: &str = "kiln_token";
+/// How long a browser stays signed in (seconds).
+const COOKIE_AGE: u32 = 12 * 3600;
+
+/// The token a request carries: its `authorization` header, else the
+/// sign-in cookie (as a Bearer header).
+fn credentials(headers: &HeaderMap) -> Option<String> {
+    if let Some(h) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(h.to_string());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| {
+            let token: String = url::form_urlencoded::parse(format!("t={value}").as_bytes())
+                .map(|(_, v)| v.into_owned())
+                .next()
+                .unwrap_or_default();
+            format!("Bearer {token}")
+        })
+}
+
+/// Allows a request that may `read` `instance`; without credentials, the
+/// login form (returning to `uri`).
+pub(super) fn check(
+    state: &UiState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    instance: &str,
+) -> Result<(), PageError> {
+    let creds = credentials(headers);
+    match state.guard.allows(creds.as_deref(), instance, Role::Read) {
+        Ok(()) => Ok(()),
+        Err(Error::Unauthenticated(_)) => Err(PageError::Login(
+            uri.path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`check`] for build-event pages: the build-events instance, when
+/// `auth.http_auth` guards them.
+pub(super) fn check_events(
+    state: &UiState,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(), PageError> {
+    if !state.events_guarded {
+        return Ok(());
+    }
+    check(state, headers, uri, &state.guard.instance)
+}
+
+/// Whether this request may read `instance` (for filtering lists).
+pub(super) fn may_read(state: &UiState, headers: &HeaderMap, instance: &str) -> bool {
+    state
+        .guard
+        .allows(credentials(headers).as_deref(), instance, Role::Read)
+        .is_ok()
+}
+
+/// Only a path on this server: never another origin (`//host`, `\\host`)
+/// or a scheme, so the form cannot be used to redirect elsewhere.
+fn local_path(next: &str) -> &str {
+    let ok = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.starts_with("/\\")
+        && !next.contains(['\r', '\n']);
+    if ok { next } else { "/" }
+}
+
+/// The sign-in form, with `status` (401 when a page asked for it).
+pub(super) fn login_page(next: &str, error: Option<&str>, status: StatusCode) -> Response {
+    let body = html! {
+        div.card.login {
+            h1 { "Sign in to kiln" }
+            p.muted { "This server needs an API token (the one Bazel uses in --remote_header=authorization=Bearer …)." }
+            @if let Some(e) = error { p.error { (e) } }
+            form method="post" action="/login" {
+                input type="hidden" name="next" value=(local_path(next));
+                label for="token" { "API token" }
+                input #token type="password" name="token" autocomplete="off" required;
+                button type="submit" { "Sign in" }
+            }
+        }
+    };
+    (status, layout::page("Sign in", None, body)).into_response()
+}
+
+#[derive(Deserialize)]
+pub(super) struct NextQuery {
+    next: Option<String>,
+}
+
+/// `GET /login`.
+pub(super) async fn form(axum::extract::Query(q): axum::extract::Query<NextQuery>) -> Response {
+    login_page(q.next.as_deref().unwrap_or("/"), None, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+pub(super) struct LoginForm {
+    token: String,
+    next: Option<String>,
+}
+
+/// A POST from another site (a forged sign-in): browsers say so in
+/// `Sec-Fetch-Site`, or in an `Origin` that is not this host.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if value("sec-fetch-site").is_some_and(|s| s == "cross-site") {
+        return true;
+    }
+    match (value("origin"), value("host")) {
+        (Some(origin), Some(host)) => {
+            origin != "null"
+                && origin
+                    .split_once("://")
+                    .is_none_or(|(_, rest)| rest.trim_end_matches('/') != host)
+        }
+        _ => false,
+    }
+}
+
+/// `POST /login`: checks the token, then sets the cookie and returns to
+/// `next`.
+pub(super) async fn login(
+    State(state): State<UiState>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    let next = local_path(f.next.as_deref().unwrap_or("/")).to_string();
+    if cross_site(&headers) {
+        return (StatusCode::FORBIDDEN, "cross-site sign-in refused\n").into_response();
+    }
+    let token = f.token.trim();
+    if let Some(authenticator) = &state.guard.authenticator
+        && let Err(e) = authenticator.authenticate(Some(&format!("Bearer {token}")))
+    {
+        return login_page(&next, Some(&e.to_string()), StatusCode::UNAUTHORIZED);
+    }
+    let value: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    let cookie =
+        format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_AGE}");
+    (
+        StatusCode::SEE_OTHER,
+        [(header::SET_COOKIE, cookie), (header::LOCATION, next)],
+    )
+        .into_response()
+}
+
+/// `POST /logout`: forgets the cookie.
+pub(super) async fn logout() -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (
+                header::SET_COOKIE,
+                format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+            ),
+            (header::LOCATION, "/".to_string()),
+        ],
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_followed() {
+        assert_eq!(local_path("/invocation/x?y=1"), "/invocation/x?y=1");
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil",
+            "x",
+            "/a\r\nSet-Cookie: x",
+        ] {
+            assert_eq!(local_path(bad), "/", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_cookie_is_read_when_there_is_no_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            "a=b; kiln_token=t%3Bx%20y; c=d".parse().unwrap(),
+        );
+        assert_eq!(credentials(&h).as_deref(), Some("Bearer t;x y"));
+        h.insert(header::AUTHORIZATION, "Bearer other".parse().unwrap());
+        assert_eq!(credentials(&h).as_deref(), Some("Bearer other"));
+    }
+
+    #[test]
+    fn cross_site_posts_are_recognised() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "kiln:8080".parse().unwrap());
+        assert!(!cross_site(&h));
+        h.insert("origin", "http://kiln:8080".parse().unwrap());
+        assert!(!cross_site(&h));
+        h.insert("origin", "http://evil.example".parse().unwrap());
+        assert!(cross_site(&h));
+    }
+}

@@ -1,0 +1,328 @@
+//! `/invocation/{id}`: one build: its header, failures first, every test,
+//! logs inline (test logs and failed actions' output from the CAS, the
+//! build's own progress output from the event store), artifacts to
+//! download, the options, and links to the timing profile. A running
+//! invocation's page refreshes itself.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Uri, header};
+use axum::response::IntoResponse;
+use maud::{Markup, PreEscaped, html};
+use prost::Message;
+
+use super::blob::{self, BlobRef};
+use super::layout::{badge, duration, percent, segment, status_class, when};
+use super::{PageResult, UiState, ansi, auth, layout};
+use crate::bes::store::EventFilter;
+use crate::bes::summary::{Invocation, Test};
+use crate::error::{Error, Result};
+use crate::proto::bep;
+
+/// Bytes of one log shown inline; longer logs show their end and a link.
+const INLINE_LOG: u64 = 64 << 10;
+/// Bytes of the build's progress output shown inline.
+const INLINE_PROGRESS: usize = 256 << 10;
+/// Logs of failed tests and actions inlined per page (the rest are links).
+const INLINED_LOGS: usize = 20;
+/// Progress events read per query.
+const EVENT_PAGE: i64 = 2000;
+
+pub(super) async fn find(state: &UiState, id: &str) -> Result<Invocation> {
+    state
+        .events
+        .invocation(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no invocation {id}")))
+}
+
+/// Failed first, then flaky, then the rest (each in reported order).
+fn rank(status: &str, flaky: bool) -> u8 {
+    match status_class(status) {
+        "bad" => 0,
+        _ if flaky => 1,
+        "ok" => 3,
+        _ => 2,
+    }
+}
+
+/// A log from the CAS, inline: its end when long, with a link to all of it.
+async fn inline_log(state: &UiState, uri: &str, name: &str) -> Markup {
+    let Some(blob) = BlobRef::from_uri(uri) else {
+        return html! { p.muted { "Not uploaded: " code { (uri) } } };
+    };
+    let link = blob.link(name);
+    match blob::tail(state, &blob, INLINE_LOG).await {
+        Ok((text, skipped)) => html! {
+            @if skipped > 0 {
+                p.muted { "The first " (skipped) " bytes are not shown. "
+                    a href=(link) { "Whole log (" (blob.digest.size) " bytes)" } }
+            }
+            pre.log { (PreEscaped(ansi::to_html(&text))) }
+            @if skipped == 0 { p { a href=(link) { "Download " (name) } } }
+        },
+        Err(e) => html! { p.error { "Could not read " (name) ": " (e.to_string()) } },
+    }
+}
+
+/// Bazel's progress output (stderr and stdout of Progress events), in
+/// order: all of it, or (`tail`) the last `INLINE_PROGRESS` bytes with the
+/// count of bytes left out.
+async fn progress(state: &UiState, id: &str, tail: bool) -> Result<(String, usize)> {
+    let mut text = String::new();
+    let mut dropped = 0usize;
+    let mut after = 0;
+    loop {
+        let filter = EventFilter {
+            kinds: vec!["progress".into()],
+            after,
+            limit: EVENT_PAGE,
+            ..Default::default()
+        };
+        let events = state.events.events(id, &filter).await?;
+        let Some(last) = events.last() else { break };
+        after = last.sequence;
+        for e in &events {
+            let Ok(event) = crate::proto::bes_v1::BuildEvent::decode(&e.payload[..]) else {
+                continue;
+            };
+            if let (_, _, Some(bep)) = crate::bes::summary::classify(&event)
+                && let Some(bep::build_event::Payload::Progress(p)) = bep.payload
+            {
+                text.push_str(&p.stderr);
+                text.push_str(&p.stdout);
+            }
+        }
+        if tail && text.len() > 2 * INLINE_PROGRESS {
+            let mut cut = text.len() - INLINE_PROGRESS;
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            dropped += cut;
+            text.drain(..cut);
+        }
+        if (events.len() as i64) < EVENT_PAGE {
+            break;
+        }
+    }
+    if tail && text.len() > INLINE_PROGRESS {
+        let mut cut = text.len() - INLINE_PROGRESS;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        dropped += cut;
+        text.drain(..cut);
+    }
+    Ok((text, dropped))
+}
+
+/// `GET /invocation/{id}/log`: the whole progress output, as text.
+pub(super) async fn full_log(
+    State(state): State<UiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> PageResult {
+    auth::check_events(&state, &headers, &uri)?;
+    find(&state, &id).await?;
+    let (text, _) = progress(&state, &id, false).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+fn test_row(t: &Test) -> Markup {
+    let shown = if t.flaky && t.status != "FLAKY" {
+        "FLAKY"
+    } else {
+        t.status.as_str()
+    };
+    html! {
+        tr class=(status_class(shown)) data-label=(t.label) {
+            td { (badge(shown)) }
+            td.mono { a href={ "/tests/" (segment(&t.label)) } { (t.label) } }
+            td.num { (t.attempts) }
+            td.num { @if t.shards > 0 { (t.shards) } @else { "-" } }
+            td.num { (duration(t.duration_ms)) }
+            td { @if t.cached { "cached" } }
+            td {
+                @for a in &t.attempt_list {
+                    @if let Some(b) = BlobRef::from_uri(&a.log) {
+                        a href=(b.link("test.log")) title={ "run " (a.run) ", shard " (a.shard) ", attempt " (a.attempt) ": " (a.status) } {
+                            span class={ "badge " (status_class(&a.status)) } { "#" (a.attempt) }
+                        } " "
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn page(
+    State(state): State<UiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> PageResult {
+    auth::check_events(&state, &headers, &uri)?;
+    let inv = find(&state, &id).await?;
+    let mut tests: Vec<&Test> = inv.tests.iter().collect();
+    tests.sort_by_key(|t| rank(&t.status, t.flaky));
+    let test_of = |label: &str| inv.tests.iter().find(|t| t.label == label);
+    let mut targets: Vec<_> = inv.targets.iter().collect();
+    // A test target's row shows its test's status: the build succeeding
+    // says nothing about the test passing.
+    let shown = |t: &crate::bes::summary::Target| -> String {
+        match test_of(&t.label) {
+            Some(test) if !test.status.is_empty() => test.status.clone(),
+            _ if t.outcome.is_empty() => "PENDING".into(),
+            _ => t.outcome.clone(),
+        }
+    };
+    targets.sort_by_key(|t| rank(&shown(t), false));
+
+    // Logs of the first failures, inline.
+    let mut logs = Vec::new();
+    for t in tests
+        .iter()
+        .filter(|t| rank(&t.status, t.flaky) == 0)
+        .take(INLINED_LOGS)
+    {
+        let attempt = t
+            .attempt_list
+            .iter()
+            .rev()
+            .find(|a| status_class(&a.status) == "bad" && !a.log.is_empty());
+        if let Some(a) = attempt {
+            logs.push((
+                t.label.clone(),
+                inline_log(&state, &a.log, "test.log").await,
+            ));
+        }
+    }
+    let mut action_logs = Vec::new();
+    for a in inv.failed_actions.iter().take(INLINED_LOGS) {
+        let mut parts = Vec::new();
+        for (name, uri) in [("stderr", &a.stderr), ("stdout", &a.stdout)] {
+            if !uri.is_empty() {
+                parts.push(inline_log(&state, uri, name).await);
+            }
+        }
+        action_logs.push((a, parts));
+    }
+    let (progress_text, dropped) = progress(&state, &id, true).await?;
+    let profile = inv
+        .tool_logs
+        .iter()
+        .find(|l| l.name.ends_with(".profile.gz") || l.name == "command.profile.gz");
+    let running = !inv.is_finished();
+    let title = format!("{} {}", inv.command, inv.patterns.join(" "));
+    let remote: i64 = inv
+        .runners
+        .iter()
+        .filter(|r| r.name == "remote")
+        .map(|r| r.count)
+        .sum();
+    let body = html! {
+        h1 { (badge(inv.status.as_str())) " " (title) }
+        section.card {
+            dl.facts {
+                dt { "Invocation" } dd.mono { (inv.invocation_id) }
+                dt { "Exit" } dd { @if let Some(c) = inv.exit_code { (c) " " (inv.exit_code_name) } @else { span.muted { "running" } } }
+                dt { "Command line" } dd.mono { "bazel " (inv.command) " " (inv.patterns.join(" ")) }
+                dt { "User" } dd { (inv.user) }
+                dt { "Host" } dd { (inv.host) }
+                dt { "Started (UTC)" } dd { (when(inv.started_at)) }
+                dt { "Duration" } dd { (inv.duration_ms.map(duration).unwrap_or_default()) }
+                dt { "Cache hits" } dd { (inv.cache_hits) " of " (inv.actions_executed) " actions "
+                    span.muted { (percent(inv.cache_hits, inv.actions_executed)) } }
+                dt { "Where actions ran" } dd {
+                    @if inv.runners.is_empty() { span.muted { "not reported yet" } }
+                    @for r in &inv.runners { (r.name) ": " (r.count) "; " }
+                    @if remote > 0 { span.muted { "(" (remote) " executed remotely)" } }
+                }
+                dt { "Events" } dd { (inv.event_count) }
+                @if let Some(p) = profile {
+                    dt { "Timing" } dd { a href={ "/invocation/" (segment(&inv.invocation_id)) "/timing" } { "Timeline and critical path" }
+                        " · " @if let Some(b) = BlobRef::from_uri(&p.uri) { a href=(b.link(&p.name)) { (p.name) } } }
+                }
+            }
+            @if running { p.muted { "Still running: this page refreshes every 5 seconds." } }
+        }
+
+        @if !tests.is_empty() {
+            h2 { "Tests (" (tests.len()) ")" }
+            table.tests {
+                thead { tr { th { "Status" } th { "Test" } th.num { "Attempts" } th.num { "Shards" } th.num { "Duration" } th { "Cached" } th { "Logs" } } }
+                tbody { @for t in &tests { (test_row(t)) } }
+            }
+        }
+        @for (label, log) in &logs {
+            section.card.failure data-label=(label) {
+                h2 { "test.log of " span.mono { (label) } }
+                (log)
+            }
+        }
+        @for (a, parts) in &action_logs {
+            section.card.failure {
+                h2 { "Failed action " (a.mnemonic) " of " span.mono { (a.label) } " (exit " (a.exit_code) ")" }
+                @if !a.argv.is_empty() { details { summary { "Command line" } pre.mono { (a.argv.join(" ")) } } }
+                @for p in parts { (p) }
+            }
+        }
+
+        h2 { "Targets (" (targets.len()) ")" }
+        table.targets {
+            thead { tr { th { "Status" } th { "Target" } th { "Kind" } } }
+            tbody {
+                @for t in &targets {
+                    @let s = shown(t);
+                    tr class=(status_class(&s)) data-label=(t.label) {
+                        td { (badge(&s)) }
+                        td.mono { (t.label) }
+                        td.muted { (t.kind) }
+                    }
+                }
+            }
+        }
+
+        h2 { "Build output" }
+        @if dropped > 0 {
+            p.muted { "The first " (dropped) " bytes are not shown. "
+                a href={ "/invocation/" (segment(&inv.invocation_id)) "/log" } { "Whole output" } }
+        }
+        pre.log #progress { (PreEscaped(ansi::to_html(&progress_text))) }
+
+        @if !inv.links.is_empty() {
+            h2 { "Artifacts (" (inv.links.len()) ")" }
+            table.artifacts {
+                tbody {
+                    @for l in &inv.links {
+                        tr { td.mono {
+                            @if let Some(b) = BlobRef::from_uri(&l.uri) {
+                                a href=(b.link(&l.name)) download { (l.name) }
+                                " " span.muted { (b.digest.size) " bytes" }
+                            } @else { (l.name) " " span.muted { (l.uri) } }
+                        } }
+                    }
+                }
+            }
+        }
+        @if !inv.tool_logs.is_empty() {
+            h2 { "Bazel's logs" }
+            ul { @for l in &inv.tool_logs {
+                li { @if let Some(b) = BlobRef::from_uri(&l.uri) { a href=(b.link(&l.name)) { (l.name) } } @else { (l.name) } }
+            } }
+        }
+        @if !inv.options.is_empty() {
+            h2 { "Options" }
+            pre.mono.card { @for o in &inv.options { (o) "\n" } }
+        }
+    };
+    let refresh = running.then_some(5);
+    Ok(layout::page(&format!("{} {}", inv.status.as_str(), title), refresh, body).into_response())
+}
