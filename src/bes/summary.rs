@@ -517,26 +517,23 @@ impl Invocation {
                     test.flaky = true;
                 }
             }
-            Payload::Action(a) => {
-                if !a.success && self.failed_actions.len() < MAX_FAILED_ACTIONS {
-                    let uri = |f: &Option<bep::File>| match f.as_ref().and_then(|f| f.file.as_ref())
-                    {
-                        Some(bep::file::File::Uri(uri)) => uri.clone(),
-                        _ => String::new(),
-                    };
-                    self.failed_actions.push(FailedAction {
-                        label: if a.label.is_empty() {
-                            label.clone()
-                        } else {
-                            a.label.clone()
-                        },
-                        mnemonic: a.r#type.clone(),
-                        exit_code: a.exit_code,
-                        stdout: uri(&a.stdout),
-                        stderr: uri(&a.stderr),
-                        argv: a.command_line.iter().take(64).map(|s| option(s)).collect(),
-                    });
-                }
+            Payload::Action(a) if !a.success && self.failed_actions.len() < MAX_FAILED_ACTIONS => {
+                let uri = |f: &Option<bep::File>| match f.as_ref().and_then(|f| f.file.as_ref()) {
+                    Some(bep::file::File::Uri(uri)) => uri.clone(),
+                    _ => String::new(),
+                };
+                self.failed_actions.push(FailedAction {
+                    label: if a.label.is_empty() {
+                        label.clone()
+                    } else {
+                        a.label.clone()
+                    },
+                    mnemonic: a.r#type.clone(),
+                    exit_code: a.exit_code,
+                    stdout: uri(&a.stdout),
+                    stderr: uri(&a.stderr),
+                    argv: a.command_line.iter().take(64).map(|s| option(s)).collect(),
+                });
             }
             Payload::OptionsParsed(o) => {
                 self.options = o

@@ -40,6 +40,21 @@ fn request_metadata(headers: &http::HeaderMap) -> Option<RequestMetadata> {
     RequestMetadata::decode(&bytes[..]).ok()
 }
 
+/// The client's invocation id from its RequestMetadata (Bazel's
+/// `--invocation_id`), or empty; at most 128 bytes are kept.
+pub(crate) fn invocation_id(metadata: &tonic::metadata::MetadataMap) -> String {
+    let Some(bytes) = metadata
+        .get_bin(METADATA_HEADER)
+        .and_then(|v| v.to_bytes().ok())
+    else {
+        return String::new();
+    };
+    let id = RequestMetadata::decode(&bytes[..])
+        .map(|m| m.tool_invocation_id)
+        .unwrap_or_default();
+    if id.len() > 128 { String::new() } else { id }
+}
+
 /// The tracing concern's state: none (spans go to the global subscriber).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tracing;

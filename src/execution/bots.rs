@@ -114,37 +114,38 @@ pub async fn update(
     let mut trace = String::new();
     let offered = offers(session.worker.as_ref());
     scheduler.saw_worker(&bot, instance, &offered, busy);
-    if !busy && healthy {
-        if let Some(job) = scheduler.take(instance, &bot, &offered, wait).await? {
-            trace = job.trace.clone();
-            kept.push(Lease {
-                id: job.id.clone(),
-                payload: Some(prost_types::Any {
-                    type_url: ACTION_URL.into(),
-                    value: job.action.to_vec(),
-                }),
-                state: LeaseState::Pending as i32,
-                // What the lease needs: the platform it asked for, and
-                // the digest function to hash its outputs with.
-                requirements: Some(Worker {
-                    properties: job
-                        .platform
-                        .0
-                        .iter()
-                        .map(|(k, v)| worker::Property {
-                            key: k.clone(),
-                            value: v.clone(),
-                        })
-                        .collect(),
-                    configs: vec![worker::Config {
-                        key: "digest_function".into(),
-                        value: job.action_digest.function.name().into(),
-                    }],
-                    ..Default::default()
-                }),
+    if !busy
+        && healthy
+        && let Some(job) = scheduler.take(instance, &bot, &offered, wait).await?
+    {
+        trace = job.trace.clone();
+        kept.push(Lease {
+            id: job.id.clone(),
+            payload: Some(prost_types::Any {
+                type_url: ACTION_URL.into(),
+                value: job.action.to_vec(),
+            }),
+            state: LeaseState::Pending as i32,
+            // What the lease needs: the platform it asked for, and
+            // the digest function to hash its outputs with.
+            requirements: Some(Worker {
+                properties: job
+                    .platform
+                    .0
+                    .iter()
+                    .map(|(k, v)| worker::Property {
+                        key: k.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+                configs: vec![worker::Config {
+                    key: "digest_function".into(),
+                    value: job.action_digest.function.name().into(),
+                }],
                 ..Default::default()
-            });
-        }
+            }),
+            ..Default::default()
+        });
     }
     session.leases = kept;
     session.expire_time = Some(prost_types::Timestamp::from(

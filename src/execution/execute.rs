@@ -26,6 +26,8 @@ pub struct Request<'a> {
     pub inline: Inline<'a>,
     /// The client's W3C `traceparent`, for the worker's span.
     pub traceparent: String,
+    /// The client's invocation (RequestMetadata), or empty.
+    pub invocation_id: String,
 }
 
 /// How an Execute began.
@@ -66,7 +68,10 @@ pub async fn execute(
             checked.action,
             &checked.command,
             request.priority,
-            request.traceparent,
+            super::scheduler::Submitter {
+                traceparent: request.traceparent,
+                invocation_id: request.invocation_id,
+            },
         )
         .await?;
     Ok(Started::Queued(Box::new(job)))

@@ -147,6 +147,9 @@ pub struct Job {
     pub trace: String,
     /// Bumped on every change; watchers compare it.
     pub version: i64,
+    /// The client invocation that queued it (RequestMetadata's
+    /// tool_invocation_id), or empty.
+    pub invocation_id: String,
 }
 
 /// What ListOperations may select on.
@@ -162,6 +165,8 @@ pub struct JobFilter {
     pub queued_after: Option<i64>,
     /// Only jobs queued before this time (ms).
     pub queued_before: Option<i64>,
+    /// Only jobs queued by this client invocation.
+    pub invocation_id: Option<String>,
     /// Skip this many (newest first).
     pub offset: u64,
     /// At most this many.
@@ -179,6 +184,10 @@ impl JobFilter {
                 .is_none_or(|h| *h == job.action_digest.hash_hex())
             && self.queued_after.is_none_or(|t| job.queued_at >= t)
             && self.queued_before.is_none_or(|t| job.queued_at < t)
+            && self
+                .invocation_id
+                .as_ref()
+                .is_none_or(|i| *i == job.invocation_id)
     }
 }
 

@@ -136,6 +136,15 @@ pub struct Outcome {
     pub status: tonic_types::pb::Status,
 }
 
+/// Who queued a job: what links its run to the client's trace and build.
+#[derive(Debug, Clone, Default)]
+pub struct Submitter {
+    /// The client's W3C `traceparent`, for the worker's span.
+    pub traceparent: String,
+    /// The client's invocation (RequestMetadata), or empty.
+    pub invocation_id: String,
+}
+
 /// The scheduler of one server (any number of pods may share its store).
 #[derive(Debug)]
 pub struct Scheduler {
@@ -267,7 +276,7 @@ impl Scheduler {
         mut action: Action,
         command: &Command,
         priority: i32,
-        trace: String,
+        from: Submitter,
     ) -> Result<Job> {
         let mut props: Vec<(String, String)> = Vec::new();
         for p in [&action.platform, &command.platform].into_iter().flatten() {
@@ -307,8 +316,9 @@ impl Scheduler {
             started_at: 0,
             completed_at: 0,
             response: None,
-            trace,
+            trace: from.traceparent,
             version: 1,
+            invocation_id: from.invocation_id,
         };
         let (job, merged) = self.store.insert(job).await?;
         self.seed(&job);

@@ -24,12 +24,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
         1002,
         include_str!("../../migrations/1002_scheduler_purge_index.sql"),
     ),
+    (
+        1003,
+        include_str!("../../migrations/1003_scheduler_invocations.sql"),
+    ),
 ];
 
 /// Every column, in the order [`job_from_row`] reads them.
 const COLUMNS: &str = "id, instance, action_function, action_hash, action_size, action, platform, \
     priority, do_not_cache, merge_key, stage, bot, lease_expires, attempts, cancelled, queued_at, \
-    ready_at, started_at, completed_at, response, trace, version";
+    ready_at, started_at, completed_at, response, trace, version, invocation_id";
 
 /// Claims retried when another pod takes the chosen job first.
 const CLAIM_RACES: usize = 8;
@@ -159,6 +163,7 @@ fn job_from_row(row: &AnyRow) -> Result<Job> {
             response: row.try_get::<Option<Vec<u8>>, _>(19)?.map(Bytes::from),
             trace: row.try_get(20)?,
             version: row.try_get(21)?,
+            invocation_id: row.try_get(22)?,
         })
     };
     read().map_err(|e| Error::internal_from("reading a job row", e))
@@ -173,7 +178,7 @@ impl JobStore for SqlJobStore {
         for _ in 0..CLAIM_RACES {
             let sql = format!(
                 "INSERT INTO exec_jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) ON CONFLICT DO NOTHING"
+                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING"
             );
             let d = &job.action_digest;
             let done = sqlx::query(AssertSqlSafe(sql))
@@ -199,6 +204,7 @@ impl JobStore for SqlJobStore {
                 .bind(job.response.as_ref().map(|r| r.to_vec()))
                 .bind(job.trace.clone())
                 .bind(job.version)
+                .bind(job.invocation_id.clone())
                 .execute(&self.pool)
                 .await
                 .map_err(&err)?;
@@ -244,6 +250,9 @@ impl JobStore for SqlJobStore {
         }
         if let Some(h) = &filter.action_hash {
             add("action_hash = ?", Bind::S(h.clone()));
+        }
+        if let Some(i) = &filter.invocation_id {
+            add("invocation_id = ?", Bind::S(i.clone()));
         }
         if let Some(t) = filter.queued_after {
             add("queued_at >= ?", Bind::I(t));

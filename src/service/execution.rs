@@ -59,6 +59,7 @@ impl Execution for ExecutionService {
         request: Request<ExecuteRequest>,
     ) -> Result<Response<OperationStream>, Status> {
         let who = caller(&request);
+        let invocation_id = crate::edge::trace::invocation_id(request.metadata());
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
         instance.authorize(&who, Role::Execute)?;
@@ -75,6 +76,7 @@ impl Execution for ExecutionService {
                 files: &req.inline_output_files,
             },
             traceparent: crate::edge::trace::current_traceparent(),
+            invocation_id,
         };
         match execute::execute(&instance, &self.scheduler, request).await? {
             Started::Cached(result) => {

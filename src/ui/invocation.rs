@@ -26,6 +26,32 @@ const INLINE_PROGRESS: usize = 256 << 10;
 const INLINED_LOGS: usize = 20;
 /// Progress events read per query.
 const EVENT_PAGE: i64 = 2000;
+/// Remote executions listed.
+const REMOTE_ACTIONS: u64 = 500;
+
+/// The exit code and worker of a finished job's response.
+fn job_outcome(job: &crate::execution::job::Job) -> (String, String) {
+    use prost::Message;
+    let Some(r) = job
+        .response
+        .as_ref()
+        .and_then(|r| crate::proto::reapi::ExecuteResponse::decode(&r[..]).ok())
+    else {
+        return (String::new(), job.bot.clone().unwrap_or_default());
+    };
+    let status = r
+        .status
+        .as_ref()
+        .filter(|s| s.code != 0)
+        .map(|s| s.message.clone());
+    match r.result {
+        Some(res) => (
+            status.unwrap_or_else(|| format!("exit {}", res.exit_code)),
+            res.execution_metadata.map(|m| m.worker).unwrap_or_default(),
+        ),
+        None => (status.unwrap_or_default(), String::new()),
+    }
+}
 
 pub(super) async fn find(state: &UiState, id: &str) -> Result<Invocation> {
     state
@@ -215,6 +241,19 @@ pub(super) async fn page(
         action_logs.push((a, parts));
     }
     let (progress_text, dropped) = progress(&state, &id, true).await?;
+    let remote_jobs = match &state.scheduler {
+        Some(s) => s
+            .list(&crate::execution::job::JobFilter {
+                invocation_id: Some(id.clone()),
+                limit: REMOTE_ACTIONS,
+                ..Default::default()
+            })
+            .await?
+            .into_iter()
+            .filter(|j| auth::may_read(&state, &headers, &j.instance))
+            .collect(),
+        None => Vec::new(),
+    };
     let profile = inv
         .tool_logs
         .iter()
@@ -272,6 +311,24 @@ pub(super) async fn page(
                 h2 { "Failed action " (a.mnemonic) " of " span.mono { (a.label) } " (exit " (a.exit_code) ")" }
                 @if !a.argv.is_empty() { details { summary { "Command line" } pre.mono { (a.argv.join(" ")) } } }
                 @for p in parts { (p) }
+            }
+        }
+
+        @if !remote_jobs.is_empty() {
+            h2 { "Remote executions (" (remote_jobs.len()) ")" }
+            table.remote {
+                thead { tr { th { "Stage" } th { "Action" } th { "Outcome" } th { "Worker" } th.num { "Run time" } } }
+                tbody { @for j in &remote_jobs {
+                    @let action = BlobRef { instance: j.instance.clone(), digest: j.action_digest };
+                    @let (outcome, worker) = job_outcome(j);
+                    tr {
+                        td { (badge(match j.stage { crate::execution::job::Stage::Queued => "QUEUED", crate::execution::job::Stage::Executing => "EXECUTING", crate::execution::job::Stage::Completed => "COMPLETED" })) }
+                        td.mono { a href={ "/action/" (action.path()) } { (j.action_digest) } }
+                        td { (outcome) }
+                        td.mono { (worker) }
+                        td.num { @if j.completed_at > j.started_at && j.started_at > 0 { (duration(j.completed_at - j.started_at)) } }
+                    }
+                } }
             }
         }
 

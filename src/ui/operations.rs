@@ -29,7 +29,7 @@ fn jobs_table(jobs: &[Job], now: i64, class: &str) -> Markup {
         table class=(class) {
             thead { tr { th { "Stage" } th { "Action" } th { "Instance" } th { "Platform" } th { "Worker" } th.num { "Age" } th.num { "Attempts" } } }
             tbody { @for j in jobs {
-                @let action = BlobRef { instance: j.instance.clone(), digest: j.action_digest.clone() };
+                @let action = BlobRef { instance: j.instance.clone(), digest: j.action_digest };
                 tr {
                     td { (badge(stage_name(j.stage))) }
                     td.mono { a href={ "/action/" (action.path()) } { (j.action_digest.hash_hex().get(..16).unwrap_or("")) "…/" (j.action_digest.size) } }
