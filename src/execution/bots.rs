@@ -113,7 +113,7 @@ pub async fn update(
     );
     let mut trace = String::new();
     let offered = offers(session.worker.as_ref());
-    scheduler.saw_worker(&bot, instance, &offered, busy);
+    scheduler.saw_worker(&bot, &session.bot_id, instance, &offered, busy);
     if !busy
         && healthy
         && let Some(job) = scheduler.take(instance, &bot, &offered, wait).await?

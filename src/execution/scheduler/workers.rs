@@ -20,6 +20,8 @@ pub(super) const MAX_WORKERS: u64 = 10_000;
 pub struct SeenWorker {
     /// Its bot session name.
     pub bot: String,
+    /// The id it gives itself (`kiln worker --bot-id`, often the host).
+    pub bot_id: String,
     /// The instance it serves.
     pub instance: String,
     /// What it offers, `name=value` pairs.
@@ -32,7 +34,7 @@ pub struct SeenWorker {
 
 impl Scheduler {
     /// Notes an update from `bot`.
-    pub fn saw_worker(&self, bot: &str, instance: &str, offers: &Offers, busy: bool) {
+    pub fn saw_worker(&self, bot: &str, bot_id: &str, instance: &str, offers: &Offers, busy: bool) {
         let offers = offers
             .iter()
             .flat_map(|(k, vs)| vs.iter().map(move |v| format!("{k}={v}")))
@@ -42,6 +44,7 @@ impl Scheduler {
             bot.to_string(),
             SeenWorker {
                 bot: bot.to_string(),
+                bot_id: bot_id.chars().take(256).collect(),
                 instance: instance.to_string(),
                 offers,
                 last_seen_ms: crate::time::now_ms(),
