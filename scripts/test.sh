@@ -13,11 +13,13 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: Bazel 4.2.3 is the real client the tests drive, and
-# PostgreSQL the real database of the build-event tests.
+# Debian packages: Bazel 4.2.3 is the real client the tests drive,
+# PostgreSQL the real database of the build-event tests, and Chromium the
+# real (headless) browser of the web UI tests.
 missing=()
 command -v bazel >/dev/null 2>&1 || missing+=(bazel-bootstrap)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "==> installing ${missing[*]}"
     as_root apt-get update -qq

@@ -51,7 +51,7 @@ async fn every_page_after_a_real_bazel_build() {
         format!("--test_env=KILN_FLAKY_MARKER={}", marker.display()),
         "--spawn_strategy=remote,local".into(),
         "--flaky_test_attempts=2".into(),
-        "--generate_json_trace_profile".into(),
+        "--experimental_generate_json_trace_profile".into(),
         "--remote_timeout=120".into(),
     ];
     let b = bazel.clone();

@@ -26,7 +26,7 @@ const PROGRESS_BYTES: usize = 200;
 /// queue in front of it.
 const WINDOW: usize = 256;
 
-fn wrap(sid: &StreamId, seq: i64, event: Event) -> PublishBuildToolEventStreamRequest {
+pub(super) fn wrap(sid: &StreamId, seq: i64, event: Event) -> PublishBuildToolEventStreamRequest {
     PublishBuildToolEventStreamRequest {
         ordered_build_event: Some(OrderedBuildEvent {
             stream_id: Some(sid.clone()),
@@ -40,7 +40,7 @@ fn wrap(sid: &StreamId, seq: i64, event: Event) -> PublishBuildToolEventStreamRe
     }
 }
 
-fn bazel(ev: bep::BuildEvent) -> Event {
+pub(super) fn bazel(ev: bep::BuildEvent) -> Event {
     Event::BazelEvent(prost_types::Any {
         type_url: crate::bes::summary::BAZEL_EVENT_TYPE.into(),
         value: ev.encode_to_vec(),
@@ -146,7 +146,7 @@ pub(crate) async fn bes(ctx: &Ctx, total: u64) -> Result<Vec<Stats>> {
 
 /// One stream: sends everything as fast as flow control allows while reading
 /// acknowledgements; returns each event's send-to-ack latency.
-async fn publish(
+pub(super) async fn publish(
     channel: tonic::transport::Channel,
     requests: Vec<PublishBuildToolEventStreamRequest>,
 ) -> Result<(Vec<u64>, u64)> {

@@ -9,6 +9,7 @@ mod bes;
 mod bytestream;
 mod data;
 mod exec;
+mod pages;
 mod runner;
 mod tree;
 mod workloads;
@@ -22,7 +23,7 @@ pub use runner::{Limit, Report};
 use crate::error::{Error, Result};
 
 /// The workloads `kiln bench` knows.
-pub const WORKLOADS: [&str; 9] = [
+pub const WORKLOADS: [&str; 10] = [
     "fmb",
     "fmb_present",
     "batch",
@@ -32,6 +33,7 @@ pub const WORKLOADS: [&str; 9] = [
     "bes",
     "hash",
     "exec",
+    "pages",
 ];
 
 /// Command-line options of `kiln bench`.
@@ -44,8 +46,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "")]
     pub instance: String,
     /// Workloads, comma-separated: fmb, batch, bytestream, tree, ac, bes,
-    /// exec (no-op actions; needs `kiln worker`s connected), hash (local
-    /// hashing speed; needs no server), or all.
+    /// exec (no-op actions; needs `kiln worker`s connected), pages (the
+    /// web UI on a 1,000-target invocation; needs --http-target), hash
+    /// (local hashing speed; needs no server), or all.
     #[arg(long, default_value = "fmb,batch,ac")]
     pub workload: String,
     /// Calls in flight at once.
@@ -83,6 +86,9 @@ pub struct BenchArgs {
     /// tree: files per directory.
     #[arg(long, default_value_t = 5)]
     pub tree_files: usize,
+    /// pages: kiln's HTTP listener (the web UI), e.g. http://127.0.0.1:8080.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub http_target: String,
 }
 
 /// Hard caps so no run is unbounded, whatever the flags say.
@@ -266,6 +272,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Vec<Report>> {
             "bes" => bes::bes(&ctx, args.bes_events).await?,
             "hash" => workloads::hash(&ctx).await?,
             "exec" => exec::exec(&ctx).await?,
+            "pages" => pages::pages(&ctx, &args.http_target, args.bes_events).await?,
             _ => unreachable!("checked in workloads()"),
         };
         reports.extend(stats.into_iter().map(|s| s.report()));
