@@ -508,6 +508,9 @@ impl Invocation {
                         log,
                     });
                 }
+                for f in &r.test_action_output {
+                    self.link(f);
+                }
             }
             Payload::TestSummary(s) if !label.is_empty() => {
                 let test = self.test(&label);
@@ -571,6 +574,7 @@ impl Invocation {
             }
             Payload::BuildToolLogs(logs) => {
                 for f in &logs.log {
+                    self.link(f);
                     if let Some(bep::file::File::Uri(uri)) = &f.file
                         && self.tool_logs.len() < MAX_LINKS
                     {
@@ -763,6 +767,130 @@ mod tests {
         );
         assert!(by("//b:t").cached);
         assert_eq!(by("//c:t").duration_ms, i64::MAX, "saturates, never wraps");
+    }
+
+    #[test]
+    fn a_pass_after_a_failure_of_the_same_shard_is_flaky() {
+        use bep::TestStatus::{Failed, Passed};
+        // Shards 1 and 2: one fails and the other passes (not flaky);
+        // shard 1's retry passes (flaky).
+        let attempt = |shard, attempt, status| {
+            let mut e = test_result("//a:t", status, 10, false);
+            if let Some(v1::build_event::Event::BazelEvent(any)) = &mut e.event {
+                let mut b = bep::BuildEvent::decode(&any.value[..]).unwrap();
+                b.id = Some(bep::BuildEventId {
+                    id: Some(Id::TestResult(bep::build_event_id::TestResultId {
+                        label: "//a:t".into(),
+                        run: 1,
+                        shard,
+                        attempt,
+                        ..Default::default()
+                    })),
+                });
+                any.value = b.encode_to_vec();
+            }
+            e
+        };
+        let mixed_shards = fold(&[attempt(1, 1, Failed), attempt(2, 1, Passed)]);
+        assert!(!mixed_shards.tests[0].flaky);
+        let retried = fold(&[
+            attempt(1, 1, Failed),
+            attempt(2, 1, Passed),
+            attempt(1, 2, Passed),
+        ]);
+        let t = &retried.tests[0];
+        assert!(t.flaky);
+        assert_eq!(t.attempt_list.len(), 3);
+        assert_eq!((t.attempt_list[2].shard, t.attempt_list[2].attempt), (1, 2));
+        // Bazel's own verdict counts too.
+        let summary = wrap(
+            Some(Id::TestSummary(bep::build_event_id::TestSummaryId {
+                label: "//b:t".into(),
+                ..Default::default()
+            })),
+            Payload::TestSummary(bep::TestSummary {
+                overall_status: bep::TestStatus::Flaky as i32,
+                shard_count: 4,
+                ..Default::default()
+            }),
+        );
+        let inv = fold(&[summary]);
+        assert!(inv.tests[0].flaky);
+        assert_eq!(inv.tests[0].shards, 4);
+    }
+
+    #[test]
+    fn a_targets_fingerprint_is_its_output_digests_whatever_the_host() {
+        let completed = |host: &str, hash: &str| {
+            wrap(
+                Some(Id::TargetCompleted(
+                    bep::build_event_id::TargetCompletedId {
+                        label: "//a:t".into(),
+                        ..Default::default()
+                    },
+                )),
+                Payload::Completed(bep::TargetComplete {
+                    success: true,
+                    important_output: vec![bep::File {
+                        name: "a/t".into(),
+                        file: Some(bep::file::File::Uri(format!(
+                            "bytestream://{host}/blobs/{hash}/12"
+                        ))),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            )
+        };
+        let a = fold(&[completed("one:1", &"a".repeat(64))]);
+        let b = fold(&[completed("two:2/inst", &"a".repeat(64))]);
+        let c = fold(&[completed("one:1", &"b".repeat(64))]);
+        assert!(!a.targets[0].fingerprint.is_empty());
+        assert_eq!(a.targets[0].fingerprint, b.targets[0].fingerprint);
+        assert_ne!(a.targets[0].fingerprint, c.targets[0].fingerprint);
+    }
+
+    #[test]
+    fn failed_actions_options_and_tool_logs_are_kept_bounded() {
+        let failed = wrap(
+            Some(Id::ActionCompleted(
+                bep::build_event_id::ActionCompletedId {
+                    label: "//a:b".into(),
+                    ..Default::default()
+                },
+            )),
+            Payload::Action(bep::ActionExecuted {
+                success: false,
+                exit_code: 2,
+                r#type: "Genrule".into(),
+                stderr: Some(bep::File {
+                    name: "stderr".into(),
+                    file: Some(bep::file::File::Uri("bytestream://h/blobs/x/1".into())),
+                    ..Default::default()
+                }),
+                command_line: vec!["x".repeat(10_000)],
+                ..Default::default()
+            }),
+        );
+        let options = wrap(
+            Some(Id::OptionsParsed(Default::default())),
+            Payload::OptionsParsed(bep::OptionsParsed {
+                explicit_cmd_line: (0..5000).map(|i| format!("--o{i}")).collect(),
+                ..Default::default()
+            }),
+        );
+        let inv = fold(&[failed, options]);
+        let a = &inv.failed_actions[0];
+        assert_eq!(
+            (a.label.as_str(), a.mnemonic.as_str(), a.exit_code),
+            ("//a:b", "Genrule", 2)
+        );
+        assert_eq!(a.stderr, "bytestream://h/blobs/x/1");
+        assert!(
+            a.argv[0].len() <= MAX_OPTION_LEN + 4,
+            "long arguments are cut"
+        );
+        assert_eq!(inv.options.len(), MAX_OPTIONS);
     }
 
     #[test]

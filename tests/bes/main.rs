@@ -8,4 +8,5 @@ mod common;
 
 mod bazel;
 mod durability;
+mod pages;
 mod suite;

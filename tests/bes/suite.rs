@@ -37,6 +37,8 @@ pub async fn run(database: &str) {
     publishes_and_queries(database).await;
     reconnects_resume_without_duplicates(database).await;
     gaps_and_limits(database).await;
+    let kiln = Kiln::start(&config(database, "")).await;
+    crate::pages::history_and_flakiness(&kiln).await;
 }
 
 /// The storage seam itself: create-if-absent streams and regex listing.
