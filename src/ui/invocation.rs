@@ -280,7 +280,7 @@ pub(super) async fn page(
                 dt { "Cache hits" } dd { (inv.cache_hits) " of " (inv.actions_executed) " actions "
                     span.muted { (percent(inv.cache_hits, inv.actions_executed)) } }
                 dt { "Where actions ran" } dd {
-                    @if inv.runners.is_empty() { span.muted { "not reported yet" } }
+                    @if inv.runners.is_empty() { span.muted { @if running { "not reported yet" } @else { "not reported by this Bazel" } } }
                     @for r in &inv.runners { (r.name) ": " (r.count) "; " }
                     @if remote > 0 { span.muted { "(" (remote) " executed remotely)" } }
                 }
