@@ -200,6 +200,15 @@ pub struct ExecutionConfig {
     /// pods (changes made by this pod wake them at once). Default `250ms`.
     #[serde(default = "default_poll_interval")]
     pub poll_interval: Duration,
+    /// On PostgreSQL, pods announce job changes to each other (LISTEN /
+    /// NOTIFY), so waiters on one pod hear of another's changes at once.
+    /// Default true; false leaves them to polling alone.
+    #[serde(default = "yes")]
+    pub notifications: bool,
+    /// How often waiters still poll while notifications are heard (a
+    /// notification lost in a reconnect is caught by then). Default `5s`.
+    #[serde(default = "default_notified_poll_interval")]
+    pub notified_poll_interval: Duration,
     /// How long an idle worker's UpdateBotSession waits for work before
     /// returning empty. Default `10s`.
     #[serde(default = "default_bot_wait")]
@@ -340,6 +349,9 @@ fn default_max_attempts() -> u32 {
 }
 fn default_poll_interval() -> Duration {
     Duration(std::time::Duration::from_millis(250))
+}
+fn default_notified_poll_interval() -> Duration {
+    Duration(std::time::Duration::from_secs(5))
 }
 fn default_bot_wait() -> Duration {
     secs(10)

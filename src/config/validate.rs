@@ -393,6 +393,7 @@ fn check_execution(config: &Config, errors: &mut Vec<String>) {
         ("max_action_timeout", e.max_action_timeout),
         ("lease_timeout", e.lease_timeout),
         ("poll_interval", e.poll_interval),
+        ("notified_poll_interval", e.notified_poll_interval),
         ("bot_wait", e.bot_wait),
         ("retention", e.retention),
     ] {

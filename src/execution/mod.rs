@@ -11,6 +11,7 @@ pub mod execute;
 pub mod inputs;
 pub mod job;
 pub mod memory;
+mod news;
 pub mod scheduler;
 pub mod sql;
 pub mod store;
@@ -42,7 +43,7 @@ pub async fn open(
             "execution.database_env",
             data_dir,
         )?;
-        Arc::new(sql::SqlJobStore::connect(&url).await?)
+        Arc::new(sql::SqlJobStore::connect_with(&url, config.notifications).await?)
     };
     let scheduler = Scheduler::new(store, instances, config.into(), &metrics);
     scheduler.start_housekeeping();

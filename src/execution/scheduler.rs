@@ -1,7 +1,9 @@
 //! The scheduler: queues actions as jobs, hands them to workers, finishes
 //! them, and wakes whoever watches. State lives in the [`JobStore`]; this
 //! pod adds only wake-ups: in-process notifications for changes it makes,
-//! and polling every `poll_interval` for changes other pods make.
+//! news of other pods' changes where the store announces them (PostgreSQL's
+//! LISTEN/NOTIFY, see `news.rs`), and polling as the fallback: every
+//! `poll_interval`, or every `notified_poll_interval` while news flows.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 mod demand;
 mod housekeeping;
@@ -18,6 +20,7 @@ mod leases;
 mod workers;
 
 use super::job::{Job, JobFilter, Platform, Stage};
+use super::news::JobNews;
 use super::store::JobStore;
 use crate::config::ExecutionConfig;
 use crate::digest::Digest;
@@ -106,6 +109,8 @@ pub struct ExecSettings {
     pub max_attempts: u32,
     /// How often to look for other pods' changes.
     pub poll_interval: Duration,
+    /// How often while the store's news of them is heard.
+    pub notified_poll_interval: Duration,
     /// Longest wait of an idle worker's update.
     pub bot_wait: Duration,
     /// How long finished jobs are kept.
@@ -121,6 +126,7 @@ impl From<&ExecutionConfig> for ExecSettings {
             lease_timeout: c.lease_timeout.0,
             max_attempts: c.max_attempts,
             poll_interval: c.poll_interval.0,
+            notified_poll_interval: c.notified_poll_interval.0,
             bot_wait: c.bot_wait.0,
             retention: c.retention.0,
         }
@@ -169,6 +175,21 @@ pub struct Scheduler {
     workers: moka::sync::Cache<String, workers::SeenWorker>,
 }
 
+/// Hears the store's news for as long as the scheduler lives.
+async fn hear(scheduler: std::sync::Weak<Scheduler>, mut news: broadcast::Receiver<JobNews>) {
+    loop {
+        let heard = match news.recv().await {
+            Ok(n) => n,
+            Err(broadcast::error::RecvError::Lagged(_)) => JobNews::Missed,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(scheduler) = scheduler.upgrade() else {
+            return;
+        };
+        scheduler.heard(heard).await;
+    }
+}
+
 /// Publishes `job` unless a newer version of it is already published
 /// (concurrent changes in one pod may report out of order).
 fn newer(tx: &watch::Sender<Option<Job>>, job: &Job) {
@@ -209,7 +230,8 @@ impl Scheduler {
         settings: ExecSettings,
         metrics: &Metrics,
     ) -> Arc<Self> {
-        Arc::new(Scheduler {
+        let news = store.news();
+        let scheduler = Arc::new(Scheduler {
             store,
             instances,
             settings,
@@ -227,7 +249,58 @@ impl Scheduler {
                 .max_capacity(workers::MAX_WORKERS)
                 .time_to_live(workers::SEEN_FOR)
                 .build(),
-        })
+        });
+        if let Some(news) = news {
+            tokio::spawn(hear(Arc::downgrade(&scheduler), news));
+        }
+        scheduler
+    }
+
+    /// How long to wait before looking for other pods' changes.
+    fn poll_every(&self) -> Duration {
+        if self.store.hearing() {
+            self.settings.notified_poll_interval
+        } else {
+            self.settings.poll_interval
+        }
+    }
+
+    /// Acts on news of a change (possibly this pod's own): wakes idle
+    /// workers for queued work, and this pod's watchers of the job if
+    /// what they know is older.
+    async fn heard(&self, news: JobNews) {
+        let stale: Vec<String> = {
+            let w = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+            match &news {
+                JobNews::Changed { id, version, .. } => w
+                    .get(id)
+                    .filter(|tx| {
+                        tx.receiver_count() > 0
+                            && tx.borrow().as_ref().is_none_or(|j| j.version < *version)
+                    })
+                    .map(|_| vec![id.clone()])
+                    .unwrap_or_default(),
+                JobNews::Missed => w
+                    .iter()
+                    .filter(|(_, tx)| tx.receiver_count() > 0)
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+            }
+        };
+        if matches!(
+            news,
+            JobNews::Missed | JobNews::Changed { queued: true, .. }
+        ) {
+            self.work.notify_waiters();
+        }
+        for id in stale {
+            match self.store.get(&id).await {
+                Ok(Some(job)) => self.changed(&job),
+                Ok(None) => {}
+                // The watcher's own poll retries.
+                Err(e) => tracing::debug!(error = %e, job = %id, "reading a changed job"),
+            }
+        }
     }
 
     /// The settings in force.
@@ -372,7 +445,7 @@ impl Scheduler {
                         }
                     }
                     // Other pods' changes are only in the database.
-                    _ = tokio::time::sleep(self.settings.poll_interval) => job = self.get(id).await?,
+                    _ = tokio::time::sleep(self.poll_every()) => job = self.get(id).await?,
                     _ = tokio::time::sleep_until(deadline) => return Ok(job),
                 }
             }

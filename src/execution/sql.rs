@@ -12,6 +12,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use super::job::{Job, JobFilter, Offers, Platform, Stage};
+use super::news::{JobNews, PgNews};
 use super::store::JobStore;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result};
@@ -43,22 +44,50 @@ const CLAIM_RACES: usize = 8;
 /// seen within this).
 const PLATFORMS_TTL: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// When read, the count of queued-job news then, and the platforms.
+type QueuedPlatforms = (Instant, u64, Vec<String>);
+
 /// Jobs in a SQL database.
 #[derive(Debug)]
 pub struct SqlJobStore {
     pool: AnyPool,
-    /// Per instance: when read, and the distinct platforms of queued jobs.
-    platforms: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    /// Per instance: when read, the news count then, and the distinct
+    /// platforms of queued jobs.
+    platforms: Mutex<HashMap<String, QueuedPlatforms>>,
+    /// On PostgreSQL: announcing changes to other pods, hearing theirs.
+    news: Option<PgNews>,
 }
 
 impl SqlJobStore {
     /// Connects to `url` and applies pending migrations.
+    #[cfg(test)]
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, true).await
+    }
+
+    /// Connects to `url`; with `notifications` on PostgreSQL, pods tell
+    /// each other of job changes (LISTEN/NOTIFY).
+    pub async fn connect_with(url: &str, notifications: bool) -> Result<Self> {
         let pool = crate::sql::connect(url, "scheduler", MIGRATIONS).await?;
+        let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
         Ok(SqlJobStore {
+            news: (notifications && postgres).then(|| PgNews::start(url, pool.clone())),
             pool,
             platforms: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn announce(&self, job: &Job) {
+        if let Some(news) = &self.news {
+            news.announce(job);
+        }
+    }
+
+    fn announced(&self, job: Result<Option<Job>>) -> Result<Option<Job>> {
+        if let Ok(Some(job)) = &job {
+            self.announce(job);
+        }
+        job
     }
 
     async fn select(&self, clause: &str, context: &str, binds: Vec<Bind>) -> Result<Vec<Job>> {
@@ -76,7 +105,7 @@ impl SqlJobStore {
 
     fn note_platform(&self, instance: &str, platform: String) {
         let mut cached = self.platforms.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, list)) = cached.get_mut(instance)
+        if let Some((_, _, list)) = cached.get_mut(instance)
             && !list.contains(&platform)
         {
             list.push(platform);
@@ -85,12 +114,15 @@ impl SqlJobStore {
 
     /// The distinct platforms of `instance`'s queued jobs (cached briefly).
     async fn queued_platforms(&self, instance: &str) -> Result<Vec<String>> {
-        if let Some((at, list)) = self
+        // Work another pod queued, heard of, may be on a new platform.
+        let heard = self.news.as_ref().map_or(0, PgNews::queued_heard);
+        if let Some((at, seen, list)) = self
             .platforms
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(instance)
             && at.elapsed() < PLATFORMS_TTL
+            && *seen == heard
         {
             return Ok(list.clone());
         }
@@ -107,7 +139,7 @@ impl SqlJobStore {
         self.platforms
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(instance.to_string(), (Instant::now(), list.clone()));
+            .insert(instance.to_string(), (Instant::now(), heard, list.clone()));
         Ok(list)
     }
 
@@ -210,6 +242,7 @@ impl JobStore for SqlJobStore {
                 .map_err(&err)?;
             if done.rows_affected() == 1 {
                 self.note_platform(&job.instance, job.platform.encode());
+                self.announce(&job);
                 return Ok((job, false));
             }
             let Some(key) = &job.merge_key else {
@@ -311,7 +344,9 @@ impl JobStore for SqlJobStore {
                 .bind(instance.to_string());
             let q = platforms.iter().fold(q, |q, p| q.bind(p.clone()));
             if let Some(row) = q.fetch_optional(&self.pool).await.map_err(&err)? {
-                return job_from_row(&row).map(Some);
+                let job = job_from_row(&row)?;
+                self.announce(&job);
+                return Ok(Some(job));
             }
             // Nothing matched, or a race: is anything matching still queued?
             let left = sqlx::query(AssertSqlSafe(left_sql.clone())).bind(instance.to_string());
@@ -367,7 +402,7 @@ impl JobStore for SqlJobStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err("finishing a job"))?;
-        row.as_ref().map(job_from_row).transpose()
+        self.announced(row.as_ref().map(job_from_row).transpose())
     }
 
     async fn requeue(&self, id: &str, bot: &str, now: i64) -> Result<Option<Job>> {
@@ -382,7 +417,7 @@ impl JobStore for SqlJobStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_err("re-queueing a job"))?;
-        row.as_ref().map(job_from_row).transpose()
+        self.announced(row.as_ref().map(job_from_row).transpose())
     }
 
     async fn expired_leases(&self, now: i64) -> Result<Vec<Job>> {
@@ -435,6 +470,14 @@ impl JobStore for SqlJobStore {
             }
         }
         Ok(by.into_values().collect())
+    }
+
+    fn news(&self) -> Option<tokio::sync::broadcast::Receiver<JobNews>> {
+        self.news.as_ref().map(PgNews::subscribe)
+    }
+
+    fn hearing(&self) -> bool {
+        self.news.as_ref().is_some_and(PgNews::hearing)
     }
 
     async fn purge(&self, before: i64) -> Result<u64> {

@@ -65,6 +65,18 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
 
     /// Deletes jobs finished before `before`; returns how many.
     async fn purge(&self, before: i64) -> Result<u64>;
+
+    /// Every pod's job changes as they happen, where the database can
+    /// announce them (PostgreSQL's LISTEN/NOTIFY); `None` leaves waiters to
+    /// poll for other pods' changes.
+    fn news(&self) -> Option<tokio::sync::broadcast::Receiver<super::news::JobNews>> {
+        None
+    }
+
+    /// True while news is being heard, so polling may slow down.
+    fn hearing(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -25,9 +25,12 @@ async fn every_workload_completes_without_errors() {
     // exec needs a worker.
     let _worker = crate::common::exec::WorkerProc::start(&kiln.url, "", "bench", &[]);
     let target = kiln.url.replace("http://", "grpc://");
+    let http = format!("http://{}", kiln.server.http_addr);
     let a = args(
         &target,
         &[
+            "--http-target",
+            &http,
             "--workload",
             "all",
             "--requests",
@@ -60,7 +63,12 @@ async fn every_workload_completes_without_errors() {
             "bes",
             "hash_sha256",
             "hash_blake3",
-            "exec"
+            "exec",
+            "page_list",
+            "page_invocation",
+            "page_log",
+            "page_tests",
+            "page_test"
         ]
     );
     for r in &reports {

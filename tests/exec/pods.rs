@@ -95,3 +95,87 @@ instances:
     a.server.stop().await.unwrap();
     b.server.stop().await.unwrap();
 }
+
+/// Cross-pod wake-ups by LISTEN/NOTIFY: with polling slowed to a minute,
+/// a job queued on B is taken by A's idle worker and its completion reaches
+/// B's waiting Execute only through notifications, also after the listening
+/// connections were cut (they reconnect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_hear_each_others_changes_without_polling() {
+    let url = std::env::var("KILN_TEST_POSTGRES_URL")
+        .expect("KILN_TEST_POSTGRES_URL is not set: README's test command starts a PostgreSQL for these tests");
+    let instance = format!("news-{}", uuid::Uuid::new_v4());
+    let i = instance.as_str();
+    let shared = crate::common::exec::action_writable_dir();
+    // bot_wait is long too: a worker's idle update returns on news only.
+    let yaml = format!(
+        r#"
+execution: {{ database: "{url}", bot_wait: 50s, lease_timeout: 120s, poll_interval: 60s, notified_poll_interval: 60s }}
+instances:
+  - name: "{i}"
+    cas: {{ fs: {{ path: cas }} }}
+    action_cache: {{ fs: {{ path: ac }} }}
+"#
+    );
+    let a = Kiln::start_in(&yaml, shared.path()).await;
+    let b = Kiln::start_in(&yaml, shared.path()).await;
+    let chb = b.channel().await;
+    let _worker = WorkerProc::start(&a.url, i, "news-worker", &[]);
+
+    let run = |salt: &'static str| {
+        let chb = chb.clone();
+        async move {
+            let spec = Spec {
+                argv: vec!["/bin/sh", "-c", "echo heard"],
+                salt,
+                ..Default::default()
+            };
+            let digest = upload(&chb, i, &spec).await;
+            let ops =
+                tokio::time::timeout(Duration::from_secs(30), spawn_execute(&chb, i, digest, 0))
+                    .await
+                    .expect("news, not the one-minute poll, carries the job both ways")
+                    .unwrap()
+                    .unwrap();
+            let done = response(ops.last().unwrap());
+            assert_eq!(done.status.unwrap().code, 0);
+            assert_eq!(
+                done.result.unwrap().execution_metadata.unwrap().worker,
+                "news-worker"
+            );
+        }
+    };
+    // The worker's first update may predate A's listener: give it one
+    // round trip, then every wake-up counts.
+    run("news-1").await;
+    run("news-2").await;
+
+    // Cut every listening connection: the listeners reconnect.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let cut: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(cut.len() >= 2, "both pods listen: {cut:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (listening,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if listening >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listeners reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run("news-3").await;
+    a.server.stop().await.unwrap();
+    b.server.stop().await.unwrap();
+}

@@ -64,7 +64,7 @@ impl Scheduler {
             }
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                _ = tokio::time::sleep(self.poll_every()) => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
             }
         }
