@@ -46,11 +46,38 @@ pub struct HttpAccess {
 
 /// `/api/v1/platforms`: each platform label of `kiln_exec_queued` and
 /// `kiln_exec_executing` with its properties and current demand.
+/// With `?labels=a,b` it also sums those platforms' demand (queued plus
+/// executing jobs) as `demand`: a KEDA metrics-api trigger's value for a
+/// worker pool that serves them. Every pod reports the whole farm's.
 async fn platforms(
     State(scheduler): State<Option<Arc<crate::execution::scheduler::Scheduler>>>,
+    axum::extract::Query(q): axum::extract::Query<PlatformsQuery>,
 ) -> impl IntoResponse {
     let list = scheduler.map(|s| s.platforms()).unwrap_or_default();
-    axum::Json(serde_json::json!({ "platforms": list }))
+    let wanted: Vec<&str> = q
+        .labels
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let chosen = list
+        .iter()
+        .filter(|p| wanted.is_empty() || wanted.contains(&p.label.as_str()));
+    let (queued, executing) =
+        chosen.fold((0u64, 0u64), |(q, e), p| (q + p.queued, e + p.executing));
+    axum::Json(serde_json::json!({
+        "platforms": list,
+        "queued": queued,
+        "executing": executing,
+        "demand": queued + executing,
+    }))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PlatformsQuery {
+    /// Comma-separated platform labels; all when absent.
+    labels: Option<String>,
 }
 
 /// The routes of the HTTP listener: metrics, health, the build-event API

@@ -1,10 +1,12 @@
 """Renders and strictly lints the Helm chart offline (PyPI helm-python-sdk
 embeds Helm; there is no helm binary), once per values file.
 
-    render.py CHART OUTDIR [VALUES.yaml ...]   ("-" means the chart's defaults)
+    render.py CHART OUTDIR [VALUES.yaml ...]   ("-" means the chart's defaults;
+                                              "A.yaml,B.yaml" layers B on A, like helm -f A -f B)
 
 For each values file NAME it writes OUTDIR/NAME.yaml (every rendered object,
-NOTES.txt aside), OUTDIR/NAME.kiln.yaml (the ConfigMap's kiln config) and
+NOTES.txt and custom resources aside), OUTDIR/NAME.crs.yaml (the custom
+resources: ScaledObjects, ServiceMonitors), OUTDIR/NAME.kiln.yaml (the ConfigMap's kiln config) and
 prints one JSON line summarising what the tests assert on. Lint findings of
 warning severity or worse fail the run.
 """
@@ -35,12 +37,29 @@ def container_facts(pod_spec):
     return facts
 
 
+def layered(files):
+    """The values of comma-separated files, later ones over earlier ones."""
+    def merge(a, b):
+        for k, v in b.items():
+            a[k] = merge(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+    out = {}
+    for f in files.split(","):
+        out = merge(out, yaml.safe_load(open(f)) or {})
+    return out
+
+
+# API groups of the Kubernetes schemas kubernetes-validate knows.
+CORE_GROUPS = ("v1", "apps/", "autoscaling/", "policy/", "batch/", "networking.k8s.io/",
+               "rbac.authorization.k8s.io/", "apiextensions.k8s.io/")
+
+
 def main():
     chart_dir, out_dir, value_files = sys.argv[1], sys.argv[2], sys.argv[3:] or ["-"]
     chart = helm.Chart.load(chart_dir)
     for vf in value_files:
-        name = "default" if vf == "-" else os.path.splitext(os.path.basename(vf))[0]
-        values = None if vf == "-" else helm.values_from_yaml(open(vf).read())
+        name = "default" if vf == "-" else os.path.splitext(os.path.basename(vf.split(",")[-1]))[0]
+        values = None if vf == "-" else helm.values_from_yaml(yaml.safe_dump(layered(vf)))
         report = helm.lint(chart_dir, values, strict=True, kube_version="v1.29.0")
         bad = [m for m in report.get("messages") or [] if m.get("severity", 0) >= 2]
         if report.get("errors") or bad:
@@ -51,17 +70,28 @@ def main():
             if path.endswith("NOTES.txt"):
                 continue
             docs.extend(d for d in yaml.safe_load_all(text) if d)
+        core = [d for d in docs if d["apiVersion"].startswith(CORE_GROUPS)]
+        custom = [d for d in docs if not d["apiVersion"].startswith(CORE_GROUPS)]
         with open(os.path.join(out_dir, f"{name}.yaml"), "w") as f:
-            yaml.safe_dump_all(docs, f)
+            yaml.safe_dump_all(core, f)
+        with open(os.path.join(out_dir, f"{name}.crs.yaml"), "w") as f:
+            yaml.safe_dump_all(custom, f)
         notes = next((t for p, t in rendered.items() if p.endswith("NOTES.txt")), "")
         summary = {"values": name, "kinds": sorted(d["kind"] for d in docs), "deployments": {},
-                   "notes": notes, "annotations": {}}
+                   "notes": notes, "annotations": {}, "scaled_objects": {}}
         for d in docs:
             if d["kind"] == "ConfigMap" and "kiln.yaml" in d.get("data", {}):
                 with open(os.path.join(out_dir, f"{name}.kiln.yaml"), "w") as f:
                     f.write(d["data"]["kiln.yaml"])
             if d["kind"] == "ServiceAccount":
                 summary["annotations"] = d["metadata"].get("annotations") or {}
+            if d["kind"] == "ScaledObject":
+                summary["scaled_objects"][d["metadata"]["name"]] = {
+                    "target": d["spec"]["scaleTargetRef"]["name"],
+                    "min": d["spec"].get("minReplicaCount"),
+                    "labels": d["metadata"]["annotations"]["kiln.build/platform-labels"],
+                    "triggers": d["spec"]["triggers"],
+                }
             if d["kind"] == "Deployment":
                 summary["deployments"][d["metadata"]["name"]] = container_facts(d["spec"]["template"]["spec"])
         print(json.dumps(summary))

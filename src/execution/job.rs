@@ -73,6 +73,12 @@ impl Platform {
         serde_json::to_string(&self.0).unwrap_or_default()
     }
 
+    /// The `platform` label of the demand metrics: what an autoscaler
+    /// (the Helm chart's KEDA ScaledObject) selects a worker pool's queue by.
+    pub fn label(&self) -> String {
+        label_of(&self.encode())
+    }
+
     /// Reads the stored form.
     pub fn decode(text: &str) -> Result<Platform> {
         serde_json::from_str(text)
@@ -191,8 +197,42 @@ impl JobFilter {
     }
 }
 
+/// The label of a platform's stored form: `p` and 12 hex digits of its
+/// SHA-256 (`none` for no properties), short and stable across versions.
+pub(crate) fn label_of(encoded: &str) -> String {
+    if encoded == "[]" || encoded.is_empty() {
+        return "none".into();
+    }
+    let hex = crate::digest::DigestFunction::Sha256
+        .digest_of(encoded.as_bytes())
+        .hash_hex();
+    format!("p{}", &hex[..12])
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn platform_labels_are_pinned() {
+        // Autoscalers select pools' queues by these (the Helm chart computes
+        // them too, and tests/deploy pins the same values): never change them.
+        let label = |props: &[(&str, &str)]| {
+            Platform::new(
+                props
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+            .label()
+        };
+        assert_eq!(label(&[("OSFamily", "linux")]), "p0b6735303307");
+        assert_eq!(
+            label(&[("size", "large"), ("OSFamily", "linux")]),
+            "p527655ea5298"
+        );
+        assert_eq!(label(&[("size", "large")]), "p05e67cd33bbe");
+        assert_eq!(label(&[]), "none");
+    }
+
     use super::*;
 
     fn offers(pairs: &[(&str, &str)]) -> Offers {

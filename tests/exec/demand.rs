@@ -43,6 +43,21 @@ async fn queued_jobs_are_counted_per_platform() {
         metric_sum(&text, "kiln_exec_queued", &[("platform", label)]),
         1.0
     );
+    // What a KEDA metrics-api trigger reads: the demand of chosen labels.
+    let demand = |labels: String| {
+        let url = format!(
+            "http://{}/api/v1/platforms?labels={labels}",
+            kiln.server.http_addr
+        );
+        async move {
+            let body: serde_json::Value =
+                serde_json::from_str(&reqwest::get(url).await.unwrap().text().await.unwrap())
+                    .unwrap();
+            body["demand"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(demand(format!("{label},none")).await, 1);
+    assert_eq!(demand("none,p000000000000".into()).await, 0);
 
     let _worker = WorkerProc::start(&kiln.url, "", "plan9", &["--property=OSFamily=plan9"]);
     let ops = call.await.unwrap().unwrap();

@@ -11,9 +11,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::Scheduler;
-use crate::digest::DigestFunction;
 use crate::error::Result;
-use crate::execution::job::Platform;
+use crate::execution::job::{Platform, label_of};
 use crate::time::now_ms;
 
 /// Distinct platform labels at most.
@@ -30,17 +29,6 @@ pub struct PlatformDemand {
     pub queued: u64,
     /// Jobs running.
     pub executing: u64,
-}
-
-/// The label of a platform's stored form.
-pub(crate) fn label_of(encoded: &str) -> String {
-    if encoded == "[]" || encoded.is_empty() {
-        return "none".into();
-    }
-    let hex = DigestFunction::Sha256
-        .digest_of(encoded.as_bytes())
-        .hash_hex();
-    format!("p{}", &hex[..12])
 }
 
 impl Scheduler {
@@ -126,6 +114,8 @@ fn label_set(label: &str) -> Vec<(&'static str, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::execution::job::Platform;
 
     #[test]
     fn labels_are_short_stable_hashes() {

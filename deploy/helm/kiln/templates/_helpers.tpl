@@ -69,3 +69,46 @@ app.kubernetes.io/component: worker
 {{- $_ := set $config "execution" $execution }}
 {{- toYaml $config }}
 {{- end }}
+
+{{/* The worker pools: worker.pools, or one pool (named "") from the
+worker.* settings. Each pool is a dict with every setting filled in. */}}
+{{- define "kiln.workerPools" -}}
+{{- $w := .Values.worker }}
+{{- $defaults := dict "name" "" "properties" $w.properties "concurrency" $w.concurrency "replicaCount" $w.replicaCount "resources" $w.resources "nodeSelector" $w.nodeSelector "tolerations" $w.tolerations "image" $w.image }}
+{{- $pools := list }}
+{{- if $w.pools }}
+{{- range $w.pools }}
+{{- $pools = append $pools (merge (deepCopy .) (deepCopy (omit $defaults "name"))) }}
+{{- end }}
+{{- else }}
+{{- $pools = list $defaults }}
+{{- end }}
+{{- toJson $pools }}
+{{- end }}
+
+{{/* A pool's resource name suffix. */}}
+{{- define "kiln.poolSuffix" -}}
+{{- if . }}-worker-{{ . }}{{ else }}-worker{{ end }}
+{{- end }}
+
+{{/* The `platform` label kiln's demand metrics give actions that request
+these properties (a dict): "p" and 12 hex digits of the SHA-256 of the
+sorted [name, value] pairs as JSON; "none" for none. */}}
+{{- define "kiln.platformLabel" -}}
+{{- $props := . }}
+{{- $pairs := list }}
+{{- range $k := keys $props | sortAlpha }}
+{{- $pairs = append $pairs (list $k (toString (get $props $k))) }}
+{{- end }}
+{{- if $pairs }}p{{ $pairs | toJson | sha256sum | trunc 12 }}{{ else }}none{{ end }}
+{{- end }}
+
+{{/* The platform labels a pool serves: its `platforms` (the property sets
+its actions request), or its own properties. */}}
+{{- define "kiln.poolLabels" -}}
+{{- $labels := list }}
+{{- range (.platforms | default (list .properties)) }}
+{{- $labels = append $labels (include "kiln.platformLabel" .) }}
+{{- end }}
+{{- join "," $labels }}
+{{- end }}
