@@ -73,12 +73,6 @@ impl Platform {
         serde_json::to_string(&self.0).unwrap_or_default()
     }
 
-    /// The `platform` label of the demand metrics: what an autoscaler
-    /// (the Helm chart's KEDA ScaledObject) selects a worker pool's queue by.
-    pub fn label(&self) -> String {
-        label_of(&self.encode())
-    }
-
     /// Reads the stored form.
     pub fn decode(text: &str) -> Result<Platform> {
         serde_json::from_str(text)
@@ -197,8 +191,10 @@ impl JobFilter {
     }
 }
 
-/// The label of a platform's stored form: `p` and 12 hex digits of its
-/// SHA-256 (`none` for no properties), short and stable across versions.
+/// The `platform` label of the demand metrics for a platform's stored form:
+/// `p` and 12 hex digits of its SHA-256 (`none` for no properties). An
+/// autoscaler selects a worker pool's queue by it (the Helm chart computes
+/// it too), so it never changes.
 pub(crate) fn label_of(encoded: &str) -> String {
     if encoded == "[]" || encoded.is_empty() {
         return "none".into();
@@ -216,13 +212,15 @@ mod tests {
         // Autoscalers select pools' queues by these (the Helm chart computes
         // them too, and tests/deploy pins the same values): never change them.
         let label = |props: &[(&str, &str)]| {
-            Platform::new(
-                props
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+            label_of(
+                &Platform::new(
+                    props
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                )
+                .encode(),
             )
-            .label()
         };
         assert_eq!(label(&[("OSFamily", "linux")]), "p0b6735303307");
         assert_eq!(
