@@ -32,7 +32,7 @@ fn render(out: &Path, values: &str) -> serde_json::Value {
 fn validate_crs(file: &Path) {
     let crd = root().join("tests/deploy/fixtures/keda-scaledobject-crd.yaml");
     // The fixture is itself a valid CustomResourceDefinition...
-    validate(&[crd.clone()]);
+    validate(std::slice::from_ref(&crd));
     // ...and every rendered ScaledObject fits its schema.
     let out = run(Command::new(tool("KILN_K8S_PYTHON"))
         .arg(root().join("deploy/test/validate_crs.py"))
