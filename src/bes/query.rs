@@ -88,6 +88,7 @@ impl BuildEventQuery for QueryService {
                 Some(regex(&r.label_regex, "label_regex")?)
             },
             limit: r.limit,
+            newest_first: false,
         };
         let events = self.store.events(&r.invocation_id, &filter).await?;
         Ok(Response::new(QueryEventsResponse {

@@ -265,9 +265,12 @@ impl EventStore for SqlEventStore {
         } else {
             limit
         };
-        sql.push_str(&format!(
-            " ORDER BY component, build_id, sequence LIMIT {fetch}"
-        ));
+        let order = if filter.newest_first {
+            "component DESC, build_id DESC, sequence DESC"
+        } else {
+            "component, build_id, sequence"
+        };
+        sql.push_str(&format!(" ORDER BY {order} LIMIT {fetch}"));
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(invocation_id)
             .bind(filter.after)

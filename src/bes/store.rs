@@ -90,6 +90,9 @@ pub struct EventFilter {
     pub label: Option<regex::Regex>,
     /// At most this many (0: a default of 1,000).
     pub limit: i64,
+    /// Newest first (page backwards with `to`): the end of a long log
+    /// without reading all of it.
+    pub newest_first: bool,
 }
 
 /// Which invocations to list.

@@ -90,55 +90,79 @@ async fn inline_log(state: &UiState, uri: &str, name: &str) -> Markup {
     }
 }
 
+/// The text of Progress events.
+fn progress_text(events: &[crate::bes::store::StoredEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| {
+            let event = crate::proto::bes_v1::BuildEvent::decode(&e.payload[..]).ok()?;
+            match crate::bes::summary::classify(&event) {
+                (_, _, Some(bep)) => match bep.payload {
+                    Some(bep::build_event::Payload::Progress(p)) => Some(p.stderr + &p.stdout),
+                    _ => None,
+                },
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 /// Bazel's progress output (stderr and stdout of Progress events), in
-/// order: all of it, or (`tail`) the last `INLINE_PROGRESS` bytes with the
-/// count of bytes left out.
-async fn progress(state: &UiState, id: &str, tail: bool) -> Result<(String, usize)> {
-    let mut text = String::new();
-    let mut dropped = 0usize;
-    let mut after = 0;
+/// order: all of it, or (`tail`) about its last `INLINE_PROGRESS` bytes,
+/// read newest first so a long build's page reads only its end; the flag
+/// says whether earlier output was left out.
+async fn progress(state: &UiState, id: &str, tail: bool) -> Result<(String, bool)> {
+    let mut chunks: Vec<String> = Vec::new();
+    let mut kept = 0usize;
+    let mut bound = (0i64, 0i64); // (after, to)
+    let mut cut = false;
     loop {
         let filter = EventFilter {
             kinds: vec!["progress".into()],
-            after,
-            limit: EVENT_PAGE,
+            after: bound.0,
+            to: bound.1,
+            limit: if tail { 200 } else { EVENT_PAGE },
+            newest_first: tail,
             ..Default::default()
         };
         let events = state.events.events(id, &filter).await?;
         let Some(last) = events.last() else { break };
-        after = last.sequence;
-        for e in &events {
-            let Ok(event) = crate::proto::bes_v1::BuildEvent::decode(&e.payload[..]) else {
-                continue;
+        if tail {
+            // -1: the first event was read (0 would mean no bound).
+            bound.1 = if last.sequence <= 1 {
+                -1
+            } else {
+                last.sequence - 1
             };
-            if let (_, _, Some(bep)) = crate::bes::summary::classify(&event)
-                && let Some(bep::build_event::Payload::Progress(p)) = bep.payload
-            {
-                text.push_str(&p.stderr);
-                text.push_str(&p.stdout);
-            }
+        } else {
+            bound.0 = last.sequence;
         }
-        if tail && text.len() > 2 * INLINE_PROGRESS {
-            let mut cut = text.len() - INLINE_PROGRESS;
-            while !text.is_char_boundary(cut) {
-                cut += 1;
-            }
-            dropped += cut;
-            text.drain(..cut);
+        let full = events.len() as i64 == filter.limit;
+        for text in progress_text(&events) {
+            kept += text.len();
+            chunks.push(text);
         }
-        if (events.len() as i64) < EVENT_PAGE {
+        if tail && kept >= INLINE_PROGRESS {
+            cut = full && bound.1 >= 0;
+            break;
+        }
+        if !full || bound.1 < 0 {
             break;
         }
     }
-    if tail && text.len() > INLINE_PROGRESS {
-        let mut cut = text.len() - INLINE_PROGRESS;
-        while !text.is_char_boundary(cut) {
-            cut += 1;
-        }
-        dropped += cut;
-        text.drain(..cut);
+    if tail {
+        chunks.reverse();
     }
-    Ok((text, dropped))
+    let mut text = chunks.concat();
+    if tail && text.len() > INLINE_PROGRESS {
+        let mut from = text.len() - INLINE_PROGRESS;
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        text.drain(..from);
+        cut = true;
+    }
+    Ok((text, cut))
 }
 
 /// `GET /invocation/{id}/log`: the whole progress output, as text.
@@ -348,8 +372,8 @@ pub(super) async fn page(
         }
 
         h2 { "Build output" }
-        @if dropped > 0 {
-            p.muted { "The first " (dropped) " bytes are not shown. "
+        @if dropped {
+            p.muted { "Earlier output is not shown. "
                 a href={ "/invocation/" (segment(&inv.invocation_id)) "/log" } { "Whole output" } }
         }
         pre.log #progress { (PreEscaped(ansi::to_html(&progress_text))) }

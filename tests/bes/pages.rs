@@ -154,3 +154,39 @@ pub async fn history_and_flakiness(kiln: &Kiln) {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400, "a bad date is refused");
 }
+
+/// A build whose output is longer than the page shows: the page has its
+/// end (read newest first), says earlier output is left out, and /log has
+/// all of it in order.
+pub async fn long_output_is_tailed(kiln: &Kiln) {
+    let mut events = bazel_events(true);
+    let finish = events.pop().expect("BuildFinished is last");
+    let line = "x".repeat(1000);
+    for n in 0..400 {
+        events.push(bep::BuildEvent {
+            id: id(Id::Progress(bep::build_event_id::ProgressId {
+                opaque_count: n,
+            })),
+            payload: Some(Payload::Progress(bep::Progress {
+                stdout: String::new(),
+                stderr: format!("line-{n:03} {line}\n"),
+            })),
+            ..Default::default()
+        });
+    }
+    events.push(finish);
+    let inv = format!("long-{}", uuid::Uuid::new_v4().simple());
+    let (_, status) = publish(kiln, requests(&stream_id(&inv, &inv), &events, true)).await;
+    assert!(status.is_none(), "{status:?}");
+    let page = get(kiln, &format!("/invocation/{inv}")).await;
+    assert!(page.contains("line-399 "), "the end is shown");
+    assert!(!page.contains("line-000 "), "the start is not");
+    assert!(page.contains("Earlier output is not shown"));
+    let log = get(kiln, &format!("/invocation/{inv}/log")).await;
+    let (first, last) = (
+        log.find("line-000 ").unwrap(),
+        log.find("line-399 ").unwrap(),
+    );
+    assert!(first < last, "in order");
+    assert_eq!(log.matches("line-").count(), 400);
+}

@@ -39,6 +39,7 @@ pub async fn run(database: &str) {
     gaps_and_limits(database).await;
     let kiln = Kiln::start(&config(database, "")).await;
     crate::pages::history_and_flakiness(&kiln).await;
+    crate::pages::long_output_is_tailed(&kiln).await;
 }
 
 /// The storage seam itself: create-if-absent streams and regex listing.

@@ -64,6 +64,7 @@ async fn every_workload_completes_without_errors() {
             "hash_sha256",
             "hash_blake3",
             "exec",
+            "http_healthz",
             "page_list",
             "page_invocation",
             "page_log",
