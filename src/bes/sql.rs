@@ -29,6 +29,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/0003_build_events_pages.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/0004_build_events_kind_order.sql"),
+    ),
 ];
 
 /// Build events in a SQL database.
