@@ -207,6 +207,8 @@ pub(crate) fn label_of(encoded: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn platform_labels_are_pinned() {
         // Autoscalers select pools' queues by these (the Helm chart computes
@@ -230,8 +232,6 @@ mod tests {
         assert_eq!(label(&[("size", "large")]), "p05e67cd33bbe");
         assert_eq!(label(&[]), "none");
     }
-
-    use super::*;
 
     fn offers(pairs: &[(&str, &str)]) -> Offers {
         let mut o = Offers::new();

@@ -67,9 +67,8 @@ impl JobNews {
 pub(super) struct PgNews {
     pool: AnyPool,
     tx: broadcast::Sender<JobNews>,
-    hearing: Arc<AtomicBool>,
-    /// Queued-job news heard so far (caches of what is queued check it).
-    queued: Arc<AtomicU64>,
+    /// Kept up to date by the listening task.
+    heard: Arc<Heard>,
     /// Dropped with the store: ends the listening task.
     _stop: oneshot::Sender<()>,
 }
@@ -79,23 +78,13 @@ impl PgNews {
     /// dropped); announcements go through `pool`.
     pub(super) fn start(url: &str, pool: AnyPool) -> PgNews {
         let (tx, _) = broadcast::channel(BUFFER);
-        let hearing = Arc::new(AtomicBool::new(false));
-        let queued = Arc::new(AtomicU64::new(0));
+        let heard = Arc::new(Heard::default());
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(listen(
-            url.to_string(),
-            tx.clone(),
-            Heard {
-                hearing: hearing.clone(),
-                queued: queued.clone(),
-            },
-            stopped,
-        ));
+        tokio::spawn(listen(url.to_string(), tx.clone(), heard.clone(), stopped));
         PgNews {
             pool,
             tx,
-            hearing,
-            queued,
+            heard,
             _stop: stop,
         }
     }
@@ -123,26 +112,29 @@ impl PgNews {
     }
 
     pub(super) fn hearing(&self) -> bool {
-        self.hearing.load(Ordering::Relaxed)
+        self.heard.hearing.load(Ordering::Relaxed)
     }
 
     /// Counts news of queued jobs: a cache of what is queued, read at one
     /// count, is stale at another (without news, its own expiry applies).
     pub(super) fn queued_heard(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed)
+        self.heard.queued.load(Ordering::Relaxed)
     }
 }
 
 /// What the listening task keeps up to date for the store.
+#[derive(Debug, Default)]
 struct Heard {
-    hearing: Arc<AtomicBool>,
-    queued: Arc<AtomicU64>,
+    /// The listening connection is up.
+    hearing: AtomicBool,
+    /// Queued-job news heard so far (caches of what is queued check it).
+    queued: AtomicU64,
 }
 
 async fn listen(
     url: String,
     tx: broadcast::Sender<JobNews>,
-    heard: Heard,
+    heard: Arc<Heard>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let hearing = &heard.hearing;

@@ -8,24 +8,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::IntoResponse;
 use maud::{Markup, PreEscaped, html};
-use prost::Message;
 
 use super::blob::{self, BlobRef};
 use super::layout::{badge, duration, percent, segment, status_class, when};
 use super::{PageResult, UiState, ansi, auth, layout};
-use crate::bes::store::EventFilter;
 use crate::bes::summary::{Invocation, Test};
 use crate::error::{Error, Result};
-use crate::proto::bep;
 
 /// Bytes of one log shown inline; longer logs show their end and a link.
 const INLINE_LOG: u64 = 64 << 10;
-/// Bytes of the build's progress output shown inline.
-const INLINE_PROGRESS: usize = 256 << 10;
 /// Logs of failed tests and actions inlined per page (the rest are links).
 const INLINED_LOGS: usize = 20;
-/// Progress events read per query.
-const EVENT_PAGE: i64 = 2000;
 /// Remote executions listed.
 const REMOTE_ACTIONS: u64 = 500;
 
@@ -90,81 +83,6 @@ async fn inline_log(state: &UiState, uri: &str, name: &str) -> Markup {
     }
 }
 
-/// The text of Progress events.
-fn progress_text(events: &[crate::bes::store::StoredEvent]) -> Vec<String> {
-    events
-        .iter()
-        .filter_map(|e| {
-            let event = crate::proto::bes_v1::BuildEvent::decode(&e.payload[..]).ok()?;
-            match crate::bes::summary::classify(&event) {
-                (_, _, Some(bep)) => match bep.payload {
-                    Some(bep::build_event::Payload::Progress(p)) => Some(p.stderr + &p.stdout),
-                    _ => None,
-                },
-                _ => None,
-            }
-        })
-        .collect()
-}
-
-/// Bazel's progress output (stderr and stdout of Progress events), in
-/// order: all of it, or (`tail`) about its last `INLINE_PROGRESS` bytes,
-/// read newest first so a long build's page reads only its end; the flag
-/// says whether earlier output was left out.
-async fn progress(state: &UiState, id: &str, tail: bool) -> Result<(String, bool)> {
-    let mut chunks: Vec<String> = Vec::new();
-    let mut kept = 0usize;
-    let mut bound = (0i64, 0i64); // (after, to)
-    let mut cut = false;
-    loop {
-        let filter = EventFilter {
-            kinds: vec!["progress".into()],
-            after: bound.0,
-            to: bound.1,
-            limit: if tail { 200 } else { EVENT_PAGE },
-            newest_first: tail,
-            ..Default::default()
-        };
-        let events = state.events.events(id, &filter).await?;
-        let Some(last) = events.last() else { break };
-        if tail {
-            // -1: the first event was read (0 would mean no bound).
-            bound.1 = if last.sequence <= 1 {
-                -1
-            } else {
-                last.sequence - 1
-            };
-        } else {
-            bound.0 = last.sequence;
-        }
-        let full = events.len() as i64 == filter.limit;
-        for text in progress_text(&events) {
-            kept += text.len();
-            chunks.push(text);
-        }
-        if tail && kept >= INLINE_PROGRESS {
-            cut = full && bound.1 >= 0;
-            break;
-        }
-        if !full || bound.1 < 0 {
-            break;
-        }
-    }
-    if tail {
-        chunks.reverse();
-    }
-    let mut text = chunks.concat();
-    if tail && text.len() > INLINE_PROGRESS {
-        let mut from = text.len() - INLINE_PROGRESS;
-        while !text.is_char_boundary(from) {
-            from += 1;
-        }
-        text.drain(..from);
-        cut = true;
-    }
-    Ok((text, cut))
-}
-
 /// `GET /invocation/{id}/log`: the whole progress output, as text.
 pub(super) async fn full_log(
     State(state): State<UiState>,
@@ -174,7 +92,7 @@ pub(super) async fn full_log(
 ) -> PageResult {
     auth::check_events(&state, &headers, &uri)?;
     find(&state, &id).await?;
-    let (text, _) = progress(&state, &id, false).await?;
+    let text = super::progress::all(&state, &id).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -264,7 +182,7 @@ pub(super) async fn page(
         }
         action_logs.push((a, parts));
     }
-    let (progress_text, dropped) = progress(&state, &id, true).await?;
+    let (progress_text, dropped) = super::progress::tail(&state, &id).await?;
     let remote_jobs = match &state.scheduler {
         Some(s) => s
             .list(&crate::execution::job::JobFilter {

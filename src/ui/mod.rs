@@ -15,6 +15,7 @@ mod invocation;
 mod invocations;
 mod layout;
 mod operations;
+mod progress;
 mod tests_pages;
 mod timing;
 

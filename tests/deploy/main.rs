@@ -48,21 +48,32 @@ fn check_config(file: &Path) {
     assert!(out.contains(": ok"), "{out}");
 }
 
+/// Renders the chart into `out` once per values argument (see render.py:
+/// "-" is the defaults, "A,B" layers B on A); one summary each.
+fn render(out: &Path, values: &[&str]) -> Vec<serde_json::Value> {
+    let stdout = run(Command::new(tool("KILN_K8S_PYTHON"))
+        .arg(root().join("deploy/test/render.py"))
+        .arg(root().join("deploy/helm/kiln"))
+        .arg(out)
+        .args(values));
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn the_chart_renders_lints_validates_and_ships_a_valid_kiln_config() {
     let chart = root().join("deploy/helm/kiln");
     let out = tempfile::tempdir().unwrap();
-    let stdout = run(Command::new(tool("KILN_K8S_PYTHON"))
-        .arg(root().join("deploy/test/render.py"))
-        .arg(&chart)
-        .arg(out.path())
-        .arg("-")
-        .arg(chart.join("values-minio.yaml"))
-        .arg(chart.join("values-s3.yaml")));
-    let summaries: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (minio, s3) = (
+        chart.join("values-minio.yaml"),
+        chart.join("values-s3.yaml"),
+    );
+    let summaries = render(
+        out.path(),
+        &["-", minio.to_str().unwrap(), s3.to_str().unwrap()],
+    );
     assert_eq!(summaries.len(), 3);
     for s in &summaries {
         let name = s["values"].as_str().unwrap();

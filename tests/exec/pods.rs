@@ -13,24 +13,36 @@ use crate::common::exec::{
     Spec, WorkerProc, metadata, response, spawn_execute, upload, wait_execution, wait_for_file,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn any_pod_accepts_dispatches_and_reports_on_any_job() {
-    let url = std::env::var("KILN_TEST_POSTGRES_URL")
-        .expect("KILN_TEST_POSTGRES_URL is not set: README's test command starts a PostgreSQL for these tests");
-    let instance = format!("pods-{}", uuid::Uuid::new_v4());
-    let i = instance.as_str();
+fn postgres_url() -> String {
+    std::env::var("KILN_TEST_POSTGRES_URL")
+        .expect("KILN_TEST_POSTGRES_URL is not set: README's test command starts a PostgreSQL for these tests")
+}
+
+/// Two pods on the test PostgreSQL and one blob directory (also returned,
+/// to keep), serving one fresh instance named `prefix-UUID`, with the
+/// given `execution` settings beside the database.
+async fn two_pods(prefix: &str, execution: &str) -> (Kiln, Kiln, tempfile::TempDir, String) {
+    let url = postgres_url();
+    let instance = format!("{prefix}-{}", uuid::Uuid::new_v4());
     let shared = crate::common::exec::action_writable_dir();
     let yaml = format!(
         r#"
-execution: {{ database: "{url}", bot_wait: 1s, poll_interval: 100ms }}
+execution: {{ database: "{url}", {execution} }}
 instances:
-  - name: "{i}"
+  - name: "{instance}"
     cas: {{ fs: {{ path: cas }} }}
     action_cache: {{ fs: {{ path: ac }} }}
 "#
     );
     let a = Kiln::start_in(&yaml, shared.path()).await;
     let b = Kiln::start_in(&yaml, shared.path()).await;
+    (a, b, shared, instance)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_pod_accepts_dispatches_and_reports_on_any_job() {
+    let (a, b, shared, instance) = two_pods("pods", "bot_wait: 1s, poll_interval: 100ms").await;
+    let i = instance.as_str();
     let (cha, chb) = (a.channel().await, b.channel().await);
     let _worker = WorkerProc::start(&a.url, i, "pod-a-worker", &[]);
 
@@ -102,23 +114,14 @@ instances:
 /// connections were cut (they reconnect).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_hear_each_others_changes_without_polling() {
-    let url = std::env::var("KILN_TEST_POSTGRES_URL")
-        .expect("KILN_TEST_POSTGRES_URL is not set: README's test command starts a PostgreSQL for these tests");
-    let instance = format!("news-{}", uuid::Uuid::new_v4());
-    let i = instance.as_str();
-    let shared = crate::common::exec::action_writable_dir();
     // bot_wait is long too: a worker's idle update returns on news only.
-    let yaml = format!(
-        r#"
-execution: {{ database: "{url}", bot_wait: 50s, lease_timeout: 120s, poll_interval: 60s, notified_poll_interval: 60s }}
-instances:
-  - name: "{i}"
-    cas: {{ fs: {{ path: cas }} }}
-    action_cache: {{ fs: {{ path: ac }} }}
-"#
-    );
-    let a = Kiln::start_in(&yaml, shared.path()).await;
-    let b = Kiln::start_in(&yaml, shared.path()).await;
+    let (a, b, _shared, instance) = two_pods(
+        "news",
+        "bot_wait: 50s, lease_timeout: 120s, poll_interval: 60s, notified_poll_interval: 60s",
+    )
+    .await;
+    let i = instance.as_str();
+    let url = postgres_url();
     let chb = b.channel().await;
     let _worker = WorkerProc::start(&a.url, i, "news-worker", &[]);
 
