@@ -22,7 +22,7 @@ COPY migrations ./migrations
 COPY config ./config
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked \
-    && install -m 0755 target/release/kiln /usr/local/bin/kiln
+    && install -m 0755 target/release/kiln target/release/kiln-measure /usr/local/bin/
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
@@ -32,7 +32,9 @@ RUN apt-get update \
     && useradd --system --uid 10001 --gid kiln --home-dir /var/lib/kiln --shell /usr/sbin/nologin kiln \
     && mkdir -p /var/lib/kiln /etc/kiln \
     && chown kiln:kiln /var/lib/kiln
-COPY --from=build /usr/local/bin/kiln /usr/local/bin/kiln
+# kiln-measure: the helper `kiln worker` runs each action under, to report
+# what the action cost (it must sit beside kiln).
+COPY --from=build /usr/local/bin/kiln /usr/local/bin/kiln-measure /usr/local/bin/
 COPY config/default.yaml /etc/kiln/kiln.yaml
 USER 10001:10001
 WORKDIR /var/lib/kiln

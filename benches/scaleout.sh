@@ -10,6 +10,9 @@
 #    serial no-op Execute is sent to A (same pod: the baseline), then to B
 #    (its completion, reported on A, must reach B), with LISTEN/NOTIFY and
 #    then with polling alone (execution.notifications: false, 250 ms).
+# 3. Resource accounting: one kiln (embedded default) and one worker; a
+#    serial no-op Execute with the worker measuring each action through
+#    kiln-measure, against the same worker started with --no-usage.
 # Prints JSON lines to $RUN/*.jsonl and a markdown summary.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -54,10 +57,30 @@ serve pages 50181 8181 ""
     --http-target http://127.0.0.1:8181 --concurrency 1 --duration "$DURATION" > "$RUN/pages.jsonl"
 stop pages
 
-exec_on() { # label target
+exec_on() { # label target [file]
     "$KILN" bench --json --workload exec --target "grpc://$2" --concurrency 1 --duration "$DURATION" \
-        | sed "s/\"workload\":\"exec\"/\"workload\":\"$1\"/" >> "$RUN/pods.jsonl"
+        | sed "s/\"workload\":\"exec\"/\"workload\":\"$1\"/" >> "$RUN/${3:-pods}.jsonl"
 }
+listed() { # http-port bot-id-part count: waits until the pod lists that many workers
+    for _ in $(seq 200); do
+        [ "$(curl -fsS "http://127.0.0.1:$1/operations" | grep -c "$2")" -ge "$3" ] && return 0
+        sleep 0.05
+    done
+}
+
+log "resource accounting"
+serve acct 50184 8184 ""
+for mode in unmeasured measured; do
+    "$KILN" worker --server grpc://127.0.0.1:50184 --concurrency 4 --work-dir "$RUN/acct-$mode" \
+        --bot-id "acct-$mode" $([ $mode = unmeasured ] && echo --no-usage) > "$RUN/acct-$mode.log" 2>&1 &
+    WORKER=$!
+    PIDS+=($WORKER)
+    listed 8184 "acct-$mode" 1
+    exec_on "exec_$mode" 127.0.0.1:50184 acct
+    kill $WORKER
+    while kill -0 $WORKER 2>/dev/null; do sleep 0.05; done
+done
+stop acct
 for mode in notify poll; do
     log "cross-pod ($mode)"
     extra="execution: { database: \"$KILN_TEST_POSTGRES_URL\", notifications: $([ $mode = notify ] && echo true || echo false) }"
@@ -71,10 +94,7 @@ for mode in notify poll; do
     done
     PIDS+=("${WORKERS[@]}")
     # The workers are polling once A lists them.
-    for _ in $(seq 200); do
-        [ "$(curl -fsS http://127.0.0.1:8182/operations | grep -c "bench-$mode-")" -ge 2 ] && break
-        sleep 0.05
-    done
+    listed 8182 "bench-$mode-" 2
     [ "$mode" = notify ] && exec_on exec_same_pod 127.0.0.1:50182
     exec_on "exec_cross_pod_$mode" 127.0.0.1:50183
     kill "${WORKERS[@]}"
@@ -85,12 +105,17 @@ done
 python3 - "$RUN" <<'PY'
 import json, sys
 run = sys.argv[1]
-rows = [json.loads(l) for f in ("pages.jsonl", "pods.jsonl") for l in open(f"{run}/{f}") if l.startswith("{")]
+rows = [json.loads(l) for f in ("pages.jsonl", "acct.jsonl", "pods.jsonl") for l in open(f"{run}/{f}") if l.startswith("{")]
 by = {r["workload"]: r for r in rows}
 print("| workload | calls | p50 ms | p99 ms | p50 vs baseline |")
 print("|---|---|---|---|---|")
 for name, r in by.items():
-    base = by["http_healthz"] if name.startswith(("page_", "http_")) else by["exec_same_pod"]
+    if name.startswith(("page_", "http_")):
+        base = by["http_healthz"]
+    elif name in ("exec_measured", "exec_unmeasured"):
+        base = by["exec_unmeasured"]
+    else:
+        base = by["exec_same_pod"]
     print(f"| {name} | {r['ops']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p50_ms'] / base['p50_ms']:.1f}x |")
 PY
 log "raw results in $RUN"

@@ -74,6 +74,27 @@ async fn platforms(
     }))
 }
 
+/// `/api/v1/invocations/{id}/usage`: what the remote executions an
+/// invocation queued cost ([`crate::execution::usage::Totals`]); zeros
+/// when execution is off or the jobs are past retention.
+async fn invocation_usage(
+    State(scheduler): State<Option<Arc<crate::execution::scheduler::Scheduler>>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> axum::response::Response {
+    let totals = match &scheduler {
+        Some(s) => crate::execution::usage::of_invocation(s, &id, |_| true).await,
+        None => Ok(Default::default()),
+    };
+    match totals {
+        Ok(t) => axum::Json(t).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
 #[derive(Debug, serde::Deserialize)]
 struct PlatformsQuery {
     /// Comma-separated platform labels; all when absent.
@@ -127,6 +148,7 @@ pub fn router(
         .merge(guarded(
             Router::new()
                 .route("/api/v1/platforms", get(platforms))
+                .route("/api/v1/invocations/{id}/usage", get(invocation_usage))
                 .with_state(scheduler),
             access.build_events,
         ))

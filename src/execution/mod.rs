@@ -15,6 +15,7 @@ mod news;
 pub mod scheduler;
 pub mod sql;
 pub mod store;
+pub mod usage;
 pub mod validate;
 
 use std::path::Path;

@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use maud::{Markup, PreEscaped, html};
 
 use super::blob::{self, BlobRef};
-use super::layout::{badge, duration, percent, segment, status_class, when};
+use super::layout::{badge, duration, percent, segment, size, status_class, when};
 use super::{PageResult, UiState, ansi, auth, layout};
 use crate::bes::summary::{Invocation, Test};
 use crate::error::{Error, Result};
@@ -22,15 +22,17 @@ const INLINED_LOGS: usize = 20;
 /// Remote executions listed.
 const REMOTE_ACTIONS: u64 = 500;
 
-/// The exit code and worker of a finished job's response.
-fn job_outcome(job: &crate::execution::job::Job) -> (String, String) {
+/// The outcome, worker and measured usage of a finished job's response.
+fn job_outcome(
+    job: &crate::execution::job::Job,
+) -> (String, String, Option<crate::proto::kiln_v1::ResourceUsage>) {
     use prost::Message;
     let Some(r) = job
         .response
         .as_ref()
         .and_then(|r| crate::proto::reapi::ExecuteResponse::decode(&r[..]).ok())
     else {
-        return (String::new(), job.bot.clone().unwrap_or_default());
+        return (String::new(), job.bot.clone().unwrap_or_default(), None);
     };
     let status = r
         .status
@@ -40,9 +42,33 @@ fn job_outcome(job: &crate::execution::job::Job) -> (String, String) {
     match r.result {
         Some(res) => (
             status.unwrap_or_else(|| format!("exit {}", res.exit_code)),
-            res.execution_metadata.map(|m| m.worker).unwrap_or_default(),
+            res.execution_metadata
+                .as_ref()
+                .map(|m| m.worker.clone())
+                .unwrap_or_default(),
+            crate::execution::usage::of(&res),
         ),
-        None => (status.unwrap_or_default(), String::new()),
+        None => (status.unwrap_or_default(), String::new(), None),
+    }
+}
+
+/// What the invocation's remote executions cost, in one line.
+fn cost_line(c: &crate::execution::usage::Totals) -> Markup {
+    let secs = |s: f64| duration((s * 1000.0) as i64);
+    html! {
+        p.cost {
+            @if c.measured == 0 {
+                span.muted { "No worker reported resource usage for these actions." }
+            } @else {
+                "CPU " strong { (secs(c.user_cpu_seconds + c.system_cpu_seconds)) }
+                span.muted { " (user " (secs(c.user_cpu_seconds)) ", system " (secs(c.system_cpu_seconds)) ")" }
+                " · peak memory " strong { (size(c.peak_rss_bytes)) }
+                " · disk read " (size(c.read_bytes)) ", written " (size(c.written_bytes))
+                " · input fetch " (secs(c.input_fetch_seconds)) ", upload " (secs(c.output_upload_seconds))
+                span.muted { " · " (c.measured) " of " (c.actions) " finished actions measured"
+                    @if c.partial { " (the newest " (crate::execution::usage::MOST_SUMMED) " jobs)" } }
+            }
+        }
     }
 }
 
@@ -196,6 +222,13 @@ pub(super) async fn page(
             .collect(),
         None => Vec::new(),
     };
+    let cost = match &state.scheduler {
+        Some(s) if !remote_jobs.is_empty() => Some(
+            crate::execution::usage::of_invocation(s, &id, |i| auth::may_read(&state, &headers, i))
+                .await?,
+        ),
+        _ => None,
+    };
     let profile = inv
         .tool_logs
         .iter()
@@ -258,17 +291,20 @@ pub(super) async fn page(
 
         @if !remote_jobs.is_empty() {
             h2 { "Remote executions (" (remote_jobs.len()) ")" }
+            @if let Some(c) = &cost { (cost_line(c)) }
             table.remote {
-                thead { tr { th { "Stage" } th { "Action" } th { "Outcome" } th { "Worker" } th.num { "Run time" } } }
+                thead { tr { th { "Stage" } th { "Action" } th { "Outcome" } th { "Worker" } th.num { "Run time" } th.num { "CPU" } th.num { "Peak memory" } } }
                 tbody { @for j in &remote_jobs {
                     @let action = BlobRef { instance: j.instance.clone(), digest: j.action_digest };
-                    @let (outcome, worker) = job_outcome(j);
+                    @let (outcome, worker, usage) = job_outcome(j);
                     tr {
                         td { (badge(match j.stage { crate::execution::job::Stage::Queued => "QUEUED", crate::execution::job::Stage::Executing => "EXECUTING", crate::execution::job::Stage::Completed => "COMPLETED" })) }
                         td.mono { a href={ "/action/" (action.path()) } { (j.action_digest) } }
                         td { (outcome) }
                         td.mono { (worker) }
                         td.num { @if j.completed_at > j.started_at && j.started_at > 0 { (duration(j.completed_at - j.started_at)) } }
+                        td.num { @if let Some(u) = &usage { (duration((crate::execution::usage::cpu_seconds(u) * 1000.0) as i64)) } }
+                        td.num { @if let Some(u) = &usage { (size(crate::execution::usage::bytes(u.max_rss_bytes))) } }
                     }
                 } }
             }

@@ -78,6 +78,21 @@ pub(super) fn duration(ms: i64) -> String {
     }
 }
 
+/// Bytes as `512 B`, `3.4 MiB` or `1.2 GiB`.
+pub(super) fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// A time since the epoch (ms) as UTC `2026-12-02 10:22:20`.
 pub(super) fn when(ms: i64) -> String {
     if ms <= 0 {
@@ -157,6 +172,15 @@ mod tests {
         assert_eq!(when(1_764_670_940_000), "2025-12-02 10:22:20");
         assert_eq!(parse_date("2026-13-01"), None);
         assert_eq!(parse_date("x"), None);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(5 << 30), "5.0 GiB");
+        assert_eq!(size(u64::MAX), "16384.0 PiB");
     }
 
     #[test]

@@ -196,6 +196,16 @@ fn the_dockerfile_is_multi_stage_and_runs_as_non_root() {
         text.contains("COPY --from=build"),
         "the runtime copies the binary"
     );
+    // Workers measure actions with kiln-measure, which must sit beside kiln.
+    let runtime_copy = lines
+        .iter()
+        .find(|l| l.starts_with("COPY --from=build"))
+        .unwrap();
+    assert!(
+        runtime_copy.contains("/usr/local/bin/kiln ")
+            && runtime_copy.contains("/usr/local/bin/kiln-measure"),
+        "the image ships kiln and kiln-measure side by side: {runtime_copy}"
+    );
     // The dependency layer comes before the sources are copied.
     let manifest = text
         .find("COPY Cargo.toml Cargo.lock")

@@ -15,3 +15,4 @@ mod pods;
 mod runner;
 mod suite;
 mod traces;
+mod usage;

@@ -170,6 +170,13 @@ async fn every_page_after_a_real_bazel_build() {
     );
     screenshot(&kiln, "/tests", "tests", 900).await;
 
+    // What the remote executions cost, summed from the workers' reports.
+    let cost = element_after(&page, "<p class=\"cost\"");
+    assert!(
+        cost.contains("CPU") && cost.contains("peak memory") && !cost.contains("No worker"),
+        "the invocation sums its remote actions' usage: {cost}"
+    );
+
     // The action page of a remote execution, linked from the invocation.
     let action_link = links(&page, "/action/")
         .into_iter()

@@ -106,20 +106,16 @@ pub(super) async fn execute(
         .min(Duration::from_secs(24 * 3600));
     let (stdout, stderr) = run::log_paths(&run_dir);
     meta.execution_start_timestamp = timestamp();
-    let exit = run::run(
-        &command,
-        &cwd,
-        &ctx.runner,
-        ctx.user,
-        timeout,
-        &stdout,
-        &stderr,
-    )
-    .await?;
+    let launch = run::Launch {
+        runner: &ctx.runner,
+        measure: ctx.measure.as_deref(),
+        user: ctx.user,
+    };
+    let ran = run::run(&command, &cwd, launch, timeout, &stdout, &stderr).await?;
     meta.execution_completed_timestamp = timestamp();
     meta.output_upload_start_timestamp = timestamp();
     let mut result = ActionResult::default();
-    let status = match exit {
+    let status = match ran.exit {
         run::Exit::Code(code) => {
             result.exit_code = code;
             crate::error::ok_rpc_status()
@@ -140,6 +136,10 @@ pub(super) async fn execute(
     result.stderr_digest = Some(outputs::log(&cas, &stderr).await?.to_proto());
     meta.output_upload_completed_timestamp = timestamp();
     meta.worker_completed_timestamp = timestamp();
+    if let Some(usage) = ran.usage {
+        meta.auxiliary_metadata
+            .push(super::measure::report(&usage, &meta));
+    }
     result.execution_metadata = Some(meta);
     Ok((result, status))
 }

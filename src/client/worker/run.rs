@@ -1,7 +1,8 @@
 //! Running one command: its arguments, environment and working directory
 //! exactly as the Command says (nothing inherited from the worker), output
 //! to files, in its own process group so a timeout or a cancellation kills
-//! everything it started.
+//! everything it started; measured by `kiln-measure` unless the worker
+//! was told not to.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -19,20 +20,40 @@ pub enum Exit {
     TimedOut,
 }
 
+/// How commands are started: through a sandbox prefix, under the
+/// measuring helper, as another user.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    /// A sandbox command prefix such as `bwrap --dev-bind / / --unshare-net`
+    /// (the command's arguments follow it); empty for none.
+    pub runner: &'a [String],
+    /// `kiln-measure`, which runs the command (and the runner) as its only
+    /// child and reports what it cost; None runs unmeasured.
+    pub measure: Option<&'a Path>,
+    /// Who the command runs as, when not the worker itself.
+    pub user: Option<super::confine::ActionUser>,
+}
+
+/// What a run did.
+#[derive(Debug)]
+pub struct Ran {
+    /// How it ended.
+    pub exit: Exit,
+    /// What it cost, when it ran measured and the helper reported.
+    pub usage: Option<super::measure::Usage>,
+}
+
 /// Runs `command` in `cwd` (its working directory, already resolved inside
-/// the input root), as `user` when given, optionally through `runner` (a
-/// sandbox command prefix such as `bwrap --dev-bind / / --unshare-net`; the
-/// command's arguments follow it), writing its output to `stdout` and
+/// the input root) as `launch` says, writing its output to `stdout` and
 /// `stderr`. Dropping the future kills the process group.
 pub async fn run(
     command: &Command,
     cwd: &Path,
-    runner: &[String],
-    user: Option<super::confine::ActionUser>,
+    launch: Launch<'_>,
     timeout: Duration,
     stdout: &Path,
     stderr: &Path,
-) -> Result<Exit> {
+) -> Result<Ran> {
     let mut argv: Vec<String> = command.arguments.clone();
     if argv.is_empty() {
         return Err(Error::InvalidArgument(
@@ -43,8 +64,22 @@ pub async fn run(
     if argv[0].contains('/') && !argv[0].starts_with('/') {
         argv[0] = cwd.join(&argv[0]).to_string_lossy().into_owned();
     }
-    if !runner.is_empty() {
-        let mut wrapped = runner.to_vec();
+    let program = argv[0].clone();
+    if !launch.runner.is_empty() {
+        let mut wrapped = launch.runner.to_vec();
+        wrapped.extend(argv);
+        argv = wrapped;
+    }
+    // The helper reports on a socket it gets as standard input; the
+    // command itself gets /dev/null there.
+    let mut report = None;
+    let mut stdin = Stdio::null();
+    if let Some(helper) = launch.measure {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| Error::io("creating the usage socket", e))?;
+        stdin = Stdio::from(std::os::fd::OwnedFd::from(theirs));
+        report = Some(ours);
+        let mut wrapped = vec![helper.to_string_lossy().into_owned(), "--".into()];
         wrapped.extend(argv);
         argv = wrapped;
     }
@@ -61,22 +96,24 @@ pub async fn run(
                 .map(|e| (e.name.clone(), e.value.clone())),
         )
         .current_dir(cwd)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(file(stdout)?)
         .stderr(file(stderr)?)
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(u) = user {
+    if let Some(u) = launch.user {
         // std drops the supplementary groups of root when it sets the uid.
         cmd.uid(u.uid).gid(u.gid);
     }
-    let mut child = cmd.spawn().map_err(|e| {
+    let not_started = |why: &dyn std::fmt::Display| {
         Error::FailedPrecondition(format!(
-            "cannot start {:?} in {}: {e}",
-            argv[0],
+            "cannot start {program:?} in {}: {why}",
             cwd.display()
         ))
-    })?;
+    };
+    let mut child = cmd.spawn().map_err(|e| not_started(&e))?;
+    // Our copy of the helper's end goes, so its exit ends the report.
+    drop(cmd);
     let group = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
     let guard = GroupKiller(group);
     let exit = match tokio::time::timeout(timeout, child.wait()).await {
@@ -94,7 +131,35 @@ pub async fn run(
     };
     // Children that outlive the command (daemons, stragglers) go too.
     drop(guard);
-    Ok(exit)
+    let usage = match (report, &exit) {
+        (Some(socket), Exit::Code(_)) => match read_report(socket).await {
+            Some(super::measure::Report::Ran(usage)) => Some(usage),
+            Some(super::measure::Report::NotStarted(why)) => return Err(not_started(&why)),
+            None => None,
+        },
+        _ => None,
+    };
+    let exit = match usage {
+        Some(u) => Exit::Code(u.exit),
+        None => exit,
+    };
+    Ok(Ran { exit, usage })
+}
+
+/// The helper's one line, read once it has exited (so at most a short
+/// wait, and never more than a line's worth of bytes).
+async fn read_report(socket: std::os::unix::net::UnixStream) -> Option<super::measure::Report> {
+    use tokio::io::AsyncReadExt;
+    socket.set_nonblocking(true).ok()?;
+    let socket = tokio::net::UnixStream::from_std(socket).ok()?;
+    let mut text = Vec::new();
+    let mut socket = socket.take(1024);
+    let read = socket.read_to_end(&mut text);
+    tokio::time::timeout(Duration::from_secs(1), read)
+        .await
+        .ok()?
+        .ok()?;
+    super::measure::Report::parse(std::str::from_utf8(&text).ok()?)
 }
 
 /// Kills a process group when dropped (on completion, timeout or cancellation).

@@ -142,6 +142,10 @@ impl Scheduler {
             )));
         }
         let ok = outcome.status.code == 0;
+        let usage = outcome
+            .result
+            .as_ref()
+            .and_then(crate::execution::usage::of);
         let mut cache_write = None;
         if let Some(result) = &outcome.result {
             crate::action_result::validate(job.digest.function, result)?;
@@ -192,6 +196,9 @@ impl Scheduler {
             .run
             .observe((now - done.started_at).max(0) as f64 / 1000.0);
         self.count(if ok { "completed" } else { "failed" });
+        if let Some(u) = &usage {
+            self.metrics.usage.observe(u);
+        }
         self.changed(&done);
         Ok(())
     }

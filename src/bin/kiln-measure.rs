@@ -1,0 +1,11 @@
+//! `kiln-measure -- PROGRAM ARGS...`: the helper `kiln worker` runs each
+//! action's command through, so that the command's resource usage can be
+//! read for that action alone (see `kiln::client::worker::measure_action`).
+//! A binary of its own, not a `kiln` subcommand, because it starts once per
+//! action: it is a fraction of kiln's size and starts in about a millisecond.
+
+fn main() {
+    std::process::exit(kiln::client::worker::measure_action(
+        std::env::args_os().skip(1).collect(),
+    ));
+}
