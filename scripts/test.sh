@@ -14,12 +14,15 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: Bazel 4.2.3 is the real client the tests drive,
-# PostgreSQL the real database of the build-event tests, and Chromium the
-# real (headless) browser of the web UI tests.
+# PostgreSQL the real database of the build-event tests, Chromium the
+# real (headless) browser of the web UI tests, haproxy the chaos test's
+# load balancer.
 missing=()
 command -v bazel >/dev/null 2>&1 || missing+=(bazel-bootstrap)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# haproxy: the real HTTP/2 load balancer in front of the chaos test's pods.
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "==> installing ${missing[*]}"
     as_root apt-get update -qq

@@ -105,6 +105,12 @@ pub async fn update(
             }
         }
     }
+    let reported: Vec<&str> = kept
+        .iter()
+        .filter(|l| l.state != LeaseState::Cancelled as i32)
+        .map(|l| l.id.as_str())
+        .collect();
+    scheduler.release_unreported(&bot, &reported).await?;
     scheduler.renew(&bot).await?;
     let busy = kept.iter().any(|l| l.state != LeaseState::Cancelled as i32);
     let healthy = matches!(

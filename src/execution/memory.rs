@@ -112,6 +112,16 @@ impl JobStore for MemoryJobStore {
         Ok(())
     }
 
+    async fn held(&self, bot: &str) -> Result<Vec<String>> {
+        Ok(self
+            .state()
+            .jobs
+            .values()
+            .filter(|j| j.stage == Stage::Executing && j.bot.as_deref() == Some(bot))
+            .map(|j| j.id.clone())
+            .collect())
+    }
+
     async fn finish(
         &self,
         id: &str,

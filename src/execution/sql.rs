@@ -376,6 +376,17 @@ impl JobStore for SqlJobStore {
         Ok(())
     }
 
+    async fn held(&self, bot: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM exec_jobs WHERE bot = $1 AND stage = 3")
+            .bind(bot.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("listing a bot's leases"))?;
+        rows.iter()
+            .map(|r| r.try_get(0).map_err(db_err("reading a lease id")))
+            .collect()
+    }
+
     async fn finish(
         &self,
         id: &str,

@@ -39,6 +39,9 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// to `lease_expires` (so a busy bot writes only now and then).
     async fn renew(&self, bot: &str, renew_before: i64, lease_expires: i64) -> Result<()>;
 
+    /// The ids of the unfinished jobs `bot` holds.
+    async fn held(&self, bot: &str) -> Result<Vec<String>>;
+
     /// Finishes an unfinished job with `response`; with `holder`, only while
     /// that bot holds it. Returns the finished job, or None when the
     /// condition did not hold (already finished, or taken away).
@@ -157,6 +160,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(a.id, "a");
+        let mut held = store.held("bot1").await.unwrap();
+        held.sort();
+        assert_eq!(held, ["a", "c"], "a bot holds what it claimed");
+        assert!(store.held("bot9").await.unwrap().is_empty());
         assert!(
             store
                 .claim("i", "bot1", &linux, 2000, 5000)

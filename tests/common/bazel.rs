@@ -29,6 +29,19 @@ impl Bazel {
         }
     }
 
+    /// A Bazel client for a workspace the test wrote itself.
+    pub fn at(workspace: PathBuf, output_root: PathBuf) -> Bazel {
+        let status = Command::new("bazel").arg("--version").output();
+        assert!(
+            status.is_ok_and(|o| o.status.success()),
+            "bazel is not installed: README's test command installs Debian's bazel-bootstrap"
+        );
+        Bazel {
+            workspace,
+            output_root,
+        }
+    }
+
     /// Runs a Bazel command; returns (success, combined output).
     pub fn run(&self, args: &[&str]) -> (bool, String) {
         let (code, out) = self.run_code(args);

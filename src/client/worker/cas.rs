@@ -34,6 +34,32 @@ pub enum Source {
     File(PathBuf),
 }
 
+/// Tries of one CAS call while the server is unavailable: with the waits
+/// between them (0.2 s doubling) a pod restart of a few seconds is ridden
+/// out without failing the action that was already run.
+const ATTEMPTS: u32 = 6;
+
+/// Runs `call` again while it fails with UNAVAILABLE, up to [`ATTEMPTS`].
+async fn retrying<T, F, Fut>(what: &str, mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut wait = std::time::Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(Error::Unavailable(why)) if attempt < ATTEMPTS => {
+                tracing::warn!(attempt, error = %why, "{what} failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A CAS client bound to one instance and digest function.
 #[derive(Clone)]
 pub struct Cas {
@@ -45,9 +71,12 @@ pub struct Cas {
 fn status(what: &str) -> impl Fn(tonic::Status) -> Error + '_ {
     move |s| match s.code() {
         tonic::Code::NotFound => Error::NotFound(format!("{what}: {}", s.message())),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
-            Error::Unavailable(format!("{what}: {}", s.message()))
-        }
+        // A connection cut mid-stream (a pod killed behind the balancer)
+        // surfaces as INTERNAL from the transport: as passing as the rest.
+        tonic::Code::Unavailable
+        | tonic::Code::Unknown
+        | tonic::Code::Cancelled
+        | tonic::Code::Internal => Error::Unavailable(format!("{what}: {}", s.message())),
         _ => Error::internal(format!("{what}: {:?}: {}", s.code(), s.message())),
     }
 }
@@ -94,6 +123,10 @@ impl Cas {
     }
 
     async fn read_batch(&self, digests: &[Digest]) -> Result<Vec<(Digest, bytes::Bytes)>> {
+        retrying("reading inputs", || self.read_batch_once(digests)).await
+    }
+
+    async fn read_batch_once(&self, digests: &[Digest]) -> Result<Vec<(Digest, bytes::Bytes)>> {
         let response = ContentAddressableStorageClient::new(self.conn.clone())
             .batch_read_blobs(BatchReadBlobsRequest {
                 instance_name: self.instance.clone(),
@@ -164,6 +197,10 @@ impl Cas {
     }
 
     async fn read_to_file(&self, digest: &Digest, path: &Path) -> Result<()> {
+        retrying("reading an input", || self.read_to_file_once(digest, path)).await
+    }
+
+    async fn read_to_file_once(&self, digest: &Digest, path: &Path) -> Result<()> {
         let mut stream = ByteStreamClient::new(self.conn.clone())
             .read(ReadRequest {
                 resource_name: self.resource(digest),
@@ -210,6 +247,10 @@ impl Cas {
             // An empty input root: the empty Directory, no call needed.
             return Ok(vec![(*root, bytes::Bytes::new())]);
         }
+        retrying("reading the input tree", || self.tree_once(root)).await
+    }
+
+    async fn tree_once(&self, root: &Digest) -> Result<Vec<(Digest, bytes::Bytes)>> {
         let mut stream = ContentAddressableStorageClient::new(self.conn.clone())
             .get_tree(GetTreeRequest {
                 instance_name: self.instance.clone(),
@@ -237,16 +278,20 @@ impl Cas {
         if blobs.is_empty() {
             return Ok(());
         }
-        let missing = ContentAddressableStorageClient::new(self.conn.clone())
-            .find_missing_blobs(FindMissingBlobsRequest {
-                instance_name: self.instance.clone(),
-                blob_digests: blobs.iter().map(|(d, _)| d.to_proto()).collect(),
-                digest_function: self.function.to_proto() as i32,
-            })
-            .await
-            .map_err(status("uploading outputs"))?
-            .into_inner()
-            .missing_blob_digests;
+        let request = FindMissingBlobsRequest {
+            instance_name: self.instance.clone(),
+            blob_digests: blobs.iter().map(|(d, _)| d.to_proto()).collect(),
+            digest_function: self.function.to_proto() as i32,
+        };
+        let missing = retrying("uploading outputs", || async {
+            ContentAddressableStorageClient::new(self.conn.clone())
+                .find_missing_blobs(request.clone())
+                .await
+                .map_err(status("uploading outputs"))
+        })
+        .await?
+        .into_inner()
+        .missing_blob_digests;
         let missing: std::collections::HashSet<Digest> = missing
             .iter()
             .map(|d| Digest::from_proto(self.function, Some(d), "missing blob"))
@@ -281,6 +326,16 @@ impl Cas {
     }
 
     async fn update_batch(&self, requests: Vec<batch_update_blobs_request::Request>) -> Result<()> {
+        retrying("uploading outputs", || {
+            self.update_batch_once(requests.clone())
+        })
+        .await
+    }
+
+    async fn update_batch_once(
+        &self,
+        requests: Vec<batch_update_blobs_request::Request>,
+    ) -> Result<()> {
         let response = ContentAddressableStorageClient::new(self.conn.clone())
             .batch_update_blobs(BatchUpdateBlobsRequest {
                 instance_name: self.instance.clone(),
@@ -302,6 +357,10 @@ impl Cas {
     }
 
     async fn write(&self, digest: &Digest, source: &Source) -> Result<()> {
+        retrying("uploading an output", || self.write_once(digest, source)).await
+    }
+
+    async fn write_once(&self, digest: &Digest, source: &Source) -> Result<()> {
         let resource = {
             let r = self.resource(digest);
             let (prefix, rest) = match r.find("blobs/") {

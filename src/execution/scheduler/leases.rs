@@ -87,6 +87,20 @@ impl Scheduler {
         self.store.renew(bot, now + lease / 2, now + lease).await
     }
 
+    /// Gives back every job `bot` holds but did not report (`reported`):
+    /// the response that handed it out never reached the bot (a pod died
+    /// or the connection broke on the way), so nobody runs it, and renewing
+    /// the bot's leases would keep it from expiring for ever.
+    pub async fn release_unreported(&self, bot: &str, reported: &[&str]) -> Result<()> {
+        for id in self.store.held(bot).await? {
+            if !reported.contains(&id.as_str()) {
+                tracing::warn!(job = %id, bot, "the bot does not report a lease it holds; re-queueing the job");
+                self.give_back(bot, &id).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// A worker gave a lease back unfinished: another worker gets the job.
     pub async fn give_back(&self, bot: &str, id: &str) -> Result<()> {
         if let Some(job) = self.store.requeue(id, bot, now_ms()).await? {
