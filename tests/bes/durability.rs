@@ -10,16 +10,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::suite::{config, http_json, publish};
-use crate::common::Kiln;
 use crate::common::bes::{bazel_events, progress, requests, stream_id};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::common::{Kiln, free_port};
 
 struct Child(std::process::Child);
 

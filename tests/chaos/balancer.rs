@@ -28,11 +28,7 @@ impl Haproxy {
             found.is_ok_and(|o| o.status.success()),
             "haproxy is not installed: README's test command installs Debian's haproxy"
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let servers: String = pods
             .iter()
             .enumerate()

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::free_port;
 use crate::common::s3::SeaweedFs;
 
 struct Pod {
@@ -22,14 +23,6 @@ pub struct Farm {
     pods: Vec<Pod>,
     /// Random bits for the chaos (from fresh UUIDs).
     entropy: u64,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Farm {

@@ -120,6 +120,16 @@ pub fn sha(data: &[u8]) -> Digest {
     DigestFunction::Sha256.digest_of(data)
 }
 
+/// A port nothing listens on right now (for servers a test restarts on
+/// the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Fetches `/metrics` from a server's HTTP listener.
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
