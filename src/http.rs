@@ -87,11 +87,7 @@ async fn invocation_usage(
     };
     match totals {
         Ok(t) => axum::Json(t).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "error": e.to_string() })),
-        )
-            .into_response(),
+        Err(e) => crate::bes::http::failure(e),
     }
 }
 

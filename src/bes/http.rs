@@ -25,7 +25,8 @@ pub fn router(store: Store) -> Router {
         .with_state(store)
 }
 
-fn failure(e: Error) -> Response {
+/// An error as the JSON API answers it (status code and `{"error"}`).
+pub(crate) fn failure(e: Error) -> Response {
     let status = match e {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,

@@ -18,6 +18,7 @@ mod demand;
 mod hearing;
 mod housekeeping;
 mod leases;
+mod usage_metrics;
 mod workers;
 
 use super::job::{Job, JobFilter, Platform, Stage};
@@ -51,38 +52,7 @@ pub(super) struct ExecMetrics {
     /// Age of the oldest queued job, in seconds (0 when none is queued).
     pub(super) oldest_queued_seconds: Gauge,
     /// What finished actions cost, as their workers measured it.
-    pub(super) usage: UsageMetrics,
-}
-
-/// Resource usage of finished actions (kiln.v1.ResourceUsage).
-#[derive(Debug)]
-pub(super) struct UsageMetrics {
-    /// User plus system CPU per action, in seconds.
-    cpu: Histogram,
-    /// Peak resident memory per action, in bytes.
-    max_rss: Histogram,
-    /// Block-device bytes, by direction (read, written).
-    io: Family<Vec<(&'static str, &'static str)>, Counter>,
-    /// Input-root building per action, in seconds.
-    input_fetch: Histogram,
-    /// Output upload per action, in seconds.
-    output_upload: Histogram,
-}
-
-impl UsageMetrics {
-    /// Records one action's usage.
-    pub(super) fn observe(&self, u: &crate::proto::kiln_v1::ResourceUsage) {
-        use crate::execution::usage::{bytes, cpu_seconds, seconds};
-        self.cpu.observe(cpu_seconds(u));
-        self.max_rss.observe(bytes(u.max_rss_bytes) as f64);
-        for (direction, n) in [("read", u.read_bytes), ("written", u.written_bytes)] {
-            self.io
-                .get_or_create(&vec![("direction", direction)])
-                .inc_by(bytes(n));
-        }
-        self.input_fetch.observe(seconds(&u.input_fetch));
-        self.output_upload.observe(seconds(&u.output_upload));
-    }
+    pub(super) usage: usage_metrics::UsageMetrics,
 }
 
 impl ExecMetrics {
@@ -94,39 +64,8 @@ impl ExecMetrics {
             queued_by: Family::default(),
             executing_by: Family::default(),
             oldest_queued_seconds: Gauge::default(),
-            usage: UsageMetrics {
-                cpu: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
-                max_rss: Histogram::new(exponential_buckets(1024.0 * 1024.0, 2.0, 16)),
-                io: Family::default(),
-                input_fetch: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
-                output_upload: Histogram::new(exponential_buckets(0.001, 4.0, 12)),
-            },
+            usage: usage_metrics::UsageMetrics::register(registry),
         };
-        registry.register(
-            "exec_action_cpu_seconds",
-            "User plus system CPU of each finished action, as its worker measured it",
-            m.usage.cpu.clone(),
-        );
-        registry.register(
-            "exec_action_max_rss_bytes",
-            "Peak resident memory of each finished action",
-            m.usage.max_rss.clone(),
-        );
-        registry.register(
-            "exec_action_io_bytes",
-            "Block-device bytes finished actions read and wrote",
-            m.usage.io.clone(),
-        );
-        registry.register(
-            "exec_action_input_fetch_seconds",
-            "Time workers spent building each action's input root",
-            m.usage.input_fetch.clone(),
-        );
-        registry.register(
-            "exec_action_output_upload_seconds",
-            "Time workers spent uploading each action's outputs",
-            m.usage.output_upload.clone(),
-        );
         registry.register(
             "exec_queued",
             "Jobs waiting for a worker, per platform (labels: /api/v1/platforms)",

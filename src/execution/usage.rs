@@ -93,11 +93,7 @@ pub async fn of_invocation(
                 ..Default::default()
             })
             .await?;
-        for job in page.iter().filter(|j| may_read(&j.instance)) {
-            if let Some(response) = &job.response {
-                totals.add(response);
-            }
-        }
+        totals.add_jobs(page.iter().filter(|j| may_read(&j.instance)));
         if (page.len() as u64) < PAGE {
             return Ok(totals);
         }
@@ -108,6 +104,13 @@ pub async fn of_invocation(
 }
 
 impl Totals {
+    /// Adds the finished ones of `jobs`.
+    pub fn add_jobs<'a>(&mut self, jobs: impl IntoIterator<Item = &'a crate::execution::job::Job>) {
+        for response in jobs.into_iter().filter_map(|j| j.response.as_ref()) {
+            self.add(response);
+        }
+    }
+
     /// Adds one finished job's response (an encoded ExecuteResponse).
     pub fn add(&mut self, response: &[u8]) {
         let Some(result) = ExecuteResponse::decode(response)

@@ -209,25 +209,35 @@ pub(super) async fn page(
         action_logs.push((a, parts));
     }
     let (progress_text, dropped) = super::progress::tail(&state, &id).await?;
-    let remote_jobs = match &state.scheduler {
-        Some(s) => s
-            .list(&crate::execution::job::JobFilter {
-                invocation_id: Some(id.clone()),
-                limit: REMOTE_ACTIONS,
-                ..Default::default()
-            })
-            .await?
-            .into_iter()
-            .filter(|j| auth::may_read(&state, &headers, &j.instance))
-            .collect(),
-        None => Vec::new(),
-    };
-    let cost = match &state.scheduler {
-        Some(s) if !remote_jobs.is_empty() => Some(
-            crate::execution::usage::of_invocation(s, &id, |i| auth::may_read(&state, &headers, i))
-                .await?,
-        ),
-        _ => None,
+    let may_read = |i: &str| auth::may_read(&state, &headers, i);
+    let (remote_jobs, cost) = match &state.scheduler {
+        Some(s) => {
+            let listed = s
+                .list(&crate::execution::job::JobFilter {
+                    invocation_id: Some(id.clone()),
+                    limit: REMOTE_ACTIONS,
+                    ..Default::default()
+                })
+                .await?;
+            let all_listed = (listed.len() as u64) < REMOTE_ACTIONS;
+            let jobs: Vec<_> = listed
+                .into_iter()
+                .filter(|j| may_read(&j.instance))
+                .collect();
+            // The listed jobs are all of them unless the list was cut;
+            // only then do the sums read the rest.
+            let cost = if jobs.is_empty() {
+                None
+            } else if all_listed {
+                let mut totals = crate::execution::usage::Totals::default();
+                totals.add_jobs(&jobs);
+                Some(totals)
+            } else {
+                Some(crate::execution::usage::of_invocation(s, &id, may_read).await?)
+            };
+            (jobs, cost)
+        }
+        None => (Vec::new(), None),
     };
     let profile = inv
         .tool_logs
