@@ -21,6 +21,10 @@ missing=()
 command -v bazel >/dev/null 2>&1 || missing+=(bazel-bootstrap)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# bubblewrap: the sandbox every action of `kiln worker` runs in;
+# busybox-static: the tiny root file system of the container-image tests.
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+[ -x /bin/busybox ] || missing+=(busybox-static)
 # haproxy: the real HTTP/2 load balancer in front of the chaos test's pods.
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -92,6 +96,13 @@ done
 as_postgres "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres kiln_test
 export KILN_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/kiln_test"
 
+# With arguments (a developer's shortcut), only `cargo test ARGS` runs,
+# with everything above installed and started; without, the whole run.
+if [ "$#" -gt 0 ]; then
+    echo "==> cargo test $*"
+    cargo test "$@"
+    exit 0
+fi
 echo "==> cargo fmt --check"
 cargo fmt --check
 echo "==> cargo clippy"

@@ -51,7 +51,7 @@ enum Command {
     #[command(subcommand)]
     Invocations(kiln::client::invocations::InvocationsCommand),
     /// Run actions for a kiln server (a Remote Workers API bot).
-    Worker(kiln::client::worker::WorkerArgs),
+    Worker(Box<kiln::client::worker::WorkerArgs>),
     /// Validate a config file; prints every error with its YAML path.
     CheckConfig {
         /// YAML config file.
@@ -87,7 +87,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Worker(args) => match worker(args) {
+        Command::Worker(args) => match worker(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("kiln worker: {e:#}");

@@ -70,9 +70,45 @@ fn outcome(lease: &Lease) -> Result<Outcome> {
     Ok(Outcome { result, status })
 }
 
-/// Processes the leases a bot reports and, if it is idle and healthy,
-/// waits up to `wait` for a new one; returns the session to send back and
-/// the new lease's `traceparent` (empty without one).
+/// The Worker config by which a bot says its renewals may be held open
+/// (see [`update`]): kiln's own worker sends it; other bots, which may not
+/// expect a renewal to wait, get a prompt answer as before.
+pub const RENEWAL_WAITS: (&str, &str) = ("kiln.renewal", "wait");
+
+fn renewal_waits(session: &BotSession) -> bool {
+    session.worker.as_ref().is_some_and(|w| {
+        w.configs
+            .iter()
+            .any(|c| c.key == RENEWAL_WAITS.0 && c.value == RENEWAL_WAITS.1)
+    })
+}
+
+/// Marks `lease` cancelled (and drops its payload) unless `bot` still holds
+/// it; true when it was cancelled here.
+async fn recheck(scheduler: &Scheduler, bot: &str, lease: &mut Lease) -> Result<bool> {
+    if lease.state == LeaseState::Cancelled as i32 || scheduler.holds(bot, &lease.id).await? {
+        return Ok(false);
+    }
+    lease.state = LeaseState::Cancelled as i32;
+    lease.payload = None;
+    Ok(true)
+}
+
+/// Processes the leases a bot reports and answers.
+///
+/// - A bot that reports a lease it no longer holds (cancelled, or re-queued
+///   after it went quiet) is told at once, and this answer hands it nothing
+///   new: a worker stopping a cancelled action should not have to take a
+///   new lease in the same breath (one it might drop, costing the job an
+///   attempt).
+/// - A busy bot that asked for it ([`RENEWAL_WAITS`]) has its renewal held
+///   up to `wait` (at most a third of the lease timeout) until its lease is
+///   cancelled, so a cancellation reaches it in milliseconds, not at its
+///   next renewal.
+/// - An idle, healthy bot waits up to `wait` for a new lease.
+///
+/// Returns the session to send back and the new lease's `traceparent`
+/// (empty without one).
 pub async fn update(
     scheduler: &Scheduler,
     instance: &str,
@@ -81,6 +117,7 @@ pub async fn update(
 ) -> Result<(BotSession, String)> {
     let bot = session.name.clone();
     let mut kept = Vec::new();
+    let mut ended = false;
     for mut lease in std::mem::take(&mut session.leases) {
         match LeaseState::try_from(lease.state).unwrap_or(LeaseState::Unspecified) {
             LeaseState::Completed => {
@@ -88,13 +125,9 @@ pub async fn update(
                     .complete(&bot, instance, &lease.id, outcome(&lease)?)
                     .await?
             }
-            LeaseState::Cancelled => scheduler.give_back(&bot, &lease.id).await?,
+            LeaseState::Cancelled => scheduler.give_back(&bot, &lease.id, true).await?,
             LeaseState::Pending | LeaseState::Active => {
-                if !scheduler.holds(&bot, &lease.id).await? {
-                    // Cancelled, or re-queued after this bot went quiet.
-                    lease.state = LeaseState::Cancelled as i32;
-                    lease.payload = None;
-                }
+                ended |= recheck(scheduler, &bot, &mut lease).await?;
                 kept.push(lease);
             }
             LeaseState::Unspecified => {
@@ -105,22 +138,40 @@ pub async fn update(
             }
         }
     }
-    let reported: Vec<&str> = kept
-        .iter()
-        .filter(|l| l.state != LeaseState::Cancelled as i32)
-        .map(|l| l.id.as_str())
-        .collect();
-    scheduler.release_unreported(&bot, &reported).await?;
+    let running = |kept: &[Lease]| -> Vec<String> {
+        kept.iter()
+            .filter(|l| l.state != LeaseState::Cancelled as i32)
+            .map(|l| l.id.clone())
+            .collect()
+    };
+    let reported = running(&kept);
+    let reported_refs: Vec<&str> = reported.iter().map(String::as_str).collect();
+    scheduler.release_unreported(&bot, &reported_refs).await?;
     scheduler.renew(&bot).await?;
-    let busy = kept.iter().any(|l| l.state != LeaseState::Cancelled as i32);
     let healthy = matches!(
         BotStatus::try_from(session.status).unwrap_or(BotStatus::Unspecified),
         BotStatus::Ok | BotStatus::Unspecified
     );
-    let mut trace = String::new();
     let offered = offers(session.worker.as_ref());
-    scheduler.saw_worker(&bot, &session.bot_id, instance, &offered, busy);
+    scheduler.saw_worker(
+        &bot,
+        &session.bot_id,
+        instance,
+        &offered,
+        !reported.is_empty(),
+    );
+    if !ended && healthy && reported.len() == 1 && !wait.is_zero() && renewal_waits(&session) {
+        let limit = wait.min(scheduler.settings().lease_timeout / 3);
+        if scheduler.until_released(&bot, &reported[0], limit).await? {
+            for lease in &mut kept {
+                ended |= recheck(scheduler, &bot, lease).await?;
+            }
+        }
+    }
+    let busy = !running(&kept).is_empty();
+    let mut trace = String::new();
     if !busy
+        && !ended
         && healthy
         && let Some(job) = scheduler.take(instance, &bot, &offered, wait).await?
     {

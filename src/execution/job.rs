@@ -81,11 +81,15 @@ impl Platform {
     }
 
     /// True when a worker offering `offers` may run it: every required
-    /// property is among the worker's values for that name.
+    /// property is among the worker's values for that name, or the worker
+    /// offers [`ANY_VALUE`] for it (a property it judges itself, such as a
+    /// network request or a container image).
     pub fn satisfied_by(&self, offers: &Offers) -> bool {
-        self.0
-            .iter()
-            .all(|(k, v)| offers.get(k).is_some_and(|values| values.contains(v)))
+        self.0.iter().all(|(k, v)| {
+            offers
+                .get(k)
+                .is_some_and(|values| values.contains(v) || values.contains(ANY_VALUE))
+        })
     }
 }
 
@@ -98,6 +102,9 @@ impl std::fmt::Display for Platform {
         f.write_str(&parts.join(","))
     }
 }
+
+/// The value a worker offers for a property it accepts with any value.
+pub const ANY_VALUE: &str = "*";
 
 /// What a worker offers: each property name with every value it has (a
 /// worker may offer several, e.g. two ISAs).

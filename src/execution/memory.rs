@@ -149,7 +149,7 @@ impl JobStore for MemoryJobStore {
         Ok(Some(done))
     }
 
-    async fn requeue(&self, id: &str, bot: &str, now: i64) -> Result<Option<Job>> {
+    async fn requeue(&self, id: &str, bot: &str, now: i64, refund: bool) -> Result<Option<Job>> {
         let mut s = self.state();
         let Some(job) = s.jobs.get_mut(id) else {
             return Ok(None);
@@ -160,6 +160,9 @@ impl JobStore for MemoryJobStore {
         job.stage = Stage::Queued;
         job.bot = None;
         job.ready_at = now;
+        if refund {
+            job.attempts = job.attempts.saturating_sub(1);
+        }
         job.version += 1;
         Ok(Some(job.clone()))
     }

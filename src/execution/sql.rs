@@ -416,9 +416,14 @@ impl JobStore for SqlJobStore {
         self.announced(row.as_ref().map(job_from_row).transpose())
     }
 
-    async fn requeue(&self, id: &str, bot: &str, now: i64) -> Result<Option<Job>> {
+    async fn requeue(&self, id: &str, bot: &str, now: i64, refund: bool) -> Result<Option<Job>> {
+        let refund = if refund {
+            ", attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
+        } else {
+            ""
+        };
         let sql = format!(
-            "UPDATE exec_jobs SET stage = 2, bot = NULL, ready_at = $1, version = version + 1 \
+            "UPDATE exec_jobs SET stage = 2, bot = NULL, ready_at = $1, version = version + 1{refund} \
              WHERE id = $2 AND stage = 3 AND bot = $3 RETURNING {COLUMNS}"
         );
         let row = sqlx::query(AssertSqlSafe(sql))

@@ -54,8 +54,11 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
         now: i64,
     ) -> Result<Option<Job>>;
 
-    /// Puts a job `bot` holds back in the queue, counting the attempt.
-    async fn requeue(&self, id: &str, bot: &str, now: i64) -> Result<Option<Job>>;
+    /// Puts a job `bot` holds back in the queue. `refund` gives back the
+    /// attempt its claim counted: a lease the bot gave back (never received,
+    /// cancelled around it, or drained) is not the job's failure; an expired
+    /// one (its worker vanished, perhaps because of the action) counts.
+    async fn requeue(&self, id: &str, bot: &str, now: i64, refund: bool) -> Result<Option<Job>>;
 
     /// Executing jobs whose lease ran out before `now`.
     async fn expired_leases(&self, now: i64) -> Result<Vec<Job>>;
@@ -200,10 +203,20 @@ mod tests {
             "bot1's leases were renewed, bot2's not"
         );
         assert!(
-            store.requeue("b", "bot1", 6000).await.unwrap().is_none(),
+            store
+                .requeue("b", "bot1", 6000, false)
+                .await
+                .unwrap()
+                .is_none(),
             "not bot1's"
         );
-        let b = store.requeue("b", "bot2", 6000).await.unwrap().unwrap();
+        let attempts = store.get("b").await.unwrap().unwrap().attempts;
+        let b = store
+            .requeue("b", "bot2", 6000, true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.attempts, attempts - 1, "a give-back refunds the attempt");
         assert_eq!(
             (b.stage, b.ready_at, b.bot.clone()),
             (Stage::Queued, 6000, None)

@@ -39,6 +39,7 @@ impl WorkerProc {
             .arg(format!("--instance={instance}"))
             .arg(format!("--work-dir={}", dir.path().display()))
             .arg(format!("--bot-id={bot_id}"))
+            .arg(format!("--sandbox-rw={}", marker_root().display()))
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -53,7 +54,7 @@ impl WorkerProc {
 
     /// Starts `kiln worker` as the unprivileged `uid`/`gid` (so the test
     /// needs root), with a work dir that user owns.
-    pub fn start_as(uid: u32, gid: u32, url: &str, bot_id: &str) -> WorkerProc {
+    pub fn start_as(uid: u32, gid: u32, url: &str, bot_id: &str, extra: &[&str]) -> WorkerProc {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         set_mode(dir.path(), 0o755);
@@ -65,6 +66,7 @@ impl WorkerProc {
             .arg(format!("--server={}", url.replace("http://", "grpc://")))
             .arg(format!("--work-dir={}", dir.path().display()))
             .arg(format!("--bot-id={bot_id}"))
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -256,10 +258,19 @@ fn set_mode(path: &std::path::Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// Where test workers let actions write marker files: the one host path
+/// their sandboxes share writable (`--sandbox-rw`).
+pub fn marker_root() -> std::path::PathBuf {
+    let root = std::env::temp_dir().join("kiln-test-markers");
+    std::fs::create_dir_all(&root).unwrap();
+    set_mode(&root, 0o1777);
+    root
+}
+
 /// A temp dir that actions may write marker files into (as the worker's
-/// action user, not the test's).
+/// action user, not the test's), visible inside their sandboxes.
 pub fn action_writable_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir_in(marker_root()).unwrap();
     set_mode(dir.path(), 0o1777);
     dir
 }
@@ -280,4 +291,64 @@ pub async fn wait_for_file(path: &Path, within: Duration) -> String {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The host pids of running processes whose command line contains
+/// `marker` (actions run in PID namespaces of their own, so a pid an action
+/// reports about itself means nothing outside; a unique marker in an
+/// argument finds it from the host).
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() as i32 {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let running = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().to_string()))
+            .is_some_and(|r| !r.starts_with('Z'));
+        if running && String::from_utf8_lossy(&cmdline).contains(marker) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Waits until some process's command line contains `marker`.
+pub async fn wait_for_process(marker: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while processes_with(marker).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no process with {marker:?} started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until no process's command line contains `marker`; returns how
+/// long that took.
+pub async fn wait_no_process(marker: &str, within: Duration) -> Duration {
+    let started = tokio::time::Instant::now();
+    while !processes_with(marker).is_empty() {
+        assert!(
+            started.elapsed() < within,
+            "a process with {marker:?} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
 }

@@ -15,6 +15,7 @@ use tonic_types::StatusExt;
 
 use crate::common::exec::{
     Spec, WorkerProc, execute, metadata, response, spawn_execute, upload, wait_for_file,
+    wait_for_process, wait_no_process,
 };
 use crate::common::{Kiln, sha};
 
@@ -231,8 +232,8 @@ async fn run(database: &str, restartable: bool) {
     );
 
     // Cancelling a sleeping action kills it.
-    let pid_file = tmp.path().join("sleeper.pid");
-    let script = format!("echo $$ > {}; sleep 60", pid_file.display());
+    let marker = format!("60.{}", std::process::id());
+    let script = format!("sleep {marker}");
     let spec = Spec {
         argv: vec!["/bin/sh", "-c", &script],
         salt: "cancel",
@@ -240,8 +241,7 @@ async fn run(database: &str, restartable: bool) {
     };
     let digest = upload(&ch, i, &spec).await;
     let call = spawn_execute(&ch, i, digest, 0);
-    let pid = wait_for_file(&pid_file, Duration::from_secs(20)).await;
-    let pid = pid.trim();
+    wait_for_process(&format!("sleep\0{marker}"), Duration::from_secs(20)).await;
     let mut ops_client = OperationsClient::new(ch.clone());
     let listed = ops_client
         .list_operations(ListOperationsRequest {
@@ -263,14 +263,7 @@ async fn run(database: &str, restartable: bool) {
     let ops = call.await.unwrap().unwrap();
     let status = response(ops.last().unwrap()).status.unwrap();
     assert_eq!(status.code, Code::Cancelled as i32, "{status:?}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the cancelled action still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_no_process(&format!("sleep\0{marker}"), Duration::from_secs(10)).await;
     let got = ops_client
         .get_operation(GetOperationRequest {
             name: listed[0].name.clone(),

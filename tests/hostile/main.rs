@@ -8,6 +8,7 @@
 mod common;
 
 mod authz;
+mod confinement;
 mod integrity;
 mod memory;
 mod startup;

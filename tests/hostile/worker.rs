@@ -172,14 +172,16 @@ async fn an_action_cannot_change_what_the_next_one_reads() {
     assert_eq!(stdout_of(&kiln, &done).await.as_bytes(), original);
 }
 
-/// A worker that is not root runs actions as itself, so an action can
-/// reach the cache directory and rewrite a cached file there: the next
-/// action still reads the original, because copies out of the cache are
-/// re-verified.
+/// A worker that is not root, and runs without a sandbox, runs actions as
+/// itself, so an action can reach the cache directory and rewrite a cached
+/// file there: the next action still reads the original, because copies
+/// out of the cache are re-verified. (In the sandbox the cache is not even
+/// visible: see confinement.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unprivileged_workers_cache_cannot_be_poisoned() {
     let kiln = Kiln::start(&config()).await;
-    let _worker = WorkerProc::start_as(65534, 65534, &kiln.url, "unprivileged");
+    let _worker =
+        WorkerProc::start_as(65534, 65534, &kiln.url, "unprivileged", &["--sandbox=none"]);
     let original = b"cached input, shared by actions\n";
     // The action's cwd is WORK/runs/RUN/root: the cache is three levels up.
     let tamper = Spec {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use prost::Message;
 
 use super::cas::Cas;
-use super::{Ctx, confine, inputs, outputs, run};
+use super::{Ctx, confine, inputs, outputs, run, sandbox};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result};
 use crate::proto::reapi::{Action, ActionResult, Command, ExecutedActionMetadata};
@@ -29,12 +29,38 @@ fn lease_function(lease: &Lease) -> DigestFunction {
         .unwrap_or(DigestFunction::Sha256)
 }
 
-/// Builds the input root, runs the command and uploads its outputs.
+/// The platform properties a lease requires.
+fn lease_properties(lease: &Lease) -> Vec<(String, String)> {
+    lease
+        .requirements
+        .as_ref()
+        .map(|w| {
+            w.properties
+                .iter()
+                .map(|p| (p.key.clone(), p.value.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Output collection gets what is left of the action's timeout, but at
+/// least this (a command that used its whole timeout still has its
+/// outputs collected, within bounds).
+const MIN_COLLECTION: Duration = Duration::from_secs(30);
+
+/// Builds the input root, runs the command and uploads its outputs, as the
+/// user of slot `slot`.
 pub(super) async fn execute(
     ctx: &Ctx,
     lease: &Lease,
+    slot: usize,
 ) -> Result<(ActionResult, tonic_types::pb::Status)> {
+    let user = ctx.users.get(slot).copied().flatten();
     let function = lease_function(lease);
+    let wants = sandbox::Wants {
+        network: sandbox::Wants::network_of(&lease_properties(lease))?,
+        rootfs: None,
+    };
     let cas = Cas::new(ctx.conn.clone(), ctx.instance.clone(), function);
     let payload = lease
         .payload
@@ -80,7 +106,7 @@ pub(super) async fn execute(
         .join(format!("{}-{}", lease.id, uuid::Uuid::new_v4()));
     let root = run_dir.join("root");
     let _cleanup = RemoveOnDrop(run_dir.clone());
-    inputs::materialize(&cas, &ctx.cache, &input_root, &root, ctx.user).await?;
+    inputs::materialize(&cas, &ctx.cache, &input_root, &root, user).await?;
     let root = std::fs::canonicalize(&root)
         .map_err(|e| Error::io(format!("resolving {}", root.display()), e))?;
     // The working directory and every output's parent are made inside the
@@ -93,10 +119,11 @@ pub(super) async fn execute(
         .chain(&command.output_paths)
     {
         if let Some(parent) = cwd_rel.join(out).parent() {
-            confine::mkdirs_within(&root, parent, ctx.user)?;
+            confine::mkdirs_within(&root, parent, user)?;
         }
     }
-    let cwd = confine::mkdirs_within(&root, cwd_rel, ctx.user)?;
+    let cwd = confine::mkdirs_within(&root, cwd_rel, user)?;
+    let (sandbox_prefix, inside_cwd) = ctx.sandbox.prefix(&root, cwd_rel, &wants)?;
     meta.input_fetch_completed_timestamp = timestamp();
     let timeout = action
         .timeout
@@ -107,10 +134,13 @@ pub(super) async fn execute(
     let (stdout, stderr) = run::log_paths(&run_dir);
     meta.execution_start_timestamp = timestamp();
     let launch = run::Launch {
+        sandbox: &sandbox_prefix,
+        inside_cwd: &inside_cwd,
         runner: &ctx.runner,
         measure: ctx.measure.as_deref(),
-        user: ctx.user,
+        user,
     };
+    let started = tokio::time::Instant::now();
     let ran = run::run(&command, &cwd, launch, timeout, &stdout, &stderr).await?;
     meta.execution_completed_timestamp = timestamp();
     meta.output_upload_start_timestamp = timestamp();
@@ -131,9 +161,24 @@ pub(super) async fn execute(
             }
         }
     };
-    outputs::collect(&cas, &command, &root, &cwd, &mut result).await?;
-    result.stdout_digest = Some(outputs::log(&cas, &stdout).await?.to_proto());
-    result.stderr_digest = Some(outputs::log(&cas, &stderr).await?.to_proto());
+    // Every process of the action is gone now; what it left is read from
+    // the root's descriptor, within what remains of its timeout.
+    let left = timeout
+        .saturating_sub(started.elapsed())
+        .max(MIN_COLLECTION);
+    let collect = async {
+        let exec_root = std::sync::Arc::new(outputs::Root::open(&root)?);
+        let mut budget = outputs::Budget::new(ctx.max_output);
+        budget = outputs::collect(&cas, &command, exec_root, cwd_rel, budget, &mut result).await?;
+        result.stdout_digest = Some(outputs::log(&cas, &stdout, &mut budget).await?.to_proto());
+        result.stderr_digest = Some(outputs::log(&cas, &stderr, &mut budget).await?.to_proto());
+        Ok::<_, Error>(())
+    };
+    tokio::time::timeout(left, collect).await.map_err(|_| {
+        Error::DeadlineExceeded(format!(
+            "collecting the action's outputs took longer than its timeout ({timeout:?}, at least {MIN_COLLECTION:?} for collection)"
+        ))
+    })??;
     meta.output_upload_completed_timestamp = timestamp();
     meta.worker_completed_timestamp = timestamp();
     if let Some(usage) = ran.usage {

@@ -32,6 +32,21 @@ pub enum Source {
     Bytes(bytes::Bytes),
     /// A file on disk.
     File(PathBuf),
+    /// An output: a file beneath an exec root, opened only through it.
+    Beneath(std::sync::Arc<super::outputs::Root>, PathBuf),
+}
+
+impl Source {
+    /// Opens a file source for reading.
+    fn open(&self) -> Result<std::fs::File> {
+        match self {
+            Source::File(p) => {
+                std::fs::File::open(p).map_err(|e| Error::io(format!("opening {}", p.display()), e))
+            }
+            Source::Beneath(root, rel) => root.open_file(rel),
+            Source::Bytes(_) => Err(Error::internal("opening an in-memory source")),
+        }
+    }
 }
 
 /// Tries of one CAS call while the server is unavailable: with the waits
@@ -369,8 +384,8 @@ impl Cas {
             };
             format!("{prefix}uploads/{}/{rest}", uuid::Uuid::new_v4())
         };
-        let path = match source {
-            Source::File(p) => p.clone(),
+        let file = match source {
+            Source::File(_) | Source::Beneath(..) => tokio::fs::File::from_std(source.open()?),
             Source::Bytes(b) => {
                 // Large in-memory sources do not occur; upload them in one message.
                 let request = WriteRequest {
@@ -386,9 +401,6 @@ impl Cas {
                 return Ok(());
             }
         };
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         // Streamed chunk by chunk; a final empty message at the end offset
         // finishes the write (a short or failed read makes the server refuse
         // the upload, as the size will not match).
@@ -427,10 +439,18 @@ impl Cas {
 async fn read_source(source: &Source) -> Result<bytes::Bytes> {
     match source {
         Source::Bytes(b) => Ok(b.clone()),
-        Source::File(p) => tokio::fs::read(p)
+        Source::File(_) | Source::Beneath(..) => {
+            let mut file = source.open()?;
+            tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut data = Vec::new();
+                file.read_to_end(&mut data)
+                    .map(|_| bytes::Bytes::from(data))
+                    .map_err(|e| Error::io("reading an output", e))
+            })
             .await
-            .map(bytes::Bytes::from)
-            .map_err(|e| Error::io(format!("reading {}", p.display()), e)),
+            .map_err(|e| Error::internal(format!("reading an output: {e}")))?
+        }
     }
 }
 

@@ -1,11 +1,14 @@
 //! How `kiln worker` keeps actions in their own directory and away from
 //! what the worker owns (its input cache, its token).
 //!
-//! - A worker running as root runs actions as another user (`--action-user`,
-//!   default `nobody`). The input cache, the hard-linked inputs and the token
-//!   file stay root's: an action can read its inputs but can neither change
-//!   them (they are 0444/0555 and not its own, so it cannot chmod them) nor
-//!   reach the cache directory (0700) or a 0600 token file.
+//! - A worker running as root runs each slot's actions as a uid of its own
+//!   from `--action-uids` (or all as `--action-user`). The input cache, the
+//!   hard-linked inputs and the token file stay root's: an action can read
+//!   its inputs but can neither change them (they are 0444/0555 and not its
+//!   own, so it cannot chmod them) nor reach the cache directory (0700) or a
+//!   0600 token file; and concurrent actions, having different uids, cannot
+//!   signal, trace or write each other. The sandbox (see [`super::sandbox`])
+//!   hides all of it besides.
 //! - A worker that is not root cannot switch users: actions run as the
 //!   worker's user, inputs are copied out of the cache (never hard-linked)
 //!   and every cached file is re-hashed as it is copied, so one action
@@ -83,6 +86,44 @@ pub fn action_user(arg: Option<&str>) -> Result<Option<ActionUser>> {
         ));
     }
     Ok(Some(user))
+}
+
+/// Who each of `slots` slots runs actions as: everyone as `--action-user`
+/// when given; else, for a root worker, one uid (and equal gid) per slot
+/// from the pool `uids` (`FIRST-LAST`); else the worker itself.
+pub fn action_users(
+    user: Option<&str>,
+    uids: &str,
+    slots: usize,
+) -> Result<Vec<Option<ActionUser>>> {
+    if user.is_some() || own_uid() != 0 {
+        return Ok(vec![action_user(user)?; slots]);
+    }
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "--action-uids {uids:?}: expected FIRST-LAST, two uids above 0"
+        ))
+    };
+    let (first, last) = uids.split_once('-').ok_or_else(bad)?;
+    let (first, last): (u32, u32) = (
+        first.trim().parse().map_err(|_| bad())?,
+        last.trim().parse().map_err(|_| bad())?,
+    );
+    if first == 0 || last < first {
+        return Err(bad());
+    }
+    let size = (last - first) as usize + 1;
+    if size < slots {
+        return Err(Error::InvalidArgument(format!(
+            "--action-uids {uids:?} has {size} uids for {slots} slots (--concurrency): each slot needs its own"
+        )));
+    }
+    Ok((0..slots)
+        .map(|n| {
+            let id = first + n as u32;
+            Some(ActionUser { uid: id, gid: id })
+        })
+        .collect())
 }
 
 /// Refuses a token file that the action user could read; warns when the

@@ -196,6 +196,15 @@ pub async fn materialize(
             Ok((d, dir))
         })
         .collect::<Result<_>>()?;
+    // Counted before anything touches the disk: a small Merkle tree can
+    // name one directory many times, and each is made anew.
+    let expanded = expansion(cas.function(), root, &directories)?;
+    if expanded.entries > MAX_INPUT_ENTRIES as u64 {
+        return Err(Error::InvalidArgument(format!(
+            "the input root expands to {} files, directories and symlinks: expected at most {MAX_INPUT_ENTRIES}",
+            expanded.entries
+        )));
+    }
     // Walk the tree: create directories and symlinks, note files.
     let mut files: Vec<(Digest, bool, PathBuf)> = Vec::new();
     let mut stack = vec![(*root, dest.to_path_buf())];
@@ -252,6 +261,76 @@ pub async fn materialize(
     Err(Error::Unavailable(
         "the input cache keeps evicting this action's inputs: raise --cache-size".into(),
     ))
+}
+
+/// What an input root expands to on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Expansion {
+    /// Files, directories and symlinks (saturating).
+    entries: u64,
+    /// Bytes of files, each place a file appears counted (saturating).
+    bytes: u64,
+}
+
+/// Counts what `root` expands to from its Directory messages alone, each
+/// distinct directory once (memoised, iteratively: no recursion to
+/// overflow, no work proportional to the expansion).
+fn expansion(
+    function: crate::digest::DigestFunction,
+    root: &Digest,
+    directories: &HashMap<Digest, Directory>,
+) -> Result<Expansion> {
+    let mut done: HashMap<Digest, Expansion> = HashMap::new();
+    let mut open = std::collections::HashSet::new();
+    let mut stack = vec![*root];
+    while let Some(&at) = stack.last() {
+        if done.contains_key(&at) {
+            stack.pop();
+            continue;
+        }
+        let dir = directories
+            .get(&at)
+            .ok_or_else(|| Error::NotFound(format!("input directory {at} is not in the CAS")))?;
+        let mut children = Vec::with_capacity(dir.directories.len());
+        for sub in &dir.directories {
+            children.push(Digest::from_proto(
+                function,
+                sub.digest.as_ref(),
+                "input directory",
+            )?);
+        }
+        let waiting: Vec<Digest> = children
+            .iter()
+            .filter(|c| !done.contains_key(*c))
+            .copied()
+            .collect();
+        if !waiting.is_empty() {
+            if !open.insert(at) {
+                return Err(Error::InvalidArgument(format!(
+                    "input directory {at} contains itself"
+                )));
+            }
+            stack.extend(waiting);
+            continue;
+        }
+        let mut total = Expansion {
+            entries: (dir.files.len() + dir.symlinks.len() + dir.directories.len()) as u64,
+            bytes: 0,
+        };
+        for f in &dir.files {
+            let d = Digest::from_proto(function, f.digest.as_ref(), "input file")?;
+            total.bytes = total.bytes.saturating_add(d.size);
+        }
+        for c in &children {
+            let sub = done[c];
+            total.entries = total.entries.saturating_add(sub.entries);
+            total.bytes = total.bytes.saturating_add(sub.bytes);
+        }
+        open.remove(&at);
+        done.insert(at, total);
+        stack.pop();
+    }
+    Ok(done[root])
 }
 
 /// Downloads into the cache those of `files` it lacks.
@@ -331,6 +410,40 @@ fn copy_verified(digest: &Digest, cached: &Path, dest: &Path, verify: bool) -> R
 mod tests {
     use super::*;
     use crate::digest::DigestFunction;
+
+    #[test]
+    fn a_dag_bomb_is_counted_without_expanding_it() {
+        let f = DigestFunction::Sha256;
+        let mut directories = HashMap::new();
+        let leaf = Directory {
+            files: vec![crate::proto::reapi::FileNode {
+                name: "f".into(),
+                digest: Some(f.digest_of(b"x").to_proto()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut below = f.digest_of(&leaf.encode_to_vec());
+        directories.insert(below, leaf);
+        // 60 levels, each naming the one below twice: 2^60 leaves.
+        for _ in 0..60 {
+            let node = |name: &str| crate::proto::reapi::DirectoryNode {
+                name: name.into(),
+                digest: Some(below.to_proto()),
+            };
+            let dir = Directory {
+                directories: vec![node("a"), node("b")],
+                ..Default::default()
+            };
+            below = f.digest_of(&dir.encode_to_vec());
+            directories.insert(below, dir);
+        }
+        let started = std::time::Instant::now();
+        let e = expansion(f, &below, &directories).unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(e.entries > 1u64 << 60, "{e:?}");
+        assert_eq!(e.bytes, 1u64 << 60);
+    }
 
     #[test]
     fn a_tampered_cache_file_is_never_copied_out() {

@@ -12,6 +12,7 @@ mod inputs;
 mod measure;
 mod outputs;
 mod run;
+mod sandbox;
 
 pub use measure::measure_action;
 
@@ -34,8 +35,13 @@ use crate::proto::remoteworkers::{
 };
 use inputs::FileCache;
 
-/// How often a busy slot renews its lease (and learns of cancellation).
+/// How often a busy slot renews its lease when the server answers
+/// renewals at once (kiln holds them open until a cancellation).
 const KEEPALIVE: Duration = Duration::from_secs(1);
+/// When the first renewal of a lease goes out: late enough that short
+/// actions need none, early enough that a cancellation still stops any
+/// action well within a second.
+const FIRST_RENEWAL: Duration = Duration::from_millis(200);
 
 /// Command-line options of `kiln worker`.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,16 +81,47 @@ pub struct WorkerArgs {
     /// CA certificate (PEM) to trust for grpcs://.
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
-    /// Run each command through this sandbox prefix, e.g.
-    /// "bwrap --dev-bind / / --unshare-net" (the command's arguments follow).
+    /// Run each command through this prefix, inside the sandbox, e.g.
+    /// "/usr/bin/env LANG=C" (the command's arguments follow).
     #[arg(long)]
     pub runner: Option<String>,
+    /// How actions are confined: `bwrap` (each in a bubblewrap sandbox of its
+    /// own: PID, mount, network, IPC and UTS namespaces, a read-only view of
+    /// the host) or `none` (unconfined: a warning at start, and the worker is
+    /// shown as unsandboxed on /operations).
+    #[arg(long, default_value = "bwrap")]
+    pub sandbox: String,
+    /// The bubblewrap program.
+    #[arg(long, default_value = "bwrap")]
+    pub bwrap: String,
+    /// A host path actions see read-only; repeat it. Default: /usr, /bin,
+    /// /sbin, /lib*, /opt and /etc (credentials under /etc masked).
+    #[arg(long = "sandbox-ro")]
+    pub sandbox_ro: Vec<PathBuf>,
+    /// A host path every action may write (a shared cache the operator
+    /// trusts all actions with, such as a ccache directory); repeat it.
+    /// Nothing is writable by default but the action's own exec root and /tmp.
+    #[arg(long = "sandbox-rw")]
+    pub sandbox_rw: Vec<PathBuf>,
+    /// Let actions that ask for it (platform property network=on,
+    /// dockerNetwork=standard or requires-network) reach the network.
+    #[arg(long)]
+    pub allow_network: bool,
     /// Who actions run as: `self` (the worker's own user), a user name, or
-    /// `UID[:GID]`. Default: `nobody` when the worker runs as root (so actions
-    /// cannot change the shared input cache or read the token file), `self`
-    /// otherwise (inputs are then copied and re-verified instead of linked).
+    /// `UID[:GID]`, for every slot. Default: when the worker runs as root, a
+    /// uid of its own per slot from --action-uids (so concurrent actions
+    /// cannot reach each other, the shared input cache or the token file);
+    /// `self` otherwise (inputs are then copied and re-verified).
     #[arg(long)]
     pub action_user: Option<String>,
+    /// The pool of uids (and equal gids) a root worker runs actions as, one
+    /// per slot: FIRST-LAST.
+    #[arg(long, default_value = "1000000-1000255")]
+    pub action_uids: String,
+    /// Most bytes of outputs one action may leave (apparent sizes: a sparse
+    /// file counts at its length), e.g. 16GiB.
+    #[arg(long, default_value = "16GiB")]
+    pub max_output_size: String,
     /// Run commands unmeasured: no `kiln-measure` helper, so results carry
     /// no kiln.v1.ResourceUsage (saves about a millisecond per action).
     #[arg(long)]
@@ -176,10 +213,14 @@ struct Ctx {
     cache: FileCache,
     runs: PathBuf,
     runner: Vec<String>,
+    /// How actions are confined.
+    sandbox: sandbox::Sandbox,
+    /// Most bytes of outputs one action may leave.
+    max_output: u64,
     /// `kiln-measure`, when actions run measured.
     measure: Option<PathBuf>,
-    /// Who actions run as, when not the worker itself.
-    user: Option<confine::ActionUser>,
+    /// Who each slot's actions run as, when not the worker itself.
+    users: Vec<Option<confine::ActionUser>>,
     /// Turns to `Some(deadline)` when the worker drains: no new leases, and
     /// running ones are given back once the deadline passes.
     drain: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
@@ -189,10 +230,27 @@ struct Ctx {
 
 /// Runs the worker until SIGINT or SIGTERM.
 pub async fn run(args: WorkerArgs) -> Result<()> {
-    let user = confine::action_user(args.action_user.as_deref())?;
+    let concurrency = args.concurrency.max(1);
+    let users = confine::action_users(args.action_user.as_deref(), &args.action_uids, concurrency)?;
+    let user = users[0];
     if let Some(path) = &args.token_file {
         confine::check_token_file(path, user)?;
     }
+    let sandbox = sandbox::Sandbox::new(
+        &args.sandbox,
+        &args.bwrap,
+        &args.sandbox_ro,
+        &args.sandbox_rw,
+        args.allow_network,
+    )?;
+    if let sandbox::Sandbox::None = sandbox {
+        tracing::warn!(
+            "--sandbox none: actions run unconfined; they can see the host, each other's processes and the network, and a process they leave behind can outlive them"
+        );
+    }
+    let max_output = crate::config::ByteSize::parse(&args.max_output_size)
+        .map_err(|e| Error::InvalidArgument(format!("--max-output-size: {e}")))?
+        .0;
     let conn = connect(&args).await?;
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
@@ -214,7 +272,9 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         Some(u) => tracing::info!(
             uid = u.uid,
             gid = u.gid,
-            "actions run as another user; inputs are hard-linked"
+            slots = concurrency,
+            sandbox = sandbox.name(),
+            "actions run as other users; inputs are hard-linked"
         ),
         None => tracing::warn!(
             "actions run as the worker's own user; inputs are copied and re-verified (run the worker as root for hard links)"
@@ -234,7 +294,9 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             .unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         properties: args.properties.clone(),
         cache,
-        user,
+        users,
+        sandbox,
+        max_output,
         commands: moka::future::Cache::builder()
             .max_capacity(32 << 20)
             .weigher(|_: &Digest, b: &bytes::Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
@@ -252,7 +314,7 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             .unwrap_or_default(),
     });
     tracing::info!(server = %args.server, instance = %args.instance, concurrency = args.concurrency, bot = %ctx.bot_id, "kiln worker starting");
-    let slots: Vec<_> = (0..args.concurrency.max(1))
+    let slots: Vec<_> = (0..concurrency)
         .map(|n| tokio::spawn(slot(ctx.clone(), n)))
         .collect();
     shutdown_signal().await;
@@ -292,15 +354,27 @@ impl Ctx {
     }
 
     fn worker(&self) -> Worker {
+        let property = |k: &str, v: &str| worker::Property {
+            key: k.into(),
+            value: v.into(),
+        };
+        let mut properties: Vec<worker::Property> = self
+            .properties
+            .iter()
+            .map(|(k, v)| property(k, v))
+            .collect();
+        // What the worker itself takes care of: its sandbox, and network
+        // requests (any value: the worker refuses what it does not allow).
+        properties.push(property(sandbox::SANDBOX_PROPERTY, self.sandbox.name()));
+        for name in sandbox::NETWORK_PROPERTIES {
+            properties.push(property(name, crate::execution::job::ANY_VALUE));
+        }
         Worker {
-            properties: self
-                .properties
-                .iter()
-                .map(|(k, v)| worker::Property {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
+            configs: vec![worker::Config {
+                key: crate::execution::bots::RENEWAL_WAITS.0.into(),
+                value: crate::execution::bots::RENEWAL_WAITS.1.into(),
+            }],
+            properties,
             ..Default::default()
         }
     }
@@ -349,24 +423,27 @@ async fn slot(ctx: Arc<Ctx>, n: usize) {
             .and_then(|v| v.to_str().ok())
             .map(String::from);
         let mut session = response.into_inner();
-        let lease = session
+        let mut next = session
             .leases
             .iter()
             .find(|l| l.state == LeaseState::Pending as i32)
             .cloned();
         session.leases.clear();
-        if let Some(lease) = lease {
+        let mut trace = trace;
+        // A lease handed out with the news that the previous one was
+        // cancelled is run next, not dropped.
+        while let Some(lease) = next.take() {
             let span = tracing::info_span!("worker.run", otel.name = "run action", lease = %lease.id, bot = %bot_id);
-            if let Some(tp) = trace {
+            if let Some(tp) = trace.take() {
                 let mut carrier = std::collections::HashMap::new();
                 carrier.insert("traceparent".to_string(), tp);
                 let parent =
                     opentelemetry::global::get_text_map_propagator(|p| p.extract(&carrier));
                 let _ = span.set_parent(parent);
             }
-            if let Some(done) = work(&ctx, &session, lease).instrument(span).await {
-                session.leases.push(done);
-            }
+            let ended = work(&ctx, &session, lease, n).instrument(span).await;
+            session.leases.extend(ended.report);
+            next = ended.next;
         }
         // A draining bot reports BOT_TERMINATING: the server hands it no
         // new lease and answers at once.
@@ -401,14 +478,23 @@ async fn slot(ctx: Arc<Ctx>, n: usize) {
     }
 }
 
-/// Runs a lease while renewing it; returns the finished lease to report,
-/// or None when the server cancelled it (the run is killed).
-async fn work(ctx: &Ctx, session: &BotSession, lease: Lease) -> Option<Lease> {
+/// How a lease's run ended.
+struct Ended {
+    /// What to report: the finished or given-back lease (none when the
+    /// server cancelled it).
+    report: Vec<Lease>,
+    /// A lease the server handed out in the answer that cancelled this one.
+    next: Option<Lease>,
+}
+
+/// Runs a lease while renewing it. Renewals are held open by kiln (the
+/// worker says it may, see `execution::bots::RENEWAL_WAITS`), so one is
+/// always in flight and a cancellation arrives the moment it happens; the
+/// run is then dropped, which kills the action's whole process tree.
+async fn work(ctx: &Ctx, session: &BotSession, lease: Lease, slot: usize) -> Ended {
     let id = lease.id.clone();
-    let run = action::execute(ctx, &lease);
+    let run = action::execute(ctx, &lease, slot);
     tokio::pin!(run);
-    let mut tick = tokio::time::interval(KEEPALIVE);
-    tick.tick().await;
     let mut drain = ctx.drain.clone();
     let given_back = async move {
         let _ = drain.wait_for(Option::is_some).await;
@@ -416,17 +502,46 @@ async fn work(ctx: &Ctx, session: &BotSession, lease: Lease) -> Option<Lease> {
         tokio::time::sleep_until(deadline).await;
     };
     tokio::pin!(given_back);
+    // Leases handed to this busy slot by mistake go back at the next renewal.
+    let mut strays: Vec<Lease> = Vec::new();
+    let renew = |after: Duration, strays: Vec<Lease>| {
+        let mut leases = vec![Lease {
+            id: id.clone(),
+            state: LeaseState::Active as i32,
+            ..Default::default()
+        }];
+        leases.extend(strays);
+        let request = UpdateBotSessionRequest {
+            name: session.name.clone(),
+            bot_session: Some(BotSession {
+                worker: Some(ctx.worker()),
+                status: BotStatus::Ok as i32,
+                leases,
+                ..session.clone()
+            }),
+            update_mask: None,
+        };
+        let mut bots = ctx.bots();
+        async move {
+            tokio::time::sleep(after).await;
+            let sent = tokio::time::Instant::now();
+            (bots.update_bot_session(request).await, sent)
+        }
+    };
+    let mut renewal = Box::pin(renew(FIRST_RENEWAL, Vec::new()));
     loop {
         tokio::select! {
             () = &mut given_back => {
                 tracing::info!(lease = %id, "drain timeout: giving the lease back");
-                // Dropping the run kills the action's process group; the
+                // Dropping the run kills the action's process tree; the
                 // server re-queues a given-back lease at once.
-                return Some(Lease {
+                let mut report = vec![Lease {
                     id,
                     state: LeaseState::Cancelled as i32,
                     ..Default::default()
-                });
+                }];
+                report.extend(strays);
+                return Ended { report, next: None };
             }
             done = &mut run => {
                 let (result, status) = match done {
@@ -436,7 +551,7 @@ async fn work(ctx: &Ctx, session: &BotSession, lease: Lease) -> Option<Lease> {
                         (None, e.to_rpc_status())
                     }
                 };
-                return Some(Lease {
+                let mut report = vec![Lease {
                     id,
                     state: LeaseState::Completed as i32,
                     result: result.map(|r| prost_types::Any {
@@ -445,29 +560,46 @@ async fn work(ctx: &Ctx, session: &BotSession, lease: Lease) -> Option<Lease> {
                     }),
                     status: Some(status),
                     ..Default::default()
-                });
+                }];
+                report.extend(strays);
+                return Ended { report, next: None };
             }
-            _ = tick.tick() => {
-                let request = UpdateBotSessionRequest {
-                    name: session.name.clone(),
-                    bot_session: Some(BotSession {
-                        worker: Some(ctx.worker()),
-                        status: BotStatus::Ok as i32,
-                        leases: vec![Lease { id: id.clone(), state: LeaseState::Active as i32, ..Default::default() }],
-                        ..session.clone()
-                    }),
-                    update_mask: None,
-                };
-                match ctx.bots().update_bot_session(request).await {
-                    Ok(r) if r.get_ref().leases.iter().any(|l| l.id == id && l.state == LeaseState::Cancelled as i32) => {
-                        tracing::info!(lease = %id, "lease cancelled by the server; stopping the action");
-                        return None;
+            (answer, sent) = &mut renewal => {
+                let mut cancelled = false;
+                let mut pending = Vec::new();
+                match answer {
+                    Ok(r) => {
+                        for l in r.into_inner().leases {
+                            if l.id == id {
+                                cancelled |= l.state == LeaseState::Cancelled as i32;
+                            } else if l.state == LeaseState::Pending as i32 {
+                                pending.push(l);
+                            }
+                        }
                     }
-                    Ok(_) => {}
                     // The server may be restarting: keep running, report later.
                     Err(s) => tracing::warn!(lease = %id, code = ?s.code(), "lease renewal failed"),
                 }
+                if cancelled {
+                    tracing::info!(lease = %id, "lease cancelled by the server; stopping the action");
+                    let next = pending.pop();
+                    let report = strays.into_iter().chain(pending).map(give_back).collect();
+                    return Ended { report, next };
+                }
+                strays.extend(pending.into_iter().map(give_back));
+                // A server that answers at once is asked again a keepalive later.
+                let after = KEEPALIVE.saturating_sub(sent.elapsed());
+                renewal = Box::pin(renew(after, std::mem::take(&mut strays)));
             }
         }
+    }
+}
+
+/// A lease this slot will not run, as it reports it back.
+fn give_back(lease: Lease) -> Lease {
+    Lease {
+        id: lease.id,
+        state: LeaseState::Cancelled as i32,
+        ..Default::default()
     }
 }

@@ -1,8 +1,11 @@
 //! Running one command: its arguments, environment and working directory
 //! exactly as the Command says (nothing inherited from the worker), output
-//! to files, in its own process group so a timeout or a cancellation kills
-//! everything it started; measured by `kiln-measure` unless the worker
-//! was told not to.
+//! to files, inside the action's sandbox; measured by `kiln-measure` unless
+//! the worker was told not to. A timeout or a cancellation kills the whole
+//! process tree (in the sandbox, every process of the action is a
+//! descendant: its PID namespace's init adopts orphans), and a run returns
+//! only once every process of the action is gone, so nothing it started
+//! can touch its outputs while they are collected.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,8 +27,11 @@ pub enum Exit {
 /// measuring helper, as another user.
 #[derive(Debug, Clone, Copy)]
 pub struct Launch<'a> {
-    /// A sandbox command prefix such as `bwrap --dev-bind / / --unshare-net`
-    /// (the command's arguments follow it); empty for none.
+    /// The sandbox's command prefix (see [`super::sandbox`]); empty for none.
+    pub sandbox: &'a [String],
+    /// The working directory the command sees (inside the sandbox).
+    pub inside_cwd: &'a Path,
+    /// The operator's `--runner` prefix, run inside the sandbox.
     pub runner: &'a [String],
     /// `kiln-measure`, which runs the command (and the runner) as its only
     /// child and reports what it cost; None runs unmeasured.
@@ -62,13 +68,20 @@ pub async fn run(
     }
     // A relative program with a slash is relative to the working directory.
     if argv[0].contains('/') && !argv[0].starts_with('/') {
-        argv[0] = cwd.join(&argv[0]).to_string_lossy().into_owned();
+        argv[0] = launch
+            .inside_cwd
+            .join(&argv[0])
+            .to_string_lossy()
+            .into_owned();
     }
     let program = argv[0].clone();
-    if !launch.runner.is_empty() {
-        let mut wrapped = launch.runner.to_vec();
-        wrapped.extend(argv);
-        argv = wrapped;
+    let sandboxed = !launch.sandbox.is_empty();
+    for prefix in [launch.runner, launch.sandbox] {
+        if !prefix.is_empty() {
+            let mut wrapped = prefix.to_vec();
+            wrapped.extend(argv);
+            argv = wrapped;
+        }
     }
     // The helper reports on a socket it gets as standard input; the
     // command itself gets /dev/null there.
@@ -115,7 +128,7 @@ pub async fn run(
     // Our copy of the helper's end goes, so its exit ends the report.
     drop(cmd);
     let group = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
-    let guard = GroupKiller(group);
+    let guard = TreeKiller(group);
     let exit = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(status) => {
             let status = status.map_err(|e| Error::io("waiting for the command", e))?;
@@ -127,10 +140,29 @@ pub async fn run(
                     .unwrap_or(-1),
             )
         }
-        Err(_) => Exit::TimedOut,
+        Err(_) => {
+            let killed = guard.kill();
+            // Every process of the action is gone before outputs are read.
+            let _ = tokio::time::timeout(TREE_GONE, child.wait()).await;
+            let deadline = tokio::time::Instant::now() + TREE_GONE;
+            while killed.iter().any(|p| alive(*p)) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Exit::TimedOut
+        }
     };
     // Children that outlive the command (daemons, stragglers) go too.
     drop(guard);
+    if sandboxed && matches!(exit, Exit::Code(1)) {
+        let mut head = String::new();
+        use std::io::Read;
+        if let Ok(f) = std::fs::File::open(stderr) {
+            let _ = f.take(512).read_to_string(&mut head);
+        }
+        if let Some(why) = super::sandbox::not_started(&head) {
+            return Err(not_started(&why));
+        }
+    }
     let usage = match (report, &exit) {
         (Some(socket), Exit::Code(_)) => match read_report(socket).await {
             Some(super::measure::Report::Ran(usage)) => Some(usage),
@@ -162,15 +194,77 @@ async fn read_report(socket: std::os::unix::net::UnixStream) -> Option<super::me
     super::measure::Report::parse(std::str::from_utf8(&text).ok()?)
 }
 
-/// Kills a process group when dropped (on completion, timeout or cancellation).
-struct GroupKiller(Option<nix::unistd::Pid>);
+/// How long a killed tree may take to go (the kernel tears a PID namespace
+/// down in milliseconds; this only bounds a wedged kernel).
+const TREE_GONE: Duration = Duration::from_secs(5);
 
-impl Drop for GroupKiller {
+/// Kills a run's whole process tree when dropped (on completion, timeout or
+/// cancellation): its process group, and every descendant, which in a
+/// sandbox includes processes that started sessions of their own (killing
+/// the namespace's init then takes the rest with it).
+struct TreeKiller(Option<nix::unistd::Pid>);
+
+impl TreeKiller {
+    /// Sends SIGKILL to the tree; returns the processes it killed.
+    fn kill(&self) -> Vec<nix::unistd::Pid> {
+        use nix::sys::signal::{Signal, kill, killpg};
+        let Some(pid) = self.0 else {
+            return Vec::new();
+        };
+        let tree = descendants(pid);
+        // Deepest first, so no process is orphaned out of reach.
+        for p in tree.iter().rev() {
+            let _ = kill(*p, Signal::SIGKILL);
+        }
+        let _ = killpg(pid, Signal::SIGKILL);
+        tree
+    }
+}
+
+/// True while `pid` runs (a zombie has stopped running; a namespace's init
+/// turns zombie only after every other process in it is gone).
+fn alive(pid: nix::unistd::Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name's closing parenthesis.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+impl Drop for TreeKiller {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.kill();
+    }
+}
+
+/// Every descendant of `pid`, parents before children, from the kernel's
+/// per-task child lists (bounded, in case of a fork bomb in progress).
+fn descendants(pid: nix::unistd::Pid) -> Vec<nix::unistd::Pid> {
+    let mut found = Vec::new();
+    let mut queue = std::collections::VecDeque::from([pid.as_raw()]);
+    while let Some(p) = queue.pop_front() {
+        if found.len() >= 100_000 {
+            break;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for child in text
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                found.push(nix::unistd::Pid::from_raw(child));
+                queue.push_back(child);
+            }
         }
     }
+    found
 }
 
 /// Where a run's output files go: beside the input root, not inside it.

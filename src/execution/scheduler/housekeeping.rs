@@ -33,7 +33,7 @@ impl Scheduler {
                 }
             } else {
                 tracing::warn!(job = %job.id, %bot, attempts = job.attempts, "lease expired; re-queueing the job");
-                self.give_back(&bot, &job.id).await?;
+                self.give_back(&bot, &job.id, false).await?;
             }
         }
         let before = now - millis(self.settings.queue_timeout);

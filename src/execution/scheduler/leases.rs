@@ -80,6 +80,25 @@ impl Scheduler {
             .is_some_and(|j| j.stage == Stage::Executing && j.bot.as_deref() == Some(bot)))
     }
 
+    /// Waits up to `limit` for the job `id` to stop being `bot`'s
+    /// (cancelled, finished or re-queued); true when it did. Lets a bot's
+    /// renewal be held open so that it hears of a cancellation at once.
+    pub async fn until_released(&self, bot: &str, id: &str, limit: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut seen = 0;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let job = self.wait(id, seen, left).await?;
+            if job.stage != Stage::Executing || job.bot.as_deref() != Some(bot) {
+                return Ok(true);
+            }
+            if job.version <= seen || left.is_zero() {
+                return Ok(false);
+            }
+            seen = job.version;
+        }
+    }
+
     /// Keeps `bot`'s leases alive; called on every update it sends.
     pub async fn renew(&self, bot: &str) -> Result<()> {
         let now = now_ms();
@@ -95,15 +114,16 @@ impl Scheduler {
         for id in self.store.held(bot).await? {
             if !reported.contains(&id.as_str()) {
                 tracing::warn!(job = %id, bot, "the bot does not report a lease it holds; re-queueing the job");
-                self.give_back(bot, &id).await?;
+                self.give_back(bot, &id, true).await?;
             }
         }
         Ok(())
     }
 
-    /// A worker gave a lease back unfinished: another worker gets the job.
-    pub async fn give_back(&self, bot: &str, id: &str) -> Result<()> {
-        if let Some(job) = self.store.requeue(id, bot, now_ms()).await? {
+    /// A lease comes back unfinished: another worker gets the job. `refund`
+    /// when the bot gave it back (the attempt was not the job's failure).
+    pub async fn give_back(&self, bot: &str, id: &str, refund: bool) -> Result<()> {
+        if let Some(job) = self.store.requeue(id, bot, now_ms(), refund).await? {
             self.count("requeued");
             self.changed(&job);
             self.work.notify_waiters();
