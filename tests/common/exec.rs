@@ -352,3 +352,30 @@ pub async fn wait_no_process(marker: &str, within: Duration) -> Duration {
     }
     started.elapsed()
 }
+
+/// Uploads and executes `spec` on the default instance (no cache lookup);
+/// the final ExecuteResponse.
+pub async fn run_spec(
+    kiln: &super::Kiln,
+    spec: &Spec<'_>,
+) -> Result<ExecuteResponse, tonic::Status> {
+    let ch = kiln.channel().await;
+    let digest = upload(&ch, "", spec).await;
+    let ops = execute(&ch, "", digest, true, 0).await?;
+    Ok(response(ops.last().unwrap()))
+}
+
+/// What a finished action printed on stdout.
+pub async fn stdout_of(kiln: &super::Kiln, done: &ExecuteResponse) -> String {
+    let digest = done
+        .result
+        .as_ref()
+        .unwrap()
+        .stdout_digest
+        .as_ref()
+        .unwrap();
+    let digest =
+        Digest::from_proto(kiln::digest::DigestFunction::Sha256, Some(digest), "stdout").unwrap();
+    let r = super::read_one(&mut kiln.cas().await, &digest).await;
+    String::from_utf8_lossy(&r.data).into_owned()
+}

@@ -13,38 +13,17 @@ use prost::Message;
 use tonic::Code;
 
 use crate::common::exec::{
-    Spec, WorkerProc, action_writable_dir, execute, processes_with, response, spawn_execute,
-    upload, wait_for_process, wait_no_process,
+    Spec, WorkerProc, action_writable_dir, execute, processes_with, response, run_spec,
+    spawn_execute, stdout_of, upload, wait_for_process, wait_no_process,
 };
-use crate::common::{Kiln, MEMORY, missing, read_one, sha, upload_request, wait_metrics};
+use crate::common::{Kiln, MEMORY, missing, sha, upload_request, wait_metrics};
 
 fn config() -> String {
     format!("execution: {{ database: memory, bot_wait: 5s }}\n{MEMORY}")
 }
 
 async fn run(kiln: &Kiln, spec: &Spec<'_>) -> ExecuteResponse {
-    let ch = kiln.channel().await;
-    let digest = upload(&ch, "", spec).await;
-    let ops = execute(&ch, "", digest, true, 0).await.unwrap();
-    response(ops.last().unwrap())
-}
-
-async fn stdout_of(kiln: &Kiln, done: &ExecuteResponse) -> String {
-    let digest = done
-        .result
-        .as_ref()
-        .unwrap()
-        .stdout_digest
-        .as_ref()
-        .unwrap();
-    let digest = kiln::digest::Digest::from_proto(
-        kiln::digest::DigestFunction::Sha256,
-        Some(digest),
-        "stdout",
-    )
-    .unwrap();
-    let r = read_one(&mut kiln.cas().await, &digest).await;
-    String::from_utf8_lossy(&r.data).into_owned()
+    run_spec(kiln, spec).await.unwrap()
 }
 
 async fn stored(kiln: &Kiln, data: &[u8]) -> bool {

@@ -8,36 +8,15 @@ use std::time::Duration;
 use kiln::proto::reapi::ExecuteResponse;
 use tonic::Code;
 
-use crate::common::exec::{Spec, WorkerProc, action_writable_dir, execute, response, upload};
-use crate::common::{Kiln, MEMORY, missing, read_one, sha};
+use crate::common::exec::{Spec, WorkerProc, action_writable_dir, run_spec, stdout_of};
+use crate::common::{Kiln, MEMORY, missing, sha};
 
 fn config() -> String {
     format!("execution: {{ database: memory, bot_wait: 1s }}\n{MEMORY}")
 }
 
 async fn run(kiln: &Kiln, spec: &Spec<'_>) -> Result<ExecuteResponse, tonic::Status> {
-    let ch = kiln.channel().await;
-    let digest = upload(&ch, "", spec).await;
-    let ops = execute(&ch, "", digest, true, 0).await?;
-    Ok(response(ops.last().unwrap()))
-}
-
-async fn stdout_of(kiln: &Kiln, done: &ExecuteResponse) -> String {
-    let digest = done
-        .result
-        .as_ref()
-        .unwrap()
-        .stdout_digest
-        .as_ref()
-        .unwrap();
-    let digest = kiln::digest::Digest::from_proto(
-        kiln::digest::DigestFunction::Sha256,
-        Some(digest),
-        "stdout",
-    )
-    .unwrap();
-    let r = read_one(&mut kiln.cas().await, &digest).await;
-    String::from_utf8_lossy(&r.data).into_owned()
+    run_spec(kiln, spec).await
 }
 
 async fn stored(kiln: &Kiln, data: &[u8]) -> bool {

@@ -165,6 +165,31 @@ fn hash_fd(function: DigestFunction, file: OwnedFd, rel: &Path) -> Result<Digest
     Ok(hasher.finish())
 }
 
+/// Opens `name` in `dir` for reading without following a symlink or
+/// blocking on a FIFO.
+fn open_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> nix::Result<OwnedFd> {
+    nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// The opened descriptor's own status, which must be a regular file's.
+fn regular_file(opened: nix::Result<OwnedFd>, rel: &Path) -> Result<(OwnedFd, FileStat)> {
+    let fd = opened.map_err(io_err("opening", rel))?;
+    let st = nix::sys::stat::fstat(&fd).map_err(io_err("reading", rel))?;
+    if kind(&st) != SFlag::S_IFREG {
+        return Err(not_allowed(rel, kind(&st)));
+    }
+    Ok((fd, st))
+}
+
 fn is_executable(st: &FileStat) -> bool {
     st.st_mode & 0o111 != 0
 }
@@ -257,21 +282,7 @@ impl Walk<'_> {
                         queue.push_back((nodes.len() - 1, child));
                     }
                     SFlag::S_IFREG => {
-                        let file = nix::fcntl::openat(
-                            &fd,
-                            name.as_os_str(),
-                            OFlag::O_RDONLY
-                                | OFlag::O_NOFOLLOW
-                                | OFlag::O_NONBLOCK
-                                | OFlag::O_NOCTTY
-                                | OFlag::O_CLOEXEC,
-                            Mode::empty(),
-                        )
-                        .map_err(io_err("opening", &child))?;
-                        let st = nix::sys::stat::fstat(&file).map_err(io_err("reading", &child))?;
-                        if kind(&st) != SFlag::S_IFREG {
-                            return Err(not_allowed(&child, kind(&st)));
-                        }
+                        let (file, st) = regular_file(open_at(&fd, name.as_os_str()), &child)?;
                         let digest = self.file(&child, file, &st)?;
                         nodes[at].dir.files.push(FileNode {
                             name: text,
@@ -441,24 +452,11 @@ fn walk_outputs(
                 });
             }
             SFlag::S_IFREG => {
-                let fd = match fd {
-                    Some(fd) => fd,
-                    None => nix::fcntl::openat(
-                        &parent_fd,
-                        name,
-                        OFlag::O_RDONLY
-                            | OFlag::O_NOFOLLOW
-                            | OFlag::O_NONBLOCK
-                            | OFlag::O_NOCTTY
-                            | OFlag::O_CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(io_err("opening", &rel))?,
+                let opened = match fd {
+                    Some(fd) => Ok(fd),
+                    None => open_at(&parent_fd, name),
                 };
-                let st = nix::sys::stat::fstat(&fd).map_err(io_err("reading", &rel))?;
-                if kind(&st) != SFlag::S_IFREG {
-                    return Err(not_allowed(&rel, kind(&st)));
-                }
+                let (fd, st) = regular_file(opened, &rel)?;
                 let digest = walk.file(&rel, fd, &st)?;
                 result.output_files.push(OutputFile {
                     path: out.clone(),
