@@ -25,8 +25,10 @@ RUN touch src/main.rs src/lib.rs \
     && install -m 0755 target/release/kiln target/release/kiln-measure /usr/local/bin/
 
 FROM debian:bookworm-slim AS runtime
+# bubblewrap: the sandbox `kiln worker` runs every action in (one image
+# serves both the server and the workers).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates bubblewrap \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 kiln \
     && useradd --system --uid 10001 --gid kiln --home-dir /var/lib/kiln --shell /usr/sbin/nologin kiln \

@@ -33,6 +33,9 @@ def container_facts(pod_spec):
             "limits": bool(c.get("resources", {}).get("limits")),
             "run_as_non_root": sc.get("runAsNonRoot") is True,
             "read_only_root": sc.get("readOnlyRootFilesystem") is True,
+            "seccomp": sc.get("seccompProfile", {}).get("type"),
+            "proc_mount": c.get("securityContext", {}).get("procMount"),
+            "host_users": pod_spec.get("hostUsers"),
         })
     return facts
 

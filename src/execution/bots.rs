@@ -75,6 +75,11 @@ fn outcome(lease: &Lease) -> Result<Outcome> {
 /// expect a renewal to wait, get a prompt answer as before.
 pub const RENEWAL_WAITS: (&str, &str) = ("kiln.renewal", "wait");
 
+/// The worker property by which kiln's worker says how it confines
+/// actions (`bwrap`, or `none` when run with `--sandbox none`), shown on
+/// /operations so an unconfined worker stands out.
+pub const SANDBOX_PROPERTY: &str = "kiln.sandbox";
+
 fn renewal_waits(session: &BotSession) -> bool {
     session.worker.as_ref().is_some_and(|w| {
         w.configs

@@ -21,6 +21,9 @@ mod leases;
 mod usage_metrics;
 mod workers;
 
+#[cfg(test)]
+mod tests;
+
 use super::job::{Job, JobFilter, Platform, Stage};
 use super::store::JobStore;
 use crate::config::ExecutionConfig;

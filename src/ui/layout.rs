@@ -54,7 +54,8 @@ pub(super) fn status_class(status: &str) -> &'static str {
         | "INCOMPLETE"
         | "REMOTE_FAILURE"
         | "TOOL_HALTED_BEFORE_TESTING"
-        | "ABORTED" => "bad",
+        | "ABORTED"
+        | "UNSANDBOXED" => "bad",
         "FLAKY" => "flaky",
         "IN_PROGRESS" | "QUEUED" | "EXECUTING" => "running",
         _ => "other",

@@ -78,9 +78,14 @@ pub(super) async fn page(State(state): State<UiState>, headers: HeaderMap, uri: 
         h2 { "Workers connected to this server (" (workers.len()) ")" }
         @if workers.is_empty() { p.muted { "No worker has polled in the last two minutes." } } @else {
             table.workers {
-                thead { tr { th { "Worker" } th { "Session" } th { "Instance" } th { "State" } th { "Offers" } th.num { "Last seen" } } }
+                thead { tr { th { "Worker" } th { "Session" } th { "Instance" } th { "State" } th { "Sandbox" } th { "Offers" } th.num { "Last seen" } } }
                 tbody { @for w in &workers {
                     tr { td.mono { (w.bot_id) } td.mono.muted { (w.bot) } td.mono { (w.instance) } td { (badge(if w.busy { "EXECUTING" } else { "IDLE" })) }
+                        td { @match w.sandbox.as_deref() {
+                            Some("none") => (badge("UNSANDBOXED")),
+                            Some(s) => span.mono { (s) },
+                            None => span.muted { "not reported" },
+                        } }
                         td.mono { (w.offers.join(" ")) } td.num { (duration(now.saturating_sub(w.last_seen_ms))) " ago" } }
                 } }
             }

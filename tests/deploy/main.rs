@@ -124,6 +124,12 @@ fn the_chart_renders_lints_validates_and_ships_a_valid_kiln_config() {
         assert_eq!(args[0], "worker");
         assert!(args.contains(&"--server=grpc://kiln:50051"), "{args:?}");
         assert_eq!(worker["run_as_non_root"], true);
+        // Every action in a bubblewrap sandbox: the pod allows user
+        // namespaces and a /proc of the sandbox's own.
+        assert!(args.contains(&"--sandbox=bwrap"), "{args:?}");
+        assert_eq!(worker["seccomp"], "Unconfined", "{worker}");
+        assert_eq!(worker["proc_mount"], "Unmasked", "{worker}");
+        assert_eq!(worker["host_users"], false, "{worker}");
         assert!(s["notes"].as_str().unwrap().contains("--remote_executor="));
         let config = std::fs::read_to_string(out.path().join(format!("{name}.kiln.yaml"))).unwrap();
         assert!(
@@ -229,6 +235,11 @@ fn the_dockerfile_is_multi_stage_and_runs_as_non_root() {
         "USER is set in the runtime stage"
     );
     assert!(text[runtime..].contains("ca-certificates"));
+    // Workers sandbox every action with bubblewrap.
+    assert!(
+        text[runtime..].contains("bubblewrap"),
+        "the image installs bwrap"
+    );
     let expose = lines
         .iter()
         .find(|l| l.starts_with("EXPOSE"))

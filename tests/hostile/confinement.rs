@@ -90,7 +90,31 @@ async fn a_process_left_behind_dies_with_its_action_and_cannot_swap_outputs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_sees_only_its_own_world() {
     let kiln = Kiln::start(&config()).await;
-    let worker = WorkerProc::start(&kiln.url, "", "world", &[]);
+    // The worker's token sits in a directory the allow list shows, as a
+    // Kubernetes secret mounts it: a symlink into `..data`.
+    let shown = tempfile::tempdir().unwrap();
+    let token_text = format!("worker-token-{}", uuid::Uuid::new_v4());
+    std::fs::create_dir(shown.path().join("..data")).unwrap();
+    std::fs::write(shown.path().join("..data/token"), &token_text).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path, m| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        mode(&shown.path().join("..data/token"), 0o600);
+        mode(&shown.path().join("..data"), 0o755);
+        mode(shown.path(), 0o755);
+    }
+    std::os::unix::fs::symlink("..data/token", shown.path().join("token")).unwrap();
+    let shown_dir = shown.path().display().to_string();
+    let token_arg = format!("--token-file={shown_dir}/token");
+    let mut allow: Vec<String> = ["/usr", "/bin", "/lib", "/lib64", "/etc", &shown_dir]
+        .iter()
+        .map(|p| format!("--sandbox-ro={p}"))
+        .collect();
+    allow.push(token_arg);
+    let allow: Vec<&str> = allow.iter().map(String::as_str).collect();
+    let worker = WorkerProc::start(&kiln.url, "", "world", &allow);
     let (_keep, secret_dir, _) = host_secret();
     let port = kiln.server.addr.port();
     let work_dir = worker.dir.path().display().to_string();
@@ -103,7 +127,8 @@ async fn an_action_sees_only_its_own_world() {
          echo net=$(bash -c 'echo > /dev/tcp/127.0.0.1/{port}' 2>/dev/null && echo open || echo closed); \
          echo usr=$(touch /usr/kiln-probe 2>/dev/null && echo writable || echo readonly); \
          echo procs=$(ls -d /proc/[0-9]* | wc -l); \
-         echo cwd=$(pwd)"
+         echo cwd=$(pwd); \
+         echo token=$(cat {shown_dir}/token {shown_dir}/..data/token 2>/dev/null | wc -c)"
     );
     let spec = Spec {
         argv: vec!["/bin/sh", "-c", &script],
@@ -133,6 +158,8 @@ async fn an_action_sees_only_its_own_world() {
     let procs: u32 = field("procs").parse().unwrap();
     assert!(procs <= 6, "only its own processes: {out}");
     assert_eq!(field("cwd"), "/kiln/exec", "{out}");
+    assert_eq!(field("token"), "0", "the worker's token is masked: {out}");
+    assert!(!out.contains(&token_text));
 
     // Network on request is refused by a worker that does not allow it.
     let spec = Spec {
@@ -364,4 +391,40 @@ async fn a_cancel_stops_the_whole_tree_at_once_and_costs_no_other_job_an_attempt
         "a job was re-queued: {metrics}"
     );
     eprintln!("cancel to process tree gone: {gone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsandboxed_worker_is_shown_as_such() {
+    let kiln = Kiln::start(&config()).await;
+    let _confined = WorkerProc::start(&kiln.url, "", "confined-one", &[]);
+    let _open = WorkerProc::start(&kiln.url, "", "open-one", &["--sandbox=none"]);
+    let url = format!("http://{}/operations", kiln.server.http_addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let page = loop {
+        let page = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if page.contains("confined-one") && page.contains("open-one") {
+            break page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both workers never showed: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let row = |bot: &str| -> String {
+        let at = page.find(bot).unwrap();
+        let end = page[at..].find("</tr>").unwrap();
+        page[at..at + end].to_string()
+    };
+    assert!(
+        row("open-one").contains("UNSANDBOXED"),
+        "{}",
+        row("open-one")
+    );
+    assert!(
+        row("confined-one").contains("bwrap"),
+        "{}",
+        row("confined-one")
+    );
+    assert!(!row("confined-one").contains("UNSANDBOXED"));
 }

@@ -113,19 +113,7 @@ pub(crate) async fn bes(ctx: &Ctx, total: u64) -> Result<Vec<Stats>> {
             tokio::spawn(async move { publish(channel, requests).await })
         })
         .collect();
-    let mut stats = Stats {
-        workload: "bes".into(),
-        ops: 0,
-        errors: 0,
-        bytes: 0,
-        items: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::new(),
-        first_error: None,
-        backend_calls: None,
-        server_cpu: None,
-        phases_ms: None,
-    };
+    let mut stats = Stats::new("bes");
     for w in workers {
         match w.await.map_err(Error::from).and_then(|r| r) {
             Ok((latencies, bytes)) => {

@@ -1,7 +1,13 @@
-//! The `exec` workload: no-op actions (`/bin/true`) through the whole
-//! remote-execution path: Execute, queueing, a worker's lease, its run and
-//! report, the action-cache write and the operation's completion. Needs
-//! workers connected to the target (`kiln worker`).
+//! The execution workloads, through the whole remote-execution path:
+//! Execute, queueing, a worker's lease, its run and report, the
+//! action-cache write and the operation's completion. Need workers
+//! connected to the target (`kiln worker`).
+//! - `exec`: no-op actions (`/bin/true`);
+//! - `compile`: a real C compile (`cc -O2 -c` of a generated ~2,000-line
+//!   file, its object file an output), a compile-sized action;
+//! - `cancel`: long actions cancelled once their process runs, timed from
+//!   CancelOperation to the last process of the action gone (read from
+//!   /proc: the worker must run on the bench's host).
 //!
 //! Every call executes a distinct, cacheable action (distinct salts,
 //! uploaded in setup) with `skip_cache_lookup`, so nothing is merged or
@@ -27,20 +33,65 @@ const ACTIONS: u64 = 20_000;
 /// A call that takes longer fails (no worker connected, most likely).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs the workload.
-pub(super) async fn exec(ctx: &Ctx) -> Result<Vec<Stats>> {
-    let command = Bytes::from(
+fn command(arguments: &[&str], outputs: &[&str]) -> Bytes {
+    Bytes::from(
         Command {
-            arguments: vec!["/bin/true".into()],
+            arguments: arguments.iter().map(|a| a.to_string()).collect(),
             environment_variables: vec![command::EnvironmentVariable {
                 name: "PATH".into(),
                 value: "/usr/bin:/bin".into(),
+            }],
+            output_files: outputs.iter().map(|o| o.to_string()).collect(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// The `exec` workload: no-op actions.
+pub(super) async fn exec(ctx: &Ctx) -> Result<Vec<Stats>> {
+    let root = Bytes::from(Directory::default().encode_to_vec());
+    run_actions(ctx, "exec", command(&["/bin/true"], &[]), root, Vec::new()).await
+}
+
+/// A C file that takes an optimising compiler a few hundred milliseconds.
+fn c_source() -> String {
+    let mut src = String::from("#include <stddef.h>\n");
+    for i in 0..400 {
+        src.push_str(&format!(
+            "int f{i}(const int *v, size_t n) {{ int s = {i}; for (size_t k = 0; k < n; k++) {{ s = s * 31 + v[k] * (k % {m} + 1); if (s > 1000000) s -= 999983; }} return s; }}\n",
+            m = i % 7 + 2
+        ));
+    }
+    src
+}
+
+/// The `compile` workload: a real C compile per action.
+pub(super) async fn compile(ctx: &Ctx) -> Result<Vec<Stats>> {
+    let source = Bytes::from(c_source());
+    let root = Bytes::from(
+        Directory {
+            files: vec![crate::proto::reapi::FileNode {
+                name: "src.c".into(),
+                digest: Some(sha(&source).to_proto()),
+                ..Default::default()
             }],
             ..Default::default()
         }
         .encode_to_vec(),
     );
-    let root = Bytes::from(Directory::default().encode_to_vec());
+    let cc = command(&["cc", "-O2", "-c", "src.c", "-o", "src.o"], &["src.o"]);
+    run_actions(ctx, "compile", cc, root, vec![source]).await
+}
+
+/// Runs distinct actions of one command and input root (`extra`: its files).
+async fn run_actions(
+    ctx: &Ctx,
+    name: &str,
+    command: Bytes,
+    root: Bytes,
+    extra: Vec<Bytes>,
+) -> Result<Vec<Stats>> {
     let run = super::workloads::run_seed();
     let count = ctx.limit.requests.unwrap_or(ACTIONS).min(ACTIONS);
     let actions: Vec<Bytes> = (0..count)
@@ -58,6 +109,7 @@ pub(super) async fn exec(ctx: &Ctx) -> Result<Vec<Stats>> {
         .collect();
     let digests: Arc<Vec<_>> = Arc::new(actions.iter().map(|a| sha(a).to_proto()).collect());
     let mut blobs = vec![command, root];
+    blobs.extend(extra);
     blobs.extend(actions);
     upload(ctx, blobs).await?;
     let next = Arc::new(AtomicU64::new(0));
@@ -66,7 +118,7 @@ pub(super) async fn exec(ctx: &Ctx) -> Result<Vec<Stats>> {
     let phases = Arc::new(std::sync::Mutex::new(Phases::default()));
     let phases_in = phases.clone();
     let mut stats = drive(
-        "exec",
+        name,
         ctx.concurrency,
         ctx.limit,
         ctx.progress,
@@ -123,6 +175,102 @@ pub(super) async fn exec(ctx: &Ctx) -> Result<Vec<Stats>> {
     .await;
     stats.phases_ms = phases.lock().expect("phases lock").means();
     Ok(vec![stats])
+}
+
+/// The `cancel` workload: one long action at a time, cancelled as soon as
+/// its process runs; each sample is CancelOperation to the action's last
+/// process gone.
+pub(super) async fn cancel(ctx: &Ctx) -> Result<Vec<Stats>> {
+    use crate::proto::longrunning::CancelOperationRequest;
+    use crate::proto::longrunning::operations_client::OperationsClient;
+    let run = super::workloads::run_seed() % 1_000_000;
+    let root = Bytes::from(Directory::default().encode_to_vec());
+    upload(ctx, vec![root.clone()]).await?;
+    let channel = ctx.channel(0);
+    let mut stats = Stats::new("cancel");
+    let started = std::time::Instant::now();
+    let deadline = ctx.limit.duration.map(|d| started + d);
+    let most = ctx.limit.requests.unwrap_or(u64::MAX);
+    for n in 0..most {
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break;
+        }
+        // A child in a session of its own and the command itself.
+        let marker = format!("600.{run}{n:06}");
+        let script = format!("setsid -f sleep {marker}1; sleep {marker}2");
+        let cmd = command(&["/bin/sh", "-c", &script], &[]);
+        let action = Bytes::from(
+            Action {
+                command_digest: Some(sha(&cmd).to_proto()),
+                input_root_digest: Some(sha(&root).to_proto()),
+                do_not_cache: true,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let digest = sha(&action);
+        upload(ctx, vec![cmd, action]).await?;
+        let sample = async {
+            let mut stream = ExecutionClient::new(channel.clone())
+                .execute(ExecuteRequest {
+                    instance_name: ctx.instance.clone(),
+                    skip_cache_lookup: true,
+                    action_digest: Some(digest.to_proto()),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let first = stream
+                .next()
+                .await
+                .ok_or_else(|| tonic::Status::internal("empty operation stream"))??;
+            let pattern = format!("sleep\0{marker}");
+            wait_until(|| !processes_with(&pattern).is_empty()).await?;
+            let at = std::time::Instant::now();
+            OperationsClient::new(channel.clone())
+                .cancel_operation(CancelOperationRequest { name: first.name })
+                .await?;
+            wait_until(|| processes_with(&pattern).is_empty()).await?;
+            let took = at.elapsed();
+            while stream.next().await.is_some() {}
+            Ok::<_, tonic::Status>(took)
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, sample).await {
+            Ok(Ok(took)) => {
+                stats.ops += 1;
+                stats.latencies_us.push(took.as_micros() as u64);
+            }
+            Ok(Err(e)) => stats.fail(e.to_string()),
+            Err(_) => stats.fail("no result within 30s: is a worker connected on this host?".into()),
+        }
+    }
+    stats.elapsed = started.elapsed();
+    Ok(vec![stats])
+}
+
+/// Polls `done` every millisecond.
+async fn wait_until(done: impl Fn() -> bool) -> std::result::Result<(), tonic::Status> {
+    while !done() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// Running processes whose command line contains `pattern`.
+fn processes_with(pattern: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
+            (state != "Z" && String::from_utf8_lossy(&cmdline).contains(pattern)).then_some(pid)
+        })
+        .collect()
 }
 
 /// Sums of the worker's phases over the calls, from the timestamps it

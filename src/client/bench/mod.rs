@@ -23,7 +23,7 @@ pub use runner::{Limit, Report};
 use crate::error::{Error, Result};
 
 /// The workloads `kiln bench` knows.
-pub const WORKLOADS: [&str; 10] = [
+pub const WORKLOADS: [&str; 12] = [
     "fmb",
     "fmb_present",
     "batch",
@@ -33,6 +33,8 @@ pub const WORKLOADS: [&str; 10] = [
     "bes",
     "hash",
     "exec",
+    "compile",
+    "cancel",
     "pages",
 ];
 
@@ -46,7 +48,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "")]
     pub instance: String,
     /// Workloads, comma-separated: fmb, batch, bytestream, tree, ac, bes,
-    /// exec (no-op actions; needs `kiln worker`s connected), pages (the
+    /// exec (no-op actions; needs `kiln worker`s connected), compile (a C
+    /// compile per action), cancel (cancel to the action's processes gone;
+    /// needs a worker on this host), pages (the
     /// web UI on a 1,000-target invocation; needs --http-target), hash
     /// (local hashing speed; needs no server), or all.
     #[arg(long, default_value = "fmb,batch,ac")]
@@ -272,6 +276,8 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Vec<Report>> {
             "bes" => bes::bes(&ctx, args.bes_events).await?,
             "hash" => workloads::hash(&ctx).await?,
             "exec" => exec::exec(&ctx).await?,
+            "compile" => exec::compile(&ctx).await?,
+            "cancel" => exec::cancel(&ctx).await?,
             "pages" => pages::pages(&ctx, &args.http_target, args.bes_events).await?,
             _ => unreachable!("checked in workloads()"),
         };

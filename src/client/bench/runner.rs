@@ -89,6 +89,29 @@ pub struct Report {
 }
 
 impl Stats {
+    /// Nothing measured yet, for workloads that time their own samples.
+    pub fn new(workload: &str) -> Stats {
+        Stats {
+            workload: workload.into(),
+            ops: 0,
+            errors: 0,
+            bytes: 0,
+            items: 0,
+            elapsed: Duration::ZERO,
+            latencies_us: Vec::new(),
+            first_error: None,
+            backend_calls: None,
+            server_cpu: None,
+            phases_ms: None,
+        }
+    }
+
+    /// Counts a failed call, keeping the first error.
+    pub fn fail(&mut self, error: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(error);
+    }
+
     /// Summarises the phase.
     pub fn report(mut self) -> Report {
         self.latencies_us.sort_unstable();

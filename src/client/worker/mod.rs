@@ -241,6 +241,12 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         &args.bwrap,
         &args.sandbox_ro,
         &args.sandbox_rw,
+        &args
+            .token_file
+            .iter()
+            .chain([&args.work_dir])
+            .cloned()
+            .collect::<Vec<_>>(),
         args.allow_network,
     )?;
     if let sandbox::Sandbox::None = sandbox {
@@ -365,7 +371,10 @@ impl Ctx {
             .collect();
         // What the worker itself takes care of: its sandbox, and network
         // requests (any value: the worker refuses what it does not allow).
-        properties.push(property(sandbox::SANDBOX_PROPERTY, self.sandbox.name()));
+        properties.push(property(
+            crate::execution::bots::SANDBOX_PROPERTY,
+            self.sandbox.name(),
+        ));
         for name in sandbox::NETWORK_PROPERTIES {
             properties.push(property(name, crate::execution::job::ANY_VALUE));
         }

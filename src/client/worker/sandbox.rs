@@ -75,10 +75,6 @@ pub struct Wants {
     pub rootfs: Option<PathBuf>,
 }
 
-/// The worker property naming its sandbox (`bwrap` or `none`), shown on
-/// /operations.
-pub const SANDBOX_PROPERTY: &str = "kiln.sandbox";
-
 /// Platform property names a worker takes care of itself (the scheduler
 /// matches them against `*` offers): network requests.
 pub const NETWORK_PROPERTIES: &[&str] = &[
@@ -131,11 +127,14 @@ fn bad(name: &str, value: &str, expected: &str) -> Error {
 impl Sandbox {
     /// The sandbox `--sandbox KIND` names (`bwrap` or `none`), with the
     /// read-only paths of `--sandbox-ro` (the defaults when empty).
+    /// `worker_own` are the worker's own paths (its token file, its work
+    /// dir): hidden wherever the allow list would show them.
     pub fn new(
         kind: &str,
         program: &str,
         read_only: &[PathBuf],
         writable: &[PathBuf],
+        worker_own: &[PathBuf],
         allow_network: bool,
     ) -> Result<Sandbox> {
         match kind {
@@ -160,11 +159,28 @@ impl Sandbox {
                         )));
                     }
                 }
+                let mut hidden: Vec<PathBuf> = HIDDEN.iter().map(PathBuf::from).collect();
+                for p in worker_own {
+                    // Absolute, as the allow list is (a relative work dir
+                    // is the worker's current directory's).
+                    let p = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+                    if let Some(w) = writable
+                        .iter()
+                        .find(|w| p.starts_with(w) || w.starts_with(&p))
+                    {
+                        return Err(Error::InvalidArgument(format!(
+                            "--sandbox-rw {} would share the worker's own {} with every action",
+                            w.display(),
+                            p.display()
+                        )));
+                    }
+                    hidden.push(p);
+                }
                 Ok(Sandbox::Bwrap(Bwrap {
                     program,
                     read_only,
                     writable: writable.to_vec(),
-                    hidden: HIDDEN.iter().map(PathBuf::from).collect(),
+                    hidden,
                     allow_network,
                 }))
             }
@@ -247,15 +263,23 @@ impl Sandbox {
                     }
                 }
                 for p in &b.hidden {
+                    // A symlink (a Kubernetes secret's file is one) is
+                    // masked where it leads.
+                    let p = match std::fs::symlink_metadata(p) {
+                        Ok(m) if m.file_type().is_symlink() => match std::fs::canonicalize(p) {
+                            Ok(real) => real,
+                            Err(_) => continue,
+                        },
+                        _ => p.clone(),
+                    };
                     if !b.read_only.iter().any(|r| p.starts_with(r)) {
                         continue;
                     }
-                    match std::fs::symlink_metadata(p) {
+                    match std::fs::metadata(&p) {
                         Ok(m) if m.is_dir() => {
-                            add(&["--tmpfs", &text(p), "--remount-ro", &text(p)])
+                            add(&["--tmpfs", &text(&p), "--remount-ro", &text(&p)])
                         }
-                        Ok(m) if m.file_type().is_symlink() => {}
-                        Ok(_) => add(&["--ro-bind", "/dev/null", &text(p)]),
+                        Ok(_) => add(&["--ro-bind", "/dev/null", &text(&p)]),
                         Err(_) => {}
                     }
                 }

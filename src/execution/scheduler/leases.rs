@@ -131,6 +131,23 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The lease `id` as `bot` holds it, from this pod's record when it
+    /// names this bot, else from the store; None when the bot does not hold
+    /// it (the finish re-checks the holder in the store either way).
+    async fn held_by(&self, bot: &str, id: &str) -> Result<Option<Leased>> {
+        if let Some(leased) = self.leased.get(id)
+            && leased.bot == bot
+        {
+            return Ok(Some(leased));
+        }
+        Ok(match self.store.get(id).await? {
+            Some(job) if job.stage == Stage::Executing && job.bot.as_deref() == Some(bot) => {
+                Some(Leased::of(&job, bot))
+            }
+            _ => None,
+        })
+    }
+
     /// Finishes the job `bot` ran on `instance` (the instance its session
     /// was authorised on): stores a successful cacheable result in the
     /// action cache, then wakes the job's watchers (so a watcher told "done"
@@ -152,16 +169,8 @@ impl Scheduler {
             );
             Ok(())
         };
-        // This pod's record of the lease is used only if it names this bot;
-        // either way the finish below re-checks the holder.
-        let job = match self.leased.get(id) {
-            Some(leased) if leased.bot == bot => leased,
-            _ => match self.store.get(id).await? {
-                Some(job) if job.stage == Stage::Executing && job.bot.as_deref() == Some(bot) => {
-                    Leased::of(&job, bot)
-                }
-                _ => return drop_report(),
-            },
+        let Some(job) = self.held_by(bot, id).await? else {
+            return drop_report();
         };
         if job.instance != instance {
             tracing::warn!(
@@ -175,65 +184,76 @@ impl Scheduler {
                 "lease {id} is not a job of instance {instance:?}"
             )));
         }
-        let ok = outcome.status.code == 0;
         let usage = outcome
             .result
             .as_ref()
             .and_then(crate::execution::usage::of);
-        let mut cache_write = None;
-        if let Some(result) = &outcome.result {
-            crate::action_result::validate(job.digest.function, result)?;
-            if ok && result.exit_code == 0 && !job.do_not_cache {
-                let instance = self.instances.get(&job.instance)?;
-                let encoded = Bytes::from(result.encode_to_vec());
-                let digest = job.digest;
-                cache_write = Some(async move {
-                    if let Err(e) = instance.action_cache.put(&digest, encoded.into()).await {
-                        tracing::warn!(action = %digest, error = %e, "could not cache an action result");
-                    }
-                });
-            }
-        }
-        let message = if ok {
-            String::new()
-        } else {
-            outcome.status.message.clone()
-        };
-        let response = ExecuteResponse {
-            result: outcome.result,
-            cached_result: false,
-            status: Some(if ok { ok_rpc_status() } else { outcome.status }),
-            message,
-            ..Default::default()
-        };
+        let settled = settle(&job, outcome)?;
         let now = now_ms();
-        let finish = self.store.finish(
-            id,
-            Some(bot),
-            Bytes::from(response.encode_to_vec()),
-            false,
-            now,
-        );
         // The conditional finish checks in the database that this bot holds
         // the lease; only then may its result reach the action cache.
-        let done = finish.await?;
-        if done.is_some()
-            && let Some(write) = cache_write
-        {
-            write.await;
-        }
-        let Some(done) = done else {
+        let Some(done) = self
+            .store
+            .finish(id, Some(bot), settled.response, false, now)
+            .await?
+        else {
             return drop_report();
         };
+        if let Some(result) = settled.cache {
+            let instance = self.instances.get(&job.instance)?;
+            if let Err(e) = instance.action_cache.put(&job.digest, result.into()).await {
+                tracing::warn!(action = %job.digest, error = %e, "could not cache an action result");
+            }
+        }
         self.leased.invalidate(id);
         self.metrics
             .run
             .observe((now - done.started_at).max(0) as f64 / 1000.0);
-        self.count(if ok { "completed" } else { "failed" });
+        self.count(if settled.ok { "completed" } else { "failed" });
         if let Some(u) = &usage {
             self.metrics.usage.observe(u);
         }
         self.changed(&done);
         Ok(())
     }
+}
+
+/// What a worker's report makes of a job.
+struct Settled {
+    /// The ExecuteResponse to store, encoded.
+    response: Bytes,
+    /// The encoded ActionResult to cache, when it may be.
+    cache: Option<Bytes>,
+    /// Whether the action ran to completion.
+    ok: bool,
+}
+
+/// Checks a worker's report and turns it into the job's response and,
+/// for a successful cacheable action, the result to cache.
+fn settle(job: &Leased, outcome: Outcome) -> Result<Settled> {
+    let ok = outcome.status.code == 0;
+    let mut cache = None;
+    if let Some(result) = &outcome.result {
+        crate::action_result::validate(job.digest.function, result)?;
+        if ok && result.exit_code == 0 && !job.do_not_cache {
+            cache = Some(Bytes::from(result.encode_to_vec()));
+        }
+    }
+    let message = if ok {
+        String::new()
+    } else {
+        outcome.status.message.clone()
+    };
+    let response = ExecuteResponse {
+        result: outcome.result,
+        cached_result: false,
+        status: Some(if ok { ok_rpc_status() } else { outcome.status }),
+        message,
+        ..Default::default()
+    };
+    Ok(Settled {
+        response: Bytes::from(response.encode_to_vec()),
+        cache,
+        ok,
+    })
 }

@@ -30,11 +30,18 @@ pub struct SeenWorker {
     pub last_seen_ms: i64,
     /// Whether it reported a lease it is running.
     pub busy: bool,
+    /// How it confines actions, as it says (kiln's worker: `bwrap` or
+    /// `none`); None for bots that do not say.
+    pub sandbox: Option<String>,
 }
 
 impl Scheduler {
     /// Notes an update from `bot`.
     pub fn saw_worker(&self, bot: &str, bot_id: &str, instance: &str, offers: &Offers, busy: bool) {
+        let sandbox = offers
+            .get(crate::execution::bots::SANDBOX_PROPERTY)
+            .and_then(|values| values.iter().next())
+            .map(|v| v.chars().take(64).collect());
         let offers = offers
             .iter()
             .flat_map(|(k, vs)| vs.iter().map(move |v| format!("{k}={v}")))
@@ -49,6 +56,7 @@ impl Scheduler {
                 offers,
                 last_seen_ms: crate::time::now_ms(),
                 busy,
+                sandbox,
             },
         );
     }
