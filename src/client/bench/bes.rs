@@ -4,7 +4,7 @@
 //! event is committed).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prost::Message;
 use tokio::sync::mpsc;

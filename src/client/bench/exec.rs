@@ -241,7 +241,9 @@ pub(super) async fn cancel(ctx: &Ctx) -> Result<Vec<Stats>> {
                 stats.latencies_us.push(took.as_micros() as u64);
             }
             Ok(Err(e)) => stats.fail(e.to_string()),
-            Err(_) => stats.fail("no result within 30s: is a worker connected on this host?".into()),
+            Err(_) => {
+                stats.fail("no result within 30s: is a worker connected on this host?".into())
+            }
         }
     }
     stats.elapsed = started.elapsed();
@@ -267,7 +269,12 @@ fn processes_with(pattern: &str) -> Vec<i32> {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
             (state != "Z" && String::from_utf8_lossy(&cmdline).contains(pattern)).then_some(pid)
         })
         .collect()

@@ -57,9 +57,17 @@ pub(super) async fn execute(
 ) -> Result<(ActionResult, tonic_types::pb::Status)> {
     let user = ctx.users.get(slot).copied().flatten();
     let function = lease_function(lease);
+    let properties = lease_properties(lease);
+    let image = properties
+        .iter()
+        .find(|(k, _)| k == super::images::IMAGE_PROPERTY)
+        .map(|(_, v)| v.as_str());
     let wants = sandbox::Wants {
-        network: sandbox::Wants::network_of(&lease_properties(lease))?,
-        rootfs: None,
+        network: sandbox::Wants::network_of(&properties)?,
+        rootfs: match image {
+            Some(value) => Some(ctx.images.rootfs(value).await?),
+            None => None,
+        },
     };
     let cas = Cas::new(ctx.conn.clone(), ctx.instance.clone(), function);
     let payload = lease

@@ -8,6 +8,7 @@
 mod action;
 mod cas;
 mod confine;
+mod images;
 mod inputs;
 mod measure;
 mod outputs;
@@ -103,6 +104,11 @@ pub struct WorkerArgs {
     /// Nothing is writable by default but the action's own exec root and /tmp.
     #[arg(long = "sandbox-rw")]
     pub sandbox_rw: Vec<PathBuf>,
+    /// A directory of OCI image layouts (each a subdirectory, as `skopeo
+    /// copy ... oci:DIR/NAME` writes them) that actions may name in their
+    /// `container-image` platform property; repeat it.
+    #[arg(long = "image-dir")]
+    pub image_dirs: Vec<PathBuf>,
     /// Let actions that ask for it (platform property network=on,
     /// dockerNetwork=standard or requires-network) reach the network.
     #[arg(long)]
@@ -215,6 +221,8 @@ struct Ctx {
     runner: Vec<String>,
     /// How actions are confined.
     sandbox: sandbox::Sandbox,
+    /// Container images actions may run in.
+    images: images::Images,
     /// Most bytes of outputs one action may leave.
     max_output: u64,
     /// `kiln-measure`, when actions run measured.
@@ -302,6 +310,7 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         cache,
         users,
         sandbox,
+        images: images::Images::new(args.image_dirs.clone(), args.work_dir.join("images"))?,
         max_output,
         commands: moka::future::Cache::builder()
             .max_capacity(32 << 20)
@@ -375,7 +384,10 @@ impl Ctx {
             crate::execution::bots::SANDBOX_PROPERTY,
             self.sandbox.name(),
         ));
-        for name in sandbox::NETWORK_PROPERTIES {
+        for name in sandbox::NETWORK_PROPERTIES
+            .iter()
+            .chain([&images::IMAGE_PROPERTY])
+        {
             properties.push(property(name, crate::execution::job::ANY_VALUE));
         }
         Worker {

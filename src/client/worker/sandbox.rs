@@ -286,8 +286,11 @@ impl Sandbox {
             }
         }
         add(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
-        for p in &b.writable {
-            add(&["--bind", &text(p), &text(p)]);
+        // Shared writable paths are the host's: not under an image's root.
+        if wants.rootfs.is_none() {
+            for p in &b.writable {
+                add(&["--bind", &text(p), &text(p)]);
+            }
         }
         add(&["--bind", &text(exec_root), EXEC_ROOT]);
         let inside = match cwd.as_os_str().is_empty() {

@@ -1,0 +1,456 @@
+//! Container images for actions: the `container-image` platform property
+//! runs an action with that image's root file system as its sandbox's
+//! root. Images come from OCI image layouts the operator provides
+//! (`--image-dir`: each subdirectory, or `.tar` of one, holding `oci-layout`,
+//! `index.json` and `blobs/`), are verified blob by blob against their
+//! digests, and are unpacked once per manifest digest under the work dir.
+//!
+//! A reference names an image the way Bazel's RBE platforms do,
+//! `docker://NAME[:TAG]` or `docker://NAME@sha256:HEX` (the `docker://` is
+//! optional): a digest is matched against the manifests' digests, a name
+//! against the layouts' `io.containerd.image.name` and
+//! `org.opencontainers.image.ref.name` annotations. An image the worker
+//! does not have fails the action with FAILED_PRECONDITION naming it.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The platform property naming an action's image.
+pub const IMAGE_PROPERTY: &str = "container-image";
+
+/// Directories every image root gets, as the sandbox's mount points.
+const MOUNT_POINTS: &[&str] = &["proc", "dev", "tmp", "kiln/exec"];
+
+/// The images a worker can run actions in.
+#[derive(Debug, Clone)]
+pub struct Images {
+    sources: Vec<PathBuf>,
+    cache: PathBuf,
+    /// One unpack at a time per manifest digest.
+    unpacking: Arc<tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// What a `container-image` value names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reference {
+    /// `NAME:TAG` (tag `latest` when none is given), when named.
+    name: Option<String>,
+    /// `sha256:HEX`, when pinned.
+    digest: Option<String>,
+}
+
+fn parse(value: &str) -> Result<Reference> {
+    let text = value.strip_prefix("docker://").unwrap_or(value);
+    let bad = |why: &str| {
+        Error::InvalidArgument(format!(
+            "platform property {IMAGE_PROPERTY}={value:?}: {why} (expected docker://NAME[:TAG] or docker://NAME@sha256:HEX)"
+        ))
+    };
+    if text.is_empty()
+        || text.len() > 1024
+        || text.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(bad("not an image reference"));
+    }
+    let (name, digest) = match text.split_once('@') {
+        Some((name, digest)) => {
+            let hex = digest
+                .strip_prefix("sha256:")
+                .ok_or_else(|| bad("only sha256 digests"))?;
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
+                return Err(bad("a sha256 digest is 64 lowercase hex digits"));
+            }
+            (name, Some(digest.to_string()))
+        }
+        None => (text, None),
+    };
+    let name = if name.is_empty() {
+        None
+    } else if name
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains(':'))
+    {
+        Some(name.to_string())
+    } else {
+        Some(format!("{name}:latest"))
+    };
+    Ok(Reference { name, digest })
+}
+
+#[derive(Debug, Deserialize)]
+struct Index {
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    size: u64,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Manifest {
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+/// Manifests and layers larger than this are not image metadata.
+const MAX_MANIFEST: u64 = 4 << 20;
+
+impl Images {
+    /// Images from the layouts in `sources`, unpacked under `cache`.
+    pub fn new(sources: Vec<PathBuf>, cache: PathBuf) -> Result<Images> {
+        for s in &sources {
+            if !s.is_dir() {
+                return Err(Error::InvalidArgument(format!(
+                    "--image-dir {}: not a directory",
+                    s.display()
+                )));
+            }
+        }
+        std::fs::create_dir_all(&cache)
+            .map_err(|e| Error::io(format!("creating {}", cache.display()), e))?;
+        // Leftovers of an unpack a crash cut short.
+        if let Ok(entries) = std::fs::read_dir(&cache) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().contains(".tmp-") {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        Ok(Images {
+            sources,
+            cache,
+            unpacking: Arc::default(),
+        })
+    }
+
+    /// The unpacked root file system of the image `value` names.
+    pub async fn rootfs(&self, value: &str) -> Result<PathBuf> {
+        let reference = parse(value)?;
+        let this = self.clone();
+        let value = value.to_string();
+        let (layout, manifest) =
+            tokio::task::spawn_blocking(move || this.resolve(&reference, &value))
+                .await
+                .map_err(|e| Error::internal(format!("resolving an image: {e}")))??;
+        let hex = manifest.digest.trim_start_matches("sha256:").to_string();
+        let done = self.cache.join(&hex).join("rootfs");
+        if done.is_dir() {
+            return Ok(done);
+        }
+        let lock = {
+            let mut all = self.unpacking.lock().await;
+            all.entry(hex.clone()).or_default().clone()
+        };
+        let _held = lock.lock().await;
+        if done.is_dir() {
+            return Ok(done);
+        }
+        let cache = self.cache.clone();
+        tokio::task::spawn_blocking(move || unpack(&layout, &manifest, &cache, &hex))
+            .await
+            .map_err(|e| Error::internal(format!("unpacking an image: {e}")))??;
+        Ok(done)
+    }
+
+    /// The layout and manifest `reference` names.
+    fn resolve(&self, reference: &Reference, value: &str) -> Result<(PathBuf, Descriptor)> {
+        for source in &self.sources {
+            let Ok(entries) = std::fs::read_dir(source) else {
+                continue;
+            };
+            let mut layouts: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            layouts.sort();
+            for layout in layouts {
+                let index = layout.join("index.json");
+                let Ok(text) = read_small(&index) else {
+                    continue;
+                };
+                let Ok(index) = serde_json::from_slice::<Index>(&text) else {
+                    tracing::warn!(path = %index.display(), "not an OCI image index; skipped");
+                    continue;
+                };
+                for m in index.manifests {
+                    if matches(reference, &m) {
+                        return Ok((layout, m));
+                    }
+                }
+            }
+        }
+        Err(Error::FailedPrecondition(format!(
+            "this worker does not have the container image {value:?} (it runs images from the OCI layouts under --image-dir)"
+        )))
+    }
+}
+
+fn matches(reference: &Reference, m: &Descriptor) -> bool {
+    if let Some(d) = &reference.digest {
+        return &m.digest == d;
+    }
+    let Some(name) = &reference.name else {
+        return false;
+    };
+    let tag = name.rsplit_once(':').map(|(_, t)| t);
+    m.annotations.get("io.containerd.image.name") == Some(name)
+        || m.annotations
+            .get("org.opencontainers.image.ref.name")
+            .is_some_and(|r| r == name || Some(r.as_str()) == tag)
+}
+
+fn read_small(path: &Path) -> Result<Vec<u8>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let mut data = Vec::new();
+    file.take(MAX_MANIFEST + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    if data.len() as u64 > MAX_MANIFEST {
+        return Err(Error::InvalidArgument(format!(
+            "{} is larger than {MAX_MANIFEST} bytes",
+            path.display()
+        )));
+    }
+    Ok(data)
+}
+
+/// A blob of `layout`, opened after checking its name is a plain digest.
+fn blob_path(layout: &Path, d: &Descriptor) -> Result<PathBuf> {
+    let hex = d.digest.strip_prefix("sha256:").unwrap_or("");
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::InvalidArgument(format!(
+            "image blob {:?}: only sha256 digests are supported",
+            d.digest
+        )));
+    }
+    let path = layout.join("blobs/sha256").join(hex);
+    let len = std::fs::metadata(&path)
+        .map_err(|e| Error::io(format!("image blob {}", d.digest), e))?
+        .len();
+    if d.size != 0 && len != d.size {
+        return Err(Error::InvalidArgument(format!(
+            "image blob {} holds {len} bytes: expected {}",
+            d.digest, d.size
+        )));
+    }
+    Ok(path)
+}
+
+/// Reads through, hashing what passes.
+struct Hashing<R> {
+    inner: R,
+    hasher: crate::digest::Hasher,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn verify(d: &Descriptor, hasher: crate::digest::Hasher) -> Result<()> {
+    let got = format!("sha256:{}", hasher.finish().hash_hex());
+    if got != d.digest {
+        return Err(Error::InvalidArgument(format!(
+            "image blob {} does not hash to its digest (got {got})",
+            d.digest
+        )));
+    }
+    Ok(())
+}
+
+/// Unpacks `manifest`'s layers, in order, into `cache/HEX/rootfs`.
+fn unpack(layout: &Path, manifest: &Descriptor, cache: &Path, hex: &str) -> Result<()> {
+    let bytes = read_small(&blob_path(layout, manifest)?)?;
+    let mut hasher = crate::digest::DigestFunction::Sha256.hasher();
+    hasher.update(&bytes);
+    verify(manifest, hasher)?;
+    let parsed: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "image manifest {} does not parse: {e}",
+            manifest.digest
+        ))
+    })?;
+    let tmp = cache.join(format!("{hex}.tmp-{}", uuid::Uuid::new_v4()));
+    let root = tmp.join("rootfs");
+    std::fs::create_dir_all(&root)
+        .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
+    let result = (|| {
+        for layer in &parsed.layers {
+            apply_layer(layout, layer, &root)?;
+        }
+        for m in MOUNT_POINTS {
+            let p = root.join(m);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| !m.is_dir()) {
+                std::fs::remove_file(&p)
+                    .map_err(|e| Error::io(format!("replacing {}", p.display()), e))?;
+            }
+            std::fs::create_dir_all(&p)
+                .map_err(|e| Error::io(format!("creating {}", p.display()), e))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io("setting the image root's mode", e))?;
+        std::fs::rename(&tmp, cache.join(hex))
+            .map_err(|e| Error::io(format!("placing image {hex}"), e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// Applies one layer (tar, tar+gzip or tar+zstd) with OCI whiteouts.
+fn apply_layer(layout: &Path, layer: &Descriptor, root: &Path) -> Result<()> {
+    let path = blob_path(layout, layer)?;
+    let file = std::fs::File::open(&path)
+        .map_err(|e| Error::io(format!("opening image layer {}", layer.digest), e))?;
+    let mut hashing = Hashing {
+        inner: std::io::BufReader::new(file),
+        hasher: crate::digest::DigestFunction::Sha256.hasher(),
+    };
+    {
+        let decoded: Box<dyn Read + '_> =
+            if layer.media_type.ends_with("+gzip") || layer.media_type.ends_with(".gzip") {
+                Box::new(flate2::read::GzDecoder::new(&mut hashing))
+            } else if layer.media_type.ends_with("+zstd") || layer.media_type.ends_with(".zstd") {
+                Box::new(
+                    zstd::stream::read::Decoder::new(&mut hashing)
+                        .map_err(|e| Error::io("reading a zstd layer", e))?,
+                )
+            } else {
+                Box::new(&mut hashing)
+            };
+        let mut archive = tar::Archive::new(decoded);
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_ownerships(false);
+        archive.set_overwrite(true);
+        let entries = archive
+            .entries()
+            .map_err(|e| Error::io(format!("reading image layer {}", layer.digest), e))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| Error::io(format!("reading image layer {}", layer.digest), e))?;
+            let name = entry
+                .path()
+                .map_err(|e| Error::io("reading a layer entry's name", e))?
+                .into_owned();
+            if name.components().any(|c| matches!(c, Component::ParentDir)) {
+                return Err(Error::InvalidArgument(format!(
+                    "image layer {} names {}: outside the image",
+                    layer.digest,
+                    name.display()
+                )));
+            }
+            let file_name = name.file_name().map(|n| n.to_string_lossy().into_owned());
+            if let Some(f) = file_name.as_deref().and_then(|f| f.strip_prefix(".wh.")) {
+                whiteout(root, name.parent().unwrap_or(Path::new("")), f)?;
+                continue;
+            }
+            entry.unpack_in(root).map_err(|e| {
+                Error::io(
+                    format!(
+                        "unpacking {} of image layer {}",
+                        name.display(),
+                        layer.digest
+                    ),
+                    e,
+                )
+            })?;
+        }
+    }
+    // The digest covers the whole blob, past the tar's end blocks too.
+    std::io::copy(&mut hashing, &mut std::io::sink())
+        .map_err(|e| Error::io(format!("reading image layer {}", layer.digest), e))?;
+    verify(layer, hashing.hasher)
+}
+
+/// An OCI whiteout: `.wh..wh..opq` empties its directory (of what lower
+/// layers put there), `.wh.NAME` removes NAME.
+fn whiteout(root: &Path, dir: &Path, name: &str) -> Result<()> {
+    let inside = |p: &Path| -> Result<PathBuf> {
+        // Never through a symlink a lower layer made.
+        let mut at = root.to_path_buf();
+        for c in p.components() {
+            let Component::Normal(part) = c else { continue };
+            at = at.join(part);
+            if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(Error::InvalidArgument(format!(
+                    "an image whiteout under the symlink {}",
+                    at.display()
+                )));
+            }
+        }
+        Ok(at)
+    };
+    let dir = inside(dir)?;
+    let remove = |p: &Path| {
+        let _ = match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+            Ok(_) => std::fs::remove_file(p),
+            Err(_) => Ok(()),
+        };
+    };
+    if name == ".wh..opq" {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                remove(&e.path());
+            }
+        }
+    } else if !name.contains('/') && name != "." && name != ".." {
+        remove(&dir.join(name));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_parse_as_rbe_writes_them() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            parse("docker://busybox").unwrap(),
+            Reference {
+                name: Some("busybox:latest".into()),
+                digest: None
+            }
+        );
+        assert_eq!(
+            parse("docker://reg.example:5000/team/img:1.2")
+                .unwrap()
+                .name
+                .as_deref(),
+            Some("reg.example:5000/team/img:1.2")
+        );
+        assert_eq!(
+            parse("reg.example:5000/team/img").unwrap().name.as_deref(),
+            Some("reg.example:5000/team/img:latest")
+        );
+        let pinned = parse(&format!("docker://img@{d}")).unwrap();
+        assert_eq!(pinned.digest.as_deref(), Some(d.as_str()));
+        for bad in ["", "docker://", "img@md5:00", "img@sha256:xyz", "a b"] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
