@@ -98,18 +98,10 @@ async fn prefixed(
 
 /// The HTTP status a domain error stands for here.
 fn failure(e: Error) -> Response {
-    let status = match &e {
-        Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::InvalidArgument(_) | Error::OutOfRange(_) | Error::MissingBlobs(_) => {
-            StatusCode::BAD_REQUEST
-        }
-        Error::Unauthenticated(_) | Error::PermissionDenied(_) => return refusal(&e),
-        // The store is full (or over a quota): WebDAV's "insufficient storage".
-        Error::ResourceExhausted { .. } => StatusCode::INSUFFICIENT_STORAGE,
-        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        Error::Cancelled(_) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    if matches!(e, Error::Unauthenticated(_) | Error::PermissionDenied(_)) {
+        return refusal(&e);
+    }
+    let status = crate::http::status::status_of(&e);
     if status == StatusCode::INTERNAL_SERVER_ERROR {
         tracing::warn!(error = %e, "HTTP cache request failed");
     }

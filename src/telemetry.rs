@@ -38,10 +38,18 @@ pub fn init(log: &LogConfig, tracing: Option<&TracingConfig>) -> Telemetry {
         EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new(log.level.as_deref().unwrap_or("info")))
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer();
     let fmt = match log.format {
-        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
-        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
+        // serde_json escapes every control character in a string.
+        LogFormat::Json => fmt
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .boxed(),
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal();
+            fmt.with_writer(Escaping { ansi }).with_ansi(ansi).boxed()
+        }
     };
     let mut telemetry = Telemetry::default();
     let otel = tracing.and_then(|t| match exporter(t) {
@@ -89,4 +97,74 @@ fn exporter(config: &TracingConfig) -> Result<SdkTracerProvider, String> {
         .with_resource(resource)
         .with_sampler(sampler)
         .build())
+}
+
+/// The text log's writer: each event arrives as one line, and any control
+/// character inside it (a newline in a client's build id, a carriage
+/// return, an escape sequence) is written escaped, so no client byte can
+/// start a log line of its own. Escape sequences pass only when kiln
+/// colours its own output for a terminal.
+#[derive(Debug, Clone, Copy)]
+struct Escaping {
+    ansi: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Escaping {
+    type Writer = EscapingWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        EscapingWriter { ansi: self.ansi }
+    }
+}
+
+struct EscapingWriter {
+    ansi: bool,
+}
+
+impl std::io::Write for EscapingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let escaped = escape_line(buf, self.ansi);
+        std::io::stderr().write_all(&escaped)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// `line` with every control character but a final newline (and tabs, and
+/// escapes when `ansi`) written as `\n`, `\r` or `\xHH`.
+fn escape_line(line: &[u8], ansi: bool) -> Vec<u8> {
+    let (body, end) = match line.strip_suffix(b"\n") {
+        Some(body) => (body, &b"\n"[..]),
+        None => (line, &b""[..]),
+    };
+    let mut out = Vec::with_capacity(line.len() + 8);
+    for &b in body {
+        match b {
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.push(b),
+            0x1b if ansi => out.push(b),
+            0..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
+            _ => out.push(b),
+        }
+    }
+    out.extend_from_slice(end);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn no_client_byte_starts_a_line() {
+        let line = b"INFO grpc{tool_invocation_id=a\nINFO forged\r\x1b[31m}: hello\n";
+        let out = super::escape_line(line, false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "INFO grpc{tool_invocation_id=a\\nINFO forged\\r\\x1b[31m}: hello\n"
+        );
+        assert_eq!(super::escape_line(b"plain\n", false), b"plain\n");
+    }
 }

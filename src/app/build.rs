@@ -23,6 +23,9 @@ pub(super) struct Built {
     pub http_access: crate::http::HttpAccess,
     /// Bazel's HTTP cache protocol, when enabled.
     pub http_cache: Option<crate::http_cache::CacheState>,
+    /// Per-identity rate limits and the in-flight cap, shared by the gRPC
+    /// edge and the HTTP listener (none when nothing is limited).
+    pub limits: Option<Arc<crate::edge::limits::Limits>>,
 }
 
 /// Builds every component from a validated `config`, fs paths under
@@ -51,7 +54,9 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
     } else {
         None
     };
+    let limits = crate::edge::limits::Limits::from_config(&config.limits);
     let http_access = crate::http::HttpAccess {
+        limits: limits.clone(),
         guard: crate::edge::http_auth::HttpGuard {
             authenticator: authenticator.clone(),
             policy: policy.clone(),
@@ -95,5 +100,6 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
         authenticator,
         http_access,
         http_cache,
+        limits,
     })
 }

@@ -54,10 +54,10 @@ impl RunningServer {
     }
 }
 
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+async fn set_health(reporter: &HealthReporter, names: &[&'static str], status: ServingStatus) {
     reporter.set_service_status("", status).await;
-    for name in SERVICE_NAMES {
-        reporter.set_service_status(name, status).await;
+    for name in names {
+        reporter.set_service_status(*name, status).await;
     }
 }
 
@@ -92,9 +92,10 @@ async fn serve(
         authenticator,
         http_access,
         http_cache,
+        limits,
     } = built;
     let (reporter, health) = tonic_health::server::health_reporter();
-    let routes = services::routes(&config, &parts, health);
+    let (routes, routed) = services::routes(&config, &parts, health);
     let mut server = Server::builder()
         // Windows well above the 64 KiB default let one stream move hundreds
         // of MB/s; kept moderate because every stream may buffer its window
@@ -110,10 +111,7 @@ async fn serve(
                 ))
                 .layer(crate::edge::metrics::layer(&parts.metrics))
                 .option_layer(authenticator.map(crate::edge::auth::AuthLayer::new))
-                .option_layer(
-                    crate::edge::limits::Limits::from_config(&config.limits)
-                        .map(crate::edge::limits::LimitLayer::new),
-                ),
+                .option_layer(limits.map(crate::edge::limits::LimitLayer::new)),
         );
     if let Some(tls) = &config.tls {
         server = server
@@ -125,8 +123,12 @@ async fn serve(
     let serving = Arc::new(AtomicBool::new(true));
     let (shutdown, stop_requested) = watch::channel(false);
     let (stop_grpc_tx, mut stop_grpc) = watch::channel(false);
-    let mut stop_http = stop_grpc.clone();
-    let http = axum::serve(
+    let http_tls = config
+        .tls
+        .as_ref()
+        .map(crate::http::serve::tls_acceptor)
+        .transpose()?;
+    let http = crate::http::serve::serve(
         http_listener,
         crate::http::router(
             parts.metrics.clone(),
@@ -137,15 +139,12 @@ async fn serve(
             http_cache,
             parts.instances.clone(),
         ),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop_http.wait_for(|s| *s).await;
-    });
-    let http_task = tokio::spawn(async move {
-        if let Err(e) = http.await {
-            tracing::error!(error = %e, "HTTP listener failed");
-        }
-    });
+        config.http.clone(),
+        http_tls,
+        stop_grpc.clone(),
+        config.grace_period.0,
+    );
+    let http_task = tokio::spawn(http);
     // Nagle's algorithm plus delayed ACKs add ~40 ms to every call whose
     // request or response spans several TCP segments.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -157,12 +156,13 @@ async fn serve(
             uploads.expire(UPLOAD_IDLE);
         }
     });
-    set_health(&reporter, ServingStatus::Serving).await;
+    set_health(&reporter, &routed, ServingStatus::Serving).await;
     stop::sequence(stop::Stop {
         requested: stop_requested,
         serving,
         scheduler: parts.scheduler.clone(),
         reporter,
+        routed,
         delay: config.grpc.shutdown_delay.0,
         stop_grpc: stop_grpc_tx,
     });

@@ -36,7 +36,8 @@ use crate::service::execution::ExecutionService;
 use crate::service::operations::OperationsService;
 use crate::upload::Uploads;
 
-/// The fully qualified names of kiln's own services, for health reporting.
+/// The fully qualified names of every service kiln can route (health
+/// reports those a server routes: see [`routes`]).
 pub const SERVICE_NAMES: [&str; 11] = [
     "build.bazel.remote.execution.v2.Capabilities",
     "build.bazel.remote.execution.v2.ContentAddressableStorage",
@@ -84,14 +85,19 @@ pub struct Parts {
     pub assets: Option<Arc<crate::asset::Assets>>,
 }
 
-/// Every gRPC service of the server, health and reflection included.
+fn named<S: tonic::server::NamedService>(_: &S) -> &'static str {
+    S::NAME
+}
+
+/// Every gRPC service of the server, health and reflection included, and
+/// the names of kiln's own services among them (what health reports on).
 pub fn routes(
     config: &Config,
     parts: &Parts,
     health: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-) -> Routes {
+) -> (Routes, Vec<&'static str>) {
     let max = config.max_message_size.0 as usize;
     let send = match config.grpc.send_compression {
         SendCompression::None => None,
@@ -111,62 +117,70 @@ pub fn routes(
         parts.bes_access.clone(),
     );
     let i = &parts.instances;
-    let mut routes = Routes::new(health)
-        .add_service(configured!(
-            CapabilitiesServer::new(CapabilitiesService::new(
-                i.clone(),
-                parts.scheduler.is_some()
-            )),
-            max,
-            send
-        ))
-        .add_service(configured!(
-            ContentAddressableStorageServer::new(CasService::new(i.clone())),
-            max,
-            send
-        ))
-        .add_service(configured!(
-            ByteStreamServer::new(ByteStreamService::new(i.clone(), parts.uploads.clone())),
-            max,
-            send
-        ))
-        .add_service(configured!(
-            ActionCacheServer::new(ActionCacheService::new(i.clone())),
-            max,
-            send
-        ))
-        .add_service(configured!(PublishBuildEventServer::new(bes), max, send))
-        .add_service(configured!(
-            BuildEventQueryServer::new(QueryService::new(
-                parts.events.clone(),
-                parts.bes_access.clone()
-            )),
+    let mut names: Vec<&'static str> = Vec::new();
+    let mut routes = Routes::new(health);
+    // Each service is added with its name noted, so health reports exactly
+    // the services this server routes.
+    macro_rules! add {
+        ($svc:expr) => {{
+            let svc = $svc;
+            names.push(named(&svc));
+            routes = routes.add_service(svc);
+        }};
+    }
+    add!(configured!(
+        CapabilitiesServer::new(CapabilitiesService::new(
+            i.clone(),
+            parts.scheduler.is_some()
+        )),
+        max,
+        send
+    ));
+    add!(configured!(
+        ContentAddressableStorageServer::new(CasService::new(i.clone())),
+        max,
+        send
+    ));
+    add!(configured!(
+        ByteStreamServer::new(ByteStreamService::new(i.clone(), parts.uploads.clone())),
+        max,
+        send
+    ));
+    add!(configured!(
+        ActionCacheServer::new(ActionCacheService::new(i.clone())),
+        max,
+        send
+    ));
+    add!(configured!(PublishBuildEventServer::new(bes), max, send));
+    add!(configured!(
+        BuildEventQueryServer::new(QueryService::new(
+            parts.events.clone(),
+            parts.bes_access.clone()
+        )),
+        max,
+        send
+    ));
+    if let Some(scheduler) = &parts.scheduler {
+        add!(configured!(
+            ExecutionServer::new(ExecutionService::new(i.clone(), scheduler.clone())),
             max,
             send
         ));
-    if let Some(scheduler) = &parts.scheduler {
-        routes = routes
-            .add_service(configured!(
-                ExecutionServer::new(ExecutionService::new(i.clone(), scheduler.clone())),
-                max,
-                send
-            ))
-            .add_service(configured!(
-                OperationsServer::new(OperationsService::new(i.clone(), scheduler.clone())),
-                max,
-                send
-            ))
-            .add_service(configured!(
-                BotsServer::new(BotsService::new(i.clone(), scheduler.clone())),
-                max,
-                send
-            ));
+        add!(configured!(
+            OperationsServer::new(OperationsService::new(i.clone(), scheduler.clone())),
+            max,
+            send
+        ));
+        add!(configured!(
+            BotsServer::new(BotsService::new(i.clone(), scheduler.clone())),
+            max,
+            send
+        ));
     }
     if let Some(assets) = &parts.assets {
         let service = AssetService::new(i.clone(), assets.clone());
-        routes = routes
-            .add_service(configured!(FetchServer::new(service.clone()), max, send))
-            .add_service(configured!(PushServer::new(service), max, send));
+        add!(configured!(FetchServer::new(service.clone()), max, send));
+        add!(configured!(PushServer::new(service), max, send));
     }
     if config.grpc.reflection {
         let builder = || {
@@ -184,5 +198,5 @@ pub fn routes(
             .expect("kiln's descriptor set is valid");
         routes = routes.add_service(v1).add_service(v1alpha);
     }
-    routes
+    (routes, names)
 }

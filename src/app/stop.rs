@@ -23,6 +23,8 @@ pub(super) struct Stop {
     pub scheduler: Option<Arc<Scheduler>>,
     /// gRPC health.
     pub reporter: HealthReporter,
+    /// The services it reports on (those the server routes).
+    pub routed: Vec<&'static str>,
     /// How long to report NOT_SERVING before refusing calls.
     pub delay: Duration,
     /// Tells the gRPC and HTTP servers to stop accepting.
@@ -37,7 +39,7 @@ pub(super) fn sequence(mut stop: Stop) {
         if let Some(scheduler) = &stop.scheduler {
             scheduler.stop();
         }
-        super::set_health(&stop.reporter, ServingStatus::NotServing).await;
+        super::set_health(&stop.reporter, &stop.routed, ServingStatus::NotServing).await;
         let delay = stop.delay;
         tracing::info!(?delay, "shutting down: reporting NOT_SERVING");
         tokio::time::sleep(delay).await;

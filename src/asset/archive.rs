@@ -26,11 +26,34 @@ const IN_MEMORY_MAX: u64 = 1 << 20;
 /// Longest symlink target read from an archive.
 const MAX_LINK_TARGET: u64 = 4096;
 
+/// Longest entry path (bytes), as Linux's PATH_MAX.
+const MAX_PATH: usize = 4096;
+
+/// Deepest entry (path components): far past real archives, and low
+/// enough that nothing proportional to depth is ever costly.
+const MAX_DEPTH: usize = 256;
+
+/// Largest GNU long-name or long-link record (the name and its NUL).
+const MAX_LONG_NAME: u64 = MAX_PATH as u64 + 1;
+
+/// Largest PAX extended-header record set of one entry, or global.
+const MAX_PAX: u64 = 64 << 10;
+
+/// Largest zstd window accepted (2^27 = 128 MiB, what `zstd --long`
+/// writes): a frame asking for more is refused before its memory is taken.
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+/// Memory the xz decoder may use (xz -9 needs 65 MiB).
+const XZ_MEMLIMIT: u64 = 128 << 20;
+
 /// What one archive may unpack to.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub(crate) max_entries: u64,
     pub(crate) max_bytes: u64,
+    /// Largest Directory message stored (the instance's parsed-blob limit:
+    /// no client could read a larger one back).
+    pub(crate) max_directory: u64,
 }
 
 /// A file's content on its way to the CAS, already hashed.
@@ -95,12 +118,14 @@ pub(crate) fn unpack(
     limits: Limits,
     spool_dir: &Path,
     subdirectory: Option<&str>,
+    stop: &std::sync::atomic::AtomicBool,
     sink: &mut Sink<'_>,
 ) -> Result<Digest> {
     let mut unpacker = Unpacker {
         function,
         limits,
         spool_dir,
+        stop,
         sink,
         entries: 0,
         bytes: 0,
@@ -120,12 +145,22 @@ pub(crate) fn unpack(
             flate2::read::MultiGzDecoder::new(file()?),
             stream_cap,
         ))?,
-        Format::Xz => unpacker.tar(Capped::new(
-            liblzma::read::XzDecoder::new_multi_decoder(file()?),
-            stream_cap,
-        ))?,
+        Format::Xz => {
+            let stream = liblzma::stream::Stream::new_stream_decoder(
+                XZ_MEMLIMIT,
+                liblzma::stream::CONCATENATED,
+            )
+            .map_err(|e| refused(format!("bad xz stream: {e}")))?;
+            unpacker.tar(Capped::new(
+                liblzma::read::XzDecoder::new_stream(file()?, stream),
+                stream_cap,
+            ))?
+        }
         Format::Zstd => {
-            let decoder = zstd::stream::read::Decoder::new(file()?)
+            let mut decoder = zstd::stream::read::Decoder::new(file()?)
+                .map_err(|e| refused(format!("bad zstd stream: {e}")))?;
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
                 .map_err(|e| refused(format!("bad zstd stream: {e}")))?;
             unpacker.tar(Capped::new(decoder, stream_cap))?
         }
@@ -136,7 +171,7 @@ pub(crate) fn unpack(
             .ok_or_else(|| Error::NotFound(format!("the archive has no directory {sub:?}")))?,
     };
     check_links(&tree)?;
-    store_dir(tree, function, unpacker.sink)
+    store_dir(tree, function, limits.max_directory, unpacker.sink)
 }
 
 /// A reader that fails once more than `left` bytes came out of it.
@@ -167,6 +202,8 @@ struct Unpacker<'a, 's> {
     function: DigestFunction,
     limits: Limits,
     spool_dir: &'a Path,
+    /// Set when the request that asked for the unpack is gone.
+    stop: &'a std::sync::atomic::AtomicBool,
     sink: &'a mut Sink<'s>,
     entries: u64,
     bytes: u64,
@@ -174,7 +211,15 @@ struct Unpacker<'a, 's> {
 }
 
 impl Unpacker<'_, '_> {
+    fn check_stop(&self) -> Result<()> {
+        if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Cancelled("the fetch was cancelled".into()));
+        }
+        Ok(())
+    }
+
     fn count_entry(&mut self) -> Result<()> {
+        self.check_stop()?;
         self.entries += 1;
         if self.entries > self.limits.max_entries {
             return Err(refused(format!(
@@ -185,14 +230,27 @@ impl Unpacker<'_, '_> {
         Ok(())
     }
 
-    /// Checks an entry's path: relative, no `..`; returns its components.
+    /// Checks an entry's path: relative, no `..`, at most [`MAX_PATH`]
+    /// bytes and [`MAX_DEPTH`] deep; returns its components.
     fn path_of(&self, raw: &str) -> Result<Vec<String>> {
+        if raw.len() > MAX_PATH {
+            return Err(refused(format!(
+                "an entry path of {} bytes, more than {MAX_PATH}",
+                raw.len()
+            )));
+        }
         if raw.starts_with('/') || raw.contains('\\') || raw.contains('\0') {
             return Err(refused(format!(
                 "entry {raw:?} has an absolute or non-portable path"
             )));
         }
         let parts = components(raw);
+        if parts.len() > MAX_DEPTH {
+            return Err(refused(format!(
+                "an entry {} directories deep, more than {MAX_DEPTH}",
+                parts.len()
+            )));
+        }
         if parts.iter().any(|c| c == "..") {
             return Err(refused(format!(
                 "entry {raw:?} climbs out of the archive with .."
@@ -216,6 +274,7 @@ impl Unpacker<'_, '_> {
                 if n == 0 {
                     return Ok(());
                 }
+                self.check_stop()?;
                 self.bytes += n as u64;
                 if self.bytes > self.limits.max_bytes {
                     return Err(refused(format!(
@@ -274,25 +333,90 @@ impl Unpacker<'_, '_> {
         Ok(target.to_string())
     }
 
+    /// Reads one metadata record (a long name, a PAX header) of at most
+    /// `cap` bytes, counted against the unpack budget.
+    fn record(&mut self, entry: &mut dyn Read, size: u64, cap: u64, what: &str) -> Result<Vec<u8>> {
+        if size > cap {
+            return Err(refused(format!(
+                "a {what} of {size} bytes, more than {cap}"
+            )));
+        }
+        self.bytes += size;
+        if self.bytes > self.limits.max_bytes {
+            return Err(refused(format!(
+                "it unpacks to more than {} bytes (remote_asset.max_unpacked_size)",
+                self.limits.max_bytes
+            )));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        entry
+            .take(cap)
+            .read_to_end(&mut data)
+            .map_err(|e| refused(format!("unreadable {what}: {e}")))?;
+        Ok(data)
+    }
+
+    /// Tar entries are read raw, so long names and PAX records are read
+    /// here, each under a cap, instead of whole by the tar reader.
     fn tar(&mut self, reader: impl Read) -> Result<()> {
         let mut archive = tar::Archive::new(reader);
         let entries = archive
             .entries()
-            .map_err(|e| refused(format!("bad tar: {e}")))?;
+            .map_err(|e| refused(format!("bad tar: {e}")))?
+            .raw(true);
+        let mut long_name: Option<Vec<u8>> = None;
+        let mut long_link: Option<Vec<u8>> = None;
+        let mut pax: Option<Pax> = None;
         for entry in entries {
             let mut entry = entry.map_err(|e| refused(format!("bad tar: {e}")))?;
             let kind = entry.header().entry_type();
-            if matches!(
-                kind,
-                tar::EntryType::XHeader | tar::EntryType::XGlobalHeader
-            ) || kind.is_gnu_longname()
-                || kind.is_gnu_longlink()
-            {
+            let size = entry
+                .header()
+                .entry_size()
+                .map_err(|e| refused(format!("bad tar header: {e}")))?;
+            if kind.is_gnu_longname() || kind.is_gnu_longlink() {
+                let mut name = self.record(&mut entry, size, MAX_LONG_NAME, "long name")?;
+                while name.last() == Some(&0) {
+                    name.pop();
+                }
+                let slot = if kind.is_gnu_longname() {
+                    &mut long_name
+                } else {
+                    &mut long_link
+                };
+                if slot.replace(name).is_some() {
+                    return Err(refused("two long names for one entry".into()));
+                }
+                continue;
+            }
+            if matches!(kind, tar::EntryType::XGlobalHeader) {
+                self.record(&mut entry, size, MAX_PAX, "PAX global header")?;
+                continue;
+            }
+            if matches!(kind, tar::EntryType::XHeader) {
+                let data = self.record(&mut entry, size, MAX_PAX, "PAX header")?;
+                if pax.replace(Pax::parse(&data)?).is_some() {
+                    return Err(refused("two PAX headers for one entry".into()));
+                }
                 continue;
             }
             self.count_entry()?;
-            let raw = String::from_utf8(entry.path_bytes().into_owned())
+            let extended = pax.take().unwrap_or_default();
+            if extended.size.is_some_and(|s| s != size) {
+                return Err(refused(
+                    "a PAX size record that overrides the header's (entries of 8 GiB and more) is not supported".into(),
+                ));
+            }
+            let raw_path = long_name
+                .take()
+                .or(extended.path)
+                .unwrap_or_else(|| entry.path_bytes().into_owned());
+            let raw = String::from_utf8(raw_path)
                 .map_err(|_| refused("an entry path that is not UTF-8".into()))?;
+            let link = long_link
+                .take()
+                .or(extended.linkpath)
+                .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
             let path = self.path_of(&raw)?;
             let mode = entry.header().mode().unwrap_or(0o644);
             let node = match kind {
@@ -305,16 +429,13 @@ impl Unpacker<'_, '_> {
                 }
                 tar::EntryType::Directory => Node::Dir(Dir::default()),
                 tar::EntryType::Symlink => {
-                    let target = entry
-                        .link_name_bytes()
-                        .ok_or_else(|| refused(format!("symlink {raw:?} has no target")))?
-                        .into_owned();
+                    let target =
+                        link.ok_or_else(|| refused(format!("symlink {raw:?} has no target")))?;
                     Node::Symlink(self.link_target(&raw, &target)?)
                 }
                 tar::EntryType::Link => {
-                    let target = entry
-                        .link_name_bytes()
-                        .ok_or_else(|| refused(format!("hard link {raw:?} has no target")))?;
+                    let target =
+                        link.ok_or_else(|| refused(format!("hard link {raw:?} has no target")))?;
                     let target = String::from_utf8_lossy(&target).into_owned();
                     let target_path = self.path_of(&target)?;
                     match lookup(&self.root, &target_path) {
@@ -336,6 +457,11 @@ impl Unpacker<'_, '_> {
                 }
             };
             self.root.insert(path, node)?;
+        }
+        if long_name.is_some() || long_link.is_some() || pax.is_some() {
+            return Err(refused(
+                "a long name or PAX header describes no entry".into(),
+            ));
         }
         Ok(())
     }
@@ -388,5 +514,50 @@ impl Unpacker<'_, '_> {
             self.root.insert(path, node)?;
         }
         Ok(())
+    }
+}
+
+/// What a PAX extended header says of the next entry (the records kiln
+/// uses; others, such as times and owners, are ignored).
+#[derive(Debug, Default)]
+struct Pax {
+    path: Option<Vec<u8>>,
+    linkpath: Option<Vec<u8>>,
+    size: Option<u64>,
+}
+
+impl Pax {
+    /// Parses `LEN KEY=VALUE\n` records.
+    fn parse(mut data: &[u8]) -> Result<Pax> {
+        let bad = || refused("a malformed PAX header".into());
+        let mut pax = Pax::default();
+        while !data.is_empty() {
+            let space = data.iter().position(|b| *b == b' ').ok_or_else(bad)?;
+            let len: usize = std::str::from_utf8(&data[..space])
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(bad)?;
+            if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
+                return Err(bad());
+            }
+            let record = &data[space + 1..len - 1];
+            let eq = record.iter().position(|b| *b == b'=').ok_or_else(bad)?;
+            let (key, value) = (&record[..eq], &record[eq + 1..]);
+            match key {
+                b"path" => pax.path = Some(value.to_vec()),
+                b"linkpath" => pax.linkpath = Some(value.to_vec()),
+                b"size" => {
+                    pax.size = Some(
+                        std::str::from_utf8(value)
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .ok_or_else(bad)?,
+                    )
+                }
+                _ => {}
+            }
+            data = &data[len..];
+        }
+        Ok(pax)
     }
 }

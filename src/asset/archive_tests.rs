@@ -16,6 +16,7 @@ use crate::proto::reapi::Directory;
 const LIMITS: Limits = Limits {
     max_entries: 1000,
     max_bytes: 64 << 20,
+    max_directory: 4 << 20,
 };
 
 /// Unpacks into a map of digest → bytes; returns (root, blobs).
@@ -45,6 +46,7 @@ fn run(
         limits,
         spool.path(),
         sub,
+        &std::sync::atomic::AtomicBool::new(false),
         &mut sink,
     )?;
     Ok((root, blobs))
@@ -283,6 +285,7 @@ fn bombs_stop_at_the_caps() {
     let small = Limits {
         max_entries: 1000,
         max_bytes: 1 << 20,
+        max_directory: 4 << 20,
     };
     let message = refused(
         run(&write(tmp.path(), "bomb.tar.gz", &data), small, None),
@@ -310,6 +313,7 @@ fn bombs_stop_at_the_caps() {
     let few = Limits {
         max_entries: 10,
         max_bytes: 1 << 20,
+        max_directory: 4 << 20,
     };
     let message = refused(
         run(&write(tmp.path(), "many.tar", &tar_bytes(&refs)), few, None),
@@ -326,4 +330,139 @@ fn bombs_stop_at_the_caps() {
         "junk",
     );
     assert!(message.contains("not a tar"), "{message}");
+}
+
+/// A GNU long-name record (`L`) of `size` bytes holding `name`, then the
+/// entry it names.
+fn long_named(name: &[u8], declared: u64, kind: T, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut h = header("././@LongLink", T::GNULongName, declared, 0o644);
+    h.set_cksum();
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(name);
+    out.extend(std::iter::repeat_n(0u8, (512 - name.len() % 512) % 512));
+    let h = header("short", kind, data.len() as u64, 0o644);
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(data);
+    out.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
+    out.extend(std::iter::repeat_n(0u8, 1024));
+    out
+}
+
+#[test]
+fn a_path_ten_thousand_levels_deep_is_refused_without_recursing() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 150 bytes of gzip: the crash the finding reported.
+    let deep = "a/".repeat(10_000) + "f";
+    let data = gzip(&long_named(
+        deep.as_bytes(),
+        deep.len() as u64,
+        T::Regular,
+        b"x",
+    ));
+    assert!(data.len() < 1024, "{}", data.len());
+    let message = refused(
+        run(&write(tmp.path(), "deep.tgz", &data), LIMITS, None),
+        "deep",
+    );
+    assert!(message.contains("bytes, more than"), "{message}");
+    // Short names, many levels: the depth cap.
+    let deep = "a/".repeat(300) + "f";
+    let data = long_named(deep.as_bytes(), deep.len() as u64, T::Regular, b"x");
+    let message = refused(
+        run(&write(tmp.path(), "deep.tar", &data), LIMITS, None),
+        "depth",
+    );
+    assert!(message.contains("directories deep"), "{message}");
+    // Within the caps a deep tree unpacks (and is stored without recursion).
+    let ok = "d/".repeat(250) + "f";
+    let data = long_named(ok.as_bytes(), ok.len() as u64, T::Regular, b"deep file");
+    let (root, blobs) = run(&write(tmp.path(), "ok.tar", &data), LIMITS, None).unwrap();
+    let mut at = dir(&blobs, &root);
+    for _ in 0..250 {
+        at = child(&blobs, &at, "d");
+    }
+    assert_eq!(at.files[0].name, "f");
+}
+
+#[test]
+fn a_huge_long_name_record_is_refused_before_it_is_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The header claims 200 MiB of name; nothing past it need exist.
+    let mut h = header("././@LongLink", T::GNULongName, 200 << 20, 0o644);
+    h.set_cksum();
+    let data = gzip(h.as_bytes());
+    let message = refused(
+        run(&write(tmp.path(), "long.tgz", &data), LIMITS, None),
+        "long name",
+    );
+    assert!(
+        message.contains("long name of 209715200 bytes"),
+        "{message}"
+    );
+}
+
+#[test]
+fn pax_paths_are_read_and_pax_sizes_that_disagree_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pax_entry = |records: &str, kind: T, data: &[u8]| {
+        let mut out = Vec::new();
+        let h = header("PaxHeaders/x", T::XHeader, records.len() as u64, 0o644);
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(records.as_bytes());
+        out.extend(std::iter::repeat_n(0u8, (512 - records.len() % 512) % 512));
+        let h = header("short", kind, data.len() as u64, 0o644);
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
+        out.extend(std::iter::repeat_n(0u8, 1024));
+        out
+    };
+    let record = |key: &str, value: &str| {
+        let body = format!(" {key}={value}\n");
+        let mut len = body.len() + 1;
+        while format!("{len}{body}").len() != len {
+            len += 1;
+        }
+        format!("{len}{body}")
+    };
+    let long = format!("{}/file.txt", "x".repeat(200));
+    let data = pax_entry(&record("path", &long), T::Regular, b"pax");
+    let (root, blobs) = run(&write(tmp.path(), "pax.tar", &data), LIMITS, None).unwrap();
+    let top = dir(&blobs, &root);
+    assert_eq!(top.directories[0].name, "x".repeat(200));
+    let data = pax_entry(&record("size", "999"), T::Regular, b"pax");
+    let message = refused(
+        run(&write(tmp.path(), "size.tar", &data), LIMITS, None),
+        "pax size",
+    );
+    assert!(message.contains("PAX size"), "{message}");
+    let data = pax_entry("garbage", T::Regular, b"pax");
+    refused(
+        run(&write(tmp.path(), "bad.tar", &data), LIMITS, None),
+        "bad pax",
+    );
+}
+
+#[test]
+fn a_directory_no_client_could_read_back_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..100).map(|i| format!("file-{i:04}")).collect();
+    let refs: Vec<(&str, T, &[u8], u32)> = names
+        .iter()
+        .map(|n| (n.as_str(), T::Regular, &b"x"[..], 0o644))
+        .collect();
+    let tight = Limits {
+        max_directory: 1024,
+        ..LIMITS
+    };
+    let message = refused(
+        run(
+            &write(tmp.path(), "wide.tar", &tar_bytes(&refs)),
+            tight,
+            None,
+        ),
+        "wide",
+    );
+    assert!(message.contains("max_message_size"), "{message}");
 }

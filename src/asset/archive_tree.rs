@@ -81,35 +81,65 @@ pub(super) fn take_dir(root: &mut Dir, path: &[String]) -> Option<Dir> {
 }
 
 /// Stores `dir`'s subdirectories, then `dir` itself; returns its digest.
-pub(super) fn store_dir(dir: Dir, function: DigestFunction, sink: &mut Sink<'_>) -> Result<Digest> {
-    let mut proto = Directory::default();
-    // BTreeMap order is byte order of the names, as REAPI asks.
-    for (name, node) in dir.entries {
-        match node {
-            Node::File { digest, executable } => proto.files.push(FileNode {
+/// Iterative (depth-first with an explicit stack), consuming the tree as it
+/// goes, so no depth of archive recurses, on the way or when dropped.
+pub(super) fn store_dir(
+    dir: Dir,
+    function: DigestFunction,
+    max_directory: u64,
+    sink: &mut Sink<'_>,
+) -> Result<Digest> {
+    struct Frame {
+        name: String,
+        proto: Directory,
+        entries: std::collections::btree_map::IntoIter<String, Node>,
+    }
+    let frame = |name: String, dir: Dir| Frame {
+        name,
+        proto: Directory::default(),
+        entries: dir.entries.into_iter(),
+    };
+    let mut stack = vec![frame(String::new(), dir)];
+    loop {
+        let top = stack.last_mut().expect("the root frame is popped last");
+        // BTreeMap order is byte order of the names, as REAPI asks.
+        match top.entries.next() {
+            Some((name, Node::File { digest, executable })) => top.proto.files.push(FileNode {
                 name,
                 digest: Some(digest.to_proto()),
                 is_executable: executable,
                 ..Default::default()
             }),
-            Node::Symlink(target) => proto.symlinks.push(SymlinkNode {
+            Some((name, Node::Symlink(target))) => top.proto.symlinks.push(SymlinkNode {
                 name,
                 target,
                 ..Default::default()
             }),
-            Node::Dir(sub) => {
-                let digest = store_dir(sub, function, sink)?;
-                proto.directories.push(DirectoryNode {
-                    name,
-                    digest: Some(digest.to_proto()),
-                });
+            Some((name, Node::Dir(sub))) => stack.push(frame(name, sub)),
+            None => {
+                let done = stack.pop().expect("a frame");
+                let encoded = Bytes::from(done.proto.encode_to_vec());
+                if encoded.len() as u64 > max_directory {
+                    return Err(refused(format!(
+                        "a directory of {} entries encodes to {} bytes, more than the {max_directory} a client could read back (max_message_size)",
+                        done.proto.files.len()
+                            + done.proto.directories.len()
+                            + done.proto.symlinks.len(),
+                        encoded.len()
+                    )));
+                }
+                let digest = function.digest_of(&encoded);
+                sink(digest, Content::Bytes(encoded))?;
+                match stack.last_mut() {
+                    Some(parent) => parent.proto.directories.push(DirectoryNode {
+                        name: done.name,
+                        digest: Some(digest.to_proto()),
+                    }),
+                    None => return Ok(digest),
+                }
             }
         }
     }
-    let encoded = Bytes::from(proto.encode_to_vec());
-    let digest = function.digest_of(&encoded);
-    sink(digest, Content::Bytes(encoded))?;
-    Ok(digest)
 }
 
 pub(super) fn components(path: &str) -> Vec<String> {
@@ -132,18 +162,24 @@ pub(super) fn lookup<'d>(root: &'d Dir, path: &[String]) -> Option<&'d Node> {
 }
 
 /// Every symlink, followed through the tree's other symlinks, must stay
-/// inside `root`.
+/// inside `root`. Depth-first, keeping one path (no copy per directory).
 pub(super) fn check_links(root: &Dir) -> Result<()> {
-    let mut pending = vec![(Vec::<String>::new(), root)];
-    while let Some((at, dir)) = pending.pop() {
+    let mut pending: Vec<(usize, Option<&String>, &Dir)> = vec![(0, None, root)];
+    let mut at: Vec<String> = Vec::new();
+    while let Some((depth, name, dir)) = pending.pop() {
+        at.truncate(depth.saturating_sub(1));
+        if let Some(n) = name {
+            at.push(n.clone());
+        }
         for (name, node) in &dir.entries {
-            let path = || [at.as_slice(), std::slice::from_ref(name)].concat();
             match node {
-                Node::Dir(d) => pending.push((path(), d)),
+                Node::Dir(d) => pending.push((depth + 1, Some(name), d)),
                 Node::Symlink(target) if !stays_inside(root, at.clone(), target) => {
+                    let mut path = at.clone();
+                    path.push(name.clone());
                     return Err(refused(format!(
                         "symlink {} -> {target:?} leads outside the archive",
-                        path().join("/")
+                        path.join("/")
                     )));
                 }
                 _ => {}

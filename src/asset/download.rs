@@ -17,6 +17,48 @@ use crate::digest::DigestFunction;
 use crate::error::{Error, Result};
 use crate::store::VerifiedFile;
 
+/// One caller's share of the downloader: downloads at once, and bytes
+/// spooled at once.
+#[derive(Debug)]
+pub(crate) struct Quota {
+    pub(crate) downloads: tokio::sync::Semaphore,
+    spooled: std::sync::atomic::AtomicU64,
+    max_spool: u64,
+}
+
+impl Quota {
+    pub(crate) fn new(downloads: usize, max_spool: u64) -> Quota {
+        Quota {
+            downloads: tokio::sync::Semaphore::new(downloads.max(1)),
+            spooled: std::sync::atomic::AtomicU64::new(0),
+            max_spool,
+        }
+    }
+}
+
+/// Bytes a download holds against its caller's spool quota, given back
+/// when it ends (stored or discarded).
+struct Spooled<'q> {
+    quota: &'q Quota,
+    bytes: u64,
+}
+
+impl Spooled<'_> {
+    fn add(&mut self, n: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        self.bytes += n;
+        self.quota.spooled.fetch_add(n, Ordering::Relaxed) + n <= self.quota.max_spool
+    }
+}
+
+impl Drop for Spooled<'_> {
+    fn drop(&mut self) {
+        self.quota
+            .spooled
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Downloader {
     egress: Arc<Egress>,
@@ -62,6 +104,7 @@ impl Downloader {
     }
 
     /// Downloads `url` into a spool file; the file's digest is the CAS's.
+    /// Its bytes count against `quota` while it downloads.
     pub(crate) async fn get(
         &self,
         url: &url::Url,
@@ -69,21 +112,29 @@ impl Downloader {
         timeout: Option<Duration>,
         function: DigestFunction,
         sri: &[Sri],
+        quota: &Quota,
     ) -> Result<VerifiedFile> {
         self.egress.check(url)?;
         let limit = timeout.map_or(self.timeout, |t| t.min(self.timeout));
-        let path = self
-            .spool_dir
-            .join(uuid::Uuid::new_v4().simple().to_string());
-        let fetched = tokio::time::timeout(limit, self.stream(url, headers, &path, function, sri))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::DeadlineExceeded(format!(
-                    "downloading {url} took longer than {limit:?}"
-                )))
-            });
-        if fetched.is_err() {
-            let _ = tokio::fs::remove_file(&path).await;
+        let spool = Spool(Some(
+            self.spool_dir
+                .join(uuid::Uuid::new_v4().simple().to_string()),
+        ));
+        let path = spool.0.clone().expect("set");
+        let fetched = tokio::time::timeout(
+            limit,
+            self.stream(url, headers, &path, function, sri, quota),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::DeadlineExceeded(format!(
+                "downloading {url} took longer than {limit:?}"
+            )))
+        });
+        // On success the file is the caller's; on failure, or when this
+        // future is dropped (the client cancelled), the guard removes it.
+        if fetched.is_ok() {
+            spool.keep();
         }
         fetched
     }
@@ -95,7 +146,9 @@ impl Downloader {
         path: &Path,
         function: DigestFunction,
         sri: &[Sri],
+        quota: &Quota,
     ) -> Result<VerifiedFile> {
+        let mut spooled = Spooled { quota, bytes: 0 };
         let mut request = self.client.get(url.clone());
         for (name, value) in headers {
             request = request.header(name, value);
@@ -113,11 +166,14 @@ impl Downloader {
         };
         let response = request.send().await.map_err(failed)?;
         let status = response.status();
-        if !status.is_success() {
-            let message = format!("GET {url}: the server answered {status}");
+        // Only a 200 is the URL's whole content: a 206 (a range), a 203 or
+        // any other success is not recorded as what the URL serves.
+        if status != reqwest::StatusCode::OK {
+            let message = format!("GET {url}: the server answered {status}, not 200 OK");
             return Err(match status.as_u16() {
                 404 | 410 => Error::NotFound(message),
                 401 | 403 => Error::PermissionDenied(message),
+                200..=299 => Error::FailedPrecondition(message),
                 _ => Error::Unavailable(message),
             });
         }
@@ -149,6 +205,13 @@ impl Downloader {
                     seen += chunk.len() as u64;
                     if seen > self.max_size {
                         broke = Some(too_large(url, seen, self.max_size));
+                        break;
+                    }
+                    if !spooled.add(chunk.len() as u64) {
+                        broke = Some(Error::exhausted(format!(
+                            "downloading {url}: this caller's downloads hold more than remote_asset.max_spool_per_caller ({} bytes) at once",
+                            quota.max_spool
+                        )));
                         break;
                     }
                     if tx.send(chunk).await.is_err() {
@@ -188,6 +251,26 @@ impl Downloader {
     }
 }
 
+/// A spool file removed when dropped, unless kept: a download whose
+/// client went away leaves nothing behind.
+pub(crate) struct Spool(pub(crate) Option<PathBuf>);
+
+impl Spool {
+    /// Hands the file over: it is no longer removed.
+    pub(crate) fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            // Synchronous: a drop cannot wait, and an unlink does not block long.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 fn too_large(url: &url::Url, seen: u64, max: u64) -> Error {
     Error::exhausted(format!(
         "{url} is larger than remote_asset.max_download_size ({seen} bytes or more, at most {max})"
@@ -195,13 +278,13 @@ fn too_large(url: &url::Url, seen: u64, max: u64) -> Error {
 }
 
 /// The CAS digest and one SRI digest per algorithm asked for, fed together.
-struct Hashers {
+pub(crate) struct Hashers {
     cas: crate::digest::Hasher,
     sri: Vec<(SriAlgorithm, aws_lc_rs::digest::Context)>,
 }
 
 impl Hashers {
-    fn new(function: DigestFunction, sri: &[Sri]) -> Self {
+    pub(crate) fn new(function: DigestFunction, sri: &[Sri]) -> Self {
         let mut algorithms: Vec<SriAlgorithm> = sri.iter().map(|s| s.algorithm).collect();
         algorithms.sort_by_key(|a| a.name());
         algorithms.dedup();
@@ -214,14 +297,14 @@ impl Hashers {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         self.cas.update(data);
         for (_, context) in &mut self.sri {
             context.update(data);
         }
     }
 
-    fn finish(self) -> (crate::digest::Digest, Vec<Sri>) {
+    pub(crate) fn finish(self) -> (crate::digest::Digest, Vec<Sri>) {
         let actual = self
             .sri
             .into_iter()

@@ -4,7 +4,7 @@
 //! resolver the HTTP client connects with, so a name that resolves to an
 //! internal address (or is re-bound to one) is refused too.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use crate::config::{AllowRule, RemoteAssetConfig};
@@ -59,7 +59,10 @@ impl Egress {
     }
 
     /// Whether a connection to `ip` (from resolving a name) is allowed.
+    /// An IPv6 address that embeds an IPv4 one (NAT64, 6to4) is judged
+    /// as that IPv4 address: a translator would connect there.
     fn address_allowed(&self, ip: IpAddr) -> bool {
+        let ip = embedded_v4(ip).map_or(ip, IpAddr::V4);
         is_public(ip) || self.private_ok.iter().any(|n| n.contains(&ip))
     }
 
@@ -117,21 +120,50 @@ fn names_literally(rule: &AllowRule, host: &str) -> bool {
 
 /// Globally routable: not loopback, private, link-local, shared (CGNAT),
 /// unspecified, broadcast, documentation, multicast, or unique-local.
+/// The IPv4 address an IPv6 one stands for: IPv4-mapped (::ffff:a.b.c.d),
+/// IPv4-compatible (::a.b.c.d), NAT64's well-known prefix
+/// (64:ff9b::a.b.c.d) and 6to4 (2002:AABB:CCDD::).
+fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let s = v6.segments();
+    let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(tail);
+    }
+    if s[..6] == [0, 0, 0, 0, 0, 0] && !(v6.is_loopback() || v6.is_unspecified()) {
+        return Some(tail);
+    }
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
+    }
+    None
+}
+
 fn is_public(ip: IpAddr) -> bool {
+    if let Some(v4) = embedded_v4(ip) {
+        return is_public_v4(v4);
+    }
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public_v4(v4);
-            }
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            let first = s[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local
                 || (first & 0xffc0) == 0xfe80 // link local
-                || v6 == Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0)
-                || (first == 0x2001 && v6.segments()[1] == 0x0db8)) // documentation
+                || (first == 0x64 && s[1] == 0xff9b) // NAT64, local use (64:ff9b:1::/48)
+                || (first == 0x2001 && s[1] == 0) // Teredo: reaches an obscured IPv4 address
+                || (first == 0x2001 && s[1] == 0x0db8)) // documentation
         }
     }
 }
@@ -196,6 +228,31 @@ mod tests {
 
     fn ok(e: &Egress, url: &str) -> bool {
         e.check(&url::Url::parse(url).unwrap()).is_ok()
+    }
+
+    #[test]
+    fn addresses_embedding_ipv4_are_judged_as_that_ipv4() {
+        let e = egress(&["*.example.com"], &["10.1.0.0/16"]);
+        let allowed = |a: &str| e.address_allowed(a.parse().unwrap());
+        // NAT64 and 6to4 to loopback, private and metadata addresses.
+        for refused in [
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::c0a8:101",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b:1::8.8.8.8",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+        ] {
+            assert!(!allowed(refused), "{refused}");
+        }
+        // ... and a public or allowed-private one through them is fine.
+        assert!(allowed("64:ff9b::808:808"), "8.8.8.8");
+        assert!(allowed("2002:808:808::"), "8.8.8.8");
+        assert!(allowed("64:ff9b::a01:203"), "10.1.2.3 is allowed");
+        assert!(allowed("2606:4700::1111"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod egress;
 mod qualifiers;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -33,6 +34,7 @@ use crate::proto::kiln_v1::AssetRecord;
 use crate::store::VerifiedFile;
 
 pub(crate) use qualifiers::Qualifiers;
+use qualifiers::Sri;
 
 /// What is fetched: a blob, or an archive unpacked into a Directory tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +65,8 @@ pub(crate) struct Fetch<'a> {
     /// The caller may cause a download (the `write` role); without it only
     /// cached assets answer.
     pub(crate) may_download: bool,
+    /// Who the download counts against (token subject, else address).
+    pub(crate) caller: String,
 }
 
 /// How a fetch ended: the URI it concerns and the content or the error.
@@ -88,6 +92,10 @@ pub(crate) struct Push<'a> {
 #[derive(Debug)]
 pub(crate) struct Assets {
     downloader: download::Downloader,
+    /// Each caller's share of the downloader.
+    quotas: moka::sync::Cache<String, Arc<download::Quota>>,
+    max_downloads_per_caller: usize,
+    max_spool_per_caller: u64,
     limits: archive::Limits,
     spool_dir: PathBuf,
 }
@@ -101,9 +109,17 @@ impl Assets {
             .map_err(|e| Error::io(format!("creating {}", spool_dir.display()), e))?;
         Ok(Assets {
             downloader: download::Downloader::new(config, spool_dir)?,
+            quotas: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(3600))
+                .build(),
+            max_downloads_per_caller: config.max_downloads_per_caller,
+            max_spool_per_caller: config.max_spool_per_caller.0,
             limits: archive::Limits {
                 max_entries: config.max_archive_entries,
                 max_bytes: config.max_unpacked_size.0,
+                // Set per instance when an archive is unpacked.
+                max_directory: u64::MAX,
             },
             spool_dir: spool_dir.to_path_buf(),
         })
@@ -126,10 +142,33 @@ impl Assets {
                 )),
             });
         }
+        // One caller's downloads wait their turn (within the request's
+        // timeout), so no caller can take the downloader to itself.
+        let quota = self.quotas.get_with(req.caller.clone(), || {
+            Arc::new(download::Quota::new(
+                self.max_downloads_per_caller,
+                self.max_spool_per_caller,
+            ))
+        });
+        let wait = req.timeout.unwrap_or(Duration::from_secs(600));
+        let _turn = match tokio::time::timeout(wait, quota.downloads.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                return Ok(Outcome {
+                    uri: req.uris[0].clone(),
+                    result: Err(Error::exhausted(format!(
+                        "this caller already runs remote_asset.max_downloads_per_caller ({}) downloads",
+                        self.max_downloads_per_caller
+                    ))),
+                });
+            }
+        };
         let mut last = None;
         for (i, url) in urls.iter().enumerate() {
             let headers = q.headers_for(i, url.as_str());
-            let result = self.fetch_one(instance, &req, &q, url, &headers).await;
+            let result = self
+                .fetch_one(instance, &req, &q, url, &headers, &quota)
+                .await;
             match result {
                 Ok(digest) => {
                     // Recorded for the URI that served it: the ones that
@@ -161,11 +200,15 @@ impl Assets {
         q: &Qualifiers,
         url: &url::Url,
         headers: &[(String, String)],
+        quota: &download::Quota,
     ) -> Result<Digest> {
         let file = self
             .downloader
-            .get(url, headers, req.timeout, req.function, &q.sri)
+            .get(url, headers, req.timeout, req.function, &q.sri, quota)
             .await?;
+        // Whatever becomes of this call (the client may go away), the spool
+        // file does not outlive it.
+        let _spool = download::Spool(Some(file.path().to_path_buf()));
         match req.kind {
             Kind::Blob => store_file(instance.cas.as_ref(), file).await,
             Kind::Directory => {
@@ -189,7 +232,15 @@ impl Assets {
     ) -> Result<Digest> {
         let cas = instance.cas.clone();
         let handle = tokio::runtime::Handle::current();
-        let (path, spool, limits) = (path.to_path_buf(), self.spool_dir.clone(), self.limits);
+        let limits = archive::Limits {
+            max_directory: instance.settings.max_parsed_blob,
+            ..self.limits
+        };
+        let (path, spool) = (path.to_path_buf(), self.spool_dir.clone());
+        // Set when this call is dropped (the client went away): the
+        // blocking unpack stops at its next read or entry.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _stop_on_drop = StopOnDrop(stop.clone());
         tokio::task::spawn_blocking(move || {
             let mut sink = |digest: Digest, content: archive::Content| -> Result<()> {
                 match content {
@@ -207,6 +258,7 @@ impl Assets {
                 limits,
                 &spool,
                 subdirectory.as_deref(),
+                &stop,
                 &mut sink,
             )
         })
@@ -265,6 +317,15 @@ impl Assets {
             else {
                 continue;
             };
+            // A record is only an answer if its content has the checksum
+            // asked for, whoever wrote it.
+            if req.kind == Kind::Blob
+                && !q.sri.is_empty()
+                && !checksums(instance, digest, &q.sri).await?.any
+            {
+                tracing::warn!(uri = %uri, %digest, "a remote asset record's content lacks the checksum asked for; ignored");
+                continue;
+            }
             if self.present(instance, req.kind, digest).await? {
                 return Ok(Some(Outcome {
                     uri: uri.clone(),
@@ -309,6 +370,18 @@ impl Assets {
         if !missing.is_empty() {
             return Err(Error::MissingBlobs(missing));
         }
+        // A pushed blob must have every checksum its qualifiers name, or a
+        // later Fetch asking for that checksum would get other bytes.
+        let sri = qualifiers::pushed_sri(req.qualifiers)?;
+        if req.kind == Kind::Blob
+            && !sri.is_empty()
+            && !checksums(instance, req.digest, &sri).await?.all
+        {
+            return Err(Error::InvalidArgument(format!(
+                "blob {} does not have every checksum its checksum.sri qualifiers name",
+                req.digest
+            )));
+        }
         let mut roots = req.references_directories.clone();
         if req.kind == Kind::Directory {
             roots.push(req.digest);
@@ -330,6 +403,44 @@ impl Assets {
             req.expire_at,
         )
         .await
+    }
+}
+
+/// How a stored blob compares with a list of checksums.
+struct Checked {
+    /// It has at least one of them.
+    any: bool,
+    /// It has every one.
+    all: bool,
+}
+
+/// Hashes the blob `digest` (streamed from the CAS) with each algorithm of
+/// `sri` and compares.
+async fn checksums(instance: &Instance, digest: Digest, sri: &[Sri]) -> Result<Checked> {
+    use futures::StreamExt;
+    let mut hashers = download::Hashers::new(digest.function, sri);
+    match instance.cas.get(&digest, crate::store::Range::FULL).await? {
+        crate::store::Body::Bytes(b) => hashers.update(&b),
+        crate::store::Body::Stream(mut s) => {
+            while let Some(chunk) = s.next().await {
+                hashers.update(&chunk?);
+            }
+        }
+    }
+    let (_, actual) = hashers.finish();
+    let has = |s: &Sri| actual.contains(s);
+    Ok(Checked {
+        any: sri.iter().any(has),
+        all: sri.iter().all(has),
+    })
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -111,6 +111,9 @@ pub(crate) fn parse(qualifiers: &[Qualifier], directory: bool) -> Result<Qualifi
                 .map(|_| v.to_string())
                 .map_err(|_| invalid("the value is not a valid HTTP header value".into()))
         };
+        if let Some(h) = header_of(name) {
+            header_allowed(h).map_err(invalid)?;
+        }
         if name == "checksum.sri" {
             out.sri.extend(parse_sri(&q.value).map_err(invalid)?);
             out.identity.push((q.name.clone(), q.value.clone()));
@@ -139,7 +142,12 @@ pub(crate) fn parse(qualifiers: &[Qualifier], directory: bool) -> Result<Qualifi
             out.directory = (!sub.is_empty()).then(|| sub.to_string());
             out.identity.push((q.name.clone(), sub.to_string()));
         } else if let Some(h) = name.strip_prefix("http_header:") {
-            out.headers.push((header_name(h)?, header_value(&q.value)?));
+            let header = (header_name(h)?, header_value(&q.value)?);
+            if !is_credential(&header.0) {
+                out.identity
+                    .push((format!("http_header:{}", header.0), header.1.clone()));
+            }
+            out.headers.push(header);
         } else if let Some(rest) = name.strip_prefix("http_header_url:") {
             let (index, h) = rest
                 .split_once(':')
@@ -148,9 +156,18 @@ pub(crate) fn parse(qualifiers: &[Qualifier], directory: bool) -> Result<Qualifi
                 .parse()
                 .map_err(|_| invalid(format!("{index:?} is not a URI index")))?;
             let entry = (header_name(h)?, header_value(&q.value)?);
+            if !is_credential(&entry.0) {
+                out.identity.push((
+                    format!("http_header_url:{index}:{}", entry.0),
+                    entry.1.clone(),
+                ));
+            }
             out.url_headers.entry(index).or_default().push(entry);
         } else if name == "bazel.auth_headers" {
             out.auth_headers = parse_auth_headers(&q.value).map_err(invalid)?;
+            for (h, _) in out.auth_headers.values().flatten() {
+                header_allowed(h).map_err(invalid)?;
+            }
         } else {
             unknown.push(name.to_string());
         }
@@ -165,17 +182,88 @@ pub(crate) fn parse(qualifiers: &[Qualifier], directory: bool) -> Result<Qualifi
     Ok(out)
 }
 
-/// The identity of a Push's qualifiers: all of them but headers (the spec
-/// lets servers trust pushed qualifiers without understanding them).
+/// Every checksum a Push's `checksum.sri` qualifiers name.
+pub(crate) fn pushed_sri(qualifiers: &[Qualifier]) -> Result<Vec<Sri>> {
+    let mut out = Vec::new();
+    for q in qualifiers.iter().filter(|q| q.name == "checksum.sri") {
+        out.extend(
+            parse_sri(&q.value)
+                .map_err(|why| Error::InvalidArgument(format!("qualifier checksum.sri: {why}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// The header a qualifier sends, if it sends one.
+fn header_of(name: &str) -> Option<&str> {
+    name.strip_prefix("http_header:").or_else(|| {
+        name.strip_prefix("http_header_url:")?
+            .split_once(':')
+            .map(|(_, h)| h)
+    })
+}
+
+/// Headers that carry credentials: they do not change what a URL serves,
+/// so they are no part of a record's identity (and are never stored).
+fn is_credential(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "authorization" | "proxy-authorization" | "cookie"
+    )
+}
+
+/// Refuses headers a client could use to make the origin answer with
+/// something other than the URL's whole content (a range, another
+/// encoding, a conditional answer) or to reach another site than the URL
+/// names (Host, which the egress policy does not see). Every other header
+/// but credentials is part of the record's identity, so what it changes is
+/// recorded only for requests that send it.
+fn header_allowed(name: &str) -> std::result::Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    let refused = matches!(
+        lower.as_str(),
+        "host"
+            | "range"
+            | "if-range"
+            | "accept-encoding"
+            | "te"
+            | "connection"
+            | "upgrade"
+            | "transfer-encoding"
+            | "content-length"
+            | "expect"
+            | "keep-alive"
+    ) || lower.starts_with("if-")
+        || lower.starts_with("proxy-") && lower != "proxy-authorization";
+    if refused {
+        return Err(format!(
+            "the header {name:?} changes what the origin answers (or where it is asked), and kiln records only a URL's whole content"
+        ));
+    }
+    Ok(())
+}
+
+/// The identity of a Push's qualifiers: all of them but credentials (the
+/// spec lets servers trust pushed qualifiers without understanding them);
+/// headers count as a Fetch counts them.
 pub(crate) fn pushed_identity(qualifiers: &[Qualifier]) -> Vec<(String, String)> {
     let mut identity: Vec<(String, String)> = qualifiers
         .iter()
         .filter(|q| {
-            !(q.name.starts_with("http_header:")
-                || q.name.starts_with("http_header_url:")
-                || q.name == "bazel.auth_headers")
+            q.name != "bazel.auth_headers" && !header_of(&q.name).is_some_and(is_credential)
         })
-        .map(|q| (q.name.clone(), q.value.clone()))
+        .map(|q| {
+            // Header names compare as a Fetch's do: lowercase.
+            let name = match header_of(&q.name) {
+                Some(h) => format!(
+                    "{}{}",
+                    &q.name[..q.name.len() - h.len()],
+                    h.to_ascii_lowercase()
+                ),
+                None => q.name.clone(),
+            };
+            (name, q.value.clone())
+        })
         .collect();
     identity.sort();
     identity
@@ -270,7 +358,11 @@ mod tests {
             parsed.url_headers[&1],
             vec![("x-mirror".into(), "yes".into())]
         );
-        assert_eq!(parsed.identity.len(), 2, "headers are not identity");
+        assert_eq!(
+            parsed.identity.len(),
+            3,
+            "credentials are not identity, other headers are"
+        );
 
         let err = parse(&[q("git.ref", "abc"), q("vcs.thing", "")], false).unwrap_err();
         let text = err.to_string();
@@ -303,6 +395,35 @@ mod tests {
         assert!(parse_sri("sha256-AAAA").is_err(), "wrong length");
         assert!(parse_sri("sha256-!!!").is_err(), "not base64");
         assert!(parse_sri("nodash").is_err());
+    }
+
+    #[test]
+    fn headers_that_change_the_answer_are_refused() {
+        for h in [
+            "Range",
+            "accept-encoding",
+            "Host",
+            "If-None-Match",
+            "Transfer-Encoding",
+        ] {
+            let e = parse(&[q(&format!("http_header:{h}"), "x")], false).unwrap_err();
+            assert!(e.to_string().contains("whole content"), "{h}: {e}");
+            let e = parse(&[q(&format!("http_header_url:0:{h}"), "x")], false).unwrap_err();
+            assert!(e.to_string().contains("whole content"), "{h}: {e}");
+        }
+        let e = parse(
+            &[q(
+                "bazel.auth_headers",
+                r#"{"https://a/": {"Range": ["bytes=0-1"]}}"#,
+            )],
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("whole content"), "{e}");
+        // The same Accept in a Fetch and a Push makes the same identity.
+        let fetched = parse(&[q("http_header:Accept", "application/x")], false).unwrap();
+        let pushed = pushed_identity(&[q("http_header:ACCEPT", "application/x")]);
+        assert_eq!(fetched.identity, pushed);
     }
 
     #[test]

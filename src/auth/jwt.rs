@@ -49,13 +49,23 @@ fn parse_algorithm(name: &str) -> Result<Algorithm> {
     })
 }
 
+/// Longest a JWKS fetch may take.
+const JWKS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn read_jwks(config: &JwtConfig) -> Result<JwkSet> {
     let text = if let Some(path) = &config.jwks_file {
         tokio::fs::read_to_string(path)
             .await
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?
     } else if let Some(url) = &config.jwks_url {
-        reqwest::get(url)
+        // A JWKS endpoint that hangs must not hang start-up or a refresh.
+        reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(JWKS_TIMEOUT)
+            .build()
+            .map_err(|e| Error::internal(format!("building the JWKS client: {e}")))?
+            .get(url)
+            .send()
             .await
             .and_then(|r| r.error_for_status())
             .map_err(|e| Error::Unavailable(format!("fetching JWKS {url}: {e}")))?
@@ -82,6 +92,8 @@ impl JwtVerifier {
         let mut validation = Validation::new(*algorithms.first().unwrap_or(&Algorithm::HS256));
         validation.algorithms = algorithms;
         validation.set_required_spec_claims(&["exp"]);
+        // A token is not valid before its `nbf` (when it has one).
+        validation.validate_nbf = true;
         validation.leeway = 30;
         match &config.audience {
             Some(aud) => validation.set_audience(&[aud]),

@@ -27,12 +27,10 @@ pub fn router(store: Store) -> Router {
 
 /// An error as the JSON API answers it (status code and `{"error"}`).
 pub(crate) fn failure(e: Error) -> Response {
-    let status = match e {
-        Error::NotFound(_) => StatusCode::NOT_FOUND,
-        Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let status = crate::http::status::status_of(&e);
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::warn!(error = %e, "a JSON API request failed");
+    }
     (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
 }
 

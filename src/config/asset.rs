@@ -41,6 +41,14 @@ pub struct RemoteAssetConfig {
     /// are decompressed (a zip bomb stops here). Default `8GiB`.
     #[serde(default = "default_max_unpacked")]
     pub max_unpacked_size: ByteSize,
+    /// Downloads one caller (token subject, else client address) runs at
+    /// once; more wait their turn. Default 4.
+    #[serde(default = "default_downloads_per_caller")]
+    pub max_downloads_per_caller: usize,
+    /// Bytes one caller's downloads may hold in the spool at once; past it
+    /// a download fails with RESOURCE_EXHAUSTED. Default `8GiB`.
+    #[serde(default = "default_spool_per_caller")]
+    pub max_spool_per_caller: ByteSize,
 }
 
 impl Default for RemoteAssetConfig {
@@ -63,6 +71,14 @@ fn default_timeout() -> Duration {
 
 fn default_max_entries() -> u64 {
     100_000
+}
+
+fn default_downloads_per_caller() -> usize {
+    4
+}
+
+fn default_spool_per_caller() -> ByteSize {
+    ByteSize(8 << 30)
 }
 
 fn default_max_unpacked() -> ByteSize {

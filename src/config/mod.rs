@@ -7,6 +7,7 @@
 mod asset;
 mod edge;
 mod http_cache;
+mod http_server;
 mod stores;
 mod units;
 mod validate;
@@ -22,6 +23,7 @@ pub use edge::{
     TlsConfig, TracingConfig,
 };
 pub use http_cache::HttpCacheConfig;
+pub use http_server::HttpServerConfig;
 pub use stores::{
     ExistenceCacheConfig, FsConfig, MemoryCacheConfig, MemoryConfig, S3Config, StoreConfig,
 };
@@ -79,6 +81,9 @@ pub struct Config {
     /// Bazel's HTTP cache protocol on the HTTP listener.
     #[serde(default)]
     pub http_cache: HttpCacheConfig,
+    /// The HTTP listener's connection limits and timeouts.
+    #[serde(default)]
+    pub http: HttpServerConfig,
     /// The Remote Asset API and its egress policy.
     #[serde(default)]
     pub remote_asset: RemoteAssetConfig,

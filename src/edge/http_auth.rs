@@ -46,6 +46,19 @@ impl HttpGuard {
     }
 }
 
+impl HttpGuard {
+    /// The subject of a valid token in `header` (for per-identity limits);
+    /// None without authentication, a token, or a valid one.
+    pub fn subject(&self, header: Option<&str>) -> Option<String> {
+        let authenticator = self.authenticator.as_ref()?;
+        let header = basic_as_bearer(header?).ok()?;
+        match authenticator.authenticate(Some(&header)).ok()? {
+            crate::auth::Identity::Subject { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
 /// `Basic base64(user:password)` as `Bearer password`; other schemes pass
 /// through unchanged.
 fn basic_as_bearer(header: &str) -> Result<String, Error> {

@@ -27,6 +27,8 @@ use crate::error::Error;
 
 /// The shared limiter state.
 pub struct Limits {
+    /// Calls since the keyed limiters last dropped idle identities.
+    calls: std::sync::atomic::AtomicU64,
     per_identity: Option<DefaultKeyedRateLimiter<String>>,
     bytes: Option<(Arc<DefaultKeyedRateLimiter<String>>, NonZeroU32)>,
     max_in_flight: Option<usize>,
@@ -41,7 +43,33 @@ impl std::fmt::Debug for Limits {
     }
 }
 
+/// Calls between sweeps of the keyed limiters' maps.
+const SWEEP_EVERY: u64 = 4096;
+
 impl Limits {
+    /// Drops identities whose limiter state is back to a fresh one's, every
+    /// [`SWEEP_EVERY`] calls: the maps hold the recently active identities,
+    /// not every one ever seen (each call adds at most one).
+    fn sweep(&self) {
+        if self.calls.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY != SWEEP_EVERY - 1 {
+            return;
+        }
+        if let Some(l) = &self.per_identity {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        if let Some((l, _)) = &self.bytes {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+
+    /// Identities the limiters hold state for.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.per_identity.as_ref().map_or(0, |l| l.len())
+    }
+
     /// Limits from config; `None` when nothing is limited.
     pub fn from_config(config: &LimitsConfig) -> Option<Arc<Limits>> {
         let per_identity = config
@@ -56,6 +84,7 @@ impl Limits {
             return None;
         }
         Some(Arc::new(Limits {
+            calls: std::sync::atomic::AtomicU64::new(0),
             per_identity,
             bytes,
             max_in_flight: config.max_in_flight,
@@ -128,24 +157,12 @@ where
         if req.uri().path().starts_with("/grpc.health.v1.") {
             return self.inner.call(req).boxed();
         }
-        if let Some(limiter) = &self.state.per_identity
-            && let Err(not_until) = limiter.check_key(&key)
-        {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let refused = exhausted(format!("rate limit for {key} exceeded"), wait);
-            return std::future::ready(Ok(refused)).boxed();
-        }
-        let guard = match self.state.max_in_flight {
-            Some(max) => {
-                let in_flight = self.state.in_flight.clone();
-                if in_flight.fetch_add(1, Ordering::SeqCst) >= max {
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                    let msg = format!("server busy: {max} calls in flight");
-                    return std::future::ready(Ok(exhausted(msg, Duration::from_secs(1)))).boxed();
-                }
-                Some(InFlight(in_flight))
+        let guard = match self.state.admit(&key) {
+            Ok(guard) => guard,
+            Err(refusal) => {
+                let refused = exhausted(refusal.message, refusal.retry_after);
+                return std::future::ready(Ok(refused)).boxed();
             }
-            None => None,
         };
         let future = self.inner.call(req);
         async move {
@@ -165,8 +182,58 @@ where
     }
 }
 
+/// Why a call was not admitted, and when to come back.
+#[derive(Debug)]
+pub struct Refusal {
+    /// What limit it hit.
+    pub message: String,
+    /// When the caller may try again.
+    pub retry_after: Duration,
+}
+
+impl Limits {
+    /// Admits one call of `key` (gRPC's or HTTP's: one budget per
+    /// identity), or says why not; the returned slot (with an in-flight
+    /// cap) must live until the call's response has ended.
+    pub fn admit(&self, key: &str) -> Result<Option<InFlight>, Refusal> {
+        self.sweep();
+        if let Some(limiter) = &self.per_identity
+            && let Err(not_until) = limiter.check_key(&key.to_string())
+        {
+            return Err(Refusal {
+                message: format!("rate limit for {key} exceeded"),
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            });
+        }
+        match self.max_in_flight {
+            Some(max) => {
+                if self.in_flight.fetch_add(1, Ordering::SeqCst) >= max {
+                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    return Err(Refusal {
+                        message: format!("server busy: {max} calls in flight"),
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                Ok(Some(InFlight(self.in_flight.clone())))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// A response body that holds its call's in-flight slot until it ends.
+pub fn hold<B>(body: B, slot: InFlight) -> impl Body<Data = B::Data, Error = B::Error>
+where
+    B: Body,
+{
+    Guarded {
+        inner: body,
+        _guard: slot,
+    }
+}
+
 /// Releases an in-flight slot when dropped.
-struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight(Arc<AtomicUsize>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -358,6 +425,22 @@ mod tests {
         drop(held);
         let again = svc.clone().oneshot(request(None)).await.unwrap();
         assert_eq!(code(&again), 0, "the slot is free once the response ended");
+    }
+
+    #[tokio::test]
+    async fn identities_seen_once_do_not_stay_for_ever() {
+        let limits = Limits::from_config(&config("requests_per_second: 1000000")).unwrap();
+        let svc = LimitLayer::new(limits.clone()).layer(ok_service());
+        for n in 0..10_000 {
+            let name = format!("caller-{n}");
+            let r = svc.clone().oneshot(request(Some(&name))).await.unwrap();
+            assert_eq!(code(&r), 0);
+        }
+        assert!(
+            limits.tracked() <= SWEEP_EVERY as usize,
+            "{} identities kept",
+            limits.tracked()
+        );
     }
 
     #[test]

@@ -97,6 +97,7 @@ impl AssetService {
                 .map(|t| crate::time::saturating_ms(t.seconds, t.nanos)),
             timeout: timeout_of(call.timeout)?,
             may_download,
+            caller: caller_key(request, &who),
         };
         Ok((function, self.assets.fetch(&instance, req).await?))
     }
@@ -110,10 +111,24 @@ impl AssetService {
     ) -> Result<()> {
         let who = caller(request);
         let instance = self.instances.get(instance_name)?;
-        instance.authorize(&who, Role::Write)?;
+        // A pushed record decides what every later Fetch of its URIs gets,
+        // as an action-cache entry decides what a build gets: the same role.
+        instance.authorize(&who, Role::AcWrite)?;
         instance.check_writable()?;
         let function = DigestFunction::from_proto(digest_function)?;
         self.assets.push(&instance, build(function)?).await
+    }
+}
+
+/// Who a download counts against: the token's subject, else the client's
+/// address (as the rate limiter counts calls).
+fn caller_key<T>(request: &Request<T>, who: &crate::edge::caller::Caller) -> String {
+    match &who.identity {
+        Some(crate::auth::Identity::Subject { name, .. }) => format!("sub:{name}"),
+        _ => request
+            .remote_addr()
+            .map(|a| format!("ip:{}", a.ip()))
+            .unwrap_or_else(|| "unknown".into()),
     }
 }
 

@@ -87,12 +87,13 @@ pub(super) fn may_read(state: &UiState, headers: &HeaderMap, instance: &str) -> 
 }
 
 /// Only a path on this server: never another origin (`//host`, `\\host`)
-/// or a scheme, so the form cannot be used to redirect elsewhere.
+/// or a scheme, so the form cannot be used to redirect elsewhere. Judged
+/// as a browser parses a Location: it drops tabs and newlines anywhere and
+/// reads `\\` as `/`, so `/\t/evil.example` would be `//evil.example`;
+/// any control character, space or backslash makes it no local path.
 fn local_path(next: &str) -> &str {
-    let ok = next.starts_with('/')
-        && !next.starts_with("//")
-        && !next.starts_with("/\\")
-        && !next.contains(['\r', '\n']);
+    let clean = !next.bytes().any(|b| b < 0x21 || b == 0x7f || b == b'\\');
+    let ok = clean && next.starts_with('/') && !next.starts_with("//");
     if ok { next } else { "/" }
 }
 
@@ -130,21 +131,35 @@ pub(super) struct LoginForm {
     next: Option<String>,
 }
 
-/// A POST from another site (a forged sign-in): browsers say so in
-/// `Sec-Fetch-Site`, or in an `Origin` that is not this host.
+/// A state-changing POST not from this origin (a forged sign-in or
+/// sign-out): browsers say where a request comes from in `Sec-Fetch-Site`
+/// (only `same-origin`, or `none` for one the user typed, pass) and in
+/// `Origin` (which must be this host; `null`, sent by sandboxed frames and
+/// data URLs, does not pass). Clients that send neither (curl, scripts) are
+/// not browsers a page could drive.
 fn cross_site(headers: &HeaderMap) -> bool {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if value("sec-fetch-site").is_some_and(|s| s == "cross-site") {
+    if value("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none") {
         return true;
     }
-    match (value("origin"), value("host")) {
-        (Some(origin), Some(host)) => {
-            origin != "null"
-                && origin
-                    .split_once("://")
-                    .is_none_or(|(_, rest)| rest.trim_end_matches('/') != host)
+    match value("origin") {
+        Some(origin) => {
+            let host = value("host").unwrap_or("");
+            origin
+                .split_once("://")
+                .is_none_or(|(_, rest)| rest.trim_end_matches('/') != host)
         }
-        _ => false,
+        None => false,
+    }
+}
+
+/// The cookie's `Secure` attribute when the listener speaks TLS (a
+/// browser then never sends the token over plain HTTP).
+fn secure(tls: Option<axum::Extension<crate::http::serve::OverTls>>) -> &'static str {
+    if tls.is_some_and(|t| t.0.0) {
+        "; Secure"
+    } else {
+        ""
     }
 }
 
@@ -152,6 +167,7 @@ fn cross_site(headers: &HeaderMap) -> bool {
 /// `next`.
 pub(super) async fn login(
     State(state): State<UiState>,
+    tls: Option<axum::Extension<crate::http::serve::OverTls>>,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Response {
@@ -166,8 +182,10 @@ pub(super) async fn login(
         return login_page(&next, Some(&e.to_string()), StatusCode::UNAUTHORIZED);
     }
     let value: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
-    let cookie =
-        format!("{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_AGE}");
+    let cookie = format!(
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={COOKIE_AGE}{}",
+        secure(tls)
+    );
     (
         StatusCode::SEE_OTHER,
         [(header::SET_COOKIE, cookie), (header::LOCATION, next)],
@@ -175,14 +193,24 @@ pub(super) async fn login(
         .into_response()
 }
 
-/// `POST /logout`: forgets the cookie.
-pub(super) async fn logout() -> Response {
+/// `POST /logout`: forgets the cookie (not for another site's form: a
+/// cross-site POST would sign the user out).
+pub(super) async fn logout(
+    tls: Option<axum::Extension<crate::http::serve::OverTls>>,
+    headers: HeaderMap,
+) -> Response {
+    if cross_site(&headers) {
+        return (StatusCode::FORBIDDEN, "cross-site sign-out refused\n").into_response();
+    }
     (
         StatusCode::SEE_OTHER,
         [
             (
                 header::SET_COOKIE,
-                format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+                format!(
+                    "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+                    secure(tls)
+                ),
             ),
             (header::LOCATION, "/".to_string()),
         ],
@@ -203,6 +231,11 @@ mod tests {
             "/\\evil",
             "x",
             "/a\r\nSet-Cookie: x",
+            "/\t/evil.example/",
+            "/\n/evil.example/",
+            "/ /evil.example/",
+            "/a\\b",
+            "\t//evil.example",
         ] {
             assert_eq!(local_path(bad), "/", "{bad}");
         }
@@ -229,5 +262,12 @@ mod tests {
         assert!(!cross_site(&h));
         h.insert("origin", "http://evil.example".parse().unwrap());
         assert!(cross_site(&h));
+        h.insert("origin", "null".parse().unwrap());
+        assert!(cross_site(&h), "a sandboxed frame");
+        h.remove("origin");
+        h.insert("sec-fetch-site", "same-site".parse().unwrap());
+        assert!(cross_site(&h), "a sibling subdomain");
+        h.insert("sec-fetch-site", "same-origin".parse().unwrap());
+        assert!(!cross_site(&h));
     }
 }

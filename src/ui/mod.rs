@@ -90,20 +90,13 @@ impl IntoResponse for PageError {
             }
             PageError::Failed(e) => e,
         };
-        let status = match &e {
-            Error::Unauthenticated(_) => {
-                return auth::login_page("/", None, StatusCode::UNAUTHORIZED);
-            }
-            Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::InvalidArgument(_) | Error::OutOfRange(_) => StatusCode::BAD_REQUEST,
-            Error::ResourceExhausted { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => {
-                tracing::warn!(error = %e, "a UI page failed");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
+        if matches!(e, Error::Unauthenticated(_)) {
+            return auth::login_page("/", None, StatusCode::UNAUTHORIZED);
+        }
+        let status = crate::http::status::status_of(&e);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::warn!(error = %e, "a UI page failed");
+        }
         let title = status.canonical_reason().unwrap_or("error");
         let body = maud::html! {
             h1 { (title) }

@@ -1,7 +1,8 @@
 //! A real HTTP origin for Remote Asset tests: serves fixed files, redirects
-//! on `/redirect?to=URL`, counts the requests it answered, and can be
-//! stopped (its port then refuses connections), so a test can show that a
-//! second fetch needed no network.
+//! on `/redirect?to=URL`, answers `/partial` with a 206 (as a server does
+//! to a Range request), trickles an endless body on `/trickle`, counts the
+//! requests it answered, and can be stopped (its port then refuses
+//! connections), so a test can show that a second fetch needed no network.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +35,25 @@ async fn serve(
     if uri.path() == "/redirect" {
         let to = query.get("to").cloned().unwrap_or_default();
         return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response();
+    }
+    if uri.path() == "/partial" {
+        return (
+            StatusCode::PARTIAL_CONTENT,
+            [(header::CONTENT_RANGE, "bytes 0-3/100")],
+            "part",
+        )
+            .into_response();
+    }
+    if uri.path() == "/trickle" {
+        // 64 KiB every 20 ms, for ever (until the client goes away).
+        let chunks = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(vec![b't'; 64 << 10])),
+                (),
+            ))
+        });
+        return axum::body::Body::from_stream(chunks).into_response();
     }
     match files.files.get(uri.path()) {
         Some(data) => data.clone().into_response(),

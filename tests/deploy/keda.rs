@@ -25,16 +25,56 @@ fn render(out: &Path, values: &str) -> serde_json::Value {
     one.remove(0)
 }
 
-fn validate_crs(file: &Path) {
-    let crd = root().join("tests/deploy/fixtures/keda-scaledobject-crd.yaml");
-    // The fixture is itself a valid CustomResourceDefinition...
-    validate(std::slice::from_ref(&crd));
-    // ...and every rendered ScaledObject fits its schema.
+fn validate_crs(file: &Path) -> String {
+    let crds = [
+        root().join("tests/deploy/fixtures/keda-scaledobject-crd.yaml"),
+        root().join("tests/deploy/fixtures/keda-triggerauthentication-crd.yaml"),
+    ];
+    // The fixtures are themselves valid CustomResourceDefinitions...
+    validate(&crds);
+    // ...and every rendered ScaledObject and TriggerAuthentication fits
+    // its schema.
+    let list: Vec<String> = crds.iter().map(|c| c.display().to_string()).collect();
     let out = run(Command::new(tool("KILN_K8S_PYTHON"))
         .arg(root().join("deploy/test/validate_crs.py"))
-        .arg(&crd)
+        .arg(list.join(","))
         .arg(file));
     assert!(out.contains("custom resources valid"), "{out}");
+    out
+}
+
+#[test]
+fn with_auth_on_the_metrics_api_trigger_sends_a_token() {
+    let chart = root().join("deploy/helm/kiln");
+    let out = tempfile::tempdir().unwrap();
+    // values-s3 turns JWT auth on and names the workers' token Secret.
+    let layered = format!(
+        "{},{}",
+        chart.join("values-s3.yaml").display(),
+        chart.join("values-keda.yaml").display()
+    );
+    let s = render(out.path(), &layered);
+    let checked = validate_crs(&out.path().join("values-keda.crs.yaml"));
+    assert!(
+        !checked.contains("skipped TriggerAuthentication")
+            && !checked.contains("skipped ScaledObject"),
+        "every KEDA resource checked: {checked}"
+    );
+    let kinds = s["kinds"].as_array().unwrap();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "TriggerAuthentication")
+            .count(),
+        1
+    );
+    let crs = std::fs::read_to_string(out.path().join("values-keda.crs.yaml")).unwrap();
+    assert!(crs.contains("name: kiln-worker-token"), "{crs}");
+    for (name, so) in s["scaled_objects"].as_object().unwrap() {
+        let trigger = &so["triggers"][0];
+        assert_eq!(trigger["metadata"]["authMode"], "bearer", "{name}");
+        assert_eq!(trigger["authenticationRef"]["name"], "kiln-keda", "{name}");
+    }
 }
 
 #[test]

@@ -518,9 +518,10 @@ async fn pushed_assets_are_fetched_without_a_download_and_roles_apply() {
     std::fs::write(
         &tokens,
         format!(
-            "{} read,write pusher\n{} read reader\n",
+            "{} read,write,ac-write pusher\n{} read reader\n{} read,write writer\n",
             hash("push-token"),
-            hash("read-token")
+            hash("read-token"),
+            hash("write-token")
         ),
     )
     .unwrap();
@@ -557,6 +558,15 @@ async fn pushed_assets_are_fetched_without_a_download_and_roles_apply() {
     .unwrap();
     let err = push.push_blob(with("read-token", req())).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "read may not push");
+    let err = push
+        .push_blob(with("write-token", req()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::PermissionDenied,
+        "pushing a record needs ac-write, not write"
+    );
     push.push_blob(with("push-token", req())).await.unwrap();
 
     // Fetched by a reader with the pushed qualifiers (the URI is not even

@@ -64,6 +64,8 @@ async fn every_workload_completes_without_errors() {
             "hash_sha256",
             "hash_blake3",
             "exec",
+            "compile",
+            "cancel",
             "http_healthz",
             "page_list",
             "page_invocation",

@@ -6,6 +6,7 @@ mod common;
 
 mod action_cache;
 mod asset;
+mod asset_hostile;
 mod bench;
 mod bytestream;
 mod cas;

@@ -427,8 +427,8 @@ async fn every_role_against_every_rpc() {
         ("UpdateBotSession", "worker"),
         ("FetchBlob", "read"),
         ("FetchDirectory", "read"),
-        ("PushBlob", "write"),
-        ("PushDirectory", "write"),
+        ("PushBlob", "ac-write"),
+        ("PushDirectory", "ac-write"),
     ];
     for role in [
         "read", "write", "ac-write", "bes", "execute", "worker", "admin",
@@ -696,5 +696,35 @@ async fn uploads_are_held_to_the_bytes_per_second_budget() {
         started.elapsed() >= Duration::from_millis(1800),
         "3 MiB at 1 MiB/s took only {:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_is_refused_before_its_nbf() {
+    let dir = tempfile::tempdir().unwrap();
+    let kiln = Kiln::start(&config(dir.path(), "")).await;
+    let channel = kiln.channel().await;
+    let with_nbf = |nbf: u64| {
+        let claims = serde_json::json!({
+            "sub": "early", "roles": ["read"], "aud": "kiln",
+            "exp": now() + 3600, "nbf": nbf,
+        });
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    // An hour early (well past the 30 s leeway): not yet valid.
+    let early = with_nbf(now() + 3600);
+    assert_eq!(
+        call(&channel, "FindMissingBlobs", Some(&early)).await,
+        Code::Unauthenticated
+    );
+    let valid = with_nbf(now() - 60);
+    assert_eq!(
+        call(&channel, "FindMissingBlobs", Some(&valid)).await,
+        Code::Ok
     );
 }

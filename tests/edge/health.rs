@@ -27,6 +27,52 @@ async fn check(kiln_url: &str, service: &str) -> ServingStatus {
     resp.into_inner().status()
 }
 
+/// The health check's answer: a status, or the gRPC code it failed with.
+async fn check_code(kiln_url: &str, service: &str) -> Result<ServingStatus, tonic::Code> {
+    let channel = tonic::transport::Channel::from_shared(kiln_url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status())
+        .map_err(|s| s.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_speaks_only_for_services_the_server_routes() {
+    let kiln = Kiln::start(&format!(
+        "execution: {{ enabled: false }}\nremote_asset: {{ enabled: false }}\n{MEMORY}"
+    ))
+    .await;
+    for routed in [
+        "build.bazel.remote.execution.v2.ContentAddressableStorage",
+        "google.bytestream.ByteStream",
+    ] {
+        assert_eq!(
+            check_code(&kiln.url, routed).await,
+            Ok(ServingStatus::Serving)
+        );
+    }
+    for unrouted in [
+        "build.bazel.remote.execution.v2.Execution",
+        "google.longrunning.Operations",
+        "google.devtools.remoteworkers.v1test2.Bots",
+        "build.bazel.remote.asset.v1.Fetch",
+        "build.bazel.remote.asset.v1.Push",
+    ] {
+        assert_eq!(
+            check_code(&kiln.url, unrouted).await,
+            Err(tonic::Code::NotFound),
+            "{unrouted} is not routed, so not SERVING"
+        );
+    }
+}
+
 async fn healthz(addr: std::net::SocketAddr) -> u16 {
     reqwest::get(format!("http://{addr}/healthz"))
         .await

@@ -5,5 +5,6 @@ mod common;
 
 mod auth;
 mod health;
+mod http_front;
 mod tls;
 mod traces;

@@ -181,3 +181,36 @@ async fn buildgrids_bgd_client_works_over_tls_and_mtls() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_speaks_tls_and_marks_the_cookie_secure() {
+    let pki = Pki::new();
+    let kiln = Kiln::start(&pki.server_config(false)).await;
+    let port = kiln.server.http_addr.port();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let health = client
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let login = client
+        .post(format!("https://localhost:{port}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(crate::common::form(&[("token", "t"), ("next", "/")]))
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    // Plain HTTP to the TLS listener gets no page.
+    let plain = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await;
+    assert!(
+        plain.is_err() || !plain.unwrap().status().is_success(),
+        "plain HTTP must not be served on the TLS listener"
+    );
+}

@@ -1,6 +1,12 @@
 //! The HTTP listener beside gRPC: `/metrics` (Prometheus text), the build
 //! event API (`/api/v1/...`), the web UI (`crate::ui`) and Bazel's HTTP
-//! cache protocol (`http_cache.rs`). It stops with the gRPC server.
+//! cache protocol (`http_cache.rs`), served by [`serve`] with the
+//! connection limits and TLS of the gRPC edge. It stops with the gRPC server.
+
+mod limits;
+mod observe;
+pub mod serve;
+pub mod status;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +48,8 @@ pub struct HttpAccess {
     pub build_events: bool,
     /// `/metrics` needs `read` (`auth.metrics_auth`).
     pub metrics: bool,
+    /// The gRPC edge's rate limits and in-flight cap, shared.
+    pub limits: Option<Arc<crate::edge::limits::Limits>>,
 }
 
 /// `/api/v1/platforms`: each platform label of `kiln_exec_queued` and
@@ -50,10 +58,10 @@ pub struct HttpAccess {
 /// executing jobs) as `demand`: a KEDA metrics-api trigger's value for a
 /// worker pool that serves them. Every pod reports the whole farm's.
 async fn platforms(
-    State(scheduler): State<Option<Arc<crate::execution::scheduler::Scheduler>>>,
+    State(api): State<ExecApi>,
     axum::extract::Query(q): axum::extract::Query<PlatformsQuery>,
 ) -> impl IntoResponse {
-    let list = scheduler.map(|s| s.platforms()).unwrap_or_default();
+    let list = api.scheduler.map(|s| s.platforms()).unwrap_or_default();
     let wanted: Vec<&str> = q
         .labels
         .as_deref()
@@ -74,15 +82,32 @@ async fn platforms(
     }))
 }
 
+/// The execution API's state.
+#[derive(Clone)]
+struct ExecApi {
+    scheduler: Option<Arc<crate::execution::scheduler::Scheduler>>,
+    guard: crate::edge::http_auth::HttpGuard,
+}
+
 /// `/api/v1/invocations/{id}/usage`: what the remote executions an
-/// invocation queued cost ([`crate::execution::usage::Totals`]); zeros
-/// when execution is off or the jobs are past retention.
+/// invocation queued cost ([`crate::execution::usage::Totals`]), counting
+/// only jobs of instances the caller may read; zeros when execution is off
+/// or the jobs are past retention.
 async fn invocation_usage(
-    State(scheduler): State<Option<Arc<crate::execution::scheduler::Scheduler>>>,
+    State(api): State<ExecApi>,
+    headers: axum::http::HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> axum::response::Response {
-    let totals = match &scheduler {
-        Some(s) => crate::execution::usage::of_invocation(s, &id, |_| true).await,
+    let credentials = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let readable = |instance: &str| {
+        api.guard
+            .allows(credentials, instance, crate::auth::Role::Read)
+            .is_ok()
+    };
+    let totals = match &api.scheduler {
+        Some(s) => crate::execution::usage::of_invocation(s, &id, readable).await,
         None => Ok(Default::default()),
     };
     match totals {
@@ -128,11 +153,22 @@ pub fn router(
             router
         }
     };
+    let observed = Arc::new(observe::HttpMetrics::register(&metrics));
     let metrics_routes = Router::new()
         .route("/metrics", get(self::metrics))
         .with_state(metrics);
     let cache = cache.map(crate::http_cache::router).unwrap_or_default();
-    Router::new()
+    let limited = |router: Router| match &access.limits {
+        Some(limits) => router.layer(axum::middleware::from_fn_with_state(
+            limits::HttpLimits {
+                limits: limits.clone(),
+                guard: access.guard.clone(),
+            },
+            limits::limit,
+        )),
+        None => router,
+    };
+    let routes = Router::new()
         .route("/healthz", get(healthz).with_state(serving))
         .merge(cache)
         .merge(ui)
@@ -145,7 +181,15 @@ pub fn router(
             Router::new()
                 .route("/api/v1/platforms", get(platforms))
                 .route("/api/v1/invocations/{id}/usage", get(invocation_usage))
-                .with_state(scheduler),
+                .with_state(ExecApi {
+                    scheduler,
+                    guard: access.guard.clone(),
+                }),
             access.build_events,
-        ))
+        ));
+    // Outermost first: traced and counted, then limited.
+    limited(routes).layer(axum::middleware::from_fn_with_state(
+        observed,
+        observe::observe,
+    ))
 }
