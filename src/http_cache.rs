@@ -25,7 +25,7 @@ use prost::Message;
 
 use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction, HashKey};
-use crate::edge::http_auth::{HttpGuard, refusal};
+use crate::edge::http_auth::refusal;
 use crate::error::Error;
 use crate::instance::{Instance, Instances};
 use crate::proto::reapi::ActionResult;
@@ -40,8 +40,6 @@ const WHOLE_UPLOAD_MAX: u64 = 1 << 20;
 pub struct CacheState {
     /// Every instance, by name.
     pub instances: Instances,
-    /// Credentials and roles (the same as gRPC's).
-    pub guard: HttpGuard,
     /// Largest CAS upload accepted (`http_cache.max_upload`).
     pub max_upload: u64,
 }
@@ -142,12 +140,13 @@ async fn handle(
                 .into_response());
         }
     };
-    let credentials = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
     // Authorize before saying whether the instance exists.
-    state.guard.allows(credentials, instance, role)?;
+    let caller = request
+        .extensions()
+        .get::<crate::http::caller::HttpCaller>()
+        .cloned()
+        .ok_or_else(|| Error::internal("no caller was identified"))?;
+    caller.require(instance, role)?;
     let instance = state
         .instances
         .get(instance)

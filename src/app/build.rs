@@ -70,7 +70,6 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
         .enabled
         .then(|| crate::http_cache::CacheState {
             instances: instances.clone(),
-            guard: http_access.guard.clone(),
             max_upload: config.http_cache.max_upload.0,
         });
     let parts = Parts {

@@ -130,15 +130,15 @@ async fn serve(
         .transpose()?;
     let http = crate::http::serve::serve(
         http_listener,
-        crate::http::router(
-            parts.metrics.clone(),
-            parts.events.clone(),
-            parts.scheduler.clone(),
-            serving.clone(),
-            http_access,
-            http_cache,
-            parts.instances.clone(),
-        ),
+        crate::http::router(crate::http::HttpParts {
+            metrics: parts.metrics.clone(),
+            events: parts.events.clone(),
+            scheduler: parts.scheduler.clone(),
+            serving: serving.clone(),
+            access: http_access,
+            cache: http_cache,
+            instances: parts.instances.clone(),
+        }),
         config.http.clone(),
         http_tls,
         stop_grpc.clone(),

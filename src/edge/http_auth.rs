@@ -1,8 +1,10 @@
 //! Authentication on the HTTP listener: the same credentials and roles as
-//! gRPC (`Authorization: Bearer TOKEN`), checked against the policy of one
-//! instance (`auth.build_events_instance`), since build events name none.
-//! Without this, anyone who can reach the port reads every build's command
-//! lines, environment and logs.
+//! gRPC (`Authorization: Bearer TOKEN`, or Basic with the token as
+//! password). Each request's caller is found once (`http::caller`); the
+//! build-event and metrics routes then need `read` on one instance
+//! (`auth.build_events_instance`), since build events name none. Without
+//! this, anyone who can reach the port reads every build's command lines,
+//! environment and logs.
 
 use std::sync::Arc;
 
@@ -25,43 +27,9 @@ pub struct HttpGuard {
     pub instance: String,
 }
 
-impl HttpGuard {
-    /// Allows a request whose `authorization` header grants `read` on the
-    /// guard's instance.
-    fn check(&self, header: Option<&str>) -> Result<(), Error> {
-        self.allows(header, &self.instance, Role::Read)
-    }
-
-    /// Allows a request whose `authorization` header grants `role` on
-    /// `instance`: `Bearer TOKEN`, or `Basic` with the token as the password
-    /// (what clients that only know URLs with credentials send, such as
-    /// Bazel's `--remote_cache=http://user:TOKEN@host`).
-    pub fn allows(&self, header: Option<&str>, instance: &str, role: Role) -> Result<(), Error> {
-        let Some(authenticator) = &self.authenticator else {
-            return Ok(());
-        };
-        let header = header.map(basic_as_bearer).transpose()?;
-        let identity = authenticator.authenticate(header.as_deref())?;
-        self.policy.authorize(Some(&identity), instance, role)
-    }
-}
-
-impl HttpGuard {
-    /// The subject of a valid token in `header` (for per-identity limits);
-    /// None without authentication, a token, or a valid one.
-    pub fn subject(&self, header: Option<&str>) -> Option<String> {
-        let authenticator = self.authenticator.as_ref()?;
-        let header = basic_as_bearer(header?).ok()?;
-        match authenticator.authenticate(Some(&header)).ok()? {
-            crate::auth::Identity::Subject { name, .. } => Some(name),
-            _ => None,
-        }
-    }
-}
-
 /// `Basic base64(user:password)` as `Bearer password`; other schemes pass
 /// through unchanged.
-fn basic_as_bearer(header: &str) -> Result<String, Error> {
+pub(crate) fn basic_as_bearer(header: &str) -> Result<String, Error> {
     use base64::Engine;
     let Some(encoded) = header
         .strip_prefix("Basic ")
@@ -96,14 +64,11 @@ pub fn refusal(e: &Error) -> Response {
 /// role) before the handler runs.
 pub async fn require_read(
     State(guard): State<HttpGuard>,
+    caller: crate::http::caller::HttpCaller,
     request: Request,
     next: Next,
 ) -> Response {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match guard.check(header) {
+    match caller.require(&guard.instance, Role::Read) {
         Ok(()) => next.run(request).await,
         Err(e) => refusal(&e),
     }

@@ -9,26 +9,17 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::edge::http_auth::HttpGuard;
+use super::caller::HttpCaller;
 use crate::edge::limits::Limits;
 
-/// What the middleware needs.
-#[derive(Clone)]
-pub struct HttpLimits {
-    /// The limiter gRPC uses.
-    pub limits: Arc<Limits>,
-    /// To tell who a token belongs to.
-    pub guard: HttpGuard,
-}
-
-/// Who a request counts against: a valid token's subject, else the
-/// client's address.
-fn key_of(state: &HttpLimits, request: &Request) -> String {
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if let Some(subject) = state.guard.subject(header) {
+/// Who a request counts against: its caller's subject, else the client's
+/// address.
+fn key_of(request: &Request) -> String {
+    if let Some(subject) = request
+        .extensions()
+        .get::<HttpCaller>()
+        .and_then(|c| c.subject())
+    {
         return format!("sub:{subject}");
     }
     request
@@ -40,12 +31,12 @@ fn key_of(state: &HttpLimits, request: &Request) -> String {
 
 /// Middleware: admits the request or answers 429. `/healthz` is never
 /// limited (probes must see a busy server as alive).
-pub async fn limit(State(state): State<HttpLimits>, request: Request, next: Next) -> Response {
+pub async fn limit(State(limits): State<Arc<Limits>>, request: Request, next: Next) -> Response {
     if request.uri().path() == "/healthz" {
         return next.run(request).await;
     }
-    let key = key_of(&state, &request);
-    match state.limits.admit(&key) {
+    let key = key_of(&request);
+    match limits.admit(&key) {
         Err(refusal) => {
             let secs = refusal.retry_after.as_secs().max(1);
             (

@@ -1,8 +1,15 @@
-//! The HTTP listener beside gRPC: `/metrics` (Prometheus text), the build
-//! event API (`/api/v1/...`), the web UI (`crate::ui`) and Bazel's HTTP
-//! cache protocol (`http_cache.rs`), served by [`serve`] with the
-//! connection limits and TLS of the gRPC edge. It stops with the gRPC server.
+//! The HTTP listener beside gRPC, one front built like the gRPC edge:
+//! [`serve`] accepts connections (a cap, header-read and idle timeouts,
+//! TLS); every request is traced and counted ([`observe`]), identified
+//! once ([`caller`]: handlers receive an `HttpCaller`, none reads a token)
+//! and limited with the gRPC edge's per-identity budget ([`limits`]);
+//! errors map to statuses in one place ([`status`]). Behind it: `/metrics`,
+//! `/healthz`, the build-event JSON API (`bes/http.rs`), the execution JSON
+//! API ([`exec_api`]), the web UI (`crate::ui`) and Bazel's HTTP cache
+//! protocol (`http_cache.rs`). It stops with the gRPC server.
 
+pub mod caller;
+mod exec_api;
 mod limits;
 mod observe;
 pub mod serve;
@@ -14,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -42,7 +50,7 @@ async fn healthz(State(serving): State<Arc<AtomicBool>>) -> impl IntoResponse {
 /// Which HTTP routes need credentials when authentication is on.
 #[derive(Debug, Clone)]
 pub struct HttpAccess {
-    /// The check for guarded routes.
+    /// Credentials, roles, and the build-events instance.
     pub guard: crate::edge::http_auth::HttpGuard,
     /// The build-event API and pages need `read` (`auth.http_auth`).
     pub build_events: bool,
@@ -52,90 +60,36 @@ pub struct HttpAccess {
     pub limits: Option<Arc<crate::edge::limits::Limits>>,
 }
 
-/// `/api/v1/platforms`: each platform label of `kiln_exec_queued` and
-/// `kiln_exec_executing` with its properties and current demand.
-/// With `?labels=a,b` it also sums those platforms' demand (queued plus
-/// executing jobs) as `demand`: a KEDA metrics-api trigger's value for a
-/// worker pool that serves them. Every pod reports the whole farm's.
-async fn platforms(
-    State(api): State<ExecApi>,
-    axum::extract::Query(q): axum::extract::Query<PlatformsQuery>,
-) -> impl IntoResponse {
-    let list = api.scheduler.map(|s| s.platforms()).unwrap_or_default();
-    let wanted: Vec<&str> = q
-        .labels
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .filter(|l| !l.is_empty())
-        .collect();
-    let chosen = list
-        .iter()
-        .filter(|p| wanted.is_empty() || wanted.contains(&p.label.as_str()));
-    let (queued, executing) =
-        chosen.fold((0u64, 0u64), |(q, e), p| (q + p.queued, e + p.executing));
-    axum::Json(serde_json::json!({
-        "platforms": list,
-        "queued": queued,
-        "executing": executing,
-        "demand": queued + executing,
-    }))
+/// What the HTTP listener serves from.
+pub struct HttpParts {
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// Build events.
+    pub events: Arc<dyn crate::bes::store::EventStore>,
+    /// The scheduler, when execution is on.
+    pub scheduler: Option<Arc<crate::execution::scheduler::Scheduler>>,
+    /// False once the server is stopping (`/healthz`).
+    pub serving: Arc<AtomicBool>,
+    /// Who may read what.
+    pub access: HttpAccess,
+    /// Bazel's HTTP cache protocol, when enabled.
+    pub cache: Option<crate::http_cache::CacheState>,
+    /// The instances, for the pages' blobs and actions.
+    pub instances: crate::instance::Instances,
 }
 
-/// The execution API's state.
-#[derive(Clone)]
-struct ExecApi {
-    scheduler: Option<Arc<crate::execution::scheduler::Scheduler>>,
-    guard: crate::edge::http_auth::HttpGuard,
-}
-
-/// `/api/v1/invocations/{id}/usage`: what the remote executions an
-/// invocation queued cost ([`crate::execution::usage::Totals`]), counting
-/// only jobs of instances the caller may read; zeros when execution is off
-/// or the jobs are past retention.
-async fn invocation_usage(
-    State(api): State<ExecApi>,
-    headers: axum::http::HeaderMap,
-    axum::extract::Path(id): axum::extract::Path<String>,
-) -> axum::response::Response {
-    let credentials = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let readable = |instance: &str| {
-        api.guard
-            .allows(credentials, instance, crate::auth::Role::Read)
-            .is_ok()
-    };
-    let totals = match &api.scheduler {
-        Some(s) => crate::execution::usage::of_invocation(s, &id, readable).await,
-        None => Ok(Default::default()),
-    };
-    match totals {
-        Ok(t) => axum::Json(t).into_response(),
-        Err(e) => crate::bes::http::failure(e),
-    }
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct PlatformsQuery {
-    /// Comma-separated platform labels; all when absent.
-    labels: Option<String>,
-}
-
-/// The routes of the HTTP listener: metrics, health, the build-event API
-/// and the web UI. `/healthz` is always open: load balancers and kubelets
-/// probe it.
-pub fn router(
-    metrics: Arc<Metrics>,
-    events: Arc<dyn crate::bes::store::EventStore>,
-    scheduler: Option<Arc<crate::execution::scheduler::Scheduler>>,
-    serving: Arc<AtomicBool>,
-    access: HttpAccess,
-    cache: Option<crate::http_cache::CacheState>,
-    instances: crate::instance::Instances,
-) -> Router {
-    // The pages check credentials themselves: a missing token gets the
-    // login form, and blob and action pages check their own instance.
+/// Every route of the HTTP listener with the front's layers. `/healthz` is
+/// never guarded or limited: load balancers and kubelets probe it.
+pub fn router(parts: HttpParts) -> Router {
+    let HttpParts {
+        metrics,
+        events,
+        scheduler,
+        serving,
+        access,
+        cache,
+        instances,
+    } = parts;
     let ui = crate::ui::router(crate::ui::UiState {
         events: events.clone(),
         instances,
@@ -145,7 +99,7 @@ pub fn router(
     });
     let guarded = |router: Router, on: bool| {
         if on {
-            router.layer(axum::middleware::from_fn_with_state(
+            router.layer(from_fn_with_state(
                 access.guard.clone(),
                 crate::edge::http_auth::require_read,
             ))
@@ -158,17 +112,7 @@ pub fn router(
         .route("/metrics", get(self::metrics))
         .with_state(metrics);
     let cache = cache.map(crate::http_cache::router).unwrap_or_default();
-    let limited = |router: Router| match &access.limits {
-        Some(limits) => router.layer(axum::middleware::from_fn_with_state(
-            limits::HttpLimits {
-                limits: limits.clone(),
-                guard: access.guard.clone(),
-            },
-            limits::limit,
-        )),
-        None => router,
-    };
-    let routes = Router::new()
+    let mut routes = Router::new()
         .route("/healthz", get(healthz).with_state(serving))
         .merge(cache)
         .merge(ui)
@@ -177,19 +121,13 @@ pub fn router(
             crate::bes::http::router(events),
             access.build_events,
         ))
-        .merge(guarded(
-            Router::new()
-                .route("/api/v1/platforms", get(platforms))
-                .route("/api/v1/invocations/{id}/usage", get(invocation_usage))
-                .with_state(ExecApi {
-                    scheduler,
-                    guard: access.guard.clone(),
-                }),
-            access.build_events,
-        ));
-    // Outermost first: traced and counted, then limited.
-    limited(routes).layer(axum::middleware::from_fn_with_state(
-        observed,
-        observe::observe,
-    ))
+        .merge(guarded(exec_api::router(scheduler), access.build_events));
+    // Innermost first: limited by who the caller is, identified, then
+    // (outermost) traced and counted, so refused requests are seen too.
+    if let Some(limits) = &access.limits {
+        routes = routes.layer(from_fn_with_state(limits.clone(), limits::limit));
+    }
+    routes
+        .layer(from_fn_with_state(access.guard.clone(), caller::identify))
+        .layer(from_fn_with_state(observed, observe::observe))
 }

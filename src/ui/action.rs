@@ -5,7 +5,7 @@
 //! Directory of an input or output tree, browsable, files downloadable.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::Uri;
 use axum::response::IntoResponse;
 use maud::{Markup, PreEscaped, html};
 use prost::Message;
@@ -15,6 +15,7 @@ use super::layout::{duration, segment};
 use super::{PageResult, UiState, ansi, auth, layout};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::http::caller::HttpCaller;
 use crate::proto::reapi::{
     Action, ActionResult, Command, Directory, ExecuteResponse, ExecutedActionMetadata,
 };
@@ -132,11 +133,11 @@ async fn result_of(
 pub(super) async fn page(
     State(state): State<UiState>,
     Path(path): Path<String>,
-    headers: HeaderMap,
+    caller: HttpCaller,
     uri: Uri,
 ) -> PageResult {
     let blob = BlobRef::parse(&path)?;
-    auth::check(&state, &headers, &uri, &blob.instance)?;
+    auth::check(&caller, &uri, &blob.instance)?;
     let action: Action = decode(&state, &blob, "Action").await?;
     let command_ref = child(&blob.instance, &action.command_digest);
     let command: Option<Command> = match &command_ref {
@@ -221,11 +222,11 @@ pub(super) async fn page(
 pub(super) async fn tree(
     State(state): State<UiState>,
     Path(path): Path<String>,
-    headers: HeaderMap,
+    caller: HttpCaller,
     uri: Uri,
 ) -> PageResult {
     let blob = BlobRef::parse(&path)?;
-    auth::check(&state, &headers, &uri, &blob.instance)?;
+    auth::check(&caller, &uri, &blob.instance)?;
     let dir: Directory = decode(&state, &blob, "Directory").await?;
     let body = html! {
         h1 { "Directory " span.mono { (blob.digest) } }

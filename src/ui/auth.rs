@@ -15,46 +15,15 @@ use super::{PageError, UiState, layout};
 use crate::auth::Role;
 use crate::error::Error;
 
-/// The cookie that carries a signed-in browser's token.
-const COOKIE: &str = "kiln_token";
+use crate::http::caller::{COOKIE, HttpCaller};
+
 /// How long a browser stays signed in (seconds).
 const COOKIE_AGE: u32 = 12 * 3600;
 
-/// The token a request carries: its `authorization` header, else the
-/// sign-in cookie (as a Bearer header).
-fn credentials(headers: &HeaderMap) -> Option<String> {
-    if let Some(h) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        return Some(h.to_string());
-    }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| {
-            let token: String = url::form_urlencoded::parse(format!("t={value}").as_bytes())
-                .map(|(_, v)| v.into_owned())
-                .next()
-                .unwrap_or_default();
-            format!("Bearer {token}")
-        })
-}
-
 /// Allows a request that may `read` `instance`; without credentials, the
 /// login form (returning to `uri`).
-pub(super) fn check(
-    state: &UiState,
-    headers: &HeaderMap,
-    uri: &Uri,
-    instance: &str,
-) -> Result<(), PageError> {
-    let creds = credentials(headers);
-    match state.guard.allows(creds.as_deref(), instance, Role::Read) {
+pub(super) fn check(caller: &HttpCaller, uri: &Uri, instance: &str) -> Result<(), PageError> {
+    match caller.require(instance, Role::Read) {
         Ok(()) => Ok(()),
         Err(Error::Unauthenticated(_)) => Err(PageError::Login(
             uri.path_and_query()
@@ -69,21 +38,18 @@ pub(super) fn check(
 /// `auth.http_auth` guards them.
 pub(super) fn check_events(
     state: &UiState,
-    headers: &HeaderMap,
+    caller: &HttpCaller,
     uri: &Uri,
 ) -> Result<(), PageError> {
     if !state.events_guarded {
         return Ok(());
     }
-    check(state, headers, uri, &state.guard.instance)
+    check(caller, uri, &state.guard.instance)
 }
 
 /// Whether this request may read `instance` (for filtering lists).
-pub(super) fn may_read(state: &UiState, headers: &HeaderMap, instance: &str) -> bool {
-    state
-        .guard
-        .allows(credentials(headers).as_deref(), instance, Role::Read)
-        .is_ok()
+pub(super) fn may_read(caller: &HttpCaller, instance: &str) -> bool {
+    caller.may(instance, Role::Read)
 }
 
 /// Only a path on this server: never another origin (`//host`, `\\host`)
@@ -239,18 +205,6 @@ mod tests {
         ] {
             assert_eq!(local_path(bad), "/", "{bad}");
         }
-    }
-
-    #[test]
-    fn the_cookie_is_read_when_there_is_no_header() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            "a=b; kiln_token=t%3Bx%20y; c=d".parse().unwrap(),
-        );
-        assert_eq!(credentials(&h).as_deref(), Some("Bearer t;x y"));
-        h.insert(header::AUTHORIZATION, "Bearer other".parse().unwrap());
-        assert_eq!(credentials(&h).as_deref(), Some("Bearer other"));
     }
 
     #[test]

@@ -5,13 +5,14 @@
 
 use axum::body::Body as HttpBody;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use bytes::Bytes;
 
 use super::{PageResult, UiState, auth, layout};
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result};
+use crate::http::caller::HttpCaller;
 use crate::store::{Body, Range};
 
 /// A blob named by a page link: instance, digest.
@@ -141,14 +142,14 @@ fn content_type(name: &str) -> &'static str {
 pub(super) async fn download(
     State(state): State<UiState>,
     Path(path): Path<String>,
-    headers: HeaderMap,
+    caller: HttpCaller,
     uri: Uri,
 ) -> PageResult {
     let Some((rest, name)) = path.rsplit_once('/') else {
         return Err(Error::NotFound("a blob link is /blob/HASH/SIZE/NAME".into()).into());
     };
     let blob = BlobRef::parse(rest)?;
-    auth::check(&state, &headers, &uri, &blob.instance)?;
+    auth::check(&caller, &uri, &blob.instance)?;
     let instance = state.instances.get(&blob.instance)?;
     let body = match instance.cas.get(&blob.digest, Range::FULL).await? {
         Body::Bytes(b) => HttpBody::from(b),

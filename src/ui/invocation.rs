@@ -5,7 +5,7 @@
 //! invocation's page refreshes itself.
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri, header};
+use axum::http::{Uri, header};
 use axum::response::IntoResponse;
 use maud::{Markup, PreEscaped, html};
 
@@ -14,6 +14,7 @@ use super::layout::{badge, duration, percent, segment, size, status_class, when}
 use super::{PageResult, UiState, ansi, auth, layout};
 use crate::bes::summary::{Invocation, Test};
 use crate::error::{Error, Result};
+use crate::http::caller::HttpCaller;
 
 /// Bytes of one log shown inline; longer logs show their end and a link.
 const INLINE_LOG: u64 = 64 << 10;
@@ -113,10 +114,10 @@ async fn inline_log(state: &UiState, uri: &str, name: &str) -> Markup {
 pub(super) async fn full_log(
     State(state): State<UiState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    caller: HttpCaller,
     uri: Uri,
 ) -> PageResult {
-    auth::check_events(&state, &headers, &uri)?;
+    auth::check_events(&state, &caller, &uri)?;
     find(&state, &id).await?;
     let text = super::progress::all(&state, &id).await?;
     Ok((
@@ -159,10 +160,10 @@ fn test_row(t: &Test) -> Markup {
 pub(super) async fn page(
     State(state): State<UiState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    caller: HttpCaller,
     uri: Uri,
 ) -> PageResult {
-    auth::check_events(&state, &headers, &uri)?;
+    auth::check_events(&state, &caller, &uri)?;
     let inv = find(&state, &id).await?;
     let mut tests: Vec<&Test> = inv.tests.iter().collect();
     tests.sort_by_key(|t| rank(&t.status, t.flaky));
@@ -209,7 +210,7 @@ pub(super) async fn page(
         action_logs.push((a, parts));
     }
     let (progress_text, dropped) = super::progress::tail(&state, &id).await?;
-    let may_read = |i: &str| auth::may_read(&state, &headers, i);
+    let may_read = |i: &str| auth::may_read(&caller, i);
     let (remote_jobs, cost) = match &state.scheduler {
         Some(s) => {
             let listed = s

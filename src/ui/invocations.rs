@@ -3,7 +3,7 @@
 //! is a link one can share).
 
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::Uri;
 use axum::response::IntoResponse;
 use maud::html;
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use super::layout::{badge, duration, parse_date, percent, segment, when};
 use super::{PageResult, UiState, auth, layout};
 use crate::bes::store::InvocationFilter;
 use crate::error::Error;
+use crate::http::caller::HttpCaller;
 
 /// Rows per page.
 const PAGE: i64 = 50;
@@ -72,11 +73,11 @@ const STATUSES: [&str; 4] = ["IN_PROGRESS", "SUCCEEDED", "FAILED", "DISCONNECTED
 
 pub(super) async fn page(
     State(state): State<UiState>,
-    headers: HeaderMap,
+    caller: HttpCaller,
     uri: Uri,
     Query(q): Query<ListQuery>,
 ) -> PageResult {
-    auth::check_events(&state, &headers, &uri)?;
+    auth::check_events(&state, &caller, &uri)?;
     let page = q.page.unwrap_or(1).clamp(1, 10_000);
     let status = given(&q.status);
     if let Some(s) = &status

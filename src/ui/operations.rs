@@ -4,7 +4,7 @@
 //! action page. Only jobs of instances the caller may read are listed.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, Uri};
+use axum::http::Uri;
 use axum::response::IntoResponse;
 use maud::{Markup, html};
 
@@ -12,6 +12,7 @@ use super::blob::BlobRef;
 use super::layout::{badge, duration, when};
 use super::{PageResult, UiState, auth, layout};
 use crate::execution::job::{Job, JobFilter, Stage};
+use crate::http::caller::HttpCaller;
 
 /// Jobs listed per stage.
 const LISTED: u64 = 200;
@@ -44,8 +45,8 @@ fn jobs_table(jobs: &[Job], now: i64, class: &str) -> Markup {
     }
 }
 
-pub(super) async fn page(State(state): State<UiState>, headers: HeaderMap, uri: Uri) -> PageResult {
-    auth::check_events(&state, &headers, &uri)?;
+pub(super) async fn page(State(state): State<UiState>, caller: HttpCaller, uri: Uri) -> PageResult {
+    auth::check_events(&state, &caller, &uri)?;
     let Some(scheduler) = &state.scheduler else {
         let body = html! { h1 { "Operations" } p.muted { "Remote execution is off on this server (execution.enabled)." } };
         return Ok(layout::page("Operations", None, body).into_response());
@@ -60,13 +61,13 @@ pub(super) async fn page(State(state): State<UiState>, headers: HeaderMap, uri: 
                 ..Default::default()
             })
             .await?;
-        jobs.retain(|j| auth::may_read(&state, &headers, &j.instance));
+        jobs.retain(|j| auth::may_read(&caller, &j.instance));
         lists.push(jobs);
     }
     let workers: Vec<_> = scheduler
         .workers()
         .into_iter()
-        .filter(|w| auth::may_read(&state, &headers, &w.instance))
+        .filter(|w| auth::may_read(&caller, &w.instance))
         .collect();
     let body = html! {
         h1 { "Operations" }

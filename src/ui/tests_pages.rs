@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::Uri;
 use axum::response::IntoResponse;
 use maud::html;
 use serde::Deserialize;
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::layout::{badge, duration, segment, status_class, when};
 use super::{PageResult, UiState, auth, layout};
 use crate::bes::store::{TestRun, TestStats};
+use crate::http::caller::HttpCaller;
 
 /// Runs shown in one test's history.
 const HISTORY: i64 = 200;
@@ -67,11 +68,11 @@ fn stats_table(rows: &[&TestStats], class: &str) -> maud::Markup {
 
 pub(super) async fn overview(
     State(state): State<UiState>,
-    headers: HeaderMap,
+    caller: HttpCaller,
     uri: Uri,
     Query(q): Query<WindowQuery>,
 ) -> PageResult {
-    auth::check_events(&state, &headers, &uri)?;
+    auth::check_events(&state, &caller, &uri)?;
     let days = q.days.unwrap_or(7).clamp(1, 365);
     let since = crate::time::now_ms() - days * 86_400_000;
     let stats = state.events.test_stats(since, 1000).await?;
@@ -107,10 +108,10 @@ pub(super) async fn overview(
 pub(super) async fn history(
     State(state): State<UiState>,
     Path(label): Path<String>,
-    headers: HeaderMap,
+    caller: HttpCaller,
     uri: Uri,
 ) -> PageResult {
-    auth::check_events(&state, &headers, &uri)?;
+    auth::check_events(&state, &caller, &uri)?;
     let runs = state.events.test_history(&label, HISTORY).await?;
     let mixed = mixed(&runs);
     let is_flaky = |r: &TestRun| r.flaky || mixed.contains(r.fingerprint.as_str());

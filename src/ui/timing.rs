@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Uri};
+use axum::http::Uri;
 use axum::response::IntoResponse;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use super::blob::{self, BlobRef};
 use super::layout::{duration, segment};
 use super::{PageResult, UiState, auth, layout};
 use crate::error::{Error, Result};
+use crate::http::caller::HttpCaller;
 
 /// Largest compressed profile read.
 const MAX_PROFILE: u64 = 64 << 20;
@@ -238,10 +239,10 @@ fn events_table(events: &[&TraceEvent], class: &str) -> Markup {
 pub(super) async fn page(
     State(state): State<UiState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    caller: HttpCaller,
     uri: Uri,
 ) -> PageResult {
-    auth::check_events(&state, &headers, &uri)?;
+    auth::check_events(&state, &caller, &uri)?;
     let inv = super::invocation::find(&state, &id).await?;
     let back = format!("/invocation/{}", segment(&id));
     let Some(blob) = inv

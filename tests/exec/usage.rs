@@ -198,3 +198,104 @@ async fn no_usage_runs_commands_unmeasured() {
     assert_eq!(result.exit_code, 4);
     assert_eq!(usage(&result), None);
 }
+
+/// The usage API sums only jobs of instances the caller may read: a token
+/// that reads the build-events instance but not the one the actions ran on
+/// sees none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usage_api_counts_only_instances_the_caller_may_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let hash = |t: &str| {
+        kiln::digest::DigestFunction::Sha256
+            .digest_of(t.as_bytes())
+            .hash_hex()
+    };
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!(
+            "{} a:worker,a:read,a:write,a:execute runner\n{} b:read only-b\n{} a:read,b:read both\n",
+            hash("runner-token"),
+            hash("b-token"),
+            hash("both-token")
+        ),
+    )
+    .unwrap();
+    let kiln = Kiln::start(&format!(
+        "auth:\n  tokens_file: {}\n  build_events_instance: b\nexecution: {{ database: memory, bot_wait: 1s }}\ninstances:\n  - name: a\n    cas: {{ memory: {{ max_size: 64MiB }} }}\n    action_cache: {{ memory: {{ max_size: 8MiB }} }}\n  - name: b\n    cas: {{ memory: {{ max_size: 64MiB }} }}\n    action_cache: {{ memory: {{ max_size: 8MiB }} }}\n",
+        tokens.display()
+    ))
+    .await;
+    let token_file = dir.path().join("runner-token");
+    std::fs::write(&token_file, "runner-token").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let arg = format!("--token-file={}", token_file.display());
+    let _worker = WorkerProc::start(&kiln.url, "a", "instance-a", &[&arg]);
+
+    // One action on instance a, on behalf of invocation inv-a.
+    let interceptor = |mut r: tonic::Request<()>| {
+        r.metadata_mut()
+            .insert("authorization", "Bearer runner-token".parse().unwrap());
+        Ok(r)
+    };
+    let ch = kiln.channel().await;
+    let spec = Spec {
+        argv: vec!["/bin/true"],
+        salt: "usage-instance",
+        ..Default::default()
+    };
+    let (digest, blobs) = crate::common::exec::build(&spec);
+    let mut upload = crate::common::upload_request(&blobs);
+    upload.instance_name = "a".into();
+    kiln::proto::reapi::content_addressable_storage_client::ContentAddressableStorageClient::with_interceptor(ch.clone(), interceptor)
+        .batch_update_blobs(upload)
+        .await
+        .unwrap();
+    let mut req = ExecuteRequest {
+        instance_name: "a".into(),
+        action_digest: Some(digest.to_proto()),
+        skip_cache_lookup: true,
+        ..Default::default()
+    };
+    req.instance_name = "a".into();
+    let mut request = tonic::Request::new(req);
+    let meta = RequestMetadata {
+        tool_invocation_id: "inv-a".into(),
+        ..Default::default()
+    };
+    request.metadata_mut().insert_bin(
+        "build.bazel.remote.execution.v2.requestmetadata-bin",
+        BinaryMetadataValue::from_bytes(&meta.encode_to_vec()),
+    );
+    let mut stream = ExecutionClient::with_interceptor(ch.clone(), interceptor)
+        .execute(request)
+        .await
+        .unwrap()
+        .into_inner();
+    while stream.message().await.unwrap().is_some() {}
+
+    let url = format!(
+        "http://{}/api/v1/invocations/inv-a/usage",
+        kiln.server.http_addr
+    );
+    let as_token = |token: &'static str| {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            serde_json::from_slice::<serde_json::Value>(&r.bytes().await.unwrap()).unwrap()
+        }
+    };
+    assert_eq!(as_token("both-token").await["actions"], 1);
+    assert_eq!(
+        as_token("b-token").await["actions"],
+        0,
+        "a job of instance a is not summed for a caller who cannot read a"
+    );
+}

@@ -226,19 +226,7 @@ where
             })
         })
         .collect();
-    let mut stats = Stats {
-        workload: name.to_string(),
-        ops: 0,
-        errors: 0,
-        bytes: 0,
-        items: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::new(),
-        first_error: None,
-        backend_calls: None,
-        server_cpu: None,
-        phases_ms: None,
-    };
+    let mut stats = Stats::new(name);
     for w in workers {
         let me = match w.await {
             Ok(me) => me,
