@@ -466,3 +466,44 @@ fn a_directory_no_client_could_read_back_is_refused() {
     );
     assert!(message.contains("max_message_size"), "{message}");
 }
+
+#[test]
+fn decompressors_that_ask_for_too_much_memory_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tar = tar_bytes(&[("f", T::Regular, b"small", 0o644)]);
+    // A zstd frame declaring a 1 GiB window (the decoder would allocate it).
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    encoder.window_log(30).unwrap();
+    encoder.long_distance_matching(true).unwrap();
+    encoder.write_all(&tar).unwrap();
+    let zst = encoder.finish().unwrap();
+    let message = refused(
+        run(&write(tmp.path(), "big-window.tar.zst", &zst), LIMITS, None),
+        "zstd",
+    );
+    assert!(
+        message.contains("zstd") || message.contains("memory"),
+        "{message}"
+    );
+    // An xz stream whose dictionary needs 256 MiB to decode.
+    let mut options = liblzma::stream::LzmaOptions::new_preset(1).unwrap();
+    options.dict_size(256 << 20);
+    let mut filters = liblzma::stream::Filters::new();
+    filters.lzma2(&options);
+    let stream =
+        liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::Crc64)
+            .unwrap();
+    let mut xz = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+    xz.write_all(&tar).unwrap();
+    let xz = xz.finish().unwrap();
+    let message = refused(
+        run(&write(tmp.path(), "big-dict.tar.xz", &xz), LIMITS, None),
+        "xz",
+    );
+    assert!(message.to_lowercase().contains("memory"), "{message}");
+    // Ordinary ones still unpack.
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    encoder.write_all(&tar).unwrap();
+    let zst = encoder.finish().unwrap();
+    assert!(run(&write(tmp.path(), "ok.tar.zst", &zst), LIMITS, None).is_ok());
+}

@@ -220,3 +220,34 @@ async fn a_cancelled_download_leaves_no_spool_file() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_larger_than_a_client_could_read_is_refused() {
+    // 17,000 files with 200-byte names in one directory: a Directory
+    // message of ~4.5 MB, over the 4 MiB this server allows a message.
+    let mut tar = tar::Builder::new(Vec::new());
+    let stem = "n".repeat(193);
+    for i in 0..17_000 {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, format!("dir/{stem}{i:06}"), &b"x"[..])
+            .unwrap();
+    }
+    let files = HashMap::from([("/wide.tar.gz".to_string(), gzip(&tar.into_inner().unwrap()))]);
+    let origin = Origin::start(files).await;
+    let kiln = Kiln::start(&format!(
+        "max_message_size: 4MiB\nbuild_events: {{ max_event_size: 1MiB }}\nremote_asset:\n  allow: [\"{}\"]\n  max_archive_entries: 20000\ninstances:\n  - name: \"\"\n    cas: {{ memory: {{ max_size: 256MiB }} }}\n    action_cache: {{ memory: {{ max_size: 16MiB }} }}\n    max_batch_total_size: 2MiB\n",
+        origin.url("/")
+    ))
+    .await;
+    let err = fetch_directory(&kiln, &origin.url("/wide.tar.gz"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(
+        err.message().contains("max_message_size"),
+        "{}",
+        err.message()
+    );
+}

@@ -728,3 +728,32 @@ async fn a_jwt_is_refused_before_its_nbf() {
         Code::Ok
     );
 }
+
+/// A JWKS endpoint that accepts the connection and never answers does not
+/// hang kiln: the fetch gives up after its timeout and start-up fails,
+/// saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_endpoint_that_never_answers_times_out() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    // Accept and hold connections, answering nothing.
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "auth:\n  method: jwt\n  jwt:\n    algorithms: [ES256]\n    jwks_url: http://{addr}/jwks.json\ninstances:\n  - name: \"\"\n    cas: {{ memory: {{ max_size: 8MiB }} }}\n    action_cache: {{ memory: {{ max_size: 8MiB }} }}\n"
+    );
+    let started = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        Kiln::try_start_in(&yaml, dir.path()),
+    )
+    .await
+    .expect("start-up gave up on the silent JWKS endpoint");
+    let err = started.err().expect("no keys, no server");
+    assert!(err.to_string().contains("JWKS"), "{err}");
+    holder.abort();
+}
