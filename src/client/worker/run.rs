@@ -151,8 +151,12 @@ pub async fn run(
             Exit::TimedOut
         }
     };
-    // Children that outlive the command (daemons, stragglers) go too.
-    drop(guard);
+    // The helper has been reaped, so its pid may already name another
+    // process: nothing is looked up by it any more. In a sandbox every
+    // process of the action is gone already (its PID namespace died with
+    // its init); without one, what is left in the command's process group
+    // (daemons, stragglers) goes, as the group outlives its leader's pid.
+    guard.after_exit(sandboxed);
     if sandboxed && matches!(exit, Exit::Code(1)) {
         let mut head = String::new();
         use std::io::Read;
@@ -205,6 +209,16 @@ const TREE_GONE: Duration = Duration::from_secs(5);
 struct TreeKiller(Option<nix::unistd::Pid>);
 
 impl TreeKiller {
+    /// The run's process has exited and been reaped: disarms the guard,
+    /// first killing what is left of the process group unless sandboxed.
+    fn after_exit(mut self, sandboxed: bool) {
+        if let Some(pid) = self.0.take()
+            && !sandboxed
+        {
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     /// Sends SIGKILL to the tree; returns the processes it killed.
     fn kill(&self) -> Vec<nix::unistd::Pid> {
         use nix::sys::signal::{Signal, kill, killpg};
