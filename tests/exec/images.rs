@@ -1,8 +1,10 @@
 //! `container-image`: an action runs with an image's root file system as
 //! its sandbox's root. The test builds a real OCI image layout from
 //! Debian's `busybox-static` (one gzip layer, a config, a manifest and an
-//! index naming it), gives it to `kiln worker --image-dir`, and runs
-//! actions in it by name, by pinned digest, and by a name it lacks.
+//! index naming it), gives it to `kiln worker --image-dir` as a directory
+//! and as a tarball, and stores a tarball of it in the CAS; then runs
+//! actions in it by name, by pinned digest, from the CAS, and by names the
+//! worker lacks.
 
 use std::io::Write;
 use std::path::Path;
@@ -109,14 +111,33 @@ async fn actions_run_in_the_image_they_name() {
         std::fs::set_permissions(images.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let manifest = busybox_layout(&images.path().join("busybox"));
+    // The same layout as a tarball, under another name.
+    let layout_tar = {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_dir_all(".", images.path().join("busybox"))
+            .unwrap();
+        b.into_inner().unwrap()
+    };
     let arg = format!("--image-dir={}", images.path().display());
     let _worker = WorkerProc::start(&kiln.url, "", "images", &[&arg]);
+    // The layout tarball in the CAS, named by its digest.
+    let in_cas = bytes::Bytes::from(layout_tar);
+    kiln.cas()
+        .await
+        .batch_update_blobs(crate::common::upload_request(std::slice::from_ref(&in_cas)))
+        .await
+        .unwrap();
+    let cas_ref = {
+        let d = crate::common::sha(&in_cas);
+        format!("cas://{}/{}", d.hash_hex(), d.size)
+    };
 
     let script = "cat /etc/image-marker; ls /usr >/dev/null 2>&1 && echo host || echo no-usr; pwd; echo made > out";
     let pinned = format!("docker://kiln-test/busybox@{manifest}");
     for (salt, image) in [
         ("by-name", "docker://kiln-test/busybox:1"),
         ("pinned", pinned.as_str()),
+        ("from-the-cas", cas_ref.as_str()),
     ] {
         let spec = Spec {
             argv: vec!["/bin/sh", "-c", script],
@@ -145,18 +166,49 @@ async fn actions_run_in_the_image_they_name() {
         );
     }
 
+    let absent_cas = format!("cas://{}/123", "0".repeat(64));
+    for (salt, image) in [
+        ("absent", "docker://kiln-test/absent:2"),
+        ("absent-cas", absent_cas.as_str()),
+    ] {
+        let spec = Spec {
+            argv: vec!["/bin/true"],
+            platform: vec![("container-image", image)],
+            salt,
+            ..Default::default()
+        };
+        let done = run_spec(&kiln, &spec).await.unwrap();
+        let status = done.status.unwrap();
+        assert_eq!(status.code, Code::FailedPrecondition as i32, "{status:?}");
+        assert!(status.message.contains(image), "{}", status.message);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_tarball_in_the_image_dir_is_used() {
+    let kiln = Kiln::start(&format!(
+        "execution: {{ database: memory, bot_wait: 1s }}\n{MEMORY}"
+    ))
+    .await;
+    let built = tempfile::tempdir().unwrap();
+    busybox_layout(&built.path().join("layout"));
+    let images = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(images.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_dir_all(".", built.path().join("layout")).unwrap();
+    std::fs::write(images.path().join("busybox.tar"), b.into_inner().unwrap()).unwrap();
+    let arg = format!("--image-dir={}", images.path().display());
+    let _worker = WorkerProc::start(&kiln.url, "", "tarred", &[&arg]);
     let spec = Spec {
-        argv: vec!["/bin/true"],
-        platform: vec![("container-image", "docker://kiln-test/absent:2")],
-        salt: "absent",
+        argv: vec!["/bin/sh", "-c", "cat /etc/image-marker"],
+        platform: vec![("container-image", "docker://kiln-test/busybox:1")],
+        salt: "tarred",
         ..Default::default()
     };
     let done = run_spec(&kiln, &spec).await.unwrap();
-    let status = done.status.unwrap();
-    assert_eq!(status.code, Code::FailedPrecondition as i32, "{status:?}");
-    assert!(
-        status.message.contains("kiln-test/absent:2"),
-        "{}",
-        status.message
-    );
+    assert_eq!(done.status.as_ref().map_or(0, |s| s.code), 0, "{done:?}");
+    assert_eq!(stdout_of(&kiln, &done).await, "from the image\n");
 }

@@ -62,14 +62,15 @@ pub(super) async fn execute(
         .iter()
         .find(|(k, _)| k == super::images::IMAGE_PROPERTY)
         .map(|(_, v)| v.as_str());
+    let network = sandbox::Wants::network_of(&properties)?;
+    let cas = Cas::new(ctx.conn.clone(), ctx.instance.clone(), function);
     let wants = sandbox::Wants {
-        network: sandbox::Wants::network_of(&properties)?,
+        network,
         rootfs: match image {
-            Some(value) => Some(ctx.images.rootfs(value).await?),
+            Some(value) => Some(ctx.images.rootfs(value, &cas).await?),
             None => None,
         },
     };
-    let cas = Cas::new(ctx.conn.clone(), ctx.instance.clone(), function);
     let payload = lease
         .payload
         .as_ref()

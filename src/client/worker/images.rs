@@ -1,16 +1,23 @@
 //! Container images for actions: the `container-image` platform property
 //! runs an action with that image's root file system as its sandbox's
-//! root. Images come from OCI image layouts the operator provides
-//! (`--image-dir`: each subdirectory, or `.tar` of one, holding `oci-layout`,
-//! `index.json` and `blobs/`), are verified blob by blob against their
-//! digests, and are unpacked once per manifest digest under the work dir.
+//! root. Images come from OCI image layouts (`oci-layout`, `index.json`
+//! and `blobs/`): directories or `.tar` files of one the operator puts under
+//! `--image-dir`, or a `.tar` of one stored in the CAS. They are verified
+//! blob by blob against their digests and unpacked once per manifest
+//! digest under the work dir.
 //!
 //! A reference names an image the way Bazel's RBE platforms do,
 //! `docker://NAME[:TAG]` or `docker://NAME@sha256:HEX` (the `docker://` is
 //! optional): a digest is matched against the manifests' digests, a name
 //! against the layouts' `io.containerd.image.name` and
-//! `org.opencontainers.image.ref.name` annotations. An image the worker
-//! does not have fails the action with FAILED_PRECONDITION naming it.
+//! `org.opencontainers.image.ref.name` annotations. `cas://HASH/SIZE` names
+//! a layout tarball in the CAS holding one image. An image the worker does
+//! not have fails the action with FAILED_PRECONDITION naming it.
+//!
+//! A CAS blob is anyone's upload, so every layout and layer is treated as
+//! hostile: paths stay inside the image (the tar reader's `unpack_in`),
+//! device nodes, FIFOs and sockets are skipped, and an image may unpack to
+//! at most [`MAX_IMAGE_BYTES`] and [`MAX_IMAGE_ENTRIES`].
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -24,6 +31,54 @@ use crate::error::{Error, Result};
 /// The platform property naming an action's image.
 pub const IMAGE_PROPERTY: &str = "container-image";
 
+/// Most bytes (apparent sizes) one image or layout tarball unpacks to.
+const MAX_IMAGE_BYTES: u64 = 32 << 30;
+
+/// Most entries one image or layout tarball unpacks to.
+const MAX_IMAGE_ENTRIES: u64 = 1_000_000;
+
+/// What is left of an unpack's allowance.
+struct Allowance {
+    bytes: u64,
+    entries: u64,
+}
+
+impl Allowance {
+    fn new() -> Allowance {
+        Allowance {
+            bytes: MAX_IMAGE_BYTES,
+            entries: MAX_IMAGE_ENTRIES,
+        }
+    }
+
+    fn take(&mut self, size: u64) -> Result<()> {
+        self.entries = self.entries.checked_sub(1).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "the image has more than {MAX_IMAGE_ENTRIES} entries"
+            ))
+        })?;
+        self.bytes = self.bytes.checked_sub(size).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "the image unpacks to more than {MAX_IMAGE_BYTES} bytes"
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+/// Whether a tar entry is one an image may hold (no devices, FIFOs or
+/// sockets: a CAS upload must not put device nodes on the worker's disk).
+fn allowed_kind(kind: tar::EntryType) -> bool {
+    matches!(
+        kind,
+        tar::EntryType::Regular
+            | tar::EntryType::Continuous
+            | tar::EntryType::Directory
+            | tar::EntryType::Symlink
+            | tar::EntryType::Link
+    )
+}
+
 /// Directories every image root gets, as the sandbox's mount points.
 const MOUNT_POINTS: &[&str] = &["proc", "dev", "tmp", "kiln/exec"];
 
@@ -32,6 +87,8 @@ const MOUNT_POINTS: &[&str] = &["proc", "dev", "tmp", "kiln/exec"];
 pub struct Images {
     sources: Vec<PathBuf>,
     cache: PathBuf,
+    /// One layout tarball extracted at a time.
+    extracting: Arc<std::sync::Mutex<()>>,
     /// One unpack at a time per manifest digest.
     unpacking: Arc<tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
@@ -128,29 +185,66 @@ impl Images {
         std::fs::create_dir_all(&cache)
             .map_err(|e| Error::io(format!("creating {}", cache.display()), e))?;
         // Leftovers of an unpack a crash cut short.
-        if let Ok(entries) = std::fs::read_dir(&cache) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().contains(".tmp-") {
-                    let _ = std::fs::remove_dir_all(e.path());
+        for dir in [cache.clone(), cache.join("layouts")] {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().contains(".tmp-") {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
                 }
             }
         }
         Ok(Images {
             sources,
             cache,
+            extracting: Arc::default(),
             unpacking: Arc::default(),
         })
     }
 
-    /// The unpacked root file system of the image `value` names.
-    pub async fn rootfs(&self, value: &str) -> Result<PathBuf> {
-        let reference = parse(value)?;
+    /// The unpacked root file system of the image `value` names (fetching
+    /// a `cas://` layout through `cas`).
+    pub async fn rootfs(&self, value: &str, cas: &super::cas::Cas) -> Result<PathBuf> {
         let this = self.clone();
-        let value = value.to_string();
-        let (layout, manifest) =
-            tokio::task::spawn_blocking(move || this.resolve(&reference, &value))
-                .await
-                .map_err(|e| Error::internal(format!("resolving an image: {e}")))??;
+        let (layout, manifest) = match value.strip_prefix("cas://") {
+            Some(rest) => {
+                let bad = |why: String| {
+                    Error::InvalidArgument(format!(
+                        "platform property {IMAGE_PROPERTY}={value:?}: {why} (expected cas://HASH/SIZE)"
+                    ))
+                };
+                let (hash, size) = rest.split_once('/').ok_or_else(|| bad("no size".into()))?;
+                let size: i64 = size
+                    .parse()
+                    .map_err(|_| bad("the size is not a number".into()))?;
+                let digest = crate::digest::Digest::parse(cas.function(), hash, size)
+                    .map_err(|e| bad(e.to_string()))?;
+                let blobs = self.cache.join("blobs");
+                let tarball = blobs.join(format!("{}-{}.tar", digest.hash_hex(), digest.size));
+                if !tarball.is_file() {
+                    std::fs::create_dir_all(&blobs)
+                        .map_err(|e| Error::io("creating the image blob cache", e))?;
+                    cas.download(vec![(digest, tarball.clone())])
+                        .await
+                        .map_err(|e| match e {
+                            Error::NotFound(_) => Error::FailedPrecondition(format!(
+                                "the container image {value:?} is not in the CAS"
+                            )),
+                            other => other,
+                        })?;
+                }
+                tokio::task::spawn_blocking(move || this.only_image(&tarball))
+                    .await
+                    .map_err(|e| Error::internal(format!("resolving an image: {e}")))??
+            }
+            None => {
+                let reference = parse(value)?;
+                let value = value.to_string();
+                tokio::task::spawn_blocking(move || this.resolve(&reference, &value))
+                    .await
+                    .map_err(|e| Error::internal(format!("resolving an image: {e}")))??
+            }
+        };
         let hex = manifest.digest.trim_start_matches("sha256:").to_string();
         let done = self.cache.join(&hex).join("rootfs");
         if done.is_dir() {
@@ -180,6 +274,17 @@ impl Images {
             let mut layouts: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
             layouts.sort();
             for layout in layouts {
+                let layout = if layout.extension().is_some_and(|x| x == "tar") && layout.is_file() {
+                    match self.extracted(&layout) {
+                        Ok(dir) => dir,
+                        Err(e) => {
+                            tracing::warn!(path = %layout.display(), error = %e, "an image layout tarball could not be read; skipped");
+                            continue;
+                        }
+                    }
+                } else {
+                    layout
+                };
                 let index = layout.join("index.json");
                 let Ok(text) = read_small(&index) else {
                     continue;
@@ -198,6 +303,79 @@ impl Images {
         Err(Error::FailedPrecondition(format!(
             "this worker does not have the container image {value:?} (it runs images from the OCI layouts under --image-dir)"
         )))
+    }
+}
+
+impl Images {
+    /// The one image of a layout tarball (a `cas://` image).
+    fn only_image(&self, tarball: &Path) -> Result<(PathBuf, Descriptor)> {
+        let layout = self.extracted(tarball)?;
+        let text = read_small(&layout.join("index.json"))?;
+        let index: Index = serde_json::from_slice(&text).map_err(|e| {
+            Error::InvalidArgument(format!("the image's index.json does not parse: {e}"))
+        })?;
+        match <[Descriptor; 1]>::try_from(index.manifests) {
+            Ok([m]) => Ok((layout, m)),
+            Err(all) => Err(Error::InvalidArgument(format!(
+                "a cas:// image layout must hold one image, not {}",
+                all.len()
+            ))),
+        }
+    }
+
+    /// A layout tarball, extracted once into the cache (keyed by its path,
+    /// size and modification time, or by its CAS digest's file name).
+    fn extracted(&self, tarball: &Path) -> Result<PathBuf> {
+        let meta = std::fs::metadata(tarball)
+            .map_err(|e| Error::io(format!("reading {}", tarball.display()), e))?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let key = crate::digest::DigestFunction::Sha256
+            .digest_of(format!("{}\n{}\n{mtime}", tarball.display(), meta.len()).as_bytes())
+            .hash_hex();
+        let dir = self.cache.join("layouts").join(&key[..32]);
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let _one = self.extracting.lock().unwrap_or_else(|p| p.into_inner());
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let tmp =
+            self.cache
+                .join("layouts")
+                .join(format!("{}.tmp-{}", &key[..32], uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+        let result = (|| {
+            let file = std::fs::File::open(tarball)
+                .map_err(|e| Error::io(format!("opening {}", tarball.display()), e))?;
+            let mut archive = tar::Archive::new(std::io::BufReader::new(file));
+            archive.set_preserve_ownerships(false);
+            let mut allowance = Allowance::new();
+            for entry in archive
+                .entries()
+                .map_err(|e| Error::InvalidArgument(format!("not a layout tarball: {e}")))?
+            {
+                let mut entry = entry
+                    .map_err(|e| Error::InvalidArgument(format!("not a layout tarball: {e}")))?;
+                if !allowed_kind(entry.header().entry_type()) {
+                    continue;
+                }
+                allowance.take(entry.header().size().unwrap_or(0))?;
+                entry.unpack_in(&tmp).map_err(|e| {
+                    Error::InvalidArgument(format!("unpacking a layout tarball: {e}"))
+                })?;
+            }
+            std::fs::rename(&tmp, &dir).map_err(|e| Error::io("placing a layout", e))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result.map(|()| dir)
     }
 }
 
@@ -295,8 +473,9 @@ fn unpack(layout: &Path, manifest: &Descriptor, cache: &Path, hex: &str) -> Resu
     std::fs::create_dir_all(&root)
         .map_err(|e| Error::io(format!("creating {}", root.display()), e))?;
     let result = (|| {
+        let mut allowance = Allowance::new();
         for layer in &parsed.layers {
-            apply_layer(layout, layer, &root)?;
+            apply_layer(layout, layer, &root, &mut allowance)?;
         }
         for m in MOUNT_POINTS {
             let p = root.join(m);
@@ -320,7 +499,12 @@ fn unpack(layout: &Path, manifest: &Descriptor, cache: &Path, hex: &str) -> Resu
 }
 
 /// Applies one layer (tar, tar+gzip or tar+zstd) with OCI whiteouts.
-fn apply_layer(layout: &Path, layer: &Descriptor, root: &Path) -> Result<()> {
+fn apply_layer(
+    layout: &Path,
+    layer: &Descriptor,
+    root: &Path,
+    allowance: &mut Allowance,
+) -> Result<()> {
     let path = blob_path(layout, layer)?;
     let file = std::fs::File::open(&path)
         .map_err(|e| Error::io(format!("opening image layer {}", layer.digest), e))?;
@@ -366,6 +550,10 @@ fn apply_layer(layout: &Path, layer: &Descriptor, root: &Path) -> Result<()> {
                 whiteout(root, name.parent().unwrap_or(Path::new("")), f)?;
                 continue;
             }
+            if !allowed_kind(entry.header().entry_type()) {
+                continue;
+            }
+            allowance.take(entry.header().size().unwrap_or(0))?;
             entry.unpack_in(root).map_err(|e| {
                 Error::io(
                     format!(
@@ -425,6 +613,48 @@ fn whiteout(root: &Path, dir: &Path, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layer_puts_no_device_node_on_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Char);
+        h.set_device_major(8).unwrap();
+        h.set_device_minor(0).unwrap();
+        h.set_mode(0o666);
+        h.set_size(0);
+        b.append_data(&mut h, "dev-sda", std::io::empty()).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(2);
+        b.append_data(&mut h, "file", &b"ok"[..]).unwrap();
+        let layer = b.into_inner().unwrap();
+        let hex = crate::digest::DigestFunction::Sha256
+            .digest_of(&layer)
+            .hash_hex();
+        std::fs::write(layout.join("blobs/sha256").join(&hex), &layer).unwrap();
+        let descriptor = Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: format!("sha256:{hex}"),
+            size: layer.len() as u64,
+            annotations: HashMap::new(),
+        };
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        apply_layer(&layout, &descriptor, &root, &mut Allowance::new()).unwrap();
+        assert!(root.join("file").is_file());
+        assert!(std::fs::symlink_metadata(root.join("dev-sda")).is_err());
+        // A layer whose bytes are not its digest's is refused.
+        std::fs::write(layout.join("blobs/sha256").join(&hex), b"tampered").unwrap();
+        let tampered = Descriptor {
+            size: 0,
+            ..descriptor
+        };
+        assert!(apply_layer(&layout, &tampered, &root, &mut Allowance::new()).is_err());
+    }
 
     #[test]
     fn references_parse_as_rbe_writes_them() {
