@@ -71,16 +71,22 @@ disk=$("$KILN" bench --target "grpc://127.0.0.1:$port" --workload fmb --duration
 kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
 serve "$WORK/memory.yaml"
 port=$PORT
+# The same server holding nothing: the baseline the index's memory is
+# measured against.
+base_rss=$(grep VmRSS /proc/$PID/status | awk '{print $2}')
 memory=$("$KILN" bench --target "grpc://127.0.0.1:$port" --workload fmb --duration "$DURATION" --concurrency "$CONCURRENCY" --json)
 kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
 
-python3 - "$N" "$index_ms" "$start_ms" "$rss" "$disk" "$memory" <<'PY'
+python3 - "$N" "$index_ms" "$start_ms" "$rss" "$disk" "$memory" "$base_rss" <<'PY'
 import json, sys
 n, index_ms, secs, rss = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]) / 1000, int(sys.argv[4])
+base_rss = int(sys.argv[7])
 disk = [json.loads(l) for l in sys.argv[5].splitlines() if l.strip()][-1]
 mem = [json.loads(l) for l in sys.argv[6].splitlines() if l.strip()][-1]
 print(f"| store | blobs | index rebuild | start to serving | RSS after start | fmb calls/s (1,000 digests) | vs memory |")
 print(f"|---|---:|---:|---:|---:|---:|---:|")
 print(f"| fs (index) | {n:,} | {index_ms} ms | {secs:.2f} s | {rss // 1024} MiB | {disk['ops_per_sec']:.0f} | {disk['ops_per_sec'] / mem['ops_per_sec']:.2f}x |")
-print(f"| memory (baseline) | 0 | - | - | - | {mem['ops_per_sec']:.0f} | 1.00x |")
+print(f"| memory (baseline) | 0 | - | - | {base_rss // 1024} MiB | {mem['ops_per_sec']:.0f} | 1.00x |")
+print()
+print(f"index memory: {(rss - base_rss) * 1024 / n:.1f} bytes per blob (RSS after start, less the empty server's)")
 PY
