@@ -428,3 +428,28 @@ async fn an_unsandboxed_worker_is_shown_as_such() {
     );
     assert!(!row("confined-one").contains("UNSANDBOXED"));
 }
+
+/// A worker whose sandbox cannot start (here a `bwrap` that always fails,
+/// as one refused user namespaces would) says so and stops at start,
+/// instead of taking leases and failing every action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_sandbox_cannot_start_refuses_to_run() {
+    let mut worker = WorkerProc::start(
+        "http://127.0.0.1:9",
+        "",
+        "broken-sandbox",
+        &["--bwrap=/bin/false"],
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = worker.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker kept running without a working sandbox"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+}

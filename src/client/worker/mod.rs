@@ -282,6 +282,13 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
         user.is_some(),
     )?;
     confine::prepare_dirs(&args.work_dir, &runs, cache.dir(), user)?;
+    let scratch = runs.join("sandbox-self-test");
+    std::fs::create_dir_all(&scratch)
+        .map_err(|e| Error::io(format!("creating {}", scratch.display()), e))?;
+    confine::hand_over(&scratch, user)?;
+    let tested = sandbox.self_test(&scratch, user);
+    let _ = std::fs::remove_dir_all(&scratch);
+    tested?;
     match user {
         Some(u) => tracing::info!(
             uid = u.uid,

@@ -302,6 +302,46 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// Runs `/bin/true` in the sandbox as `user`, in `scratch` (an empty
+    /// directory the user may write), so that a machine where the sandbox
+    /// cannot start (no user namespaces, a seccomp profile refusing them, a
+    /// masked /proc) is found when the worker starts, not by every action.
+    pub fn self_test(
+        &self,
+        scratch: &Path,
+        user: Option<super::confine::ActionUser>,
+    ) -> Result<()> {
+        let Sandbox::Bwrap(_) = self else {
+            return Ok(());
+        };
+        let (argv, _) = self.prefix(scratch, Path::new(""), &Wants::default())?;
+        let mut cmd = std::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .arg("/bin/true")
+            .env_clear()
+            .current_dir(scratch)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(u) = user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(u.uid).gid(u.gid);
+        }
+        let out = cmd
+            .output()
+            .map_err(|e| Error::io(format!("starting {}", argv[0]), e))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "the sandbox does not work on this machine ({}): {}; it needs unprivileged user namespaces (README, \"Sandbox\"), or run with --sandbox none to run actions unconfined",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 /// `program` itself when it is a path, else the first match on PATH.
 fn find_program(program: &str) -> Option<PathBuf> {
     if program.contains('/') {
