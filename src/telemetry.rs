@@ -134,23 +134,30 @@ impl std::io::Write for EscapingWriter {
 }
 
 /// `line` with every control character but a final newline (and tabs, and
-/// escapes when `ansi`) written as `\n`, `\r` or `\xHH`.
+/// escapes when `ansi`) written as `\\n`, `\\r`, `\\xHH` or `\\u{HHHH}`: the
+/// C0 and C1 controls (NEL among them) and the Unicode line and paragraph
+/// separators, which some log viewers also break lines at.
 fn escape_line(line: &[u8], ansi: bool) -> Vec<u8> {
     let (body, end) = match line.strip_suffix(b"\n") {
         Some(body) => (body, &b"\n"[..]),
         None => (line, &b""[..]),
     };
-    let mut out = Vec::with_capacity(line.len() + 8);
-    for &b in body {
-        match b {
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.push(b),
-            0x1b if ansi => out.push(b),
-            0..=0x1f | 0x7f => out.extend_from_slice(format!("\\x{b:02x}").as_bytes()),
-            _ => out.push(b),
+    let text = String::from_utf8_lossy(body);
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push(c),
+            '\u{1b}' if ansi => out.push(c),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{{{:04x}}}", c as u32))
+            }
+            c => out.push(c),
         }
     }
+    let mut out = out.into_bytes();
     out.extend_from_slice(end);
     out
 }
@@ -166,5 +173,11 @@ mod tests {
             "INFO grpc{tool_invocation_id=a\\nINFO forged\\r\\x1b[31m}: hello\n"
         );
         assert_eq!(super::escape_line(b"plain\n", false), b"plain\n");
+        // C1 controls (NEL) and Unicode line separators break lines too.
+        let out = super::escape_line("a\u{85}b\u{2028}c\u{2029}d\n".as_bytes(), false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a\\u{0085}b\\u{2028}c\\u{2029}d\n"
+        );
     }
 }

@@ -157,14 +157,15 @@ impl State {
     /// Adds or replaces `d` (its file holding `bytes`); returns the bytes
     /// of the one it replaced.
     fn insert(&mut self, d: &Digest, bytes: u64, last_ms: i64) -> Option<u64> {
-        let old = self.position(d).map(|i| self.bytes(&self.records[i]));
+        let found = self.position(d);
+        let old = found.map(|i| self.bytes(&self.records[i]));
         if bytes == d.size {
             self.odd_sizes.remove(d);
         } else {
             self.odd_sizes.insert(*d, bytes);
         }
         let record = Record::new(d, last_ms);
-        if let Some(i) = self.position(d) {
+        if let Some(i) = found {
             self.records[i] = record;
             return old;
         }

@@ -298,3 +298,20 @@ pub fn form(pairs: &[(&str, &str)]) -> String {
     }
     s.finish()
 }
+
+/// Writes a static tokens file (`auth.tokens_file`) in `dir` granting each
+/// (token, roles, subject); returns its path.
+pub fn tokens_file(dir: &Path, grants: &[(&str, &str, &str)]) -> std::path::PathBuf {
+    let text: String = grants
+        .iter()
+        .map(|(token, roles, subject)| {
+            let hash = kiln::digest::DigestFunction::Sha256
+                .digest_of(token.as_bytes())
+                .hash_hex();
+            format!("{hash} {roles} {subject}\n")
+        })
+        .collect();
+    let path = dir.join("tokens");
+    std::fs::write(&path, text).unwrap();
+    path
+}

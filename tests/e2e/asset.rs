@@ -513,18 +513,14 @@ fn hostile_archives() -> Vec<(&'static str, Bytes, &'static str)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_assets_are_fetched_without_a_download_and_roles_apply() {
     let tmp = tempfile::tempdir().unwrap();
-    let hash = |t: &str| DigestFunction::Sha256.digest_of(t.as_bytes()).hash_hex();
-    let tokens = tmp.path().join("tokens");
-    std::fs::write(
-        &tokens,
-        format!(
-            "{} read,write,ac-write pusher\n{} read reader\n{} read,write writer\n",
-            hash("push-token"),
-            hash("read-token"),
-            hash("write-token")
-        ),
-    )
-    .unwrap();
+    let tokens = common::tokens_file(
+        tmp.path(),
+        &[
+            ("push-token", "read,write,ac-write", "pusher"),
+            ("read-token", "read", "reader"),
+            ("write-token", "read,write", "writer"),
+        ],
+    );
     let kiln = Kiln::start(&config(
         &[],
         &format!("auth:\n  tokens_file: {}\n", tokens.display()),

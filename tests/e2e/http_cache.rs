@@ -187,21 +187,13 @@ instances:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_as_bearer_or_basic_with_the_same_roles_as_grpc() {
     let dir = tempfile::tempdir().unwrap();
-    let hash = |t: &str| {
-        kiln::digest::DigestFunction::Sha256
-            .digest_of(t.as_bytes())
-            .hash_hex()
-    };
-    let tokens = dir.path().join("tokens");
-    std::fs::write(
-        &tokens,
-        format!(
-            "{} read,write,ac-write builder\n{} read reader\n",
-            hash("build-token"),
-            hash("read-token")
-        ),
-    )
-    .unwrap();
+    let tokens = crate::common::tokens_file(
+        dir.path(),
+        &[
+            ("build-token", "read,write,ac-write", "builder"),
+            ("read-token", "read", "reader"),
+        ],
+    );
     let yaml = format!(
         "auth:\n  tokens_file: {}\n{}",
         tokens.display(),

@@ -206,22 +206,18 @@ async fn no_usage_runs_commands_unmeasured() {
 async fn the_usage_api_counts_only_instances_the_caller_may_read() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let hash = |t: &str| {
-        kiln::digest::DigestFunction::Sha256
-            .digest_of(t.as_bytes())
-            .hash_hex()
-    };
-    let tokens = dir.path().join("tokens");
-    std::fs::write(
-        &tokens,
-        format!(
-            "{} a:worker,a:read,a:write,a:execute runner\n{} b:read only-b\n{} a:read,b:read both\n",
-            hash("runner-token"),
-            hash("b-token"),
-            hash("both-token")
-        ),
-    )
-    .unwrap();
+    let tokens = crate::common::tokens_file(
+        dir.path(),
+        &[
+            (
+                "runner-token",
+                "a:worker,a:read,a:write,a:execute",
+                "runner",
+            ),
+            ("b-token", "b:read", "only-b"),
+            ("both-token", "a:read,b:read", "both"),
+        ],
+    );
     let kiln = Kiln::start(&format!(
         "auth:\n  tokens_file: {}\n  build_events_instance: b\nexecution: {{ database: memory, bot_wait: 1s }}\ninstances:\n  - name: a\n    cas: {{ memory: {{ max_size: 64MiB }} }}\n    action_cache: {{ memory: {{ max_size: 8MiB }} }}\n  - name: b\n    cas: {{ memory: {{ max_size: 64MiB }} }}\n    action_cache: {{ memory: {{ max_size: 8MiB }} }}\n",
         tokens.display()
