@@ -4,8 +4,14 @@
 //! A binary of its own, not a `kiln` subcommand, because it starts once per
 //! action: it is a fraction of kiln's size and starts in about a millisecond.
 
+//!
+//! `kiln-measure --resident` is the init of a worker slot's resident
+//! sandbox instead (see `kiln::client::worker::resident_helper`).
+
 fn main() {
-    std::process::exit(kiln::client::worker::measure_action(
-        std::env::args_os().skip(1).collect(),
-    ));
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--resident") {
+        std::process::exit(kiln::client::worker::resident_helper());
+    }
+    std::process::exit(kiln::client::worker::measure_action(args));
 }

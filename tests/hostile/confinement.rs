@@ -322,7 +322,20 @@ async fn a_dag_bomb_is_refused_before_anything_is_built() {
     assert!(message.contains("expands to"), "{message}");
     // Nothing of it was made on the worker's disk.
     let runs = worker.dir.path().join("runs");
-    let left: Vec<_> = std::fs::read_dir(&runs).unwrap().collect();
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir(&runs).unwrap() {
+        let entry = entry.unwrap();
+        // Slots' resident sandboxes keep a directory each for their runs.
+        if entry.file_name().to_string_lossy().starts_with("slot-") {
+            left.extend(
+                std::fs::read_dir(entry.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().path()),
+            );
+        } else {
+            left.push(entry.path());
+        }
+    }
     assert!(left.is_empty(), "run directories left: {left:?}");
 }
 
@@ -452,4 +465,141 @@ async fn a_worker_whose_sandbox_cannot_start_refuses_to_run() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!status.success());
+}
+
+/// The pid's parent, from /proc.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The resident sandbox helpers `worker` started (descendants of it).
+fn helpers_of(worker: &WorkerProc) -> Vec<i32> {
+    let root = worker.child.id() as i32;
+    processes_with("--resident")
+        .into_iter()
+        .filter(|pid| {
+            // The helper itself, not the bubblewrap that started it.
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"/kiln/measure\0"))
+        })
+        .filter(|&pid| {
+            let mut at = pid;
+            for _ in 0..8 {
+                match parent_of(at) {
+                    Some(p) if p == root => return true,
+                    Some(p) if p > 1 => at = p,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_of_one_slot_leave_each_other_nothing() {
+    let kiln = Kiln::start(&config()).await;
+    let worker = WorkerProc::start(&kiln.url, "", "slotmates", &["--concurrency=1"]);
+    // The first action leaves what it can: files in /tmp, /dev/shm, / and
+    // /dev, a SysV shared memory segment, a process in a session of its
+    // own; and it tries the helper that started it.
+    let leave = "echo left > /tmp/left; echo left > /dev/shm/left; \
+                 echo left > /left 2>/dev/null && echo root=writable; \
+                 echo left > /dev/left 2>/dev/null && echo dev=writable; \
+                 ipcmk -M 4096 >/dev/null 2>&1 && echo ipc=made; \
+                 setsid -f sh -c 'exec sleep 1000 slotmate-survivor' >/dev/null 2>&1; \
+                 echo helper_env=$(cat /proc/1/environ 2>/dev/null | wc -c); \
+                 echo helper_fds=$(ls /proc/1/fd 2>/dev/null | wc -l); \
+                 echo slot=$(ls -A /kiln/slot 2>/dev/null | wc -l); \
+                 echo caps=$(grep CapEff /proc/self/status | tr -d '[:space:]')";
+    let first = run(
+        &kiln,
+        &Spec {
+            argv: vec!["/bin/sh", "-c", leave],
+            salt: "slotmate-first",
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = stdout_of(&kiln, &first).await;
+    assert_eq!(code(&first), 0, "{first:?}");
+    assert!(out.contains("ipc=made"), "the segment was made: {out}");
+    for line in [
+        "helper_env=0",
+        "helper_fds=0",
+        "slot=0",
+        "caps=CapEff:0000000000000000",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line} expected: {out}");
+    }
+    assert!(!out.contains("=writable"), "{out}");
+    assert!(
+        processes_with("slotmate-survivor").is_empty(),
+        "the survivor is gone"
+    );
+    // The next action in the same slot finds none of it.
+    let look = "echo tmp=$(ls /tmp/left 2>/dev/null | wc -l); echo shm=$(ls -A /dev/shm | wc -l); \
+                echo root=$(ls /left 2>/dev/null | wc -l); \
+                echo ipc=$(ipcs -m | grep -c '^0x'); \
+                echo procs=$(grep -l 'slotmate-surviv[o]r' /proc/[0-9]*/cmdline 2>/dev/null | wc -l)";
+    let second = run(
+        &kiln,
+        &Spec {
+            argv: vec!["/bin/sh", "-c", look],
+            salt: "slotmate-second",
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = stdout_of(&kiln, &second).await;
+    for line in ["tmp=0", "shm=0", "root=0", "ipc=0", "procs=0"] {
+        assert!(out.lines().any(|l| l == line), "{line} expected: {out}");
+    }
+    // A helper killed from outside costs nothing but itself: the slot's
+    // next action starts a new one.
+    let helpers = helpers_of(&worker);
+    assert_eq!(helpers.len(), 1, "one resident helper for one slot");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helpers[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_no_process_pid(helpers[0]).await;
+    let third = run(
+        &kiln,
+        &Spec {
+            argv: vec!["/bin/sh", "-c", "echo again"],
+            salt: "slotmate-third",
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(code(&third), 0, "{third:?}");
+    assert_eq!(stdout_of(&kiln, &third).await, "again\n");
+    let now = helpers_of(&worker);
+    assert!(
+        now.len() == 1 && now[0] != helpers[0],
+        "a new helper: {now:?}"
+    );
+}
+
+async fn wait_no_process_pid(pid: i32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // A killed helper is reaped by the worker when it next looks.
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "helper {pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -110,9 +110,17 @@ pub(super) async fn execute(
     // Before anything is created: no path the action names may lead out.
     crate::execution::validate::check_command(&command)?;
     let input_root = Digest::from_proto(function, action.input_root_digest.as_ref(), "input root")?;
-    let run_dir = ctx
-        .runs
-        .join(format!("{}-{}", lease.id, uuid::Uuid::new_v4()));
+    // Actions that ask nothing special run in their slot's resident
+    // sandbox, under its directory.
+    let resident = ctx
+        .resident
+        .as_ref()
+        .filter(|_| wants == sandbox::Wants::default());
+    let run_name = format!("{}-{}", sanitized(&lease.id), uuid::Uuid::new_v4());
+    let run_dir = match resident {
+        Some(r) => r.dir(slot).join(&run_name),
+        None => ctx.runs.join(&run_name),
+    };
     let root = run_dir.join("root");
     let _cleanup = RemoveOnDrop(run_dir.clone());
     inputs::materialize(&cas, &ctx.cache, &input_root, &root, user).await?;
@@ -150,7 +158,26 @@ pub(super) async fn execute(
         user,
     };
     let started = tokio::time::Instant::now();
-    let ran = run::run(&command, &cwd, launch, timeout, &stdout, &stderr).await?;
+    let ran = match resident {
+        Some(r) => {
+            r.prepare_logs(slot, &run_dir)?;
+            let mut argv = ctx.runner.clone();
+            argv.extend(run::command_line(&command, &inside_cwd)?);
+            let run = super::resident::Run {
+                run: run_name,
+                cwd: inside_cwd.to_string_lossy().into_owned(),
+                argv,
+                env: command
+                    .environment_variables
+                    .iter()
+                    .map(|e| (e.name.clone(), e.value.clone()))
+                    .collect(),
+                measure: ctx.measure.is_some(),
+            };
+            r.run(slot, run, timeout).await?
+        }
+        None => run::run(&command, &cwd, launch, timeout, &stdout, &stderr).await?,
+    };
     meta.execution_completed_timestamp = timestamp();
     meta.output_upload_start_timestamp = timestamp();
     let mut result = ActionResult::default();
@@ -196,6 +223,21 @@ pub(super) async fn execute(
     }
     result.execution_metadata = Some(meta);
     Ok((result, status))
+}
+
+/// A lease id as one plain file name (ids are the server's, but a run
+/// directory's name must not be able to lead anywhere).
+fn sanitized(id: &str) -> String {
+    id.chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Deletes a run directory however the run ends (read-only directories an

@@ -13,11 +13,13 @@ mod images;
 mod inputs;
 mod measure;
 mod outputs;
+mod resident;
 mod run;
 mod sandbox;
 
 pub use args::WorkerArgs;
 pub use measure::measure_action;
+pub use resident::helper::main as resident_helper;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -123,6 +125,8 @@ struct Ctx {
     runner: Vec<String>,
     /// How actions are confined.
     sandbox: sandbox::Sandbox,
+    /// Each slot's resident sandbox, for the actions it fits.
+    resident: Option<resident::Resident>,
     /// Container images actions may run in.
     images: images::Images,
     /// Most bytes of outputs one action may leave.
@@ -191,6 +195,14 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
     let tested = sandbox.self_test(&scratch, user);
     let _ = std::fs::remove_dir_all(&scratch);
     tested?;
+    let helper = measure::helper();
+    let resident = match &helper {
+        Some(h) => resident::Resident::new(&runs, &users, |dir| sandbox.resident(dir, h))?,
+        None => None,
+    };
+    if let Some(r) = &resident {
+        r.self_test().await?;
+    }
     match user {
         Some(u) => tracing::info!(
             uid = u.uid,
@@ -226,11 +238,8 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             .weigher(|_: &Digest, b: &bytes::Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
             .build(),
         runs,
-        measure: if args.no_usage {
-            None
-        } else {
-            measure::helper()
-        },
+        measure: if args.no_usage { None } else { helper },
+        resident,
         runner: args
             .runner
             .as_deref()

@@ -60,20 +60,7 @@ pub async fn run(
     stdout: &Path,
     stderr: &Path,
 ) -> Result<Ran> {
-    let mut argv: Vec<String> = command.arguments.clone();
-    if argv.is_empty() {
-        return Err(Error::InvalidArgument(
-            "the command has no arguments".into(),
-        ));
-    }
-    // A relative program with a slash is relative to the working directory.
-    if argv[0].contains('/') && !argv[0].starts_with('/') {
-        argv[0] = launch
-            .inside_cwd
-            .join(&argv[0])
-            .to_string_lossy()
-            .into_owned();
-    }
+    let mut argv = command_line(command, launch.inside_cwd)?;
     let program = argv[0].clone();
     let sandboxed = !launch.sandbox.is_empty();
     for prefix in [launch.runner, launch.sandbox] {
@@ -180,6 +167,22 @@ pub async fn run(
         None => exit,
     };
     Ok(Ran { exit, usage })
+}
+
+/// The command's argument list as run inside the sandbox, whose working
+/// directory is `inside_cwd`: a relative program with a slash is relative
+/// to the working directory.
+pub fn command_line(command: &Command, inside_cwd: &Path) -> Result<Vec<String>> {
+    let mut argv: Vec<String> = command.arguments.clone();
+    if argv.is_empty() {
+        return Err(Error::InvalidArgument(
+            "the command has no arguments".into(),
+        ));
+    }
+    if argv[0].contains('/') && !argv[0].starts_with('/') {
+        argv[0] = inside_cwd.join(&argv[0]).to_string_lossy().into_owned();
+    }
+    Ok(argv)
 }
 
 /// The helper's one line, read once it has exited (so at most a short

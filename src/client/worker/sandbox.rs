@@ -224,34 +224,61 @@ impl Sandbox {
             ));
         }
         let mut args: Vec<String> = vec![b.program.to_string_lossy().into_owned()];
-        let mut add = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
-        add(&[
-            "--unshare-user",
-            "--unshare-pid",
-            // The command is its namespace's init: when it exits the kernel
-            // kills everything left in the namespace before bwrap (which
-            // waits for it) can exit, so a run ends only with every process
-            // of the action gone, and the helper's rusage covers them all.
-            // (bwrap's own init would let bwrap exit first, unreaped.)
-            "--as-pid-1",
-            "--unshare-ipc",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--die-with-parent",
-            "--new-session",
-            "--cap-drop",
-            "ALL",
-            "--hostname",
-            "kiln-action",
-        ]);
-        if !wants.network {
-            add(&["--unshare-net"]);
-        }
+        b.namespaces(&mut args, !wants.network);
+        args.extend(["--cap-drop", "ALL"].map(String::from));
+        b.view(&mut args, wants.rootfs.as_deref())?;
         let text = |p: &Path| p.to_string_lossy().into_owned();
-        match &wants.rootfs {
+        let mut add = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
+        add(&["--bind", &text(exec_root), EXEC_ROOT]);
+        let inside = match cwd.as_os_str().is_empty() {
+            true => PathBuf::from(EXEC_ROOT),
+            false => Path::new(EXEC_ROOT).join(cwd),
+        };
+        add(&["--chdir", &text(&inside), "--"]);
+        Ok((args, inside))
+    }
+}
+
+impl Bwrap {
+    /// The namespaces every sandbox gets (the network's unless `no_network`
+    /// is false).
+    fn namespaces(&self, args: &mut Vec<String>, no_network: bool) {
+        args.extend(
+            [
+                "--unshare-user",
+                "--unshare-pid",
+                // The command is its namespace's init: when it exits the
+                // kernel kills everything left in the namespace before bwrap
+                // (which waits for it) can exit, so a run ends only with
+                // every process of the action gone, and the helper's rusage
+                // covers them all. (bwrap's own init would let bwrap exit
+                // first, unreaped.)
+                "--as-pid-1",
+                "--unshare-ipc",
+                "--unshare-uts",
+                "--unshare-cgroup-try",
+                "--die-with-parent",
+                "--new-session",
+                "--hostname",
+                "kiln-action",
+            ]
+            .map(String::from),
+        );
+        if no_network {
+            args.push("--unshare-net".into());
+        }
+    }
+
+    /// The file system an action sees but its exec root: the host's allow
+    /// list with secrets masked (or an image's root), `/proc`, `/dev`, a
+    /// private `/tmp`, and the operator's shared writable paths.
+    fn view(&self, args: &mut Vec<String>, rootfs: Option<&Path>) -> Result<()> {
+        let mut add = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
+        let text = |p: &Path| p.to_string_lossy().into_owned();
+        match rootfs {
             Some(rootfs) => add(&["--ro-bind", &text(rootfs), "/"]),
             None => {
-                for p in &b.read_only {
+                for p in &self.read_only {
                     match std::fs::symlink_metadata(p) {
                         Ok(m) if m.file_type().is_symlink() => {
                             let target = std::fs::read_link(p)
@@ -262,7 +289,7 @@ impl Sandbox {
                         Err(_) => {}
                     }
                 }
-                for p in &b.hidden {
+                for p in &self.hidden {
                     // A symlink (a Kubernetes secret's file is one) is
                     // masked where it leads.
                     let p = match std::fs::symlink_metadata(p) {
@@ -272,7 +299,7 @@ impl Sandbox {
                         },
                         _ => p.clone(),
                     };
-                    if !b.read_only.iter().any(|r| p.starts_with(r)) {
+                    if !self.read_only.iter().any(|r| p.starts_with(r)) {
                         continue;
                     }
                     match std::fs::metadata(&p) {
@@ -287,22 +314,57 @@ impl Sandbox {
         }
         add(&["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
         // Shared writable paths are the host's: not under an image's root.
-        if wants.rootfs.is_none() {
-            for p in &b.writable {
+        if rootfs.is_none() {
+            for p in &self.writable {
                 add(&["--bind", &text(p), &text(p)]);
             }
         }
-        add(&["--bind", &text(exec_root), EXEC_ROOT]);
-        let inside = match cwd.as_os_str().is_empty() {
-            true => PathBuf::from(EXEC_ROOT),
-            false => Path::new(EXEC_ROOT).join(cwd),
-        };
-        add(&["--chdir", &text(&inside), "--"]);
-        Ok((args, inside))
+        Ok(())
     }
 }
 
 impl Sandbox {
+    /// bubblewrap's command line for a slot's resident sandbox (see
+    /// [`super::resident`]), whose runs are under `slot_dir`, with
+    /// `helper` (`kiln-measure`) as its init; None without a sandbox.
+    pub fn resident(&self, slot_dir: &Path, helper: &Path) -> Result<Option<Vec<String>>> {
+        let Sandbox::Bwrap(b) = self else {
+            return Ok(None);
+        };
+        let mut args: Vec<String> = vec![b.program.to_string_lossy().into_owned()];
+        b.namespaces(&mut args, true);
+        // The helper's only privilege, in the slot's user namespace: making
+        // each action's mount and IPC namespaces. Actions get none.
+        args.extend(["--cap-drop", "ALL", "--cap-add", "CAP_SYS_ADMIN"].map(String::from));
+        b.view(&mut args, None)?;
+        let text = |p: &Path| p.to_string_lossy().into_owned();
+        args.extend(
+            [
+                "--remount-ro",
+                "/dev",
+                "--bind",
+                &text(slot_dir),
+                super::resident::SLOT,
+                "--dir",
+                EXEC_ROOT,
+                "--ro-bind",
+                &text(helper),
+                super::resident::helper::HELPER,
+                // Nothing an action writes outside its exec root, /tmp and
+                // /dev/shm (all its own) outlives it.
+                "--remount-ro",
+                "/",
+                "--chdir",
+                "/",
+                "--",
+                super::resident::helper::HELPER,
+                "--resident",
+            ]
+            .map(String::from),
+        );
+        Ok(Some(args))
+    }
+
     /// Runs `/bin/true` in the sandbox as `user`, in `scratch` (an empty
     /// directory the user may write), so that a machine where the sandbox
     /// cannot start (no user namespaces, a seccomp profile refusing them, a

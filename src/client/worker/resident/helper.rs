@@ -1,0 +1,346 @@
+//! The resident helper's side (`kiln-measure --resident`): bubblewrap's
+//! command, the init of a slot's sandbox, holding CAP_SYS_ADMIN in the
+//! slot's user namespace only. It reads one request at a time on its
+//! standard input (a socket from the worker) and, per action, in a thread
+//! of its own:
+//! - enters a new mount and IPC namespace (thread-local, so the helper's
+//!   own view is never changed) with a fresh tmpfs on `/tmp` and
+//!   `/dev/shm` and the action's exec root bound at `/kiln/exec`; the
+//!   slot directory is covered in that view, so the action sees no other
+//!   run's files, nor its own logs;
+//! - starts the command (through itself as `kiln-measure` when measured)
+//!   with no capabilities: the ambient set bubblewrap gave the helper is
+//!   cleared in that thread, and the action's uid is not 0;
+//! - when the command's process exits (or the worker says `kill`), kills
+//!   every other process in the slot's PID namespace (`kill(-1)` from its
+//!   init) and reaps them all before it answers, so nothing of the action
+//!   survives into output collection or into the next action.
+//!
+//! The helper is not dumpable, so an action (same uid, no capabilities)
+//! can neither trace it nor read its descriptors through /proc; as its
+//! namespace's init it gets no signal it has no handler for.
+
+use std::io::{BufRead, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Component, Path};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+
+use super::{Request, Response, SLOT};
+use crate::client::worker::sandbox::EXEC_ROOT;
+
+/// Where the helper is bound inside the sandbox, so it can start itself
+/// as `kiln-measure` for each action.
+pub const HELPER: &str = "/kiln/measure";
+
+/// The helper's whole life; returns its exit code.
+pub fn main() -> i32 {
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let answers = match std::io::stdout().as_fd_clone() {
+        Some(out) => Arc::new(Mutex::new(out)),
+        None => return 2,
+    };
+    let stdin = std::io::stdin();
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Kill) => kill_all(),
+            Ok(Request::Run(run)) => {
+                if busy.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    answer(&answers, &Response::error("the slot is busy"));
+                    continue;
+                }
+                let (to, free) = (answers.clone(), busy.clone());
+                let started = std::thread::Builder::new()
+                    .name("action".into())
+                    .spawn(move || {
+                        let response = run_one(&run);
+                        free.store(false, std::sync::atomic::Ordering::SeqCst);
+                        answer(&to, &response);
+                    });
+                if let Err(e) = started {
+                    busy.store(false, std::sync::atomic::Ordering::SeqCst);
+                    answer(
+                        &answers,
+                        &Response::error(&format!("starting a thread: {e}")),
+                    );
+                }
+            }
+            Err(e) => answer(&answers, &Response::error(&format!("bad request: {e}"))),
+        }
+    }
+    // The worker is gone: so is everything it started here.
+    kill_all();
+    0
+}
+
+trait FdClone {
+    fn as_fd_clone(&self) -> Option<std::fs::File>;
+}
+
+impl FdClone for std::io::Stdout {
+    fn as_fd_clone(&self) -> Option<std::fs::File> {
+        std::os::fd::AsFd::as_fd(self)
+            .try_clone_to_owned()
+            .ok()
+            .map(std::fs::File::from)
+    }
+}
+
+fn answer(out: &Mutex<std::fs::File>, response: &Response) {
+    let mut line = serde_json::to_string(response).unwrap_or_default();
+    line.push('\n');
+    if let Ok(mut out) = out.lock() {
+        let _ = out.write_all(line.as_bytes());
+    }
+}
+
+/// SIGKILL to every process of the slot's PID namespace but the helper.
+fn kill_all() {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(-1),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// Kills and reaps every process of the namespace but the helper: returns
+/// once none is left (orphans were reparented to the helper, its init).
+fn clear_namespace() {
+    kill_all();
+    loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn run_one(req: &super::Run) -> Response {
+    let response = match start_and_wait(req) {
+        Ok(r) => r,
+        Err(e) => Response::error(&e),
+    };
+    clear_namespace();
+    response
+}
+
+fn start_and_wait(req: &super::Run) -> Result<Response, String> {
+    let mut parts = Path::new(&req.run).components();
+    if !matches!(
+        (parts.next(), parts.next()),
+        (Some(Component::Normal(_)), None)
+    ) {
+        return Err(format!("run {:?} is not one plain name", req.run));
+    }
+    let (program, args) = req
+        .argv
+        .split_first()
+        .ok_or_else(|| "the command has no arguments".to_string())?;
+    let run_dir = Path::new(SLOT).join(&req.run);
+    enter_own_view(&run_dir)?;
+    let open = |name: &str| {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(run_dir.join(name))
+            .map_err(|e| format!("opening the action's {name}: {e}"))
+    };
+    let (stdout, stderr) = (open("stdout")?, open("stderr")?);
+    // From here the action's view is complete: its exec root is bound, and
+    // the slot (other runs' logs, this run's own) is out of sight.
+    bind(&run_dir.join("root"), Path::new(EXEC_ROOT))?;
+    // bubblewrap locks the mounts it made, so the slot cannot be unmounted
+    // here: an empty read-only tmpfs covers it instead (no capability is
+    // left to the action to uncover it).
+    mount(
+        Some("tmpfs"),
+        SLOT,
+        Some("tmpfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0555,size=4k"),
+    )
+    .map_err(|e| format!("covering {SLOT}: {e}"))?;
+    caps::clear(None, caps::CapSet::Ambient).map_err(|e| format!("dropping capabilities: {e}"))?;
+    caps::clear(None, caps::CapSet::Inheritable)
+        .map_err(|e| format!("dropping capabilities: {e}"))?;
+    let mut report = None;
+    let mut stdin = Stdio::null();
+    let mut cmd = if req.measure {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| format!("creating the usage socket: {e}"))?;
+        stdin = Stdio::from(std::os::fd::OwnedFd::from(theirs));
+        report = Some(ours);
+        let mut cmd = std::process::Command::new(HELPER);
+        cmd.arg("--").arg(program).args(args);
+        cmd
+    } else {
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args);
+        cmd
+    };
+    cmd.env_clear()
+        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&req.cwd)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Ok(Response::not_started(&format!("{e}"))),
+    };
+    drop(cmd);
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for the command: {e}"))?;
+    use std::os::unix::process::ExitStatusExt;
+    let exit = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1);
+    // Nothing else of the action may hold the report socket open once the
+    // namespace is cleared: read it then.
+    clear_namespace();
+    let report = report.and_then(|socket| {
+        let mut text = String::new();
+        socket.take(1024).read_to_string(&mut text).ok()?;
+        Some(text)
+    });
+    Ok(Response {
+        exit,
+        report,
+        error: None,
+        not_started: None,
+    })
+}
+
+/// Gives the calling thread (and what it starts) a mount and IPC
+/// namespace of its own, with fresh `/tmp` and `/dev/shm`.
+fn enter_own_view(run_dir: &Path) -> Result<(), String> {
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC)
+        .map_err(|e| format!("unsharing the mount and IPC namespaces: {e}"))?;
+    // Nothing mounted here reaches the helper's view.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making the view private: {e}"))?;
+    mount(
+        Some("tmpfs"),
+        "/dev/shm",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .map_err(|e| format!("mounting a tmpfs on /dev/shm: {e}"))?;
+    fresh_tmp()?;
+    if !run_dir.join("root").is_dir() {
+        return Err(format!("{} has no exec root", run_dir.display()));
+    }
+    Ok(())
+}
+
+/// A fresh tmpfs on `/tmp` that keeps what the slot's view mounted under
+/// it (the operator's shared writable paths may be there): the new tmpfs
+/// is made at the exec root's (still empty) mount point, those mounts are
+/// bound into it, and it is moved onto `/tmp` as a whole.
+fn fresh_tmp() -> Result<(), String> {
+    let staging = Path::new(EXEC_ROOT);
+    mount(
+        Some("tmpfs"),
+        staging,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .map_err(|e| format!("mounting a tmpfs for /tmp: {e}"))?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("reading mountinfo: {e}"))?;
+    let mut kept: Vec<std::path::PathBuf> = Vec::new();
+    let mut under: Vec<std::path::PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| std::path::PathBuf::from(unescape(p)))
+        .filter(|p| p.starts_with("/tmp") && p != Path::new("/tmp"))
+        .collect();
+    under.sort();
+    for path in under {
+        if kept.iter().any(|k| path.starts_with(k)) {
+            continue; // bound with its parent mount (recursively)
+        }
+        let rel = path.strip_prefix("/tmp").expect("filtered above");
+        let at = staging.join(rel);
+        let made = match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::create_dir_all(&at),
+            Ok(_) => at
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|_| std::fs::File::create(&at).map(drop)),
+            Err(_) => continue,
+        };
+        made.map_err(|e| format!("making {}: {e}", at.display()))?;
+        bind(&path, &at)?;
+        kept.push(path);
+    }
+    mount(
+        Some(staging),
+        "/tmp",
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("moving the new tmpfs onto /tmp: {e}"))
+}
+
+/// A mountinfo path field: octal escapes (`\040` is a space) undone.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let Some(d) = octal {
+            let code = d.iter().fold(0u32, |n, c| n * 8 + u32::from(c - b'0'));
+            out.push(u8::try_from(code).unwrap_or(b'?'));
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn bind(from: &Path, to: &Path) -> Result<(), String> {
+    mount(
+        Some(from),
+        to,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("binding {} at {}: {e}", from.display(), to.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(super::unescape("/tmp/a\\040b"), "/tmp/a b");
+        assert_eq!(super::unescape("/tmp/x\\134y"), "/tmp/x\\y");
+        assert_eq!(super::unescape("/tmp/\\04"), "/tmp/\\04");
+        assert_eq!(super::unescape("/tmp/é"), "/tmp/é");
+    }
+}
