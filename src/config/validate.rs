@@ -238,14 +238,19 @@ impl StoreWalker<'_> {
                     self.errors
                         .push(format!("{path}.s3.bucket: must not be empty"));
                 }
-                if c.part_size.0 < (5 << 20) {
+                if c.part_size.0 < (5 << 20) || c.part_size.0 > (5 << 30) {
                     self.errors.push(format!(
-                        "{path}.s3.part_size: must be at least 5MiB (S3's minimum part size)"
+                        "{path}.s3.part_size: must be between 5MiB and 5GiB (S3's part sizes)"
                     ));
                 }
                 if c.multipart_threshold < c.part_size {
                     self.errors.push(format!(
                         "{path}.s3.multipart_threshold: must be at least part_size"
+                    ));
+                }
+                if c.max_in_flight < c.part_size || c.max_in_flight.0 > (1 << 40) {
+                    self.errors.push(format!(
+                        "{path}.s3.max_in_flight: must be at least part_size and at most 1TiB"
                     ));
                 }
                 if c.concurrency == 0 || c.concurrency > 256 {

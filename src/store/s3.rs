@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, SdkBody};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
@@ -33,6 +33,95 @@ use crate::error::{Error, Result};
 /// Objects up to this size are read whole; larger ones are streamed.
 const WHOLE_READ_MAX: u64 = 256 << 10;
 
+/// The bytes of one object or part as they arrived: a list of chunks that
+/// are sent as they are (no copy into a part-sized buffer, whose fresh
+/// pages would each fault in) unless the payload is signed, which needs it
+/// contiguous.
+#[derive(Default, Clone)]
+struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+    len: u64,
+}
+
+impl From<Bytes> for Chunks {
+    fn from(b: Bytes) -> Self {
+        let mut c = Chunks::default();
+        c.push(b);
+        c
+    }
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len() as u64;
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// The first `n` bytes (all of them if fewer), split off without copying.
+    fn split_to(&mut self, n: usize) -> Chunks {
+        let mut part = Chunks::default();
+        while (part.len as usize) < n {
+            let Some(mut chunk) = self.chunks.pop_front() else {
+                break;
+            };
+            let want = n - part.len as usize;
+            if chunk.len() > want {
+                self.chunks.push_front(chunk.split_off(want));
+            }
+            self.len -= chunk.len() as u64;
+            part.push(chunk);
+        }
+        part
+    }
+
+    /// The request body: contiguous when signed (the signer hashes bytes it
+    /// holds whole), else the chunks themselves, replayable for retries.
+    fn body(self, signed: bool) -> ByteStream {
+        if signed || self.chunks.len() == 1 {
+            let whole = match self.chunks.len() {
+                1 => self.chunks[0].clone(),
+                _ => {
+                    let mut buf = BytesMut::with_capacity(self.len as usize);
+                    for c in &self.chunks {
+                        buf.extend_from_slice(c);
+                    }
+                    buf.freeze()
+                }
+            };
+            return ByteStream::from(whole);
+        }
+        let chunks: Vec<Bytes> = self.chunks.into();
+        ByteStream::new(SdkBody::retryable(move || {
+            SdkBody::from_body_1_x(ChunkBody(chunks.clone().into()))
+        }))
+    }
+}
+
+/// An HTTP body of ready chunks.
+struct ChunkBody(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for ChunkBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(http_body::Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.iter().map(|c| c.len() as u64).sum())
+    }
+}
+
 /// A store on one bucket and key prefix.
 pub struct S3Store {
     client: Client,
@@ -43,6 +132,12 @@ pub struct S3Store {
     concurrency: usize,
     /// `If-None-Match: *` on writes: only for content-addressed data.
     create_if_absent: bool,
+    /// Room for the bytes of parts in flight, in KiB, shared by every
+    /// upload of this store.
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+    /// SigV4 payload signing of uploads (see `S3Config::sign_payload`);
+    /// without it parts are sent from the chunks as they arrived, uncopied.
+    sign_payload: bool,
     refresh_after: Option<Duration>,
     /// Counts renewals (`kiln_store_calls_total{op="refresh"}`).
     renewals: Option<prometheus_client::metrics::counter::Counter>,
@@ -175,6 +270,15 @@ impl S3Store {
             part_size: config.part_size.0.max(5 << 20) as usize,
             concurrency: config.concurrency.max(1),
             create_if_absent: create_if_absent && config.conditional_writes,
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                (config.max_in_flight.0.max(config.part_size.0) >> 10) as usize,
+            )),
+            sign_payload: config.sign_payload.unwrap_or_else(|| {
+                config
+                    .endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.to_ascii_lowercase().starts_with("http://"))
+            }),
             refresh_after: config.refresh_after.map(|d| d.0),
             renewals: None,
         })
@@ -213,17 +317,22 @@ impl S3Store {
         }
     }
 
-    async fn put_whole(&self, key: &str, data: Bytes) -> Result<()> {
+    async fn put_whole(&self, key: &str, data: Chunks) -> Result<()> {
         let mut req = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .body(ByteStream::from(data));
+            .content_length(data.len as i64)
+            .body(data.body(self.sign_payload));
         if self.create_if_absent {
             req = req.if_none_match("*");
         }
-        match req.send().await {
+        let sent = match self.sign_payload {
+            true => req.send().await,
+            false => req.customize().disable_payload_signing().send().await,
+        };
+        match sent {
             Ok(_) => Ok(()),
             Err(e) if self.create_if_absent && is_precondition_failed(&e) => Ok(()),
             Err(e) => Err(s3_error("PutObject", e)),
@@ -232,11 +341,11 @@ impl S3Store {
 
     /// Uploads a stream: whole if it turns out small, else in parts.
     async fn put_stream(&self, key: &str, mut stream: ChunkStream) -> Result<()> {
-        let mut first = BytesMut::new();
-        while (first.len() as u64) < self.multipart_threshold {
+        let mut first = Chunks::default();
+        while first.len < self.multipart_threshold {
             match stream.next().await {
-                Some(chunk) => first.extend_from_slice(&chunk?),
-                None => return self.put_whole(key, first.freeze()).await,
+                Some(chunk) => first.push(chunk?),
+                None => return self.put_whole(key, first).await,
             }
         }
         let created = self
@@ -267,7 +376,7 @@ impl S3Store {
         &self,
         key: &str,
         upload_id: &str,
-        first: BytesMut,
+        first: Chunks,
         stream: ChunkStream,
     ) -> Result<()> {
         let upload_id = upload_id.to_string();
@@ -307,14 +416,15 @@ impl S3Store {
     }
 
     /// Cuts the stream into parts and uploads up to `concurrency` at once
-    /// (as tasks, so they progress while the next part is read); memory stays
-    /// within `part_size * (concurrency + 1)`. Dropping the set on an error
+    /// (as tasks, so they progress while the next part is read); the parts
+    /// in flight of all uploads together stay within `max_in_flight`, plus
+    /// the part each upload is assembling. Dropping the set on an error
     /// cancels the parts still in flight.
     async fn upload_parts(
         &self,
         key: &str,
         upload_id: &str,
-        mut buf: BytesMut,
+        mut buf: Chunks,
         mut stream: ChunkStream,
     ) -> Result<Vec<CompletedPart>> {
         let limit = self.concurrency.min(8);
@@ -323,16 +433,24 @@ impl S3Store {
         let mut number = 0;
         let mut ended = false;
         loop {
-            while !ended && buf.len() < self.part_size {
+            while !ended && (buf.len as usize) < self.part_size {
                 match stream.next().await {
-                    Some(chunk) => buf.extend_from_slice(&chunk?),
+                    Some(chunk) => buf.push(chunk?),
                     None => ended = true,
                 }
             }
-            if buf.is_empty() {
+            if buf.len == 0 {
                 break;
             }
-            let part = buf.split_to(buf.len().min(self.part_size)).freeze();
+            let part = buf.split_to(self.part_size);
+            // A part waits for room among all uploads' parts in flight.
+            let kib = u32::try_from(part.len.div_ceil(1024)).unwrap_or(u32::MAX);
+            let room = self
+                .in_flight
+                .clone()
+                .acquire_many_owned(kib)
+                .await
+                .map_err(|_| Error::Unavailable("the S3 store is closing".into()))?;
             number += 1;
             let req = self
                 .client
@@ -340,13 +458,17 @@ impl S3Store {
                 .bucket(&self.bucket)
                 .key(key)
                 .upload_id(upload_id)
-                .part_number(number);
+                .part_number(number)
+                .content_length(part.len as i64)
+                .body(part.body(self.sign_payload));
+            let sign = self.sign_payload;
             tasks.spawn(async move {
-                let out = req
-                    .body(ByteStream::from(part))
-                    .send()
-                    .await
-                    .map_err(|e| s3_error("UploadPart", e))?;
+                let _room = room;
+                let sent = match sign {
+                    true => req.send().await,
+                    false => req.customize().disable_payload_signing().send().await,
+                };
+                let out = sent.map_err(|e| s3_error("UploadPart", e))?;
                 Ok::<_, Error>(
                     CompletedPart::builder()
                         .part_number(number)
@@ -495,8 +617,35 @@ impl BlobStore for S3Store {
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
         let key = self.key(digest);
         match body {
-            Body::Bytes(b) => self.put_whole(&key, b).await,
+            Body::Bytes(b) => self.put_whole(&key, Chunks::from(b)).await,
             Body::Stream(s) => self.put_stream(&key, s).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    #[test]
+    fn parts_split_chunks_without_losing_or_reordering_a_byte() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut all = Chunks::default();
+        for piece in data.chunks(333) {
+            all.push(Bytes::copy_from_slice(piece));
+        }
+        all.push(Bytes::new());
+        let mut parts = Vec::new();
+        while all.len > 0 {
+            let part = all.split_to(1024);
+            assert!(part.len <= 1024);
+            parts.push(part);
+        }
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.len == 1024));
+        let joined: Vec<u8> = parts
+            .iter()
+            .flat_map(|p| p.chunks.iter().flat_map(|c| c.iter().copied()))
+            .collect();
+        assert_eq!(joined, data);
     }
 }
