@@ -424,7 +424,18 @@ impl Invocation {
                 }
             }
             Payload::Configured(c) if !label.is_empty() => {
-                self.target(&label).kind = c.target_kind.clone()
+                self.target(&label).kind = c.target_kind.clone();
+                // A test target of a test command has NO STATUS until a
+                // result says otherwise, as in Bazel's summary: a test that
+                // never runs (the build failed elsewhere first) is not shown
+                // as its build's success. Bazel sends its TestResult and
+                // TestSummary as aborted events then, or none at all.
+                if c.test_size != 0 && matches!(self.command.as_str(), "test" | "coverage") {
+                    let test = self.test(&label);
+                    if test.status.is_empty() {
+                        test.status = "NO_STATUS".into();
+                    }
+                }
             }
             Payload::Completed(c) if !label.is_empty() => {
                 let mut blobs: Vec<String> = c

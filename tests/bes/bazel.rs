@@ -61,10 +61,15 @@ async fn what_kiln_serves_agrees_with_bazels_json_file() {
     let _shutdown = ShutdownOnDrop(bazel.clone());
     let grpc = kiln.url.replace("http://", "grpc://");
     let http = kiln.server.http_addr;
-    let cases: [(&str, &[&str], i32); 3] = [
+    let cases: [(&str, &[&str], i32); 4] = [
         ("passing", &["test", "//app:hello_test"], 0),
         ("failing-test", &["test", "//failing:fails"], 3),
         ("failing-build", &["build", "//failing:broken"], 1),
+        (
+            "test-never-run",
+            &["test", "//failing:broken", "//failing:never_runs"],
+            1,
+        ),
     ];
     for (name, command, exit) in cases {
         let json = tmp.path().join(format!("{name}.json"));
@@ -149,6 +154,34 @@ async fn what_kiln_serves_agrees_with_bazels_json_file() {
         .await
         .unwrap();
         assert_eq!(page.status().as_u16(), 200);
+        let html = page.text().await.unwrap();
+        if name == "test-never-run" {
+            // Built, never run: NO STATUS, as Bazel's summary says, in the
+            // API and on the page's targets table (not its build's SUCCESS).
+            assert!(
+                out.lines()
+                    .any(|l| l.contains("//failing:never_runs") && l.contains("NO STATUS")),
+                "{name}: Bazel's summary:\n{out}"
+            );
+            let test = got["tests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["label"] == "//failing:never_runs");
+            assert_eq!(
+                test.map(|t| t["status"].as_str().unwrap()),
+                Some("NO_STATUS"),
+                "{name}: {got}"
+            );
+            let row = html
+                .split("<tr ")
+                .find(|r| r.contains("data-label=\"//failing:never_runs\""))
+                .unwrap_or_else(|| panic!("{name}: no row for //failing:never_runs"));
+            assert!(
+                !row.contains("SUCCESS") && !row.starts_with("class=\"ok\""),
+                "{name}: the targets table shows {row}"
+            );
+        }
         assert!(
             out.contains(&format!(
                 "http://{http}/invocation/{}",
