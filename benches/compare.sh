@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 . scripts/venv.sh
+. benches/lib.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"
 WORK="${KILN_BENCH_DIR:-/var/tmp/kiln-bench}"
 DURATION="${DURATION:-10s}"
@@ -65,48 +66,8 @@ instances:
     cas: { memory: { max_size: 4GiB } }
     action_cache: { memory: { max_size: 256MiB } }
 YAML
-cat > "$RUN/bgd.yaml" <<YAML
-server:
-  - !channel
-    address: "127.0.0.1:50073"
-    insecure-mode: true
-authorization: { method: none }
-monitoring: { enabled: false }
-storages:
-  - !lru-storage &main-storage
-    size: 4GB
-caches:
-  - !lru-action-cache &main-action
-    storage: *main-storage
-    max-cached-refs: 1000000
-    allow-updates: true
-    cache-failed-actions: true
-instances:
-  - name: ""
-    services:
-      - !action-cache { cache: *main-action }
-      - !cas { storage: *main-storage }
-      - !bytestream { storage: *main-storage }
-thread-pool-size: 20
-YAML
-
-start() { # name port command...
-    local name=$1 port=$2
-    shift 2
-    "$@" > "$RUN/$name.log" 2>&1 &
-    PIDS+=($!)
-    echo $! > "$RUN/$name.pid"
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.2
-    done
-    echo "$name did not start listening on $port; its log:" >&2
-    cat "$RUN/$name.log" >&2
-    exit 1
-}
-
-# Stops a server and waits until it has exited (and let go of its ports).
-stop() { local pid; pid=$(cat "$RUN/$1.pid"); kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+bgd_config 50073 '  - !lru-storage &main-storage
+    size: 4GB' > "$RUN/bgd.yaml"
 
 peak_rss_mib() { awk '/VmHWM/ {printf "%d", $2/1024}' "/proc/$(cat "$RUN/$1.pid")/status"; }
 
@@ -179,15 +140,7 @@ bench buildgrid 50073 "$WORKLOADS"
 echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib buildgrid)}" >> "$RUN/buildgrid.jsonl"
 
 log "starting SeaweedFS for the S3 runs"
-echo '{"identities":[{"name":"bench","credentials":[{"accessKey":"benchkey","secretKey":"benchsecret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}' > "$RUN/s3.json"
-mkdir -p "$RUN/weed"
-start seaweedfs 18433 "$WEED" mini -dir="$RUN/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-    -s3.port=18433 -s3.port.grpc=28433 -master.port=18434 -master.port.grpc=28434 \
-    -volume.port=18435 -volume.port.grpc=28435 -filer.port=18436 -filer.port.grpc=28436 \
-    -admin.port=18437 -admin.port.grpc=28437 -webdav=false -admin.ui=false \
-    -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$RUN/s3.json" -bucket=kiln
-export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1
-sleep 3
+start_seaweedfs "$WEED"
 sed 's|http://127.0.0.1:8333|http://127.0.0.1:18433|' config/s3.yaml > "$RUN/kiln-s3.yaml"
 start kiln-s3 50074 "${KILN_ENV[@]}" "$KILN" serve --config "$RUN/kiln-s3.yaml" --listen 127.0.0.1:50074 \
     --http-listen 127.0.0.1:50084 --data-dir "$RUN/kiln-s3-data"
@@ -195,9 +148,7 @@ BENCH_BLOB="$S3_BLOB" bench kiln-s3 50074 fmb,fmb_present,batch,bytestream --met
 echo "{\"workload\":\"peak_rss\",\"mib\":$(peak_rss_mib kiln-s3)}" >> "$RUN/kiln-s3.jsonl"
 stop kiln-s3
 
-sed -e 's|!lru-storage &main-storage|!s3-storage \&main-storage|' \
-    -e 's|    size: 4GB|    bucket: kiln\n    endpoint: http://127.0.0.1:18433\n    access-key: benchkey\n    secret-key: benchsecret|' \
-    -e 's|127.0.0.1:50073|127.0.0.1:50075|' "$RUN/bgd.yaml" > "$RUN/bgd-s3.yaml"
+bgd_config 50075 "$BGD_S3_STORAGE" > "$RUN/bgd-s3.yaml"
 kill "$(cat "$RUN/buildgrid.pid")" 2>/dev/null || true
 start buildgrid-s3 50075 "$BGD" server start "$RUN/bgd-s3.yaml"
 BENCH_BLOB="$S3_BLOB" bench buildgrid-s3 50075 fmb,fmb_present,batch,bytestream

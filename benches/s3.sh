@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 . scripts/venv.sh
+. benches/lib.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"
 WORK="${KILN_BENCH_DIR:-/var/tmp/kiln-bench}"
 ROUNDS="${ROUNDS:-2}"
@@ -48,71 +49,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start() { # name port command...
-    local name=$1 port=$2
-    shift 2
-    "$@" > "$RUN/$name.log" 2>&1 &
-    PIDS+=($!)
-    echo $! > "$RUN/$name.pid"
-    for _ in $(seq 1 150); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null || break
-        sleep 0.2
-    done
-    echo "$name did not start listening on $port; its log:" >&2
-    cat "$RUN/$name.log" >&2
-    exit 1
-}
-stop() { local pid; pid=$(cat "$RUN/$1.pid"); kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 log "starting SeaweedFS"
-echo '{"identities":[{"name":"bench","credentials":[{"accessKey":"benchkey","secretKey":"benchsecret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}' > "$RUN/s3.json"
-mkdir -p "$RUN/weed"
-start seaweedfs 18433 "$WEED" mini -dir="$RUN/weed" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-    -s3.port=18433 -s3.port.grpc=28433 -master.port=18434 -master.port.grpc=28434 \
-    -volume.port=18435 -volume.port.grpc=28435 -filer.port=18436 -filer.port.grpc=28436 \
-    -admin.port=18437 -admin.port.grpc=28437 -webdav=false -admin.ui=false \
-    -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$RUN/s3.json" -bucket=kiln
-export AWS_ACCESS_KEY_ID=benchkey AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1
-# The bucket exists a moment after the port opens.
-for _ in $(seq 100); do
-    curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18433/kiln | grep -qv '^404$' && break
-    sleep 0.1
-done
-sleep 2
+start_seaweedfs "$WEED"
 WEED_PID=$(cat "$RUN/seaweedfs.pid")
 sed 's|http://127.0.0.1:8333|http://127.0.0.1:18433|' "$KILN_CONFIG" > "$RUN/kiln-s3.yaml"
-cat > "$RUN/bgd-s3.yaml" <<YAML
-server:
-  - !channel
-    address: "127.0.0.1:50075"
-    insecure-mode: true
-authorization: { method: none }
-monitoring: { enabled: false }
-storages:
-  - !s3-storage &main-storage
-    bucket: kiln
-    endpoint: http://127.0.0.1:18433
-    access-key: benchkey
-    secret-key: benchsecret
-caches:
-  - !lru-action-cache &main-action
-    storage: *main-storage
-    max-cached-refs: 1000000
-    allow-updates: true
-    cache-failed-actions: true
-instances:
-  - name: ""
-    services:
-      - !action-cache { cache: *main-action }
-      - !cas { storage: *main-storage }
-      - !bytestream { storage: *main-storage }
-thread-pool-size: 20
-YAML
+bgd_config 50075 "$BGD_S3_STORAGE" > "$RUN/bgd-s3.yaml"
 
 # name port command...: one server's round; appends JSON lines (the
-# workload renamed to NAME:WORKLOAD, SeaweedFS's CPU per call added).
+# server named, SeaweedFS's busy cores added).
 round() {
     local name=$1 port=$2
     shift 2
