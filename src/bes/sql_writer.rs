@@ -9,7 +9,7 @@ use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::store::{InvocationRow, NewEvent, StreamKey, TestRun};
-use super::summary::Invocation;
+use super::summary::{Invocation, is_failure};
 use crate::error::{Error, Result};
 use crate::sql::db_err;
 use crate::time::now_ms;
@@ -53,12 +53,8 @@ struct Summary {
 
 impl Summary {
     fn of(i: &Invocation) -> Result<Summary> {
-        let failed_tests = i
-            .tests
-            .iter()
-            .filter(|t| !matches!(t.status.as_str(), "PASSED" | "FLAKY" | ""))
-            .count();
-        let failed_targets = i.targets.iter().filter(|t| t.outcome == "FAILED").count();
+        let failed_tests = i.tests.iter().filter(|t| is_failure(&t.status)).count();
+        let failed_targets = i.targets.iter().filter(|t| is_failure(&t.outcome)).count();
         let row = InvocationRow {
             invocation_id: i.invocation_id.clone(),
             status: i.status.as_str().to_string(),
@@ -391,6 +387,29 @@ async fn write_summary(tx: &mut sqlx::Transaction<'_, sqlx::Any>, summary: &Summ
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_failed_count_follows_the_one_failure_rule() {
+        use crate::bes::summary::{Target, Test};
+        let mut i = Invocation::new("inv", "build");
+        for status in ["NO_STATUS", "PASSED", "FLAKY", "FAILED", "TIMEOUT", ""] {
+            i.tests.push(Test {
+                label: format!("//t:{status}"),
+                status: status.into(),
+                ..Default::default()
+            });
+        }
+        for outcome in ["SUCCESS", "FAILED", "ABORTED", ""] {
+            i.targets.push(Target {
+                label: format!("//x:{outcome}"),
+                outcome: outcome.into(),
+                ..Default::default()
+            });
+        }
+        // Tests that have not run (yet) are no failure: FAILED and TIMEOUT
+        // tests, FAILED and ABORTED targets are, as the pages show them.
+        assert_eq!(Summary::of(&i).unwrap().row.failed, 4);
+    }
 
     #[test]
     fn values_clauses() {

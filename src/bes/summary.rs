@@ -200,6 +200,23 @@ pub struct Runner {
     pub count: i64,
 }
 
+/// Whether a test status, target outcome or invocation status (Bazel's
+/// names) is a failure: the one rule behind the stored failed counts, the
+/// lists and the pages' red badges, so that they cannot disagree. NO_STATUS
+/// (a test that did not run, or has not run yet) is not one.
+pub fn is_failure(status: &str) -> bool {
+    matches!(
+        status,
+        "FAILED"
+            | "FAILED_TO_BUILD"
+            | "TIMEOUT"
+            | "INCOMPLETE"
+            | "REMOTE_FAILURE"
+            | "TOOL_HALTED_BEFORE_TESTING"
+            | "ABORTED"
+    )
+}
+
 /// The `hash/size` of a `bytestream://.../blobs/HASH/SIZE` URI, which
 /// names the content whatever the host the client called kiln by.
 pub fn blob_of_uri(uri: &str) -> Option<(&str, &str)> {

@@ -48,14 +48,7 @@ pub(super) fn page(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
 pub(super) fn status_class(status: &str) -> &'static str {
     match status {
         "SUCCEEDED" | "SUCCESS" | "PASSED" => "ok",
-        "FAILED"
-        | "FAILED_TO_BUILD"
-        | "TIMEOUT"
-        | "INCOMPLETE"
-        | "REMOTE_FAILURE"
-        | "TOOL_HALTED_BEFORE_TESTING"
-        | "ABORTED"
-        | "UNSANDBOXED" => "bad",
+        s if crate::bes::summary::is_failure(s) || s == "UNSANDBOXED" => "bad",
         "FLAKY" => "flaky",
         "IN_PROGRESS" | "QUEUED" | "EXECUTING" => "running",
         _ => "other",
