@@ -513,7 +513,8 @@ async fn actions_of_one_slot_leave_each_other_nothing() {
                  echo left > /left 2>/dev/null && echo root=writable; \
                  echo left > /dev/left 2>/dev/null && echo dev=writable; \
                  ipcmk -M 4096 >/dev/null 2>&1 && echo ipc=made; \
-                 setsid -f sh -c 'exec sleep 1000 slotmate-survivor' >/dev/null 2>&1; \
+                 setsid -f sh -c 'while :; do sleep 1; done' slotmate-survivor >/dev/null 2>&1; \
+                 echo survivor=$(grep -l 'slotmate-surviv[o]r' /proc/[0-9]*/cmdline 2>/dev/null | wc -l); \
                  echo helper_env=$(cat /proc/1/environ 2>/dev/null | wc -c); \
                  echo helper_fds=$(ls /proc/1/fd 2>/dev/null | wc -l); \
                  echo slot=$(ls -A /kiln/slot 2>/dev/null | wc -l); \
@@ -530,6 +531,10 @@ async fn actions_of_one_slot_leave_each_other_nothing() {
     let out = stdout_of(&kiln, &first).await;
     assert_eq!(code(&first), 0, "{first:?}");
     assert!(out.contains("ipc=made"), "the segment was made: {out}");
+    assert!(
+        !out.contains("survivor=0"),
+        "the survivor was running when the action ended: {out}"
+    );
     for line in [
         "helper_env=0",
         "helper_fds=0",
@@ -602,4 +607,40 @@ async fn wait_no_process_pid(pid: i32) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forking_action_past_its_timeout_is_cleared_and_its_slot_goes_on() {
+    let kiln = Kiln::start(&config()).await;
+    let _worker = WorkerProc::start(&kiln.url, "", "forker", &["--concurrency=1"]);
+    // Forks as fast as it can until killed: a kill must be repeated until
+    // no process is left, not waited out once.
+    let forker = run(
+        &kiln,
+        &Spec {
+            argv: vec![
+                "/bin/sh",
+                "-c",
+                "while :; do sleep 1000 & done",
+                "forking-marker",
+            ],
+            timeout: Some(Duration::from_secs(1)),
+            salt: "forker",
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(code(&forker), Code::DeadlineExceeded as i32, "{forker:?}");
+    wait_no_process("forking-marker", Duration::from_secs(10)).await;
+    let after = run(
+        &kiln,
+        &Spec {
+            argv: vec!["/bin/sh", "-c", "echo after"],
+            salt: "after-forker",
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(code(&after), 0, "{after:?}");
+    assert_eq!(stdout_of(&kiln, &after).await, "after\n");
 }

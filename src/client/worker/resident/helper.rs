@@ -109,13 +109,18 @@ fn kill_all() {
 
 /// Kills and reaps every process of the namespace but the helper: returns
 /// once none is left (orphans were reparented to the helper, its init).
+/// SIGKILL lands asynchronously, so a process may fork once more before it
+/// dies: the kill is repeated while any child is left, never waited out.
 fn clear_namespace() {
-    kill_all();
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     loop {
-        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => break,
+        kill_all();
+        match waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Err(nix::errno::Errno::EINTR)
+            | Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => {}
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(std::time::Duration::from_millis(1)),
             Ok(_) => {}
+            Err(_) => break, // ECHILD: nothing is left
         }
     }
 }
