@@ -293,6 +293,15 @@ pub async fn wait_for_file(path: &Path, within: Duration) -> String {
     }
 }
 
+/// A process's state letter and parent pid, from /proc/PID/stat; None once
+/// it is gone (the fields follow the command name's closing parenthesis).
+pub fn proc_stat(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
 /// The host pids of running processes whose command line contains
 /// `marker` (actions run in PID namespaces of their own, so a pid an action
 /// reports about itself means nothing outside; a unique marker in an

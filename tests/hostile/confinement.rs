@@ -13,7 +13,7 @@ use prost::Message;
 use tonic::Code;
 
 use crate::common::exec::{
-    Spec, WorkerProc, action_writable_dir, execute, processes_with, response, run_spec,
+    Spec, WorkerProc, action_writable_dir, execute, proc_stat, processes_with, response, run_spec,
     spawn_execute, stdout_of, upload, wait_for_process, wait_no_process,
 };
 use crate::common::{Kiln, MEMORY, missing, sha, upload_request, wait_metrics};
@@ -370,7 +370,12 @@ async fn a_cancel_stops_the_whole_tree_at_once_and_costs_no_other_job_an_attempt
         m.contains("kiln_exec_jobs_total{event=\"queued\"} 2")
     })
     .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let first = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first job never showed as executing"
+        );
         let ops = OperationsClient::new(ch.clone())
             .list_operations(kiln::proto::longrunning::ListOperationsRequest {
                 name: String::new(),
@@ -467,17 +472,6 @@ async fn a_worker_whose_sandbox_cannot_start_refuses_to_run() {
     assert!(!status.success());
 }
 
-/// The pid's parent, from /proc.
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// The resident sandbox helpers `worker` started (descendants of it).
 fn helpers_of(worker: &WorkerProc) -> Vec<i32> {
     let root = worker.child.id() as i32;
@@ -491,7 +485,7 @@ fn helpers_of(worker: &WorkerProc) -> Vec<i32> {
         .filter(|&pid| {
             let mut at = pid;
             for _ in 0..8 {
-                match parent_of(at) {
+                match proc_stat(at).map(|(_, parent)| parent) {
                     Some(p) if p == root => return true,
                     Some(p) if p > 1 => at = p,
                     _ => return false,
@@ -597,10 +591,7 @@ async fn actions_of_one_slot_leave_each_other_nothing() {
 async fn wait_no_process_pid(pid: i32) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     // A killed helper is reaped by the worker when it next looks.
-    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-    }) {
+    while proc_stat(pid).is_some_and(|(state, _)| state != 'Z') {
         assert!(
             tokio::time::Instant::now() < deadline,
             "helper {pid} still runs"

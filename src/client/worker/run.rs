@@ -105,12 +105,7 @@ pub async fn run(
         // std drops the supplementary groups of root when it sets the uid.
         cmd.uid(u.uid).gid(u.gid);
     }
-    let not_started = |why: &dyn std::fmt::Display| {
-        Error::FailedPrecondition(format!(
-            "cannot start {program:?} in {}: {why}",
-            cwd.display()
-        ))
-    };
+    let not_started = |why: &dyn std::fmt::Display| not_started(&program, cwd, why);
     let mut child = cmd.spawn().map_err(|e| not_started(&e))?;
     // Our copy of the helper's end goes, so its exit ends the report.
     drop(cmd);
@@ -154,19 +149,38 @@ pub async fn run(
             return Err(not_started(&why));
         }
     }
-    let usage = match (report, &exit) {
-        (Some(socket), Exit::Code(_)) => match read_report(socket).await {
-            Some(super::measure::Report::Ran(usage)) => Some(usage),
-            Some(super::measure::Report::NotStarted(why)) => return Err(not_started(&why)),
-            None => None,
-        },
+    let report = match (report, &exit) {
+        (Some(socket), Exit::Code(_)) => read_report(socket).await,
         _ => None,
     };
-    let exit = match usage {
-        Some(u) => Exit::Code(u.exit),
-        None => exit,
-    };
-    Ok(Ran { exit, usage })
+    ran(exit, report, &program, cwd)
+}
+
+/// How a run ended, given the measuring helper's report when there is one:
+/// the report's exit code is the command's own, and a report that the
+/// command could not start is the action's FAILED_PRECONDITION.
+pub fn ran(
+    exit: Exit,
+    report: Option<super::measure::Report>,
+    program: &str,
+    cwd: &Path,
+) -> Result<Ran> {
+    match report {
+        Some(super::measure::Report::Ran(usage)) => Ok(Ran {
+            exit: Exit::Code(usage.exit),
+            usage: Some(usage),
+        }),
+        Some(super::measure::Report::NotStarted(why)) => Err(not_started(program, cwd, &why)),
+        None => Ok(Ran { exit, usage: None }),
+    }
+}
+
+/// The error for a command that could not be started.
+pub fn not_started(program: &str, cwd: &Path, why: &dyn std::fmt::Display) -> Error {
+    Error::FailedPrecondition(format!(
+        "cannot start {program:?} in {}: {why}",
+        cwd.display()
+    ))
 }
 
 /// The command's argument list as run inside the sandbox, whose working

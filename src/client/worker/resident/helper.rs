@@ -22,9 +22,11 @@
 
 use std::io::{BufRead, Read, Write};
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::path::{Component, Path};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
@@ -39,38 +41,39 @@ pub const HELPER: &str = "/kiln/measure";
 /// The helper's whole life; returns its exit code.
 pub fn main() -> i32 {
     let _ = nix::sys::prctl::set_dumpable(false);
-    let answers = match std::io::stdout().as_fd_clone() {
-        Some(out) => Arc::new(Mutex::new(out)),
-        None => return 2,
+    // The slot's view does not change (each action's mounts are made in a
+    // namespace of its own): what it mounted under /tmp is read once.
+    let under_tmp = match mounts_under_tmp() {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            answer(&Response::error(&e));
+            return 2;
+        }
     };
-    let stdin = std::io::stdin();
-    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for line in stdin.lock().lines() {
+    let busy = Arc::new(AtomicBool::new(false));
+    for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         match serde_json::from_str::<Request>(&line) {
             Ok(Request::Kill) => kill_all(),
             Ok(Request::Run(run)) => {
-                if busy.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                    answer(&answers, &Response::error("the slot is busy"));
+                if busy.swap(true, Ordering::SeqCst) {
+                    answer(&Response::error("the slot is busy"));
                     continue;
                 }
-                let (to, free) = (answers.clone(), busy.clone());
+                let (free, under_tmp) = (busy.clone(), under_tmp.clone());
                 let started = std::thread::Builder::new()
                     .name("action".into())
                     .spawn(move || {
-                        let response = run_one(&run);
-                        free.store(false, std::sync::atomic::Ordering::SeqCst);
-                        answer(&to, &response);
+                        let response = run_one(&run, &under_tmp);
+                        free.store(false, Ordering::SeqCst);
+                        answer(&response);
                     });
                 if let Err(e) = started {
-                    busy.store(false, std::sync::atomic::Ordering::SeqCst);
-                    answer(
-                        &answers,
-                        &Response::error(&format!("starting a thread: {e}")),
-                    );
+                    busy.store(false, Ordering::SeqCst);
+                    answer(&Response::error(&format!("starting a thread: {e}")));
                 }
             }
-            Err(e) => answer(&answers, &Response::error(&format!("bad request: {e}"))),
+            Err(e) => answer(&Response::error(&format!("bad request: {e}"))),
         }
     }
     // The worker is gone: so is everything it started here.
@@ -78,25 +81,13 @@ pub fn main() -> i32 {
     0
 }
 
-trait FdClone {
-    fn as_fd_clone(&self) -> Option<std::fs::File>;
-}
-
-impl FdClone for std::io::Stdout {
-    fn as_fd_clone(&self) -> Option<std::fs::File> {
-        std::os::fd::AsFd::as_fd(self)
-            .try_clone_to_owned()
-            .ok()
-            .map(std::fs::File::from)
-    }
-}
-
-fn answer(out: &Mutex<std::fs::File>, response: &Response) {
+/// One answer line on standard output (the worker's socket); the lock
+/// keeps concurrent answers whole.
+fn answer(response: &Response) {
     let mut line = serde_json::to_string(response).unwrap_or_default();
     line.push('\n');
-    if let Ok(mut out) = out.lock() {
-        let _ = out.write_all(line.as_bytes());
-    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
 }
 
 /// SIGKILL to every process of the slot's PID namespace but the helper.
@@ -125,8 +116,8 @@ fn clear_namespace() {
     }
 }
 
-fn run_one(req: &super::Run) -> Response {
-    let response = match start_and_wait(req) {
+fn run_one(req: &super::Run, under_tmp: &[PathBuf]) -> Response {
+    let response = match start_and_wait(req, under_tmp) {
         Ok(r) => r,
         Err(e) => Response::error(&e),
     };
@@ -134,7 +125,7 @@ fn run_one(req: &super::Run) -> Response {
     response
 }
 
-fn start_and_wait(req: &super::Run) -> Result<Response, String> {
+fn start_and_wait(req: &super::Run, under_tmp: &[PathBuf]) -> Result<Response, String> {
     let mut parts = Path::new(&req.run).components();
     if !matches!(
         (parts.next(), parts.next()),
@@ -147,7 +138,7 @@ fn start_and_wait(req: &super::Run) -> Result<Response, String> {
         .split_first()
         .ok_or_else(|| "the command has no arguments".to_string())?;
     let run_dir = Path::new(SLOT).join(&req.run);
-    enter_own_view(&run_dir)?;
+    enter_own_view(&run_dir, under_tmp)?;
     let open = |name: &str| {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
@@ -228,7 +219,7 @@ fn start_and_wait(req: &super::Run) -> Result<Response, String> {
 
 /// Gives the calling thread (and what it starts) a mount and IPC
 /// namespace of its own, with fresh `/tmp` and `/dev/shm`.
-fn enter_own_view(run_dir: &Path) -> Result<(), String> {
+fn enter_own_view(run_dir: &Path, under_tmp: &[PathBuf]) -> Result<(), String> {
     unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC)
         .map_err(|e| format!("unsharing the mount and IPC namespaces: {e}"))?;
     // Nothing mounted here reaches the helper's view.
@@ -248,18 +239,39 @@ fn enter_own_view(run_dir: &Path) -> Result<(), String> {
         Some("mode=1777"),
     )
     .map_err(|e| format!("mounting a tmpfs on /dev/shm: {e}"))?;
-    fresh_tmp()?;
+    fresh_tmp(under_tmp)?;
     if !run_dir.join("root").is_dir() {
         return Err(format!("{} has no exec root", run_dir.display()));
     }
     Ok(())
 }
 
-/// A fresh tmpfs on `/tmp` that keeps what the slot's view mounted under
-/// it (the operator's shared writable paths may be there): the new tmpfs
-/// is made at the exec root's (still empty) mount point, those mounts are
-/// bound into it, and it is moved onto `/tmp` as a whole.
-fn fresh_tmp() -> Result<(), String> {
+/// The outermost mounts below `/tmp` in the slot's view (the operator's
+/// shared writable paths may be there), each bound later with what is
+/// mounted below it.
+fn mounts_under_tmp() -> Result<Vec<PathBuf>, String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("reading mountinfo: {e}"))?;
+    let mut under: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .filter(|p| p.starts_with("/tmp") && p != Path::new("/tmp"))
+        .collect();
+    under.sort();
+    let mut outermost: Vec<PathBuf> = Vec::new();
+    for path in under {
+        if !outermost.iter().any(|k| path.starts_with(k)) {
+            outermost.push(path);
+        }
+    }
+    Ok(outermost)
+}
+
+/// A fresh tmpfs on `/tmp` that keeps the slot's mounts `under_tmp`: the
+/// new tmpfs is made at the exec root's (still empty) mount point, those
+/// mounts are bound into it, and it is moved onto `/tmp` as a whole.
+fn fresh_tmp(under_tmp: &[PathBuf]) -> Result<(), String> {
     let staging = Path::new(EXEC_ROOT);
     mount(
         Some("tmpfs"),
@@ -269,23 +281,10 @@ fn fresh_tmp() -> Result<(), String> {
         Some("mode=1777"),
     )
     .map_err(|e| format!("mounting a tmpfs for /tmp: {e}"))?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("reading mountinfo: {e}"))?;
-    let mut kept: Vec<std::path::PathBuf> = Vec::new();
-    let mut under: Vec<std::path::PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| std::path::PathBuf::from(unescape(p)))
-        .filter(|p| p.starts_with("/tmp") && p != Path::new("/tmp"))
-        .collect();
-    under.sort();
-    for path in under {
-        if kept.iter().any(|k| path.starts_with(k)) {
-            continue; // bound with its parent mount (recursively)
-        }
-        let rel = path.strip_prefix("/tmp").expect("filtered above");
+    for path in under_tmp {
+        let rel = path.strip_prefix("/tmp").expect("only paths under /tmp");
         let at = staging.join(rel);
-        let made = match std::fs::metadata(&path) {
+        let made = match std::fs::metadata(path) {
             Ok(m) if m.is_dir() => std::fs::create_dir_all(&at),
             Ok(_) => at
                 .parent()
@@ -294,8 +293,7 @@ fn fresh_tmp() -> Result<(), String> {
             Err(_) => continue,
         };
         made.map_err(|e| format!("making {}: {e}", at.display()))?;
-        bind(&path, &at)?;
-        kept.push(path);
+        bind(path, &at)?;
     }
     mount(
         Some(staging),

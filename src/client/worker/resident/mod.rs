@@ -208,11 +208,8 @@ impl Resident {
         let helper = guard.as_mut().expect("started above");
         let (program, cwd) = (
             run.argv.first().cloned().unwrap_or_default(),
-            run.cwd.clone(),
+            PathBuf::from(&run.cwd),
         );
-        let not_started = |why: &str| {
-            Error::FailedPrecondition(format!("cannot start {program:?} in {cwd}: {why}"))
-        };
         let mut line = serde_json::to_string(&Request::Run(run))
             .map_err(|e| Error::Unavailable(format!("encoding a run: {e}")))?;
         line.push('\n');
@@ -249,24 +246,16 @@ impl Resident {
             return Err(Error::Unavailable(format!("the slot's sandbox: {why}")));
         }
         if let Some(why) = response.not_started {
-            return Err(not_started(&why));
+            return Err(super::run::not_started(&program, &cwd, &why));
         }
         if let Some(exit) = exit {
             return Ok(Ran { exit, usage: None });
         }
-        let usage = match response
+        let report = response
             .report
             .as_deref()
-            .and_then(super::measure::Report::parse)
-        {
-            Some(super::measure::Report::Ran(usage)) => Some(usage),
-            Some(super::measure::Report::NotStarted(why)) => return Err(not_started(&why)),
-            None => None,
-        };
-        Ok(Ran {
-            exit: Exit::Code(usage.map_or(response.exit, |u| u.exit)),
-            usage,
-        })
+            .and_then(super::measure::Report::parse);
+        super::run::ran(Exit::Code(response.exit), report, &program, &cwd)
     }
 
     fn start(&self, slot: usize) -> Result<Helper> {
