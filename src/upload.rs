@@ -5,13 +5,15 @@
 //! breaks, the spool holds what arrived; QueryWriteStatus reports its length
 //! and a Write at that offset continues it.
 //!
-//! When the CAS adopts files (a store on the same local disk, the embedded
-//! default), the spool is the only write: it is hashed as it is written, off
-//! the async threads, and once it is whole and verified the store renames it
-//! into place. Other stores (S3, memory) get the bytes streamed into a put
-//! as they arrive, teed into the spool; a resumed Write replays the spool,
-//! then the new data, into a fresh put. Either way the spool is deleted once
-//! the blob is committed.
+//! The store decides where an upload waits ([`Staging`]). When the CAS
+//! adopts files (a store on the same local disk, the embedded default), the
+//! spool is the only write: it is hashed as it is written, off the async
+//! threads, and once it is whole and verified the store renames it into
+//! place. Other stores get the bytes streamed into a put as they arrive,
+//! teed into the spool (S3) or, for a store in memory, into the session's
+//! list of the chunks themselves (no copy); a resumed Write replays what
+//! was kept, then the new data, into a fresh put. Either way the session is
+//! dropped once the blob is committed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::instance::Instance;
 use crate::proto::bytestream::WriteRequest;
 use crate::resource::{Compressor, ResourceName};
-use crate::store::{Body, ChunkStream};
+use crate::store::{Body, ChunkStream, Staging};
 
 mod sessions;
 
@@ -73,7 +75,7 @@ pub async fn write(
         next_offset: 0,
         finished: false,
         decoder: None,
-        spool: None,
+        tee: None,
         received: received.clone(),
     };
     incoming.resource = incoming
@@ -131,8 +133,14 @@ async fn resumable(
     if offset != 0 {
         require_offset(incoming.first.as_ref(), kept)?;
     }
-    if instance.cas.adopts_files() {
-        return adopted(instance, uploads, &key, &session, name, offset, incoming).await;
+    match instance.cas.staging() {
+        Staging::AdoptedFile => {
+            return adopted(instance, uploads, &key, &session, name, offset, incoming).await;
+        }
+        Staging::Memory => {
+            return in_memory(instance, uploads, &key, &session, name, offset, incoming).await;
+        }
+        Staging::Spool => {}
     }
     let spool_err = |e| Error::io("upload spool", e);
     let (tx, writer) = spool_writer(&session, offset, None);
@@ -148,7 +156,7 @@ async fn resumable(
         futures::stream::empty().boxed()
     };
     incoming.next_offset = offset;
-    incoming.spool = Some(tx);
+    incoming.tee = Some(Tee::Spool(tx));
     let body = prefix.chain(incoming.into_stream()).boxed();
     let stored = instance.cas.put(&name.digest, Body::Stream(body)).await;
     // The body (and with it the sender) is gone: the writer finishes what was
@@ -157,6 +165,46 @@ async fn resumable(
         tracing::warn!(error = %e, "upload spool write failed; a resume will restart from the bytes kept");
     }
     settle(uploads, &key, name, stored)
+}
+
+/// A large upload to a store in memory: the chunks are kept in the session
+/// as they arrive (shared with the store's put, not copied), and a resumed
+/// Write replays them.
+async fn in_memory(
+    instance: &Instance,
+    uploads: &Uploads,
+    key: &str,
+    session: &Arc<Session>,
+    name: &ResourceName,
+    offset: u64,
+    mut incoming: Incoming,
+) -> Result<i64> {
+    let prefix = {
+        let mut kept = session.kept.lock().expect("session lock");
+        if offset == 0 {
+            kept.clear();
+            session.len.store(0, Ordering::SeqCst);
+        }
+        kept.clone()
+    };
+    incoming.next_offset = offset;
+    incoming.tee = Some(Tee::Memory(session.clone()));
+    let body = futures::stream::iter(prefix.into_iter().map(Ok))
+        .chain(incoming.into_stream())
+        .boxed();
+    let stored = instance.cas.put(&name.digest, Body::Stream(body)).await;
+    if stored.is_err() {
+        // Kept for a resume: small chunks are slices of receive buffers
+        // larger than themselves, so copy them together first, or the
+        // session would hold more memory than it reserved.
+        let mut kept = session.kept.lock().expect("session lock");
+        let mut gatherer = crate::store::chunk_list::Gatherer::new(name.digest.size);
+        for chunk in kept.drain(..) {
+            gatherer.add(chunk);
+        }
+        *kept = gatherer.finish().into_chunks();
+    }
+    settle(uploads, key, name, stored)
 }
 
 /// Ends an upload's session when the outcome makes it useless: the blob is
@@ -244,7 +292,7 @@ async fn adopted(
     // the chunks along.
     let (tx, writer) = spool_writer(session, offset, Some(digest.function.hasher()));
     incoming.next_offset = offset;
-    incoming.spool = Some(tx);
+    incoming.tee = Some(Tee::Spool(tx));
     let mut stream = incoming.into_stream();
     let mut len = offset;
     let received = loop {
@@ -290,6 +338,14 @@ async fn adopted(
     settle(uploads, key, name, outcome)
 }
 
+/// Where the bytes of a resumable upload are kept as they pass.
+enum Tee {
+    /// To the spool writer's thread.
+    Spool(tokio::sync::mpsc::Sender<Bytes>),
+    /// Into the session's list.
+    Memory(Arc<Session>),
+}
+
 /// The state of one Write stream as it is turned into blob chunks.
 struct Incoming {
     first: Option<WriteRequest>,
@@ -299,7 +355,7 @@ struct Incoming {
     next_offset: u64,
     finished: bool,
     decoder: Option<Decompressor>,
-    spool: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    tee: Option<Tee>,
     /// Wire bytes received, for the compressed committed_size.
     received: Arc<AtomicU64>,
 }
@@ -347,10 +403,19 @@ impl Incoming {
                 decoder.feed(data);
                 continue;
             }
-            if let Some(spool) = &self.spool
-                && spool.send(data.clone()).await.is_err()
-            {
-                return Some(Err(Error::internal("the upload spool writer failed")));
+            match &self.tee {
+                Some(Tee::Spool(spool)) if spool.send(data.clone()).await.is_err() => {
+                    return Some(Err(Error::internal("the upload spool writer failed")));
+                }
+                Some(Tee::Memory(session)) => {
+                    session
+                        .kept
+                        .lock()
+                        .expect("session lock")
+                        .push(data.clone());
+                    session.len.fetch_add(data.len() as u64, Ordering::SeqCst);
+                }
+                _ => {}
             }
             return Some(Ok(data));
         }
@@ -421,7 +486,7 @@ mod tests {
             next_offset: start,
             finished: false,
             decoder: None,
-            spool: None,
+            tee: None,
             received: Arc::new(AtomicU64::new(0)),
         };
         let chunks: Vec<Bytes> = incoming.into_stream().try_collect().await?;

@@ -153,8 +153,8 @@ impl BlobStore for ContentAddressed {
         }
     }
 
-    fn adopts_files(&self) -> bool {
-        self.inner.adopts_files()
+    fn staging(&self) -> super::Staging {
+        self.inner.staging()
     }
 
     async fn put_file(&self, digest: &Digest, file: super::VerifiedFile) -> Result<()> {

@@ -20,7 +20,7 @@ use crate::error::Result;
 /// A positive-only, bounded, TTL cache of existence in front of `inner`.
 pub struct ExistenceCache {
     inner: Store,
-    known: Cache<Digest, ()>,
+    known: Cache<Digest, (), crate::digest::KeyHasher>,
 }
 
 impl std::fmt::Debug for ExistenceCache {
@@ -37,7 +37,7 @@ impl ExistenceCache {
         let known = Cache::builder()
             .max_capacity(max_entries)
             .time_to_live(ttl)
-            .build();
+            .build_with_hasher(crate::digest::KeyHasher::default());
         ExistenceCache { inner, known }
     }
 }
@@ -83,8 +83,8 @@ impl BlobStore for ExistenceCache {
         Ok(())
     }
 
-    fn adopts_files(&self) -> bool {
-        self.inner.adopts_files()
+    fn staging(&self) -> super::Staging {
+        self.inner.staging()
     }
 
     async fn put_file(&self, digest: &Digest, file: super::VerifiedFile) -> Result<()> {

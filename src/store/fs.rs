@@ -388,8 +388,8 @@ impl BlobStore for FsStore {
         Ok(())
     }
 
-    fn adopts_files(&self) -> bool {
-        true
+    fn staging(&self) -> super::Staging {
+        super::Staging::AdoptedFile
     }
 
     async fn put_file(&self, digest: &Digest, file: super::VerifiedFile) -> Result<()> {

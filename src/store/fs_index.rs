@@ -113,7 +113,7 @@ struct State {
     /// Positions in `records`, hashed by (function, hash): a digest and
     /// the [`HashKey`] of its hash find the same slots.
     table: hashbrown::HashTable<u32>,
-    hasher: std::hash::RandomState,
+    hasher: crate::digest::KeyHasher,
     /// Stored bytes of blobs whose file is not their digest's size (only
     /// stores that are not content-addressed, such as the action cache,
     /// have any): kept aside so a CAS record stays 48 bytes.

@@ -289,7 +289,7 @@ async fn put_file_adopts_a_file_on_the_same_disk() {
     use crate::store::content_addressed::ContentAddressed;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FsStore::open(dir.path().join("cas"), 4096, true).unwrap());
-    assert!(store.adopts_files());
+    assert_eq!(store.staging(), crate::store::Staging::AdoptedFile);
     let data = contract::blob(11, 300_000);
     let d = DigestFunction::Sha256.digest_of(&data);
     let spool = dir.path().join("spooled");

@@ -6,7 +6,8 @@ use async_trait::async_trait;
 use moka::future::Cache;
 use moka::policy::EvictionPolicy;
 
-use super::{BlobStore, Body, Range};
+use super::chunk_list::ChunkList;
+use super::{BlobStore, Body, Range, Staging};
 use crate::digest::{Digest, HashKey};
 use crate::error::{Error, Result};
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use bytes::Bytes;
 /// must keep what it just accepted, and TinyLFU may refuse a new entry.
 #[derive(Clone)]
 pub struct MemoryStore {
-    blobs: Cache<Digest, Stored>,
+    blobs: Cache<Digest, Stored, crate::digest::KeyHasher>,
     max_size: u64,
 }
 
@@ -31,13 +32,17 @@ impl std::fmt::Debug for MemoryStore {
 #[derive(Clone)]
 struct Stored {
     key_size: u64,
-    bytes: Bytes,
+    value: ChunkList,
 }
 
 /// The weight of one entry: its bytes plus a fixed overhead, so that many
 /// empty-ish entries still count against the budget.
 pub(crate) fn weigh(_: &Digest, value: &Bytes) -> u32 {
-    u32::try_from(value.len() as u64 + 64).unwrap_or(u32::MAX)
+    weight(value.len() as u64, 1)
+}
+
+fn weight(len: u64, chunks: usize) -> u32 {
+    u32::try_from(len + 64 + 32 * chunks as u64).unwrap_or(u32::MAX)
 }
 
 impl MemoryStore {
@@ -45,9 +50,9 @@ impl MemoryStore {
     pub fn new(max_size: u64) -> Self {
         let blobs = Cache::builder()
             .max_capacity(max_size)
-            .weigher(|d, v: &Stored| weigh(d, &v.bytes))
+            .weigher(|_, v: &Stored| weight(v.value.len(), v.value.count()))
             .eviction_policy(EvictionPolicy::lru())
-            .build();
+            .build_with_hasher(crate::digest::KeyHasher::default());
         MemoryStore { blobs, max_size }
     }
 }
@@ -68,7 +73,7 @@ impl BlobStore for MemoryStore {
             .get(digest)
             .await
             .ok_or_else(|| Error::NotFound(format!("blob {digest} not found")))?;
-        Ok(Body::Bytes(range.slice(&bytes.bytes)?))
+        bytes.value.read(range)
     }
 
     async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
@@ -79,8 +84,7 @@ impl BlobStore for MemoryStore {
         // Checked while collecting: a stream is never buffered past what
         // the store could hold anyway.
         let room = self.max_size.saturating_sub(64);
-        let bytes = body
-            .collect_expecting(digest.size, room)
+        let value = ChunkList::gather(body, digest.size, room)
             .await
             .map_err(|e| match e {
                 Error::ResourceExhausted { .. } => Error::exhausted(format!(
@@ -91,10 +95,14 @@ impl BlobStore for MemoryStore {
             })?;
         let stored = Stored {
             key_size: digest.size,
-            bytes: super::owned(bytes),
+            value,
         };
         self.blobs.insert(*digest, stored).await;
         Ok(())
+    }
+
+    fn staging(&self) -> Staging {
+        Staging::Memory
     }
 }
 

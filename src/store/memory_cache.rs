@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 /// A bounded memory tier over `inner`.
 pub struct MemoryCache {
     inner: Store,
-    cache: Cache<Digest, Bytes>,
+    cache: Cache<Digest, Bytes, crate::digest::KeyHasher>,
     max_blob_size: u64,
 }
 
@@ -37,7 +37,7 @@ impl MemoryCache {
         let cache = Cache::builder()
             .max_capacity(max_size)
             .weigher(super::memory::weigh)
-            .build();
+            .build_with_hasher(crate::digest::KeyHasher::default());
         MemoryCache {
             inner,
             cache,
@@ -90,8 +90,8 @@ impl BlobStore for MemoryCache {
         Ok(())
     }
 
-    fn adopts_files(&self) -> bool {
-        self.inner.adopts_files()
+    fn staging(&self) -> super::Staging {
+        self.inner.staging()
     }
 
     async fn put_file(&self, digest: &Digest, file: super::VerifiedFile) -> Result<()> {

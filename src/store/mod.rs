@@ -6,6 +6,7 @@
 //! them from config, so any topology is a YAML change, not a code change.
 
 pub(crate) mod build;
+pub(crate) mod chunk_list;
 pub(crate) mod content_addressed;
 pub(crate) mod existence_cache;
 pub(crate) mod fs;
@@ -211,6 +212,21 @@ impl VerifiedFile {
     }
 }
 
+/// Where a large upload waits: chosen by the store that keeps the blob, so
+/// no upload is written twice when once is enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staging {
+    /// A spool file on local disk, teed from the bytes streamed into the
+    /// store's put (a remote store: S3).
+    Spool,
+    /// A spool file the store then adopts without copying it
+    /// ([`BlobStore::put_file`]: a store on the same local disk).
+    AdoptedFile,
+    /// The chunks as they arrived, kept in memory: the store holds its
+    /// blobs in memory anyway, so a file would only cost a copy.
+    Memory,
+}
+
 /// A key-value store of blobs addressed by digest.
 ///
 /// Contract (checked for every implementation by the contract suite):
@@ -236,11 +252,11 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     /// anyway (a map lookup, one prefix listing on S3), and layers forward.
     async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>>;
 
-    /// Whether [`BlobStore::put_file`] can adopt a local file without
-    /// copying its bytes (a store on local disk); layers ask their inner
-    /// store. Uploads written to a file first only pay off when it can.
-    fn adopts_files(&self) -> bool {
-        false
+    /// Where a large upload should wait until it is whole and verified,
+    /// which is also what a broken upload resumes from; layers ask their
+    /// inner store.
+    fn staging(&self) -> Staging {
+        Staging::Spool
     }
 
     /// Stores a blob from a local file. The store may move the file away

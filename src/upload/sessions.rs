@@ -1,5 +1,6 @@
 //! The upload sessions of one server: each interrupted large upload's spool
-//! file, the space it reserved (per identity and in all), and their expiry.
+//! file (or, for a store in memory, its chunks), the space it reserved (per
+//! identity and in all), and their expiry.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,6 +15,8 @@ use crate::resource::ResourceName;
 #[derive(Debug)]
 pub(super) struct Session {
     pub(super) path: PathBuf,
+    /// The bytes kept, when they are kept in memory instead of at `path`.
+    pub(super) kept: Mutex<Vec<bytes::Bytes>>,
     /// Who reserved the spool space, and how much.
     pub(super) owner: String,
     pub(super) reserved: u64,
@@ -70,6 +73,7 @@ impl Uploads {
         self.reserve(owner, size)?;
         let session = Arc::new(Session {
             path: self.dir.join(uuid::Uuid::new_v4().simple().to_string()),
+            kept: Mutex::new(Vec::new()),
             owner: owner.to_string(),
             reserved: size,
             len: AtomicU64::new(0),

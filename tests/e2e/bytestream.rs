@@ -235,6 +235,14 @@ async fn an_interrupted_upload_resumes_where_it_stopped() {
             .unwrap()
             .into_inner();
         assert_eq!((status.committed_size, status.complete), (3 << 20, false));
+        // A store in memory keeps the arrived chunks themselves: no spool
+        // file is written (it would cost a copy of every byte); the disk
+        // default keeps the spool file it will adopt.
+        let spooled = std::fs::read_dir(kiln.data_dir.join("uploads"))
+            .unwrap()
+            .count();
+        let in_memory = config == MEMORY;
+        assert_eq!(spooled, usize::from(!in_memory), "spool files kept");
 
         // Resuming anywhere else is refused.
         let err = write(&mut bs, messages(&name, &data, 1 << 20, 1 << 20, true))
