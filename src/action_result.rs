@@ -118,6 +118,36 @@ pub async fn is_complete(
     }
 }
 
+/// Stores `result` as `action`'s result: the one way every writer (the
+/// action cache, the HTTP cache, a finished execution) puts a result, so
+/// the insights see each one beside the result it replaces.
+pub async fn store(
+    instance: &crate::instance::Instance,
+    action: &Digest,
+    result: &ActionResult,
+    writer: crate::insights::Writer,
+) -> Result<()> {
+    let encoded = Bytes::from(result.encode_to_vec());
+    let Some(insights) = &instance.insights else {
+        return instance.action_cache.put(action, encoded.into()).await;
+    };
+    let max = instance.settings.max_parsed_blob;
+    let stored = async {
+        let body = instance.action_cache.get(action, Range::FULL).await?;
+        body.collect_max(max).await
+    };
+    // An entry that cannot be read is only an entry not compared.
+    let before = match stored.await {
+        Ok(bytes) => ActionResult::decode(bytes).ok(),
+        Err(_) => None,
+    };
+    instance.action_cache.put(action, encoded.into()).await?;
+    insights
+        .result_written(&instance.name, action, before.as_ref(), result, writer)
+        .await;
+    Ok(())
+}
+
 /// The cached result of `action` in `instance`, or None: absent, undecodable
 /// or (with the completeness check on) pointing at blobs no longer stored.
 /// GetActionResult and Execute's cache lookup share this.

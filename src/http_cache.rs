@@ -307,8 +307,7 @@ async fn put_ac(instance: &Instance, key: HashKey, request: Request) -> Result<R
     // Stored re-encoded, as gRPC's UpdateActionResult stores it: fields the
     // client added beyond ActionResult's are not kept (the action-cache
     // store also holds kiln's own records, which must not be forgeable).
-    let encoded = Bytes::from(result.encode_to_vec());
-    instance.action_cache.put(&action, encoded.into()).await?;
+    crate::action_result::store(instance, &action, &result, Default::default()).await?;
     Ok(StatusCode::OK.into_response())
 }
 

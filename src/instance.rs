@@ -52,6 +52,8 @@ pub struct Instance {
     pub settings: Settings,
     /// Who may do what here.
     pub policy: Arc<Policy>,
+    /// What results written here teach (none when switched off).
+    pub insights: Option<Arc<crate::insights::Insights>>,
 }
 
 impl Instance {
@@ -80,8 +82,10 @@ impl Instance {
         stores: &mut StoreBuilder<'_>,
         policy: Arc<Policy>,
         max_parsed_blob: u64,
+        insights: Option<Arc<crate::insights::Insights>>,
     ) -> Result<Self> {
         Ok(Instance {
+            insights,
             name: config.name.clone(),
             cas: stores.cas(&config.cas, &format!("{path}.cas")).await?,
             action_cache: stores
@@ -124,14 +128,22 @@ impl Instances {
         data_dir: PathBuf,
         metrics: Arc<Metrics>,
         policy: Arc<Policy>,
+        insights: Option<Arc<crate::insights::Insights>>,
     ) -> Result<Self> {
         let mut stores = StoreBuilder::new(config, data_dir, &metrics);
         let mut by_name = HashMap::new();
         for (i, ic) in config.instances.iter().enumerate() {
             let path = format!("instances[{i}]");
             let max_parsed = config.max_message_size.0;
-            let instance =
-                Instance::build(ic, &path, &mut stores, policy.clone(), max_parsed).await?;
+            let instance = Instance::build(
+                ic,
+                &path,
+                &mut stores,
+                policy.clone(),
+                max_parsed,
+                insights.clone(),
+            )
+            .await?;
             by_name.insert(ic.name.clone(), Arc::new(instance));
         }
         Ok(Instances {

@@ -58,6 +58,7 @@ pub mod error;
 pub(crate) mod execution;
 pub(crate) mod http;
 pub(crate) mod http_cache;
+pub mod insights;
 pub(crate) mod instance;
 pub(crate) mod metrics;
 pub mod proto;

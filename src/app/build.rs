@@ -35,11 +35,22 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
         .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
     let metrics = Metrics::new();
     let (authenticator, policy) = crate::auth::from_config(&config.auth).await?;
+    let events = crate::bes::open(&config.build_events, data_dir).await?;
+    let webhooks = crate::bes::webhook::Webhooks::start(
+        config.build_events.webhooks.clone(),
+        &metrics,
+        config.build_events.webhook_backoff.0,
+    );
+    let insights = config
+        .insights
+        .nondeterminism
+        .then(|| crate::insights::Insights::new(events.clone(), webhooks.clone(), &metrics));
     let instances = Instances::build(
         config,
         data_dir.to_path_buf(),
         metrics.clone(),
         policy.clone(),
+        insights,
     )
     .await?;
     let scheduler = if config.execution.enabled {
@@ -83,7 +94,8 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
             data_dir.join("uploads"),
             config.uploads.clone(),
         )?),
-        events: crate::bes::open(&config.build_events, data_dir).await?,
+        events,
+        webhooks,
         assets: if config.remote_asset.enabled {
             Some(Arc::new(crate::asset::Assets::new(
                 &config.remote_asset,

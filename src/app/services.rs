@@ -75,6 +75,8 @@ pub struct Parts {
     pub uploads: Arc<Uploads>,
     /// Build-event storage.
     pub events: Arc<dyn EventStore>,
+    /// Where finished invocations and insights are announced.
+    pub webhooks: Webhooks,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Who may publish and query build events.
@@ -104,15 +106,10 @@ pub fn routes(
         SendCompression::Gzip => Some(CompressionEncoding::Gzip),
         SendCompression::Zstd => Some(CompressionEncoding::Zstd),
     };
-    let webhooks = Webhooks::start(
-        config.build_events.webhooks.clone(),
-        &parts.metrics,
-        config.build_events.webhook_backoff.0,
-    );
     let bes = BuildEventService::new(
         parts.events.clone(),
         BesLimits::from(&config.build_events),
-        webhooks,
+        parts.webhooks.clone(),
         &parts.metrics,
         parts.bes_access.clone(),
     );

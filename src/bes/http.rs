@@ -22,6 +22,7 @@ pub fn router(store: Store) -> Router {
         .route("/api/v1/invocations", get(list))
         .route("/api/v1/invocations/{id}", get(show))
         .route("/api/v1/invocations/{id}/events", get(events))
+        .route("/api/v1/nondeterminism", get(nondeterminism))
         .with_state(store)
 }
 
@@ -97,6 +98,36 @@ async fn events(
     };
     match store.events(&id, &filter).await {
         Ok(list) => Json(serde_json::json!({ "events": list })).into_response(),
+        Err(e) => failure(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct NondeterminismQuery {
+    invocation: Option<String>,
+    days: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// The outputs of actions found not deterministic (`crate::insights`),
+/// newest first: of one invocation, or over a window of days; only those
+/// of instances the caller may read.
+async fn nondeterminism(
+    State(store): State<Store>,
+    caller: crate::http::caller::HttpCaller,
+    Query(q): Query<NondeterminismQuery>,
+) -> Response {
+    let days = q.days.unwrap_or(7).clamp(1, 365);
+    let since = crate::time::now_ms() - days * 86_400_000;
+    let limit = q.limit.unwrap_or(500).clamp(1, 5000);
+    match store
+        .nondeterminism(q.invocation.as_deref(), since, limit)
+        .await
+    {
+        Ok(mut rows) => {
+            rows.retain(|r| caller.may(&r.instance, crate::auth::Role::Read));
+            Json(serde_json::json!({ "outputs": rows })).into_response()
+        }
         Err(e) => failure(e),
     }
 }

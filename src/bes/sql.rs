@@ -15,6 +15,7 @@ use super::store::{
 };
 use super::summary::Invocation;
 use crate::error::{Error, Result};
+use crate::insights::NondeterministicOutput;
 use crate::sql::db_err;
 use crate::time::now_ms;
 
@@ -32,6 +33,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         4,
         include_str!("../../migrations/0004_build_events_kind_order.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/0005_insights_nondeterminism.sql"),
     ),
 ];
 
@@ -136,7 +141,8 @@ impl EventStore for SqlEventStore {
             }
             tx.commit().await.map_err(&err)?;
         }
-        Ok((ids.len() + orphans.len()) as u64)
+        let insights = super::sql_insights::purge(&self.pool, before_ms, limit).await?;
+        Ok((ids.len() + orphans.len()) as u64 + insights)
     }
 
     async fn create_stream(&self, key: &StreamKey) -> Result<()> {
@@ -318,5 +324,18 @@ impl EventStore for SqlEventStore {
             }
         }
         Ok(out)
+    }
+
+    async fn record_nondeterminism(&self, rows: &[NondeterministicOutput]) -> Result<()> {
+        super::sql_insights::record(&self.pool, rows).await
+    }
+
+    async fn nondeterminism(
+        &self,
+        invocation: Option<&str>,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<NondeterministicOutput>> {
+        super::sql_insights::list(&self.pool, invocation, since_ms, limit).await
     }
 }

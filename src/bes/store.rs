@@ -7,6 +7,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::insights::NondeterministicOutput;
+
 use super::summary::Invocation;
 use crate::error::Result;
 
@@ -242,4 +244,15 @@ pub trait EventStore: std::fmt::Debug + Send + Sync + 'static {
     async fn streams(&self, pattern: &regex::Regex) -> Result<Vec<StreamInfo>>;
     /// The events of an invocation (all its streams), by stream then sequence.
     async fn events(&self, invocation_id: &str, filter: &EventFilter) -> Result<Vec<StoredEvent>>;
+    /// Stores the outputs of an action found not deterministic (a row seen
+    /// before is kept once).
+    async fn record_nondeterminism(&self, rows: &[NondeterministicOutput]) -> Result<()>;
+    /// Nondeterministic outputs seen since `since_ms`, newest first, at most
+    /// `limit`; only those either of whose writers was `invocation`, if given.
+    async fn nondeterminism(
+        &self,
+        invocation: Option<&str>,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<NondeterministicOutput>>;
 }

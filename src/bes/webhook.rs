@@ -1,6 +1,8 @@
 //! Webhooks: when an invocation ends, its JSON summary is POSTed to every
 //! configured URL, with retries and exponential backoff, from a background
-//! task, so a slow or broken receiver never holds up event ingestion.
+//! task, so a slow or broken receiver never holds up event ingestion. Other
+//! events (an action found not deterministic) go the same way, as JSON
+//! objects with an `event` field.
 
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ const QUEUE: usize = 1024;
 /// The handle ingestion uses to announce finished invocations.
 #[derive(Debug, Clone, Default)]
 pub struct Webhooks {
-    tx: Option<mpsc::Sender<Invocation>>,
+    tx: Option<mpsc::Sender<Vec<u8>>>,
     metrics: Option<Deliveries>,
 }
 
@@ -40,18 +42,14 @@ impl Webhooks {
         if urls.is_empty() {
             return Webhooks::default();
         }
-        let (tx, mut rx) = mpsc::channel::<Invocation>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap_or_default();
         let m = metrics.clone();
         tokio::spawn(async move {
-            while let Some(invocation) = rx.recv().await {
-                let body = match serde_json::to_vec(&invocation) {
-                    Ok(b) => b,
-                    Err(_) => continue,
-                };
+            while let Some(body) = rx.recv().await {
                 for url in &urls {
                     tokio::spawn(deliver(
                         client.clone(),
@@ -71,9 +69,22 @@ impl Webhooks {
 
     /// Queues `invocation` for delivery; never waits.
     pub fn notify(&self, invocation: &Invocation) {
+        self.queue(invocation, &invocation.invocation_id);
+    }
+
+    /// Queues any other event for delivery (a JSON object whose `event`
+    /// field names it); never waits.
+    pub fn notify_event(&self, event: &impl serde::Serialize, about: &str) {
+        self.queue(event, about);
+    }
+
+    fn queue(&self, value: &impl serde::Serialize, about: &str) {
         let Some(tx) = &self.tx else { return };
-        if tx.try_send(invocation.clone()).is_err() {
-            tracing::warn!(invocation = %invocation.invocation_id, "webhook queue full; summary not delivered");
+        let Ok(body) = serde_json::to_vec(value) else {
+            return;
+        };
+        if tx.try_send(body).is_err() {
+            tracing::warn!(about, "webhook queue full; event not delivered");
             if let Some(m) = &self.metrics {
                 m.get_or_create(&vec![("outcome", "dropped")]).inc();
             }

@@ -81,6 +81,9 @@ pub struct Config {
     /// Bazel's HTTP cache protocol on the HTTP listener.
     #[serde(default)]
     pub http_cache: HttpCacheConfig,
+    /// What kiln learns from the results it stores.
+    #[serde(default)]
+    pub insights: InsightsConfig,
     /// The HTTP listener's connection limits and timeouts.
     #[serde(default)]
     pub http: HttpServerConfig,
@@ -95,6 +98,25 @@ pub struct Config {
     pub stores: BTreeMap<String, StoreConfig>,
     /// The instances this server serves, chosen by `instance_name`.
     pub instances: Vec<InstanceConfig>,
+}
+
+/// `insights:` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InsightsConfig {
+    /// Compare each action result written with the one it replaces and
+    /// record the outputs of actions that are not deterministic. Costs one
+    /// action-cache read per write. Default true.
+    #[serde(default = "yes")]
+    pub nondeterminism: bool,
+}
+
+impl Default for InsightsConfig {
+    fn default() -> Self {
+        InsightsConfig {
+            nondeterminism: true,
+        }
+    }
 }
 
 /// `uploads:` settings: bounds on the spool files that keep interrupted

@@ -40,16 +40,18 @@ fn request_metadata(headers: &http::HeaderMap) -> Option<RequestMetadata> {
     RequestMetadata::decode(&bytes[..]).ok()
 }
 
+/// The RequestMetadata a call carries, if it carries a valid one.
+pub(crate) fn request_metadata_of(
+    metadata: &tonic::metadata::MetadataMap,
+) -> Option<RequestMetadata> {
+    let bytes = metadata.get_bin(METADATA_HEADER)?.to_bytes().ok()?;
+    RequestMetadata::decode(&bytes[..]).ok()
+}
+
 /// The client's invocation id from its RequestMetadata (Bazel's
 /// `--invocation_id`), or empty; at most 128 bytes are kept.
 pub(crate) fn invocation_id(metadata: &tonic::metadata::MetadataMap) -> String {
-    let Some(bytes) = metadata
-        .get_bin(METADATA_HEADER)
-        .and_then(|v| v.to_bytes().ok())
-    else {
-        return String::new();
-    };
-    let id = RequestMetadata::decode(&bytes[..])
+    let id = request_metadata_of(metadata)
         .map(|m| m.tool_invocation_id)
         .unwrap_or_default();
     if id.len() > 128 { String::new() } else { id }

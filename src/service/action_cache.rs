@@ -1,8 +1,6 @@
 //! ActionCache: GetActionResult (with the completeness check and inlining) and
 //! UpdateActionResult (refused on read-only instances, never faked).
 
-use bytes::Bytes;
-use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::action_result::{self, Inline};
@@ -58,6 +56,7 @@ impl ActionCache for ActionCacheService {
         request: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
         let who = caller(&request);
+        let writer = crate::insights::Writer::from_metadata(request.metadata());
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
         instance.authorize(&who, Role::AcWrite)?;
@@ -69,8 +68,7 @@ impl ActionCache for ActionCacheService {
             .ok_or_else(|| Error::InvalidArgument("action_result is missing".into()))?;
         // Malformed digests inside the result would only fail later, on read.
         action_result::validate(function, &result)?;
-        let encoded = Bytes::from(result.encode_to_vec());
-        instance.action_cache.put(&action, encoded.into()).await?;
+        action_result::store(&instance, &action, &result, writer).await?;
         Ok(Response::new(result))
     }
 }

@@ -210,6 +210,7 @@ pub(super) async fn page(
         action_logs.push((a, parts));
     }
     let (progress_text, dropped) = super::progress::tail(&state, &id).await?;
+    let nondeterministic = super::nondeterminism::readable(&state, &caller, Some(&id), 0).await?;
     let may_read = |i: &str| auth::may_read(&caller, i);
     let (remote_jobs, cost) = match &state.scheduler {
         Some(s) => {
@@ -253,7 +254,8 @@ pub(super) async fn page(
         .map(|r| r.count)
         .sum();
     let body = html! {
-        h1 { (badge(inv.status.as_str())) " " (title) }
+        h1 { (badge(inv.status.as_str())) " " (title)
+            @if !nondeterministic.is_empty() { " " span.badge.flaky.nondeterministic { "NONDETERMINISTIC" } } }
         section.card {
             dl.facts {
                 dt { "Invocation" } dd.mono { (inv.invocation_id) }
@@ -297,6 +299,15 @@ pub(super) async fn page(
                 h2 { "Failed action " (a.mnemonic) " of " span.mono { (a.label) } " (exit " (a.exit_code) ")" }
                 @if !a.argv.is_empty() { details { summary { "Command line" } pre.mono { (a.argv.join(" ")) } } }
                 @for p in parts { (p) }
+            }
+        }
+
+        @if !nondeterministic.is_empty() {
+            section.card.nondeterministic {
+                h2 { "Not deterministic (" (nondeterministic.len()) " outputs)" }
+                p.muted { "Actions of this invocation wrote outputs that differ from an earlier run of the same action, or an earlier result of this invocation was replaced by a differing one. "
+                    a href={ "/nondeterminism?invocation=" (segment(&inv.invocation_id)) } { "All of them" } }
+                (super::nondeterminism::table(&nondeterministic))
             }
         }
 

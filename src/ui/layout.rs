@@ -37,6 +37,7 @@ pub(super) fn page(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
                     a href="/" { "Invocations" }
                     a href="/tests" { "Tests" }
                     a href="/operations" { "Operations" }
+                    a href="/nondeterminism" { "Nondeterminism" }
                 }
                 main { (body) }
             }

@@ -14,6 +14,7 @@ mod blob;
 mod invocation;
 mod invocations;
 mod layout;
+mod nondeterminism;
 mod operations;
 mod progress;
 mod tests_pages;
@@ -61,6 +62,7 @@ pub fn router(state: UiState) -> Router {
         .route("/action/{*path}", get(action::page))
         .route("/tree/{*path}", get(action::tree))
         .route("/operations", get(operations::page))
+        .route("/nondeterminism", get(nondeterminism::page))
         .route("/login", get(auth::form).post(auth::login))
         .route("/logout", axum::routing::post(auth::logout))
         .route("/static/kiln.css", get(layout::stylesheet))

@@ -13,6 +13,7 @@ mod auth;
 mod bazel_build;
 mod browser;
 mod hostile;
+mod insights;
 
 use std::time::{Duration, Instant};
 

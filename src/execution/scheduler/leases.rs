@@ -11,7 +11,7 @@ use super::{Outcome, Scheduler, millis};
 use crate::digest::Digest;
 use crate::error::{Result, ok_rpc_status};
 use crate::execution::job::{Job, Offers, Stage};
-use crate::proto::reapi::ExecuteResponse;
+use crate::proto::reapi::{ActionResult, ExecuteResponse};
 use crate::time::now_ms;
 
 /// The parts of a leased job that completing it needs.
@@ -201,7 +201,13 @@ impl Scheduler {
         };
         if let Some(result) = settled.cache {
             let instance = self.instances.get(&job.instance)?;
-            if let Err(e) = instance.action_cache.put(&job.digest, result.into()).await {
+            let writer = crate::insights::Writer {
+                invocation: done.invocation_id.clone(),
+                ..Default::default()
+            };
+            if let Err(e) =
+                crate::action_result::store(&instance, &job.digest, &result, writer).await
+            {
                 tracing::warn!(action = %job.digest, error = %e, "could not cache an action result");
             }
         }
@@ -222,8 +228,8 @@ impl Scheduler {
 struct Settled {
     /// The ExecuteResponse to store, encoded.
     response: Bytes,
-    /// The encoded ActionResult to cache, when it may be.
-    cache: Option<Bytes>,
+    /// The ActionResult to cache, when it may be.
+    cache: Option<ActionResult>,
     /// Whether the action ran to completion.
     ok: bool,
 }
@@ -236,7 +242,7 @@ fn settle(job: &Leased, outcome: Outcome) -> Result<Settled> {
     if let Some(result) = &outcome.result {
         crate::action_result::validate(job.digest.function, result)?;
         if ok && result.exit_code == 0 && !job.do_not_cache {
-            cache = Some(Bytes::from(result.encode_to_vec()));
+            cache = Some(result.clone());
         }
     }
     let message = if ok {

@@ -56,6 +56,7 @@ async fn harness(settings: ExecSettings) -> Harness {
         dir.path().to_path_buf(),
         metrics.clone(),
         policy,
+        None,
     )
     .await
     .unwrap();

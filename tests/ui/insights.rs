@@ -1,0 +1,155 @@
+//! Insights with a real Bazel: an action that writes the time into its
+//! output, built by two clients, is flagged with exactly that target and
+//! output, on the JSON API, the invocation's page and `/nondeterminism`;
+//! deterministic actions built again by another client are not.
+
+use super::common::bazel::{Bazel, ShutdownOnDrop};
+use super::common::{Kiln, disk};
+use super::{dom, screenshot, wait_finished};
+
+const BUILD: &str = r#"
+genrule(name = "stamp", outs = ["stamp.txt"], cmd = "date +%s%N > $@")
+genrule(name = "fixed", outs = ["fixed.txt"], cmd = "echo same > $@")
+"#;
+
+/// Builds `targets` as a client of its own (a fresh output root), running
+/// every action itself (`--noremote_accept_cached`) and uploading the
+/// results; returns its invocation id.
+async fn build(kiln: &Kiln, bazel: Bazel, events: &std::path::Path, targets: &[&str]) -> String {
+    let grpc = kiln.url.replace("http://", "grpc://");
+    let mut args: Vec<String> = vec!["build".into()];
+    args.extend(targets.iter().map(|t| t.to_string()));
+    args.extend([
+        format!("--bes_backend={grpc}"),
+        format!("--remote_cache={grpc}"),
+        format!("--build_event_json_file={}", events.display()),
+        "--noremote_accept_cached".into(),
+        "--remote_timeout=60".into(),
+    ]);
+    let b = bazel.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        b.run(&refs)
+    })
+    .await
+    .unwrap();
+    assert!(ok, "bazel build failed:\n{out}");
+    let id = std::fs::read_to_string(events)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["started"]["uuid"].as_str().map(str::to_string))
+        .expect("the JSON file names the invocation");
+    wait_finished(kiln, &id).await;
+    id
+}
+
+async fn flagged(kiln: &Kiln, query: &str) -> Vec<serde_json::Value> {
+    let url = format!(
+        "http://{}/api/v1/nondeterminism{query}",
+        kiln.server.http_addr
+    );
+    let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v["outputs"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timestamping_action_built_by_two_clients_is_flagged_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A webhook receiver: every body kiln POSTs.
+    let (hook_tx, mut hook_rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let tx = hook_tx.clone();
+            async move {
+                let _ = tx.send(serde_json::from_str(&body).unwrap());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let yaml = format!("build_events:\n  webhooks: [\"{hook}\"]\n{}", disk());
+    let kiln = Kiln::start_in(&yaml, &tmp.path().join("kiln-data")).await;
+    let ws = tmp.path().join("ws");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(ws.join("WORKSPACE"), "").unwrap();
+    std::fs::write(ws.join("BUILD"), BUILD).unwrap();
+    let first = Bazel::at(ws.clone(), tmp.path().join("root-a"));
+    let second = Bazel::at(ws.clone(), tmp.path().join("root-b"));
+    let _a = ShutdownOnDrop(first.clone());
+    let _b = ShutdownOnDrop(second.clone());
+    let targets = ["//:stamp", "//:fixed"];
+    let a = build(&kiln, first, &tmp.path().join("a.json"), &targets).await;
+    assert!(flagged(&kiln, "").await.is_empty(), "one run flags nothing");
+    let b = build(&kiln, second, &tmp.path().join("b.json"), &targets).await;
+
+    // The JSON API: exactly the stamp's output, naming both invocations.
+    let rows = flagged(&kiln, &format!("?invocation={b}")).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["target"], "//:stamp", "{row}");
+    assert_eq!(row["mnemonic"], "Genrule", "{row}");
+    assert!(
+        row["output_path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/bin/stamp.txt"),
+        "{row}"
+    );
+    assert_eq!(row["before_invocation"], a.as_str(), "{row}");
+    assert_eq!(row["after_invocation"], b.as_str(), "{row}");
+    assert_ne!(row["before"], row["after"], "{row}");
+    assert_eq!(flagged(&kiln, &format!("?invocation={a}")).await, rows);
+    let metrics = reqwest::get(format!("http://{}/metrics", kiln.server.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("nondeterministic_actions")
+                && l.contains("Genrule")
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+
+    // The webhooks hear of it (beside the finished invocations' summaries).
+    let event = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let body = hook_rx.recv().await.expect("the receiver runs");
+            if body["event"] == "nondeterministic_action" {
+                return body;
+            }
+        }
+    })
+    .await
+    .expect("the nondeterminism event is delivered");
+    assert_eq!(event["outputs"][0]["target"], "//:stamp", "{event}");
+    assert_eq!(event["outputs"].as_array().unwrap().len(), 1, "{event}");
+
+    // The invocation's page: the badge and the row, in a real browser.
+    let page = dom(&kiln, &format!("/invocation/{b}")).await;
+    assert!(page.contains("NONDETERMINISTIC"), "{page}");
+    assert!(page.contains("data-target=\"//:stamp\""), "{page}");
+    assert!(!page.contains("data-target=\"//:fixed\""), "{page}");
+    let list = dom(&kiln, "/nondeterminism").await;
+    assert!(list.contains("data-target=\"//:stamp\""), "{list}");
+    assert!(
+        list.contains(&format!("href=\"/invocation/{a}\"")),
+        "{list}"
+    );
+    screenshot(&kiln, "/nondeterminism", "nondeterminism", 500).await;
+
+    // The deterministic action, built again by a third client: nothing new.
+    let third = Bazel::at(ws.clone(), tmp.path().join("root-c"));
+    let _c = ShutdownOnDrop(third.clone());
+    let c = build(&kiln, third, &tmp.path().join("c.json"), &["//:fixed"]).await;
+    assert!(flagged(&kiln, &format!("?invocation={c}")).await.is_empty());
+    assert_eq!(flagged(&kiln, "").await.len(), 1);
+}
