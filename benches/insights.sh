@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# What the insights cost on the action-cache write path, in one run: kiln on
+# its embedded default with `insights.nondeterminism` on and off, the same
+# `kiln bench` ac workload (UpdateActionResult of fresh actions, then
+# GetActionResult of them), ROUNDS times alternating so the machine's drift
+# falls on both; prints each round's calls/s and server CPU per call, the
+# medians and the ratio on/off.
+#
+#   benches/insights.sh          (env: ROUNDS 3, DURATION 10s, CONCURRENCY 8)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. benches/lib.sh
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"
+WORK="${KILN_BENCH_DIR:-/var/tmp/kiln-bench}"
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-10s}"
+CONCURRENCY="${CONCURRENCY:-8}"
+log() { echo "==> $*" >&2; }
+
+log "building kiln (release)"
+cargo build --release --quiet
+KILN="$CARGO_TARGET_DIR/release/kiln"
+mkdir -p "$WORK"
+RUN=$(mktemp -d "$WORK/insights.XXXXXX")
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+for mode in on off; do
+    flag=true
+    [ "$mode" = off ] && flag=false
+    { echo "insights: { nondeterminism: $flag }"; cat config/default.yaml; } > "$RUN/$mode.yaml"
+done
+for round in $(seq 1 "$ROUNDS"); do
+    for mode in on off; do
+        rm -rf "$RUN/data-$mode"
+        start "kiln-$mode" 50076 "$KILN" serve --config "$RUN/$mode.yaml" --listen 127.0.0.1:50076 \
+            --http-listen 127.0.0.1:50086 --data-dir "$RUN/data-$mode"
+        log "round $round, insights $mode"
+        "$KILN" bench --json --target grpc://127.0.0.1:50076 --workload ac --duration "$DURATION" \
+            --concurrency "$CONCURRENCY" --server-pid "$(cat "$RUN/kiln-$mode.pid")" \
+            | sed "s/^{/{\"mode\":\"$mode\",\"round\":$round,/" >> "$RUN/results.jsonl"
+        stop "kiln-$mode"
+    done
+done
+python3 - "$RUN/results.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for r in rows:
+    print(f"round {r['round']} insights {r['mode']:3} {r['workload']:10} {r['ops_per_sec']:9.0f} calls/s  "
+          f"{r.get('server_cpu_us_per_op', 0):7.1f} us CPU/call")
+for w in sorted({r["workload"] for r in rows}):
+    med = {m: (statistics.median(r["ops_per_sec"] for r in rows if r["workload"] == w and r["mode"] == m),
+               statistics.median(r.get("server_cpu_us_per_op", 0) for r in rows if r["workload"] == w and r["mode"] == m))
+           for m in ("on", "off")}
+    print(f"{w}: median on {med['on'][0]:.0f} calls/s {med['on'][1]:.1f} us, off {med['off'][0]:.0f} calls/s "
+          f"{med['off'][1]:.1f} us; CPU per call on/off {med['on'][1] / med['off'][1]:.3f}, calls/s on/off "
+          f"{med['on'][0] / med['off'][0]:.3f}")
+PY
