@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# What the insights cost on the action-cache write path, in one run: kiln on
-# its embedded default with `insights.nondeterminism` on and off, the same
+# What the insights cost on the action-cache write path, in one run: kiln
+# with `insights.nondeterminism` on and off, the same
 # `kiln bench` ac workload (UpdateActionResult of fresh actions, then
 # GetActionResult of them), ROUNDS times alternating so the machine's drift
 # falls on both; prints each round's calls/s and server CPU per call, the
 # medians and the ratio on/off.
 #
-#   benches/insights.sh          (env: ROUNDS 3, DURATION 10s, CONCURRENCY 8)
+# Stores: in memory by default, so the comparison is not drowned in the
+# disk's sync rounds (whose CPU per call varied 240-550 us between rounds
+# minutes apart here); STORES=disk runs the embedded default instead.
+#
+#   benches/insights.sh          (env: ROUNDS 3, DURATION 10s, CONCURRENCY 8,
+#                                 STORES memory|disk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib.sh
@@ -15,6 +20,7 @@ WORK="${KILN_BENCH_DIR:-/var/tmp/kiln-bench}"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"
 CONCURRENCY="${CONCURRENCY:-8}"
+STORES="${STORES:-memory}"
 log() { echo "==> $*" >&2; }
 
 log "building kiln (release)"
@@ -33,7 +39,14 @@ trap cleanup EXIT
 for mode in on off; do
     flag=true
     [ "$mode" = off ] && flag=false
-    { echo "insights: { nondeterminism: $flag }"; cat config/default.yaml; } > "$RUN/$mode.yaml"
+    {
+        echo "insights: { nondeterminism: $flag }"
+        if [ "$STORES" = disk ]; then
+            cat config/default.yaml
+        else
+            printf 'instances:\n  - name: ""\n    cas: { memory: { max_size: 1GiB } }\n    action_cache: { memory: { max_size: 1GiB } }\n'
+        fi
+    } > "$RUN/$mode.yaml"
 done
 for round in $(seq 1 "$ROUNDS"); do
     for mode in on off; do

@@ -5,6 +5,7 @@
 //! the call become its children. Outermost in the stack: refused calls
 //! (unauthenticated, rate-limited) are traced too.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use base64::Engine;
@@ -19,7 +20,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::proto::reapi::RequestMetadata;
 
-const METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
+pub(crate) const METADATA_HEADER: &str = "build.bazel.remote.execution.v2.requestmetadata-bin";
 
 struct Headers<'a>(&'a http::HeaderMap);
 
@@ -39,6 +40,11 @@ fn request_metadata(headers: &http::HeaderMap) -> Option<RequestMetadata> {
         .ok()?;
     RequestMetadata::decode(&bytes[..]).ok()
 }
+
+/// A call's RequestMetadata as the edge decoded it (empty when it carried
+/// none), in the request's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientMetadata(pub Arc<RequestMetadata>);
 
 /// The RequestMetadata a call carries, if it carries a valid one.
 pub(crate) fn request_metadata_of(
@@ -79,7 +85,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().to_string();
         let meta = request_metadata(req.headers()).unwrap_or_default();
         let tool = meta
@@ -100,6 +106,8 @@ where
         );
         let parent =
             opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
+        // Decoded once here, for the services that record who called.
+        req.extensions_mut().insert(ClientMetadata(Arc::new(meta)));
         let _ = span.set_parent(parent);
         // Entered while the inner layers run, so authentication can record
         // the subject on this span.

@@ -21,9 +21,9 @@ use crate::bes::webhook::Webhooks;
 use crate::digest::Digest;
 use crate::proto::reapi::ActionResult;
 
-/// Result writers remembered per server, so a later differing result can
-/// name the invocation of the earlier one (about 200 bytes each).
-const WRITERS: u64 = 200_000;
+/// Slots of the table of recent result writers (a power of two), so a
+/// later differing result can name the invocation of the earlier one.
+const WRITER_SLOTS: usize = 1 << 18;
 
 /// Who wrote a result, as the call's RequestMetadata says (Bazel names the
 /// invocation, the target and the action's mnemonic on every call).
@@ -51,9 +51,18 @@ fn clamp(mut s: String, max: usize) -> String {
 }
 
 impl Writer {
-    /// The writer a call's metadata names.
-    pub fn from_metadata(metadata: &tonic::metadata::MetadataMap) -> Writer {
-        let Some(m) = crate::edge::trace::request_metadata_of(metadata) else {
+    /// The writer a call names: from the RequestMetadata the edge decoded,
+    /// else (a call that did not pass the edge) from its header.
+    pub fn of<T>(request: &tonic::Request<T>) -> Writer {
+        use crate::edge::trace::ClientMetadata;
+        if let Some(ClientMetadata(m)) = request.extensions().get::<ClientMetadata>() {
+            return Writer {
+                invocation: clamp(m.tool_invocation_id.clone(), 128),
+                target: clamp(m.target_id.clone(), 512),
+                mnemonic: clamp(m.action_mnemonic.clone(), 64),
+            };
+        }
+        let Some(m) = crate::edge::trace::request_metadata_of(request.metadata()) else {
             return Writer::default();
         };
         Writer {
@@ -96,11 +105,61 @@ struct Event<'a> {
     outputs: &'a [NondeterministicOutput],
 }
 
+/// Who last wrote recent results: a direct-mapped table (a slot per action
+/// digest's leading bytes, a newer action taking the slot of an older one)
+/// rather than a cache with an eviction policy, because it is written on
+/// every result and read only when one is found to differ.
+#[derive(Debug)]
+struct Writers {
+    slots: Vec<Slot>,
+}
+
+/// The instance, action and writer of the result a slot last saw written.
+type Slot = std::sync::Mutex<Option<Arc<(String, Digest, Writer)>>>;
+
+impl Writers {
+    fn new() -> Writers {
+        Writers {
+            slots: (0..WRITER_SLOTS)
+                .map(|_| std::sync::Mutex::new(None))
+                .collect(),
+        }
+    }
+
+    fn slot(&self, action: &Digest) -> &Slot {
+        let mut lead = [0u8; 8];
+        lead.copy_from_slice(&action.hash[..8]);
+        &self.slots[u64::from_le_bytes(lead) as usize % WRITER_SLOTS]
+    }
+
+    fn get(&self, instance: &str, action: &Digest) -> Option<Arc<(String, Digest, Writer)>> {
+        let slot = self.slot(action).lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref()
+            .filter(|e| e.0 == instance && e.1 == *action)
+            .cloned()
+    }
+
+    fn forget(&self, instance: &str, action: &Digest) {
+        let mut slot = self.slot(action).lock().unwrap_or_else(|p| p.into_inner());
+        if slot
+            .as_ref()
+            .is_some_and(|e| e.0 == instance && e.1 == *action)
+        {
+            *slot = None;
+        }
+    }
+
+    fn set(&self, instance: &str, action: &Digest, writer: Writer) {
+        let entry = Arc::new((instance.to_string(), *action, writer));
+        *self.slot(action).lock().unwrap_or_else(|p| p.into_inner()) = Some(entry);
+    }
+}
+
 /// The insights of one server.
 #[derive(Debug)]
 pub struct Insights {
     events: Arc<dyn EventStore>,
-    writers: moka::sync::Cache<(String, Digest), Arc<Writer>, crate::digest::KeyHasher>,
+    writers: Writers,
     flagged: Family<Vec<(&'static str, String)>, Counter>,
     webhooks: Webhooks,
 }
@@ -120,9 +179,7 @@ impl Insights {
         );
         Arc::new(Insights {
             events,
-            writers: moka::sync::Cache::builder()
-                .max_capacity(WRITERS)
-                .build_with_hasher(crate::digest::KeyHasher::default()),
+            writers: Writers::new(),
             flagged,
             webhooks,
         })
@@ -139,16 +196,22 @@ impl Insights {
         after: &ActionResult,
         writer: Writer,
     ) {
-        let key = (instance.to_string(), *action);
-        let writer = Arc::new(writer);
-        let earlier = self.writers.get(&key);
-        self.writers.insert(key, writer.clone());
-        let Some(before) = before else { return };
-        let differing = nondeterminism::differing(before, after);
+        let differing = before.map_or_else(Vec::new, |b| nondeterminism::differing(b, after));
+        let earlier = if differing.is_empty() {
+            None
+        } else {
+            self.writers.get(instance, action)
+        };
+        if writer == Writer::default() {
+            // Nothing to name: only forget who wrote the replaced result.
+            self.writers.forget(instance, action);
+        } else {
+            self.writers.set(instance, action, writer.clone());
+        }
         if differing.is_empty() {
             return;
         }
-        let earlier = earlier.unwrap_or_default();
+        let earlier = earlier.map(|e| e.2.clone()).unwrap_or_default();
         let pick = |a: &str, b: &str| if a.is_empty() { b } else { a }.to_string();
         let now = crate::time::now_ms();
         let rows: Vec<NondeterministicOutput> = differing

@@ -56,7 +56,7 @@ impl ActionCache for ActionCacheService {
         request: Request<UpdateActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
         let who = caller(&request);
-        let writer = crate::insights::Writer::from_metadata(request.metadata());
+        let writer = crate::insights::Writer::of(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
         instance.authorize(&who, Role::AcWrite)?;

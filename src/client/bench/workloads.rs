@@ -240,6 +240,18 @@ pub(crate) async fn ac(ctx: &Ctx) -> Result<Vec<Stats>> {
         ..Default::default()
     };
     upload(ctx, vec![output, log]).await?;
+    // Writes carry what Bazel sends with each: its RequestMetadata.
+    let metadata = {
+        use prost::Message;
+        let m = crate::proto::reapi::RequestMetadata {
+            tool_invocation_id: uuid::Uuid::new_v4().to_string(),
+            action_mnemonic: "CppCompile".into(),
+            target_id: "//bench:target".into(),
+            configuration_id: "k8-fastbuild".into(),
+            ..Default::default()
+        };
+        tonic::metadata::BinaryMetadataValue::from_bytes(&m.encode_to_vec())
+    };
     let (ctx2, instance) = (ctx.clone(), ctx.instance.clone());
     let stats = probed(
         ctx,
@@ -252,14 +264,17 @@ pub(crate) async fn ac(ctx: &Ctx) -> Result<Vec<Stats>> {
                 let mut client = ActionCacheClient::new(ctx2.channel(w));
                 let action = sha(&(seed ^ ((w as u64) << 40) ^ (seq / 2)).to_le_bytes()).to_proto();
                 let (instance, result) = (instance.clone(), result.clone());
+                let metadata = metadata.clone();
                 async move {
                     if seq % 2 == 0 {
-                        let req = UpdateActionResultRequest {
+                        let mut req = tonic::Request::new(UpdateActionResultRequest {
                             instance_name: instance,
                             action_digest: Some(action),
                             action_result: Some(result),
                             ..Default::default()
-                        };
+                        });
+                        req.metadata_mut()
+                            .insert_bin(crate::edge::trace::METADATA_HEADER, metadata);
                         client.update_action_result(req).await?;
                     } else {
                         let req = GetActionResultRequest {
