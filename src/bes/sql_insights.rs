@@ -6,9 +6,29 @@ use crate::error::Result;
 use crate::insights::NondeterministicOutput;
 use crate::sql::db_err;
 
+/// Rows kept per action at most: an action flagged this often is flagged
+/// well enough, and a client rewriting one action's result with ever new
+/// outputs cannot grow the table without bound.
+const MAX_ROWS_PER_ACTION: i64 = 64;
+
 pub(super) async fn record(pool: &AnyPool, rows: &[NondeterministicOutput]) -> Result<()> {
     let err = db_err("recording a nondeterministic action");
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
     let mut tx = pool.begin().await.map_err(&err)?;
+    let kept: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM nondeterministic_outputs WHERE instance = $1 AND action_digest = $2",
+    )
+    .bind(&first.instance)
+    .bind(&first.action_digest)
+    .fetch_one(&mut *tx)
+    .await
+    .and_then(|row| row.try_get(0))
+    .map_err(&err)?;
+    if kept >= MAX_ROWS_PER_ACTION {
+        return Ok(());
+    }
     for r in rows {
         sqlx::query(
             "INSERT INTO nondeterministic_outputs (instance, action_digest, output_path, \

@@ -11,6 +11,7 @@ mod bench;
 mod bytestream;
 mod cas;
 mod http_cache;
+mod insights;
 mod lifecycle;
 mod operations;
 mod restart;
