@@ -24,6 +24,8 @@ pub struct Settings {
     pub completeness_check: bool,
     /// Largest batch read or write, in bytes.
     pub max_batch_total_size: u64,
+    /// Largest CAS blob accepted (0: any), advertised in Capabilities.
+    pub max_cas_blob_size: u64,
     /// ByteStream read chunk size.
     pub read_chunk_size: usize,
     /// ByteStream writes of existing blobs run to the end.
@@ -87,7 +89,13 @@ impl Instance {
         Ok(Instance {
             insights,
             name: config.name.clone(),
-            cas: stores.cas(&config.cas, &format!("{path}.cas")).await?,
+            cas: stores
+                .cas(
+                    &config.cas,
+                    &format!("{path}.cas"),
+                    config.max_cas_blob_size.0,
+                )
+                .await?,
             action_cache: stores
                 .action_cache(&config.action_cache, &format!("{path}.action_cache"))
                 .await?,
@@ -96,6 +104,7 @@ impl Instance {
             settings: Settings {
                 read_only: config.read_only,
                 completeness_check: config.completeness_check,
+                max_cas_blob_size: config.max_cas_blob_size.0,
                 max_batch_total_size: config.max_batch_total_size.0,
                 read_chunk_size: config.read_chunk_size.0 as usize,
                 disable_overwrite_early_return: config.disable_overwrite_early_return,

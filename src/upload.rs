@@ -53,6 +53,8 @@ pub async fn write(
 ) -> Result<i64> {
     instance.check_writable()?;
     let digest = name.digest;
+    // Refused before a byte is received (or spooled).
+    crate::store::content_addressed::check_blob_size(&digest, instance.settings.max_cas_blob_size)?;
     let compressed = name.compressor == Compressor::Zstd;
     if first.write_offset < 0 {
         return Err(Error::InvalidArgument(format!(

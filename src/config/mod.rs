@@ -298,6 +298,11 @@ pub struct InstanceConfig {
     /// Largest total of a BatchUpdateBlobs / BatchReadBlobs. Default `4MiB`.
     #[serde(default = "default_max_batch")]
     pub max_batch_total_size: ByteSize,
+    /// Largest CAS blob accepted from any upload path, advertised to
+    /// clients (REAPI 2.12's `max_cas_blob_size_bytes`) so they can refuse
+    /// it before sending a byte. Default `0`: no limit.
+    #[serde(default)]
+    pub max_cas_blob_size: ByteSize,
     /// ByteStream read chunk size. Default `1MiB`.
     #[serde(default = "default_chunk")]
     pub read_chunk_size: ByteSize,

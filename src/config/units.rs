@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, de};
 
 /// A size in bytes, written as a number or with a unit: `B`, `KB`/`MB`/`GB`/`TB`
 /// (powers of 1000) or `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {

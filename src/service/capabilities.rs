@@ -65,6 +65,7 @@ impl Capabilities for CapabilitiesService {
             symlink_absolute_path_strategy: symlink_absolute_path_strategy::Value::Allowed as i32,
             supported_compressors: vec![zstd],
             supported_batch_update_compressors: vec![zstd],
+            max_cas_blob_size_bytes: instance.settings.max_cas_blob_size as i64,
         };
         Ok(Response::new(ServerCapabilities {
             cache_capabilities: Some(cache),

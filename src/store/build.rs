@@ -55,9 +55,15 @@ impl<'a> StoreBuilder<'a> {
 
     /// A CAS: the configured graph with content verification at its root, so
     /// no write path can store unverified bytes.
-    pub async fn cas(&mut self, spec: &StoreConfig, path: &str) -> Result<Store> {
+    /// `max_blob_size` (0: any) bounds every blob it accepts.
+    pub async fn cas(
+        &mut self,
+        spec: &StoreConfig,
+        path: &str,
+        max_blob_size: u64,
+    ) -> Result<Store> {
         let inner = self.node(spec, path.to_string(), Role::Cas).await?;
-        Ok(Arc::new(ContentAddressed::new(inner)))
+        Ok(Arc::new(ContentAddressed::new(inner, max_blob_size)))
     }
 
     /// An action cache: the configured graph as is (its values are not

@@ -20,13 +20,38 @@ const OFFLOAD_MIN: usize = 64 << 10;
 #[derive(Debug)]
 pub struct ContentAddressed {
     inner: Store,
+    /// Largest blob accepted (0: any).
+    max_blob_size: u64,
 }
 
 impl ContentAddressed {
-    /// Wraps `inner`; see the module docs for the guarantee.
-    pub fn new(inner: Store) -> Self {
-        ContentAddressed { inner }
+    /// Wraps `inner`, accepting blobs of at most `max_blob_size` bytes
+    /// (0: any); see the module docs for the guarantee.
+    pub fn new(inner: Store, max_blob_size: u64) -> Self {
+        ContentAddressed {
+            inner,
+            max_blob_size,
+        }
     }
+
+    /// Refuses a blob above the limit before a byte of it is read.
+    fn check_size(&self, digest: &Digest) -> Result<()> {
+        check_blob_size(digest, self.max_blob_size)
+    }
+}
+
+/// INVALID_ARGUMENT for a blob above `max` bytes (0: no limit), the one
+/// rule every upload path applies (the CAS root layer enforces it; uploads
+/// that spool first ask it up front).
+pub(crate) fn check_blob_size(digest: &Digest, max: u64) -> Result<()> {
+    if max > 0 && digest.size > max {
+        return Err(Error::InvalidArgument(format!(
+            "blob {digest} is too large for this instance: expected at most {max} bytes \
+             (max_cas_blob_size_bytes), got {}",
+            digest.size
+        )));
+    }
+    Ok(())
 }
 
 /// The INVALID_ARGUMENT a client sees for content that does not match.
@@ -125,6 +150,7 @@ impl BlobStore for ContentAddressed {
     }
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
+        self.check_size(digest)?;
         if digest.is_empty_blob() {
             // Never buffer what a client sends under the empty digest: one
             // byte is already a mismatch.
@@ -158,6 +184,7 @@ impl BlobStore for ContentAddressed {
     }
 
     async fn put_file(&self, digest: &Digest, file: super::VerifiedFile) -> Result<()> {
+        self.check_size(digest)?;
         if file.digest() != *digest {
             return Err(mismatch(digest, &file.digest()));
         }
@@ -179,7 +206,7 @@ mod tests {
 
     fn layer() -> (Arc<MemoryStore>, ContentAddressed) {
         let inner = Arc::new(MemoryStore::new(64 << 20));
-        (inner.clone(), ContentAddressed::new(inner))
+        (inner.clone(), ContentAddressed::new(inner, 0))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -298,7 +298,7 @@ async fn put_file_adopts_a_file_on_the_same_disk() {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&spool).unwrap().ino()
     };
-    let cas = ContentAddressed::new(store.clone());
+    let cas = ContentAddressed::new(store.clone(), 0);
     let other = DigestFunction::Sha256.digest_of(b"other");
     let err = cas
         .put_file(&other, VerifiedFile::hashed(spool.clone(), d))

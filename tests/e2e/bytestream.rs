@@ -370,3 +370,113 @@ async fn zstd_compressed_round_trip() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
+
+/// `max_cas_blob_size` is advertised and refused on every upload path with
+/// INVALID_ARGUMENT naming the limit, before a byte of a large upload is
+/// received or spooled; blobs within it are stored as usual.
+#[tokio::test]
+async fn blobs_above_max_cas_blob_size_are_refused_on_every_upload_path() {
+    use kiln::proto::reapi::{
+        BatchUpdateBlobsRequest, GetCapabilitiesRequest, batch_update_blobs_request,
+    };
+    let config = crate::common::disk().replace(
+        "  - name: \"\"\n",
+        "  - name: \"\"\n    max_cas_blob_size: 1MiB\n",
+    );
+    assert!(config.contains("max_cas_blob_size"), "{config}");
+    let kiln = Kiln::start(&config).await;
+    let caps = kiln
+        .capabilities()
+        .await
+        .get_capabilities(GetCapabilitiesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        caps.cache_capabilities.unwrap().max_cas_blob_size_bytes,
+        1 << 20
+    );
+
+    let (small, big) = (blob(11, 1000), blob(12, (1 << 20) + 1));
+    let resp = kiln
+        .cas()
+        .await
+        .batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: [&small, &big]
+                .into_iter()
+                .map(|b| batch_update_blobs_request::Request {
+                    digest: Some(sha(b).to_proto()),
+                    data: b.clone(),
+                    compressor: 0,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<i32> = resp
+        .responses
+        .iter()
+        .map(|r| r.status.as_ref().unwrap().code)
+        .collect();
+    assert_eq!(codes, vec![0, Code::InvalidArgument as i32]);
+    assert!(
+        resp.responses[1]
+            .status
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("at most 1048576"),
+        "{:?}",
+        resp.responses[1]
+    );
+
+    // ByteStream: refused on the first message; nothing is spooled.
+    let mut bs = kiln.bytestream().await;
+    let huge = sha(b"x");
+    let name = format!(
+        "uploads/{}/blobs/{}/{}",
+        uuid::Uuid::new_v4(),
+        huge.hash_hex(),
+        8u64 << 30
+    );
+    let err = write(&mut bs, messages(&name, &big, 0, 64 << 10, false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("max_cas_blob_size_bytes"), "{err:?}");
+    let spooled = std::fs::read_dir(kiln.data_dir.join("uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(spooled, 0, "nothing spooled for a refused upload");
+    let err = write(
+        &mut bs,
+        messages(&upload_name(&sha(&big)), &big, 0, 64 << 10, true),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    write(
+        &mut bs,
+        messages(&upload_name(&sha(&small)), &small, 0, 256, true),
+    )
+    .await
+    .unwrap();
+
+    // Bazel's HTTP cache protocol: a client error, nothing stored.
+    let url = format!(
+        "http://{}/cas/{}",
+        kiln.server.http_addr,
+        sha(&big).hash_hex()
+    );
+    let r = reqwest::Client::new()
+        .put(&url)
+        .body(big.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "{:?}", r.text().await);
+    let got = reqwest::get(&url).await.unwrap();
+    assert_eq!(got.status().as_u16(), 404);
+}
