@@ -28,6 +28,9 @@ pub struct Request<'a> {
     pub traceparent: String,
     /// The client's invocation (RequestMetadata), or empty.
     pub invocation_id: String,
+    /// The target and mnemonic the client names (RequestMetadata), or empty.
+    pub target: String,
+    pub mnemonic: String,
 }
 
 /// How an Execute began.
@@ -71,6 +74,8 @@ pub async fn execute(
             super::scheduler::Submitter {
                 traceparent: request.traceparent,
                 invocation_id: request.invocation_id,
+                target: request.target,
+                mnemonic: request.mnemonic,
             },
         )
         .await?;

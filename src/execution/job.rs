@@ -157,6 +157,10 @@ pub struct Job {
     /// The client invocation that queued it (RequestMetadata's
     /// tool_invocation_id), or empty.
     pub invocation_id: String,
+    /// The target and the action's mnemonic the client named (so a
+    /// result's writer is known when it is stored), or empty.
+    pub target: String,
+    pub mnemonic: String,
 }
 
 /// What ListOperations may select on.

@@ -156,6 +156,9 @@ pub struct Submitter {
     pub traceparent: String,
     /// The client's invocation (RequestMetadata), or empty.
     pub invocation_id: String,
+    /// The target and mnemonic the client names (RequestMetadata), or empty.
+    pub target: String,
+    pub mnemonic: String,
 }
 
 /// The scheduler of one server (any number of pods may share its store).
@@ -337,6 +340,8 @@ impl Scheduler {
             trace: from.traceparent,
             version: 1,
             invocation_id: from.invocation_id,
+            target: from.target,
+            mnemonic: from.mnemonic,
         };
         let (job, merged) = self.store.insert(job).await?;
         self.seed(&job);

@@ -29,12 +29,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
         1003,
         include_str!("../../migrations/1003_scheduler_invocations.sql"),
     ),
+    (
+        1004,
+        include_str!("../../migrations/1004_scheduler_writers.sql"),
+    ),
 ];
 
 /// Every column, in the order [`job_from_row`] reads them.
 const COLUMNS: &str = "id, instance, action_function, action_hash, action_size, action, platform, \
     priority, do_not_cache, merge_key, stage, bot, lease_expires, attempts, cancelled, queued_at, \
-    ready_at, started_at, completed_at, response, trace, version, invocation_id";
+    ready_at, started_at, completed_at, response, trace, version, invocation_id, target, mnemonic";
 
 /// Claims retried when another pod takes the chosen job first.
 const CLAIM_RACES: usize = 8;
@@ -196,6 +200,8 @@ fn job_from_row(row: &AnyRow) -> Result<Job> {
             trace: row.try_get(20)?,
             version: row.try_get(21)?,
             invocation_id: row.try_get(22)?,
+            target: row.try_get(23)?,
+            mnemonic: row.try_get(24)?,
         })
     };
     read().map_err(|e| Error::internal_from("reading a job row", e))
@@ -210,7 +216,8 @@ impl JobStore for SqlJobStore {
         for _ in 0..CLAIM_RACES {
             let sql = format!(
                 "INSERT INTO exec_jobs ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING"
+                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25) \
+                 ON CONFLICT DO NOTHING"
             );
             let d = &job.action_digest;
             let done = sqlx::query(AssertSqlSafe(sql))
@@ -237,6 +244,8 @@ impl JobStore for SqlJobStore {
                 .bind(job.trace.clone())
                 .bind(job.version)
                 .bind(job.invocation_id.clone())
+                .bind(job.target.clone())
+                .bind(job.mnemonic.clone())
                 .execute(&self.pool)
                 .await
                 .map_err(&err)?;

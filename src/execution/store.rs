@@ -94,6 +94,8 @@ mod tests {
     fn job(id: &str, merge: Option<&str>, platform: &[(&str, &str)], priority: i32) -> Job {
         Job {
             invocation_id: String::new(),
+            target: String::new(),
+            mnemonic: String::new(),
             id: id.into(),
             instance: "i".into(),
             action_digest: DigestFunction::Sha256.digest_of(id.as_bytes()),

@@ -60,6 +60,7 @@ impl Execution for ExecutionService {
     ) -> Result<Response<OperationStream>, Status> {
         let who = caller(&request);
         let invocation_id = crate::edge::trace::invocation_id(request.metadata());
+        let writer = crate::insights::Writer::of(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
         instance.authorize(&who, Role::Execute)?;
@@ -77,6 +78,8 @@ impl Execution for ExecutionService {
             },
             traceparent: crate::edge::trace::current_traceparent(),
             invocation_id,
+            target: writer.target,
+            mnemonic: writer.mnemonic,
         };
         match execute::execute(&instance, &self.scheduler, request).await? {
             Started::Cached(result) => {

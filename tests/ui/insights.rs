@@ -4,6 +4,7 @@
 //! deterministic actions built again by another client are not.
 
 use super::common::bazel::{Bazel, ShutdownOnDrop};
+use super::common::exec::WorkerProc;
 use super::common::{Kiln, disk};
 use super::{dom, screenshot, wait_finished};
 
@@ -152,4 +153,26 @@ async fn a_timestamping_action_built_by_two_clients_is_flagged_and_nothing_else(
     let c = build(&kiln, third, &tmp.path().join("c.json"), &["//:fixed"]).await;
     assert!(flagged(&kiln, &format!("?invocation={c}")).await.is_empty());
     assert_eq!(flagged(&kiln, "").await.len(), 1);
+
+    // The timestamping action executed remotely over its cached result (a
+    // kiln worker runs it; the scheduler stores the result): flagged too,
+    // naming the target the Execute call named.
+    let _worker = WorkerProc::start(&kiln.url, "", "insights-worker", &["--concurrency=1"]);
+    let fourth = Bazel::at(ws.clone(), tmp.path().join("root-d"));
+    let _d = ShutdownOnDrop(fourth.clone());
+    let remote = format!(
+        "--remote_executor={}",
+        kiln.url.replace("http://", "grpc://")
+    );
+    let d = build(
+        &kiln,
+        fourth,
+        &tmp.path().join("d.json"),
+        &["//:stamp", &remote],
+    )
+    .await;
+    let rows = flagged(&kiln, &format!("?invocation={d}")).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["target"], "//:stamp", "{rows:?}");
+    assert_eq!(rows[0]["before_invocation"], b.as_str(), "{rows:?}");
 }

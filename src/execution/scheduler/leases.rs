@@ -203,7 +203,8 @@ impl Scheduler {
             let instance = self.instances.get(&job.instance)?;
             let writer = crate::insights::Writer {
                 invocation: done.invocation_id.clone(),
-                ..Default::default()
+                target: done.target.clone(),
+                mnemonic: done.mnemonic.clone(),
             };
             if let Err(e) =
                 crate::action_result::store(&instance, &job.digest, &result, writer).await
