@@ -161,7 +161,30 @@ pub struct Insights {
     events: Arc<dyn EventStore>,
     writers: Writers,
     flagged: Family<Vec<(&'static str, String)>, Counter>,
+    /// Mnemonics the metric has a series for: a client names them, so
+    /// their number is capped and odd ones are counted as `other`.
+    labelled: std::sync::Mutex<std::collections::HashSet<String>>,
     webhooks: Webhooks,
+}
+
+/// Distinct mnemonics the metric labels at most.
+const MAX_MNEMONIC_LABELS: usize = 100;
+
+/// The metric label for a client's `mnemonic`: itself while it looks like
+/// one (letters, digits, `_`) and fewer than [`MAX_MNEMONIC_LABELS`] are
+/// `seen`, else `other`, so no client can grow the metric's series without
+/// bound.
+fn label(seen: &mut std::collections::HashSet<String>, mnemonic: &str) -> String {
+    let plain = !mnemonic.is_empty()
+        && mnemonic.len() <= 64
+        && mnemonic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if plain && (seen.contains(mnemonic) || seen.len() < MAX_MNEMONIC_LABELS) {
+        seen.insert(mnemonic.to_string());
+        return mnemonic.to_string();
+    }
+    "other".into()
 }
 
 impl Insights {
@@ -181,8 +204,16 @@ impl Insights {
             events,
             writers: Writers::new(),
             flagged,
+            labelled: Default::default(),
             webhooks,
         })
+    }
+
+    fn label(&self, mnemonic: &str) -> String {
+        label(
+            &mut self.labelled.lock().unwrap_or_else(|p| p.into_inner()),
+            mnemonic,
+        )
     }
 
     /// Called once `after` is stored for `action`, over `before` (the
@@ -229,7 +260,7 @@ impl Insights {
                 seen_at: now,
             })
             .collect();
-        let mnemonic = rows[0].mnemonic.clone();
+        let mnemonic = self.label(&rows[0].mnemonic);
         self.flagged
             .get_or_create(&vec![
                 ("instance", instance.to_string()),
@@ -252,5 +283,22 @@ impl Insights {
             },
             &rows[0].target,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_metric_labels_a_bounded_set_of_plain_mnemonics() {
+        let mut seen = Default::default();
+        assert_eq!(super::label(&mut seen, "CppCompile"), "CppCompile");
+        assert_eq!(super::label(&mut seen, "a\"b{c}"), "other");
+        assert_eq!(super::label(&mut seen, ""), "other");
+        for i in 0..super::MAX_MNEMONIC_LABELS * 2 {
+            super::label(&mut seen, &format!("M{i}"));
+        }
+        assert_eq!(seen.len(), super::MAX_MNEMONIC_LABELS);
+        assert_eq!(super::label(&mut seen, "CppCompile"), "CppCompile");
+        assert_eq!(super::label(&mut seen, "Brand_new"), "other");
     }
 }

@@ -176,3 +176,42 @@ async fn a_timestamping_action_built_by_two_clients_is_flagged_and_nothing_else(
     assert_eq!(rows[0]["target"], "//:stamp", "{rows:?}");
     assert_eq!(rows[0]["before_invocation"], b.as_str(), "{rows:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deterministic_workspace_built_by_two_clients_flags_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kiln = Kiln::start_in(&disk(), &tmp.path().join("kiln-data")).await;
+    let first = Bazel::new(tmp.path());
+    let second = Bazel::at(first.workspace.clone(), tmp.path().join("root-b"));
+    let _a = ShutdownOnDrop(first.clone());
+    let _b = ShutdownOnDrop(second.clone());
+    // C++ compiles and links, genrules: every action runs in both clients
+    // and both upload their results.
+    let updates = || async {
+        let m = super::common::scrape(kiln.server.http_addr).await;
+        super::common::metric_sum(
+            &m,
+            "kiln_grpc_calls_total",
+            &[
+                (
+                    "method",
+                    "/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult",
+                ),
+                ("code", "OK"),
+            ],
+        )
+    };
+    build(&kiln, first, &tmp.path().join("a.json"), &["//app/..."]).await;
+    let written = updates().await;
+    assert!(
+        written >= 3.0,
+        "the first client wrote its results: {written}"
+    );
+    let b = build(&kiln, second, &tmp.path().join("b.json"), &["//app/..."]).await;
+    // The second client rewrote every one of them, so each was compared.
+    assert_eq!(updates().await, 2.0 * written);
+    let rows = flagged(&kiln, "").await;
+    assert!(rows.is_empty(), "nothing is flagged: {rows:?}");
+    let page = dom(&kiln, &format!("/invocation/{b}")).await;
+    assert!(!page.contains("NONDETERMINISTIC"), "{page}");
+}
