@@ -133,6 +133,16 @@ pub async fn store(
     };
     let max = instance.settings.max_parsed_blob;
     let stored = async {
+        // Most writes are of fresh actions: asked first, the stores answer
+        // from their indexes (no file opened on the fs store).
+        if !instance
+            .action_cache
+            .find_missing(std::slice::from_ref(action))
+            .await?
+            .is_empty()
+        {
+            return Err(Error::NotFound(String::new()));
+        }
         let body = instance.action_cache.get(action, Range::FULL).await?;
         body.collect_max(max).await
     };

@@ -315,3 +315,18 @@ pub fn tokens_file(dir: &Path, grants: &[(&str, &str, &str)]) -> std::path::Path
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The outputs of nondeterministic actions kiln's JSON API lists for
+/// `query` (e.g. `?invocation=ID`).
+pub async fn nondeterministic(kiln: &Kiln, query: &str) -> Vec<serde_json::Value> {
+    let url = format!(
+        "http://{}/api/v1/nondeterminism{query}",
+        kiln.server.http_addr
+    );
+    let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v["outputs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("the API answered no outputs list: {v}"))
+}

@@ -5,7 +5,7 @@
 use kiln::proto::reapi::{ActionResult, OutputFile, RequestMetadata, UpdateActionResultRequest};
 use prost::Message;
 
-use crate::common::{Kiln, sha};
+use crate::common::{Kiln, nondeterministic, sha};
 
 fn result(output: &[u8], exit_code: i32) -> ActionResult {
     ActionResult {
@@ -41,33 +41,23 @@ async fn write(kiln: &Kiln, action: &[u8], result: ActionResult, invocation: Opt
     kiln.ac().await.update_action_result(req).await.unwrap();
 }
 
-async fn flagged(kiln: &Kiln, query: &str) -> Vec<serde_json::Value> {
-    let url = format!(
-        "http://{}/api/v1/nondeterminism{query}",
-        kiln.server.http_addr
-    );
-    let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    v["outputs"].as_array().cloned().unwrap()
-}
-
 #[tokio::test]
 async fn differing_results_are_recorded_once_with_both_writers() {
     let kiln = Kiln::start(&crate::common::disk()).await;
     write(&kiln, b"a", result(b"one", 0), Some("first")).await;
     assert!(
-        flagged(&kiln, "").await.is_empty(),
+        nondeterministic(&kiln, "").await.is_empty(),
         "a first result flags nothing"
     );
     // The same outputs again: deterministic.
     write(&kiln, b"a", result(b"one", 0), Some("again")).await;
-    assert!(flagged(&kiln, "").await.is_empty());
+    assert!(nondeterministic(&kiln, "").await.is_empty());
     // A failed run is not compared.
     write(&kiln, b"a", result(b"two", 1), Some("failing")).await;
-    assert!(flagged(&kiln, "").await.is_empty());
+    assert!(nondeterministic(&kiln, "").await.is_empty());
     write(&kiln, b"a", result(b"one", 0), Some("again")).await;
     write(&kiln, b"a", result(b"two", 0), Some("second")).await;
-    let rows = flagged(&kiln, "?invocation=second").await;
+    let rows = nondeterministic(&kiln, "?invocation=second").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let r = &rows[0];
     assert_eq!(r["target"], "//stamp:now");
@@ -81,7 +71,7 @@ async fn differing_results_are_recorded_once_with_both_writers() {
     // Written again by a client that names no invocation: recorded, with
     // the later writer unknown.
     write(&kiln, b"a", result(b"one", 0), None).await;
-    let all = flagged(&kiln, "").await;
+    let all = nondeterministic(&kiln, "").await;
     assert_eq!(all.len(), 2, "{all:?}");
     assert!(all.iter().any(|r| r["after_invocation"] == ""));
 }
@@ -92,7 +82,7 @@ async fn one_action_rewritten_forever_keeps_a_bounded_record() {
     for i in 0..100u32 {
         write(&kiln, b"flood", result(&i.to_le_bytes(), 0), Some("flood")).await;
     }
-    let rows = flagged(&kiln, "?limit=5000").await;
+    let rows = nondeterministic(&kiln, "?limit=5000").await;
     assert_eq!(rows.len(), 64, "rows kept per action are capped");
     let metrics = crate::common::scrape(kiln.server.http_addr).await;
     let flagged = crate::common::metric_sum(

@@ -232,7 +232,13 @@ async fn run(database: &str, restartable: bool) {
     );
 
     // Cancelling a sleeping action kills it.
-    let marker = format!("60.{}", std::process::id());
+    // Unique to this run: the SQLite and PostgreSQL runs share the test
+    // process, and one must not take the other's sleeper for its own.
+    let run = uuid::Uuid::parse_str(i.trim_start_matches("exec-"))
+        .unwrap()
+        .as_u128()
+        % 1_000_000_000;
+    let marker = format!("60.{}{run}", std::process::id());
     let script = format!("sleep {marker}");
     let spec = Spec {
         argv: vec!["/bin/sh", "-c", &script],

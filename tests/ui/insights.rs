@@ -5,7 +5,7 @@
 
 use super::common::bazel::{Bazel, ShutdownOnDrop};
 use super::common::exec::WorkerProc;
-use super::common::{Kiln, disk};
+use super::common::{Kiln, disk, nondeterministic};
 use super::{dom, screenshot, wait_finished};
 
 const BUILD: &str = r#"
@@ -45,16 +45,6 @@ async fn build(kiln: &Kiln, bazel: Bazel, events: &std::path::Path, targets: &[&
     id
 }
 
-async fn flagged(kiln: &Kiln, query: &str) -> Vec<serde_json::Value> {
-    let url = format!(
-        "http://{}/api/v1/nondeterminism{query}",
-        kiln.server.http_addr
-    );
-    let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    v["outputs"].as_array().cloned().unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timestamping_action_built_by_two_clients_is_flagged_and_nothing_else() {
     let tmp = tempfile::tempdir().unwrap();
@@ -85,11 +75,14 @@ async fn a_timestamping_action_built_by_two_clients_is_flagged_and_nothing_else(
     let _b = ShutdownOnDrop(second.clone());
     let targets = ["//:stamp", "//:fixed"];
     let a = build(&kiln, first, &tmp.path().join("a.json"), &targets).await;
-    assert!(flagged(&kiln, "").await.is_empty(), "one run flags nothing");
+    assert!(
+        nondeterministic(&kiln, "").await.is_empty(),
+        "one run flags nothing"
+    );
     let b = build(&kiln, second, &tmp.path().join("b.json"), &targets).await;
 
     // The JSON API: exactly the stamp's output, naming both invocations.
-    let rows = flagged(&kiln, &format!("?invocation={b}")).await;
+    let rows = nondeterministic(&kiln, &format!("?invocation={b}")).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let row = &rows[0];
     assert_eq!(row["target"], "//:stamp", "{row}");
@@ -104,7 +97,10 @@ async fn a_timestamping_action_built_by_two_clients_is_flagged_and_nothing_else(
     assert_eq!(row["before_invocation"], a.as_str(), "{row}");
     assert_eq!(row["after_invocation"], b.as_str(), "{row}");
     assert_ne!(row["before"], row["after"], "{row}");
-    assert_eq!(flagged(&kiln, &format!("?invocation={a}")).await, rows);
+    assert_eq!(
+        nondeterministic(&kiln, &format!("?invocation={a}")).await,
+        rows
+    );
     let metrics = reqwest::get(format!("http://{}/metrics", kiln.server.http_addr))
         .await
         .unwrap()
@@ -151,8 +147,12 @@ async fn a_timestamping_action_built_by_two_clients_is_flagged_and_nothing_else(
     let third = Bazel::at(ws.clone(), tmp.path().join("root-c"));
     let _c = ShutdownOnDrop(third.clone());
     let c = build(&kiln, third, &tmp.path().join("c.json"), &["//:fixed"]).await;
-    assert!(flagged(&kiln, &format!("?invocation={c}")).await.is_empty());
-    assert_eq!(flagged(&kiln, "").await.len(), 1);
+    assert!(
+        nondeterministic(&kiln, &format!("?invocation={c}"))
+            .await
+            .is_empty()
+    );
+    assert_eq!(nondeterministic(&kiln, "").await.len(), 1);
 
     // The timestamping action executed remotely over its cached result (a
     // kiln worker runs it; the scheduler stores the result): flagged too,
@@ -171,7 +171,7 @@ async fn a_timestamping_action_built_by_two_clients_is_flagged_and_nothing_else(
         &["//:stamp", &remote],
     )
     .await;
-    let rows = flagged(&kiln, &format!("?invocation={d}")).await;
+    let rows = nondeterministic(&kiln, &format!("?invocation={d}")).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["target"], "//:stamp", "{rows:?}");
     assert_eq!(rows[0]["before_invocation"], b.as_str(), "{rows:?}");
@@ -210,7 +210,7 @@ async fn a_deterministic_workspace_built_by_two_clients_flags_nothing() {
     let b = build(&kiln, second, &tmp.path().join("b.json"), &["//app/..."]).await;
     // The second client rewrote every one of them, so each was compared.
     assert_eq!(updates().await, 2.0 * written);
-    let rows = flagged(&kiln, "").await;
+    let rows = nondeterministic(&kiln, "").await;
     assert!(rows.is_empty(), "nothing is flagged: {rows:?}");
     let page = dom(&kiln, &format!("/invocation/{b}")).await;
     assert!(!page.contains("NONDETERMINISTIC"), "{page}");
