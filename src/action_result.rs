@@ -132,17 +132,9 @@ pub async fn store(
         return instance.action_cache.put(action, encoded.into()).await;
     };
     let max = instance.settings.max_parsed_blob;
+    // One read, absent or not: cheaper than asking find_missing first
+    // (whose span every store layer records) on the memory and S3 stores.
     let stored = async {
-        // Most writes are of fresh actions: asked first, the stores answer
-        // from their indexes (no file opened on the fs store).
-        if !instance
-            .action_cache
-            .find_missing(std::slice::from_ref(action))
-            .await?
-            .is_empty()
-        {
-            return Err(Error::NotFound(String::new()));
-        }
         let body = instance.action_cache.get(action, Range::FULL).await?;
         body.collect_max(max).await
     };
