@@ -54,15 +54,6 @@ pub(crate) fn request_metadata_of(
     RequestMetadata::decode(&bytes[..]).ok()
 }
 
-/// The client's invocation id from its RequestMetadata (Bazel's
-/// `--invocation_id`), or empty; at most 128 bytes are kept.
-pub(crate) fn invocation_id(metadata: &tonic::metadata::MetadataMap) -> String {
-    let id = request_metadata_of(metadata)
-        .map(|m| m.tool_invocation_id)
-        .unwrap_or_default();
-    if id.len() > 128 { String::new() } else { id }
-}
-
 /// The tracing concern's state: none (spans go to the global subscriber).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tracing;

@@ -39,36 +39,41 @@ pub struct Writer {
 
 /// Keeps at most `max` bytes of a client's string (on a char boundary), so
 /// no caller can make a record grow with what it sends.
-fn clamp(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+fn clamp(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
-    s
+    s[..end].to_string()
 }
 
 impl Writer {
     /// The writer a call names: from the RequestMetadata the edge decoded,
-    /// else (a call that did not pass the edge) from its header.
+    /// else (a call that did not pass the edge) from its header. An
+    /// invocation id over 128 bytes is dropped, not cut: a cut id would
+    /// name another invocation.
     pub fn of<T>(request: &tonic::Request<T>) -> Writer {
         use crate::edge::trace::ClientMetadata;
-        if let Some(ClientMetadata(m)) = request.extensions().get::<ClientMetadata>() {
-            return Writer {
-                invocation: clamp(m.tool_invocation_id.clone(), 128),
-                target: clamp(m.target_id.clone(), 512),
-                mnemonic: clamp(m.action_mnemonic.clone(), 64),
-            };
-        }
-        let Some(m) = crate::edge::trace::request_metadata_of(request.metadata()) else {
-            return Writer::default();
+        let decoded;
+        let m = match request.extensions().get::<ClientMetadata>() {
+            Some(ClientMetadata(m)) => m.as_ref(),
+            None => match crate::edge::trace::request_metadata_of(request.metadata()) {
+                Some(m) => {
+                    decoded = m;
+                    &decoded
+                }
+                None => return Writer::default(),
+            },
         };
+        let invocation = &m.tool_invocation_id;
         Writer {
-            invocation: clamp(m.tool_invocation_id, 128),
-            target: clamp(m.target_id, 512),
-            mnemonic: clamp(m.action_mnemonic, 64),
+            invocation: if invocation.len() > 128 {
+                String::new()
+            } else {
+                invocation.clone()
+            },
+            target: clamp(&m.target_id, 512),
+            mnemonic: clamp(&m.action_mnemonic, 64),
         }
     }
 }
@@ -139,19 +144,26 @@ impl Writers {
             .cloned()
     }
 
-    fn forget(&self, instance: &str, action: &Digest) {
+    /// Makes `writer` the action's latest writer and returns its entry. An
+    /// anonymous writer names nothing: it only forgets who wrote the
+    /// replaced result.
+    fn replace(
+        &self,
+        instance: &str,
+        action: &Digest,
+        writer: Writer,
+    ) -> Arc<(String, Digest, Writer)> {
+        let entry = Arc::new((instance.to_string(), *action, writer));
         let mut slot = self.slot(action).lock().unwrap_or_else(|p| p.into_inner());
-        if slot
+        if entry.2 != Writer::default() {
+            *slot = Some(entry.clone());
+        } else if slot
             .as_ref()
             .is_some_and(|e| e.0 == instance && e.1 == *action)
         {
             *slot = None;
         }
-    }
-
-    fn set(&self, instance: &str, action: &Digest, writer: Writer) {
-        let entry = Arc::new((instance.to_string(), *action, writer));
-        *self.slot(action).lock().unwrap_or_else(|p| p.into_inner()) = Some(entry);
+        entry
     }
 }
 
@@ -233,12 +245,8 @@ impl Insights {
         } else {
             self.writers.get(instance, action)
         };
-        if writer == Writer::default() {
-            // Nothing to name: only forget who wrote the replaced result.
-            self.writers.forget(instance, action);
-        } else {
-            self.writers.set(instance, action, writer.clone());
-        }
+        let entry = self.writers.replace(instance, action, writer);
+        let writer = &entry.2;
         if differing.is_empty() {
             return;
         }

@@ -59,7 +59,6 @@ impl Execution for ExecutionService {
         request: Request<ExecuteRequest>,
     ) -> Result<Response<OperationStream>, Status> {
         let who = caller(&request);
-        let invocation_id = crate::edge::trace::invocation_id(request.metadata());
         let writer = crate::insights::Writer::of(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
@@ -77,7 +76,7 @@ impl Execution for ExecutionService {
                 files: &req.inline_output_files,
             },
             traceparent: crate::edge::trace::current_traceparent(),
-            invocation_id,
+            invocation_id: writer.invocation,
             target: writer.target,
             mnemonic: writer.mnemonic,
         };
