@@ -77,6 +77,17 @@ pub struct FsConfig {
     /// anyway. Default: a tenth of `max_size`.
     #[serde(default)]
     pub lease_margin: Option<ByteSize>,
+    /// A CAS keeps blobs up to 256 KiB as records in append-only segment
+    /// files (one write and one sync for every small blob of a commit
+    /// round, no file per blob). Default true. Only one process may use a
+    /// directory with segments (it is locked): set false where several
+    /// kiln processes share one directory.
+    #[serde(default = "default_segments")]
+    pub segments: bool,
+}
+
+fn default_segments() -> bool {
+    true
 }
 
 fn default_low_watermark() -> f64 {

@@ -89,6 +89,7 @@ impl<'a> StoreBuilder<'a> {
                         content_addressed: role == Role::Cas,
                         limits: f.limits(),
                         capacity: Some(self.metrics.capacity(&path)),
+                        segments: f.segments,
                     };
                     Arc::new(FsStore::open_with(&dir, options).map_err(|e| {
                         Error::internal_from(format!("{path}: opening {}", dir.display()), e)

@@ -1,7 +1,8 @@
 //! `FsStore`: blobs as files on local disk, the embedded default.
 //!
 //! Layout: `{root}/{function}/{hash[0..2]}/{hash}-{size}`, sharded so no
-//! directory grows huge. A put writes a temp file under `{root}/tmp` and
+//! directory grows huge; a CAS keeps its small blobs in append-only segment
+//! files instead (`fs_segments`), unless configured not to. A put writes a temp file under `{root}/tmp` and
 //! hands it to the store's syncer (`fs_sync`), which makes it durable,
 //! renames it into place and makes the rename durable, in rounds shared by
 //! every put finishing at about the same time: a blob is either whole or
@@ -19,7 +20,8 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::fs_index::{Index, Limits};
+use super::fs_index::{Index, Limits, Loc, Place};
+use super::fs_segments::{SMALL_MAX, Segments};
 use super::fs_sync::Syncer;
 use super::instrumented::CapacityMetrics;
 use super::{BlobStore, Body, Range};
@@ -45,6 +47,8 @@ pub struct FsStore {
     syncer: Syncer,
     /// The device of the store's file system: files on it can be adopted.
     dev: u64,
+    /// Where small blobs go, when the store keeps them in segments.
+    segments: Option<Arc<Segments>>,
 }
 
 /// How an fs store is opened.
@@ -58,6 +62,9 @@ pub(crate) struct FsOptions {
     pub limits: Option<Limits>,
     /// Where evictions and the stored total are reported.
     pub capacity: Option<CapacityMetrics>,
+    /// Small blobs of a CAS go into segment files (one process per
+    /// directory).
+    pub segments: bool,
 }
 
 impl FsStore {
@@ -100,7 +107,31 @@ impl FsStore {
         index
             .scan(&root, options.content_addressed)
             .map_err(|e| Error::io(format!("scanning {}", root.display()), e))?;
-        let syncer = Syncer::start(&root, index.clone())?;
+        let mut stale = std::collections::BTreeSet::new();
+        let segments = if options.segments && options.content_addressed {
+            let roll_at = super::fs_segments::segment_len_for(options.limits.map(|l| l.max_size));
+            let (segments, found) = Segments::open(&root, roll_at)
+                .map_err(|e| Error::io(format!("opening the segments of {}", root.display()), e))?;
+            for f in found {
+                let place = Place::Segment(f.loc);
+                match index.insert_at(f.digest, f.digest.size, f.last_ms, place) {
+                    // A copy in an older segment (a compaction cut short):
+                    // that segment is compacted again below.
+                    Some(Place::Segment(old)) => {
+                        stale.insert(old.segment);
+                    }
+                    // A file of a blob that is also in a segment.
+                    Some(Place::File) => {
+                        let _ = std::fs::remove_file(blob_path(&root, &f.digest));
+                    }
+                    None => {}
+                }
+            }
+            Some(Arc::new(segments))
+        } else {
+            None
+        };
+        let syncer = Syncer::start(&root, index.clone(), segments.clone())?;
         let dev = {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(&root)
@@ -116,8 +147,12 @@ impl FsStore {
             capacity: options.capacity,
             syncer,
             dev,
+            segments,
         };
         store.report_start(started.elapsed());
+        if !stale.is_empty() {
+            store.evictor().compact(stale);
+        }
         if store.index.should_evict() {
             store.evictor().run();
         }
@@ -160,6 +195,7 @@ impl FsStore {
             root: self.root.clone(),
             index: self.index.clone(),
             capacity: self.capacity.clone(),
+            segments: self.segments.clone(),
         }
     }
 
@@ -197,14 +233,21 @@ struct Evictor {
     root: PathBuf,
     index: Arc<Index>,
     capacity: Option<CapacityMetrics>,
+    segments: Option<Arc<Segments>>,
 }
+
+/// Bytes of records one compaction append carries at most.
+const COMPACT_BATCH: usize = 8 << 20;
 
 impl Evictor {
     fn run(self) {
         let started = std::time::Instant::now();
-        let done = self
-            .index
-            .evict(|d| std::fs::remove_file(blob_path(&self.root, d)));
+        let current = self.segments.as_ref().map_or(0, |s| s.current());
+        let done = self.index.evict(
+            current,
+            |d| std::fs::remove_file(blob_path(&self.root, d)),
+            |segments| self.compact(segments),
+        );
         tracing::info!(
             path = %self.root.display(),
             blobs = done.blobs,
@@ -216,6 +259,75 @@ impl Evictor {
         if let Some(c) = &self.capacity {
             c.record(&done, self.index.totals().0);
         }
+    }
+
+    /// Copies what is still indexed in each of `numbers` forward into the
+    /// current segment (keeping last accesses) and deletes the segment. A
+    /// segment that cannot be read or copied whole is kept: nothing indexed
+    /// is lost.
+    fn compact(&self, numbers: std::collections::BTreeSet<u32>) {
+        let Some(segments) = &self.segments else {
+            return;
+        };
+        for number in numbers {
+            if number == segments.current() {
+                continue;
+            }
+            let live = self.index.in_segment(number);
+            let moved = live.len();
+            if let Err(e) = self.copy_forward(segments, live) {
+                tracing::error!(segment = number, error = %e, "could not compact a segment; it is kept");
+                continue;
+            }
+            match segments.remove(number) {
+                Ok(()) => tracing::debug!(segment = number, moved, "compacted a segment"),
+                Err(e) => {
+                    tracing::warn!(segment = number, error = %e, "could not delete a compacted segment")
+                }
+            }
+        }
+    }
+
+    fn copy_forward(
+        &self,
+        segments: &Segments,
+        live: Vec<(Digest, Loc, i64)>,
+    ) -> std::io::Result<()> {
+        let mut batch: Vec<(Digest, Loc, Bytes)> = Vec::new();
+        let mut bytes = 0;
+        let flush = |batch: &mut Vec<(Digest, Loc, Bytes)>| -> std::io::Result<()> {
+            let items: Vec<(Digest, &[u8])> =
+                batch.iter().map(|(d, _, b)| (*d, b.as_ref())).collect();
+            let to = segments.append(&items)?;
+            for ((digest, from, _), to) in batch.iter().zip(to) {
+                self.index.relocate(digest, *from, to);
+            }
+            batch.clear();
+            Ok(())
+        };
+        for (digest, loc, _) in live {
+            match segments.read(loc, &digest) {
+                Ok(Some(data)) => {
+                    bytes += data.len();
+                    batch.push((digest, loc, data));
+                }
+                Ok(None) => return Err(std::io::Error::other("the segment is gone")),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    // A damaged record: forgotten, as a read would.
+                    tracing::error!(%digest, error = %e, "dropping a damaged blob from a segment");
+                    self.index.remove(&digest);
+                }
+                Err(e) => return Err(e),
+            }
+            if bytes >= COMPACT_BATCH {
+                flush(&mut batch)?;
+                bytes = 0;
+            }
+        }
+        if !batch.is_empty() {
+            flush(&mut batch)?;
+        }
+        Ok(())
     }
 }
 
@@ -323,6 +435,24 @@ impl BlobStore for FsStore {
     }
 
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
+        if let Some(segments) = &self.segments {
+            // A compaction may move the blob between the lookup and the
+            // read: the second lookup finds it at its new place.
+            for _ in 0..2 {
+                match self.index.locate(digest) {
+                    Some(Place::Segment(loc)) => {
+                        if let Some(bytes) = self.read_segment(segments, loc, digest).await? {
+                            let (start, end) = range.bounds(bytes.len() as u64)?;
+                            return Ok(Body::Bytes(bytes.slice(start as usize..end as usize)));
+                        }
+                    }
+                    Some(Place::File) => break,
+                    None => {
+                        return Err(Error::NotFound(format!("blob {digest} not found")));
+                    }
+                }
+            }
+        }
         let path = self.path(digest);
         let not_found = |e: std::io::Error| Error::io(format!("blob {digest}"), e);
         let wanted = range.limit.unwrap_or(u64::MAX);
@@ -368,6 +498,9 @@ impl BlobStore for FsStore {
     }
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
+        if self.segments.is_some() && digest.size <= SMALL_MAX {
+            return self.put_small(digest, body).await;
+        }
         let temp = self.temp_path();
         let context = || format!("storing blob {digest}");
         // Removes the temp file if this put fails or is dropped half-way
@@ -417,6 +550,73 @@ impl BlobStore for FsStore {
             )
             .await
             .map_err(|e| Error::io(context(), e))?;
+        self.after_put();
+        Ok(())
+    }
+}
+
+impl FsStore {
+    /// Reads a record off the blocking threads: None when its segment was
+    /// compacted away meanwhile; a damaged record is forgotten and reported
+    /// NOT_FOUND, so clients upload it again.
+    async fn read_segment(
+        &self,
+        segments: &Arc<Segments>,
+        loc: Loc,
+        digest: &Digest,
+    ) -> Result<Option<Bytes>> {
+        let (segments, d) = (segments.clone(), *digest);
+        match tokio::task::spawn_blocking(move || segments.read(loc, &d)).await? {
+            Ok(found) => Ok(found),
+            Err(e) => {
+                tracing::error!(%digest, error = %e, "forgetting a damaged blob in a segment");
+                self.index.remove(digest);
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    Err(Error::NotFound(format!(
+                        "blob {digest} not found (its record was damaged)"
+                    )))
+                } else {
+                    Err(Error::io(format!("reading blob {digest}"), e))
+                }
+            }
+        }
+    }
+
+    /// A small blob goes into the current segment in the syncer's next
+    /// round, unless it is stored already (content-addressed: the same
+    /// bytes).
+    async fn put_small(&self, digest: &Digest, body: Body) -> Result<()> {
+        if self.index.contains(digest) {
+            return Ok(());
+        }
+        let data = match body {
+            Body::Bytes(b) => b,
+            Body::Stream(mut stream) => {
+                let mut buf = bytes::BytesMut::with_capacity(digest.size as usize);
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk?;
+                    if (buf.len() + chunk.len()) as u64 > digest.size {
+                        return Err(Error::InvalidArgument(format!(
+                            "blob {digest}: more than {} bytes sent",
+                            digest.size
+                        )));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                buf.freeze()
+            }
+        };
+        if data.len() as u64 != digest.size {
+            return Err(Error::internal(format!(
+                "blob {digest}: {} bytes given for a blob of {}",
+                data.len(),
+                digest.size
+            )));
+        }
+        self.syncer
+            .append(*digest, data)
+            .await
+            .map_err(|e| Error::io(format!("storing blob {digest}"), e))?;
         self.after_put();
         Ok(())
     }

@@ -17,7 +17,7 @@
 //! rebuilds it from the files themselves, so it can never count a blob
 //! twice or miss a file.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,20 +50,45 @@ pub(crate) struct Evicted {
     pub forced: u64,
 }
 
-/// One indexed blob, 48 bytes: the hash, the size with the digest
-/// function's number in its top byte (no blob reaches 2^56 bytes), and the
-/// last access. Records sit densely in a Vec; the table holds only their
-/// positions (4 bytes and a control byte a slot), so 1,000,000 blobs cost
-/// about 60 bytes each instead of the 130 of a map from `Digest`.
+/// Where a blob's bytes are: a file of its own, or a record in one of the
+/// store's append-only segment files (`fs_segments`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Place {
+    File,
+    Segment(Loc),
+}
+
+/// A record's position: its segment's slot (from 1; slots are reused as
+/// segments are deleted, see `fs_segments`) and its offset there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Loc {
+    pub segment: u32,
+    pub offset: u32,
+}
+
+/// One indexed blob, 52 bytes of 4-byte fields: the hash, the size with
+/// the digest function's number in its top byte (no blob reaches 2^56
+/// bytes), then the last access in milliseconds (44 bits) with the slot of
+/// its segment above it (20 bits; 0: a file of its own), and the record's
+/// offset in that segment. Records sit densely in a Vec; the table holds
+/// only their positions (4 bytes and a control byte a slot), so 1,000,000
+/// blobs cost about 64 bytes each instead of the 130 of a map from
+/// `Digest`.
 #[derive(Debug, Clone, Copy)]
 struct Record {
     hash: [u8; 32],
-    size_and_function: u64,
-    last_ms: i64,
+    size_lo: u32,
+    size_hi_and_function: u32,
+    last_and_segment: [u32; 2],
+    offset: u32,
 }
 
 const SIZE_BITS: u32 = 56;
 const SIZE_MASK: u64 = (1 << SIZE_BITS) - 1;
+const LAST_BITS: u32 = 44;
+const LAST_MASK: u64 = (1 << LAST_BITS) - 1;
+/// Segment slots fit in the 20 bits above the last access.
+pub(crate) const MAX_SEGMENT_SLOT: u32 = (1 << (64 - LAST_BITS)) - 1;
 
 fn function_number(f: DigestFunction) -> u64 {
     DigestFunction::ALL
@@ -72,21 +97,74 @@ fn function_number(f: DigestFunction) -> u64 {
         .unwrap_or(0) as u64
 }
 
+fn split(v: u64) -> [u32; 2] {
+    [v as u32, (v >> 32) as u32]
+}
+
+fn join(v: [u32; 2]) -> u64 {
+    u64::from(v[0]) | (u64::from(v[1]) << 32)
+}
+
 impl Record {
-    fn new(d: &Digest, last_ms: i64) -> Record {
-        Record {
+    fn new(d: &Digest, last_ms: i64, place: Place) -> Record {
+        let packed = (d.size & SIZE_MASK) | (function_number(d.function) << SIZE_BITS);
+        let [size_lo, size_hi_and_function] = split(packed);
+        let mut r = Record {
             hash: d.hash,
-            size_and_function: (d.size & SIZE_MASK) | (function_number(d.function) << SIZE_BITS),
-            last_ms,
-        }
+            size_lo,
+            size_hi_and_function,
+            last_and_segment: [0, 0],
+            offset: 0,
+        };
+        r.set_place(place);
+        r.touch(last_ms);
+        r
+    }
+
+    fn packed(&self) -> u64 {
+        join([self.size_lo, self.size_hi_and_function])
     }
 
     fn size(&self) -> u64 {
-        self.size_and_function & SIZE_MASK
+        self.packed() & SIZE_MASK
     }
 
     fn function(&self) -> DigestFunction {
-        DigestFunction::ALL[(self.size_and_function >> SIZE_BITS) as usize]
+        DigestFunction::ALL[(self.packed() >> SIZE_BITS) as usize]
+    }
+
+    fn last_ms(&self) -> i64 {
+        (join(self.last_and_segment) & LAST_MASK) as i64
+    }
+
+    fn segment(&self) -> u32 {
+        (join(self.last_and_segment) >> LAST_BITS) as u32
+    }
+
+    fn touch(&mut self, now_ms: i64) {
+        let last = (now_ms.max(0) as u64).min(LAST_MASK);
+        let kept = join(self.last_and_segment) & !LAST_MASK;
+        self.last_and_segment = split(kept | last);
+    }
+
+    fn set_place(&mut self, place: Place) {
+        let (segment, offset) = match place {
+            Place::File => (0, 0),
+            Place::Segment(loc) => (loc.segment.min(MAX_SEGMENT_SLOT), loc.offset),
+        };
+        let last = join(self.last_and_segment) & LAST_MASK;
+        self.last_and_segment = split(last | (u64::from(segment) << LAST_BITS));
+        self.offset = offset;
+    }
+
+    fn place(&self) -> Place {
+        match self.segment() {
+            0 => Place::File,
+            segment => Place::Segment(Loc {
+                segment,
+                offset: self.offset,
+            }),
+        }
     }
 
     fn digest(&self) -> Digest {
@@ -154,17 +232,23 @@ impl State {
             .unwrap_or_else(|| r.size())
     }
 
-    /// Adds or replaces `d` (its file holding `bytes`); returns the bytes
-    /// of the one it replaced.
-    fn insert(&mut self, d: &Digest, bytes: u64, last_ms: i64) -> Option<u64> {
+    /// Adds or replaces `d` (its file holding `bytes`, at `place`); returns
+    /// the bytes and place of the one it replaced.
+    fn insert(
+        &mut self,
+        d: &Digest,
+        bytes: u64,
+        last_ms: i64,
+        place: Place,
+    ) -> Option<(u64, Place)> {
         let found = self.position(d);
-        let old = found.map(|i| self.bytes(&self.records[i]));
+        let old = found.map(|i| (self.bytes(&self.records[i]), self.records[i].place()));
         if bytes == d.size {
             self.odd_sizes.remove(d);
         } else {
             self.odd_sizes.insert(*d, bytes);
         }
-        let record = Record::new(d, last_ms);
+        let record = Record::new(d, last_ms, place);
         if let Some(i) = found {
             self.records[i] = record;
             return old;
@@ -251,15 +335,69 @@ impl Index {
         self.limits
     }
 
-    /// Records a blob of `size` bytes as stored and accessed now.
+    /// Records a blob of `size` bytes as stored (in a file of its own)
+    /// and accessed now.
     pub(crate) fn insert(&self, digest: Digest, size: u64) {
-        self.insert_at(digest, size, now_ms());
+        self.insert_at(digest, size, now_ms(), Place::File);
     }
 
-    fn insert_at(&self, digest: Digest, size: u64, last_ms: i64) {
+    /// Records a blob as stored at `place`, last accessed at `last_ms`;
+    /// returns where it was stored before, if it was.
+    pub(crate) fn insert_at(
+        &self,
+        digest: Digest,
+        size: u64,
+        last_ms: i64,
+        place: Place,
+    ) -> Option<Place> {
         let mut s = self.state();
-        let old = s.insert(&digest, size, last_ms);
-        s.total = s.total - old.unwrap_or(0) + size;
+        let old = s.insert(&digest, size, last_ms, place);
+        s.total = s.total - old.map_or(0, |(bytes, _)| bytes) + size;
+        old.map(|(_, place)| place)
+    }
+
+    /// True when `digest` is stored; touches it.
+    pub(crate) fn contains(&self, digest: &Digest) -> bool {
+        self.locate(digest).is_some()
+    }
+
+    /// Where `digest` is stored, touched, or None.
+    pub(crate) fn locate(&self, digest: &Digest) -> Option<Place> {
+        let now = now_ms();
+        let mut s = self.state();
+        let r = s.get_mut(digest)?;
+        r.touch(now);
+        Some(r.place())
+    }
+
+    /// Moves `digest` from `from` to `to` (its record copied forward by
+    /// a compaction), keeping its last access; false when it is no longer
+    /// at `from` (removed or stored again meanwhile).
+    pub(crate) fn relocate(&self, digest: &Digest, from: Loc, to: Loc) -> bool {
+        let mut s = self.state();
+        match s.get_mut(digest) {
+            Some(r) if r.place() == Place::Segment(from) => {
+                r.set_place(Place::Segment(to));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The blobs stored in `segment`, with their last access.
+    pub(crate) fn in_segment(&self, segment: u32) -> Vec<(Digest, Loc, i64)> {
+        self.state()
+            .records
+            .iter()
+            .filter(|r| r.segment() == segment)
+            .map(|r| {
+                let loc = Loc {
+                    segment,
+                    offset: r.offset,
+                };
+                (r.digest(), loc, r.last_ms())
+            })
+            .collect()
     }
 
     /// Forgets a blob whose file turned out to be gone or damaged.
@@ -276,7 +414,7 @@ impl Index {
         let now = now_ms();
         match self.state().get_mut(digest) {
             Some(e) => {
-                e.last_ms = now;
+                e.touch(now);
                 true
             }
             None => false,
@@ -291,7 +429,7 @@ impl Index {
         let State { table, records, .. } = &mut *s;
         let &i = table.find(hash, |&i| records[i as usize].has_key(key))?;
         let record = &mut records[i as usize];
-        record.last_ms = now;
+        record.touch(now);
         Some(record.digest())
     }
 
@@ -303,7 +441,7 @@ impl Index {
             .iter()
             .filter(|d| match s.get_mut(d) {
                 Some(e) => {
-                    e.last_ms = now;
+                    e.touch(now);
                     false
                 }
                 None => true,
@@ -333,23 +471,41 @@ impl Index {
                 .is_ok()
     }
 
-    /// One eviction pass, deleting files with `delete` (outside the lock).
+    /// One eviction pass. Chosen blobs with a file of their own are deleted
+    /// with `delete_file` (outside the lock); chosen blobs in segments leave
+    /// the index, and `compact` then gets the segments they were in (it
+    /// copies what is left in each forward and deletes the segment). The
+    /// segment being appended to (`current`) is never chosen from.
     /// Call only after [`Index::should_evict`] returned true.
-    pub(crate) fn evict(&self, delete: impl Fn(&Digest) -> std::io::Result<()>) -> Evicted {
+    pub(crate) fn evict(
+        &self,
+        current: u32,
+        delete_file: impl Fn(&Digest) -> std::io::Result<()>,
+        compact: impl FnOnce(BTreeSet<u32>),
+    ) -> Evicted {
         let mut done = Evicted::default();
         if let Some(limits) = self.limits {
-            for (digest, forced) in self.choose(&limits) {
-                if let Err(e) = delete(&digest)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(%digest, error = %e, "could not evict a blob");
+            let mut segments = BTreeSet::new();
+            for (digest, forced, place) in self.choose(&limits, current) {
+                match place {
+                    Place::File => {
+                        if let Err(e) = delete_file(&digest)
+                            && e.kind() != std::io::ErrorKind::NotFound
+                        {
+                            tracing::warn!(%digest, error = %e, "could not evict a blob");
+                        }
+                        self.state().evicting.remove(&digest);
+                    }
+                    Place::Segment(loc) => {
+                        segments.insert(loc.segment);
+                    }
                 }
-                let mut s = self.state();
-                s.evicting.remove(&digest);
-                drop(s);
                 done.blobs += 1;
                 done.bytes += digest.size;
                 done.forced += u64::from(forced);
+            }
+            if !segments.is_empty() {
+                compact(segments);
             }
             if done.forced > 0 {
                 tracing::warn!(
@@ -362,17 +518,18 @@ impl Index {
         done
     }
 
-    /// The victims, oldest first, already taken out of the index (and
+    /// The victims, oldest first, already taken out of the index (files
     /// marked as being evicted): unleased ones down to the low watermark,
     /// then leased ones while over the hard limit.
-    fn choose(&self, limits: &Limits) -> Vec<(Digest, bool)> {
+    fn choose(&self, limits: &Limits, current: u32) -> Vec<(Digest, bool, Place)> {
         let lease_start =
             now_ms() - i64::try_from(limits.min_retention.as_millis()).unwrap_or(i64::MAX);
         let mut s = self.state();
         let mut by_age: Vec<(i64, Digest, u64)> = s
             .records
             .iter()
-            .map(|r| (r.last_ms, r.digest(), s.bytes(r)))
+            .filter(|r| current == 0 || r.segment() != current)
+            .map(|r| (r.last_ms(), r.digest(), s.bytes(r)))
             .collect();
         by_age.sort_unstable_by_key(|(last, _, _)| *last);
         let mut victims = Vec::new();
@@ -398,13 +555,20 @@ impl Index {
                 }
             }
         }
-        for (digest, _) in &victims {
-            if let Some(bytes) = s.remove(digest) {
+        let mut chosen = Vec::with_capacity(victims.len());
+        for (digest, forced) in victims {
+            let Some(place) = s.get_mut(&digest).map(|r| r.place()) else {
+                continue;
+            };
+            if let Some(bytes) = s.remove(&digest) {
                 s.total -= bytes;
             }
-            s.evicting.insert(*digest);
+            if place == Place::File {
+                s.evicting.insert(digest);
+            }
+            chosen.push((digest, forced, place));
         }
-        victims
+        chosen
     }
 
     /// Rebuilds the index from the files under `root`: one entry per
@@ -452,7 +616,7 @@ impl Index {
             });
         }
         for (digest, size, last_ms) in found.into_iter().flatten() {
-            if let Some(old) = s.insert(&digest, size, last_ms) {
+            if let Some((old, _)) = s.insert(&digest, size, last_ms, Place::File) {
                 s.total -= old;
             }
             s.total += size;
@@ -518,16 +682,20 @@ mod tests {
     fn evicts_least_recently_used_down_to_the_low_watermark() {
         let index = Index::new(Some(limits(1000, 600, 2000, Duration::ZERO)));
         for n in 0..12 {
-            index.insert_at(d(n, 100), 100, 1000 + i64::from(n));
+            index.insert_at(d(n, 100), 100, 1000 + i64::from(n), Place::File);
         }
         index.touch(&d(0, 100)); // the oldest becomes the newest
         assert!(index.should_evict());
         assert!(!index.should_evict(), "one eviction at a time");
         let deleted = Mutex::new(Vec::new());
-        let done = index.evict(|digest| {
-            deleted.lock().unwrap().push(*digest);
-            Ok(())
-        });
+        let done = index.evict(
+            0,
+            |digest| {
+                deleted.lock().unwrap().push(*digest);
+                Ok(())
+            },
+            |_| unreachable!("no blob is in a segment"),
+        );
         assert_eq!(done.blobs, 6);
         assert_eq!(index.totals(), (600, 6));
         let deleted = deleted.into_inner().unwrap();
@@ -544,7 +712,7 @@ mod tests {
             index.insert(d(n, 100), 100);
         }
         assert!(index.should_evict());
-        let done = index.evict(|_| Ok(()));
+        let done = index.evict(0, |_| Ok(()), |_| {});
         assert_eq!(
             done,
             Evicted::default(),
@@ -554,7 +722,7 @@ mod tests {
             index.insert(d(n, 100), 100);
         }
         assert!(index.should_evict());
-        let done = index.evict(|_| Ok(()));
+        let done = index.evict(0, |_| Ok(()), |_| {});
         assert_eq!(done.blobs, 3);
         assert_eq!(done.forced, 3, "past the hard limit, counted as forced");
         assert_eq!(index.totals().0, 1500);
@@ -603,6 +771,25 @@ mod tests {
             assert_eq!(count, model.len());
             assert_eq!(total, model.values().sum::<u64>());
         }
+    }
+
+    #[test]
+    fn a_record_is_52_bytes_and_keeps_its_place_and_last_access() {
+        assert_eq!(std::mem::size_of::<Record>(), 52);
+        let digest = d(7, 1 << 40);
+        let loc = Loc {
+            segment: MAX_SEGMENT_SLOT,
+            offset: u32::MAX,
+        };
+        let mut r = Record::new(&digest, 1_765_000_000_123, Place::Segment(loc));
+        assert_eq!(r.digest(), digest);
+        assert_eq!(r.place(), Place::Segment(loc));
+        assert_eq!(r.last_ms(), 1_765_000_000_123);
+        r.touch(1_765_000_000_999);
+        assert_eq!(r.place(), Place::Segment(loc), "touching keeps the place");
+        r.set_place(Place::File);
+        assert_eq!(r.last_ms(), 1_765_000_000_999, "moving keeps the access");
+        assert_eq!(r.place(), Place::File);
     }
 
     #[test]

@@ -17,7 +17,11 @@
 //! (a round of a few puts syncs its own files and directories instead, so
 //! that it does not wait for unrelated dirty pages: see [`Durability`])
 //!
-//! and only then acknowledges them. While one round runs, the next one's
+//! and only then acknowledges them. Small blobs of a store with segments
+//! (`fs_segments`) skip all of that: the round appends them to the current
+//! segment with one write and one `fdatasync`.
+//!
+//! Each round acknowledges its puts only once they are durable. While one round runs, the next one's
 //! puts queue up, so under load a round covers many blobs (a batch call's
 //! blobs, and those of concurrent calls), and an idle store still commits a
 //! single put at once: there is no timer to wait for.
@@ -34,7 +38,8 @@ use std::sync::mpsc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::fs_index::Index;
+use super::fs_index::{Index, Place};
+use super::fs_segments::Segments;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
@@ -43,11 +48,31 @@ const MAX_ROUND: usize = 4096;
 
 /// One put waiting for durability.
 struct Job {
+    digest: Digest,
+    len: u64,
+    to: Target,
+    done: oneshot::Sender<std::io::Result<()>>,
+}
+
+/// Where a put's bytes go.
+enum Target {
+    /// A temp file renamed to `dest`; `data` is written to it first, for
+    /// puts that have their bytes whole.
+    File {
+        temp: PathBuf,
+        dest: PathBuf,
+        data: Option<Bytes>,
+    },
+    /// A record in the current segment.
+    Segment(Bytes),
+}
+
+/// A put whose target is a file.
+struct FileJob {
     temp: PathBuf,
     dest: PathBuf,
     digest: Digest,
     len: u64,
-    /// The bytes to write to `temp` first, for puts that have them whole.
     data: Option<Bytes>,
     done: oneshot::Sender<std::io::Result<()>>,
 }
@@ -61,13 +86,17 @@ pub(crate) struct Syncer {
 impl Syncer {
     /// Starts the syncer thread of the store at `root`; it ends when the
     /// store (the last sender) is dropped.
-    pub(crate) fn start(root: &Path, index: Arc<Index>) -> Result<Self> {
+    pub(crate) fn start(
+        root: &Path,
+        index: Arc<Index>,
+        segments: Option<Arc<Segments>>,
+    ) -> Result<Self> {
         let dir = std::fs::File::open(root)
             .map_err(|e| Error::io(format!("opening {}", root.display()), e))?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("kiln-fs-sync".into())
-            .spawn(move || run(dir, index, rx))
+            .spawn(move || run(dir, index, segments, rx))
             .map_err(|e| Error::io("starting the fs store's syncer", e))?;
         Ok(Syncer { tx })
     }
@@ -82,7 +111,12 @@ impl Syncer {
         digest: Digest,
         len: u64,
     ) -> std::io::Result<()> {
-        self.send(temp, dest, digest, len, None).await
+        let to = Target::File {
+            temp,
+            dest,
+            data: None,
+        };
+        self.send(digest, len, to).await
     }
 
     /// Writes `data` to the temp file `temp`, then commits it as
@@ -95,24 +129,27 @@ impl Syncer {
         data: Bytes,
     ) -> std::io::Result<()> {
         let len = data.len() as u64;
-        self.send(temp, dest, digest, len, Some(data)).await
-    }
-
-    async fn send(
-        &self,
-        temp: PathBuf,
-        dest: PathBuf,
-        digest: Digest,
-        len: u64,
-        data: Option<Bytes>,
-    ) -> std::io::Result<()> {
-        let (done, wait) = oneshot::channel();
-        let job = Job {
+        let to = Target::File {
             temp,
             dest,
+            data: Some(data),
+        };
+        self.send(digest, len, to).await
+    }
+
+    /// Appends a small blob to the store's current segment in the next
+    /// round; returns once it is durable and indexed.
+    pub(crate) async fn append(&self, digest: Digest, data: Bytes) -> std::io::Result<()> {
+        let len = data.len() as u64;
+        self.send(digest, len, Target::Segment(data)).await
+    }
+
+    async fn send(&self, digest: Digest, len: u64, to: Target) -> std::io::Result<()> {
+        let (done, wait) = oneshot::channel();
+        let job = Job {
             digest,
             len,
-            data,
+            to,
             done,
         };
         if self.tx.send(job).is_err() {
@@ -123,7 +160,12 @@ impl Syncer {
     }
 }
 
-fn run(dir: std::fs::File, index: Arc<Index>, rx: mpsc::Receiver<Job>) {
+fn run(
+    dir: std::fs::File,
+    index: Arc<Index>,
+    segments: Option<Arc<Segments>>,
+    rx: mpsc::Receiver<Job>,
+) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_ROUND {
@@ -132,7 +174,63 @@ fn run(dir: std::fs::File, index: Arc<Index>, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        round(&dir, &index, jobs);
+        let mut files = Vec::new();
+        let mut small = Vec::new();
+        for job in jobs {
+            match job.to {
+                Target::File { temp, dest, data } => files.push(FileJob {
+                    temp,
+                    dest,
+                    digest: job.digest,
+                    len: job.len,
+                    data,
+                    done: job.done,
+                }),
+                Target::Segment(data) => small.push((job.digest, data, job.done)),
+            }
+        }
+        if !small.is_empty() {
+            append_round(segments.as_deref(), &index, small);
+        }
+        if !files.is_empty() {
+            round(&dir, &index, files);
+        }
+    }
+}
+
+/// A small put: its digest, bytes and acknowledgement.
+type SmallPut = (Digest, Bytes, oneshot::Sender<std::io::Result<()>>);
+
+/// Appends a round's small blobs to the current segment (a digest sent
+/// twice in one round is stored once) and indexes them.
+fn append_round(segments: Option<&Segments>, index: &Index, jobs: Vec<SmallPut>) {
+    let Some(segments) = segments else {
+        for (_, _, done) in jobs {
+            let _ = done.send(Err(std::io::Error::other("this fs store has no segments")));
+        }
+        return;
+    };
+    let mut seen = std::collections::HashSet::with_capacity(jobs.len());
+    let items: Vec<(Digest, &[u8])> = jobs
+        .iter()
+        .filter(|(d, _, _)| seen.insert(*d))
+        .map(|(d, data, _)| (*d, data.as_ref()))
+        .collect();
+    match segments.append(&items) {
+        Ok(locs) => {
+            let now = crate::time::now_ms();
+            for ((digest, data), loc) in items.iter().zip(locs) {
+                index.insert_at(*digest, data.len() as u64, now, Place::Segment(loc));
+            }
+            for (_, _, done) in jobs {
+                let _ = done.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            for (_, _, done) in jobs {
+                let _ = done.send(Err(clone_err(&e)));
+            }
+        }
     }
 }
 
@@ -158,7 +256,7 @@ enum Durability {
 }
 
 /// Commits one round of puts (see the module docs for the order).
-fn round(dir: &std::fs::File, index: &Index, jobs: Vec<Job>) {
+fn round(dir: &std::fs::File, index: &Index, jobs: Vec<FileJob>) {
     let durability = if jobs.len() <= FILES_MAX {
         Durability::Files
     } else {
@@ -236,7 +334,7 @@ fn write_temp(temp: &Path, data: &[u8], sync: bool) -> std::io::Result<()> {
 }
 
 /// Makes the renames of a round durable: each directory they touched, once.
-fn sync_dirs(jobs: &[Job]) -> std::io::Result<()> {
+fn sync_dirs(jobs: &[FileJob]) -> std::io::Result<()> {
     let dirs: std::collections::BTreeSet<&Path> =
         jobs.iter().filter_map(|j| j.dest.parent()).collect();
     for d in dirs {

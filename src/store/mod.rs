@@ -11,6 +11,7 @@ pub(crate) mod content_addressed;
 pub(crate) mod existence_cache;
 pub(crate) mod fs;
 pub(crate) mod fs_index;
+pub(crate) mod fs_segments;
 pub(crate) mod fs_sync;
 pub(crate) mod instrumented;
 pub mod memory;

@@ -30,7 +30,7 @@ async fn two_pods(prefix: &str, execution: &str) -> (Kiln, Kiln, tempfile::TempD
 execution: {{ database: "{url}", {execution} }}
 instances:
   - name: "{instance}"
-    cas: {{ fs: {{ path: cas }} }}
+    cas: {{ fs: {{ path: cas, segments: false }} }}
     action_cache: {{ fs: {{ path: ac }} }}
 "#
     );
