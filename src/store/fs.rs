@@ -20,7 +20,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
-use super::fs_index::{Index, Limits, Loc, Place};
+use super::fs_index::{Evicted, Index, Limits, Loc, Place};
 use super::fs_segments::{SMALL_MAX, Segments};
 use super::fs_sync::Syncer;
 use super::instrumented::CapacityMetrics;
@@ -151,7 +151,7 @@ impl FsStore {
         };
         store.report_start(started.elapsed());
         if !stale.is_empty() {
-            store.evictor().compact(stale);
+            store.evictor().compact(stale, i64::MIN);
         }
         if store.index.should_evict() {
             store.evictor().run();
@@ -240,13 +240,23 @@ struct Evictor {
 const COMPACT_BATCH: usize = 8 << 20;
 
 impl Evictor {
+    /// Runs passes while the store is over its limit and the last pass
+    /// freed something: puts that finished during a pass (and found one
+    /// running) started none of their own.
     fn run(self) {
+        loop {
+            let done = self.pass();
+            if done.blobs == 0 || !self.index.should_evict() {
+                break;
+            }
+        }
+    }
+
+    fn pass(&self) -> Evicted {
         let started = std::time::Instant::now();
-        let current = self.segments.as_ref().map_or(0, |s| s.current());
         let done = self.index.evict(
-            current,
             |d| std::fs::remove_file(blob_path(&self.root, d)),
-            |segments| self.compact(segments),
+            |segments, coldest| self.compact(segments, coldest),
         );
         tracing::info!(
             path = %self.root.display(),
@@ -259,21 +269,43 @@ impl Evictor {
         if let Some(c) = &self.capacity {
             c.record(&done, self.index.totals().0);
         }
+        done
     }
 
-    /// Copies what is still indexed in each of `numbers` forward into the
-    /// current segment (keeping last accesses) and deletes the segment. A
-    /// segment that cannot be read or copied whole is kept: nothing indexed
-    /// is lost.
-    fn compact(&self, numbers: std::collections::BTreeSet<u32>) {
+    /// Rewrites each of `numbers` without its cold blobs: what was last
+    /// accessed no later than `coldest` (the pass evicted blobs that
+    /// recent) and is not leased is evicted too, what is left is copied
+    /// forward into the current segment (keeping last accesses), and the
+    /// segment is deleted. Copying cold blobs forward would keep them past
+    /// blobs the pass already chose. A segment that cannot be read or
+    /// copied whole is kept: nothing indexed is lost. Returns what it
+    /// evicted.
+    fn compact(&self, numbers: std::collections::BTreeSet<u32>, coldest: i64) -> Evicted {
+        let mut evicted = Evicted::default();
         let Some(segments) = &self.segments else {
-            return;
+            return evicted;
         };
+        let lease_start = self.index.limits().map_or(i64::MIN, |l| {
+            crate::time::now_ms() - i64::try_from(l.min_retention.as_millis()).unwrap_or(i64::MAX)
+        });
         for number in numbers {
-            if number == segments.current() {
+            // Blobs chosen from the head: it is sealed (a new head
+            // started) so that it can be rewritten like any other.
+            if let Err(e) = segments.seal(number) {
+                tracing::error!(segment = number, error = %e, "could not start a new segment");
                 continue;
             }
-            let live = self.index.in_segment(number);
+            let mut live = self.index.in_segment(number);
+            live.retain(|(digest, _, last)| {
+                if *last > coldest || *last >= lease_start {
+                    return true;
+                }
+                if self.index.remove(digest) {
+                    evicted.blobs += 1;
+                    evicted.bytes += digest.size;
+                }
+                false
+            });
             let moved = live.len();
             if let Err(e) = self.copy_forward(segments, live) {
                 tracing::error!(segment = number, error = %e, "could not compact a segment; it is kept");
@@ -286,6 +318,7 @@ impl Evictor {
                 }
             }
         }
+        evicted
     }
 
     fn copy_forward(
@@ -556,7 +589,8 @@ impl BlobStore for FsStore {
 }
 
 impl FsStore {
-    /// Reads a record off the blocking threads: None when its segment was
+    /// Reads a record (in place when the page cache holds it, else on a
+    /// blocking thread): None when its segment was
     /// compacted away meanwhile; a damaged record is forgotten and reported
     /// NOT_FOUND, so clients upload it again.
     async fn read_segment(
@@ -565,8 +599,14 @@ impl FsStore {
         loc: Loc,
         digest: &Digest,
     ) -> Result<Option<Bytes>> {
-        let (segments, d) = (segments.clone(), *digest);
-        match tokio::task::spawn_blocking(move || segments.read(loc, &d)).await? {
+        let read = match segments.read_cached(loc, digest) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let (segments, d) = (segments.clone(), *digest);
+                tokio::task::spawn_blocking(move || segments.read(loc, &d)).await?
+            }
+            other => other,
+        };
+        match read {
             Ok(found) => Ok(found),
             Err(e) => {
                 tracing::error!(%digest, error = %e, "forgetting a damaged blob in a segment");

@@ -400,11 +400,16 @@ impl Index {
             .collect()
     }
 
-    /// Forgets a blob whose file turned out to be gone or damaged.
-    pub(crate) fn remove(&self, digest: &Digest) {
+    /// Forgets a blob whose file turned out to be gone or damaged (or that
+    /// a compaction evicts); false when it was not indexed.
+    pub(crate) fn remove(&self, digest: &Digest) -> bool {
         let mut s = self.state();
-        if let Some(bytes) = s.remove(digest) {
-            s.total -= bytes;
+        match s.remove(digest) {
+            Some(bytes) => {
+                s.total -= bytes;
+                true
+            }
+            None => false,
         }
     }
 
@@ -473,20 +478,20 @@ impl Index {
 
     /// One eviction pass. Chosen blobs with a file of their own are deleted
     /// with `delete_file` (outside the lock); chosen blobs in segments leave
-    /// the index, and `compact` then gets the segments they were in (it
-    /// copies what is left in each forward and deletes the segment). The
-    /// segment being appended to (`current`) is never chosen from.
-    /// Call only after [`Index::should_evict`] returned true.
+    /// the index, and `compact` then gets the segments they were in and
+    /// the newest last access among them (it rewrites each segment without
+    /// what is as cold as that and not leased, and returns what that
+    /// evicted). Call only after [`Index::should_evict`] returned true.
     pub(crate) fn evict(
         &self,
-        current: u32,
         delete_file: impl Fn(&Digest) -> std::io::Result<()>,
-        compact: impl FnOnce(BTreeSet<u32>),
+        compact: impl FnOnce(BTreeSet<u32>, i64) -> Evicted,
     ) -> Evicted {
         let mut done = Evicted::default();
         if let Some(limits) = self.limits {
             let mut segments = BTreeSet::new();
-            for (digest, forced, place) in self.choose(&limits, current) {
+            let mut coldest_kept = i64::MIN;
+            for (digest, forced, place, last_ms) in self.choose(&limits) {
                 match place {
                     Place::File => {
                         if let Err(e) = delete_file(&digest)
@@ -498,6 +503,7 @@ impl Index {
                     }
                     Place::Segment(loc) => {
                         segments.insert(loc.segment);
+                        coldest_kept = coldest_kept.max(last_ms);
                     }
                 }
                 done.blobs += 1;
@@ -505,7 +511,9 @@ impl Index {
                 done.forced += u64::from(forced);
             }
             if !segments.is_empty() {
-                compact(segments);
+                let more = compact(segments, coldest_kept);
+                done.blobs += more.blobs;
+                done.bytes += more.bytes;
             }
             if done.forced > 0 {
                 tracing::warn!(
@@ -521,14 +529,13 @@ impl Index {
     /// The victims, oldest first, already taken out of the index (files
     /// marked as being evicted): unleased ones down to the low watermark,
     /// then leased ones while over the hard limit.
-    fn choose(&self, limits: &Limits, current: u32) -> Vec<(Digest, bool, Place)> {
+    fn choose(&self, limits: &Limits) -> Vec<(Digest, bool, Place, i64)> {
         let lease_start =
             now_ms() - i64::try_from(limits.min_retention.as_millis()).unwrap_or(i64::MAX);
         let mut s = self.state();
         let mut by_age: Vec<(i64, Digest, u64)> = s
             .records
             .iter()
-            .filter(|r| current == 0 || r.segment() != current)
             .map(|r| (r.last_ms(), r.digest(), s.bytes(r)))
             .collect();
         by_age.sort_unstable_by_key(|(last, _, _)| *last);
@@ -557,7 +564,8 @@ impl Index {
         }
         let mut chosen = Vec::with_capacity(victims.len());
         for (digest, forced) in victims {
-            let Some(place) = s.get_mut(&digest).map(|r| r.place()) else {
+            let Some((place, last_ms)) = s.get_mut(&digest).map(|r| (r.place(), r.last_ms()))
+            else {
                 continue;
             };
             if let Some(bytes) = s.remove(&digest) {
@@ -566,7 +574,7 @@ impl Index {
             if place == Place::File {
                 s.evicting.insert(digest);
             }
-            chosen.push((digest, forced, place));
+            chosen.push((digest, forced, place, last_ms));
         }
         chosen
     }
@@ -689,12 +697,11 @@ mod tests {
         assert!(!index.should_evict(), "one eviction at a time");
         let deleted = Mutex::new(Vec::new());
         let done = index.evict(
-            0,
             |digest| {
                 deleted.lock().unwrap().push(*digest);
                 Ok(())
             },
-            |_| unreachable!("no blob is in a segment"),
+            |_, _| unreachable!("no blob is in a segment"),
         );
         assert_eq!(done.blobs, 6);
         assert_eq!(index.totals(), (600, 6));
@@ -712,7 +719,7 @@ mod tests {
             index.insert(d(n, 100), 100);
         }
         assert!(index.should_evict());
-        let done = index.evict(0, |_| Ok(()), |_| {});
+        let done = index.evict(|_| Ok(()), |_, _| Evicted::default());
         assert_eq!(
             done,
             Evicted::default(),
@@ -722,7 +729,7 @@ mod tests {
             index.insert(d(n, 100), 100);
         }
         assert!(index.should_evict());
-        let done = index.evict(0, |_| Ok(()), |_| {});
+        let done = index.evict(|_| Ok(()), |_, _| Evicted::default());
         assert_eq!(done.blobs, 3);
         assert_eq!(done.forced, 3, "past the hard limit, counted as forced");
         assert_eq!(index.totals().0, 1500);

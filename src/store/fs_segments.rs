@@ -15,9 +15,11 @@
 //! Records of older segments are checked when read.
 //!
 //! Eviction removes blobs from the index; the segments they were in are
-//! then compacted as a whole: what is still indexed there is copied
-//! forward into the current segment (keeping its last access, so leased
-//! and hot blobs stay) and the segment file is deleted. A crash between
+//! then compacted as a whole (the head is sealed first): what is still
+//! indexed there and either leased or more recently used than what the
+//! pass evicted is copied forward into the current segment (keeping its
+//! last access), the rest is evicted with it, and the segment file is
+//! deleted. A crash between
 //! the copy and the deletion leaves two copies; the start finds the older
 //! one and compacts its segment again.
 //!
@@ -46,14 +48,15 @@ pub(crate) const SMALL_MAX: u64 = 256 << 10;
 /// limit asks for smaller ones (see [`segment_len_for`]).
 const DEFAULT_SEGMENT_LEN: u64 = 64 << 20;
 const FILE_MAGIC: &[u8; 8] = b"KILNSEG1";
+/// How long opening waits for another holder of the directory's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 const RECORD_MAGIC: &[u8; 4] = b"KSR1";
 /// Bytes of a record before its blob.
 pub(crate) const RECORD_HEADER: u64 = 52;
 
 /// How long a segment grows before the next is started: compaction works
 /// a segment at a time, so a bounded store needs segments well below its
-/// limit (a sixteenth), or its newest segment, never evicted from, could
-/// hold most of it.
+/// limit (a sixteenth), or one rewrite would move a large part of it.
 pub(crate) fn segment_len_for(max_size: Option<u64>) -> u64 {
     match max_size {
         Some(max) => (max / 16).clamp(64 << 10, DEFAULT_SEGMENT_LEN),
@@ -124,15 +127,7 @@ impl Segments {
     pub(crate) fn open(root: &Path, roll_at: u64) -> std::io::Result<(Segments, Vec<Found>)> {
         let dir = root.join("segments");
         std::fs::create_dir_all(&dir)?;
-        let lock_file = File::create(dir.join("lock"))?;
-        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-            .map_err(|(_, errno)| {
-                std::io::Error::other(format!(
-                    "{} is in use by another kiln process ({errno}); a directory shared by \
-                     several processes needs `segments: false`",
-                    dir.display()
-                ))
-            })?;
+        let lock = lock(&dir)?;
         let mut numbers: Vec<u64> = std::fs::read_dir(&dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -221,11 +216,28 @@ impl Segments {
     /// is gone (compacted since the index was asked), an `InvalidData`
     /// error when the record is not `digest` or its checksum fails.
     pub(crate) fn read(&self, loc: Loc, digest: &Digest) -> std::io::Result<Option<Bytes>> {
+        self.read_with(loc, digest, |file, buf, at| file.read_exact_at(buf, at))
+    }
+
+    /// [`Segments::read`] that never waits for the disk: a `WouldBlock`
+    /// error when the record is not all in the page cache. Async callers
+    /// read hot records in place with it and hand only the rest to a
+    /// blocking thread (two thread hand-offs cost more than the read).
+    pub(crate) fn read_cached(&self, loc: Loc, digest: &Digest) -> std::io::Result<Option<Bytes>> {
+        self.read_with(loc, digest, read_nowait)
+    }
+
+    fn read_with(
+        &self,
+        loc: Loc,
+        digest: &Digest,
+        read: impl Fn(&File, &mut [u8], u64) -> std::io::Result<()>,
+    ) -> std::io::Result<Option<Bytes>> {
         let Some(file) = self.file(loc.segment) else {
             return Ok(None);
         };
         let mut buf = vec![0u8; (RECORD_HEADER + digest.size) as usize];
-        file.read_exact_at(&mut buf, u64::from(loc.offset))?;
+        read(&file, &mut buf, u64::from(loc.offset))?;
         let header = Header::parse(&buf[..RECORD_HEADER as usize]).ok_or_else(|| {
             io_err(format!(
                 "segment {}: no record at {}",
@@ -288,6 +300,16 @@ impl Segments {
         Ok(locs)
     }
 
+    /// Starts a new head if `slot` is the head, so that it can be
+    /// compacted.
+    pub(crate) fn seal(&self, slot: u32) -> std::io::Result<()> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        if head.slot == slot {
+            self.roll(&mut head)?;
+        }
+        Ok(())
+    }
+
     /// Starts the next segment as the head; the old one stays readable.
     fn roll(&self, head: &mut Head) -> std::io::Result<()> {
         let number = head.number + 1;
@@ -327,6 +349,50 @@ impl Segments {
         }
         Ok(())
     }
+}
+
+/// Takes the directory's lock, waiting a little for a holder that is
+/// going away (a store of this process being dropped finishes its
+/// eviction and sync threads first).
+fn lock(dir: &Path) -> std::io::Result<nix::fcntl::Flock<File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut file = File::create(dir.join("lock"))?;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((_, errno)) if std::time::Instant::now() >= deadline => {
+                return Err(std::io::Error::other(format!(
+                    "{} is in use by another kiln process ({errno}); a directory shared by \
+                     several processes needs `segments: false`",
+                    dir.display()
+                )));
+            }
+            Err((back, _)) => {
+                file = back;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Fills `buf` from `at` only if the page cache holds all of it.
+#[cfg(target_os = "linux")]
+fn read_nowait(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    use rustix::io::{ReadWriteFlags, preadv2};
+    let mut slices = [std::io::IoSliceMut::new(buf)];
+    let len = slices[0].len();
+    match preadv2(file, &mut slices, at, ReadWriteFlags::NOWAIT) {
+        Ok(n) if n == len => Ok(()),
+        // Part of it is cached: the rest would wait.
+        Ok(_) => Err(std::io::ErrorKind::WouldBlock.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_nowait(_file: &File, _buf: &mut [u8], _at: u64) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::WouldBlock.into())
 }
 
 /// Creates segment `n` with its magic, durably (file and directory entry).
@@ -568,6 +634,27 @@ mod tests {
             std::fs::metadata(&path).unwrap().len(),
             u64::from(locs[1].offset)
         );
+    }
+
+    /// A record in the page cache is read in place; once the kernel has
+    /// dropped its pages, the in-place read refuses to wait (the store
+    /// then reads it on a blocking thread) and the blocking read still
+    /// finds it.
+    #[test]
+    fn cached_reads_never_wait_for_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (segments, _) = Segments::open(dir.path(), 1 << 20).unwrap();
+        let (d, b) = blob(3, 100_000);
+        let loc = segments.append(&[(d, &b)]).unwrap()[0];
+        assert_eq!(segments.read_cached(loc, &d).unwrap().unwrap(), b);
+        let file = File::open(segments.path_of(loc.segment)).unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        match segments.read_cached(loc, &d) {
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+            // A file system that keeps the pages anyway.
+            Ok(found) => assert_eq!(found.unwrap(), b),
+        }
+        assert_eq!(segments.read(loc, &d).unwrap().unwrap(), b);
     }
 
     #[test]

@@ -184,10 +184,9 @@ async fn keeps_to_its_size_and_its_hot_set(segments: bool) {
             assert_eq!(crate::store::get_bytes(&store, &d).await.unwrap(), *h);
         }
         settle(&store, max).await;
-        // Segments hold a head of up to a sixteenth of the limit that
-        // eviction does not take from, and their records' headers.
+        // Segments add their records' headers.
         let slack = if segments {
-            max / 16 + blob_size as u64 + overhead(100, 20)
+            blob_size as u64 + overhead(100, 20)
         } else {
             blob_size as u64
         };
