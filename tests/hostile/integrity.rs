@@ -9,13 +9,63 @@ use tonic::Code;
 
 use crate::common::{Kiln, blob, metric_sum, missing, read_one, scrape, sha, upload_request};
 
-/// The CAS straight on disk (no memory tier in front to hide the file).
+/// The CAS straight on disk (no memory tier in front to hide the file),
+/// every blob a file of its own.
 const FS_ONLY: &str = r#"
+instances:
+  - name: ""
+    cas: { fs: { path: cas, segments: false } }
+    action_cache: { fs: { path: ac } }
+"#;
+
+/// The same, with small blobs in segment files (the default).
+const FS_SEGMENTS: &str = r#"
 instances:
   - name: ""
     cas: { fs: { path: cas } }
     action_cache: { fs: { path: ac } }
 "#;
+
+/// A small blob whose record in a segment file was damaged on disk (one
+/// byte flipped) is never served: the read is NOT_FOUND, FindMissingBlobs
+/// then reports it missing, and the client's upload stores it again.
+#[tokio::test]
+async fn a_damaged_segment_record_is_not_found_and_stored_again() {
+    let kiln = Kiln::start(FS_SEGMENTS).await;
+    let mut cas = kiln.cas().await;
+    let small = blob(5, 3000);
+    let d = sha(&small);
+    cas.batch_update_blobs(upload_request(std::slice::from_ref(&small)))
+        .await
+        .unwrap();
+    assert!(!blob_file(&kiln, &d).exists(), "a small blob has no file");
+    let segments = kiln.data_dir.join("cas/segments");
+    let mut flipped = false;
+    for entry in std::fs::read_dir(&segments).unwrap().flatten() {
+        let mut bytes = std::fs::read(entry.path()).unwrap();
+        if let Some(at) = bytes.windows(small.len()).position(|w| w == &small[..]) {
+            bytes[at + 100] ^= 0xff;
+            std::fs::write(entry.path(), bytes).unwrap();
+            flipped = true;
+        }
+    }
+    assert!(flipped, "the blob's record is in a segment");
+    let r = read_one(&mut cas, &d).await;
+    let status = r.status.as_ref().unwrap();
+    assert_eq!(status.code, Code::NotFound as i32, "{}", status.message);
+    assert!(r.data.is_empty());
+    assert_eq!(
+        missing(&mut cas, &[d]).await.len(),
+        1,
+        "clients re-upload it"
+    );
+    cas.batch_update_blobs(upload_request(std::slice::from_ref(&small)))
+        .await
+        .unwrap();
+    let r = read_one(&mut cas, &d).await;
+    assert_eq!(r.status.unwrap().code, 0);
+    assert_eq!(r.data, small);
+}
 
 /// Where the fs store keeps a blob.
 fn blob_file(kiln: &Kiln, d: &kiln::digest::Digest) -> std::path::PathBuf {
