@@ -288,14 +288,20 @@ impl Evictor {
         let lease_start = self.index.limits().map_or(i64::MIN, |l| {
             crate::time::now_ms() - i64::try_from(l.min_retention.as_millis()).unwrap_or(i64::MAX)
         });
-        for number in numbers {
-            // Blobs chosen from the head: it is sealed (a new head
-            // started) so that it can be rewritten like any other.
-            if let Err(e) = segments.seal(number) {
+        // Blobs chosen from the head: it is sealed (a new head started) so
+        // that it can be rewritten like any other.
+        let mut numbers = numbers;
+        numbers.retain(|&number| match segments.seal(number) {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::error!(segment = number, error = %e, "could not start a new segment");
-                continue;
+                false
             }
-            let mut live = self.index.in_segment(number);
+        });
+        // One walk over the index for all of them.
+        let mut by_segment = self.index.in_segments(&numbers);
+        for number in numbers {
+            let mut live = by_segment.remove(&number).unwrap_or_default();
             live.retain(|(digest, _, last)| {
                 if *last > coldest || *last >= lease_start {
                     return true;

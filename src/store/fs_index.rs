@@ -384,20 +384,29 @@ impl Index {
         }
     }
 
-    /// The blobs stored in `segment`, with their last access.
-    pub(crate) fn in_segment(&self, segment: u32) -> Vec<(Digest, Loc, i64)> {
-        self.state()
-            .records
-            .iter()
-            .filter(|r| r.segment() == segment)
-            .map(|r| {
+    /// The blobs stored in each of `segments`, with their last access.
+    pub(crate) fn in_segments(
+        &self,
+        segments: &BTreeSet<u32>,
+    ) -> std::collections::HashMap<u32, Vec<(Digest, Loc, i64)>> {
+        let mut found: std::collections::HashMap<u32, Vec<_>> = Default::default();
+        if segments.is_empty() {
+            return found;
+        }
+        for r in &self.state().records {
+            let segment = r.segment();
+            if segment != 0 && segments.contains(&segment) {
                 let loc = Loc {
                     segment,
                     offset: r.offset,
                 };
-                (r.digest(), loc, r.last_ms())
-            })
-            .collect()
+                found
+                    .entry(segment)
+                    .or_default()
+                    .push((r.digest(), loc, r.last_ms()));
+            }
+        }
+        found
     }
 
     /// Forgets a blob whose file turned out to be gone or damaged (or that

@@ -12,7 +12,8 @@
 //! followed by the blob. Only the newest segment is ever appended to, so
 //! only its tail can be torn by a crash: at start its records' checksums
 //! are verified and anything after the last whole record is cut off.
-//! Records of older segments are checked when read.
+//! Records of older segments are checked when read; an older segment
+//! damaged on disk is indexed up to the damage and never cut.
 //!
 //! Eviction removes blobs from the index; the segments they were in are
 //! then compacted as a whole (the head is sealed first): what is still
@@ -459,7 +460,8 @@ impl Header {
 
 /// Lists one segment's records (as in `slot`); `verify` checks every checksum (the
 /// newest segment, whose tail a crash may have torn). Whatever follows
-/// the last whole record is cut off. None for a file too short to hold
+/// its last whole record is cut off; an older segment is only read up to
+/// a damaged record. None for a file too short to hold
 /// its magic (a crash while creating it); else the file, its records and
 /// where the next one goes.
 #[allow(clippy::type_complexity)]
@@ -514,6 +516,17 @@ fn scan(path: &Path, slot: u32, verify: bool) -> std::io::Result<Option<(File, V
                 }
                 _ => false,
             };
+        if !whole && !verify {
+            // Not the newest: no crash tears it, the disk damaged it. Its
+            // records up to here are kept and the file is left as it is
+            // (whole records may follow the damage).
+            tracing::error!(
+                path = %path.display(),
+                at = offset,
+                "a sealed segment is damaged: the records after this offset are not indexed"
+            );
+            break;
+        }
         if !whole {
             tracing::warn!(
                 path = %path.display(),
@@ -606,6 +619,35 @@ mod tests {
             "cut at the last whole record"
         );
         assert_eq!(segments.read(found[0].loc, &a.0).unwrap().unwrap(), a.1);
+    }
+
+    /// Damage in a sealed (older) segment is not a torn tail: the records
+    /// before it are indexed and the file is left whole.
+    #[test]
+    fn damage_in_an_older_segment_is_never_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs: Vec<_> = (0..4).map(|n| blob(n, 6000)).collect();
+        let (path, locs) = {
+            let (segments, _) = Segments::open(dir.path(), 10_000).unwrap();
+            let items: Vec<(Digest, &[u8])> =
+                blobs.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+            let locs = segments.append(&items[..2]).unwrap();
+            segments.append(&items[2..]).unwrap();
+            (segments.path_of(locs[0].segment), locs)
+        };
+        let len = std::fs::metadata(&path).unwrap().len();
+        // The second record's magic, garbled.
+        let f = File::options().write(true).open(&path).unwrap();
+        f.write_all_at(b"XXXX", u64::from(locs[1].offset)).unwrap();
+        let (_, found) = Segments::open(dir.path(), 10_000).unwrap();
+        let digests: Vec<Digest> = found.iter().map(|f| f.digest).collect();
+        assert!(digests.contains(&blobs[0].0), "before the damage: kept");
+        assert!(
+            !digests.contains(&blobs[1].0),
+            "the damaged record: not indexed"
+        );
+        assert!(digests.contains(&blobs[3].0), "the newer segment: kept");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len, "not cut");
     }
 
     #[test]
