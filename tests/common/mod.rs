@@ -234,10 +234,35 @@ pub fn bgd() -> String {
 /// Starts `kiln serve` as a child process (for what is global per process,
 /// such as the trace exporter) with `yaml` on free ports; returns the child,
 /// its URL and a connected channel.
-pub async fn spawn_kiln(yaml: &str, dir: &Path) -> (std::process::Child, String, Channel) {
+pub async fn spawn_kiln(yaml: &str, dir: &Path) -> (Spawned, String, Channel) {
     let cfg = dir.join("kiln.yaml");
     std::fs::write(&cfg, yaml).unwrap();
     spawn_kiln_config(&cfg, dir, &[]).await
+}
+
+/// A `kiln serve` child process, killed and reaped when dropped: a test
+/// that panics does not leave its server running (and holding the test
+/// runner's output open).
+pub struct Spawned(pub std::process::Child);
+
+impl std::ops::Deref for Spawned {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Starts `kiln serve --config FILE` as a child process with extra
@@ -246,7 +271,7 @@ pub async fn spawn_kiln_config(
     cfg: &Path,
     dir: &Path,
     env: &[(&str, &str)],
-) -> (std::process::Child, String, Channel) {
+) -> (Spawned, String, Channel) {
     let free = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -263,9 +288,11 @@ pub async fn spawn_kiln_config(
         .arg("--data-dir")
         .arg(dir)
         .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let child = Spawned(child);
     let url = format!("http://127.0.0.1:{port}");
     let started = std::time::Instant::now();
     let channel = loop {
