@@ -46,35 +46,32 @@ use crate::error::{Error, Result};
 /// Most puts one round commits; more wait for the next.
 const MAX_ROUND: usize = 4096;
 
-/// One put waiting for durability.
-struct Job {
+/// One put waiting for durability, going `to` a file or a segment.
+struct Pending<T> {
     digest: Digest,
     len: u64,
-    to: Target,
+    to: T,
     done: oneshot::Sender<std::io::Result<()>>,
 }
 
-/// Where a put's bytes go.
+/// A put as sent: its bytes go to a file or to the current segment.
+type Job = Pending<Target>;
+/// A put whose blob becomes a file of its own.
+type FileJob = Pending<FileTarget>;
+/// A small put: its bytes become a record.
+type SmallPut = Pending<Bytes>;
+
 enum Target {
-    /// A temp file renamed to `dest`; `data` is written to it first, for
-    /// puts that have their bytes whole.
-    File {
-        temp: PathBuf,
-        dest: PathBuf,
-        data: Option<Bytes>,
-    },
-    /// A record in the current segment.
+    File(FileTarget),
     Segment(Bytes),
 }
 
-/// A put whose target is a file.
-struct FileJob {
+/// A temp file renamed to `dest`; `data` is written to it first, for puts
+/// that have their bytes whole.
+struct FileTarget {
     temp: PathBuf,
     dest: PathBuf,
-    digest: Digest,
-    len: u64,
     data: Option<Bytes>,
-    done: oneshot::Sender<std::io::Result<()>>,
 }
 
 /// The handle puts send their finished temp files to.
@@ -111,11 +108,11 @@ impl Syncer {
         digest: Digest,
         len: u64,
     ) -> std::io::Result<()> {
-        let to = Target::File {
+        let to = Target::File(FileTarget {
             temp,
             dest,
             data: None,
-        };
+        });
         self.send(digest, len, to).await
     }
 
@@ -129,11 +126,11 @@ impl Syncer {
         data: Bytes,
     ) -> std::io::Result<()> {
         let len = data.len() as u64;
-        let to = Target::File {
+        let to = Target::File(FileTarget {
             temp,
             dest,
             data: Some(data),
-        };
+        });
         self.send(digest, len, to).await
     }
 
@@ -177,16 +174,25 @@ fn run(
         let mut files = Vec::new();
         let mut small = Vec::new();
         for job in jobs {
-            match job.to {
-                Target::File { temp, dest, data } => files.push(FileJob {
-                    temp,
-                    dest,
-                    digest: job.digest,
-                    len: job.len,
-                    data,
-                    done: job.done,
+            let Pending {
+                digest,
+                len,
+                to,
+                done,
+            } = job;
+            match to {
+                Target::File(to) => files.push(Pending {
+                    digest,
+                    len,
+                    to,
+                    done,
                 }),
-                Target::Segment(data) => small.push((job.digest, data, job.done)),
+                Target::Segment(to) => small.push(Pending {
+                    digest,
+                    len,
+                    to,
+                    done,
+                }),
             }
         }
         if !small.is_empty() {
@@ -198,23 +204,22 @@ fn run(
     }
 }
 
-/// A small put: its digest, bytes and acknowledgement.
-type SmallPut = (Digest, Bytes, oneshot::Sender<std::io::Result<()>>);
-
 /// Appends a round's small blobs to the current segment (a digest sent
 /// twice in one round is stored once) and indexes them.
 fn append_round(segments: Option<&Segments>, index: &Index, jobs: Vec<SmallPut>) {
     let Some(segments) = segments else {
-        for (_, _, done) in jobs {
-            let _ = done.send(Err(std::io::Error::other("this fs store has no segments")));
+        for job in jobs {
+            let _ = job
+                .done
+                .send(Err(std::io::Error::other("this fs store has no segments")));
         }
         return;
     };
     let mut seen = std::collections::HashSet::with_capacity(jobs.len());
     let items: Vec<(Digest, &[u8])> = jobs
         .iter()
-        .filter(|(d, _, _)| seen.insert(*d))
-        .map(|(d, data, _)| (*d, data.as_ref()))
+        .filter(|j| seen.insert(j.digest))
+        .map(|j| (j.digest, j.to.as_ref()))
         .collect();
     match segments.append(&items) {
         Ok(locs) => {
@@ -222,13 +227,13 @@ fn append_round(segments: Option<&Segments>, index: &Index, jobs: Vec<SmallPut>)
             for ((digest, data), loc) in items.iter().zip(locs) {
                 index.insert_at(*digest, data.len() as u64, now, Place::Segment(loc));
             }
-            for (_, _, done) in jobs {
-                let _ = done.send(Ok(()));
+            for job in jobs {
+                let _ = job.done.send(Ok(()));
             }
         }
         Err(e) => {
-            for (_, _, done) in jobs {
-                let _ = done.send(Err(clone_err(&e)));
+            for job in jobs {
+                let _ = job.done.send(Err(clone_err(&e)));
             }
         }
     }
@@ -266,17 +271,17 @@ fn round(dir: &std::fs::File, index: &Index, jobs: Vec<FileJob>) {
     // job that fails here fails alone.
     let mut ready = Vec::with_capacity(jobs.len());
     for mut job in jobs {
-        let synced = match job.data.take() {
-            Some(data) => write_temp(&job.temp, &data, durability == Durability::Files),
+        let synced = match job.to.data.take() {
+            Some(data) => write_temp(&job.to.temp, &data, durability == Durability::Files),
             None if durability == Durability::Files => {
-                std::fs::File::open(&job.temp).and_then(|f| f.sync_data())
+                std::fs::File::open(&job.to.temp).and_then(|f| f.sync_data())
             }
             None => Ok(()),
         };
         match synced {
             Ok(()) => ready.push(job),
             Err(e) => {
-                let _ = std::fs::remove_file(&job.temp);
+                let _ = std::fs::remove_file(&job.to.temp);
                 let _ = job.done.send(Err(e));
             }
         }
@@ -297,7 +302,7 @@ fn round(dir: &std::fs::File, index: &Index, jobs: Vec<FileJob>) {
         // An eviction deleting the same digest's old file finishes first,
         // so that deletion cannot hit the new one.
         index.wait_not_evicting(&job.digest);
-        match rename(&job.temp, &job.dest) {
+        match rename(&job.to.temp, &job.to.dest) {
             Ok(()) => renamed.push(job),
             Err(e) => {
                 let _ = job.done.send(Err(e));
@@ -336,7 +341,7 @@ fn write_temp(temp: &Path, data: &[u8], sync: bool) -> std::io::Result<()> {
 /// Makes the renames of a round durable: each directory they touched, once.
 fn sync_dirs(jobs: &[FileJob]) -> std::io::Result<()> {
     let dirs: std::collections::BTreeSet<&Path> =
-        jobs.iter().filter_map(|j| j.dest.parent()).collect();
+        jobs.iter().filter_map(|j| j.to.dest.parent()).collect();
     for d in dirs {
         std::fs::File::open(d)?.sync_all()?;
     }

@@ -10,6 +10,7 @@ pub(crate) mod chunk_list;
 pub(crate) mod content_addressed;
 pub(crate) mod existence_cache;
 pub(crate) mod fs;
+mod fs_evict;
 pub(crate) mod fs_index;
 pub(crate) mod fs_segments;
 pub(crate) mod fs_sync;

@@ -100,6 +100,16 @@ impl Kiln {
     pub async fn capabilities(&self) -> CapabilitiesClient<Channel> {
         CapabilitiesClient::new(self.channel().await)
     }
+
+    /// The server's answer to GetCapabilities for the default instance.
+    pub async fn server_capabilities(&self) -> kiln::proto::reapi::ServerCapabilities {
+        self.capabilities()
+            .await
+            .get_capabilities(kiln::proto::reapi::GetCapabilitiesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+    }
 }
 
 /// Deterministic pseudo-random bytes.

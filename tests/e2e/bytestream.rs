@@ -376,22 +376,13 @@ async fn zstd_compressed_round_trip() {
 /// received or spooled; blobs within it are stored as usual.
 #[tokio::test]
 async fn blobs_above_max_cas_blob_size_are_refused_on_every_upload_path() {
-    use kiln::proto::reapi::{
-        BatchUpdateBlobsRequest, GetCapabilitiesRequest, batch_update_blobs_request,
-    };
     let config = crate::common::disk().replace(
         "  - name: \"\"\n",
         "  - name: \"\"\n    max_cas_blob_size: 1MiB\n",
     );
     assert!(config.contains("max_cas_blob_size"), "{config}");
     let kiln = Kiln::start(&config).await;
-    let caps = kiln
-        .capabilities()
-        .await
-        .get_capabilities(GetCapabilitiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let caps = kiln.server_capabilities().await;
     assert_eq!(
         caps.cache_capabilities.unwrap().max_cas_blob_size_bytes,
         1 << 20
@@ -401,17 +392,7 @@ async fn blobs_above_max_cas_blob_size_are_refused_on_every_upload_path() {
     let resp = kiln
         .cas()
         .await
-        .batch_update_blobs(BatchUpdateBlobsRequest {
-            requests: [&small, &big]
-                .into_iter()
-                .map(|b| batch_update_blobs_request::Request {
-                    digest: Some(sha(b).to_proto()),
-                    data: b.clone(),
-                    compressor: 0,
-                })
-                .collect(),
-            ..Default::default()
-        })
+        .batch_update_blobs(crate::common::upload_request(&[small.clone(), big.clone()]))
         .await
         .unwrap()
         .into_inner();

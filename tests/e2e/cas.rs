@@ -61,13 +61,7 @@ async fn capabilities_advertise_what_bazel_4_needs() {
         reapi::digest_function::Value::Sha256 as i32
     );
     let disabled = Kiln::start(&format!("execution: {{ enabled: false }}\n{MEMORY}")).await;
-    let caps = disabled
-        .capabilities()
-        .await
-        .get_capabilities(GetCapabilitiesRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let caps = disabled.server_capabilities().await;
     assert!(
         caps.execution_capabilities.is_none(),
         "with execution disabled, Capabilities says so"
