@@ -129,6 +129,13 @@ async fn a_workers_result_says_what_the_action_cost() {
         secs(&f.user_cpu) < 100.0,
         "the action forged its own report: {f:?}"
     );
+    // A slot's helper measures each action alone: the first action's
+    // 64 MiB peak is not the second's (the helper's own children's peak
+    // never falls, so it is not what is reported).
+    assert!(
+        f.max_rss_bytes < 32 << 20,
+        "the second action inherited the first's peak memory: {f:?}"
+    );
 
     // Metrics: one CPU and memory sample per measured action.
     let text = crate::common::wait_metrics(&kiln, "two measured actions", |t| {

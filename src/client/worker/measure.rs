@@ -2,8 +2,10 @@
 //! `kiln-measure`, a small binary of its own whose only child is the
 //! command: getrusage(RUSAGE_CHILDREN) in it is then that one action's CPU,
 //! peak memory and block I/O, which it could not be in the worker itself
-//! (its concurrent actions' children all count there, and wait4 would need
-//! unsafe code). The helper reports on its standard input, which the worker
+//! (its concurrent actions' children all count there). The resident
+//! sandbox's helper measures its actions itself instead (one at a time, so
+//! its own children's usage is the action's; see `resident::helper`). The
+//! helper reports on its standard input, which the worker
 //! makes a Unix socket; the command gets /dev/null there instead, so it
 //! cannot forge its own report.
 
@@ -39,11 +41,11 @@ pub enum Report {
 }
 
 /// Block counts of getrusage are in 512-byte units on Linux.
-const BLOCK: i64 = 512;
+pub(crate) const BLOCK: i64 = 512;
 
 impl Report {
     /// The one line the helper writes.
-    fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         match self {
             Report::Ran(u) => format!(
                 "ran {} {} {} {} {} {}\n",
@@ -121,6 +123,12 @@ fn proto_duration(d: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(d).ok()
 }
 
+/// A getrusage time as a Duration (negative fields read as zero).
+pub(crate) fn timeval(t: nix::sys::time::TimeVal) -> Duration {
+    Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
+        + Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0))
+}
+
 /// Where `kiln-measure` is: beside the running `kiln` (as cargo builds
 /// them and the image installs them). Without it actions run unmeasured.
 pub fn helper() -> Option<std::path::PathBuf> {
@@ -176,10 +184,7 @@ pub fn measure_action(args: Vec<OsString>) -> i32 {
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(255);
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
-    let time = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0))
-    };
+    let time = timeval;
     match usage {
         Ok(u) => send(Report::Ran(Usage {
             exit,

@@ -8,8 +8,8 @@
 //!   `/dev/shm` and the action's exec root bound at `/kiln/exec`; the
 //!   slot directory is covered in that view, so the action sees no other
 //!   run's files, nor its own logs;
-//! - starts the command (through itself as `kiln-measure` when measured)
-//!   with no capabilities: the ambient set bubblewrap gave the helper is
+//! - starts the command with no capabilities, measuring it itself (no
+//!   second process per action): the ambient set bubblewrap gave the helper is
 //!   cleared in that thread, and the action's uid is not 0;
 //! - when the command's process exits (or the worker says `kill`), kills
 //!   every other process in the slot's PID namespace (`kill(-1)` from its
@@ -20,7 +20,7 @@
 //! can neither trace it nor read its descriptors through /proc; as its
 //! namespace's init it gets no signal it has no handler for.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::path::{Component, Path};
@@ -34,8 +34,7 @@ use nix::sched::{CloneFlags, unshare};
 use super::{Request, Response, SLOT};
 use crate::client::worker::sandbox::EXEC_ROOT;
 
-/// Where the helper is bound inside the sandbox, so it can start itself
-/// as `kiln-measure` for each action.
+/// Where the helper is bound inside the sandbox.
 pub const HELPER: &str = "/kiln/measure";
 
 /// The helper's whole life; returns its exit code.
@@ -166,48 +165,35 @@ fn start_and_wait(req: &super::Run, under_tmp: &[PathBuf]) -> Result<Response, S
     caps::clear(None, caps::CapSet::Ambient).map_err(|e| format!("dropping capabilities: {e}"))?;
     caps::clear(None, caps::CapSet::Inheritable)
         .map_err(|e| format!("dropping capabilities: {e}"))?;
-    let mut report = None;
-    let mut stdin = Stdio::null();
-    let mut cmd = if req.measure {
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| format!("creating the usage socket: {e}"))?;
-        stdin = Stdio::from(std::os::fd::OwnedFd::from(theirs));
-        report = Some(ours);
-        let mut cmd = std::process::Command::new(HELPER);
-        cmd.arg("--").arg(program).args(args);
-        cmd
-    } else {
-        let mut cmd = std::process::Command::new(program);
-        cmd.args(args);
-        cmd
-    };
-    cmd.env_clear()
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&req.cwd)
-        .stdin(stdin)
+        .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
-    let mut child = match cmd.spawn() {
+    // One action at a time runs here, and the namespace is cleared before
+    // the next starts: the helper's children's usage grows by this
+    // action's alone (orphans it reaps included).
+    let before = children_usage();
+    let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Ok(Response::not_started(&format!("{e}"))),
     };
     drop(cmd);
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for the command: {e}"))?;
+    let ended = wait4::Wait4::wait4(child).map_err(|e| format!("waiting for the command: {e}"))?;
     use std::os::unix::process::ExitStatusExt;
+    let status = ended.status;
     let exit = status
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(-1);
-    // Nothing else of the action may hold the report socket open once the
-    // namespace is cleared: read it then.
     clear_namespace();
-    let report = report.and_then(|socket| {
-        let mut text = String::new();
-        socket.take(1024).read_to_string(&mut text).ok()?;
-        Some(text)
+    let report = req.measure.then(|| {
+        let after = children_usage();
+        measured(exit, ended.rusage.maxrss, before, after)
     });
     Ok(Response {
         exit,
@@ -215,6 +201,37 @@ fn start_and_wait(req: &super::Run, under_tmp: &[PathBuf]) -> Result<Response, S
         error: None,
         not_started: None,
     })
+}
+
+/// getrusage(RUSAGE_CHILDREN): the usage of every child the helper reaped.
+fn children_usage() -> Option<nix::sys::resource::Usage> {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok()
+}
+
+/// The report line for one action: CPU and block I/O as the growth of the
+/// helper's children's usage over the action, the peak memory from wait4
+/// (the children's own high-water mark never falls, so it cannot be
+/// differenced).
+fn measured(
+    exit: i32,
+    max_rss: u64,
+    before: Option<nix::sys::resource::Usage>,
+    after: Option<nix::sys::resource::Usage>,
+) -> String {
+    use crate::client::worker::measure::{Report, Usage};
+    let (Some(b), Some(a)) = (before, after) else {
+        return Report::NotStarted("getrusage failed".into()).line();
+    };
+    use crate::client::worker::measure::{BLOCK, timeval as time};
+    Report::Ran(Usage {
+        exit,
+        user: time(a.user_time()).saturating_sub(time(b.user_time())),
+        system: time(a.system_time()).saturating_sub(time(b.system_time())),
+        max_rss_bytes: i64::try_from(max_rss).unwrap_or(i64::MAX),
+        read_bytes: (a.block_reads() - b.block_reads()).saturating_mul(BLOCK),
+        written_bytes: (a.block_writes() - b.block_writes()).saturating_mul(BLOCK),
+    })
+    .line()
 }
 
 /// Gives the calling thread (and what it starts) a mount and IPC
