@@ -33,7 +33,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
         1004,
         include_str!("../../migrations/1004_scheduler_writers.sql"),
     ),
+    (
+        1005,
+        include_str!("../../migrations/1005_scheduler_bot_stage_index.sql"),
+    ),
 ];
+
+/// A bot's leases: both found through the (bot, stage) index, never by
+/// reading the bot's finished jobs.
+const RENEW: &str =
+    "UPDATE exec_jobs SET lease_expires = $1 WHERE bot = $2 AND stage = 3 AND lease_expires < $3";
+const HELD: &str = "SELECT id FROM exec_jobs WHERE bot = $1 AND stage = 3";
 
 /// Every column, in the order [`job_from_row`] reads them.
 const COLUMNS: &str = "id, instance, action_function, action_hash, action_size, action, platform, \
@@ -373,20 +383,18 @@ impl JobStore for SqlJobStore {
     }
 
     async fn renew(&self, bot: &str, renew_before: i64, lease_expires: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE exec_jobs SET lease_expires = $1 WHERE bot = $2 AND stage = 3 AND lease_expires < $3",
-        )
-        .bind(lease_expires)
-        .bind(bot.to_string())
-        .bind(renew_before)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("renewing leases"))?;
+        sqlx::query(RENEW)
+            .bind(lease_expires)
+            .bind(bot.to_string())
+            .bind(renew_before)
+            .execute(&self.pool)
+            .await
+            .map_err(db_err("renewing leases"))?;
         Ok(())
     }
 
     async fn held(&self, bot: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT id FROM exec_jobs WHERE bot = $1 AND stage = 3")
+        let rows = sqlx::query(HELD)
             .bind(bot.to_string())
             .fetch_all(&self.pool)
             .await
@@ -514,5 +522,34 @@ impl JobStore for SqlJobStore {
         .await
         .map_err(db_err("purging finished jobs"))?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: with an index on `bot` alone, each renewal and each
+    /// look at a bot's leases read every job the bot had finished.
+    #[tokio::test]
+    async fn a_bots_leases_are_found_without_its_finished_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/jobs.db?mode=rwc", dir.path().display());
+        let store = SqlJobStore::connect(&url).await.unwrap();
+        for sql in [RENEW, HELD] {
+            let rows = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .bind(1_i64)
+                .bind("bot".to_string())
+                .bind(1_i64)
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+            let plan: Vec<String> = rows.iter().map(|r| r.try_get(3).unwrap()).collect();
+            assert!(
+                plan.iter()
+                    .any(|p| p.contains("exec_jobs_bot_stage (bot=? AND stage=?)")),
+                "{sql}: {plan:?}"
+            );
+        }
     }
 }
