@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 mod demand;
 mod hearing;
 mod housekeeping;
+mod idle;
 mod leases;
 mod usage_metrics;
 mod workers;
@@ -174,8 +175,8 @@ pub struct Scheduler {
     /// What completing a job needs, for jobs this pod leased out: spares a
     /// database read when (as usual) the same pod takes the report.
     leased: moka::sync::Cache<String, leases::Leased>,
-    /// Wakes idle workers' updates when this pod queues work.
-    work: Notify,
+    /// Idle workers' updates, woken when this pod queues work they can run.
+    idle: idle::IdleTakers,
     stopping: AtomicBool,
     /// Platform labels handed out so far, with their properties.
     platforms: Mutex<std::collections::BTreeMap<String, Vec<(String, String)>>>,
@@ -236,7 +237,7 @@ impl Scheduler {
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(4 * 3600))
                 .build(),
-            work: Notify::new(),
+            idle: idle::IdleTakers::default(),
             stopping: AtomicBool::new(false),
             platforms: Mutex::new(std::collections::BTreeMap::new()),
             demand_now: Mutex::new(std::collections::BTreeMap::new()),
@@ -349,7 +350,7 @@ impl Scheduler {
             self.count("merged");
         } else {
             self.count("queued");
-            self.work.notify_waiters();
+            self.idle.wake_for(&job);
         }
         Ok(job)
     }
@@ -437,6 +438,6 @@ impl Scheduler {
     /// Ends long waits so that a graceful stop is not held up by idle workers.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        self.work.notify_waiters();
+        self.idle.wake_all();
     }
 }

@@ -64,7 +64,7 @@ impl Scheduler {
             news,
             JobNews::Missed | JobNews::Changed { queued: true, .. }
         ) {
-            self.work.notify_waiters();
+            self.idle.wake_all();
         }
         for id in stale {
             match self.store.get(&id).await {

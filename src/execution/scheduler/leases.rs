@@ -45,10 +45,11 @@ impl Scheduler {
         wait: Duration,
     ) -> Result<Option<Job>> {
         let deadline = tokio::time::Instant::now() + wait;
+        let taker = self.idle.taker(instance, offers);
         loop {
-            let notified = self.work.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+            // In line before the claim: a job queued after a failed claim
+            // still wakes this taker (its permit is kept).
+            taker.wait_in_line();
             if self.stopping.load(Ordering::SeqCst) {
                 return Ok(None);
             }
@@ -63,7 +64,7 @@ impl Scheduler {
                 return Ok(Some(job));
             }
             tokio::select! {
-                _ = notified => {}
+                _ = taker.woken() => {}
                 _ = tokio::time::sleep(self.poll_every()) => {}
                 _ = tokio::time::sleep_until(deadline) => return Ok(None),
             }
@@ -126,7 +127,7 @@ impl Scheduler {
         if let Some(job) = self.store.requeue(id, bot, now_ms(), refund).await? {
             self.count("requeued");
             self.changed(&job);
-            self.work.notify_waiters();
+            self.idle.wake_for(&job);
         }
         Ok(())
     }
