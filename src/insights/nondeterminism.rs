@@ -36,7 +36,10 @@ fn outputs(result: &ActionResult) -> BTreeMap<&str, String> {
         all.insert(f.path.as_str(), digest(f.digest.as_ref()));
     }
     for d in &result.output_directories {
-        all.insert(d.path.as_str(), digest(d.tree_digest.as_ref()));
+        // A DIRECTORY_ONLY result has no Tree: its root Directory stands
+        // for the contents (the same Command always asks the same format).
+        let id = d.tree_digest.as_ref().or(d.root_directory_digest.as_ref());
+        all.insert(d.path.as_str(), digest(id));
     }
     for s in result
         .output_symlinks

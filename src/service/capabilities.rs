@@ -87,7 +87,11 @@ impl Capabilities for CapabilitiesService {
             }),
             deprecated_api_version: version(2, 0),
             low_api_version: version(2, 0),
-            high_api_version: version(2, 3),
+            // 2.12: what 2.4-2.12 added is optional and capability-gated
+            // (chunking: no split_blob_support yet) or done (the workers'
+            // output_directory_format, Execute's inline hints,
+            // max_cas_blob_size_bytes).
+            high_api_version: version(2, 12),
         }))
     }
 }

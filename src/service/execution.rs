@@ -21,7 +21,7 @@ use crate::proto::reapi::{
     execution_server::Execution, execution_stage,
 };
 use crate::service::caller;
-use crate::service::operations::{authorized_job, finished, operation_name, watch};
+use crate::service::operations::{Inlining, authorized_job, finished, operation_name, watch};
 
 /// The Execution service.
 #[derive(Debug, Clone)]
@@ -98,7 +98,17 @@ impl Execution for ExecutionService {
                 let operation = finished(name, metadata, &response.encode_to_vec());
                 Ok(Response::new(done_now(operation)))
             }
-            Started::Queued(job) => Ok(Response::new(watch(self.scheduler.clone(), *job))),
+            Started::Queued(job) => {
+                let wanted =
+                    req.inline_stdout || req.inline_stderr || !req.inline_output_files.is_empty();
+                let inline = wanted.then(|| Inlining {
+                    instance,
+                    stdout: req.inline_stdout,
+                    stderr: req.inline_stderr,
+                    files: req.inline_output_files,
+                });
+                Ok(Response::new(watch(self.scheduler.clone(), *job, inline)))
+            }
         }
     }
 
@@ -115,6 +125,6 @@ impl Execution for ExecutionService {
             Role::Execute,
         )
         .await?;
-        Ok(Response::new(watch(self.scheduler.clone(), job)))
+        Ok(Response::new(watch(self.scheduler.clone(), job, None)))
     }
 }

@@ -122,11 +122,20 @@ pub fn operation(job: &Job) -> Operation {
 
 /// The stream Execute and WaitExecution return: the job now, then after
 /// every change, until it is done or the client goes away.
-pub fn watch(scheduler: Arc<Scheduler>, mut job: Job) -> ReceiverStream<Result<Operation, Status>> {
+pub fn watch(
+    scheduler: Arc<Scheduler>,
+    mut job: Job,
+    inline: Option<Inlining>,
+) -> ReceiverStream<Result<Operation, Status>> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         loop {
-            if tx.send(Ok(operation(&job))).await.is_err() || job.stage == Stage::Completed {
+            let done = job.stage == Stage::Completed;
+            let sent = match (&inline, done) {
+                (Some(inline), true) => operation(&inline.into(&job).await),
+                _ => operation(&job),
+            };
+            if tx.send(Ok(sent)).await.is_err() || done {
                 return;
             }
             tokio::select! {
@@ -142,6 +151,51 @@ pub fn watch(scheduler: Arc<Scheduler>, mut job: Job) -> ReceiverStream<Result<O
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// What an Execute asked to have inlined into the result it waits for
+/// (REAPI's `inline_stdout`, `inline_stderr`, `inline_output_files`).
+#[derive(Debug)]
+pub struct Inlining {
+    /// Where the outputs are.
+    pub instance: Arc<crate::instance::Instance>,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub files: Vec<String>,
+}
+
+impl Inlining {
+    /// `job` with its result's requested outputs inlined, within the
+    /// inlining budget; as it is when there is nothing to inline or an
+    /// output cannot be read (the client reads it by digest then, which
+    /// REAPI allows).
+    async fn into(&self, job: &Job) -> Job {
+        let Some(mut response) = job
+            .response
+            .as_ref()
+            .and_then(|r| crate::proto::reapi::ExecuteResponse::decode(&r[..]).ok())
+        else {
+            return job.clone();
+        };
+        let Some(result) = response.result.as_mut() else {
+            return job.clone();
+        };
+        let want = crate::action_result::Inline {
+            stdout: self.stdout,
+            stderr: self.stderr,
+            files: &self.files,
+        };
+        let cas = self.instance.cas.as_ref();
+        if let Err(e) =
+            crate::action_result::inline(cas, job.action_digest.function, result, want).await
+        {
+            tracing::debug!(job = %job.id, error = %e, "not inlining outputs");
+            return job.clone();
+        }
+        let mut inlined = job.clone();
+        inlined.response = Some(bytes::Bytes::from(response.encode_to_vec()));
+        inlined
+    }
 }
 
 /// The Operations service.

@@ -208,7 +208,10 @@ pub(super) async fn page(
                     @if !r.output_directories.is_empty() {
                         h3 { "Output directories" }
                         ul { @for d in &r.output_directories {
-                            li.mono { (d.path) " " @if let Some(b) = child(&blob.instance, &d.tree_digest) { a href=(b.link("tree.pb")) { "Tree" } } }
+                            li.mono { (d.path) " "
+                                @if let Some(b) = child(&blob.instance, &d.tree_digest) { a href=(b.link("tree.pb")) { "Tree" } " " }
+                                @if let Some(b) = child(&blob.instance, &d.root_directory_digest) { a href=(b.link("directory.pb")) { "Root directory" } }
+                            }
                         } }
                     }
                     @for o in &outputs { (o) }

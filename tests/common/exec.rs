@@ -108,6 +108,8 @@ pub struct Spec<'a> {
     pub output_paths: Vec<&'a str>,
     /// The Command's working directory.
     pub working_directory: &'a str,
+    /// REAPI 2.8's Command.output_directory_format (0: TREE_ONLY).
+    pub output_directory_format: i32,
 }
 
 /// The blobs of an action: (action digest, every blob to upload).
@@ -143,6 +145,7 @@ pub fn build(spec: &Spec<'_>) -> (Digest, Vec<Bytes>) {
         output_files: spec.outputs.iter().map(|s| s.to_string()).collect(),
         output_paths: spec.output_paths.iter().map(|s| s.to_string()).collect(),
         working_directory: spec.working_directory.to_string(),
+        output_directory_format: spec.output_directory_format,
         ..Default::default()
     };
     let command = Bytes::from(command.encode_to_vec());

@@ -461,3 +461,41 @@ async fn blobs_above_max_cas_blob_size_are_refused_on_every_upload_path() {
     let got = reqwest::get(&url).await.unwrap();
     assert_eq!(got.status().as_u16(), 404);
 }
+
+/// REAPI's optional routing header (`build.bazel.remote.execution.v2.resource-name`,
+/// the call's resource name, for load balancers) is accepted on writes and
+/// reads alike.
+#[tokio::test]
+async fn the_routing_header_is_accepted() {
+    let kiln = Kiln::start(MEMORY).await;
+    let mut bs = kiln.bytestream().await;
+    let data = blob(7, 100_000);
+    let d = sha(&data);
+    let name = upload_name(&d);
+    let header = "build.bazel.remote.execution.v2.resource-name";
+    let mut request = tonic::Request::new(tokio_stream::iter(messages(
+        &name,
+        &data,
+        0,
+        16 << 10,
+        true,
+    )));
+    request.metadata_mut().insert(header, name.parse().unwrap());
+    let written = bs.write(request).await.unwrap().into_inner();
+    assert_eq!(written.committed_size, data.len() as i64);
+    let read_name = format!("blobs/{d}");
+    let mut request = tonic::Request::new(ReadRequest {
+        resource_name: read_name.clone(),
+        read_offset: 0,
+        read_limit: 0,
+    });
+    request
+        .metadata_mut()
+        .insert(header, read_name.parse().unwrap());
+    let mut stream = bs.read(request).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(msg) = stream.message().await.unwrap() {
+        got.extend_from_slice(&msg.data);
+    }
+    assert_eq!(got, data);
+}

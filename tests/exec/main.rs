@@ -11,6 +11,7 @@ mod bgd;
 mod cache;
 mod demand;
 mod drain;
+mod formats;
 mod images;
 mod lost_leases;
 mod pods;

@@ -336,6 +336,7 @@ pub async fn collect(
     result: &mut ActionResult,
 ) -> Result<Budget> {
     let function = cas.function();
+    let format = DirFormat::of(command);
     let declared: Vec<String> = if command.output_paths.is_empty() {
         command
             .output_files
@@ -349,7 +350,7 @@ pub async fn collect(
     let cwd = cwd.to_path_buf();
     let (collected, budget) = tokio::task::spawn_blocking(move || {
         let mut budget = budget;
-        let collected = walk_outputs(function, &root, &cwd, &declared, &mut budget)?;
+        let collected = walk_outputs(function, format, &root, &cwd, &declared, &mut budget)?;
         Ok::<_, Error>((collected, budget))
     })
     .await
@@ -368,8 +369,40 @@ pub async fn collect(
     Ok(budget)
 }
 
+/// How output directories are stored (REAPI 2.8's
+/// `Command.output_directory_format`): as one Tree message, as Directory
+/// messages (each its own blob, found from `root_directory_digest`), or both.
+#[derive(Debug, Clone, Copy)]
+struct DirFormat {
+    tree: bool,
+    directories: bool,
+}
+
+impl DirFormat {
+    /// The format `command` asks for; a value this worker does not know is
+    /// read as TREE_ONLY, as the protocol says.
+    fn of(command: &Command) -> Self {
+        use crate::proto::reapi::command::OutputDirectoryFormat as F;
+        match command.output_directory_format() {
+            F::TreeOnly => DirFormat {
+                tree: true,
+                directories: false,
+            },
+            F::DirectoryOnly => DirFormat {
+                tree: false,
+                directories: true,
+            },
+            F::TreeAndDirectory => DirFormat {
+                tree: true,
+                directories: true,
+            },
+        }
+    }
+}
+
 fn walk_outputs(
     function: DigestFunction,
+    format: DirFormat,
     root: &Arc<Root>,
     cwd: &Path,
     declared: &[String],
@@ -436,20 +469,35 @@ fn walk_outputs(
             SFlag::S_IFDIR => {
                 drop(fd);
                 let (root_dir, children) = walk.tree(&rel)?;
-                let root_digest = function.digest_of(&root_dir.encode_to_vec());
-                let tree = Tree {
-                    root: Some(root_dir),
-                    children,
-                };
-                let bytes = bytes::Bytes::from(tree.encode_to_vec());
-                let tree_digest = function.digest_of(&bytes);
-                walk.uploads.push((tree_digest, Source::Bytes(bytes)));
-                result.output_directories.push(OutputDirectory {
+                let mut output = OutputDirectory {
                     path: out.clone(),
-                    tree_digest: Some(tree_digest.to_proto()),
-                    is_topologically_sorted: false,
-                    root_directory_digest: Some(root_digest.to_proto()),
-                });
+                    ..Default::default()
+                };
+                if format.directories {
+                    // Each Directory as a blob of its own (equal subtrees
+                    // once), the root's digest the entry point.
+                    let mut seen = std::collections::HashSet::new();
+                    for dir in std::iter::once(&root_dir).chain(&children) {
+                        let bytes = bytes::Bytes::from(dir.encode_to_vec());
+                        let digest = function.digest_of(&bytes);
+                        if seen.insert(digest) {
+                            walk.uploads.push((digest, Source::Bytes(bytes)));
+                        }
+                    }
+                    output.root_directory_digest =
+                        Some(function.digest_of(&root_dir.encode_to_vec()).to_proto());
+                }
+                if format.tree {
+                    let tree = Tree {
+                        root: Some(root_dir),
+                        children,
+                    };
+                    let bytes = bytes::Bytes::from(tree.encode_to_vec());
+                    let tree_digest = function.digest_of(&bytes);
+                    walk.uploads.push((tree_digest, Source::Bytes(bytes)));
+                    output.tree_digest = Some(tree_digest.to_proto());
+                }
+                result.output_directories.push(output);
             }
             SFlag::S_IFREG => {
                 let opened = match fd {
@@ -505,6 +553,10 @@ mod tests {
         let outs: Vec<String> = outs.iter().map(|s| s.to_string()).collect();
         walk_outputs(
             DigestFunction::Sha256,
+            DirFormat {
+                tree: true,
+                directories: false,
+            },
             &r,
             Path::new(""),
             &outs,
