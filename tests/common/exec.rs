@@ -223,6 +223,23 @@ pub async fn execute(
     collect(stream).await
 }
 
+/// Execute with `request` (as sent, metadata included) to its end: the
+/// final result, which must be a success.
+pub async fn executed(
+    channel: &Channel,
+    request: tonic::Request<ExecuteRequest>,
+) -> kiln::proto::reapi::ActionResult {
+    let stream = ExecutionClient::new(channel.clone())
+        .execute(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let ops = collect(stream).await.unwrap();
+    let r = response(ops.last().expect("an operation"));
+    assert_eq!(r.status.map(|s| s.code).unwrap_or(0), 0, "{:?}", r.message);
+    r.result.expect("a result")
+}
+
 /// Execute in a task of its own (for calls that wait while the test acts).
 pub fn spawn_execute(
     channel: &Channel,

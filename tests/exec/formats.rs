@@ -5,11 +5,10 @@
 
 use prost::Message;
 
-use crate::common::exec::{Spec, WorkerProc, response, upload};
+use crate::common::exec::{Spec, WorkerProc, executed, upload};
 use crate::common::{Kiln, MEMORY, read_one, sha};
 use kiln::digest::Digest;
 use kiln::proto::reapi::command::OutputDirectoryFormat;
-use kiln::proto::reapi::execution_client::ExecutionClient;
 use kiln::proto::reapi::{ActionResult, Directory, ExecuteRequest, GetActionResultRequest, Tree};
 
 async fn kiln_with_worker(name: &str) -> (Kiln, WorkerProc) {
@@ -21,28 +20,18 @@ async fn kiln_with_worker(name: &str) -> (Kiln, WorkerProc) {
     (kiln, worker)
 }
 
-/// Execute (never from the cache) with `request`'s hints; the result.
+/// Execute (never from the cache) with `hints`; the result.
 async fn run(
     ch: &tonic::transport::Channel,
     digest: Digest,
     hints: ExecuteRequest,
 ) -> ActionResult {
-    let mut stream = ExecutionClient::new(ch.clone())
-        .execute(ExecuteRequest {
-            action_digest: Some(digest.to_proto()),
-            skip_cache_lookup: true,
-            ..hints
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(op) = stream.message().await.unwrap() {
-        last = Some(op);
-    }
-    let r = response(&last.expect("an operation"));
-    assert_eq!(r.status.map(|s| s.code).unwrap_or(0), 0, "{:?}", r.message);
-    r.result.expect("a result")
+    let request = ExecuteRequest {
+        action_digest: Some(digest.to_proto()),
+        skip_cache_lookup: true,
+        ..hints
+    };
+    executed(ch, tonic::Request::new(request)).await
 }
 
 /// The blob `digest` from the CAS, which must hold it.

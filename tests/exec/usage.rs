@@ -6,7 +6,7 @@
 use prost::Message;
 use tonic::metadata::BinaryMetadataValue;
 
-use crate::common::exec::{Spec, WorkerProc, response, upload};
+use crate::common::exec::{Spec, WorkerProc, executed, response, upload};
 use crate::common::{Kiln, MEMORY};
 use kiln::digest::Digest;
 use kiln::proto::kiln_v1::ResourceUsage;
@@ -30,18 +30,7 @@ async fn run(ch: &tonic::transport::Channel, digest: Digest, invocation: &str) -
         "build.bazel.remote.execution.v2.requestmetadata-bin",
         BinaryMetadataValue::from_bytes(&meta.encode_to_vec()),
     );
-    let mut stream = ExecutionClient::new(ch.clone())
-        .execute(req)
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(op) = stream.message().await.unwrap() {
-        last = Some(op);
-    }
-    let r = response(&last.expect("an operation"));
-    assert_eq!(r.status.map(|s| s.code).unwrap_or(0), 0, "{:?}", r.message);
-    r.result.expect("a result")
+    executed(ch, req).await
 }
 
 fn usage(result: &ActionResult) -> Option<ResourceUsage> {
