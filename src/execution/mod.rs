@@ -14,6 +14,7 @@ pub mod memory;
 mod news;
 pub mod scheduler;
 pub mod sql;
+mod sql_group;
 pub mod store;
 pub mod usage;
 pub mod validate;

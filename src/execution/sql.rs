@@ -13,6 +13,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use super::job::{Job, JobFilter, Offers, Platform, Stage};
 use super::news::{JobNews, PgNews};
+use super::sql_group::{GroupWriter, Statement, Value};
 use super::store::JobStore;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result};
@@ -70,6 +71,8 @@ pub struct SqlJobStore {
     platforms: Mutex<HashMap<String, QueuedPlatforms>>,
     /// On PostgreSQL: announcing changes to other pods, hearing theirs.
     news: Option<PgNews>,
+    /// On SQLite: the group commit every write step goes through.
+    group: Option<GroupWriter>,
 }
 
 impl SqlJobStore {
@@ -86,9 +89,29 @@ impl SqlJobStore {
         let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
         Ok(SqlJobStore {
             news: (notifications && postgres).then(|| PgNews::start(url, pool.clone())),
+            group: (!postgres).then(|| GroupWriter::start(pool.clone())),
             pool,
             platforms: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Runs a write step: in the next group commit on SQLite, through the
+    /// pool on PostgreSQL. Returns the rows changed and the row returned.
+    async fn write(&self, statement: Statement) -> Result<(u64, Option<AnyRow>)> {
+        match &self.group {
+            Some(group) => group.run(statement).await,
+            None => statement.run_on(&self.pool).await,
+        }
+    }
+
+    /// A write step that returns the job it changed (RETURNING), if any.
+    async fn write_job(&self, statement: Statement) -> Result<Option<Job>> {
+        let statement = Statement {
+            returning: true,
+            ..statement
+        };
+        let (_, row) = self.write(statement).await?;
+        self.announced(row.as_ref().map(job_from_row).transpose())
     }
 
     fn announce(&self, job: &Job) {
@@ -220,7 +243,6 @@ fn job_from_row(row: &AnyRow) -> Result<Job> {
 #[async_trait]
 impl JobStore for SqlJobStore {
     async fn insert(&self, job: Job) -> Result<(Job, bool)> {
-        let err = db_err("queueing a job");
         // The merge target may finish between a failed insert and the
         // lookup; then the insert is simply tried again.
         for _ in 0..CLAIM_RACES {
@@ -230,36 +252,42 @@ impl JobStore for SqlJobStore {
                  ON CONFLICT DO NOTHING"
             );
             let d = &job.action_digest;
-            let done = sqlx::query(AssertSqlSafe(sql))
-                .bind(job.id.clone())
-                .bind(job.instance.clone())
-                .bind(d.function.name())
-                .bind(d.hash_hex())
-                .bind(d.size as i64)
-                .bind(job.action.to_vec())
-                .bind(job.platform.encode())
-                .bind(job.priority as i64)
-                .bind(job.do_not_cache as i64)
-                .bind(job.merge_key.clone())
-                .bind(job.stage as i64)
-                .bind(job.bot.clone())
-                .bind(job.lease_expires)
-                .bind(job.attempts as i64)
-                .bind(job.cancelled as i64)
-                .bind(job.queued_at)
-                .bind(job.ready_at)
-                .bind(job.started_at)
-                .bind(job.completed_at)
-                .bind(job.response.as_ref().map(|r| r.to_vec()))
-                .bind(job.trace.clone())
-                .bind(job.version)
-                .bind(job.invocation_id.clone())
-                .bind(job.target.clone())
-                .bind(job.mnemonic.clone())
-                .execute(&self.pool)
-                .await
-                .map_err(&err)?;
-            if done.rows_affected() == 1 {
+            let values = vec![
+                Value::S(job.id.clone()),
+                Value::S(job.instance.clone()),
+                Value::S(d.function.name().to_string()),
+                Value::S(d.hash_hex()),
+                Value::I(d.size as i64),
+                Value::B(job.action.to_vec()),
+                Value::S(job.platform.encode()),
+                Value::I(job.priority as i64),
+                Value::I(job.do_not_cache as i64),
+                Value::OptS(job.merge_key.clone()),
+                Value::I(job.stage as i64),
+                Value::OptS(job.bot.clone()),
+                Value::I(job.lease_expires),
+                Value::I(job.attempts as i64),
+                Value::I(job.cancelled as i64),
+                Value::I(job.queued_at),
+                Value::I(job.ready_at),
+                Value::I(job.started_at),
+                Value::I(job.completed_at),
+                Value::OptB(job.response.as_ref().map(|r| r.to_vec())),
+                Value::S(job.trace.clone()),
+                Value::I(job.version),
+                Value::S(job.invocation_id.clone()),
+                Value::S(job.target.clone()),
+                Value::S(job.mnemonic.clone()),
+            ];
+            let (inserted, _) = self
+                .write(Statement {
+                    sql,
+                    values,
+                    context: "queueing a job",
+                    returning: false,
+                })
+                .await?;
+            if inserted == 1 {
                 self.note_platform(&job.instance, job.platform.encode());
                 self.announce(&job);
                 return Ok((job, false));
@@ -356,16 +384,23 @@ impl JobStore for SqlJobStore {
             placeholders(2, platforms.len())
         );
         for _ in 0..CLAIM_RACES {
-            let q = sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(bot.to_string())
-                .bind(lease_expires)
-                .bind(now)
-                .bind(instance.to_string());
-            let q = platforms.iter().fold(q, |q, p| q.bind(p.clone()));
-            if let Some(row) = q.fetch_optional(&self.pool).await.map_err(&err)? {
-                let job = job_from_row(&row)?;
-                self.announce(&job);
-                return Ok(Some(job));
+            let mut values = vec![
+                Value::S(bot.to_string()),
+                Value::I(lease_expires),
+                Value::I(now),
+                Value::S(instance.to_string()),
+            ];
+            values.extend(platforms.iter().map(|p| Value::S(p.clone())));
+            let claimed = self
+                .write_job(Statement {
+                    sql: sql.clone(),
+                    values,
+                    context: "taking a job",
+                    returning: false,
+                })
+                .await?;
+            if claimed.is_some() {
+                return Ok(claimed);
             }
             // Nothing matched, or a race: is anything matching still queued?
             let left = sqlx::query(AssertSqlSafe(left_sql.clone())).bind(instance.to_string());
@@ -383,13 +418,17 @@ impl JobStore for SqlJobStore {
     }
 
     async fn renew(&self, bot: &str, renew_before: i64, lease_expires: i64) -> Result<()> {
-        sqlx::query(RENEW)
-            .bind(lease_expires)
-            .bind(bot.to_string())
-            .bind(renew_before)
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("renewing leases"))?;
+        self.write(Statement {
+            sql: RENEW.to_string(),
+            values: vec![
+                Value::I(lease_expires),
+                Value::S(bot.to_string()),
+                Value::I(renew_before),
+            ],
+            context: "renewing leases",
+            returning: false,
+        })
+        .await?;
         Ok(())
     }
 
@@ -418,19 +457,20 @@ impl JobStore for SqlJobStore {
              WHERE id = $4 AND stage < 4 {} RETURNING {COLUMNS}",
             if holder.is_some() { "AND bot = $5" } else { "" }
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .bind(response.to_vec())
-            .bind(cancelled as i64)
-            .bind(now)
-            .bind(id.to_string());
-        if let Some(h) = holder {
-            q = q.bind(h.to_string());
-        }
-        let row = q
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err("finishing a job"))?;
-        self.announced(row.as_ref().map(job_from_row).transpose())
+        let mut values = vec![
+            Value::B(response.to_vec()),
+            Value::I(cancelled as i64),
+            Value::I(now),
+            Value::S(id.to_string()),
+        ];
+        values.extend(holder.map(|h| Value::S(h.to_string())));
+        self.write_job(Statement {
+            sql,
+            values,
+            context: "finishing a job",
+            returning: false,
+        })
+        .await
     }
 
     async fn requeue(&self, id: &str, bot: &str, now: i64, refund: bool) -> Result<Option<Job>> {
@@ -443,14 +483,17 @@ impl JobStore for SqlJobStore {
             "UPDATE exec_jobs SET stage = 2, bot = NULL, ready_at = $1, version = version + 1{refund} \
              WHERE id = $2 AND stage = 3 AND bot = $3 RETURNING {COLUMNS}"
         );
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(now)
-            .bind(id.to_string())
-            .bind(bot.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err("re-queueing a job"))?;
-        self.announced(row.as_ref().map(job_from_row).transpose())
+        self.write_job(Statement {
+            sql,
+            values: vec![
+                Value::I(now),
+                Value::S(id.to_string()),
+                Value::S(bot.to_string()),
+            ],
+            context: "re-queueing a job",
+            returning: false,
+        })
+        .await
     }
 
     async fn expired_leases(&self, now: i64) -> Result<Vec<Job>> {
@@ -551,5 +594,46 @@ mod tests {
                 "{sql}: {plan:?}"
             );
         }
+    }
+
+    /// Steps that arrive together are written in one transaction; a step
+    /// that fails does not fail the others of its group.
+    #[tokio::test]
+    async fn steps_that_arrive_together_commit_together_and_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/jobs.db?mode=rwc", dir.path().display());
+        let store = SqlJobStore::connect(&url).await.unwrap();
+        let group = store.group.clone().expect("SQLite writes in groups");
+        let inserts = (0..20).map(|n| {
+            store.insert(crate::execution::store::tests::job(
+                &format!("j{n}"),
+                None,
+                &[],
+                0,
+            ))
+        });
+        for inserted in futures::future::join_all(inserts).await {
+            assert!(!inserted.unwrap().1);
+        }
+        assert!(
+            group.commits() <= 2,
+            "20 inserts in {} commits",
+            group.commits()
+        );
+
+        let bad = Statement {
+            sql: "UPDATE no_such_table SET x = 1".into(),
+            values: Vec::new(),
+            context: "a bad step",
+            returning: false,
+        };
+        let good = store.insert(crate::execution::store::tests::job("k", None, &[], 0));
+        let (bad, good) = tokio::join!(group.run(bad), good);
+        assert!(bad.is_err());
+        assert!(good.is_ok(), "{good:?}");
+        assert!(
+            store.get("k").await.unwrap().is_some(),
+            "the good step is stored"
+        );
     }
 }

@@ -86,12 +86,18 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::digest::DigestFunction;
     use crate::execution::job::{Platform, Stage};
 
-    fn job(id: &str, merge: Option<&str>, platform: &[(&str, &str)], priority: i32) -> Job {
+    /// A queued job (`merge`: its merge key, else not cacheable).
+    pub(crate) fn job(
+        id: &str,
+        merge: Option<&str>,
+        platform: &[(&str, &str)],
+        priority: i32,
+    ) -> Job {
         Job {
             invocation_id: String::new(),
             target: String::new(),
