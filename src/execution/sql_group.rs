@@ -158,7 +158,12 @@ async fn write_groups(
 }
 
 /// Runs `group` in one transaction; every step's outcome once committed.
+/// A step alone is its own transaction (autocommit): explicit BEGIN and
+/// COMMIT would be two more round trips to SQLite's thread for nothing.
 async fn write_group(pool: &AnyPool, group: &[Step]) -> Result<Vec<(u64, Option<AnyRow>)>> {
+    if let [step] = group {
+        return Ok(vec![step.statement.run_on(pool).await?]);
+    }
     let err = db_err("writing the job store");
     let mut tx = pool.begin().await.map_err(&err)?;
     let mut outcomes = Vec::with_capacity(group.len());
