@@ -132,7 +132,7 @@ pub fn watch(
         loop {
             let done = job.stage == Stage::Completed;
             let sent = match (&inline, done) {
-                (Some(inline), true) => operation(&inline.into(&job).await),
+                (Some(inline), true) => operation(&inline.applied_to(&job).await),
                 _ => operation(&job),
             };
             if tx.send(Ok(sent)).await.is_err() || done {
@@ -169,7 +169,7 @@ impl Inlining {
     /// inlining budget; as it is when there is nothing to inline or an
     /// output cannot be read (the client reads it by digest then, which
     /// REAPI allows).
-    async fn into(&self, job: &Job) -> Job {
+    async fn applied_to(&self, job: &Job) -> Job {
         let Some(mut response) = job
             .response
             .as_ref()

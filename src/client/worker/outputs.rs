@@ -480,12 +480,14 @@ fn walk_outputs(
                     for dir in std::iter::once(&root_dir).chain(&children) {
                         let bytes = bytes::Bytes::from(dir.encode_to_vec());
                         let digest = function.digest_of(&bytes);
+                        // The root comes first: its digest is the entry point.
+                        output
+                            .root_directory_digest
+                            .get_or_insert(digest.to_proto());
                         if seen.insert(digest) {
                             walk.uploads.push((digest, Source::Bytes(bytes)));
                         }
                     }
-                    output.root_directory_digest =
-                        Some(function.digest_of(&root_dir.encode_to_vec()).to_proto());
                 }
                 if format.tree {
                     let tree = Tree {
