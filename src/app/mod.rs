@@ -166,6 +166,7 @@ async fn serve(
         delay: config.grpc.shutdown_delay.0,
         stop_grpc: stop_grpc_tx,
     });
+    let scheduler = parts.scheduler.clone();
     let grace = config.grace_period.0;
     let mut stop_grace = stop_grpc.clone();
     let task = tokio::spawn(async move {
@@ -183,8 +184,14 @@ async fn serve(
                 Ok(())
             }
         };
+        // Every task holding the stores has ended when stop returns, so a
+        // server started next on the same directory finds it unlocked.
         expiry.abort();
-        http_task.abort();
+        let _ = expiry.await;
+        let _ = http_task.await;
+        if let Some(scheduler) = scheduler {
+            scheduler.end_tasks().await;
+        }
         result
     });
     tracing::info!(%addr, %http_addr, tls = config.tls.is_some(), instances = config.instances.len(), "kiln serving");

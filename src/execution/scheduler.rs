@@ -184,6 +184,9 @@ pub struct Scheduler {
     demand_now: Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
     /// Workers heard from lately (see `workers.rs`).
     workers: moka::sync::Cache<String, workers::SeenWorker>,
+    /// Its background tasks (housekeeping, news from other pods), ended by
+    /// [`Scheduler::end_tasks`].
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Publishes `job` unless a newer version of it is already published
@@ -245,9 +248,11 @@ impl Scheduler {
                 .max_capacity(workers::MAX_WORKERS)
                 .time_to_live(workers::SEEN_FOR)
                 .build(),
+            tasks: Mutex::new(Vec::new()),
         });
         if let Some(news) = news {
-            tokio::spawn(hearing::hear(Arc::downgrade(&scheduler), news));
+            let hearing = tokio::spawn(hearing::hear(Arc::downgrade(&scheduler), news));
+            scheduler.adopt(hearing);
         }
         scheduler
     }
@@ -439,5 +444,23 @@ impl Scheduler {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.idle.wake_all();
+    }
+
+    fn adopt(&self, task: tokio::task::JoinHandle<()>) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
+    /// Ends the background tasks and waits until they are gone: a round in
+    /// progress holds the scheduler (and through it the stores), and a
+    /// stopped server must release its data directory.
+    pub async fn end_tasks(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }

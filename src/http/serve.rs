@@ -119,6 +119,7 @@ pub async fn serve(
     })
     .await;
     connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
 
 async fn connection(

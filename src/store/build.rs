@@ -91,7 +91,16 @@ impl<'a> StoreBuilder<'a> {
                         capacity: Some(self.metrics.capacity(&path)),
                         segments: f.segments,
                     };
-                    Arc::new(FsStore::open_with(&dir, options).map_err(|e| {
+                    // Opening scans the index and segments and may wait for
+                    // the directory's lock (a store of this process still
+                    // being dropped): blocking work, off the runtime's
+                    // threads, so the tasks that release the lock can run.
+                    let opening = dir.clone();
+                    let opened =
+                        tokio::task::spawn_blocking(move || FsStore::open_with(&opening, options))
+                            .await
+                            .map_err(|e| Error::internal_from(format!("{path}: opening"), e))?;
+                    Arc::new(opened.map_err(|e| {
                         Error::internal_from(format!("{path}: opening {}", dir.display()), e)
                     })?)
                 }

@@ -77,7 +77,9 @@ struct FileTarget {
 /// The handle puts send their finished temp files to.
 #[derive(Debug)]
 pub(crate) struct Syncer {
-    tx: mpsc::Sender<Job>,
+    /// `None` only while dropping.
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Syncer {
@@ -91,11 +93,14 @@ impl Syncer {
         let dir = std::fs::File::open(root)
             .map_err(|e| Error::io(format!("opening {}", root.display()), e))?;
         let (tx, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("kiln-fs-sync".into())
             .spawn(move || run(dir, index, segments, rx))
             .map_err(|e| Error::io("starting the fs store's syncer", e))?;
-        Ok(Syncer { tx })
+        Ok(Syncer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Moves the finished, unsynced file `temp` of `len` bytes to `dest`
@@ -149,11 +154,23 @@ impl Syncer {
             to,
             done,
         };
-        if self.tx.send(job).is_err() {
+        if self.tx.as_ref().is_none_or(|tx| tx.send(job).is_err()) {
             return Err(std::io::Error::other("the fs store's syncer has stopped"));
         }
         wait.await
             .unwrap_or_else(|_| Err(std::io::Error::other("the fs store's syncer has stopped")))
+    }
+}
+
+/// The store is going away: the thread finishes the rounds already sent
+/// and ends, and dropping waits for it, so the segments it holds (and
+/// their directory lock) are released when the store is.
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -63,3 +63,24 @@ async fn blobs_and_results_survive_a_restart() {
         .into_inner();
     assert_eq!(got, result);
 }
+
+/// Regression: `stop` returned while the HTTP listener's task (which holds
+/// the stores) was only asked to abort, so the fs store's directory lock
+/// was still held and a server started at once on the same directory
+/// failed with "in use by another kiln process" (seen under CI load).
+#[tokio::test]
+async fn stop_releases_the_data_directory_before_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let kiln = Kiln::start_in(&disk(), dir.path()).await;
+    let lock = dir.path().join("cas/segments/lock");
+    assert!(
+        lock.exists(),
+        "the embedded default locks {}",
+        lock.display()
+    );
+    kiln.server.stop().await.unwrap();
+    let file = std::fs::File::open(&lock).unwrap();
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, errno)| errno)
+        .expect("the lock is free once stop has returned");
+}

@@ -57,9 +57,9 @@ impl Scheduler {
 
     /// Runs [`Scheduler::housekeep`] every second, and purges finished jobs
     /// past `retention` every minute, until the scheduler is dropped.
-    pub fn start_housekeeping(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    pub fn start_housekeeping(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for n in 0u64.. {
@@ -75,6 +75,7 @@ impl Scheduler {
                     tracing::warn!(error = %e, "purging finished jobs failed");
                 }
             }
-        })
+        });
+        self.adopt(task);
     }
 }
