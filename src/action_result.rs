@@ -144,6 +144,14 @@ pub async fn store(
         Err(_) => None,
     };
     instance.action_cache.put(action, encoded.into()).await?;
+    if before.is_none() {
+        insights.result_missed(
+            &instance.name,
+            instance.cas.clone(),
+            *action,
+            writer.clone(),
+        );
+    }
     insights
         .result_written(&instance.name, action, before.as_ref(), result, writer)
         .await;

@@ -128,6 +128,36 @@ const MIGRATION_LOCK: i64 = 0x006b_696c_6e6d_6967; // "kilnmig"
 /// PostgreSQL an advisory lock held for the whole run, on SQLite a write
 /// transaction (`BEGIN IMMEDIATE`) per migration, which also excludes other
 /// processes. Each migration is re-checked once the lock is held.
+/// The statements of a migration file, split at each `;` outside a `--`
+/// comment (a `;` in a comment does not end a statement); statements that
+/// are only comments are dropped.
+fn statements(sql: &'static str) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let (mut start, mut comment) = (0, false);
+    let bytes = sql.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'-' if !comment && bytes.get(i + 1) == Some(&b'-') => comment = true,
+            b'\n' => comment = false,
+            b';' if !comment => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&sql[start..]);
+    out.into_iter()
+        .map(str::trim)
+        .filter(|s| {
+            !s.is_empty()
+                && !s
+                    .lines()
+                    .all(|l| l.trim_start().starts_with("--") || l.trim().is_empty())
+        })
+        .collect()
+}
+
 async fn migrate(pool: &AnyPool, what: &str, migrations: &[(i64, &'static str)]) -> Result<()> {
     let context = format!("migrating the {what} schema");
     let err = db_err(&context);
@@ -166,27 +196,24 @@ async fn apply(
         sqlx::query(if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" })
             .execute(&mut *conn)
             .await?;
-        let outcome =
-            async {
-                let done = sqlx::query("SELECT version FROM kiln_migrations WHERE version = $1")
-                    .bind(*version)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                if done.is_some() {
-                    return Ok(());
-                }
-                for statement in sql.split(';').map(str::trim).filter(|s| {
-                    !s.is_empty() && !s.lines().all(|l| l.trim_start().starts_with("--"))
-                }) {
-                    sqlx::query(statement).execute(&mut *conn).await?;
-                }
-                sqlx::query("INSERT INTO kiln_migrations (version) VALUES ($1)")
-                    .bind(*version)
-                    .execute(&mut *conn)
-                    .await
-                    .map(|_| ())
+        let outcome = async {
+            let done = sqlx::query("SELECT version FROM kiln_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if done.is_some() {
+                return Ok(());
             }
-            .await;
+            for statement in statements(sql) {
+                sqlx::query(statement).execute(&mut *conn).await?;
+            }
+            sqlx::query("INSERT INTO kiln_migrations (version) VALUES ($1)")
+                .bind(*version)
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+        }
+        .await;
         let end = if outcome.is_ok() {
             "COMMIT"
         } else {
@@ -196,4 +223,19 @@ async fn apply(
         outcome?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_semicolon_in_a_comment_does_not_end_a_statement() {
+        let sql = "-- a table; see below\nCREATE TABLE t (x INT);\n\n-- an index; too\nCREATE INDEX i ON t (x);\n-- the end;\n";
+        assert_eq!(
+            super::statements(sql),
+            [
+                "-- a table; see below\nCREATE TABLE t (x INT)",
+                "-- an index; too\nCREATE INDEX i ON t (x)"
+            ]
+        );
+    }
 }

@@ -41,10 +41,10 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
         &metrics,
         config.build_events.webhook_backoff.0,
     );
-    let insights = config
-        .insights
-        .nondeterminism
-        .then(|| crate::insights::Insights::new(events.clone(), webhooks.clone(), &metrics));
+    let on = &config.insights;
+    let insights = (on.nondeterminism || on.misses).then(|| {
+        crate::insights::Insights::new(events.clone(), webhooks.clone(), &metrics, on.clone())
+    });
     let instances = Instances::build(
         config,
         data_dir.to_path_buf(),

@@ -22,6 +22,7 @@ pub fn router(store: Store) -> Router {
         .route("/api/v1/invocations", get(list))
         .route("/api/v1/invocations/{id}", get(show))
         .route("/api/v1/invocations/{id}/events", get(events))
+        .route("/api/v1/invocations/{id}/misses", get(misses))
         .route("/api/v1/nondeterminism", get(nondeterminism))
         .with_state(store)
 }
@@ -127,6 +128,29 @@ async fn nondeterminism(
         Ok(mut rows) => {
             rows.retain(|r| caller.may(&r.instance, crate::auth::Role::Read));
             Json(serde_json::json!({ "outputs": rows })).into_response()
+        }
+        Err(e) => failure(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct MissesQuery {
+    limit: Option<i64>,
+}
+
+/// The actions an invocation missed and why (`crate::insights::misses`),
+/// by target; only those of instances the caller may read.
+async fn misses(
+    State(store): State<Store>,
+    caller: crate::http::caller::HttpCaller,
+    Path(id): Path<String>,
+    Query(q): Query<MissesQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    match store.misses(&id, limit).await {
+        Ok(mut rows) => {
+            rows.retain(|r| caller.may(&r.instance, crate::auth::Role::Read));
+            Json(serde_json::json!({ "misses": rows })).into_response()
         }
         Err(e) => failure(e),
     }

@@ -16,6 +16,7 @@ use super::store::{
 use super::summary::Invocation;
 use crate::error::{Error, Result};
 use crate::insights::NondeterministicOutput;
+use crate::insights::misses::{Fingerprint, Miss};
 use crate::sql::db_err;
 use crate::time::now_ms;
 
@@ -38,6 +39,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/0005_insights_nondeterminism.sql"),
     ),
+    (6, include_str!("../../migrations/0006_insights_misses.sql")),
 ];
 
 /// Build events in a SQL database.
@@ -141,7 +143,8 @@ impl EventStore for SqlEventStore {
             }
             tx.commit().await.map_err(&err)?;
         }
-        let insights = super::sql_insights::purge(&self.pool, before_ms, limit).await?;
+        let insights = super::sql_insights::purge(&self.pool, before_ms, limit).await?
+            + super::sql_misses::purge(&self.pool, before_ms, limit).await?;
         Ok((ids.len() + orphans.len()) as u64 + insights)
     }
 
@@ -337,5 +340,17 @@ impl EventStore for SqlEventStore {
         limit: i64,
     ) -> Result<Vec<NondeterministicOutput>> {
         super::sql_insights::list(&self.pool, invocation, since_ms, limit).await
+    }
+
+    async fn fingerprint(&self, identity: &str) -> Result<Option<Fingerprint>> {
+        super::sql_misses::fingerprint(&self.pool, identity).await
+    }
+
+    async fn record_miss(&self, fingerprint: &Fingerprint, miss: &Miss) -> Result<()> {
+        super::sql_misses::record(&self.pool, fingerprint, miss).await
+    }
+
+    async fn misses(&self, invocation: &str, limit: i64) -> Result<Vec<Miss>> {
+        super::sql_misses::list(&self.pool, invocation, limit).await
     }
 }

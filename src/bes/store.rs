@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::insights::NondeterministicOutput;
+use crate::insights::misses::{Fingerprint, Miss};
 
 use super::summary::Invocation;
 use crate::error::Result;
@@ -255,4 +256,10 @@ pub trait EventStore: std::fmt::Debug + Send + Sync + 'static {
         since_ms: i64,
         limit: i64,
     ) -> Result<Vec<NondeterministicOutput>>;
+    /// The last action seen of an identity (`crate::insights::misses`).
+    async fn fingerprint(&self, identity: &str) -> Result<Option<Fingerprint>>;
+    /// Makes `fingerprint` its identity's last action and stores `miss`.
+    async fn record_miss(&self, fingerprint: &Fingerprint, miss: &Miss) -> Result<()>;
+    /// The misses of `invocation`, at most `limit`, by target.
+    async fn misses(&self, invocation: &str, limit: i64) -> Result<Vec<Miss>>;
 }

@@ -30,6 +30,19 @@ pub enum InvocationsCommand {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server: String,
     },
+    /// The actions an invocation missed in the cache, and why: one line
+    /// per action, its causes indented below (`--json` for the API's
+    /// answer as it is).
+    Misses {
+        /// The invocation id Bazel printed.
+        id: String,
+        /// kiln's HTTP address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Print the JSON API's answer instead.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `server` with `segments` appended to its path, each encoded.
@@ -68,6 +81,9 @@ fn url_of(cmd: &InvocationsCommand) -> Result<reqwest::Url> {
         InvocationsCommand::Show { id, server } => {
             endpoint(server, &["api", "v1", "invocations", id])
         }
+        InvocationsCommand::Misses { id, server, .. } => {
+            endpoint(server, &["api", "v1", "invocations", id, "misses"])
+        }
     }
 }
 
@@ -89,9 +105,13 @@ pub async fn run(cmd: &InvocationsCommand) -> Result<String> {
             body["error"].as_str().unwrap_or("unknown error")
         )));
     }
-    if matches!(cmd, InvocationsCommand::Show { .. }) {
-        return serde_json::to_string_pretty(&body)
-            .map_err(|e| Error::internal_from("formatting JSON", e));
+    match cmd {
+        InvocationsCommand::Show { .. } | InvocationsCommand::Misses { json: true, .. } => {
+            return serde_json::to_string_pretty(&body)
+                .map_err(|e| Error::internal_from("formatting JSON", e));
+        }
+        InvocationsCommand::Misses { .. } => return Ok(misses_text(&body)),
+        InvocationsCommand::List { .. } => {}
     }
     let mut out = format!(
         "{:<38} {:<13} {:<8} {:>5} {:>10}  user\n",
@@ -115,6 +135,21 @@ pub async fn run(cmd: &InvocationsCommand) -> Result<String> {
         ));
     }
     Ok(out)
+}
+
+/// `kiln invocations misses` as text: `target (mnemonic)`, then each
+/// cause on a line of its own.
+fn misses_text(body: &serde_json::Value) -> String {
+    let rows = body["misses"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let mut out = format!("{} missed actions\n", rows.len());
+    for m in rows {
+        let str_of = |k: &str| m[k].as_str().unwrap_or("").to_string();
+        out.push_str(&format!("{} ({})\n", str_of("target"), str_of("mnemonic")));
+        for c in m["causes"].as_array().into_iter().flatten() {
+            out.push_str(&format!("    {}\n", c["text"].as_str().unwrap_or("")));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -109,12 +109,19 @@ pub struct InsightsConfig {
     /// action-cache read per write. Default true.
     #[serde(default = "yes")]
     pub nondeterminism: bool,
+    /// Explain cache misses: compare each action whose result is written
+    /// fresh with the last action of the same target, mnemonic and outputs
+    /// (in the background; one fingerprint row per such identity in the
+    /// build-event database). Default true.
+    #[serde(default = "yes")]
+    pub misses: bool,
 }
 
 impl Default for InsightsConfig {
     fn default() -> Self {
         InsightsConfig {
             nondeterminism: true,
+            misses: true,
         }
     }
 }

@@ -8,6 +8,9 @@
 //! Domain code: services hand it what a caller said about itself
 //! ([`Writer`]); it knows nothing of gRPC beyond that.
 
+pub(crate) mod diff;
+pub(crate) mod inputs;
+pub mod misses;
 pub(crate) mod nondeterminism;
 
 use std::sync::Arc;
@@ -177,7 +180,29 @@ pub struct Insights {
     /// their number is capped and odd ones are counted as `other`.
     labelled: std::sync::Mutex<std::collections::HashSet<String>>,
     webhooks: Webhooks,
+    /// Miss analyses running; one that finds none free is skipped (and
+    /// counted), so a burst of writes never queues unbounded work.
+    analyses: Arc<tokio::sync::Semaphore>,
+    /// Missed actions by instance and the kind of their first cause.
+    missed: Family<Vec<(&'static str, String)>, Counter>,
+    /// Which insights are on.
+    on: crate::config::InsightsConfig,
+    /// Analyses running now (a client that wants to read its misses knows
+    /// they are all recorded when this is 0 after its build).
+    running: prometheus_client::metrics::gauge::Gauge,
 }
+
+/// Counts an analysis as running until it ends, however it ends.
+struct Running<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Miss analyses at once, at most.
+const MAX_ANALYSES: usize = 16;
 
 /// Distinct mnemonics the metric labels at most.
 const MAX_MNEMONIC_LABELS: usize = 100;
@@ -205,6 +230,7 @@ impl Insights {
         events: Arc<dyn EventStore>,
         webhooks: Webhooks,
         metrics: &crate::metrics::Metrics,
+        on: crate::config::InsightsConfig,
     ) -> Arc<Insights> {
         let flagged = Family::default();
         metrics.register(
@@ -212,13 +238,77 @@ impl Insights {
             "Action results written over an earlier successful result with different outputs, by instance and mnemonic",
             flagged.clone(),
         );
+        let missed = Family::default();
+        metrics.register(
+            "missed_actions",
+            "Actions whose result was written fresh, by instance and the kind of their first cause (new, input, argv, env, ...; skipped when kiln was too busy to compare)",
+            missed.clone(),
+        );
+        let running = prometheus_client::metrics::gauge::Gauge::default();
+        metrics.register(
+            "miss_analyses_running",
+            "Cache-miss analyses in progress",
+            running.clone(),
+        );
         Arc::new(Insights {
+            on,
+            running,
             events,
             writers: Writers::new(),
             flagged,
             labelled: Default::default(),
             webhooks,
+            analyses: Arc::new(tokio::sync::Semaphore::new(MAX_ANALYSES)),
+            missed,
         })
+    }
+
+    /// Called once `action`'s result is stored where none was: explains
+    /// the miss in the background (`misses`), off the write's path.
+    pub fn result_missed(
+        self: &Arc<Self>,
+        instance: &str,
+        cas: crate::store::Store,
+        action: Digest,
+        writer: Writer,
+    ) {
+        if !self.on.misses {
+            return;
+        }
+        let count = |kind: &str| {
+            self.missed
+                .get_or_create(&vec![
+                    ("instance", instance.to_string()),
+                    ("kind", kind.to_string()),
+                ])
+                .inc();
+        };
+        let Ok(permit) = self.analyses.clone().try_acquire_owned() else {
+            count("skipped");
+            return;
+        };
+        let (me, instance) = (self.clone(), instance.to_string());
+        self.running.inc();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _running = Running(&me.running);
+            match misses::analyse(me.events.as_ref(), cas.as_ref(), &instance, action, &writer)
+                .await
+            {
+                Ok(Some(miss)) => {
+                    if let Some(first) = miss.causes.first() {
+                        me.missed
+                            .get_or_create(&vec![
+                                ("instance", instance),
+                                ("kind", first.kind.clone()),
+                            ])
+                            .inc();
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%action, error = %e, "could not explain a cache miss"),
+            }
+        });
     }
 
     fn label(&self, mnemonic: &str) -> String {
@@ -239,6 +329,9 @@ impl Insights {
         after: &ActionResult,
         writer: Writer,
     ) {
+        if !self.on.nondeterminism {
+            return;
+        }
         let differing = before.map_or_else(Vec::new, |b| nondeterminism::differing(b, after));
         let earlier = if differing.is_empty() {
             None

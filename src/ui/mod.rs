@@ -14,6 +14,7 @@ mod blob;
 mod invocation;
 mod invocations;
 mod layout;
+mod misses;
 mod nondeterminism;
 mod operations;
 mod progress;

@@ -34,6 +34,7 @@ pub async fn http_json(kiln: &Kiln, path: &str) -> (u16, serde_json::Value) {
 
 pub async fn run(database: &str) {
     stream_storage(database).await;
+    miss_storage(database).await;
     publishes_and_queries(database).await;
     reconnects_resume_without_duplicates(database).await;
     gaps_and_limits(database).await;
@@ -69,6 +70,58 @@ async fn stream_storage(database: &str) {
         .await
         .unwrap();
     assert_eq!(found.len(), 1);
+}
+
+/// Fingerprints and misses (insights): a fingerprint is replaced in
+/// place, misses are listed per invocation, and retention removes both.
+async fn miss_storage(database: &str) {
+    use kiln::bes::store::EventStore;
+    use kiln::insights::misses::{Cause, Fingerprint, Miss};
+    let url = if database.starts_with("sqlite://") {
+        format!("{database}?mode=rwc")
+    } else {
+        database.to_string()
+    };
+    let store = kiln::bes::sql::SqlEventStore::connect(&url).await.unwrap();
+    let identity = uuid::Uuid::new_v4().to_string();
+    let invocation = uuid::Uuid::new_v4().to_string();
+    assert_eq!(store.fingerprint(&identity).await.unwrap(), None);
+    // Seen in 1970, so the purge below removes only these rows of a
+    // database other tests share.
+    let now = 1000;
+    for (n, digest) in ["a/1", "b/2"].into_iter().enumerate() {
+        let f = Fingerprint {
+            identity: identity.clone(),
+            action: digest.into(),
+            command: format!("c{n}/3"),
+            input_root: format!("r{n}/4"),
+            invocation: invocation.clone(),
+            seen_at: now + n as i64,
+        };
+        let miss = Miss {
+            invocation: invocation.clone(),
+            instance: String::new(),
+            action_digest: digest.into(),
+            target: "//t:t".into(),
+            mnemonic: "Genrule".into(),
+            previous_digest: String::new(),
+            previous_invocation: String::new(),
+            causes: vec![Cause {
+                kind: "env".into(),
+                subject: "PATH".into(),
+                text: "env PATH changed".into(),
+            }],
+            seen_at: now + n as i64,
+        };
+        store.record_miss(&f, &miss).await.unwrap();
+        assert_eq!(store.fingerprint(&identity).await.unwrap(), Some(f));
+    }
+    let listed = store.misses(&invocation, 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].causes[0].text, "env PATH changed");
+    store.purge(now + 10, 100).await.unwrap();
+    assert!(store.misses(&invocation, 10).await.unwrap().is_empty());
+    assert_eq!(store.fingerprint(&identity).await.unwrap(), None);
 }
 
 async fn publishes_and_queries(database: &str) {

@@ -14,6 +14,7 @@ mod bazel_build;
 mod browser;
 mod hostile;
 mod insights;
+mod misses;
 
 use std::time::{Duration, Instant};
 
