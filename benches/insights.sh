@@ -40,7 +40,7 @@ for mode in on off; do
     flag=true
     [ "$mode" = off ] && flag=false
     {
-        echo "insights: { nondeterminism: $flag }"
+        echo "insights: { nondeterminism: $flag, misses: $flag }"
         if [ "$STORES" = disk ]; then
             cat config/default.yaml
         else

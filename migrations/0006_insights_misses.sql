@@ -1,16 +1,13 @@
--- Why actions missed the cache. Each action whose result is written (an
--- UpdateActionResult, an HTTP cache upload, a finished execution) leaves a
--- fingerprint under its identity across builds (instance, target, mnemonic
--- and output paths, hashed). When a later action of the same identity has
--- another digest, the difference is recorded as a miss of the invocation
--- that wrote the later result.
+-- Why actions missed the cache. Each action whose result is written where
+-- none was cached leaves a fingerprint under its identity across builds
+-- (instance, target, mnemonic and output paths, hashed). When a later
+-- action of the same identity has another digest, what differs is
+-- recorded as a miss of the invocation that wrote the later result.
 CREATE TABLE IF NOT EXISTS action_fingerprints (
     -- SHA-256 of the identity, hex.
     identity TEXT PRIMARY KEY,
-    -- hash/size of the Action, its Command and its input root.
+    -- The last action of the identity (hash/size) and who wrote its result.
     action_digest TEXT NOT NULL,
-    command_digest TEXT NOT NULL,
-    input_root TEXT NOT NULL,
     invocation TEXT NOT NULL,
     seen_at BIGINT NOT NULL
 );

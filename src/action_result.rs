@@ -149,6 +149,7 @@ pub async fn store(
             &instance.name,
             instance.cas.clone(),
             *action,
+            result,
             writer.clone(),
         );
     }

@@ -342,12 +342,15 @@ impl EventStore for SqlEventStore {
         super::sql_insights::list(&self.pool, invocation, since_ms, limit).await
     }
 
-    async fn fingerprint(&self, identity: &str) -> Result<Option<Fingerprint>> {
-        super::sql_misses::fingerprint(&self.pool, identity).await
+    async fn fingerprints(
+        &self,
+        identities: &[String],
+    ) -> Result<std::collections::HashMap<String, Fingerprint>> {
+        super::sql_misses::fingerprints(&self.pool, identities).await
     }
 
-    async fn record_miss(&self, fingerprint: &Fingerprint, miss: &Miss) -> Result<()> {
-        super::sql_misses::record(&self.pool, fingerprint, miss).await
+    async fn record_misses(&self, fingerprints: &[Fingerprint], misses: &[Miss]) -> Result<()> {
+        super::sql_misses::record(&self.pool, fingerprints, misses).await
     }
 
     async fn misses(&self, invocation: &str, limit: i64) -> Result<Vec<Miss>> {

@@ -1,74 +1,98 @@
 //! Fingerprints and misses in the build-event database (see
-//! `crate::insights::misses`).
+//! `crate::insights::misses`): read and written a batch at a time, so a
+//! burst of fresh results costs a few statements, not a few per result.
 
-use sqlx::{AnyPool, Row};
+use std::collections::HashMap;
 
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+
+use super::sql_writer::{Placeholders, values_of};
 use crate::error::Result;
 use crate::insights::misses::{Fingerprint, Miss};
 use crate::sql::db_err;
 
-pub(super) async fn fingerprint(pool: &AnyPool, identity: &str) -> Result<Option<Fingerprint>> {
-    let err = db_err("reading an action fingerprint");
-    let row = sqlx::query(
-        "SELECT action_digest, command_digest, input_root, invocation, seen_at \
-         FROM action_fingerprints WHERE identity = $1",
-    )
-    .bind(identity)
-    .fetch_optional(pool)
-    .await
-    .map_err(&err)?;
-    row.map(|r| {
-        Ok(Fingerprint {
-            identity: identity.to_string(),
-            action: r.try_get(0)?,
-            command: r.try_get(1)?,
-            input_root: r.try_get(2)?,
-            invocation: r.try_get(3)?,
-            seen_at: r.try_get(4)?,
-        })
-    })
-    .transpose()
-    .map_err(|e: sqlx::Error| err(e))
+/// Rows per statement: far below either database's parameter limit.
+const CHUNK: usize = 100;
+
+pub(super) async fn fingerprints(
+    pool: &AnyPool,
+    identities: &[String],
+) -> Result<HashMap<String, Fingerprint>> {
+    let err = db_err("reading action fingerprints");
+    let mut out = HashMap::new();
+    for chunk in identities.chunks(CHUNK) {
+        let list = values_of(chunk.len(), 1, Placeholders::Numbered);
+        let sql = format!(
+            "SELECT identity, action_digest, invocation, seen_at FROM action_fingerprints \
+             WHERE identity IN ({})",
+            list.replace(['(', ')'], "")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(id);
+        }
+        for r in q.fetch_all(pool).await.map_err(&err)? {
+            let f = Fingerprint {
+                identity: r.try_get(0).map_err(&err)?,
+                action: r.try_get(1).map_err(&err)?,
+                invocation: r.try_get(2).map_err(&err)?,
+                seen_at: r.try_get(3).map_err(&err)?,
+            };
+            out.insert(f.identity.clone(), f);
+        }
+    }
+    Ok(out)
 }
 
-pub(super) async fn record(pool: &AnyPool, f: &Fingerprint, miss: &Miss) -> Result<()> {
-    let err = db_err("recording a missed action");
-    let causes = serde_json::to_string(&miss.causes)
-        .map_err(|e| crate::error::Error::internal_from("encoding causes", e))?;
+/// Stores `fingerprints` (each its identity's last action) and `misses`
+/// in one transaction.
+pub(super) async fn record(
+    pool: &AnyPool,
+    fingerprints: &[Fingerprint],
+    misses: &[Miss],
+) -> Result<()> {
+    let err = db_err("recording missed actions");
     let mut tx = pool.begin().await.map_err(&err)?;
-    sqlx::query(
-        "INSERT INTO action_fingerprints (identity, action_digest, command_digest, input_root, \
-         invocation, seen_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (identity) DO UPDATE \
-         SET action_digest = excluded.action_digest, command_digest = excluded.command_digest, \
-         input_root = excluded.input_root, invocation = excluded.invocation, \
-         seen_at = excluded.seen_at",
-    )
-    .bind(&f.identity)
-    .bind(&f.action)
-    .bind(&f.command)
-    .bind(&f.input_root)
-    .bind(&f.invocation)
-    .bind(f.seen_at)
-    .execute(&mut *tx)
-    .await
-    .map_err(&err)?;
-    sqlx::query(
-        "INSERT INTO action_misses (invocation, instance, action_digest, target, mnemonic, \
-         previous_digest, previous_invocation, causes, seen_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
-    )
-    .bind(&miss.invocation)
-    .bind(&miss.instance)
-    .bind(&miss.action_digest)
-    .bind(&miss.target)
-    .bind(&miss.mnemonic)
-    .bind(&miss.previous_digest)
-    .bind(&miss.previous_invocation)
-    .bind(&causes)
-    .bind(miss.seen_at)
-    .execute(&mut *tx)
-    .await
-    .map_err(&err)?;
+    for chunk in fingerprints.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO action_fingerprints (identity, action_digest, invocation, seen_at) \
+             VALUES {} ON CONFLICT (identity) DO UPDATE SET action_digest = excluded.action_digest, \
+             invocation = excluded.invocation, seen_at = excluded.seen_at",
+            values_of(chunk.len(), 4, Placeholders::Numbered)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for f in chunk {
+            q = q
+                .bind(&f.identity)
+                .bind(&f.action)
+                .bind(&f.invocation)
+                .bind(f.seen_at);
+        }
+        q.execute(&mut *tx).await.map_err(&err)?;
+    }
+    for chunk in misses.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO action_misses (invocation, instance, action_digest, target, mnemonic, \
+             previous_digest, previous_invocation, causes, seen_at) VALUES {} ON CONFLICT DO NOTHING",
+            values_of(chunk.len(), 9, Placeholders::Numbered)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for m in chunk {
+            let causes = serde_json::to_string(&m.causes)
+                .map_err(|e| crate::error::Error::internal_from("encoding causes", e))?;
+            q = q
+                .bind(&m.invocation)
+                .bind(&m.instance)
+                .bind(&m.action_digest)
+                .bind(&m.target)
+                .bind(&m.mnemonic)
+                .bind(&m.previous_digest)
+                .bind(&m.previous_invocation)
+                .bind(causes)
+                .bind(m.seen_at);
+        }
+        q.execute(&mut *tx).await.map_err(&err)?;
+    }
     tx.commit().await.map_err(err)
 }
 

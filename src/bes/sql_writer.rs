@@ -153,20 +153,25 @@ impl Writer {
 /// parameters: measured, 28% of the server's CPU under build events), its
 /// anonymous `?` none; PostgreSQL knows only `$N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Placeholders {
+pub(super) enum Placeholders {
     Anonymous,
     Numbered,
 }
 
 /// `(p1, ..., p8), (p9, ...)`: the VALUES of `rows` rows of eight columns.
 fn values_clause(rows: usize, placeholders: Placeholders) -> String {
-    let mut out = String::with_capacity(rows * 40);
+    values_of(rows, 8, placeholders)
+}
+
+/// `(?, ?), (?, ?)` (or numbered) for `rows` rows of `columns` values.
+pub(super) fn values_of(rows: usize, columns: usize, placeholders: Placeholders) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
     for r in 0..rows {
         if r > 0 {
             out.push_str(", ");
         }
         out.push('(');
-        for c in 0..8 {
+        for c in 0..columns {
             if c > 0 {
                 out.push_str(", ");
             }
@@ -174,7 +179,7 @@ fn values_clause(rows: usize, placeholders: Placeholders) -> String {
                 Placeholders::Anonymous => out.push('?'),
                 Placeholders::Numbered => {
                     use std::fmt::Write;
-                    let _ = write!(out, "${}", r * 8 + c + 1);
+                    let _ = write!(out, "${}", r * columns + c + 1);
                 }
             }
         }

@@ -256,10 +256,15 @@ pub trait EventStore: std::fmt::Debug + Send + Sync + 'static {
         since_ms: i64,
         limit: i64,
     ) -> Result<Vec<NondeterministicOutput>>;
-    /// The last action seen of an identity (`crate::insights::misses`).
-    async fn fingerprint(&self, identity: &str) -> Result<Option<Fingerprint>>;
-    /// Makes `fingerprint` its identity's last action and stores `miss`.
-    async fn record_miss(&self, fingerprint: &Fingerprint, miss: &Miss) -> Result<()>;
+    /// The last action seen of each of `identities` that has one
+    /// (`crate::insights::misses`).
+    async fn fingerprints(
+        &self,
+        identities: &[String],
+    ) -> Result<std::collections::HashMap<String, Fingerprint>>;
+    /// Makes each of `fingerprints` its identity's last action and stores
+    /// `misses`, in one transaction.
+    async fn record_misses(&self, fingerprints: &[Fingerprint], misses: &[Miss]) -> Result<()>;
     /// The misses of `invocation`, at most `limit`, by target.
     async fn misses(&self, invocation: &str, limit: i64) -> Result<Vec<Miss>>;
 }

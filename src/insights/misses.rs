@@ -4,6 +4,12 @@
 //! output paths — and what differs is recorded as the miss's causes, on
 //! the invocation that wrote the result.
 //!
+//! The write only hashes its identity (from the result's output paths, so
+//! nothing is read) and queues it; a background task takes the queue in
+//! batches: one query for the batch's earlier fingerprints, the Actions
+//! and Commands read back from the CAS only for identities whose digest
+//! changed, one transaction for the batch's rows.
+//!
 //! The configuration id Bazel sends is left out of the identity on
 //! purpose: a `--copt` or an `--action_env` changes it, and those are
 //! exactly the changes a miss should be explained by; the output paths
@@ -18,25 +24,21 @@ pub use super::diff::Cause;
 use crate::bes::store::EventStore;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Result;
-use crate::proto::reapi::{Action, Command};
-use crate::store::{BlobStore, get_parsed_blob};
+use crate::proto::reapi::{Action, ActionResult, Command};
+use crate::store::{BlobStore, Store, get_parsed_blob};
 
 /// Largest Action or Command read for a comparison.
 const MAX_MESSAGE: u64 = 1 << 20;
 
-/// What is kept of the last action of an identity: digests only, a few
-/// hundred bytes; the messages themselves are read back from the CAS when
-/// a later action differs.
+/// What is kept of the last action of an identity: its digest and who
+/// wrote its result, about 150 bytes; the Action itself is read back from
+/// the CAS when a later action of the identity differs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
     /// SHA-256 of the identity, hex.
     pub identity: String,
     /// The Action, `hash/size`.
     pub action: String,
-    /// Its Command (to compare argv and environment with a later one).
-    pub command: String,
-    /// Its input root (to compare input trees with a later one).
-    pub input_root: String,
     /// The invocation that wrote its result (may be empty).
     pub invocation: String,
     /// When (ms since the epoch).
@@ -64,6 +66,105 @@ pub struct Miss {
     pub causes: Vec<Cause>,
     /// When it was recorded (ms since the epoch).
     pub seen_at: i64,
+}
+
+/// A fresh result, queued for the background comparison.
+pub(crate) struct Written {
+    pub identity: String,
+    pub instance: String,
+    pub action: Digest,
+    pub writer: Writer,
+    /// The instance's CAS, where the Actions and Commands are read.
+    pub cas: Store,
+    pub seen_at: i64,
+}
+
+/// The identity's hash: instance, target, mnemonic and the sorted output
+/// paths of the result, each length-prefixed so no two identities run
+/// together. The result's paths are the Command's declared outputs that
+/// the action produced, so nothing needs reading.
+pub(crate) fn identity(instance: &str, writer: &Writer, result: &ActionResult) -> String {
+    let mut outputs: Vec<&str> = result
+        .output_files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(result.output_directories.iter().map(|d| d.path.as_str()))
+        .chain(result.output_symlinks.iter().map(|l| l.path.as_str()))
+        .chain(result.output_file_symlinks.iter().map(|l| l.path.as_str()))
+        .chain(
+            result
+                .output_directory_symlinks
+                .iter()
+                .map(|l| l.path.as_str()),
+        )
+        .collect();
+    outputs.sort_unstable();
+    outputs.dedup();
+    let mut h = DigestFunction::Sha256.hasher();
+    for part in [instance, &writer.target, &writer.mnemonic]
+        .into_iter()
+        .chain(outputs)
+    {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finish().hash_hex()
+}
+
+/// Explains a batch of fresh results, in order (a later result of an
+/// identity is compared with an earlier one of the same batch), and
+/// records the batch's fingerprints and misses.
+pub(crate) async fn explain(events: &dyn EventStore, batch: Vec<Written>) -> Result<Vec<Miss>> {
+    let mut identities: Vec<String> = batch.iter().map(|w| w.identity.clone()).collect();
+    identities.sort_unstable();
+    identities.dedup();
+    let mut last = events.fingerprints(&identities).await?;
+    let mut touched = std::collections::BTreeSet::new();
+    let mut misses = Vec::with_capacity(batch.len());
+    for w in batch {
+        let action_digest = w.action.to_string();
+        let previous = last.get(&w.identity);
+        let causes = match previous {
+            None => vec![Cause::new("new", "", "new action".into())],
+            Some(p) if p.action == action_digest => vec![Cause::new(
+                "evicted",
+                "",
+                "same action as before: its result was no longer cached".into(),
+            )],
+            Some(p) => match parse(w.action.function, &p.action) {
+                Some(before) => compare(w.cas.as_ref(), before, w.action).await?,
+                None => vec![Cause::new(
+                    "unknown",
+                    "",
+                    "the earlier action used another digest function".into(),
+                )],
+            },
+        };
+        misses.push(Miss {
+            invocation: w.writer.invocation.clone(),
+            instance: w.instance,
+            action_digest: action_digest.clone(),
+            target: w.writer.target,
+            mnemonic: w.writer.mnemonic,
+            previous_digest: previous.map(|p| p.action.clone()).unwrap_or_default(),
+            previous_invocation: previous.map(|p| p.invocation.clone()).unwrap_or_default(),
+            causes: diff::bounded(causes),
+            seen_at: w.seen_at,
+        });
+        touched.insert(w.identity.clone());
+        last.insert(
+            w.identity.clone(),
+            Fingerprint {
+                identity: w.identity,
+                action: action_digest,
+                invocation: w.writer.invocation,
+                seen_at: w.seen_at,
+            },
+        );
+    }
+    let fingerprints: Vec<Fingerprint> = touched.iter().filter_map(|i| last.remove(i)).collect();
+    events.record_misses(&fingerprints, &misses).await?;
+    Ok(misses)
 }
 
 /// The parts of a written action the comparison needs, read from the CAS.
@@ -96,136 +197,48 @@ async fn version(cas: &dyn BlobStore, digest: &Digest) -> Option<Version> {
     })
 }
 
-/// The identity's hash: instance, target, mnemonic and the sorted output
-/// paths, each length-prefixed so no two identities run together.
-fn identity(instance: &str, writer: &Writer, command: &Command) -> String {
-    let mut outputs: Vec<&String> = command
-        .output_paths
-        .iter()
-        .chain(&command.output_files)
-        .chain(&command.output_directories)
-        .collect();
-    outputs.sort();
-    outputs.dedup();
-    let mut h = DigestFunction::Sha256.hasher();
-    for part in [instance, &writer.target, &writer.mnemonic]
-        .into_iter()
-        .chain(outputs.iter().map(|s| s.as_str()))
-    {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
-    }
-    h.finish().hash_hex()
-}
-
 fn parse(function: DigestFunction, s: &str) -> Option<Digest> {
     let (hash, size) = s.split_once('/')?;
     Digest::parse(function, hash, size.parse().ok()?).ok()
 }
 
-/// Compares the action `digest`, whose result `writer` just wrote fresh,
-/// with the last of its identity, and records the fingerprint and the
-/// miss. Does nothing when the CAS lacks the Action or its Command.
-pub(crate) async fn analyse(
-    store: &dyn EventStore,
-    cas: &dyn BlobStore,
-    instance: &str,
-    digest: Digest,
-    writer: &Writer,
-) -> Result<Option<Miss>> {
-    let Some(now) = version(cas, &digest).await else {
-        return Ok(None);
-    };
-    let identity = identity(instance, writer, &now.command);
-    let previous = store.fingerprint(&identity).await?;
-    let action_digest = digest.to_string();
-    let (previous_digest, previous_invocation, causes) = match &previous {
-        None => (
-            String::new(),
-            String::new(),
-            vec![Cause::new("new", "", "new action".into())],
-        ),
-        Some(p) if p.action == action_digest => (
-            p.action.clone(),
-            p.invocation.clone(),
-            vec![Cause::new(
-                "evicted",
-                "",
-                "same action as before: its result was no longer cached".into(),
-            )],
-        ),
-        Some(p) => (
-            p.action.clone(),
-            p.invocation.clone(),
-            causes(cas, p, &now, digest.function).await?,
-        ),
-    };
-    let seen_at = crate::time::now_ms();
-    let fingerprint = Fingerprint {
-        identity,
-        action: action_digest.clone(),
-        command: now.command_digest.to_string(),
-        input_root: now.input_root.to_string(),
-        invocation: writer.invocation.clone(),
-        seen_at,
-    };
-    let miss = Miss {
-        invocation: writer.invocation.clone(),
-        instance: instance.to_string(),
-        action_digest,
-        target: writer.target.clone(),
-        mnemonic: writer.mnemonic.clone(),
-        previous_digest,
-        previous_invocation,
-        causes: diff::bounded(causes),
-        seen_at,
-    };
-    store.record_miss(&fingerprint, &miss).await?;
-    Ok(Some(miss))
-}
-
-/// What differs between the earlier action `p` and `now`.
-async fn causes(
-    cas: &dyn BlobStore,
-    p: &Fingerprint,
-    now: &Version,
-    function: DigestFunction,
-) -> Result<Vec<Cause>> {
-    let mut causes = Vec::new();
-    let earlier = match parse(function, &p.action) {
-        Some(d) => version(cas, &d).await,
-        None => None,
-    };
-    match &earlier {
-        Some(before) => {
-            if before.command_digest != now.command_digest {
-                causes.extend(diff::argv(
-                    &before.command.arguments,
-                    &now.command.arguments,
-                ));
-                causes.extend(diff::env(&before.command, &now.command));
-            }
-            let platform = |v: &Version| v.action.platform.clone().or(v.command.platform.clone());
-            causes.extend(diff::platform(
-                platform(before).as_ref(),
-                platform(now).as_ref(),
-            ));
-            causes.extend(diff::fields(
-                (&before.action, &before.command),
-                (&now.action, &now.command),
-            ));
-        }
-        None if p.command != now.command_digest.to_string() => causes.push(Cause::new(
-            "command",
+/// What differs between the earlier action `before` and `after`, as far
+/// as the CAS still holds both.
+async fn compare(cas: &dyn BlobStore, before: Digest, after: Digest) -> Result<Vec<Cause>> {
+    let Some(now) = version(cas, &after).await else {
+        return Ok(vec![Cause::new(
+            "unknown",
             "",
-            "command changed (the earlier command is no longer stored to compare)".into(),
-        )),
-        None => {}
+            "the action's Action or Command is not stored to compare (the client did not upload it)"
+                .into(),
+        )]);
+    };
+    let Some(earlier) = version(cas, &before).await else {
+        return Ok(vec![Cause::new(
+            "unknown",
+            "",
+            "the earlier action is no longer stored to compare".into(),
+        )]);
+    };
+    let mut causes = Vec::new();
+    if earlier.command_digest != now.command_digest {
+        causes.extend(diff::argv(
+            &earlier.command.arguments,
+            &now.command.arguments,
+        ));
+        causes.extend(diff::env(&earlier.command, &now.command));
     }
-    if let Some(root) = parse(function, &p.input_root)
-        && root != now.input_root
-    {
-        causes.extend(super::inputs::compare(cas, root, now.input_root).await?);
+    let platform = |v: &Version| v.action.platform.clone().or(v.command.platform.clone());
+    causes.extend(diff::platform(
+        platform(&earlier).as_ref(),
+        platform(&now).as_ref(),
+    ));
+    causes.extend(diff::fields(
+        (&earlier.action, &earlier.command),
+        (&now.action, &now.command),
+    ));
+    if earlier.input_root != now.input_root {
+        causes.extend(super::inputs::compare(cas, earlier.input_root, now.input_root).await?);
     }
     if causes.is_empty() {
         causes.push(Cause::new(
@@ -235,4 +248,81 @@ async fn causes(
         ));
     }
     Ok(causes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::reapi::OutputFile;
+
+    fn result(paths: &[&str]) -> ActionResult {
+        ActionResult {
+            output_files: paths
+                .iter()
+                .map(|p| OutputFile {
+                    path: p.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_identity_is_the_outputs_whatever_their_order_and_the_writer() {
+        let w = Writer {
+            invocation: "i1".into(),
+            target: "//a:b".into(),
+            mnemonic: "CppCompile".into(),
+        };
+        let other_invocation = Writer {
+            invocation: "i2".into(),
+            ..w.clone()
+        };
+        let a = identity("", &w, &result(&["x.o", "x.d"]));
+        assert_eq!(a, identity("", &other_invocation, &result(&["x.d", "x.o"])));
+        assert_ne!(a, identity("other", &w, &result(&["x.o", "x.d"])));
+        assert_ne!(a, identity("", &w, &result(&["x.o"])));
+        let renamed = Writer {
+            target: "//a:c".into(),
+            ..w.clone()
+        };
+        assert_ne!(a, identity("", &renamed, &result(&["x.o", "x.d"])));
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_explained_in_order_and_its_last_fingerprint_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/e.db?mode=rwc", dir.path().display());
+        let events = crate::bes::sql::SqlEventStore::connect(&url).await.unwrap();
+        let cas: Store = std::sync::Arc::new(crate::store::memory::MemoryStore::new(1 << 20));
+        let writer = Writer {
+            invocation: "inv".into(),
+            target: "//t:t".into(),
+            mnemonic: "Genrule".into(),
+        };
+        let written = |n: u8| Written {
+            identity: "same".into(),
+            instance: String::new(),
+            action: DigestFunction::Sha256.digest_of(&[n]),
+            writer: writer.clone(),
+            cas: cas.clone(),
+            seen_at: 1,
+        };
+        let found = explain(&events, vec![written(1), written(1), written(2)])
+            .await
+            .unwrap();
+        let kinds: Vec<&str> = found.iter().map(|m| m.causes[0].kind.as_str()).collect();
+        // New, then the same action again (its result had gone), then a
+        // different action whose Action the client never uploaded.
+        assert_eq!(kinds, ["new", "evicted", "unknown"]);
+        assert_eq!(found[2].previous_digest, found[0].action_digest);
+        let kept = events.fingerprints(&["same".into()]).await.unwrap();
+        assert_eq!(kept["same"].action, found[2].action_digest);
+        assert_eq!(
+            events.misses("inv", 10).await.unwrap().len(),
+            2,
+            "one row per action"
+        );
+    }
 }

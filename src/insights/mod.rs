@@ -180,29 +180,59 @@ pub struct Insights {
     /// their number is capped and odd ones are counted as `other`.
     labelled: std::sync::Mutex<std::collections::HashSet<String>>,
     webhooks: Webhooks,
-    /// Miss analyses running; one that finds none free is skipped (and
-    /// counted), so a burst of writes never queues unbounded work.
-    analyses: Arc<tokio::sync::Semaphore>,
+    /// Fresh results waiting for the miss comparison; one that finds the
+    /// queue full is skipped (and counted), so a burst of writes never
+    /// queues unbounded work.
+    queue: tokio::sync::mpsc::Sender<misses::Written>,
     /// Missed actions by instance and the kind of their first cause.
     missed: Family<Vec<(&'static str, String)>, Counter>,
     /// Which insights are on.
     on: crate::config::InsightsConfig,
-    /// Analyses running now (a client that wants to read its misses knows
-    /// they are all recorded when this is 0 after its build).
+    /// Results queued or being compared now (a client that wants to read
+    /// its misses knows they are all recorded when this is 0 after its
+    /// build).
     running: prometheus_client::metrics::gauge::Gauge,
 }
 
-/// Counts an analysis as running until it ends, however it ends.
-struct Running<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+/// Fresh results waiting for the miss comparison, at most.
+const QUEUED_MISSES: usize = 4096;
 
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+/// Results the comparison takes at once (one query and one transaction).
+const MISS_BATCH: usize = 256;
+
+fn count(missed: &Family<Vec<(&'static str, String)>, Counter>, instance: &str, kind: &str) {
+    missed
+        .get_or_create(&vec![
+            ("instance", instance.to_string()),
+            ("kind", kind.to_string()),
+        ])
+        .inc();
 }
 
-/// Miss analyses at once, at most.
-const MAX_ANALYSES: usize = 16;
+/// The background comparison: takes the queue in batches until the
+/// insights (every sender) are gone.
+async fn explain_misses(
+    events: Arc<dyn EventStore>,
+    mut queue: tokio::sync::mpsc::Receiver<misses::Written>,
+    running: prometheus_client::metrics::gauge::Gauge,
+    missed: Family<Vec<(&'static str, String)>, Counter>,
+) {
+    let mut batch = Vec::with_capacity(MISS_BATCH);
+    while queue.recv_many(&mut batch, MISS_BATCH).await > 0 {
+        let n = batch.len() as i64;
+        match misses::explain(events.as_ref(), std::mem::take(&mut batch)).await {
+            Ok(found) => {
+                for m in &found {
+                    if let Some(first) = m.causes.first() {
+                        count(&missed, &m.instance, &first.kind);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, results = n, "could not explain cache misses"),
+        }
+        running.dec_by(n);
+    }
+}
 
 /// Distinct mnemonics the metric labels at most.
 const MAX_MNEMONIC_LABELS: usize = 100;
@@ -247,9 +277,18 @@ impl Insights {
         let running = prometheus_client::metrics::gauge::Gauge::default();
         metrics.register(
             "miss_analyses_running",
-            "Cache-miss analyses in progress",
+            "Fresh action results queued or being compared to explain cache misses",
             running.clone(),
         );
+        let (queue, waiting) = tokio::sync::mpsc::channel(QUEUED_MISSES);
+        if on.misses {
+            tokio::spawn(explain_misses(
+                events.clone(),
+                waiting,
+                running.clone(),
+                missed.clone(),
+            ));
+        }
         Arc::new(Insights {
             on,
             running,
@@ -258,7 +297,7 @@ impl Insights {
             flagged,
             labelled: Default::default(),
             webhooks,
-            analyses: Arc::new(tokio::sync::Semaphore::new(MAX_ANALYSES)),
+            queue,
             missed,
         })
     }
@@ -266,49 +305,29 @@ impl Insights {
     /// Called once `action`'s result is stored where none was: explains
     /// the miss in the background (`misses`), off the write's path.
     pub fn result_missed(
-        self: &Arc<Self>,
+        &self,
         instance: &str,
         cas: crate::store::Store,
         action: Digest,
+        result: &ActionResult,
         writer: Writer,
     ) {
         if !self.on.misses {
             return;
         }
-        let count = |kind: &str| {
-            self.missed
-                .get_or_create(&vec![
-                    ("instance", instance.to_string()),
-                    ("kind", kind.to_string()),
-                ])
-                .inc();
+        let written = misses::Written {
+            identity: misses::identity(instance, &writer, result),
+            instance: instance.to_string(),
+            action,
+            writer,
+            cas,
+            seen_at: crate::time::now_ms(),
         };
-        let Ok(permit) = self.analyses.clone().try_acquire_owned() else {
-            count("skipped");
-            return;
-        };
-        let (me, instance) = (self.clone(), instance.to_string());
         self.running.inc();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _running = Running(&me.running);
-            match misses::analyse(me.events.as_ref(), cas.as_ref(), &instance, action, &writer)
-                .await
-            {
-                Ok(Some(miss)) => {
-                    if let Some(first) = miss.causes.first() {
-                        me.missed
-                            .get_or_create(&vec![
-                                ("instance", instance),
-                                ("kind", first.kind.clone()),
-                            ])
-                            .inc();
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(%action, error = %e, "could not explain a cache miss"),
-            }
-        });
+        if self.queue.try_send(written).is_err() {
+            self.running.dec();
+            count(&self.missed, instance, "skipped");
+        }
     }
 
     fn label(&self, mnemonic: &str) -> String {
