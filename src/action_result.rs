@@ -144,6 +144,7 @@ pub async fn store(
         Err(_) => None,
     };
     instance.action_cache.put(action, encoded.into()).await?;
+    insights.note(&writer, crate::insights::scorecard::Seen::Upload);
     if before.is_none() {
         insights.result_missed(
             &instance.name,

@@ -67,6 +67,18 @@ impl Instance {
             .authorize(caller.identity.as_ref(), &self.name, role)
     }
 
+    /// Counts what a call did on its invocation's cache scorecard, when
+    /// insights are on.
+    pub fn note(
+        &self,
+        writer: &crate::insights::Writer,
+        seen: crate::insights::scorecard::Seen<'_>,
+    ) {
+        if let Some(i) = &self.insights {
+            i.note(writer, seen);
+        }
+    }
+
     /// Refuses writes on a read-only instance, never pretending they worked.
     pub fn check_writable(&self) -> Result<()> {
         if self.settings.read_only {

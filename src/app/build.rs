@@ -42,7 +42,7 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
         config.build_events.webhook_backoff.0,
     );
     let on = &config.insights;
-    let insights = (on.nondeterminism || on.misses).then(|| {
+    let insights = (on.nondeterminism || on.misses || on.scorecards).then(|| {
         crate::insights::Insights::new(events.clone(), webhooks.clone(), &metrics, on.clone())
     });
     let instances = Instances::build(

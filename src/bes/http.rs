@@ -23,6 +23,7 @@ pub fn router(store: Store) -> Router {
         .route("/api/v1/invocations/{id}", get(show))
         .route("/api/v1/invocations/{id}/events", get(events))
         .route("/api/v1/invocations/{id}/misses", get(misses))
+        .route("/api/v1/invocations/{id}/cache", get(cache))
         .route("/api/v1/nondeterminism", get(nondeterminism))
         .with_state(store)
 }
@@ -152,6 +153,17 @@ async fn misses(
             rows.retain(|r| caller.may(&r.instance, crate::auth::Role::Read));
             Json(serde_json::json!({ "misses": rows })).into_response()
         }
+        Err(e) => failure(e),
+    }
+}
+
+/// The invocation's cache scorecard (`crate::insights::scorecard`).
+async fn cache(State(store): State<Store>, Path(id): Path<String>) -> Response {
+    match store.scorecard(&id).await {
+        Ok(Some(card)) => Json(card).into_response(),
+        Ok(None) => failure(Error::NotFound(format!(
+            "no cache scorecard for invocation {id}"
+        ))),
         Err(e) => failure(e),
     }
 }

@@ -10,6 +10,7 @@ pub mod sql;
 mod sql_insights;
 mod sql_misses;
 mod sql_pages;
+mod sql_scorecards;
 mod sql_writer;
 pub mod store;
 pub(crate) mod summary;

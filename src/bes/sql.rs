@@ -40,6 +40,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/0005_insights_nondeterminism.sql"),
     ),
     (6, include_str!("../../migrations/0006_insights_misses.sql")),
+    (
+        7,
+        include_str!("../../migrations/0007_insights_scorecards.sql"),
+    ),
 ];
 
 /// Build events in a SQL database.
@@ -144,7 +148,8 @@ impl EventStore for SqlEventStore {
             tx.commit().await.map_err(&err)?;
         }
         let insights = super::sql_insights::purge(&self.pool, before_ms, limit).await?
-            + super::sql_misses::purge(&self.pool, before_ms, limit).await?;
+            + super::sql_misses::purge(&self.pool, before_ms, limit).await?
+            + super::sql_scorecards::purge(&self.pool, before_ms, limit).await?;
         Ok((ids.len() + orphans.len()) as u64 + insights)
     }
 
@@ -355,5 +360,16 @@ impl EventStore for SqlEventStore {
 
     async fn misses(&self, invocation: &str, limit: i64) -> Result<Vec<Miss>> {
         super::sql_misses::list(&self.pool, invocation, limit).await
+    }
+
+    async fn record_scorecards(&self, rows: &[crate::insights::scorecard::Row]) -> Result<()> {
+        super::sql_scorecards::record(&self.pool, rows).await
+    }
+
+    async fn scorecard(
+        &self,
+        invocation: &str,
+    ) -> Result<Option<crate::insights::scorecard::Scorecard>> {
+        super::sql_scorecards::read(&self.pool, invocation).await
     }
 }

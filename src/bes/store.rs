@@ -267,4 +267,13 @@ pub trait EventStore: std::fmt::Debug + Send + Sync + 'static {
     async fn record_misses(&self, fingerprints: &[Fingerprint], misses: &[Miss]) -> Result<()>;
     /// The misses of `invocation`, at most `limit`, by target.
     async fn misses(&self, invocation: &str, limit: i64) -> Result<Vec<Miss>>;
+    /// Stores cache scorecards (`crate::insights::scorecard`), each
+    /// replacing its earlier version.
+    async fn record_scorecards(&self, rows: &[crate::insights::scorecard::Row]) -> Result<()>;
+    /// The cache scorecard of `invocation`, summed over the pods that
+    /// counted it; None if none did.
+    async fn scorecard(
+        &self,
+        invocation: &str,
+    ) -> Result<Option<crate::insights::scorecard::Scorecard>>;
 }

@@ -115,6 +115,10 @@ pub struct InsightsConfig {
     /// build-event database). Default true.
     #[serde(default = "yes")]
     pub misses: bool,
+    /// Count each invocation's cache hits, misses, uploads and bytes (its
+    /// scorecard, on its page). Default true.
+    #[serde(default = "yes")]
+    pub scorecards: bool,
 }
 
 impl Default for InsightsConfig {
@@ -122,6 +126,7 @@ impl Default for InsightsConfig {
         InsightsConfig {
             nondeterminism: true,
             misses: true,
+            scorecards: true,
         }
     }
 }

@@ -12,6 +12,7 @@ pub(crate) mod diff;
 pub(crate) mod inputs;
 pub mod misses;
 pub(crate) mod nondeterminism;
+pub mod scorecard;
 
 use std::sync::Arc;
 
@@ -188,6 +189,8 @@ pub struct Insights {
     missed: Family<Vec<(&'static str, String)>, Counter>,
     /// Which insights are on.
     on: crate::config::InsightsConfig,
+    /// Cache scorecards being counted, stored every second.
+    scorecards: Arc<scorecard::Scorecards>,
     /// Results queued or being compared now (a client that wants to read
     /// its misses knows they are all recorded when this is 0 after its
     /// build).
@@ -207,6 +210,34 @@ fn count(missed: &Family<Vec<(&'static str, String)>, Counter>, instance: &str, 
             ("kind", kind.to_string()),
         ])
         .inc();
+}
+
+/// How often changed scorecards are stored.
+const SCORECARD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Stores the changed scorecards every [`SCORECARD_EVERY`] until the
+/// insights are gone.
+async fn store_scorecards(
+    events: Arc<dyn EventStore>,
+    cards: std::sync::Weak<scorecard::Scorecards>,
+) {
+    let mut tick = tokio::time::interval(SCORECARD_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(rows) = cards.upgrade().map(|c| c.take_dirty()) else {
+            return;
+        };
+        if rows.is_empty() {
+            continue;
+        }
+        if let Err(e) = events.record_scorecards(&rows).await {
+            tracing::warn!(error = %e, "could not store cache scorecards; retrying");
+            if let Some(c) = cards.upgrade() {
+                c.unstored(&rows);
+            }
+        }
+    }
 }
 
 /// The background comparison: takes the queue in batches until the
@@ -289,7 +320,15 @@ impl Insights {
                 missed.clone(),
             ));
         }
+        let scorecards = Arc::new(scorecard::Scorecards::default());
+        if on.scorecards {
+            tokio::spawn(store_scorecards(
+                events.clone(),
+                Arc::downgrade(&scorecards),
+            ));
+        }
         Arc::new(Insights {
+            scorecards,
             on,
             running,
             events,
@@ -300,6 +339,13 @@ impl Insights {
             queue,
             missed,
         })
+    }
+
+    /// Counts what a call did on its invocation's cache scorecard.
+    pub fn note(&self, writer: &Writer, seen: scorecard::Seen<'_>) {
+        if self.on.scorecards {
+            self.scorecards.note(writer, seen);
+        }
     }
 
     /// Called once `action`'s result is stored where none was: explains

@@ -7,6 +7,7 @@ use crate::action_result::{self, Inline};
 use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Error;
+use crate::insights::scorecard::{self, Seen};
 use crate::instance::Instances;
 use crate::proto::reapi::{
     ActionResult, GetActionResultRequest, UpdateActionResultRequest,
@@ -34,14 +35,17 @@ impl ActionCache for ActionCacheService {
         request: Request<GetActionResultRequest>,
     ) -> Result<Response<ActionResult>, Status> {
         let who = caller(&request);
+        let writer = crate::insights::Writer::of(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
         instance.authorize(&who, Role::Read)?;
         let function = DigestFunction::from_proto(req.digest_function)?;
         let action = Digest::from_proto(function, req.action_digest.as_ref(), "action")?;
-        let mut result = action_result::lookup(&instance, &action)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("no action result for {action}")))?;
+        let Some(mut result) = action_result::lookup(&instance, &action).await? else {
+            instance.note(&writer, Seen::Miss(scorecard::key(&action)));
+            return Err(Error::NotFound(format!("no action result for {action}")).into());
+        };
+        instance.note(&writer, Seen::Hit(&result));
         let want = Inline {
             stdout: req.inline_stdout,
             stderr: req.inline_stderr,

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::Role;
 use crate::compression;
 use crate::error::{Error, Result};
+use crate::insights::scorecard::Seen;
 use crate::instance::Instances;
 use crate::proto::bytestream::{
     QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
@@ -65,6 +66,7 @@ impl ByteStream for ByteStreamService {
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
         let who = caller(&request);
+        let writer = crate::insights::Writer::of(&request);
         let req = request.into_inner();
         let name = parse_read(&req.resource_name)?;
         let instance = self.instances.get(&name.instance)?;
@@ -95,6 +97,9 @@ impl ByteStream for ByteStreamService {
             limit: (req.read_limit > 0).then_some(req.read_limit as u64),
         };
         let body = instance.cas.get(&name.digest, range).await?;
+        let left = name.digest.size - offset;
+        let bytes = range.limit.map_or(left, |l| l.min(left));
+        instance.note(&writer, Seen::Down(bytes));
         let chunks = match name.compressor {
             Compressor::Identity => rechunk(body, instance.settings.read_chunk_size),
             Compressor::Zstd => compression::compress(body.into_stream()),
@@ -108,6 +113,7 @@ impl ByteStream for ByteStreamService {
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
         let who = caller(&request);
+        let writer = crate::insights::Writer::of(&request);
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -120,6 +126,7 @@ impl ByteStream for ByteStreamService {
         let owner = who.identity.as_ref().map_or("anonymous", |i| i.name());
         let committed_size =
             upload::write(&instance, &self.uploads, owner, name, first, stream.boxed()).await?;
+        instance.note(&writer, Seen::Up(committed_size.max(0) as u64));
         Ok(Response::new(WriteResponse { committed_size }))
     }
 

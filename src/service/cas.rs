@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::Role;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result, ok_rpc_status};
+use crate::insights::scorecard::Seen;
 use crate::instance::{Instance, Instances};
 use crate::proto::reapi::{
     self, BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest,
@@ -149,6 +150,7 @@ impl ContentAddressableStorage for CasService {
         request: Request<BatchUpdateBlobsRequest>,
     ) -> Result<Response<BatchUpdateBlobsResponse>, Status> {
         let who = caller(&request);
+        let writer = crate::insights::Writer::of(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
         instance.authorize(&who, Role::Write)?;
@@ -161,6 +163,8 @@ impl ContentAddressableStorage for CasService {
             declared.max(r.data.len() as u64)
         });
         check_batch_total(sizes, instance.settings.max_batch_total_size)?;
+        let sent: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
+        instance.note(&writer, Seen::Up(sent));
         let instance = &instance;
         let responses = futures::stream::iter(req.requests)
             .map(|r| update_one(instance, function, r))
@@ -175,6 +179,7 @@ impl ContentAddressableStorage for CasService {
         request: Request<BatchReadBlobsRequest>,
     ) -> Result<Response<BatchReadBlobsResponse>, Status> {
         let who = caller(&request);
+        let writer = crate::insights::Writer::of(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
         instance.authorize(&who, Role::Read)?;
@@ -199,8 +204,10 @@ impl ContentAddressableStorage for CasService {
                 }
             })
             .buffered(BATCH_CONCURRENCY)
-            .collect()
+            .collect::<Vec<_>>()
             .await;
+        let read: u64 = responses.iter().map(|r| r.data.len() as u64).sum();
+        instance.note(&writer, Seen::Down(read));
         Ok(Response::new(BatchReadBlobsResponse { responses }))
     }
 

@@ -14,6 +14,7 @@ use crate::digest::{Digest, DigestFunction};
 use crate::error::ok_rpc_status;
 use crate::execution::execute::{self, Started};
 use crate::execution::scheduler::Scheduler;
+use crate::insights::scorecard::{self, Seen};
 use crate::instance::Instances;
 use crate::proto::longrunning::Operation;
 use crate::proto::reapi::{
@@ -76,11 +77,17 @@ impl Execution for ExecutionService {
                 files: &req.inline_output_files,
             },
             traceparent: crate::edge::trace::current_traceparent(),
-            invocation_id: writer.invocation,
-            target: writer.target,
-            mnemonic: writer.mnemonic,
+            invocation_id: writer.invocation.clone(),
+            target: writer.target.clone(),
+            mnemonic: writer.mnemonic.clone(),
         };
-        match execute::execute(&instance, &self.scheduler, request).await? {
+        let started = execute::execute(&instance, &self.scheduler, request).await?;
+        let seen = match &started {
+            Started::Cached(result) => Seen::Hit(result),
+            Started::Queued(_) => Seen::Executed(scorecard::key(&digest)),
+        };
+        instance.note(&writer, seen);
+        match started {
             Started::Cached(result) => {
                 let response = ExecuteResponse {
                     result: Some(*result),

@@ -212,6 +212,7 @@ pub(super) async fn page(
     let (progress_text, dropped) = super::progress::tail(&state, &id).await?;
     let nondeterministic = super::nondeterminism::readable(&state, &caller, Some(&id), 0).await?;
     let misses = super::misses::readable(&state, &caller, &id).await?;
+    let scorecard = state.events.scorecard(&id).await?;
     let may_read = |i: &str| auth::may_read(&caller, i);
     let (remote_jobs, cost) = match &state.scheduler {
         Some(s) => {
@@ -312,6 +313,7 @@ pub(super) async fn page(
             }
         }
 
+        (super::scorecard::section(scorecard.as_ref()))
         (super::misses::section(&misses))
 
         @if !remote_jobs.is_empty() {

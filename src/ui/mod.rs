@@ -18,6 +18,7 @@ mod misses;
 mod nondeterminism;
 mod operations;
 mod progress;
+mod scorecard;
 mod tests_pages;
 mod timing;
 

@@ -118,7 +118,10 @@ async fn miss_storage(database: &str) {
             }],
             seen_at: now + n as i64,
         };
-        store.record_misses(std::slice::from_ref(&f), &[miss]).await.unwrap();
+        store
+            .record_misses(std::slice::from_ref(&f), &[miss])
+            .await
+            .unwrap();
         assert_eq!(last(store.clone(), identity.clone()).await, Some(f));
     }
     let listed = store.misses(&invocation, 10).await.unwrap();

@@ -2,7 +2,9 @@
 //! a workspace built remotely on a kiln worker (a header, a source file,
 //! an `--action_env`, a `--copt`, a tool's content), each build's misses
 //! read from the JSON API, `kiln invocations misses` and the invocation's
-//! page in Chromium; a rebuild that hits everything records nothing.
+//! page in Chromium; a rebuild that hits everything records nothing. The
+//! first and the last build's cache scorecards: all misses and uploads,
+//! then all hits with the time they saved.
 
 use super::common::bazel::{Bazel, ShutdownOnDrop};
 use super::common::exec::WorkerProc;
@@ -63,6 +65,32 @@ async fn analyses_done(kiln: &Kiln) {
             "analyses still running:\n{m}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The invocation's cache scorecard once `done` holds for it (it is
+/// stored every second), or a failure naming the last one read.
+async fn scorecard(
+    kiln: &Kiln,
+    id: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let url = format!(
+        "http://{}/api/v1/invocations/{id}/cache",
+        kiln.server.http_addr
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+        let card: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if done(&card) {
+            return card;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the scorecard of {id} never got there: {card}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -159,6 +187,25 @@ async fn each_scripted_change_is_named_as_the_cause_of_its_misses() {
         assert_eq!(m["causes"][0]["kind"], "new", "{m}");
         assert_eq!(m["invocation"], first.as_str(), "{m}");
     }
+    // Its scorecard: every executed action a miss and an upload; inputs
+    // went up.
+    let n = rows.len() as u64;
+    let card = scorecard(&kiln, &first, |c| {
+        c["totals"]["uploads"].as_u64() >= Some(n)
+    })
+    .await;
+    assert_eq!(card["totals"]["hits"], 0, "{card}");
+    // Bazel looks each action up, then executes it: one miss each.
+    assert_eq!(card["totals"]["misses"].as_u64(), Some(n), "{card}");
+    assert_eq!(card["totals"]["executions"].as_u64(), Some(n), "{card}");
+    assert!(card["bytes_up"].as_u64().unwrap() > 0, "{card}");
+    assert!(
+        card["by_mnemonic"]["CppCompile"]["misses"]
+            .as_u64()
+            .unwrap()
+            >= 2,
+        "{card}"
+    );
 
     // (what changes, the mnemonics it touches directly, the cause they
     // must name, flags from here on)
@@ -265,6 +312,20 @@ async fn each_scripted_change_is_named_as_the_cause_of_its_misses() {
     clean();
     let hit = build(&kiln, &bazel, 9, &flags).await;
     assert_eq!(misses(&kiln, &hit).await, Vec::<serde_json::Value>::new());
+    // Its scorecard: all hits, each with the execution time its result
+    // recorded on the worker; the outputs came down.
+    let card = scorecard(&kiln, &hit, |c| c["totals"]["hits"].as_u64() >= Some(n)).await;
+    assert_eq!(card["totals"]["misses"], 0, "{card}");
+    assert_eq!(card["totals"]["uploads"], 0, "{card}");
+    assert!(card["totals"]["saved_ms"].as_u64().unwrap() > 0, "{card}");
+    assert!(card["bytes_down"].as_u64().unwrap() > 0, "{card}");
+    assert!(
+        card["by_target"]["//lib:app"]["hits"].as_u64().unwrap() >= 1,
+        "{card}"
+    );
+    let page = dom(&kiln, &format!("/invocation/{hit}")).await;
+    assert!(page.contains("id=\"cache-totals\""), "{page}");
+    assert!(page.contains("100% hit rate"), "{page}");
 
     // The CLI prints the same causes.
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
