@@ -67,6 +67,7 @@ pub(crate) mod service;
 pub(crate) mod sql;
 pub mod store;
 pub mod telemetry;
+pub(crate) mod text;
 pub(crate) mod time;
 pub mod tls;
 pub(crate) mod tree;

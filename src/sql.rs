@@ -14,6 +14,29 @@ use sqlx::any::AnyPoolOptions;
 
 use crate::error::{Error, Result};
 
+/// Deletes at most `limit` rows of `table` whose `time` column is before
+/// `before_ms`, choosing them by `key` (bounded batches keep retention's
+/// transactions short); how many went. Names are the caller's constants.
+pub(crate) async fn delete_older(
+    pool: &sqlx::AnyPool,
+    table: &'static str,
+    key: &'static str,
+    time: &'static str,
+    before_ms: i64,
+    limit: i64,
+) -> Result<u64> {
+    let sql = format!(
+        "DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table} WHERE {time} < $1 LIMIT $2)"
+    );
+    let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(before_ms)
+        .bind(limit)
+        .execute(pool)
+        .await
+        .map_err(db_err(table))?;
+    Ok(done.rows_affected())
+}
+
 /// Maps a database error: connection trouble is UNAVAILABLE (clients retry),
 /// anything else INTERNAL, both naming what kiln was doing.
 pub fn db_err(context: &str) -> impl Fn(sqlx::Error) -> Error + '_ {

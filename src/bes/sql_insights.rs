@@ -113,15 +113,6 @@ pub(super) async fn list(
 
 /// Deletes rows seen before `before_ms`, at most `limit`; how many went.
 pub(super) async fn purge(pool: &AnyPool, before_ms: i64, limit: i64) -> Result<u64> {
-    let err = db_err("deleting old nondeterminism records");
-    let done = sqlx::query(
-        "DELETE FROM nondeterministic_outputs WHERE seen_at IN \
-         (SELECT seen_at FROM nondeterministic_outputs WHERE seen_at < $1 LIMIT $2)",
-    )
-    .bind(before_ms)
-    .bind(limit)
-    .execute(pool)
-    .await
-    .map_err(err)?;
-    Ok(done.rows_affected())
+    let table = "nondeterministic_outputs";
+    crate::sql::delete_older(pool, table, "seen_at", "seen_at", before_ms, limit).await
 }

@@ -129,21 +129,23 @@ pub(super) async fn list(pool: &AnyPool, invocation: &str, limit: i64) -> Result
 /// Deletes fingerprints and misses seen before `before_ms`, at most
 /// `limit` of each; how many went.
 pub(super) async fn purge(pool: &AnyPool, before_ms: i64, limit: i64) -> Result<u64> {
-    let err = db_err("deleting old misses and fingerprints");
-    let mut gone = 0;
-    for sql in [
-        "DELETE FROM action_misses WHERE seen_at IN \
-         (SELECT seen_at FROM action_misses WHERE seen_at < $1 LIMIT $2)",
-        "DELETE FROM action_fingerprints WHERE identity IN \
-         (SELECT identity FROM action_fingerprints WHERE seen_at < $1 LIMIT $2)",
-    ] {
-        let done = sqlx::query(sql)
-            .bind(before_ms)
-            .bind(limit)
-            .execute(pool)
-            .await
-            .map_err(&err)?;
-        gone += done.rows_affected();
-    }
-    Ok(gone)
+    use crate::sql::delete_older;
+    Ok(delete_older(
+        pool,
+        "action_misses",
+        "seen_at",
+        "seen_at",
+        before_ms,
+        limit,
+    )
+    .await?
+        + delete_older(
+            pool,
+            "action_fingerprints",
+            "identity",
+            "seen_at",
+            before_ms,
+            limit,
+        )
+        .await?)
 }

@@ -53,14 +53,6 @@ pub(super) async fn read(pool: &AnyPool, invocation: &str) -> Result<Option<Scor
 
 /// Deletes cards last updated before `before_ms`, at most `limit`.
 pub(super) async fn purge(pool: &AnyPool, before_ms: i64, limit: i64) -> Result<u64> {
-    let done = sqlx::query(
-        "DELETE FROM invocation_scorecards WHERE updated_at IN \
-         (SELECT updated_at FROM invocation_scorecards WHERE updated_at < $1 LIMIT $2)",
-    )
-    .bind(before_ms)
-    .bind(limit)
-    .execute(pool)
-    .await
-    .map_err(db_err("deleting old cache scorecards"))?;
-    Ok(done.rows_affected())
+    let table = "invocation_scorecards";
+    crate::sql::delete_older(pool, table, "updated_at", "updated_at", before_ms, limit).await
 }

@@ -41,14 +41,7 @@ impl Cause {
 
 /// `s`, at most [`MAX_VALUE`] bytes (on a char boundary, marked when cut).
 pub(crate) fn cut(s: &str) -> String {
-    if s.len() <= MAX_VALUE {
-        return s.to_string();
-    }
-    let mut end = MAX_VALUE;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    crate::text::cut(s, MAX_VALUE)
 }
 
 /// The argv difference: the differing middle once the common prefix and

@@ -6,7 +6,7 @@
 use super::common::bazel::{Bazel, ShutdownOnDrop};
 use super::common::exec::WorkerProc;
 use super::common::{Kiln, disk, nondeterministic};
-use super::{dom, screenshot, wait_finished};
+use super::{dom, screenshot};
 
 const BUILD: &str = r#"
 genrule(name = "stamp", outs = ["stamp.txt"], cmd = "date +%s%N > $@")
@@ -23,26 +23,10 @@ async fn build(kiln: &Kiln, bazel: Bazel, events: &std::path::Path, targets: &[&
     args.extend([
         format!("--bes_backend={grpc}"),
         format!("--remote_cache={grpc}"),
-        format!("--build_event_json_file={}", events.display()),
         "--noremote_accept_cached".into(),
         "--remote_timeout=60".into(),
     ]);
-    let b = bazel.clone();
-    let (ok, out) = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        b.run(&refs)
-    })
-    .await
-    .unwrap();
-    assert!(ok, "bazel build failed:\n{out}");
-    let id = std::fs::read_to_string(events)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|v| v["started"]["uuid"].as_str().map(str::to_string))
-        .expect("the JSON file names the invocation");
-    wait_finished(kiln, &id).await;
-    id
+    super::bazel_invocation(kiln, &bazel, args, events).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,34 @@ pub async fn wait_finished(kiln: &Kiln, id: &str) -> serde_json::Value {
     }
 }
 
+/// Runs Bazel with `args` and a JSON event file at `events` (off the
+/// async runtime), asserts it succeeded, and returns the invocation id
+/// once kiln has its summary finished.
+pub async fn bazel_invocation(
+    kiln: &Kiln,
+    bazel: &common::bazel::Bazel,
+    mut args: Vec<String>,
+    events: &std::path::Path,
+) -> String {
+    args.push(format!("--build_event_json_file={}", events.display()));
+    let b = bazel.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        b.run(&refs)
+    })
+    .await
+    .unwrap();
+    assert!(ok, "bazel failed:\n{out}");
+    let id = std::fs::read_to_string(events)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["started"]["uuid"].as_str().map(str::to_string))
+        .expect("the JSON file names the invocation");
+    wait_finished(kiln, &id).await;
+    id
+}
+
 /// Chromium's DOM of `path` on kiln's HTTP listener (off the async
 /// runtime: the browser takes a moment).
 pub async fn dom(kiln: &Kiln, path: &str) -> String {

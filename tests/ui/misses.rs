@@ -9,7 +9,7 @@
 use super::common::bazel::{Bazel, ShutdownOnDrop};
 use super::common::exec::WorkerProc;
 use super::common::{Kiln, disk};
-use super::{dom, screenshot, wait_finished};
+use super::{dom, screenshot};
 
 const BUILD: &str = r#"
 cc_library(name = "util", srcs = ["util.cc"], hdrs = ["util.h"])
@@ -116,27 +116,12 @@ async fn build(kiln: &Kiln, bazel: &Bazel, n: usize, extra: &[&str]) -> String {
     args.extend([
         format!("--bes_backend={grpc}"),
         format!("--remote_executor={grpc}"),
-        format!("--build_event_json_file={}", events.display()),
         "--remote_timeout=120".into(),
         "--spawn_strategy=remote".into(),
         "--genrule_strategy=remote".into(),
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
-    let b = bazel.clone();
-    let (ok, out) = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        b.run(&refs)
-    })
-    .await
-    .unwrap();
-    assert!(ok, "bazel build failed:\n{out}");
-    let id = std::fs::read_to_string(&events)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|v| v["started"]["uuid"].as_str().map(str::to_string))
-        .expect("the JSON file names the invocation");
-    wait_finished(kiln, &id).await;
+    let id = super::bazel_invocation(kiln, bazel, args, &events).await;
     analyses_done(kiln).await;
     id
 }

@@ -4,14 +4,7 @@
 use super::*;
 
 fn option(text: &str) -> String {
-    if text.len() <= MAX_OPTION_LEN {
-        return text.to_string();
-    }
-    let mut cut = MAX_OPTION_LEN;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…", &text[..cut])
+    crate::text::cut(text, MAX_OPTION_LEN)
 }
 
 impl Invocation {
