@@ -14,21 +14,17 @@ CREATE TABLE IF NOT EXISTS action_fingerprints (
 
 CREATE INDEX IF NOT EXISTS action_fingerprints_by_seen ON action_fingerprints (seen_at);
 
--- One row per missed action. `causes` is a JSON array of at most a few
--- short causes (see `insights::diff::Cause`).
-CREATE TABLE IF NOT EXISTS action_misses (
+-- Missed actions with their causes, as chunks: each time the background
+-- task stores what it explained (at most every 200 ms), one row per
+-- invocation holds those misses as a JSON array (see
+-- `insights::misses::Miss`), so a busy server writes a few rows a second,
+-- not one per action.
+CREATE TABLE IF NOT EXISTS action_miss_chunks (
     invocation TEXT NOT NULL,
-    instance TEXT NOT NULL,
-    action_digest TEXT NOT NULL,
-    target TEXT NOT NULL,
-    mnemonic TEXT NOT NULL,
-    -- The earlier action of the same identity, and who wrote its result
-    -- (both empty for a new action).
-    previous_digest TEXT NOT NULL,
-    previous_invocation TEXT NOT NULL,
-    causes TEXT NOT NULL,
+    chunk TEXT NOT NULL,
+    misses TEXT NOT NULL,
     seen_at BIGINT NOT NULL,
-    PRIMARY KEY (invocation, instance, action_digest)
+    PRIMARY KEY (invocation, chunk)
 );
 
-CREATE INDEX IF NOT EXISTS action_misses_by_seen ON action_misses (seen_at);
+CREATE INDEX IF NOT EXISTS action_miss_chunks_by_seen ON action_miss_chunks (seen_at);

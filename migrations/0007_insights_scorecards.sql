@@ -6,6 +6,9 @@ CREATE TABLE IF NOT EXISTS invocation_scorecards (
     invocation TEXT NOT NULL,
     card TEXT NOT NULL,
     scorecard TEXT NOT NULL,
+    -- The card's hits and hits + misses, for sums over many invocations.
+    hits BIGINT NOT NULL,
+    lookups BIGINT NOT NULL,
     updated_at BIGINT NOT NULL,
     PRIMARY KEY (invocation, card)
 );

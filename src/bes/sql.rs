@@ -238,6 +238,10 @@ impl EventStore for SqlEventStore {
         super::sql_pages::test_stats(&self.pool, since_ms, limit).await
     }
 
+    async fn trends(&self, filter: &InvocationFilter) -> Result<Vec<super::store::TrendDay>> {
+        super::sql_pages::trends(&self.pool, filter).await
+    }
+
     async fn streams(&self, pattern: &regex::Regex) -> Result<Vec<StreamInfo>> {
         let rows = sqlx::query(
             "SELECT build_id, invocation_id, component, last_sequence, finished FROM bes_streams \

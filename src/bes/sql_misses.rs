@@ -70,60 +70,67 @@ pub(super) async fn record(
         }
         q.execute(&mut *tx).await.map_err(&err)?;
     }
-    for chunk in misses.chunks(CHUNK) {
+    // One chunk row per invocation.
+    let mut by_invocation: HashMap<&str, Vec<&Miss>> = HashMap::new();
+    for m in misses {
+        by_invocation.entry(&m.invocation).or_default().push(m);
+    }
+    let chunks: Vec<(&str, String, i64)> = by_invocation
+        .into_iter()
+        .map(|(invocation, list)| {
+            let seen = list.iter().map(|m| m.seen_at).max().unwrap_or(0);
+            let json = serde_json::to_string(&list)
+                .map_err(|e| crate::error::Error::internal_from("encoding misses", e))?;
+            Ok((invocation, json, seen))
+        })
+        .collect::<Result<_>>()?;
+    for chunk in chunks.chunks(CHUNK) {
         let sql = format!(
-            "INSERT INTO action_misses (invocation, instance, action_digest, target, mnemonic, \
-             previous_digest, previous_invocation, causes, seen_at) VALUES {} ON CONFLICT DO NOTHING",
-            values_of(chunk.len(), 9, Placeholders::Numbered)
+            "INSERT INTO action_miss_chunks (invocation, chunk, misses, seen_at) VALUES {}",
+            values_of(chunk.len(), 4, Placeholders::Numbered)
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
-        for m in chunk {
-            let causes = serde_json::to_string(&m.causes)
-                .map_err(|e| crate::error::Error::internal_from("encoding causes", e))?;
+        for (invocation, json, seen) in chunk {
             q = q
-                .bind(&m.invocation)
-                .bind(&m.instance)
-                .bind(&m.action_digest)
-                .bind(&m.target)
-                .bind(&m.mnemonic)
-                .bind(&m.previous_digest)
-                .bind(&m.previous_invocation)
-                .bind(causes)
-                .bind(m.seen_at);
+                .bind(*invocation)
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(json.as_str())
+                .bind(*seen);
         }
         q.execute(&mut *tx).await.map_err(&err)?;
     }
     tx.commit().await.map_err(err)
 }
 
+/// The misses of `invocation`, by target, each action once, at most
+/// `limit`.
 pub(super) async fn list(pool: &AnyPool, invocation: &str, limit: i64) -> Result<Vec<Miss>> {
     let err = db_err("reading missed actions");
-    let rows = sqlx::query(
-        "SELECT invocation, instance, action_digest, target, mnemonic, previous_digest, \
-         previous_invocation, causes, seen_at FROM action_misses WHERE invocation = $1 \
-         ORDER BY target, mnemonic, action_digest LIMIT $2",
-    )
-    .bind(invocation)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(&err)?;
-    rows.iter()
-        .map(|r| {
-            let causes: String = r.try_get(7).map_err(&err)?;
-            Ok(Miss {
-                invocation: r.try_get(0).map_err(&err)?,
-                instance: r.try_get(1).map_err(&err)?,
-                action_digest: r.try_get(2).map_err(&err)?,
-                target: r.try_get(3).map_err(&err)?,
-                mnemonic: r.try_get(4).map_err(&err)?,
-                previous_digest: r.try_get(5).map_err(&err)?,
-                previous_invocation: r.try_get(6).map_err(&err)?,
-                causes: serde_json::from_str(&causes).unwrap_or_default(),
-                seen_at: r.try_get(8).map_err(&err)?,
-            })
-        })
-        .collect()
+    let rows = sqlx::query("SELECT misses FROM action_miss_chunks WHERE invocation = $1")
+        .bind(invocation)
+        .fetch_all(pool)
+        .await
+        .map_err(&err)?;
+    let mut all: Vec<Miss> = Vec::new();
+    for r in rows {
+        let json: String = r.try_get(0).map_err(&err)?;
+        all.extend(serde_json::from_str::<Vec<Miss>>(&json).unwrap_or_default());
+    }
+    all.sort_by(|a, b| {
+        (&a.target, &a.mnemonic, &a.action_digest, a.seen_at).cmp(&(
+            &b.target,
+            &b.mnemonic,
+            &b.action_digest,
+            b.seen_at,
+        ))
+    });
+    // An action written twice (its result evicted in between) is listed
+    // once, as first seen.
+    all.dedup_by(|later, first| {
+        later.action_digest == first.action_digest && later.instance == first.instance
+    });
+    all.truncate(usize::try_from(limit.max(0)).unwrap_or(usize::MAX));
+    Ok(all)
 }
 
 /// Deletes fingerprints and misses seen before `before_ms`, at most
@@ -132,8 +139,8 @@ pub(super) async fn purge(pool: &AnyPool, before_ms: i64, limit: i64) -> Result<
     use crate::sql::delete_older;
     Ok(delete_older(
         pool,
-        "action_misses",
-        "seen_at",
+        "action_miss_chunks",
+        "chunk",
         "seen_at",
         before_ms,
         limit,

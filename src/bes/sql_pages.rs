@@ -7,12 +7,77 @@ use std::collections::HashMap;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use super::store::{InvocationFilter, InvocationRow, TestRun, TestStats};
+use super::store::{InvocationFilter, InvocationRow, TestRun, TestStats, TrendDay};
 use crate::error::Result;
 use crate::sql::db_err;
 
 /// Most rows one list query returns.
 const MAX_LIST: i64 = 1000;
+
+/// `filter`'s conditions on the invocations table as a WHERE clause (or
+/// nothing), with the values to bind: texts first, then numbers, as the
+/// placeholders are numbered.
+struct Conditions {
+    sql: String,
+    texts: Vec<String>,
+    numbers: Vec<i64>,
+}
+
+impl Conditions {
+    fn of(filter: &InvocationFilter) -> Conditions {
+        let mut conditions = Vec::new();
+        let mut texts: Vec<String> = Vec::new();
+        let mut numbers: Vec<i64> = Vec::new();
+        for (column, value) in [
+            ("status", &filter.status),
+            ("user_name", &filter.user),
+            ("host", &filter.host),
+            ("command", &filter.command),
+        ] {
+            if let Some(v) = value {
+                texts.push(v.clone());
+                conditions.push(format!("{column} = ${}", texts.len()));
+            }
+        }
+        if let Some(p) = &filter.pattern {
+            // A substring, with LIKE's wildcards in the text taken literally.
+            let escaped = p
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            texts.push(format!("%{escaped}%"));
+            conditions.push(format!("patterns LIKE ${} ESCAPE '\\'", texts.len()));
+        }
+        for (op, value) in [(">=", filter.since_ms), ("<", filter.until_ms)] {
+            if let Some(v) = value {
+                numbers.push(v);
+                conditions.push(format!("started_at {op} ${}", texts.len() + numbers.len()));
+            }
+        }
+        let sql = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        Conditions {
+            sql,
+            texts,
+            numbers,
+        }
+    }
+
+    /// Runs `sql` with the values bound.
+    async fn fetch(&self, pool: &AnyPool, sql: String, what: &str) -> Result<Vec<AnyRow>> {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for t in &self.texts {
+            q = q.bind(t.as_str());
+        }
+        for n in &self.numbers {
+            q = q.bind(*n);
+        }
+        q.fetch_all(pool).await.map_err(db_err(what))
+    }
+}
 
 /// `SELECT {columns} FROM invocations` with `filter`'s conditions, newest
 /// first, every client value bound.
@@ -21,42 +86,7 @@ pub(super) async fn select_invocations(
     columns: &str,
     filter: &InvocationFilter,
 ) -> Result<Vec<AnyRow>> {
-    let mut conditions = Vec::new();
-    let mut texts: Vec<String> = Vec::new();
-    let mut numbers: Vec<i64> = Vec::new();
-    // Text binds come first, numbers after: their placeholders are
-    // numbered in that order.
-    for (column, value) in [
-        ("status", &filter.status),
-        ("user_name", &filter.user),
-        ("host", &filter.host),
-        ("command", &filter.command),
-    ] {
-        if let Some(v) = value {
-            texts.push(v.clone());
-            conditions.push(format!("{column} = ${}", texts.len()));
-        }
-    }
-    if let Some(p) = &filter.pattern {
-        // A substring, with LIKE's wildcards in the text taken literally.
-        let escaped = p
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        texts.push(format!("%{escaped}%"));
-        conditions.push(format!("patterns LIKE ${} ESCAPE '\\'", texts.len()));
-    }
-    for (op, value) in [(">=", filter.since_ms), ("<", filter.until_ms)] {
-        if let Some(v) = value {
-            numbers.push(v);
-            conditions.push(format!("started_at {op} ${}", texts.len() + numbers.len()));
-        }
-    }
-    let filter_sql = if conditions.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", conditions.join(" AND "))
-    };
+    let conditions = Conditions::of(filter);
     let limit = if filter.limit <= 0 {
         50
     } else {
@@ -64,19 +94,103 @@ pub(super) async fn select_invocations(
     };
     let offset = filter.offset.clamp(0, 1_000_000);
     let sql = format!(
-        "SELECT {columns} FROM invocations {filter_sql} \
-         ORDER BY started_at DESC, updated_at DESC LIMIT {limit} OFFSET {offset}"
+        "SELECT {columns} FROM invocations {} \
+         ORDER BY started_at DESC, updated_at DESC LIMIT {limit} OFFSET {offset}",
+        conditions.sql
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for t in &texts {
-        q = q.bind(t.as_str());
+    conditions.fetch(pool, sql, "listing invocations").await
+}
+
+/// Days in a trend, at most.
+const MAX_DAYS: i64 = 366;
+
+/// The invocations matching `filter` and their tests, summed per UTC day,
+/// newest first.
+pub(super) async fn trends(pool: &AnyPool, filter: &InvocationFilter) -> Result<Vec<TrendDay>> {
+    let conditions = Conditions::of(filter);
+    let days = conditions
+        .fetch(
+            pool,
+            format!(
+                "SELECT started_at / 86400000 AS day, COUNT(*), \
+                 CAST(SUM(CASE WHEN status = 'FAILED' THEN 1 ELSE 0 END) AS BIGINT), \
+                 CAST(SUM(cache_hits) AS BIGINT), CAST(SUM(actions_executed) AS BIGINT), \
+                 CAST(SUM(CASE WHEN duration_ms >= 0 THEN duration_ms ELSE 0 END) AS BIGINT), \
+                 CAST(SUM(CASE WHEN duration_ms >= 0 THEN 1 ELSE 0 END) AS BIGINT), \
+                 MAX(duration_ms) FROM invocations {} \
+                 GROUP BY started_at / 86400000 ORDER BY day DESC LIMIT {MAX_DAYS}",
+                conditions.sql
+            ),
+            "summing invocations per day",
+        )
+        .await?;
+    let tests = conditions
+        .fetch(
+            pool,
+            format!(
+                "SELECT started_at / 86400000 AS day, COUNT(*), \
+                 CAST(SUM(CASE WHEN {PASSED} THEN 0 ELSE 1 END) AS BIGINT), \
+                 COUNT(DISTINCT CASE WHEN flaky <> 0 THEN label END) FROM test_runs \
+                 WHERE invocation_id IN (SELECT invocation_id FROM invocations {}) \
+                 GROUP BY started_at / 86400000",
+                conditions.sql
+            ),
+            "summing test runs per day",
+        )
+        .await?;
+    let cards = conditions
+        .fetch(
+            pool,
+            format!(
+                "SELECT updated_at / 86400000 AS day, CAST(SUM(hits) AS BIGINT), \
+                 CAST(SUM(lookups) AS BIGINT) FROM invocation_scorecards \
+                 WHERE invocation IN (SELECT invocation_id FROM invocations {}) \
+                 GROUP BY updated_at / 86400000",
+                conditions.sql
+            ),
+            "summing scorecards per day",
+        )
+        .await?;
+    let err = db_err("summing invocations per day");
+    let mut kiln = HashMap::new();
+    for r in &cards {
+        let day: i64 = r.try_get(0).map_err(&err)?;
+        let sums: (i64, i64) = (r.try_get(1).map_err(&err)?, r.try_get(2).map_err(&err)?);
+        kiln.insert(day, sums);
     }
-    for n in &numbers {
-        q = q.bind(*n);
+    let mut by_day = std::collections::HashMap::new();
+    for r in &tests {
+        let day: i64 = r.try_get(0).map_err(&err)?;
+        let counts: (i64, i64, i64) = (
+            r.try_get(1).map_err(&err)?,
+            r.try_get(2).map_err(&err)?,
+            r.try_get(3).map_err(&err)?,
+        );
+        by_day.insert(day, counts);
     }
-    q.fetch_all(pool)
-        .await
-        .map_err(db_err("listing invocations"))
+    days.iter()
+        .map(|r| {
+            let day: i64 = r.try_get(0).map_err(&err)?;
+            let timed: i64 = r.try_get(6).map_err(&err)?;
+            let total: i64 = r.try_get(5).map_err(&err)?;
+            let (tests, test_failures, flaky_tests) = by_day.get(&day).copied().unwrap_or_default();
+            let (kiln_hits, kiln_lookups) = kiln.get(&day).copied().unwrap_or_default();
+            Ok(TrendDay {
+                day_ms: day * 86_400_000,
+                invocations: r.try_get(1).map_err(&err)?,
+                failed: r.try_get(2).map_err(&err)?,
+                cache_hits: r.try_get(3).map_err(&err)?,
+                actions: r.try_get(4).map_err(&err)?,
+                mean_duration_ms: if timed > 0 { total / timed } else { 0 },
+                max_duration_ms: r.try_get::<i64, _>(7).map_err(&err)?.max(0),
+                kiln_hits,
+                kiln_lookups,
+                tests,
+                test_failures,
+                flaky_tests,
+            })
+        })
+        .collect()
 }
 
 pub(super) async fn invocation_rows(

@@ -17,16 +17,25 @@ pub(super) async fn record(pool: &AnyPool, rows: &[Card]) -> Result<()> {
     let mut tx = pool.begin().await.map_err(&err)?;
     for chunk in rows.chunks(CHUNK) {
         let sql = format!(
-            "INSERT INTO invocation_scorecards (invocation, card, scorecard, updated_at) VALUES {} \
-             ON CONFLICT (invocation, card) DO UPDATE SET scorecard = excluded.scorecard, \
+            "INSERT INTO invocation_scorecards (invocation, card, scorecard, hits, lookups, \
+             updated_at) VALUES {} ON CONFLICT (invocation, card) DO UPDATE SET \
+             scorecard = excluded.scorecard, hits = excluded.hits, lookups = excluded.lookups, \
              updated_at = excluded.updated_at",
-            values_of(chunk.len(), 4, Placeholders::Numbered)
+            values_of(chunk.len(), 6, Placeholders::Numbered)
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for (invocation, card, scorecard) in chunk {
             let json = serde_json::to_string(scorecard)
                 .map_err(|e| Error::internal_from("encoding a scorecard", e))?;
-            q = q.bind(invocation).bind(card).bind(json).bind(now);
+            let t = &scorecard.totals;
+            let (hits, lookups) = (t.hits as i64, (t.hits + t.misses) as i64);
+            q = q
+                .bind(invocation)
+                .bind(card)
+                .bind(json)
+                .bind(hits)
+                .bind(lookups)
+                .bind(now);
         }
         q.execute(&mut *tx).await.map_err(&err)?;
     }

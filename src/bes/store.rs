@@ -176,6 +176,35 @@ pub struct TestRun {
     pub started_at: i64,
 }
 
+/// One UTC day of invocations and their tests (the trends page).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct TrendDay {
+    /// The day's start (ms since the epoch).
+    pub day_ms: i64,
+    /// Invocations started that day.
+    pub invocations: i64,
+    /// Of them, failed.
+    pub failed: i64,
+    /// Remote cache hits, summed.
+    pub cache_hits: i64,
+    /// Actions (hits included), summed.
+    pub actions: i64,
+    /// Hits kiln counted on the invocations' scorecards.
+    pub kiln_hits: i64,
+    /// Lookups (hits and misses) kiln counted on them.
+    pub kiln_lookups: i64,
+    /// Mean wall time of the finished ones.
+    pub mean_duration_ms: i64,
+    /// Longest wall time.
+    pub max_duration_ms: i64,
+    /// Test runs.
+    pub tests: i64,
+    /// Test runs that did not pass.
+    pub test_failures: i64,
+    /// Distinct tests flaky that day.
+    pub flaky_tests: i64,
+}
+
 /// One test over a window of invocations.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct TestStats {
@@ -241,6 +270,9 @@ pub trait EventStore: std::fmt::Debug + Send + Sync + 'static {
     /// Every test run since `since_ms`, summed per test (at most `limit`
     /// tests, most runs first).
     async fn test_stats(&self, since_ms: i64, limit: i64) -> Result<Vec<TestStats>>;
+    /// The invocations matching `filter` (its limit and offset aside) and
+    /// their tests, per UTC day, newest first.
+    async fn trends(&self, filter: &InvocationFilter) -> Result<Vec<TrendDay>>;
     /// Streams whose `build_id/invocation_id/component` matches `pattern`.
     async fn streams(&self, pattern: &regex::Regex) -> Result<Vec<StreamInfo>>;
     /// The events of an invocation (all its streams), by stream then sequence.

@@ -19,6 +19,8 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::Writer;
+use std::collections::HashMap;
+
 use super::diff;
 pub use super::diff::Cause;
 use crate::bes::store::EventStore;
@@ -111,60 +113,121 @@ pub(crate) fn identity(instance: &str, writer: &Writer, result: &ActionResult) -
     h.finish().hash_hex()
 }
 
-/// Explains a batch of fresh results, in order (a later result of an
-/// identity is compared with an earlier one of the same batch), and
-/// records the batch's fingerprints and misses.
-pub(crate) async fn explain(events: &dyn EventStore, batch: Vec<Written>) -> Result<Vec<Miss>> {
-    let mut identities: Vec<String> = batch.iter().map(|w| w.identity.clone()).collect();
-    identities.sort_unstable();
-    identities.dedup();
-    let mut last = events.fingerprints(&identities).await?;
-    let mut touched = std::collections::BTreeSet::new();
-    let mut misses = Vec::with_capacity(batch.len());
-    for w in batch {
-        let action_digest = w.action.to_string();
-        let previous = last.get(&w.identity);
-        let causes = match previous {
-            None => vec![Cause::new("new", "", "new action".into())],
-            Some(p) if p.action == action_digest => vec![Cause::new(
-                "evicted",
-                "",
-                "same action as before: its result was no longer cached".into(),
-            )],
-            Some(p) => match parse(w.action.function, &p.action) {
-                Some(before) => compare(w.cas.as_ref(), before, w.action).await?,
-                None => vec![Cause::new(
-                    "unknown",
+/// How long this pod trusts the last action it saw of an identity before
+/// asking the database again (another pod may have seen a later one).
+const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Identities whose last action this pod keeps in memory, at most.
+const KNOWN_MAX: u64 = 1_000_000;
+
+/// The background comparison's state: the last action of identities seen
+/// lately, and what was explained since the last time it was stored.
+pub(crate) struct Recorder {
+    known: moka::sync::Cache<String, Fingerprint>,
+    changed: HashMap<String, Fingerprint>,
+    misses: Vec<Miss>,
+    /// Results explained and not yet stored.
+    pending: i64,
+}
+
+impl Recorder {
+    pub(crate) fn new() -> Recorder {
+        Recorder {
+            known: moka::sync::Cache::builder()
+                .max_capacity(KNOWN_MAX)
+                .time_to_live(KNOWN_FOR)
+                .build(),
+            changed: HashMap::new(),
+            misses: Vec::new(),
+            pending: 0,
+        }
+    }
+
+    /// Results explained and not yet stored.
+    pub(crate) fn pending(&self) -> i64 {
+        self.pending
+    }
+
+    /// Explains a batch of fresh results, in order (a later result of an
+    /// identity is compared with an earlier one of the same batch); the
+    /// database is asked only for identities this pod does not know.
+    /// Returns each miss's instance and the kind of its first cause.
+    pub(crate) async fn explain(
+        &mut self,
+        events: &dyn EventStore,
+        batch: Vec<Written>,
+    ) -> Result<Vec<(String, String)>> {
+        self.pending += batch.len() as i64;
+        let mut unknown: Vec<String> = batch
+            .iter()
+            .filter(|w| !self.known.contains_key(&w.identity))
+            .map(|w| w.identity.clone())
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if !unknown.is_empty() {
+            for (identity, f) in events.fingerprints(&unknown).await? {
+                self.known.insert(identity, f);
+            }
+        }
+        let mut kinds = Vec::with_capacity(batch.len());
+        for w in batch {
+            let action_digest = w.action.to_string();
+            let previous = self.known.get(&w.identity);
+            let causes = match &previous {
+                None => vec![Cause::new("new", "", "new action".into())],
+                Some(p) if p.action == action_digest => vec![Cause::new(
+                    "evicted",
                     "",
-                    "the earlier action used another digest function".into(),
+                    "same action as before: its result was no longer cached".into(),
                 )],
-            },
-        };
-        misses.push(Miss {
-            invocation: w.writer.invocation.clone(),
-            instance: w.instance,
-            action_digest: action_digest.clone(),
-            target: w.writer.target,
-            mnemonic: w.writer.mnemonic,
-            previous_digest: previous.map(|p| p.action.clone()).unwrap_or_default(),
-            previous_invocation: previous.map(|p| p.invocation.clone()).unwrap_or_default(),
-            causes: diff::bounded(causes),
-            seen_at: w.seen_at,
-        });
-        touched.insert(w.identity.clone());
-        last.insert(
-            w.identity.clone(),
-            Fingerprint {
-                identity: w.identity,
+                Some(p) => match parse(w.action.function, &p.action) {
+                    Some(before) => compare(w.cas.as_ref(), before, w.action).await?,
+                    None => vec![Cause::new(
+                        "unknown",
+                        "",
+                        "the earlier action used another digest function".into(),
+                    )],
+                },
+            };
+            kinds.push((w.instance.clone(), causes[0].kind.clone()));
+            self.misses.push(Miss {
+                invocation: w.writer.invocation.clone(),
+                instance: w.instance,
+                action_digest: action_digest.clone(),
+                target: w.writer.target,
+                mnemonic: w.writer.mnemonic,
+                previous_digest: previous
+                    .as_ref()
+                    .map(|p| p.action.clone())
+                    .unwrap_or_default(),
+                previous_invocation: previous.map(|p| p.invocation).unwrap_or_default(),
+                causes: diff::bounded(causes),
+                seen_at: w.seen_at,
+            });
+            let fingerprint = Fingerprint {
+                identity: w.identity.clone(),
                 action: action_digest,
                 invocation: w.writer.invocation,
                 seen_at: w.seen_at,
-            },
-        );
+            };
+            self.known.insert(w.identity.clone(), fingerprint.clone());
+            self.changed.insert(w.identity, fingerprint);
+        }
+        Ok(kinds)
     }
-    let fingerprints: Vec<Fingerprint> = touched.iter().filter_map(|i| last.remove(i)).collect();
-    events.record_misses(&fingerprints, &misses).await?;
-    Ok(misses)
+
+    /// Stores what was explained since the last call, in one transaction;
+    /// returns how many results that covered (what is dropped on an error
+    /// is logged: the queue must not grow without bound).
+    pub(crate) async fn store(&mut self, events: &dyn EventStore) -> i64 {
+        let fingerprints: Vec<Fingerprint> = self.changed.drain().map(|(_, f)| f).collect();
+        let misses = std::mem::take(&mut self.misses);
+        if let Err(e) = events.record_misses(&fingerprints, &misses).await {
+            tracing::warn!(error = %e, misses = misses.len(), "could not store explained cache misses");
+        }
+        std::mem::take(&mut self.pending)
+    }
 }
 
 /// The parts of a written action the comparison needs, read from the CAS.
@@ -309,20 +372,27 @@ mod tests {
             cas: cas.clone(),
             seen_at: 1,
         };
-        let found = explain(&events, vec![written(1), written(1), written(2)])
+        let mut recorder = Recorder::new();
+        let kinds = recorder
+            .explain(&events, vec![written(1), written(1), written(2)])
             .await
             .unwrap();
-        let kinds: Vec<&str> = found.iter().map(|m| m.causes[0].kind.as_str()).collect();
         // New, then the same action again (its result had gone), then a
         // different action whose Action the client never uploaded.
+        let kinds: Vec<&str> = kinds.iter().map(|(_, k)| k.as_str()).collect();
         assert_eq!(kinds, ["new", "evicted", "unknown"]);
-        assert_eq!(found[2].previous_digest, found[0].action_digest);
+        assert_eq!(recorder.store(&events).await, 3);
         let kept = events.fingerprints(&["same".into()]).await.unwrap();
-        assert_eq!(kept["same"].action, found[2].action_digest);
         assert_eq!(
-            events.misses("inv", 10).await.unwrap().len(),
-            2,
-            "one row per action"
+            kept["same"].action,
+            DigestFunction::Sha256.digest_of(&[2]).to_string()
         );
+        let listed = events.misses("inv", 10).await.unwrap();
+        assert_eq!(listed.len(), 2, "each action once: {listed:?}");
+        assert_eq!(listed[0].causes[0].kind, "new");
+        // A recorder that does not know the identity asks the database.
+        let mut fresh = Recorder::new();
+        let kinds = fresh.explain(&events, vec![written(2)]).await.unwrap();
+        assert_eq!(kinds, [(String::new(), "evicted".to_string())]);
     }
 }

@@ -240,28 +240,54 @@ async fn store_scorecards(
     }
 }
 
-/// The background comparison: takes the queue in batches until the
-/// insights (every sender) are gone.
+/// How long explained misses wait before they are stored (with every
+/// other result explained meanwhile).
+const STORE_MISSES_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The background comparison: takes the queue in batches, and stores what
+/// it explained every [`STORE_MISSES_EVERY`], until the insights (every
+/// sender) are gone.
 async fn explain_misses(
     events: Arc<dyn EventStore>,
     mut queue: tokio::sync::mpsc::Receiver<misses::Written>,
     running: prometheus_client::metrics::gauge::Gauge,
     missed: Family<Vec<(&'static str, String)>, Counter>,
 ) {
+    let mut recorder = misses::Recorder::new();
     let mut batch = Vec::with_capacity(MISS_BATCH);
-    while queue.recv_many(&mut batch, MISS_BATCH).await > 0 {
-        let n = batch.len() as i64;
-        match misses::explain(events.as_ref(), std::mem::take(&mut batch)).await {
-            Ok(found) => {
-                for m in &found {
-                    if let Some(first) = m.causes.first() {
-                        count(&missed, &m.instance, &first.kind);
+    let mut stored = tokio::time::Instant::now();
+    loop {
+        let wait = if recorder.pending() > 0 {
+            STORE_MISSES_EVERY.saturating_sub(stored.elapsed())
+        } else {
+            std::time::Duration::from_secs(3600)
+        };
+        let open = match tokio::time::timeout(wait, queue.recv_many(&mut batch, MISS_BATCH)).await {
+            Ok(0) => false,
+            Ok(_) => {
+                let taken = std::mem::take(&mut batch);
+                let n = taken.len();
+                match recorder.explain(events.as_ref(), taken).await {
+                    Ok(kinds) => {
+                        for (instance, kind) in kinds {
+                            count(&missed, &instance, &kind);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, results = n, "could not explain cache misses");
                     }
                 }
+                true
             }
-            Err(e) => tracing::warn!(error = %e, results = n, "could not explain cache misses"),
+            Err(_) => true,
+        };
+        if recorder.pending() > 0 && (!open || stored.elapsed() >= STORE_MISSES_EVERY) {
+            running.dec_by(recorder.store(events.as_ref()).await);
+            stored = tokio::time::Instant::now();
         }
-        running.dec_by(n);
+        if !open {
+            return;
+        }
     }
 }
 

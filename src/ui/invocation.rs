@@ -281,6 +281,11 @@ pub(super) async fn page(
                 }
             }
             @if running { p.muted { "Still running: this page refreshes every 5 seconds." } }
+            form.compare method="get" action="/compare" {
+                input type="hidden" name="a" value=(inv.invocation_id);
+                label { "Compare with invocation " input type="text" name="b" size="38"; }
+                button type="submit" { "Compare" }
+            }
         }
 
         @if !tests.is_empty() {

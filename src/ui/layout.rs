@@ -36,6 +36,7 @@ pub(super) fn page(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
                     a.brand href="/" { "kiln" }
                     a href="/" { "Invocations" }
                     a href="/tests" { "Tests" }
+                    a href="/trends" { "Trends" }
                     a href="/operations" { "Operations" }
                     a href="/nondeterminism" { "Nondeterminism" }
                 }

@@ -11,6 +11,7 @@ mod action;
 mod ansi;
 mod auth;
 mod blob;
+mod compare;
 mod invocation;
 mod invocations;
 mod layout;
@@ -21,6 +22,7 @@ mod progress;
 mod scorecard;
 mod tests_pages;
 mod timing;
+mod trends;
 
 use std::sync::Arc;
 
@@ -65,6 +67,8 @@ pub fn router(state: UiState) -> Router {
         .route("/tree/{*path}", get(action::tree))
         .route("/operations", get(operations::page))
         .route("/nondeterminism", get(nondeterminism::page))
+        .route("/trends", get(trends::page))
+        .route("/compare", get(compare::page))
         .route("/login", get(auth::form).post(auth::login))
         .route("/logout", axum::routing::post(auth::logout))
         .route("/static/kiln.css", get(layout::stylesheet))

@@ -312,6 +312,45 @@ async fn each_scripted_change_is_named_as_the_cause_of_its_misses() {
     assert!(page.contains("id=\"cache-totals\""), "{page}");
     assert!(page.contains("100% hit rate"), "{page}");
 
+    // The trends page counts the builds (eight, none failed; summed over
+    // the day rows, as a run may cross midnight UTC) and filters by what
+    // Bazel said about them.
+    let trends = dom(&kiln, "/trends?command=build").await;
+    let days: Vec<Vec<&str>> = trends
+        .split("<tr data-day=")
+        .skip(1)
+        .map(|row| {
+            row.split("<td class=\"num\">")
+                .skip(1)
+                .map(|c| c.split(['<', ' ']).next().unwrap_or(""))
+                .collect()
+        })
+        .collect();
+    assert!(!days.is_empty(), "no day rows: {trends}");
+    let sum = |i: usize| -> u64 { days.iter().map(|d| d[i].parse::<u64>().unwrap()).sum() };
+    assert_eq!(sum(0), 8, "invocations: {trends}");
+    assert_eq!(sum(1), 0, "failed: {trends}");
+    // kiln's hit rate counts the last build's hits (Bazel 4 reports none).
+    assert!(
+        days.iter().any(|d| !d[3].is_empty() && d[3] != "0%"),
+        "kiln's hit rate: {trends}"
+    );
+    // The first build and the last, compared: the options only the last
+    // set, and their cache scorecards.
+    let compared = dom(&kiln, &format!("/compare?a={first}&b={hit}")).await;
+    let only_b = compared
+        .split("id=\"only-b\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</td>").next())
+        .unwrap_or_else(|| panic!("no options only in B: {compared}"));
+    assert!(only_b.contains("KILN_MISS=1"), "{compared}");
+    assert!(only_b.contains("-DKILN_COPT"), "{compared}");
+    assert!(compared.contains("id=\"compare-cache\""), "{compared}");
+    assert!(compared.contains("0 hits, "), "{compared}");
+    let nobody = dom(&kiln, "/trends?user=nobody-at-all").await;
+    assert!(nobody.contains("No invocations in this window"), "{nobody}");
+    screenshot(&kiln, "/trends", "trends", 400).await;
+
     // The CLI prints the same causes.
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["invocations", "misses", &header_invocation, "--server"])
