@@ -13,28 +13,22 @@ const MAX_ROWS_PER_ACTION: i64 = 64;
 
 pub(super) async fn record(pool: &AnyPool, rows: &[NondeterministicOutput]) -> Result<()> {
     let err = db_err("recording a nondeterministic action");
-    let Some(first) = rows.first() else {
-        return Ok(());
-    };
-    let mut tx = pool.begin().await.map_err(&err)?;
-    let kept: i64 = sqlx::query(
-        "SELECT COUNT(*) FROM nondeterministic_outputs WHERE instance = $1 AND action_digest = $2",
-    )
-    .bind(&first.instance)
-    .bind(&first.action_digest)
-    .fetch_one(&mut *tx)
-    .await
-    .and_then(|row| row.try_get(0))
-    .map_err(&err)?;
-    if kept >= MAX_ROWS_PER_ACTION {
+    if rows.is_empty() {
         return Ok(());
     }
+    // Each statement writes from its start (the cap is checked inside the
+    // INSERT): a transaction that read first could not be upgraded to a
+    // write on SQLite once another writer had committed meanwhile.
+    let mut tx = pool.begin().await.map_err(&err)?;
     for r in rows {
-        sqlx::query(
+        sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO nondeterministic_outputs (instance, action_digest, output_path, \
              before_value, after_value, target, mnemonic, before_invocation, after_invocation, \
-             seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-        )
+             seen_at) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+             WHERE (SELECT COUNT(*) FROM nondeterministic_outputs \
+             WHERE instance = $1 AND action_digest = $2) < {MAX_ROWS_PER_ACTION} \
+             ON CONFLICT DO NOTHING"
+        )))
         .bind(&r.instance)
         .bind(&r.action_digest)
         .bind(&r.output_path)
@@ -49,7 +43,7 @@ pub(super) async fn record(pool: &AnyPool, rows: &[NondeterministicOutput]) -> R
         .await
         .map_err(&err)?;
     }
-    tx.commit().await.map_err(&err)
+    tx.commit().await.map_err(err)
 }
 
 /// The columns a listing reads, in [`NondeterministicOutput`]'s order.
@@ -115,4 +109,64 @@ pub(super) async fn list(
 pub(super) async fn purge(pool: &AnyPool, before_ms: i64, limit: i64) -> Result<u64> {
     let table = "nondeterministic_outputs";
     crate::sql::delete_older(pool, table, "seen_at", "seen_at", before_ms, limit).await
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::bes::store::EventStore;
+    use crate::insights::NondeterministicOutput;
+    use crate::insights::misses::{Fingerprint, Miss};
+
+    /// Regression: the nondeterminism record read (its per-action count)
+    /// before it wrote, so on SQLite another writer committing in between
+    /// made its transaction fail at once (a stale read cannot be upgraded
+    /// to a write), and the record was lost; seen in CI once the miss
+    /// recorder and the scorecards wrote beside it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_survive_other_writers_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/e.db?mode=rwc", dir.path().display());
+        let store =
+            std::sync::Arc::new(crate::bes::sql::SqlEventStore::connect(&url).await.unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let row = NondeterministicOutput {
+                    action_digest: format!("a{i}/1"),
+                    output_path: "out".into(),
+                    before: "x/1".into(),
+                    after: "y/1".into(),
+                    seen_at: 1,
+                    ..Default::default()
+                };
+                s.record_nondeterminism(&[row]).await
+            }));
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let f = Fingerprint {
+                    identity: format!("id{i}"),
+                    action: "a/1".into(),
+                    invocation: "inv".into(),
+                    seen_at: 1,
+                };
+                let m = Miss {
+                    invocation: "inv".into(),
+                    instance: String::new(),
+                    action_digest: format!("m{i}/1"),
+                    target: String::new(),
+                    mnemonic: String::new(),
+                    previous_digest: String::new(),
+                    previous_invocation: String::new(),
+                    causes: Vec::new(),
+                    seen_at: 1,
+                };
+                s.record_misses(&[f], &[m]).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(store.nondeterminism(None, 0, 1000).await.unwrap().len(), 40);
+    }
 }

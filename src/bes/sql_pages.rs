@@ -8,6 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::store::{InvocationFilter, InvocationRow, TestRun, TestStats, TrendDay};
+use super::summary::failure_sql;
 use crate::error::Result;
 use crate::sql::db_err;
 
@@ -129,10 +130,11 @@ pub(super) async fn trends(pool: &AnyPool, filter: &InvocationFilter) -> Result<
             pool,
             format!(
                 "SELECT started_at / 86400000 AS day, COUNT(*), \
-                 CAST(SUM(CASE WHEN {PASSED} THEN 0 ELSE 1 END) AS BIGINT), \
+                 CAST(SUM(CASE WHEN {} THEN 1 ELSE 0 END) AS BIGINT), \
                  COUNT(DISTINCT CASE WHEN flaky <> 0 THEN label END) FROM test_runs \
                  WHERE invocation_id IN (SELECT invocation_id FROM invocations {}) \
                  GROUP BY started_at / 86400000",
+                failure_sql("status"),
                 conditions.sql
             ),
             "summing test runs per day",
@@ -266,8 +268,11 @@ pub(super) async fn test_stats(
 ) -> Result<Vec<TestStats>> {
     let err = db_err("summing test runs");
     let limit = limit.clamp(1, MAX_LIST);
+    // Failures by the one rule pages and stored counts use: a run that did
+    // not run (NO_STATUS) is not one.
+    let failed = failure_sql("status");
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT label, COUNT(*), CAST(SUM(CASE WHEN {PASSED} THEN 0 ELSE 1 END) AS BIGINT), \
+        "SELECT label, COUNT(*), CAST(SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) AS BIGINT), \
          CAST(SUM(flaky) AS BIGINT), CAST(SUM(duration_ms) AS BIGINT), MAX(duration_ms) FROM test_runs WHERE started_at >= $1 \
          GROUP BY label ORDER BY COUNT(*) DESC, label LIMIT {limit}"
     )))
@@ -280,7 +285,7 @@ pub(super) async fn test_stats(
         "SELECT label, COUNT(*) FROM (SELECT label, fingerprint FROM test_runs \
          WHERE started_at >= $1 AND fingerprint <> '' GROUP BY label, fingerprint \
          HAVING SUM(CASE WHEN {PASSED} THEN 1 ELSE 0 END) > 0 \
-         AND SUM(CASE WHEN {PASSED} THEN 0 ELSE 1 END) > 0) mixed GROUP BY label"
+         AND SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) > 0) mixed GROUP BY label"
     )))
     .bind(since_ms)
     .fetch_all(pool)

@@ -28,6 +28,8 @@ pub(super) struct WindowQuery {
     days: Option<i64>,
 }
 
+use crate::bes::summary::is_failure;
+
 fn passed(status: &str) -> bool {
     matches!(status, "PASSED" | "FLAKY")
 }
@@ -39,7 +41,7 @@ fn mixed(runs: &[TestRun]) -> HashSet<&str> {
         let e = seen.entry(&r.fingerprint).or_default();
         if passed(&r.status) {
             e.0 = true;
-        } else {
+        } else if is_failure(&r.status) {
             e.1 = true;
         }
     }
@@ -116,7 +118,7 @@ pub(super) async fn history(
     let mixed = mixed(&runs);
     let is_flaky = |r: &TestRun| r.flaky || mixed.contains(r.fingerprint.as_str());
     let flaky_runs = runs.iter().filter(|r| is_flaky(r)).count();
-    let failures = runs.iter().filter(|r| !passed(&r.status)).count();
+    let failures = runs.iter().filter(|r| is_failure(&r.status)).count();
     let max = runs.iter().map(|r| r.duration_ms).max().unwrap_or(0).max(1);
     let verdict = if flaky_runs > 0 {
         "FLAKY"

@@ -124,6 +124,32 @@ async fn miss_storage(database: &str) {
             .unwrap();
         assert_eq!(last(store.clone(), identity.clone()).await, Some(f));
     }
+    // A nondeterminism record beside them (its cap is checked inside its
+    // INSERT, on both databases).
+    let row = kiln::insights::NondeterministicOutput {
+        action_digest: format!("{identity}/1"),
+        output_path: "out".into(),
+        before: "x/1".into(),
+        after: "y/1".into(),
+        after_invocation: invocation.clone(),
+        seen_at: now,
+        ..Default::default()
+    };
+    store
+        .record_nondeterminism(std::slice::from_ref(&row))
+        .await
+        .unwrap();
+    store
+        .record_nondeterminism(std::slice::from_ref(&row))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .nondeterminism(Some(&invocation), 0, 10)
+            .await
+            .unwrap(),
+        vec![row]
+    );
     let listed = store.misses(&invocation, 10).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].causes[0].text, "env PATH changed");

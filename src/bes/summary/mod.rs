@@ -213,16 +213,25 @@ pub struct Runner {
 /// lists and the pages' red badges, so that they cannot disagree. NO_STATUS
 /// (a test that did not run, or has not run yet) is not one.
 pub fn is_failure(status: &str) -> bool {
-    matches!(
-        status,
-        "FAILED"
-            | "FAILED_TO_BUILD"
-            | "TIMEOUT"
-            | "INCOMPLETE"
-            | "REMOTE_FAILURE"
-            | "TOOL_HALTED_BEFORE_TESTING"
-            | "ABORTED"
-    )
+    FAILURES.contains(&status)
+}
+
+/// The failing status names [`is_failure`] knows (SQL that counts
+/// failures uses the same list: [`failure_sql`]).
+const FAILURES: [&str; 7] = [
+    "FAILED",
+    "FAILED_TO_BUILD",
+    "TIMEOUT",
+    "INCOMPLETE",
+    "REMOTE_FAILURE",
+    "TOOL_HALTED_BEFORE_TESTING",
+    "ABORTED",
+];
+
+/// `column IN ('FAILED', ...)`: [`is_failure`] as an SQL condition.
+pub fn failure_sql(column: &str) -> String {
+    let names: Vec<String> = FAILURES.iter().map(|s| format!("'{s}'")).collect();
+    format!("{column} IN ({})", names.join(", "))
 }
 
 /// The `hash/size` of a `bytestream://.../blobs/HASH/SIZE` URI, which
