@@ -83,11 +83,12 @@ fn encoded(label: &str) -> String {
 }
 
 pub async fn history_and_flakiness(kiln: &Kiln) {
-    use bep::TestStatus::{Failed, Passed};
+    use bep::TestStatus::{Failed, NoStatus, Passed};
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mixed = format!("//t{run}:mixed");
     let retried = format!("//t{run}:retried");
     let steady = format!("//t{run}:steady");
+    let unrun = format!("//t{run}:unrun");
     let same = "a".repeat(64);
     let cases = [
         ("a", invocation(&mixed, &same, &[Failed])),
@@ -98,6 +99,7 @@ pub async fn history_and_flakiness(kiln: &Kiln) {
         ),
         ("d", invocation(&steady, &"c".repeat(64), &[Passed])),
         ("e", invocation(&steady, &"d".repeat(64), &[Failed])),
+        ("f", invocation(&unrun, &"e".repeat(64), &[NoStatus])),
     ];
     for (name, events) in &cases {
         let inv = format!("{run}-{name}");
@@ -134,6 +136,17 @@ pub async fn history_and_flakiness(kiln: &Kiln) {
     assert!(flakiest.contains(&mixed), "{flakiest}");
     assert!(flakiest.contains(&retried), "{flakiest}");
     assert!(!flakiest.contains(&steady), "{flakiest}");
+    // A test that did not run is no failure (the one rule of the pages and
+    // the stored counts; /tests counted every run that did not pass).
+    let row_of = |label: &str| -> String {
+        let at = tests
+            .find(&format!("data-label=\"{label}\""))
+            .unwrap_or_else(|| panic!("no row of {label}:\n{tests}"));
+        let start = tests[..at].rfind("<tr").unwrap();
+        tests[start..at].to_string()
+    };
+    assert!(!row_of(&unrun).contains("bad"), "{}", row_of(&unrun));
+    assert!(row_of(&steady).contains("bad"), "{}", row_of(&steady));
 
     // The list's filters: these invocations are all `test` of //app:all.
     let list = get(
