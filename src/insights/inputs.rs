@@ -49,10 +49,14 @@ fn entries(dir: &Directory, function: crate::digest::DigestFunction) -> BTreeMap
     out
 }
 
+/// A directory of one tree, or None when it cannot be compared: absent,
+/// larger than [`MAX_DIRECTORY`] or not a Directory. Only a failing store
+/// is an error.
 async fn read(cas: &dyn BlobStore, digest: &Digest) -> Result<Option<Directory>> {
+    use crate::error::Error;
     match get_parsed_blob(cas, digest, MAX_DIRECTORY).await {
         Ok(bytes) => Ok(Directory::decode(bytes).ok()),
-        Err(crate::error::Error::NotFound(_)) => Ok(None),
+        Err(Error::NotFound(_) | Error::InvalidArgument(_)) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -218,6 +222,18 @@ mod tests {
             .collect();
         assert_eq!(texts, ["input lib/util.h changed", "input lib/zz.h added"]);
         assert!(compare(&cas, a, a).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_root_too_large_to_read_is_a_cause_not_an_error() {
+        let cas = MemoryStore::new(16 << 20);
+        let a = tree(&cas, b"v1", false).await;
+        let big = bytes::Bytes::from(vec![7u8; (MAX_DIRECTORY + 1) as usize]);
+        let d = DigestFunction::Sha256.digest_of(&big);
+        cas.put(&d, big.into()).await.unwrap();
+        let causes = compare(&cas, a, d).await.unwrap();
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].kind, "inputs");
     }
 
     #[tokio::test]

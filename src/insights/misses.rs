@@ -117,8 +117,9 @@ pub(crate) fn identity(instance: &str, writer: &Writer, result: &ActionResult) -
 /// asking the database again (another pod may have seen a later one).
 const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Identities whose last action this pod keeps in memory, at most.
-const KNOWN_MAX: u64 = 1_000_000;
+/// Identities whose last action this pod keeps in memory, at most (about
+/// 300 bytes each: some 30 MB when full).
+const KNOWN_MAX: u64 = 100_000;
 
 /// The background comparison's state: the last action of identities seen
 /// lately, and what was explained since the last time it was stored.
