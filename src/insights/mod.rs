@@ -8,11 +8,13 @@
 //! Domain code: services hand it what a caller said about itself
 //! ([`Writer`]); it knows nothing of gRPC beyond that.
 
+mod background;
 pub(crate) mod diff;
 pub(crate) mod inputs;
 pub mod misses;
 pub(crate) mod nondeterminism;
 pub mod scorecard;
+mod writers;
 
 use std::sync::Arc;
 
@@ -24,10 +26,8 @@ use crate::bes::store::EventStore;
 use crate::bes::webhook::Webhooks;
 use crate::digest::Digest;
 use crate::proto::reapi::ActionResult;
-
-/// Slots of the table of recent result writers (a power of two), so a
-/// later differing result can name the invocation of the earlier one.
-const WRITER_SLOTS: usize = 1 << 18;
+use background::{QUEUED_MISSES, count, explain_misses, store_scorecards};
+use writers::Writers;
 
 /// Who wrote a result, as the call's RequestMetadata says (Bazel names the
 /// invocation, the target and the action's mnemonic on every call).
@@ -114,63 +114,6 @@ struct Event<'a> {
     outputs: &'a [NondeterministicOutput],
 }
 
-/// Who last wrote recent results: a direct-mapped table (a slot per action
-/// digest's leading bytes, a newer action taking the slot of an older one)
-/// rather than a cache with an eviction policy, because it is written on
-/// every result and read only when one is found to differ.
-#[derive(Debug)]
-struct Writers {
-    slots: Vec<Slot>,
-}
-
-/// The instance, action and writer of the result a slot last saw written.
-type Slot = std::sync::Mutex<Option<Arc<(String, Digest, Writer)>>>;
-
-impl Writers {
-    fn new() -> Writers {
-        Writers {
-            slots: (0..WRITER_SLOTS)
-                .map(|_| std::sync::Mutex::new(None))
-                .collect(),
-        }
-    }
-
-    fn slot(&self, action: &Digest) -> &Slot {
-        let mut lead = [0u8; 8];
-        lead.copy_from_slice(&action.hash[..8]);
-        &self.slots[u64::from_le_bytes(lead) as usize % WRITER_SLOTS]
-    }
-
-    fn get(&self, instance: &str, action: &Digest) -> Option<Arc<(String, Digest, Writer)>> {
-        let slot = self.slot(action).lock().unwrap_or_else(|p| p.into_inner());
-        slot.as_ref()
-            .filter(|e| e.0 == instance && e.1 == *action)
-            .cloned()
-    }
-
-    /// Makes `writer` the action's latest writer and returns its entry. An
-    /// anonymous writer names nothing: it only forgets who wrote the
-    /// replaced result.
-    fn replace(
-        &self,
-        instance: &str,
-        action: &Digest,
-        writer: Writer,
-    ) -> Arc<(String, Digest, Writer)> {
-        let entry = Arc::new((instance.to_string(), *action, writer));
-        let mut slot = self.slot(action).lock().unwrap_or_else(|p| p.into_inner());
-        if entry.2 != Writer::default() {
-            *slot = Some(entry.clone());
-        } else if slot
-            .as_ref()
-            .is_some_and(|e| e.0 == instance && e.1 == *action)
-        {
-            *slot = None;
-        }
-        entry
-    }
-}
-
 /// The insights of one server.
 #[derive(Debug)]
 pub struct Insights {
@@ -195,100 +138,6 @@ pub struct Insights {
     /// its misses knows they are all recorded when this is 0 after its
     /// build).
     running: prometheus_client::metrics::gauge::Gauge,
-}
-
-/// Fresh results waiting for the miss comparison, at most.
-const QUEUED_MISSES: usize = 4096;
-
-/// Results the comparison takes at once (one query and one transaction).
-const MISS_BATCH: usize = 256;
-
-fn count(missed: &Family<Vec<(&'static str, String)>, Counter>, instance: &str, kind: &str) {
-    missed
-        .get_or_create(&vec![
-            ("instance", instance.to_string()),
-            ("kind", kind.to_string()),
-        ])
-        .inc();
-}
-
-/// How often changed scorecards are stored.
-const SCORECARD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Stores the changed scorecards every [`SCORECARD_EVERY`] until the
-/// insights are gone.
-async fn store_scorecards(
-    events: Arc<dyn EventStore>,
-    cards: std::sync::Weak<scorecard::Scorecards>,
-) {
-    let mut tick = tokio::time::interval(SCORECARD_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(rows) = cards.upgrade().map(|c| c.take_dirty()) else {
-            return;
-        };
-        if rows.is_empty() {
-            continue;
-        }
-        if let Err(e) = events.record_scorecards(&rows).await {
-            tracing::warn!(error = %e, "could not store cache scorecards; retrying");
-            if let Some(c) = cards.upgrade() {
-                c.unstored(&rows);
-            }
-        }
-    }
-}
-
-/// How long explained misses wait before they are stored (with every
-/// other result explained meanwhile).
-const STORE_MISSES_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// The background comparison: takes the queue in batches, and stores what
-/// it explained every [`STORE_MISSES_EVERY`], until the insights (every
-/// sender) are gone.
-async fn explain_misses(
-    events: Arc<dyn EventStore>,
-    mut queue: tokio::sync::mpsc::Receiver<misses::Written>,
-    running: prometheus_client::metrics::gauge::Gauge,
-    missed: Family<Vec<(&'static str, String)>, Counter>,
-) {
-    let mut recorder = misses::Recorder::new();
-    let mut batch = Vec::with_capacity(MISS_BATCH);
-    let mut stored = tokio::time::Instant::now();
-    loop {
-        let wait = if recorder.pending() > 0 {
-            STORE_MISSES_EVERY.saturating_sub(stored.elapsed())
-        } else {
-            std::time::Duration::from_secs(3600)
-        };
-        let open = match tokio::time::timeout(wait, queue.recv_many(&mut batch, MISS_BATCH)).await {
-            Ok(0) => false,
-            Ok(_) => {
-                let taken = std::mem::take(&mut batch);
-                let n = taken.len();
-                match recorder.explain(events.as_ref(), taken).await {
-                    Ok(kinds) => {
-                        for (instance, kind) in kinds {
-                            count(&missed, &instance, &kind);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, results = n, "could not explain cache misses");
-                    }
-                }
-                true
-            }
-            Err(_) => true,
-        };
-        if recorder.pending() > 0 && (!open || stored.elapsed() >= STORE_MISSES_EVERY) {
-            running.dec_by(recorder.store(events.as_ref()).await);
-            stored = tokio::time::Instant::now();
-        }
-        if !open {
-            return;
-        }
-    }
 }
 
 /// Distinct mnemonics the metric labels at most.
