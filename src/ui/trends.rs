@@ -99,7 +99,7 @@ pub(super) async fn page(
         } @else {
             table.trends {
                 thead { tr { th { "Day (UTC)" } th.num { "Invocations" } th.num { "Failed" } th.num { "Hit rate (Bazel)" } th.num { "Hit rate (kiln)" }
-                    th.num { "Mean duration" } th.num { "Longest" } th.num { "Test runs" } th.num { "Failed runs" } th.num { "Flaky tests" } } }
+                    th.num { "Mean duration" } th.num { "Longest" } th.num { "Test runs" } th.num { "Failed runs" } th.num title="Tests that failed and then passed within one invocation" { "Flaky tests" } } }
                 tbody { @for d in &trend { (row(d, longest)) } }
             }
         }

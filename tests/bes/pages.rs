@@ -148,6 +148,21 @@ pub async fn history_and_flakiness(kiln: &Kiln) {
     assert!(!row_of(&unrun).contains("bad"), "{}", row_of(&unrun));
     assert!(row_of(&steady).contains("bad"), "{}", row_of(&steady));
 
+    // The trends sum them per day (on SQLite and PostgreSQL alike): the
+    // retried test is flaky there (failed, then passed in one invocation;
+    // the mixed one is flaky only across invocations, which /tests shows).
+    let trends = get(kiln, "/trends?days=2&command=test").await;
+    assert!(trends.contains("<tr data-day="), "{trends}");
+    let flaky_cells: u64 = trends
+        .split("<tr data-day=")
+        .skip(1)
+        .filter_map(|row| {
+            let cells: Vec<&str> = row.split("<td class=\"num\">").skip(1).collect();
+            cells.last()?.split('<').next()?.trim().parse::<u64>().ok()
+        })
+        .sum();
+    assert!(flaky_cells >= 1, "the retried test: {trends}");
+
     // The list's filters: these invocations are all `test` of //app:all.
     let list = get(
         kiln,

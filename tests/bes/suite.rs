@@ -150,6 +150,41 @@ async fn miss_storage(database: &str) {
             .unwrap(),
         vec![row]
     );
+    // A cache scorecard, written twice (the second replaces the first) by
+    // one pod and once by another: a read sums the pods' cards.
+    let mut card = kiln::insights::scorecard::Scorecard::default();
+    card.totals.hits = 3;
+    card.totals.misses = 1;
+    card.bytes_down = 10;
+    let rows = |id: &str, c: &kiln::insights::scorecard::Scorecard| {
+        vec![(invocation.clone(), id.to_string(), c.clone())]
+    };
+    store
+        .record_scorecards(&rows("pod-a", &Default::default()))
+        .await
+        .unwrap();
+    store
+        .record_scorecards(&rows("pod-a", &card))
+        .await
+        .unwrap();
+    store
+        .record_scorecards(&rows("pod-b", &card))
+        .await
+        .unwrap();
+    let sum = store.scorecard(&invocation).await.unwrap().unwrap();
+    assert_eq!(
+        (sum.totals.hits, sum.totals.misses, sum.bytes_down),
+        (6, 2, 20)
+    );
+    assert_eq!(store.scorecard("no-such-invocation").await.unwrap(), None);
+    // The trends' SQL runs on this database (no invocation summaries were
+    // stored here, so no days).
+    let filter = kiln::bes::store::InvocationFilter {
+        user: Some("nobody".into()),
+        since_ms: Some(0),
+        ..Default::default()
+    };
+    assert!(store.trends(&filter).await.unwrap().is_empty());
     let listed = store.misses(&invocation, 10).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].causes[0].text, "env PATH changed");
