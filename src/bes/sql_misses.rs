@@ -21,11 +21,11 @@ pub(super) async fn fingerprints(
     let err = db_err("reading action fingerprints");
     let mut out = HashMap::new();
     for chunk in identities.chunks(CHUNK) {
-        let list = values_of(chunk.len(), 1, Placeholders::Numbered);
+        // One "row" of as many values as identities: `($1, $2, ...)`.
         let sql = format!(
             "SELECT identity, action_digest, invocation, seen_at FROM action_fingerprints \
-             WHERE identity IN ({})",
-            list.replace(['(', ')'], "")
+             WHERE identity IN {}",
+            values_of(1, chunk.len(), Placeholders::Numbered)
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for id in chunk {

@@ -130,7 +130,11 @@ fn bucket<'m>(
     } else {
         key
     };
-    map.entry(key.to_string()).or_default()
+    // Counted on every call: the key is copied only the first time.
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), Counts::default());
+    }
+    map.get_mut(key).expect("just inserted")
 }
 
 impl Scorecard {

@@ -47,8 +47,10 @@ fn bar(part: i64, whole: i64) -> Markup {
 
 fn row(d: &TrendDay, longest: i64) -> Markup {
     html! {
-        tr data-day=(layout::when(d.day_ms).get(..10).unwrap_or_default()) {
-            td { (layout::when(d.day_ms).get(..10).unwrap_or_default()) }
+        @let day = layout::when(d.day_ms);
+        @let day = day.get(..10).unwrap_or_default();
+        tr data-day=(day) {
+            td { (day) }
             td.num { (d.invocations) }
             td.num { (d.failed) }
             td.num { (percent(d.cache_hits, d.actions)) " " (bar(d.cache_hits, d.actions)) }
