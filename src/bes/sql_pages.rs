@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use super::store::{InvocationFilter, InvocationRow, TestRun, TestStats, TrendDay};
-use super::summary::failure_sql;
+use super::summary::TestStatus;
 use crate::error::Result;
 use crate::sql::db_err;
 
@@ -134,7 +134,7 @@ pub(super) async fn trends(pool: &AnyPool, filter: &InvocationFilter) -> Result<
                  COUNT(DISTINCT CASE WHEN flaky <> 0 THEN label END) FROM test_runs \
                  WHERE invocation_id IN (SELECT invocation_id FROM invocations {}) \
                  GROUP BY started_at / 86400000",
-                failure_sql("status"),
+                TestStatus::failure_sql("status"),
                 conditions.sql
             ),
             "summing test runs per day",
@@ -210,7 +210,7 @@ pub(super) async fn invocation_rows(
         let duration: i64 = r.try_get(8)?;
         Ok(InvocationRow {
             invocation_id: r.try_get(0)?,
-            status: r.try_get(1)?,
+            status: super::summary::Status::from_name(&r.try_get::<String, _>(1)?),
             user: r.try_get(2)?,
             host: r.try_get(3)?,
             command: r.try_get(4)?,
@@ -233,7 +233,7 @@ fn test_run(r: &AnyRow) -> std::result::Result<TestRun, sqlx::Error> {
     Ok(TestRun {
         label: r.try_get(0)?,
         invocation_id: r.try_get(1)?,
-        status: r.try_get(2)?,
+        status: TestStatus::from_name(&r.try_get::<String, _>(2)?),
         flaky: r.try_get::<i64, _>(3)? != 0,
         attempts: r.try_get(4)?,
         duration_ms: r.try_get(5)?,
@@ -270,7 +270,7 @@ pub(super) async fn test_stats(
     let limit = limit.clamp(1, MAX_LIST);
     // Failures by the one rule pages and stored counts use: a run that did
     // not run (NO_STATUS) is not one.
-    let failed = failure_sql("status");
+    let failed = TestStatus::failure_sql("status");
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT label, COUNT(*), CAST(SUM(CASE WHEN {failed} THEN 1 ELSE 0 END) AS BIGINT), \
          CAST(SUM(flaky) AS BIGINT), CAST(SUM(duration_ms) AS BIGINT), MAX(duration_ms) FROM test_runs WHERE started_at >= $1 \

@@ -9,7 +9,7 @@ use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::store::{InvocationRow, NewEvent, StreamKey, TestRun};
-use super::summary::{Invocation, is_failure};
+use super::summary::Invocation;
 use crate::error::{Error, Result};
 use crate::sql::db_err;
 use crate::time::now_ms;
@@ -53,11 +53,11 @@ struct Summary {
 
 impl Summary {
     fn of(i: &Invocation) -> Result<Summary> {
-        let failed_tests = i.tests.iter().filter(|t| is_failure(&t.status)).count();
-        let failed_targets = i.targets.iter().filter(|t| is_failure(&t.outcome)).count();
+        let failed_tests = i.tests.iter().filter(|t| t.status.is_failure()).count();
+        let failed_targets = i.targets.iter().filter(|t| t.outcome.is_failure()).count();
         let row = InvocationRow {
             invocation_id: i.invocation_id.clone(),
-            status: i.status.as_str().to_string(),
+            status: i.status,
             user: i.user.clone(),
             host: i.host.clone(),
             command: i.command.clone(),
@@ -76,7 +76,7 @@ impl Summary {
                 .map(|t| TestRun {
                     label: t.label.clone(),
                     invocation_id: i.invocation_id.clone(),
-                    status: t.status.clone(),
+                    status: t.status,
                     flaky: t.flaky,
                     attempts: i64::from(t.attempts),
                     duration_ms: t.duration_ms,
@@ -320,7 +320,7 @@ async fn write_summary(tx: &mut sqlx::Transaction<'_, sqlx::Any>, summary: &Summ
          target_count = excluded.target_count, failed_count = excluded.failed_count",
     )
     .bind(&r.invocation_id)
-    .bind(&r.status)
+    .bind(r.status.as_str())
     .bind(&r.user)
     .bind(r.started_at)
     .bind(now_ms())
@@ -376,7 +376,7 @@ async fn write_summary(tx: &mut sqlx::Transaction<'_, sqlx::Any>, summary: &Summ
             q = q
                 .bind(&t.label)
                 .bind(&t.invocation_id)
-                .bind(&t.status)
+                .bind(t.status.as_str())
                 .bind(i64::from(t.flaky))
                 .bind(t.attempts)
                 .bind(t.duration_ms)
@@ -400,14 +400,14 @@ mod tests {
         for status in ["NO_STATUS", "PASSED", "FLAKY", "FAILED", "TIMEOUT", ""] {
             i.tests.push(Test {
                 label: format!("//t:{status}"),
-                status: status.into(),
+                status: crate::bes::summary::TestStatus::from_name(status),
                 ..Default::default()
             });
         }
         for outcome in ["SUCCESS", "FAILED", "ABORTED", ""] {
             i.targets.push(Target {
                 label: format!("//x:{outcome}"),
-                outcome: outcome.into(),
+                outcome: crate::bes::summary::Outcome::from_name(outcome),
                 ..Default::default()
             });
         }

@@ -127,8 +127,8 @@ pub struct InvocationFilter {
 pub struct InvocationRow {
     /// Bazel's invocation id.
     pub invocation_id: String,
-    /// Status name.
-    pub status: String,
+    /// Where it stands.
+    pub status: super::summary::Status,
     /// Who ran it.
     pub user: String,
     /// Where.
@@ -160,8 +160,8 @@ pub struct TestRun {
     pub label: String,
     /// The invocation.
     pub invocation_id: String,
-    /// Bazel's overall status name.
-    pub status: String,
+    /// Bazel's overall status.
+    pub status: super::summary::TestStatus,
     /// Failed and then passed within the invocation.
     pub flaky: bool,
     /// Attempts.

@@ -31,6 +31,15 @@ impl Stage {
         })
     }
 
+    /// Its name, as ListOperations filters and pages spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Queued => "QUEUED",
+            Stage::Executing => "EXECUTING",
+            Stage::Completed => "COMPLETED",
+        }
+    }
+
     /// Parses a ListOperations filter value (`QUEUED`, `EXECUTING`, `COMPLETED`).
     pub fn parse(name: &str) -> Option<Stage> {
         match name.to_ascii_uppercase().as_str() {

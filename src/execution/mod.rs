@@ -13,6 +13,7 @@ pub mod job;
 pub mod memory;
 mod news;
 pub mod scheduler;
+mod shown;
 pub mod sql;
 mod sql_group;
 pub mod store;

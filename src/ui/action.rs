@@ -16,9 +16,7 @@ use super::{PageResult, UiState, ansi, auth, layout};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::http::caller::HttpCaller;
-use crate::proto::reapi::{
-    Action, ActionResult, Command, Directory, ExecuteResponse, ExecutedActionMetadata,
-};
+use crate::proto::reapi::{Action, ActionResult, Command, Directory, ExecutedActionMetadata};
 
 /// Bytes of stdout or stderr shown inline.
 const INLINE_OUTPUT: u64 = 64 << 10;
@@ -118,12 +116,7 @@ async fn result_of(
                 ..Default::default()
             })
             .await?;
-        if let Some(r) = jobs
-            .first()
-            .and_then(|j| j.response.as_ref())
-            .and_then(|r| ExecuteResponse::decode(&r[..]).ok())
-            .and_then(|r| r.result)
-        {
+        if let Some(r) = jobs.first().and_then(|j| j.result()) {
             return Ok(Some((r, "from its last execution")));
         }
     }

@@ -39,7 +39,7 @@ fn differing(a: BTreeMap<&str, &str>, b: BTreeMap<&str, &str>) -> Vec<(String, S
 fn outcomes(inv: &Invocation) -> BTreeMap<&str, &str> {
     inv.targets
         .iter()
-        .map(|t| (t.label.as_str(), t.outcome.as_str()))
+        .map(|t| (t.label.as_str(), t.outcome.shown()))
         .collect()
 }
 
@@ -74,7 +74,7 @@ fn facts(
             thead { tr { th {} th { "A" } th { "B" } } }
             tbody {
                 tr { th { "Invocation" } td { (link(a)) } td { (link(b)) } }
-                tr { th { "Status" } td { (badge(a.status.as_str())) } td { (badge(b.status.as_str())) } }
+                tr { th { "Status" } td { (badge(a.status)) } td { (badge(b.status)) } }
                 tr { th { "Command line" } td.mono { (line(a)) } td.mono { (line(b)) } }
                 tr { th { "User" } td { (a.user) } td { (b.user) } }
                 tr { th { "Host" } td { (a.host) } td { (b.host) } }

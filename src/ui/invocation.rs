@@ -3,17 +3,22 @@
 //! build's own progress output from the event store), artifacts to
 //! download, the options, and links to the timing profile. A running
 //! invocation's page refreshes itself.
+//!
+//! The handler gathers what the page shows ([`Gathered`]); the sections
+//! (`invocation_sections.rs`) render it and decide nothing.
 
 use axum::extract::{Path, State};
 use axum::http::{Uri, header};
 use axum::response::IntoResponse;
-use maud::{Markup, PreEscaped, html};
+use maud::{Markup, html};
 
 use super::blob::{self, BlobRef};
-use super::layout::{badge, duration, percent, segment, size, status_class, when};
+use super::invocation_sections as sections;
 use super::{PageResult, UiState, ansi, auth, layout};
-use crate::bes::summary::{Invocation, Test};
+use crate::bes::summary::{FailedAction, Invocation, Test, Verdict};
 use crate::error::{Error, Result};
+use crate::execution::job::Job;
+use crate::execution::usage::Totals;
 use crate::http::caller::HttpCaller;
 
 /// Bytes of one log shown inline; longer logs show their end and a link.
@@ -23,56 +28,6 @@ const INLINED_LOGS: usize = 20;
 /// Remote executions listed.
 const REMOTE_ACTIONS: u64 = 500;
 
-/// The outcome, worker and measured usage of a finished job's response.
-fn job_outcome(
-    job: &crate::execution::job::Job,
-) -> (String, String, Option<crate::proto::kiln_v1::ResourceUsage>) {
-    use prost::Message;
-    let Some(r) = job
-        .response
-        .as_ref()
-        .and_then(|r| crate::proto::reapi::ExecuteResponse::decode(&r[..]).ok())
-    else {
-        return (String::new(), job.bot.clone().unwrap_or_default(), None);
-    };
-    let status = r
-        .status
-        .as_ref()
-        .filter(|s| s.code != 0)
-        .map(|s| s.message.clone());
-    match r.result {
-        Some(res) => (
-            status.unwrap_or_else(|| format!("exit {}", res.exit_code)),
-            res.execution_metadata
-                .as_ref()
-                .map(|m| m.worker.clone())
-                .unwrap_or_default(),
-            crate::execution::usage::of(&res),
-        ),
-        None => (status.unwrap_or_default(), String::new(), None),
-    }
-}
-
-/// What the invocation's remote executions cost, in one line.
-fn cost_line(c: &crate::execution::usage::Totals) -> Markup {
-    let secs = |s: f64| duration((s * 1000.0) as i64);
-    html! {
-        p.cost {
-            @if c.measured == 0 {
-                span.muted { "No worker reported resource usage for these actions." }
-            } @else {
-                "CPU " strong { (secs(c.user_cpu_seconds + c.system_cpu_seconds)) }
-                span.muted { " (user " (secs(c.user_cpu_seconds)) ", system " (secs(c.system_cpu_seconds)) ")" }
-                " · peak memory " strong { (size(c.peak_rss_bytes)) }
-                " · disk read " (size(c.read_bytes)) ", written " (size(c.written_bytes))
-                " · input fetch " (secs(c.input_fetch_seconds)) ", upload " (secs(c.output_upload_seconds))
-                span.muted { " · " (c.measured) " of " (c.actions) " finished actions measured"
-                    @if c.partial { " (the newest " (crate::execution::usage::MOST_SUMMED) " jobs)" } }
-            }
-        }
-    }
-}
-
 pub(super) async fn find(state: &UiState, id: &str) -> Result<Invocation> {
     state
         .events
@@ -81,13 +36,14 @@ pub(super) async fn find(state: &UiState, id: &str) -> Result<Invocation> {
         .ok_or_else(|| Error::NotFound(format!("no invocation {id}")))
 }
 
-/// Failed first, then flaky, then the rest (each in reported order).
-fn rank(status: &str, flaky: bool) -> u8 {
-    match status_class(status) {
-        "bad" => 0,
-        _ if flaky => 1,
-        "ok" => 3,
-        _ => 2,
+/// Failed first, then flaky, then the rest, passed last (each in reported
+/// order).
+pub(super) fn rank(verdict: Verdict) -> u8 {
+    match verdict {
+        Verdict::Failed => 0,
+        Verdict::Flaky => 1,
+        Verdict::Passed => 3,
+        Verdict::Running | Verdict::Neutral => 2,
     }
 }
 
@@ -103,7 +59,7 @@ async fn inline_log(state: &UiState, uri: &str, name: &str) -> Markup {
                 p.muted { "The first " (skipped) " bytes are not shown. "
                     a href=(link) { "Whole log (" (blob.digest.size) " bytes)" } }
             }
-            pre.log { (PreEscaped(ansi::to_html(&text))) }
+            pre.log { (maud::PreEscaped(ansi::to_html(&text))) }
             @if skipped == 0 { p { a href=(link) { "Download " (name) } } }
         },
         Err(e) => html! { p.error { "Could not read " (name) ": " (e.to_string()) } },
@@ -130,31 +86,108 @@ pub(super) async fn full_log(
         .into_response())
 }
 
-fn test_row(t: &Test) -> Markup {
-    let shown = if t.flaky && t.status != "FLAKY" {
-        "FLAKY"
-    } else {
-        t.status.as_str()
-    };
-    html! {
-        tr class=(status_class(shown)) data-label=(t.label) {
-            td { (badge(shown)) }
-            td.mono { a href={ "/tests/" (segment(&t.label)) } { (t.label) } }
-            td.num { (t.attempts) }
-            td.num { @if t.shards > 0 { (t.shards) } @else { "-" } }
-            td.num { (duration(t.duration_ms)) }
-            td { @if t.cached { "cached" } }
-            td {
-                @for a in &t.attempt_list {
-                    @if let Some(b) = BlobRef::from_uri(&a.log) {
-                        a href=(b.link("test.log")) title={ "run " (a.run) ", shard " (a.shard) ", attempt " (a.attempt) ": " (a.status) } {
-                            span class={ "badge " (status_class(&a.status)) } { "#" (a.attempt) }
-                        } " "
-                    }
-                }
-            }
+/// Everything the page shows, gathered before any of it is rendered.
+pub(super) struct Gathered {
+    pub(super) inv: Invocation,
+    /// The last failing attempt's log of the first failed tests.
+    pub(super) test_logs: Vec<(String, Markup)>,
+    /// The first failed actions with their stderr and stdout inline.
+    pub(super) action_logs: Vec<(FailedAction, Vec<Markup>)>,
+    /// The end of the build's output, and whether earlier output was cut.
+    pub(super) progress: (String, bool),
+    pub(super) nondeterministic: Vec<crate::insights::NondeterministicOutput>,
+    pub(super) misses: Vec<crate::insights::misses::Miss>,
+    pub(super) scorecard: Option<crate::insights::scorecard::Scorecard>,
+    /// Its remote executions the caller may read, and what they cost.
+    pub(super) remote_jobs: Vec<Job>,
+    pub(super) cost: Option<Totals>,
+}
+
+impl Gathered {
+    async fn of(state: &UiState, caller: &HttpCaller, id: &str) -> Result<Gathered> {
+        let inv = find(state, id).await?;
+        let test_logs = failed_test_logs(state, &inv).await;
+        let action_logs = failed_action_logs(state, &inv).await;
+        let (remote_jobs, cost) = remote_jobs(state, caller, id).await?;
+        Ok(Gathered {
+            progress: super::progress::tail(state, id).await?,
+            nondeterministic: super::nondeterminism::readable(state, caller, Some(id), 0).await?,
+            misses: super::misses::readable(state, caller, id).await?,
+            scorecard: state.events.scorecard(id).await?,
+            inv,
+            test_logs,
+            action_logs,
+            remote_jobs,
+            cost,
+        })
+    }
+}
+
+/// The log of the last failing attempt of each of the first failed tests.
+async fn failed_test_logs(state: &UiState, inv: &Invocation) -> Vec<(String, Markup)> {
+    let failed = inv.tests.iter().filter(|t| t.shown().is_failure());
+    let mut logs = Vec::new();
+    for t in failed.take(INLINED_LOGS) {
+        if let Some(a) = last_failed_attempt(t) {
+            logs.push((t.label.clone(), inline_log(state, &a.log, "test.log").await));
         }
     }
+    logs
+}
+
+fn last_failed_attempt(t: &Test) -> Option<&crate::bes::summary::Attempt> {
+    t.attempt_list
+        .iter()
+        .rev()
+        .find(|a| a.status.is_failure() && !a.log.is_empty())
+}
+
+async fn failed_action_logs(state: &UiState, inv: &Invocation) -> Vec<(FailedAction, Vec<Markup>)> {
+    let mut logs = Vec::new();
+    for a in inv.failed_actions.iter().take(INLINED_LOGS) {
+        let mut parts = Vec::new();
+        for (name, uri) in [("stderr", &a.stderr), ("stdout", &a.stdout)] {
+            if !uri.is_empty() {
+                parts.push(inline_log(state, uri, name).await);
+            }
+        }
+        logs.push((a.clone(), parts));
+    }
+    logs
+}
+
+/// The invocation's remote executions the caller may read and their cost:
+/// summed from the listed jobs unless the list was cut, else from all.
+async fn remote_jobs(
+    state: &UiState,
+    caller: &HttpCaller,
+    id: &str,
+) -> Result<(Vec<Job>, Option<Totals>)> {
+    let Some(s) = &state.scheduler else {
+        return Ok((Vec::new(), None));
+    };
+    let may_read = |i: &str| auth::may_read(caller, i);
+    let filter = crate::execution::job::JobFilter {
+        invocation_id: Some(id.to_string()),
+        limit: REMOTE_ACTIONS,
+        ..Default::default()
+    };
+    let listed = s.list(&filter).await?;
+    let all_listed = (listed.len() as u64) < REMOTE_ACTIONS;
+    let jobs: Vec<Job> = listed
+        .into_iter()
+        .filter(|j| may_read(&j.instance))
+        .collect();
+    let cost = if jobs.is_empty() {
+        None
+    } else if all_listed {
+        let mut totals = Totals::default();
+        totals.add_jobs(&jobs);
+        Some(totals)
+    } else {
+        Some(crate::execution::usage::of_invocation(s, id, may_read).await?)
+    };
+    Ok((jobs, cost))
 }
 
 pub(super) async fn page(
@@ -164,232 +197,8 @@ pub(super) async fn page(
     uri: Uri,
 ) -> PageResult {
     auth::check_events(&state, &caller, &uri)?;
-    let inv = find(&state, &id).await?;
-    let mut tests: Vec<&Test> = inv.tests.iter().collect();
-    tests.sort_by_key(|t| rank(&t.status, t.flaky));
-    let test_of = |label: &str| inv.tests.iter().find(|t| t.label == label);
-    let mut targets: Vec<_> = inv.targets.iter().collect();
-    // A test target's row shows its test's status: the build succeeding
-    // says nothing about the test passing.
-    let shown = |t: &crate::bes::summary::Target| -> String {
-        match test_of(&t.label) {
-            Some(test) if !test.status.is_empty() => test.status.clone(),
-            _ if t.outcome.is_empty() => "PENDING".into(),
-            _ => t.outcome.clone(),
-        }
-    };
-    targets.sort_by_key(|t| rank(&shown(t), false));
-
-    // Logs of the first failures, inline.
-    let mut logs = Vec::new();
-    for t in tests
-        .iter()
-        .filter(|t| rank(&t.status, t.flaky) == 0)
-        .take(INLINED_LOGS)
-    {
-        let attempt = t
-            .attempt_list
-            .iter()
-            .rev()
-            .find(|a| status_class(&a.status) == "bad" && !a.log.is_empty());
-        if let Some(a) = attempt {
-            logs.push((
-                t.label.clone(),
-                inline_log(&state, &a.log, "test.log").await,
-            ));
-        }
-    }
-    let mut action_logs = Vec::new();
-    for a in inv.failed_actions.iter().take(INLINED_LOGS) {
-        let mut parts = Vec::new();
-        for (name, uri) in [("stderr", &a.stderr), ("stdout", &a.stdout)] {
-            if !uri.is_empty() {
-                parts.push(inline_log(&state, uri, name).await);
-            }
-        }
-        action_logs.push((a, parts));
-    }
-    let (progress_text, dropped) = super::progress::tail(&state, &id).await?;
-    let nondeterministic = super::nondeterminism::readable(&state, &caller, Some(&id), 0).await?;
-    let misses = super::misses::readable(&state, &caller, &id).await?;
-    let scorecard = state.events.scorecard(&id).await?;
-    let may_read = |i: &str| auth::may_read(&caller, i);
-    let (remote_jobs, cost) = match &state.scheduler {
-        Some(s) => {
-            let listed = s
-                .list(&crate::execution::job::JobFilter {
-                    invocation_id: Some(id.clone()),
-                    limit: REMOTE_ACTIONS,
-                    ..Default::default()
-                })
-                .await?;
-            let all_listed = (listed.len() as u64) < REMOTE_ACTIONS;
-            let jobs: Vec<_> = listed
-                .into_iter()
-                .filter(|j| may_read(&j.instance))
-                .collect();
-            // The listed jobs are all of them unless the list was cut;
-            // only then do the sums read the rest.
-            let cost = if jobs.is_empty() {
-                None
-            } else if all_listed {
-                let mut totals = crate::execution::usage::Totals::default();
-                totals.add_jobs(&jobs);
-                Some(totals)
-            } else {
-                Some(crate::execution::usage::of_invocation(s, &id, may_read).await?)
-            };
-            (jobs, cost)
-        }
-        None => (Vec::new(), None),
-    };
-    let profile = inv
-        .tool_logs
-        .iter()
-        .find(|l| l.name.ends_with(".profile.gz") || l.name == "command.profile.gz");
-    let running = !inv.is_finished();
-    let title = format!("{} {}", inv.command, inv.patterns.join(" "));
-    let remote: i64 = inv
-        .runners
-        .iter()
-        .filter(|r| r.name == "remote")
-        .map(|r| r.count)
-        .sum();
-    let body = html! {
-        h1 { (badge(inv.status.as_str())) " " (title)
-            @if !nondeterministic.is_empty() { " " span.badge.flaky.nondeterministic { "NONDETERMINISTIC" } } }
-        section.card {
-            dl.facts {
-                dt { "Invocation" } dd.mono { (inv.invocation_id) }
-                dt { "Exit" } dd { @if let Some(c) = inv.exit_code { (c) " " (inv.exit_code_name) } @else { span.muted { "running" } } }
-                dt { "Command line" } dd.mono { "bazel " (inv.command) " " (inv.patterns.join(" ")) }
-                dt { "User" } dd { (inv.user) }
-                dt { "Host" } dd { (inv.host) }
-                dt { "Started (UTC)" } dd { (when(inv.started_at)) }
-                dt { "Duration" } dd { (inv.duration_ms.map(duration).unwrap_or_default()) }
-                dt { "Cache hits" } dd { (inv.cache_hits) " of " (inv.actions_executed) " actions "
-                    span.muted { (percent(inv.cache_hits, inv.actions_executed)) } }
-                dt { "Where actions ran" } dd {
-                    @if inv.runners.is_empty() { span.muted { @if running { "not reported yet" } @else { "not reported by this Bazel" } } }
-                    @for r in &inv.runners { (r.name) ": " (r.count) "; " }
-                    @if remote > 0 { span.muted { "(" (remote) " executed remotely)" } }
-                }
-                dt { "Events" } dd { (inv.event_count) }
-                @if let Some(p) = profile {
-                    dt { "Timing" } dd { a href={ "/invocation/" (segment(&inv.invocation_id)) "/timing" } { "Timeline and critical path" }
-                        " · " @if let Some(b) = BlobRef::from_uri(&p.uri) { a href=(b.link(&p.name)) { (p.name) } } }
-                }
-            }
-            @if running { p.muted { "Still running: this page refreshes every 5 seconds." } }
-            form.compare method="get" action="/compare" {
-                input type="hidden" name="a" value=(inv.invocation_id);
-                label { "Compare with invocation " input type="text" name="b" size="38"; }
-                button type="submit" { "Compare" }
-            }
-        }
-
-        @if !tests.is_empty() {
-            h2 { "Tests (" (tests.len()) ")" }
-            table.tests {
-                thead { tr { th { "Status" } th { "Test" } th.num { "Attempts" } th.num { "Shards" } th.num { "Duration" } th { "Cached" } th { "Logs" } } }
-                tbody { @for t in &tests { (test_row(t)) } }
-            }
-        }
-        @for (label, log) in &logs {
-            section.card.failure data-label=(label) {
-                h2 { "test.log of " span.mono { (label) } }
-                (log)
-            }
-        }
-        @for (a, parts) in &action_logs {
-            section.card.failure {
-                h2 { "Failed action " (a.mnemonic) " of " span.mono { (a.label) } " (exit " (a.exit_code) ")" }
-                @if !a.argv.is_empty() { details { summary { "Command line" } pre.mono { (a.argv.join(" ")) } } }
-                @for p in parts { (p) }
-            }
-        }
-
-        @if !nondeterministic.is_empty() {
-            section.card.nondeterministic {
-                h2 { "Not deterministic (" (nondeterministic.len()) " outputs)" }
-                p.muted { "Actions of this invocation wrote outputs that differ from an earlier run of the same action, or an earlier result of this invocation was replaced by a differing one. "
-                    a href={ "/nondeterminism?invocation=" (segment(&inv.invocation_id)) } { "All of them" } }
-                (super::nondeterminism::table(&nondeterministic))
-            }
-        }
-
-        (super::scorecard::section(scorecard.as_ref()))
-        (super::misses::section(&misses))
-
-        @if !remote_jobs.is_empty() {
-            h2 { "Remote executions (" (remote_jobs.len()) ")" }
-            @if let Some(c) = &cost { (cost_line(c)) }
-            table.remote {
-                thead { tr { th { "Stage" } th { "Action" } th { "Outcome" } th { "Worker" } th.num { "Run time" } th.num { "CPU" } th.num { "Peak memory" } } }
-                tbody { @for j in &remote_jobs {
-                    @let action = BlobRef { instance: j.instance.clone(), digest: j.action_digest };
-                    @let (outcome, worker, usage) = job_outcome(j);
-                    tr {
-                        td { (badge(match j.stage { crate::execution::job::Stage::Queued => "QUEUED", crate::execution::job::Stage::Executing => "EXECUTING", crate::execution::job::Stage::Completed => "COMPLETED" })) }
-                        td.mono { a href={ "/action/" (action.path()) } { (j.action_digest) } }
-                        td { (outcome) }
-                        td.mono { (worker) }
-                        td.num { @if j.completed_at > j.started_at && j.started_at > 0 { (duration(j.completed_at - j.started_at)) } }
-                        td.num { @if let Some(u) = &usage { (duration((crate::execution::usage::cpu_seconds(u) * 1000.0) as i64)) } }
-                        td.num { @if let Some(u) = &usage { (size(crate::execution::usage::bytes(u.max_rss_bytes))) } }
-                    }
-                } }
-            }
-        }
-
-        h2 { "Targets (" (targets.len()) ")" }
-        table.targets {
-            thead { tr { th { "Status" } th { "Target" } th { "Kind" } } }
-            tbody {
-                @for t in &targets {
-                    @let s = shown(t);
-                    tr class=(status_class(&s)) data-label=(t.label) {
-                        td { (badge(&s)) }
-                        td.mono { (t.label) }
-                        td.muted { (t.kind) }
-                    }
-                }
-            }
-        }
-
-        h2 { "Build output" }
-        @if dropped {
-            p.muted { "Earlier output is not shown. "
-                a href={ "/invocation/" (segment(&inv.invocation_id)) "/log" } { "Whole output" } }
-        }
-        pre.log #progress { (PreEscaped(ansi::to_html(&progress_text))) }
-
-        @if !inv.links.is_empty() {
-            h2 { "Artifacts (" (inv.links.len()) ")" }
-            table.artifacts {
-                tbody {
-                    @for l in &inv.links {
-                        tr { td.mono {
-                            @if let Some(b) = BlobRef::from_uri(&l.uri) {
-                                a href=(b.link(&l.name)) download { (l.name) }
-                                " " span.muted { (b.digest.size) " bytes" }
-                            } @else { (l.name) " " span.muted { (l.uri) } }
-                        } }
-                    }
-                }
-            }
-        }
-        @if !inv.tool_logs.is_empty() {
-            h2 { "Bazel's logs" }
-            ul { @for l in &inv.tool_logs {
-                li { @if let Some(b) = BlobRef::from_uri(&l.uri) { a href=(b.link(&l.name)) { (l.name) } } @else { (l.name) } }
-            } }
-        }
-        @if !inv.options.is_empty() {
-            h2 { "Options" }
-            pre.mono.card { @for o in &inv.options { (o) "\n" } }
-        }
-    };
-    let refresh = running.then_some(5);
-    Ok(layout::page(&format!("{} {}", inv.status.as_str(), title), refresh, body).into_response())
+    let g = Gathered::of(&state, &caller, &id).await?;
+    let refresh = (!g.inv.is_finished()).then_some(5);
+    let title = format!("{} {}", g.inv.status.as_str(), sections::title(&g.inv));
+    Ok(layout::page(&title, refresh, sections::render(&g)).into_response())
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use super::layout::{badge, duration, parse_date, percent, segment, when};
 use super::{PageResult, UiState, auth, layout};
 use crate::bes::store::InvocationFilter;
+use crate::bes::summary::Status;
 use crate::error::Error;
 use crate::http::caller::HttpCaller;
 
@@ -69,8 +70,6 @@ impl ListQuery {
     }
 }
 
-const STATUSES: [&str; 4] = ["IN_PROGRESS", "SUCCEEDED", "FAILED", "DISCONNECTED"];
-
 pub(super) async fn page(
     State(state): State<UiState>,
     caller: HttpCaller,
@@ -81,10 +80,11 @@ pub(super) async fn page(
     let page = q.page.unwrap_or(1).clamp(1, 10_000);
     let status = given(&q.status);
     if let Some(s) = &status
-        && !STATUSES.contains(&s.as_str())
+        && !Status::ALL.iter().any(|known| known.as_str() == s)
     {
+        let names: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
         return Err(Error::InvalidArgument(format!(
-            "status: expected one of {STATUSES:?}, got {s:?}"
+            "status: expected one of {names:?}, got {s:?}"
         ))
         .into());
     }
@@ -103,7 +103,7 @@ pub(super) async fn page(
     let mut rows = state.events.invocation_rows(&filter).await?;
     let more = rows.len() as i64 > PAGE;
     rows.truncate(PAGE as usize);
-    let any_running = rows.iter().any(|r| r.status == "IN_PROGRESS");
+    let any_running = rows.iter().any(|r| r.status == Status::InProgress);
     let field = |v: &Option<String>| given(v).unwrap_or_default();
     let body = html! {
         h1 { "Invocations" }
@@ -111,8 +111,8 @@ pub(super) async fn page(
             label { "Status"
                 select name="status" {
                     option value="" { "any" }
-                    @for s in STATUSES {
-                        option value=(s) selected[status.as_deref() == Some(s)] { (s) }
+                    @for s in Status::ALL {
+                        option value=(s.as_str()) selected[status.as_deref() == Some(s.as_str())] { (s.as_str()) }
                     }
                 }
             }
@@ -137,8 +137,8 @@ pub(super) async fn page(
                 } }
                 tbody {
                     @for r in &rows {
-                        tr class=(layout::status_class(&r.status)) {
-                            td { (badge(&r.status))
+                        tr class=(layout::status_class(r.status)) {
+                            td { (badge(r.status))
                                 @if !r.exit_code_name.is_empty() && r.exit_code_name != "SUCCESS" {
                                     " " span.muted { (r.exit_code_name) }
                                 } }

@@ -5,6 +5,9 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use maud::{DOCTYPE, Markup, html};
 
+use crate::bes::summary::{Outcome, Status, TargetStatus, TestStatus, Verdict};
+use crate::execution::job::Stage;
+
 /// `/static/kiln.css`: the one stylesheet, compiled into the binary.
 pub(super) async fn stylesheet() -> impl IntoResponse {
     (
@@ -46,20 +49,75 @@ pub(super) fn page(title: &str, refresh: Option<u32>, body: Markup) -> Markup {
     }
 }
 
-/// The CSS class of a status name (invocation, target or test).
-pub(super) fn status_class(status: &str) -> &'static str {
-    match status {
-        "SUCCEEDED" | "SUCCESS" | "PASSED" => "ok",
-        s if crate::bes::summary::is_failure(s) || s == "UNSANDBOXED" => "bad",
-        "FLAKY" => "flaky",
-        "IN_PROGRESS" | "QUEUED" | "EXECUTING" => "running",
-        _ => "other",
+/// What a badge shows: a name and how it reads. Domain types decide the
+/// verdict (the one failure rule lives with them); pages only colour it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Badge {
+    pub(super) name: &'static str,
+    pub(super) verdict: Verdict,
+}
+
+impl Badge {
+    /// A badge for something that is not a build status (a worker's state).
+    pub(super) const fn new(name: &'static str, verdict: Verdict) -> Badge {
+        Badge { name, verdict }
+    }
+
+    /// The CSS class of its verdict.
+    pub(super) fn class(self) -> &'static str {
+        match self.verdict {
+            Verdict::Passed => "ok",
+            Verdict::Failed => "bad",
+            Verdict::Flaky => "flaky",
+            Verdict::Running => "running",
+            Verdict::Neutral => "other",
+        }
     }
 }
 
+impl From<Status> for Badge {
+    fn from(s: Status) -> Badge {
+        Badge::new(s.as_str(), s.verdict())
+    }
+}
+
+impl From<Outcome> for Badge {
+    fn from(o: Outcome) -> Badge {
+        Badge::new(o.shown(), o.verdict())
+    }
+}
+
+impl From<TestStatus> for Badge {
+    fn from(s: TestStatus) -> Badge {
+        Badge::new(s.as_str(), s.verdict())
+    }
+}
+
+impl From<TargetStatus> for Badge {
+    fn from(s: TargetStatus) -> Badge {
+        Badge::new(s.shown(), s.verdict())
+    }
+}
+
+impl From<Stage> for Badge {
+    fn from(s: Stage) -> Badge {
+        let verdict = match s {
+            Stage::Queued | Stage::Executing => Verdict::Running,
+            Stage::Completed => Verdict::Neutral,
+        };
+        Badge::new(s.as_str(), verdict)
+    }
+}
+
+/// The CSS class of a status (invocation, target, test or job).
+pub(super) fn status_class(status: impl Into<Badge>) -> &'static str {
+    status.into().class()
+}
+
 /// A status as a coloured badge.
-pub(super) fn badge(status: &str) -> Markup {
-    html! { span class={ "badge " (status_class(status)) } { (status) } }
+pub(super) fn badge(status: impl Into<Badge>) -> Markup {
+    let b = status.into();
+    html! { span class={ "badge " (b.class()) } { (b.name) } }
 }
 
 /// Milliseconds as `850 ms`, `12.3 s` or `4m 05s`.

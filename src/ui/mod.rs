@@ -13,6 +13,7 @@ mod auth;
 mod blob;
 mod compare;
 mod invocation;
+mod invocation_sections;
 mod invocations;
 mod layout;
 mod misses;

@@ -9,21 +9,19 @@ use axum::response::IntoResponse;
 use maud::{Markup, html};
 
 use super::blob::BlobRef;
-use super::layout::{badge, duration, when};
+use super::layout::{Badge, badge, duration, when};
 use super::{PageResult, UiState, auth, layout};
+use crate::bes::summary::Verdict;
 use crate::execution::job::{Job, JobFilter, Stage};
 use crate::http::caller::HttpCaller;
 
+/// A worker's states, as badges.
+const BUSY: Badge = Badge::new("EXECUTING", Verdict::Running);
+const IDLE: Badge = Badge::new("IDLE", Verdict::Neutral);
+const UNSANDBOXED: Badge = Badge::new("UNSANDBOXED", Verdict::Failed);
+
 /// Jobs listed per stage.
 const LISTED: u64 = 200;
-
-fn stage_name(s: Stage) -> &'static str {
-    match s {
-        Stage::Queued => "QUEUED",
-        Stage::Executing => "EXECUTING",
-        Stage::Completed => "COMPLETED",
-    }
-}
 
 fn jobs_table(jobs: &[Job], now: i64, class: &str) -> Markup {
     html! {
@@ -32,7 +30,7 @@ fn jobs_table(jobs: &[Job], now: i64, class: &str) -> Markup {
             tbody { @for j in jobs {
                 @let action = BlobRef { instance: j.instance.clone(), digest: j.action_digest };
                 tr {
-                    td { (badge(stage_name(j.stage))) }
+                    td { (badge(j.stage)) }
                     td.mono { a href={ "/action/" (action.path()) } { (j.action_digest.hash_hex().get(..16).unwrap_or("")) "…/" (j.action_digest.size) } }
                     td.mono { (j.instance) }
                     td.mono { @for (k, v) in &j.platform.0 { (k) "=" (v) " " } }
@@ -81,9 +79,9 @@ pub(super) async fn page(State(state): State<UiState>, caller: HttpCaller, uri: 
             table.workers {
                 thead { tr { th { "Worker" } th { "Session" } th { "Instance" } th { "State" } th { "Sandbox" } th { "Offers" } th.num { "Last seen" } } }
                 tbody { @for w in &workers {
-                    tr { td.mono { (w.bot_id) } td.mono.muted { (w.bot) } td.mono { (w.instance) } td { (badge(if w.busy { "EXECUTING" } else { "IDLE" })) }
+                    tr { td.mono { (w.bot_id) } td.mono.muted { (w.bot) } td.mono { (w.instance) } td { (badge(if w.busy { BUSY } else { IDLE })) }
                         td { @match w.sandbox.as_deref() {
-                            Some("none") => (badge("UNSANDBOXED")),
+                            Some("none") => (badge(UNSANDBOXED)),
                             Some(s) => span.mono { (s) },
                             None => span.muted { "not reported" },
                         } }

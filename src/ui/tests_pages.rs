@@ -28,20 +28,16 @@ pub(super) struct WindowQuery {
     days: Option<i64>,
 }
 
-use crate::bes::summary::is_failure;
-
-fn passed(status: &str) -> bool {
-    matches!(status, "PASSED" | "FLAKY")
-}
+use crate::bes::summary::TestStatus;
 
 /// Fingerprints under which these runs both passed and failed.
 fn mixed(runs: &[TestRun]) -> HashSet<&str> {
     let mut seen: HashMap<&str, (bool, bool)> = HashMap::new();
     for r in runs.iter().filter(|r| !r.fingerprint.is_empty()) {
         let e = seen.entry(&r.fingerprint).or_default();
-        if passed(&r.status) {
+        if r.status.passed() {
             e.0 = true;
-        } else if is_failure(&r.status) {
+        } else if r.status.is_failure() {
             e.1 = true;
         }
     }
@@ -59,7 +55,7 @@ fn stats_table(rows: &[&TestStats], class: &str) -> maud::Markup {
             tbody { @for s in rows {
                 tr class=(if s.flaky() { "flaky" } else if s.failures > 0 { "bad" } else { "" }) data-label=(s.label) {
                     td.mono { a href={ "/tests/" (segment(&s.label)) } { (s.label) }
-                        @if s.flaky() { " " (badge("FLAKY")) } }
+                        @if s.flaky() { " " (badge(TestStatus::Flaky)) } }
                     td.num { (s.runs) } td.num { (s.failures) } td.num { (s.flaky_runs) }
                     td.num { (s.mixed_inputs) } td.num { (duration(s.mean_ms)) } td.num { (duration(s.max_ms)) }
                 }
@@ -118,16 +114,16 @@ pub(super) async fn history(
     let mixed = mixed(&runs);
     let is_flaky = |r: &TestRun| r.flaky || mixed.contains(r.fingerprint.as_str());
     let flaky_runs = runs.iter().filter(|r| is_flaky(r)).count();
-    let failures = runs.iter().filter(|r| is_failure(&r.status)).count();
+    let failures = runs.iter().filter(|r| r.status.is_failure()).count();
     let max = runs.iter().map(|r| r.duration_ms).max().unwrap_or(0).max(1);
     let verdict = if flaky_runs > 0 {
-        "FLAKY"
+        TestStatus::Flaky
     } else if failures > 0 {
-        "FAILED"
+        TestStatus::Failed
     } else if runs.is_empty() {
-        "NO_STATUS"
+        TestStatus::NoStatus
     } else {
-        "PASSED"
+        TestStatus::Passed
     };
     let body = html! {
         h1 { "Test " span.mono { (label) } }
@@ -141,7 +137,7 @@ pub(super) async fn history(
             table.history {
                 thead { tr { th { "Status" } th { "When (UTC)" } th { "Invocation" } th.num { "Attempts" } th.num { "Duration" } th { "" } th { "Cached" } th { "Inputs" } } }
                 tbody { @for r in &runs {
-                    @let shown = if is_flaky(r) { "FLAKY" } else { r.status.as_str() };
+                    @let shown = if is_flaky(r) { TestStatus::Flaky } else { r.status };
                     tr class=(status_class(shown)) data-flaky=(is_flaky(r)) {
                         td { (badge(shown)) }
                         td { (when(r.started_at)) }

@@ -29,7 +29,7 @@ impl Invocation {
             Payload::Configured(c) if labelled => self.configured(&label, c),
             Payload::Completed(c) if labelled => self.completed(&label, c),
             Payload::Aborted(_) if matches!(id, Some(Id::TargetCompleted(_))) => {
-                self.target(&label).outcome = "ABORTED".into();
+                self.target(&label).outcome = Outcome::Aborted;
             }
             Payload::TestResult(r) if labelled => self.test_result(&label, id, r),
             Payload::TestSummary(s) if labelled => self.test_summary(&label, s),
@@ -83,8 +83,8 @@ impl Invocation {
         // events then, or none at all.
         if c.test_size != 0 && matches!(self.command.as_str(), "test" | "coverage") {
             let test = self.test(label);
-            if test.status.is_empty() {
-                test.status = "NO_STATUS".into();
+            if test.status == TestStatus::Unreported {
+                test.status = TestStatus::NoStatus;
             }
         }
     }
@@ -102,7 +102,11 @@ impl Invocation {
             .collect();
         blobs.sort();
         let target = self.target(label);
-        target.outcome = if c.success { "SUCCESS" } else { "FAILED" }.into();
+        target.outcome = if c.success {
+            Outcome::Success
+        } else {
+            Outcome::Failed
+        };
         if !blobs.is_empty() {
             target.fingerprint = hex::encode(
                 &crate::digest::DigestFunction::Sha256
@@ -132,7 +136,7 @@ impl Invocation {
             Some(bep::build_event_id::Id::TestResult(t)) => (t.run, t.shard, t.attempt),
             _ => (0, 0, 0),
         };
-        let status = r.status().as_str_name().to_string();
+        let status = TestStatus::of(r.status());
         let log = r
             .test_action_output
             .iter()
@@ -146,15 +150,15 @@ impl Invocation {
         test.attempts += 1;
         test.duration_ms = test.duration_ms.saturating_add(duration);
         test.cached = cached;
-        if test.status.is_empty() || test.status == "NO_STATUS" {
-            test.status = status.clone();
+        if matches!(test.status, TestStatus::Unreported | TestStatus::NoStatus) {
+            test.status = status;
         }
         // A pass after a failure of the same run and shard.
-        if status == "PASSED"
+        if status == TestStatus::Passed
             && test
                 .attempt_list
                 .iter()
-                .any(|a| a.run == run && a.shard == shard && a.status != "PASSED")
+                .any(|a| a.run == run && a.shard == shard && a.status != TestStatus::Passed)
         {
             test.flaky = true;
         }
@@ -176,9 +180,9 @@ impl Invocation {
 
     fn test_summary(&mut self, label: &str, s: &bep::TestSummary) {
         let test = self.test(label);
-        test.status = s.overall_status().as_str_name().to_string();
+        test.status = TestStatus::of(s.overall_status());
         test.shards = u32::try_from(s.shard_count).unwrap_or(0);
-        if test.status == "FLAKY" {
+        if test.status == TestStatus::Flaky {
             test.flaky = true;
         }
     }

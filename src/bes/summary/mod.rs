@@ -11,11 +11,13 @@ use crate::proto::bes_v1 as v1;
 
 mod classify;
 mod fold;
+mod status;
 #[cfg(test)]
 mod tests;
 
 pub use classify::classify;
 use classify::label_of;
+pub use status::{Outcome, Status, TestStatus, Verdict};
 
 /// The type URL of Bazel's events inside `bazel_event`.
 pub const BAZEL_EVENT_TYPE: &str = "type.googleapis.com/build_event_stream.BuildEvent";
@@ -30,40 +32,13 @@ const MAX_FAILED_ACTIONS: usize = 100;
 const MAX_OPTIONS: usize = 1000;
 const MAX_OPTION_LEN: usize = 4096;
 
-/// Where an invocation stands.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Status {
-    /// Events are still arriving.
-    #[default]
-    InProgress,
-    /// Bazel finished with exit code 0.
-    Succeeded,
-    /// Bazel finished with a non-zero exit code.
-    Failed,
-    /// The event stream ended without Bazel saying it was finished.
-    Disconnected,
-}
-
-impl Status {
-    /// The name used in the API and the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::InProgress => "IN_PROGRESS",
-            Status::Succeeded => "SUCCEEDED",
-            Status::Failed => "FAILED",
-            Status::Disconnected => "DISCONNECTED",
-        }
-    }
-}
-
 /// A target's outcome.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
     /// The label, e.g. `//app:hello`.
     pub label: String,
-    /// `SUCCESS`, `FAILED` or `ABORTED`; empty until the target completes.
-    pub outcome: String,
+    /// Pending until the target completes.
+    pub outcome: Outcome,
     /// E.g. `cc_binary rule`.
     pub kind: String,
     /// The CAS digests of its outputs (`hash/size`, sorted, hashed): two
@@ -81,8 +56,8 @@ pub struct Attempt {
     pub shard: i32,
     /// Attempt number (1-based; >1 after `--flaky_test_attempts` retries).
     pub attempt: i32,
-    /// Bazel's TestStatus name.
-    pub status: String,
+    /// Bazel's TestStatus.
+    pub status: TestStatus,
     /// Run time.
     pub duration_ms: i64,
     /// Served from a cache.
@@ -96,8 +71,8 @@ pub struct Attempt {
 pub struct Test {
     /// The test target's label.
     pub label: String,
-    /// Bazel's TestStatus name: PASSED, FAILED, FLAKY, TIMEOUT, ...
-    pub status: String,
+    /// Bazel's TestStatus (its summary's, once sent).
+    pub status: TestStatus,
     /// Attempts reported (TestResult events).
     pub attempts: u32,
     /// Total run time over attempts.
@@ -114,6 +89,45 @@ pub struct Test {
     /// The first attempts, in the order reported.
     #[serde(default)]
     pub attempt_list: Vec<Attempt>,
+}
+
+impl Test {
+    /// Its status as shown: FLAKY when it failed and then passed, unless
+    /// it failed in the end (another run or shard), which is no flake.
+    pub fn shown(&self) -> TestStatus {
+        if self.flaky && !self.status.is_failure() {
+            TestStatus::Flaky
+        } else {
+            self.status
+        }
+    }
+}
+
+/// What a target's row in a summary says (see [`Invocation::target_status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetStatus {
+    /// A test target, by its test's status.
+    Test(TestStatus),
+    /// Any other target (or a test that reported nothing), by its build.
+    Built(Outcome),
+}
+
+impl TargetStatus {
+    /// How it reads.
+    pub fn verdict(self) -> Verdict {
+        match self {
+            TargetStatus::Test(t) => t.verdict(),
+            TargetStatus::Built(o) => o.verdict(),
+        }
+    }
+
+    /// The name shown.
+    pub fn shown(self) -> &'static str {
+        match self {
+            TargetStatus::Test(t) => t.as_str(),
+            TargetStatus::Built(o) => o.shown(),
+        }
+    }
 }
 
 /// An action that failed, as Bazel's ActionExecuted reports it.
@@ -208,32 +222,6 @@ pub struct Runner {
     pub count: i64,
 }
 
-/// Whether a test status, target outcome or invocation status (Bazel's
-/// names) is a failure: the one rule behind the stored failed counts, the
-/// lists and the pages' red badges, so that they cannot disagree. NO_STATUS
-/// (a test that did not run, or has not run yet) is not one.
-pub fn is_failure(status: &str) -> bool {
-    FAILURES.contains(&status)
-}
-
-/// The failing status names [`is_failure`] knows (SQL that counts
-/// failures uses the same list: [`failure_sql`]).
-const FAILURES: [&str; 7] = [
-    "FAILED",
-    "FAILED_TO_BUILD",
-    "TIMEOUT",
-    "INCOMPLETE",
-    "REMOTE_FAILURE",
-    "TOOL_HALTED_BEFORE_TESTING",
-    "ABORTED",
-];
-
-/// `column IN ('FAILED', ...)`: [`is_failure`] as an SQL condition.
-pub fn failure_sql(column: &str) -> String {
-    let names: Vec<String> = FAILURES.iter().map(|s| format!("'{s}'")).collect();
-    format!("{column} IN ({})", names.join(", "))
-}
-
 /// The `hash/size` of a `bytestream://.../blobs/HASH/SIZE` URI, which
 /// names the content whatever the host the client called kiln by.
 pub fn blob_of_uri(uri: &str) -> Option<(&str, &str)> {
@@ -252,6 +240,16 @@ impl Invocation {
             invocation_id: invocation_id.to_string(),
             build_id: build_id.to_string(),
             ..Default::default()
+        }
+    }
+
+    /// What `target`'s row says: its test's status when it is a test that
+    /// reported one (the build succeeding says nothing about the test
+    /// passing), else how it built.
+    pub fn target_status(&self, target: &Target) -> TargetStatus {
+        match self.tests.iter().find(|t| t.label == target.label) {
+            Some(test) if test.status != TestStatus::Unreported => TargetStatus::Test(test.shown()),
+            _ => TargetStatus::Built(target.outcome),
         }
     }
 

@@ -148,7 +148,7 @@ fn tests_sum_their_attempts() {
     assert_eq!(by("//a:t").duration_ms, 300);
     assert_eq!(
         by("//a:t").status,
-        "FAILED",
+        TestStatus::Failed,
         "the first real status is kept"
     );
     assert!(by("//b:t").cached);
