@@ -303,3 +303,47 @@ fn a_disconnect_only_ends_a_running_invocation() {
     running.disconnect();
     assert_eq!(running.status, Status::Disconnected);
 }
+
+#[test]
+fn a_flaky_test_is_shown_flaky_unless_it_failed_in_the_end() {
+    let test = |status, flaky| Test {
+        label: "//t:t".into(),
+        status,
+        flaky,
+        ..Default::default()
+    };
+    assert_eq!(test(TestStatus::Passed, true).shown(), TestStatus::Flaky);
+    assert_eq!(test(TestStatus::Failed, true).shown(), TestStatus::Failed);
+    assert_eq!(test(TestStatus::Flaky, false).shown(), TestStatus::Flaky);
+    assert_eq!(
+        test(TestStatus::NoStatus, false).shown(),
+        TestStatus::NoStatus
+    );
+}
+
+#[test]
+fn a_test_targets_row_says_its_tests_status_and_other_targets_their_build() {
+    let mut inv = Invocation::new("i", "b");
+    for (label, outcome) in [("//t:t", Outcome::Success), ("//b:b", Outcome::Pending)] {
+        inv.targets.push(Target {
+            label: label.into(),
+            outcome,
+            ..Default::default()
+        });
+    }
+    inv.tests.push(Test {
+        label: "//t:t".into(),
+        status: TestStatus::NoStatus,
+        ..Default::default()
+    });
+    let row = |inv: &Invocation, i: usize| inv.target_status(&inv.targets[i]);
+    assert_eq!(row(&inv, 0), TargetStatus::Test(TestStatus::NoStatus));
+    assert_eq!(
+        row(&inv, 0).verdict(),
+        Verdict::Neutral,
+        "built, never ran: no success"
+    );
+    assert_eq!(row(&inv, 1).shown(), "PENDING");
+    inv.tests[0].status = TestStatus::Unreported;
+    assert_eq!(row(&inv, 0), TargetStatus::Built(Outcome::Success));
+}
