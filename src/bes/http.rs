@@ -42,13 +42,30 @@ struct ListQuery {
     limit: Option<i64>,
     status: Option<String>,
     user: Option<String>,
+    host: Option<String>,
+    command: Option<String>,
+    pattern: Option<String>,
+    repository: Option<String>,
+    branch: Option<String>,
+    /// `NAME=VALUE`, as given to `--build_metadata`.
+    metadata: Option<String>,
 }
 
 async fn list(State(store): State<Store>, Query(q): Query<ListQuery>) -> Response {
+    let metadata = match q.metadata.as_deref().map(InvocationFilter::metadata_pair) {
+        Some(Err(e)) => return failure(e),
+        pair => pair.and_then(Result::ok),
+    };
     let filter = InvocationFilter {
         limit: q.limit.unwrap_or(50),
         status: q.status,
         user: q.user,
+        host: q.host,
+        command: q.command,
+        pattern: q.pattern,
+        repository: q.repository,
+        branch: q.branch,
+        metadata,
         ..Default::default()
     };
     match store.invocations(&filter).await {

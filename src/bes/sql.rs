@@ -44,6 +44,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/0007_insights_scorecards.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/0008_build_events_sources.sql"),
+    ),
 ];
 
 /// Build events in a SQL database.
@@ -106,6 +110,7 @@ impl EventStore for SqlEventStore {
                 "DELETE FROM bes_events WHERE invocation_id = $1",
                 "DELETE FROM bes_streams WHERE invocation_id = $1",
                 "DELETE FROM test_runs WHERE invocation_id = $1",
+                "DELETE FROM invocation_metadata WHERE invocation_id = $1",
                 "DELETE FROM invocations WHERE invocation_id = $1",
             ] {
                 sqlx::query(sql)

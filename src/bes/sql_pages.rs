@@ -34,11 +34,23 @@ impl Conditions {
             ("user_name", &filter.user),
             ("host", &filter.host),
             ("command", &filter.command),
+            ("repository", &filter.repository),
+            ("branch", &filter.branch),
         ] {
             if let Some(v) = value {
                 texts.push(v.clone());
                 conditions.push(format!("{column} = ${}", texts.len()));
             }
+        }
+        if let Some((name, value)) = &filter.metadata {
+            texts.push(name.clone());
+            texts.push(value.clone());
+            conditions.push(format!(
+                "invocation_id IN (SELECT invocation_id FROM invocation_metadata \
+                 WHERE name = ${} AND value = ${})",
+                texts.len() - 1,
+                texts.len()
+            ));
         }
         if let Some(p) = &filter.pattern {
             // A substring, with LIKE's wildcards in the text taken literally.
@@ -202,7 +214,7 @@ pub(super) async fn invocation_rows(
     let rows = select_invocations(
         pool,
         "invocation_id, status, user_name, host, command, patterns, exit_code_name, started_at, \
-         duration_ms, cache_hits, actions_executed, target_count, failed_count",
+         duration_ms, cache_hits, actions_executed, target_count, failed_count, repository, branch",
         filter,
     )
     .await?;
@@ -222,6 +234,8 @@ pub(super) async fn invocation_rows(
             actions_executed: r.try_get(10)?,
             targets: r.try_get(11)?,
             failed: r.try_get(12)?,
+            repository: r.try_get(13)?,
+            branch: r.try_get(14)?,
         })
     };
     rows.iter()

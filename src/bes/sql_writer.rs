@@ -49,6 +49,8 @@ struct Summary {
     json: String,
     /// Its tests, once the invocation is finished (history rows).
     tests: Option<Vec<TestRun>>,
+    /// Its `--build_metadata` pairs, for the filters.
+    metadata: Vec<(String, String)>,
 }
 
 impl Summary {
@@ -60,6 +62,8 @@ impl Summary {
             status: i.status,
             user: i.user.clone(),
             host: i.host.clone(),
+            repository: i.repository.clone(),
+            branch: i.branch.clone(),
             command: i.command.clone(),
             patterns: i.patterns.join(" "),
             exit_code_name: i.exit_code_name.clone(),
@@ -96,6 +100,11 @@ impl Summary {
             json: serde_json::to_string(i)
                 .map_err(|e| Error::internal_from("encoding a summary", e))?,
             tests,
+            metadata: i
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 }
@@ -309,15 +318,16 @@ async fn write_summary(tx: &mut sqlx::Transaction<'_, sqlx::Any>, summary: &Summ
     sqlx::query(
         "INSERT INTO invocations (invocation_id, status, user_name, started_at, updated_at, summary, \
          host, command, patterns, exit_code_name, duration_ms, cache_hits, actions_executed, \
-         target_count, failed_count) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         target_count, failed_count, repository, branch) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
          ON CONFLICT (invocation_id) DO UPDATE SET \
          status = excluded.status, user_name = excluded.user_name, started_at = excluded.started_at, \
          updated_at = excluded.updated_at, summary = excluded.summary, host = excluded.host, \
          command = excluded.command, patterns = excluded.patterns, \
          exit_code_name = excluded.exit_code_name, duration_ms = excluded.duration_ms, \
          cache_hits = excluded.cache_hits, actions_executed = excluded.actions_executed, \
-         target_count = excluded.target_count, failed_count = excluded.failed_count",
+         target_count = excluded.target_count, failed_count = excluded.failed_count, \
+         repository = excluded.repository, branch = excluded.branch",
     )
     .bind(&r.invocation_id)
     .bind(r.status.as_str())
@@ -334,9 +344,12 @@ async fn write_summary(tx: &mut sqlx::Transaction<'_, sqlx::Any>, summary: &Summ
     .bind(r.actions_executed)
     .bind(r.targets)
     .bind(r.failed)
+    .bind(&r.repository)
+    .bind(&r.branch)
     .execute(&mut **tx)
     .await
     .map_err(&err)?;
+    write_metadata(tx, &r.invocation_id, &summary.metadata).await?;
     let Some(tests) = &summary.tests else {
         return Ok(());
     };
@@ -346,31 +359,13 @@ async fn write_summary(tx: &mut sqlx::Transaction<'_, sqlx::Any>, summary: &Summ
         .await
         .map_err(&err)?;
     for chunk in tests.chunks(INSERT_CHUNK) {
-        let mut sql = String::from(
-            "INSERT INTO test_runs (label, invocation_id, status, flaky, attempts, duration_ms, \
-             cached, fingerprint, started_at) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            use std::fmt::Write;
-            let b = i * 9;
-            let _ = write!(
-                sql,
-                "{}(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                if i == 0 { "" } else { ", " },
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9
-            );
-        }
         // One test label twice in one invocation cannot happen (the
         // summary folds by label), but a conflict must not fail the commit.
-        sql.push_str(" ON CONFLICT DO NOTHING");
+        let sql = format!(
+            "INSERT INTO test_runs (label, invocation_id, status, flaky, attempts, duration_ms, \
+             cached, fingerprint, started_at) VALUES {} ON CONFLICT DO NOTHING",
+            values_of(chunk.len(), 9, Placeholders::Numbered)
+        );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for t in chunk {
             q = q
@@ -386,6 +381,31 @@ async fn write_summary(tx: &mut sqlx::Transaction<'_, sqlx::Any>, summary: &Summ
         }
         q.execute(&mut **tx).await.map_err(&err)?;
     }
+    Ok(())
+}
+
+/// Upserts an invocation's `--build_metadata` pairs (capped in the
+/// summary; Bazel sends them once, early, so most writes have none new).
+async fn write_metadata(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    invocation: &str,
+    pairs: &[(String, String)],
+) -> Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "INSERT INTO invocation_metadata (invocation_id, name, value) VALUES {} \
+         ON CONFLICT (invocation_id, name) DO UPDATE SET value = excluded.value",
+        values_of(pairs.len(), 3, Placeholders::Numbered)
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (name, value) in pairs {
+        q = q.bind(invocation).bind(name.as_str()).bind(value.as_str());
+    }
+    q.execute(&mut **tx)
+        .await
+        .map_err(db_err("storing an invocation's build metadata"))?;
     Ok(())
 }
 

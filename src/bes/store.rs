@@ -113,12 +113,30 @@ pub struct InvocationFilter {
     pub command: Option<String>,
     /// Only invocations with a target pattern containing this text.
     pub pattern: Option<String>,
+    /// Only this source repository (`REPO_URL`).
+    pub repository: Option<String>,
+    /// Only this branch.
+    pub branch: Option<String>,
+    /// Only invocations given `--build_metadata NAME=VALUE`.
+    pub metadata: Option<(String, String)>,
     /// Only invocations started at or after this time (ms).
     pub since_ms: Option<i64>,
     /// Only invocations started before this time (ms).
     pub until_ms: Option<i64>,
     /// Skip this many of the newest (pagination).
     pub offset: i64,
+}
+
+impl InvocationFilter {
+    /// A `--build_metadata` filter as people write it, `NAME=VALUE`.
+    pub fn metadata_pair(text: &str) -> crate::error::Result<(String, String)> {
+        match text.split_once('=') {
+            Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+            _ => Err(crate::error::Error::InvalidArgument(format!(
+                "metadata: expected NAME=VALUE, got {text:?}"
+            ))),
+        }
+    }
 }
 
 /// One line of the invocation list: the columns stored beside the summary,
@@ -133,6 +151,10 @@ pub struct InvocationRow {
     pub user: String,
     /// Where.
     pub host: String,
+    /// The source repository, or empty.
+    pub repository: String,
+    /// The branch, or empty.
+    pub branch: String,
     /// `build`, `test`, ...
     pub command: String,
     /// The target patterns, space-separated.

@@ -21,6 +21,15 @@ pub enum InvocationsCommand {
         /// Only this user.
         #[arg(long)]
         user: Option<String>,
+        /// Only this source repository (REPO_URL).
+        #[arg(long)]
+        repository: Option<String>,
+        /// Only this branch (BRANCH_NAME or GIT_BRANCH).
+        #[arg(long)]
+        branch: Option<String>,
+        /// Only invocations given `--build_metadata NAME=VALUE`.
+        #[arg(long, value_name = "NAME=VALUE")]
+        metadata: Option<String>,
     },
     /// One invocation's whole summary, as JSON.
     Show {
@@ -64,16 +73,24 @@ fn url_of(cmd: &InvocationsCommand) -> Result<reqwest::Url> {
             limit,
             status,
             user,
+            repository,
+            branch,
+            metadata,
         } => {
             let mut url = endpoint(server, &["api", "v1", "invocations"])?;
             {
                 let mut query = url.query_pairs_mut();
                 query.append_pair("limit", &limit.to_string());
-                if let Some(s) = status {
-                    query.append_pair("status", s);
-                }
-                if let Some(u) = user {
-                    query.append_pair("user", u);
+                for (name, value) in [
+                    ("status", status),
+                    ("user", user),
+                    ("repository", repository),
+                    ("branch", branch),
+                    ("metadata", metadata),
+                ] {
+                    if let Some(v) = value {
+                        query.append_pair(name, v);
+                    }
                 }
             }
             Ok(url)
@@ -163,10 +180,13 @@ mod tests {
             limit: 5,
             status: Some("FAILED".into()),
             user: Some("a&b c".into()),
+            repository: None,
+            branch: Some("main".into()),
+            metadata: Some("TEAM=a b".into()),
         };
         assert_eq!(
             url_of(&list).unwrap().as_str(),
-            "http://kiln:8080/api/v1/invocations?limit=5&status=FAILED&user=a%26b+c"
+            "http://kiln:8080/api/v1/invocations?limit=5&status=FAILED&user=a%26b+c&branch=main&metadata=TEAM%3Da+b"
         );
         let show = InvocationsCommand::Show {
             id: "../x?y".into(),

@@ -55,6 +55,15 @@ fn header(g: &Gathered) -> Markup {
                 dt { "Command line" } dd.mono { "bazel " (inv.command) " " (inv.patterns.join(" ")) }
                 dt { "User" } dd { (inv.user) }
                 dt { "Host" } dd { (inv.host) }
+                @if !inv.repository.is_empty() { dt { "Repository" } dd.mono #repository { (inv.repository) } }
+                @if !inv.branch.is_empty() || !inv.commit.is_empty() {
+                    dt { "Branch" } dd.mono #branch { (inv.branch) @if !inv.commit.is_empty() { " @ " (inv.commit) } }
+                }
+                @if !inv.metadata.is_empty() {
+                    dt { "Build metadata" } dd.mono #metadata { @for (k, v) in &inv.metadata {
+                        a href={ "/?metadata=" (segment(&format!("{k}={v}"))) } { (k) "=" (v) } " "
+                    } }
+                }
                 dt { "Started (UTC)" } dd { (when(inv.started_at)) }
                 dt { "Duration" } dd { (inv.duration_ms.map(duration).unwrap_or_default()) }
                 dt { "Cache hits" } dd { (inv.cache_hits) " of " (inv.actions_executed) " actions "

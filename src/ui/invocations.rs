@@ -1,6 +1,6 @@
 //! `/`: invocations, newest first, paginated, filtered by status, user,
-//! host, command, pattern and date (a plain GET form, so a filtered list
-//! is a link one can share).
+//! host, command, pattern, repository, branch, a `--build_metadata` pair
+//! and date (a plain GET form, so a filtered list is a link one can share).
 
 use axum::extract::{Query, State};
 use axum::http::Uri;
@@ -25,6 +25,10 @@ pub(super) struct ListQuery {
     host: Option<String>,
     command: Option<String>,
     pattern: Option<String>,
+    repository: Option<String>,
+    branch: Option<String>,
+    /// `NAME=VALUE`, as given to `--build_metadata`.
+    metadata: Option<String>,
     /// `YYYY-MM-DD`, inclusive.
     from: Option<String>,
     /// `YYYY-MM-DD`, inclusive.
@@ -37,6 +41,13 @@ fn given(v: &Option<String>) -> Option<String> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(str::to_string)
+}
+
+/// A `--build_metadata` filter, `NAME=VALUE`, split.
+pub(super) fn metadata_pair(v: &Option<String>) -> Result<Option<(String, String)>, Error> {
+    given(v)
+        .map(|text| InvocationFilter::metadata_pair(&text))
+        .transpose()
 }
 
 fn date(v: &Option<String>, name: &str) -> Result<Option<i64>, Error> {
@@ -58,6 +69,9 @@ impl ListQuery {
             ("host", &self.host),
             ("command", &self.command),
             ("pattern", &self.pattern),
+            ("repository", &self.repository),
+            ("branch", &self.branch),
+            ("metadata", &self.metadata),
             ("from", &self.from),
             ("to", &self.to),
         ] {
@@ -97,6 +111,9 @@ pub(super) async fn page(
         host: given(&q.host),
         command: given(&q.command),
         pattern: given(&q.pattern),
+        repository: given(&q.repository),
+        branch: given(&q.branch),
+        metadata: metadata_pair(&q.metadata)?,
         since_ms: date(&q.from, "from")?,
         until_ms: date(&q.to, "to")?.map(|d| d + 86_400_000),
     };
@@ -120,6 +137,9 @@ pub(super) async fn page(
             label { "Host" input name="host" value=(field(&q.host)); }
             label { "Command" input name="command" value=(field(&q.command)) placeholder="build, test…"; }
             label { "Pattern" input name="pattern" value=(field(&q.pattern)) placeholder="//app/..."; }
+            label { "Repository" input name="repository" value=(field(&q.repository)); }
+            label { "Branch" input name="branch" value=(field(&q.branch)); }
+            label { "Build metadata" input name="metadata" value=(field(&q.metadata)) placeholder="NAME=VALUE"; }
             label { "From" input type="date" name="from" value=(field(&q.from)); }
             label { "To" input type="date" name="to" value=(field(&q.to)); }
             button type="submit" { "Filter" }

@@ -1,7 +1,8 @@
 //! `/trends`: how builds go over time. Per UTC day: invocations and
 //! failures, the remote cache's hit rate, wall time, test runs, failed
 //! runs and flaky tests; filtered by what Bazel says about an invocation
-//! (command, user, host, a target pattern).
+//! (command, user, host, a target pattern, repository, branch, a
+//! `--build_metadata` pair).
 
 use axum::extract::{Query, State};
 use axum::http::Uri;
@@ -22,6 +23,10 @@ pub(super) struct TrendsQuery {
     user: Option<String>,
     host: Option<String>,
     pattern: Option<String>,
+    repository: Option<String>,
+    branch: Option<String>,
+    /// `NAME=VALUE`, as given to `--build_metadata`.
+    metadata: Option<String>,
 }
 
 /// An empty form field filters nothing.
@@ -77,6 +82,9 @@ pub(super) async fn page(
         user: given(&q.user),
         host: given(&q.host),
         pattern: given(&q.pattern),
+        repository: given(&q.repository),
+        branch: given(&q.branch),
+        metadata: super::invocations::metadata_pair(&q.metadata)?,
         since_ms: Some(crate::time::now_ms() - days * 86_400_000),
         ..Default::default()
     };
@@ -94,6 +102,9 @@ pub(super) async fn page(
             (field("user", "User", &q.user))
             (field("host", "Host", &q.host))
             (field("pattern", "Target pattern", &q.pattern))
+            (field("repository", "Repository", &q.repository))
+            (field("branch", "Branch", &q.branch))
+            (field("metadata", "Build metadata (NAME=VALUE)", &q.metadata))
             button type="submit" { "Show" }
         }
         @if trend.is_empty() {

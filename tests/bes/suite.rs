@@ -223,11 +223,21 @@ async fn publishes_and_queries(database: &str) {
     assert_eq!(s["tests"][0]["status"], "PASSED");
     assert_eq!(s["links"][0]["uri"], "bytestream://localhost/blobs/abc/1");
 
-    // A failing test: FAILED with Bazel's exit code 3.
+    // A failing test: FAILED with Bazel's exit code 3. Its build was
+    // given --build_metadata pairs.
     let failing = uuid::Uuid::new_v4().to_string();
+    let mut events = bazel_events(false);
+    events.insert(
+        3,
+        crate::common::bes::metadata_event(&[
+            ("REPO_URL", "https://git.example/kiln.git"),
+            ("BRANCH_NAME", "main"),
+            ("TEAM", "build infra"),
+        ]),
+    );
     let (_, err) = publish(
         &kiln,
-        requests(&stream_id("build-2", &failing), &bazel_events(false), true),
+        requests(&stream_id("build-2", &failing), &events, true),
     )
     .await;
     assert!(err.is_none());
@@ -237,6 +247,42 @@ async fn publishes_and_queries(database: &str) {
         (Some("FAILED"), Some(3))
     );
     assert_eq!(f["tests"][0]["status"], "FAILED");
+
+    assert_eq!(f["repository"], "https://git.example/kiln.git");
+    assert_eq!(f["branch"], "main");
+    assert_eq!(f["metadata"]["TEAM"], "build infra");
+
+    // Filters by where the sources came from and by metadata, in the API
+    // and on the list page; a filter without '=' is refused.
+    for query in [
+        "repository=https%3A%2F%2Fgit.example%2Fkiln.git",
+        "branch=main",
+        "metadata=TEAM%3Dbuild+infra",
+    ] {
+        let (code, list) = http_json(&kiln, &format!("/api/v1/invocations?{query}")).await;
+        assert_eq!(code, 200, "{list}");
+        let ids: Vec<&str> = list["invocations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["invocation_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [failing.as_str()], "{query}");
+        let page = reqwest::get(format!("http://{}/?{query}", kiln.server.http_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains(&failing) && !page.contains(&inv),
+            "{query}: {page}"
+        );
+    }
+    let (code, _) = http_json(&kiln, "/api/v1/invocations?metadata=TEAM").await;
+    assert_eq!(code, 400);
+    let (_, none) = http_json(&kiln, "/api/v1/invocations?metadata=TEAM%3Dother").await;
+    assert_eq!(none["invocations"].as_array().map(Vec::len), Some(0));
 
     // Lists, filters and the HTML page.
     let (_, list) = http_json(&kiln, "/api/v1/invocations?status=FAILED&limit=10").await;

@@ -29,6 +29,20 @@ fn id(id: Id) -> Option<bep::BuildEventId> {
 
 /// The Bazel events of a `bazel test` of one passing or failing test and
 /// one binary, in the order Bazel sends them.
+/// A BuildMetadata event (`--build_metadata` pairs).
+pub fn metadata_event(pairs: &[(&str, &str)]) -> bep::BuildEvent {
+    bep::BuildEvent {
+        id: id(Id::BuildMetadata(bep::build_event_id::BuildMetadataId {})),
+        payload: Some(Payload::BuildMetadata(bep::BuildMetadata {
+            metadata: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })),
+        ..Default::default()
+    }
+}
+
 pub fn bazel_events(test_passes: bool) -> Vec<bep::BuildEvent> {
     use bep::build_event_id as ids;
     let test_status = if test_passes {

@@ -294,8 +294,21 @@ async fn each_scripted_change_is_named_as_the_cause_of_its_misses() {
         assert!(named_right(&m, &["CppLink"], ("env", "KILN_MISS")), "{m}");
     }
     // Then every action hits: nothing is recorded as missed.
+    // This build names where its sources came from, as CI systems do.
     clean();
-    let hit = build(&kiln, &bazel, 9, &flags).await;
+    let hit = build(
+        &kiln,
+        &bazel,
+        9,
+        &[
+            flags[0],
+            flags[1],
+            "--build_metadata=REPO_URL=https://git.example/lib.git",
+            "--build_metadata=BRANCH_NAME=main",
+            "--build_metadata=PIPELINE=nightly",
+        ],
+    )
+    .await;
     assert_eq!(misses(&kiln, &hit).await, Vec::<serde_json::Value>::new());
     // Its scorecard: all hits, each with the execution time its result
     // recorded on the worker; the outputs came down.
@@ -349,6 +362,27 @@ async fn each_scripted_change_is_named_as_the_cause_of_its_misses() {
     assert!(compared.contains("0 hits, "), "{compared}");
     let nobody = dom(&kiln, "/trends?user=nobody-at-all").await;
     assert!(nobody.contains("No invocations in this window"), "{nobody}");
+    // Filtered by repository, branch and a --build_metadata pair: only the
+    // build that named them.
+    for filter in [
+        "repository=https%3A%2F%2Fgit.example%2Flib.git",
+        "branch=main",
+        "metadata=PIPELINE%3Dnightly",
+    ] {
+        let page = dom(&kiln, &format!("/trends?{filter}")).await;
+        let count: u64 = page
+            .split("<tr data-day=")
+            .skip(1)
+            .map(|row| {
+                let cell = row.split("<td class=\"num\">").nth(1).unwrap_or("");
+                cell.split('<').next().unwrap().parse::<u64>().unwrap()
+            })
+            .sum();
+        assert_eq!(count, 1, "{filter}: {page}");
+    }
+    let page = dom(&kiln, &format!("/invocation/{hit}")).await;
+    assert!(page.contains("https://git.example/lib.git"), "{page}");
+    assert!(page.contains("PIPELINE=nightly"), "{page}");
     screenshot(&kiln, "/trends", "trends", 400).await;
 
     // The CLI prints the same causes.

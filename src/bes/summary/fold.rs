@@ -43,6 +43,7 @@ impl Invocation {
                     .collect();
             }
             Payload::BuildMetrics(m) => self.build_metrics(m),
+            Payload::BuildMetadata(m) => self.build_metadata(m),
             Payload::BuildToolLogs(logs) => self.tool_logs(logs),
             Payload::NamedSetOfFiles(set) => {
                 for f in &set.files {
@@ -69,8 +70,35 @@ impl Invocation {
             match item.key.as_str() {
                 "BUILD_USER" => self.user = item.value.clone(),
                 "BUILD_HOST" => self.host = item.value.clone(),
-                _ => {}
+                key => self.source(key, &item.value, false),
             }
+        }
+    }
+
+    fn build_metadata(&mut self, m: &bep::BuildMetadata) {
+        for (key, value) in &m.metadata {
+            self.source(key, value, true);
+            if self.metadata.len() < MAX_METADATA || self.metadata.contains_key(key) {
+                self.metadata.insert(
+                    crate::text::cut(key, MAX_METADATA_KEY),
+                    crate::text::cut(value, MAX_METADATA_VALUE),
+                );
+            }
+        }
+    }
+
+    /// Where the sources came from, by the keys teams set in
+    /// `--build_metadata` or their workspace status script; metadata, the
+    /// explicit one, wins over workspace status.
+    fn source(&mut self, key: &str, value: &str, explicit: bool) {
+        let field = match key {
+            "REPO_URL" | "STABLE_REPO_URL" => &mut self.repository,
+            "BRANCH_NAME" | "GIT_BRANCH" | "STABLE_GIT_BRANCH" => &mut self.branch,
+            "COMMIT_SHA" | "STABLE_COMMIT_SHA" => &mut self.commit,
+            _ => return,
+        };
+        if explicit || field.is_empty() {
+            *field = crate::text::cut(value, MAX_METADATA_VALUE);
         }
     }
 

@@ -31,6 +31,10 @@ const MAX_FAILED_ACTIONS: usize = 100;
 /// Command-line options kept, and the longest one kept whole.
 const MAX_OPTIONS: usize = 1000;
 const MAX_OPTION_LEN: usize = 4096;
+/// `--build_metadata` entries kept, and the longest key and value kept.
+const MAX_METADATA: usize = 64;
+const MAX_METADATA_KEY: usize = 128;
+const MAX_METADATA_VALUE: usize = 1024;
 
 /// A target's outcome.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +215,20 @@ pub struct Invocation {
     /// `remote cache hit`, ...), from BuildMetrics.
     #[serde(default)]
     pub runners: Vec<Runner>,
+    /// `--build_metadata` KEY=VALUE pairs (BuildMetadata), capped.
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// The source repository: build metadata or workspace status
+    /// `REPO_URL` (the keys BuildBuddy's docs teach teams to set).
+    #[serde(default)]
+    pub repository: String,
+    /// The branch: `BRANCH_NAME` (metadata) or `GIT_BRANCH` /
+    /// `BRANCH_NAME` (workspace status).
+    #[serde(default)]
+    pub branch: String,
+    /// The commit: `COMMIT_SHA` in either.
+    #[serde(default)]
+    pub commit: String,
 }
 
 /// How many actions one kind of runner ran.

@@ -347,3 +347,45 @@ fn a_test_targets_row_says_its_tests_status_and_other_targets_their_build() {
     inv.tests[0].status = TestStatus::Unreported;
     assert_eq!(row(&inv, 0), TargetStatus::Built(Outcome::Success));
 }
+
+#[test]
+fn sources_come_from_build_metadata_before_workspace_status_and_metadata_is_capped() {
+    let status = |pairs: &[(&str, &str)]| {
+        Payload::WorkspaceStatus(bep::WorkspaceStatus {
+            item: pairs
+                .iter()
+                .map(|(k, v)| bep::workspace_status::Item {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+        })
+    };
+    let mut many: std::collections::HashMap<String, String> = (0..200)
+        .map(|i| (format!("K{i:03}"), "v".repeat(5000)))
+        .collect();
+    many.insert("BRANCH_NAME".into(), "main".into());
+    let inv = fold(&[
+        wrap(
+            None,
+            status(&[
+                ("GIT_BRANCH", "wip"),
+                ("REPO_URL", "git@host:a.git"),
+                ("COMMIT_SHA", "abc123"),
+            ]),
+        ),
+        wrap(
+            None,
+            Payload::BuildMetadata(bep::BuildMetadata { metadata: many }),
+        ),
+    ]);
+    assert_eq!(inv.branch, "main", "--build_metadata wins");
+    assert_eq!(inv.repository, "git@host:a.git");
+    assert_eq!(inv.commit, "abc123");
+    assert_eq!(inv.metadata.len(), MAX_METADATA);
+    assert!(
+        inv.metadata
+            .values()
+            .all(|v| v.len() <= MAX_METADATA_VALUE + 3)
+    );
+}
