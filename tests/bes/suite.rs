@@ -32,6 +32,16 @@ pub async fn http_json(kiln: &Kiln, path: &str) -> (u16, serde_json::Value) {
     )
 }
 
+/// The invocation ids of a `/api/v1/invocations` answer, in order.
+fn listed_ids(list: &serde_json::Value) -> Vec<&str> {
+    list["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["invocation_id"].as_str().unwrap())
+        .collect()
+}
+
 pub async fn run(database: &str) {
     stream_storage(database).await;
     miss_storage(database).await;
@@ -261,13 +271,7 @@ async fn publishes_and_queries(database: &str) {
     ] {
         let (code, list) = http_json(&kiln, &format!("/api/v1/invocations?{query}")).await;
         assert_eq!(code, 200, "{list}");
-        let ids: Vec<&str> = list["invocations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["invocation_id"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids, [failing.as_str()], "{query}");
+        assert_eq!(listed_ids(&list), [failing.as_str()], "{query}");
         let page = reqwest::get(format!("http://{}/?{query}", kiln.server.http_addr))
             .await
             .unwrap()
@@ -286,12 +290,7 @@ async fn publishes_and_queries(database: &str) {
 
     // Lists, filters and the HTML page.
     let (_, list) = http_json(&kiln, "/api/v1/invocations?status=FAILED&limit=10").await;
-    let ids: Vec<&str> = list["invocations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["invocation_id"].as_str().unwrap())
-        .collect();
+    let ids = listed_ids(&list);
     assert!(
         ids.contains(&failing.as_str()) && !ids.contains(&inv.as_str()),
         "{ids:?}"
