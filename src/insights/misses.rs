@@ -37,7 +37,7 @@ const MAX_MESSAGE: u64 = 1 << 20;
 /// the CAS when a later action of the identity differs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
-    /// SHA-256 of the identity, hex.
+    /// BLAKE3 of the identity, hex.
     pub identity: String,
     /// The Action, `hash/size`.
     pub action: String,
@@ -102,7 +102,9 @@ pub(crate) fn identity(instance: &str, writer: &Writer, result: &ActionResult) -
         .collect();
     outputs.sort_unstable();
     outputs.dedup();
-    let mut h = DigestFunction::Sha256.hasher();
+    // BLAKE3 on the stack: this runs on every fresh result's write path,
+    // where SHA-256's context allocation cost more than the hashing.
+    let mut h = blake3::Hasher::new();
     for part in [instance, &writer.target, &writer.mnemonic]
         .into_iter()
         .chain(outputs)
@@ -110,21 +112,57 @@ pub(crate) fn identity(instance: &str, writer: &Writer, result: &ActionResult) -
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
     }
-    h.finish().hash_hex()
+    h.finalize().to_hex().to_string()
 }
 
 /// How long this pod trusts the last action it saw of an identity before
 /// asking the database again (another pod may have seen a later one).
 const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Identities whose last action this pod keeps in memory, at most (about
-/// 300 bytes each: some 30 MB when full).
-const KNOWN_MAX: u64 = 100_000;
+/// Slots of the table of identities whose last action this pod keeps in
+/// memory (a power of two; about 300 bytes per filled slot: some 40 MB
+/// when all are).
+const KNOWN_SLOTS: usize = 1 << 17;
+
+/// The last action of identities seen lately: a direct-mapped table (a
+/// slot per identity's leading hash bits, a newer identity taking the slot
+/// of an older one), owned by the one background task, so that looking an
+/// identity up costs a slot read rather than a concurrent cache's
+/// bookkeeping on every fresh result. An entry older than [`KNOWN_FOR`]
+/// is not trusted (another pod may have seen a later action).
+struct Known {
+    slots: Vec<Option<Box<(Fingerprint, std::time::Instant)>>>,
+}
+
+impl Known {
+    fn new() -> Known {
+        Known {
+            slots: (0..KNOWN_SLOTS).map(|_| None).collect(),
+        }
+    }
+
+    fn slot(identity: &str) -> usize {
+        let lead = identity.get(..8).unwrap_or("");
+        u32::from_str_radix(lead, 16).unwrap_or(0) as usize % KNOWN_SLOTS
+    }
+
+    fn get(&self, identity: &str) -> Option<&Fingerprint> {
+        self.slots[Self::slot(identity)]
+            .as_ref()
+            .filter(|e| e.0.identity == identity && e.1.elapsed() < KNOWN_FOR)
+            .map(|e| &e.0)
+    }
+
+    fn insert(&mut self, f: Fingerprint) {
+        let slot = Self::slot(&f.identity);
+        self.slots[slot] = Some(Box::new((f, std::time::Instant::now())));
+    }
+}
 
 /// The background comparison's state: the last action of identities seen
 /// lately, and what was explained since the last time it was stored.
 pub(crate) struct Recorder {
-    known: moka::sync::Cache<String, Fingerprint>,
+    known: Known,
     changed: HashMap<String, Fingerprint>,
     misses: Vec<Miss>,
     /// Results explained and not yet stored.
@@ -134,10 +172,7 @@ pub(crate) struct Recorder {
 impl Recorder {
     pub(crate) fn new() -> Recorder {
         Recorder {
-            known: moka::sync::Cache::builder()
-                .max_capacity(KNOWN_MAX)
-                .time_to_live(KNOWN_FOR)
-                .build(),
+            known: Known::new(),
             changed: HashMap::new(),
             misses: Vec::new(),
             pending: 0,
@@ -161,20 +196,20 @@ impl Recorder {
         self.pending += batch.len() as i64;
         let mut unknown: Vec<String> = batch
             .iter()
-            .filter(|w| !self.known.contains_key(&w.identity))
+            .filter(|w| self.known.get(&w.identity).is_none())
             .map(|w| w.identity.clone())
             .collect();
         unknown.sort_unstable();
         unknown.dedup();
         if !unknown.is_empty() {
-            for (identity, f) in events.fingerprints(&unknown).await? {
-                self.known.insert(identity, f);
+            for (_, f) in events.fingerprints(&unknown).await? {
+                self.known.insert(f);
             }
         }
         let mut kinds = Vec::with_capacity(batch.len());
         for w in batch {
             let action_digest = w.action.to_string();
-            let previous = self.known.get(&w.identity);
+            let previous = self.known.get(&w.identity).cloned();
             let causes = match &previous {
                 None => vec![Cause::new("new", "", "new action".into())],
                 Some(p) if p.action == action_digest => vec![Cause::new(
@@ -212,7 +247,7 @@ impl Recorder {
                 invocation: w.writer.invocation,
                 seen_at: w.seen_at,
             };
-            self.known.insert(w.identity.clone(), fingerprint.clone());
+            self.known.insert(fingerprint.clone());
             self.changed.insert(w.identity, fingerprint);
         }
         Ok(kinds)
