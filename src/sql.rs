@@ -98,14 +98,7 @@ pub async fn connect(url: &str, what: &str, migrations: &[(i64, &'static str)]) 
     sqlx::any::install_default_drivers();
     let sqlite = url.starts_with("sqlite:");
     let pool = AnyPoolOptions::new()
-        .max_connections(if sqlite {
-            std::env::var("KX_CONNS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(4)
-        } else {
-            16
-        })
+        .max_connections(if sqlite { 4 } else { 16 })
         .acquire_timeout(Duration::from_secs(10))
         // A local file cannot drop a connection; a ping before every query
         // would double the cost of each. (PostgreSQL keeps the check.)
@@ -125,11 +118,6 @@ pub async fn connect(url: &str, what: &str, migrations: &[(i64, &'static str)]) 
                         "PRAGMA cache_size=-1024",
                     ] {
                         sqlx::query(pragma).execute(&mut *conn).await?;
-                    }
-                    if let Ok(m) = std::env::var("KX_MMAP") {
-                        sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA mmap_size={m}")))
-                            .execute(&mut *conn)
-                            .await?;
                     }
                 }
                 Ok(())

@@ -48,6 +48,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("../../migrations/0008_build_events_sources.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/0009_build_events_one_invocation_index.sql"),
+    ),
 ];
 
 /// Build events in a SQL database.

@@ -62,6 +62,29 @@ async fn stream_storage(database: &str) {
         database.to_string()
     };
     let store = kiln::bes::sql::SqlEventStore::connect(&url).await.unwrap();
+    if database.starts_with("sqlite://") {
+        // An invocation's events are found through the one index that
+        // begins with invocation_id (migration 0009 dropped the other),
+        // never by scanning the table.
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        for sql in [
+            "EXPLAIN QUERY PLAN SELECT payload FROM bes_events WHERE invocation_id = 'i' AND sequence > 0",
+            "EXPLAIN QUERY PLAN DELETE FROM bes_events WHERE invocation_id = 'i'",
+        ] {
+            let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| sqlx::Row::get::<String, _>(r, 3))
+                .collect();
+            assert!(
+                plan.iter()
+                    .any(|d| d.starts_with("SEARCH") && d.contains("bes_events_by_kind_in_order")),
+                "{sql}: {plan:?}"
+            );
+        }
+    }
     let key = StreamKey {
         build_id: "b".into(),
         invocation_id: uuid::Uuid::new_v4().to_string(),
