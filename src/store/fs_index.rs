@@ -356,6 +356,19 @@ impl Index {
         old.map(|(_, place)| place)
     }
 
+    /// The digests of `digests` not indexed, touching none: tests observe
+    /// eviction with this, where a touch would lease the very blobs they
+    /// wait to see go.
+    #[cfg(test)]
+    pub(crate) fn absent(&self, digests: &[Digest]) -> Vec<Digest> {
+        let s = self.state();
+        digests
+            .iter()
+            .filter(|d| s.position(d).is_none())
+            .copied()
+            .collect()
+    }
+
     /// True when `digest` is stored; touches it.
     pub(crate) fn contains(&self, digest: &Digest) -> bool {
         self.locate(digest).is_some()

@@ -275,14 +275,17 @@ async fn leased_until_the_hard_limit(segments: bool) {
     // Over max_size but under the hard limit: the pass removes what is
     // not leased and keeps the rest.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while store.index.find_missing(&digests[5..]).len() < 5 || store.index.is_evicting() {
+    while store.index.absent(&digests[5..]).len() < 5 || store.index.is_evicting() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the unconfirmed blobs stayed"
+            "the unconfirmed blobs stayed: {} of 5 gone, totals {:?}, evicting {}",
+            store.index.absent(&digests[5..]).len(),
+            store.index.totals(),
+            store.index.is_evicting()
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let gone = store.index.find_missing(&digests);
+    let gone = store.index.absent(&digests);
     assert!(
         gone.iter().all(|d| digests[5..].contains(d)),
         "only unconfirmed blobs went: {gone:?}"
@@ -302,7 +305,7 @@ async fn leased_until_the_hard_limit(segments: bool) {
     }
     settle(&store, 200_000).await;
     assert!(
-        !store.index.find_missing(&digests[..5]).is_empty(),
+        !store.index.absent(&digests[..5]).is_empty(),
         "past the hard limit the oldest go"
     );
 }
