@@ -72,20 +72,58 @@ impl Drop for AbortGuard {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let req = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(upload_id);
-        let key = self.key.clone();
-        runtime.spawn(async move {
-            match req.send().await {
-                Ok(_) => tracing::debug!(key, "aborted an abandoned multipart upload"),
-                Err(e) => tracing::warn!(key, error = %s3_error("AbortMultipartUpload", e), "could not abort an abandoned multipart upload"),
-            }
-        });
+        runtime.spawn(abort_upload(
+            self.client.clone(),
+            self.bucket.clone(),
+            self.key.clone(),
+            upload_id,
+        ));
     }
+}
+
+/// Aborts tried per abandoned multipart upload.
+const ABORT_ATTEMPTS: u32 = 5;
+
+/// Aborts a multipart upload until S3 no longer knows it. A part whose
+/// upload was in flight when an abort arrived may still land and keep its
+/// storage (S3's documentation says an upload may need aborting more than
+/// once; SeaweedFS lists such an upload again), so after each abort the
+/// upload is looked up, and aborted again while it is still there.
+async fn abort_upload(client: Client, bucket: String, key: String, upload_id: String) {
+    for attempt in 0..ABORT_ATTEMPTS {
+        let aborted = client
+            .abort_multipart_upload()
+            .bucket(&bucket)
+            .key(&key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
+        match aborted.map_err(|e| s3_error("AbortMultipartUpload", e)) {
+            Err(Error::NotFound(_)) => return,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "could not abort an abandoned multipart upload")
+            }
+            Ok(_) => {}
+        }
+        // Time for parts still in flight to land before looking again.
+        tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+        let listed = client
+            .list_parts()
+            .bucket(&bucket)
+            .key(&key)
+            .upload_id(&upload_id)
+            .send()
+            .await;
+        if let Err(Error::NotFound(_)) = listed.map_err(|e| s3_error("ListParts", e)) {
+            tracing::debug!(key, "aborted an abandoned multipart upload");
+            return;
+        }
+    }
+    tracing::warn!(
+        key,
+        upload_id,
+        "a multipart upload is still listed after {ABORT_ATTEMPTS} aborts; a bucket lifecycle rule for incomplete uploads will remove it"
+    );
 }
 
 impl S3Store {
@@ -297,7 +335,7 @@ impl S3Store {
         let parts = match result {
             Ok(parts) => parts,
             Err(e) => {
-                self.abort(key, &upload_id).await;
+                self.abort(key, &upload_id);
                 return Err(e);
             }
         };
@@ -318,11 +356,11 @@ impl S3Store {
         match req.send().await {
             Ok(_) => Ok(()),
             Err(e) if self.create_if_absent && is_precondition_failed(&e) => {
-                self.abort(key, &upload_id).await;
+                self.abort(key, &upload_id);
                 Ok(())
             }
             Err(e) => {
-                self.abort(key, &upload_id).await;
+                self.abort(key, &upload_id);
                 Err(s3_error("CompleteMultipartUpload", e))
             }
         }
@@ -400,18 +438,15 @@ impl S3Store {
         Ok(completed)
     }
 
-    async fn abort(&self, key: &str, upload_id: &str) {
-        let res = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await;
-        if let Err(e) = res {
-            tracing::warn!(key, error = %s3_error("AbortMultipartUpload", e), "could not abort a failed multipart upload");
-        }
+    /// Aborts a failed multipart upload in the background (see
+    /// [`abort_upload`]); the put's answer does not wait for it.
+    fn abort(&self, key: &str, upload_id: &str) {
+        tokio::spawn(abort_upload(
+            self.client.clone(),
+            self.bucket.clone(),
+            key.to_string(),
+            upload_id.to_string(),
+        ));
     }
 
     /// Copies an object onto itself so a lifecycle rule counts it as new.

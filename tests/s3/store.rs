@@ -216,8 +216,11 @@ async fn a_dropped_multipart_upload_is_aborted() {
             .uploads()
             .len()
     };
-    // 6 MiB and then nothing: past the threshold, so a multipart upload starts.
-    let body = futures::stream::iter((0..6).map(|i| Ok(blob(i, 1 << 20))))
+    // 16 MiB and then nothing: past the threshold, so a multipart upload
+    // starts, with three parts sent at once. Parts still in flight when the
+    // put is dropped may land after the first abort (CI saw the upload
+    // listed for good once): kiln aborts again until it is gone.
+    let body = futures::stream::iter((0..16).map(|i| Ok(blob(i, 1 << 20))))
         .chain(futures::stream::pending())
         .boxed();
     let put = tokio::spawn(async move { store.put(&d, kiln::store::Body::Stream(body)).await });
@@ -231,6 +234,7 @@ async fn a_dropped_multipart_upload_is_aborted() {
     }
     put.abort();
     let _ = put.await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while uploads().await != 0 {
         assert!(
             std::time::Instant::now() < deadline,
