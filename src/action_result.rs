@@ -192,6 +192,9 @@ pub async fn lookup(
         tracing::debug!(%action, "action result refers to blobs no longer in the CAS");
         return Ok(None);
     }
+    if let Some(insights) = &instance.insights {
+        insights.result_hit(&instance.name, *action, &result);
+    }
     Ok(Some(result))
 }
 

@@ -42,15 +42,16 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
         config.build_events.webhook_backoff.0,
     );
     let on = &config.insights;
-    let insights = (on.nondeterminism || on.misses || on.scorecards).then(|| {
-        crate::insights::Insights::new(events.clone(), webhooks.clone(), &metrics, on.clone())
-    });
+    let insights = (on.nondeterminism || on.misses || on.scorecards || on.reexecute_one_in > 0)
+        .then(|| {
+            crate::insights::Insights::new(events.clone(), webhooks.clone(), &metrics, on.clone())
+        });
     let instances = Instances::build(
         config,
         data_dir.to_path_buf(),
         metrics.clone(),
         policy.clone(),
-        insights,
+        insights.clone(),
     )
     .await?;
     let scheduler = if config.execution.enabled {
@@ -61,6 +62,10 @@ pub(super) async fn build(config: &Config, data_dir: &Path) -> Result<Built> {
             metrics.clone(),
         )
         .await?;
+        if let Some(i) = &insights {
+            let weak = Arc::downgrade(&scheduler);
+            i.set_rerun(weak);
+        }
         Some(scheduler)
     } else {
         None

@@ -119,6 +119,21 @@ pub struct InsightsConfig {
     /// scorecard, on its page). Default true.
     #[serde(default = "yes")]
     pub scorecards: bool,
+    /// Run one in this many cache hits again on a worker (lowest priority,
+    /// result not cached) and record the action as not deterministic if
+    /// its outputs differ from the cached ones: finds nondeterminism
+    /// without waiting for two clients to build the same action. Needs
+    /// `execution.enabled`. 0 (the default) runs none.
+    #[serde(default)]
+    pub reexecute_one_in: u32,
+    /// Re-executions queued or running at once, at most; hits sampled
+    /// beyond it are skipped (counted as `busy`). Default 2.
+    #[serde(default = "default_reexecute_max_running")]
+    pub reexecute_max_running: u32,
+}
+
+fn default_reexecute_max_running() -> u32 {
+    2
 }
 
 impl Default for InsightsConfig {
@@ -127,6 +142,8 @@ impl Default for InsightsConfig {
             nondeterminism: true,
             misses: true,
             scorecards: true,
+            reexecute_one_in: 0,
+            reexecute_max_running: default_reexecute_max_running(),
         }
     }
 }

@@ -58,6 +58,11 @@ pub(super) fn errors(config: &Config) -> Vec<String> {
         }
     }
     check_execution(config, &mut errors);
+    if config.insights.reexecute_one_in > 0 && !config.execution.enabled {
+        errors.push(
+            "insights.reexecute_one_in: re-running cache hits needs execution.enabled: true".into(),
+        );
+    }
     check_auth(config, &mut errors);
     if config.max_message_size.0 < (1 << 20) {
         errors.push("max_message_size: must be at least 1MiB".into());
@@ -441,6 +446,21 @@ mod tests {
             }
         }
         assert!(checked >= 3);
+    }
+
+    #[test]
+    fn reexecution_needs_execution() {
+        let base = "instances:\n  - name: \"\"\n    cas: { memory: { max_size: 1MiB } }\n    action_cache: { memory: { max_size: 1MiB } }\n";
+        let off = errors(&format!(
+            "insights: {{ reexecute_one_in: 10 }}\nexecution: {{ enabled: false }}\n{base}"
+        ));
+        assert!(
+            off.iter()
+                .any(|e| e.starts_with("insights.reexecute_one_in")),
+            "{off:?}"
+        );
+        let on = errors(&format!("insights: {{ reexecute_one_in: 10 }}\n{base}"));
+        assert!(on.is_empty(), "{on:?}");
     }
 
     #[test]

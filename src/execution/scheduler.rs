@@ -19,6 +19,7 @@ mod hearing;
 mod housekeeping;
 mod idle;
 mod leases;
+mod rerun;
 mod usage_metrics;
 mod workers;
 

@@ -13,6 +13,7 @@ pub(crate) mod diff;
 pub(crate) mod inputs;
 pub mod misses;
 pub(crate) mod nondeterminism;
+pub mod reexecute;
 pub mod scorecard;
 mod writers;
 
@@ -138,6 +139,8 @@ pub struct Insights {
     /// its misses knows they are all recorded when this is 0 after its
     /// build).
     running: prometheus_client::metrics::gauge::Gauge,
+    /// Which cache hits are run again, and who runs them.
+    sampler: Arc<reexecute::Sampler>,
 }
 
 /// Distinct mnemonics the metric labels at most.
@@ -202,7 +205,9 @@ impl Insights {
                 Arc::downgrade(&scorecards),
             ));
         }
+        let sampler = Arc::new(reexecute::Sampler::new(&on, metrics));
         Arc::new(Insights {
+            sampler,
             scorecards,
             on,
             running,
@@ -214,6 +219,57 @@ impl Insights {
             queue,
             missed,
         })
+    }
+
+    /// Who runs sampled cache hits again (the scheduler, built after the
+    /// insights; held weakly, so neither keeps the other alive).
+    pub fn set_rerun(&self, rerun: std::sync::Weak<dyn reexecute::Rerun>) {
+        self.sampler.set(rerun);
+    }
+
+    /// Called on every cache hit with the result served: one in
+    /// `reexecute_one_in` is run again in the background and recorded as
+    /// not deterministic if its outputs differ (see `reexecute`).
+    pub fn result_hit(self: &Arc<Self>, instance: &str, action: Digest, cached: &ActionResult) {
+        let (me, name) = (self.clone(), instance.to_string());
+        self.sampler
+            .hit(instance, action, cached, move |cached, fresh| {
+                Box::pin(async move {
+                    if me.reexecuted(&name, &action, &cached, &fresh).await {
+                        "different"
+                    } else {
+                        "same"
+                    }
+                })
+            });
+    }
+
+    /// Records `action` as not deterministic if the re-execution's `fresh`
+    /// outputs differ from the `cached` result's; true if they did.
+    async fn reexecuted(
+        &self,
+        instance: &str,
+        action: &Digest,
+        cached: &ActionResult,
+        fresh: &ActionResult,
+    ) -> bool {
+        let differing = nondeterminism::differing(cached, fresh);
+        if differing.is_empty() {
+            return false;
+        }
+        let earlier = self
+            .writers
+            .get(instance, action)
+            .map(|e| e.2.clone())
+            .unwrap_or_default();
+        let later = Writer {
+            invocation: reexecute::INVOCATION.into(),
+            target: earlier.target.clone(),
+            mnemonic: earlier.mnemonic.clone(),
+        };
+        self.flag(instance, action, differing, &earlier, &later)
+            .await;
+        true
     }
 
     /// Counts what a call did on its invocation's cache scorecard.
@@ -279,11 +335,24 @@ impl Insights {
             self.writers.get(instance, action)
         };
         let entry = self.writers.replace(instance, action, writer);
-        let writer = &entry.2;
         if differing.is_empty() {
             return;
         }
         let earlier = earlier.map(|e| e.2.clone()).unwrap_or_default();
+        self.flag(instance, action, differing, &earlier, &entry.2)
+            .await;
+    }
+
+    /// Records, counts, logs and announces the `differing` outputs of
+    /// `action`, written by `earlier` and then by `writer`.
+    async fn flag(
+        &self,
+        instance: &str,
+        action: &Digest,
+        differing: Vec<nondeterminism::Differing>,
+        earlier: &Writer,
+        writer: &Writer,
+    ) {
         let pick = |a: &str, b: &str| if a.is_empty() { b } else { a }.to_string();
         let now = crate::time::now_ms();
         let rows: Vec<NondeterministicOutput> = differing

@@ -15,6 +15,7 @@ mod formats;
 mod images;
 mod lost_leases;
 mod pods;
+mod reexecution;
 mod runner;
 mod suite;
 mod traces;
