@@ -179,6 +179,7 @@ impl BuildEventService {
                 .max()
                 .unwrap_or(st.last)
                 .max(st.last);
+            st.summary.metadata_changed = false;
             self.events.inc_by(new.len() as u64);
             if !was_finished && st.summary.is_finished() {
                 self.webhooks.notify(&st.summary);

@@ -100,11 +100,14 @@ impl Summary {
             json: serde_json::to_string(i)
                 .map_err(|e| Error::internal_from("encoding a summary", e))?,
             tests,
-            metadata: i
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            metadata: if i.metadata_changed {
+                i.metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 }

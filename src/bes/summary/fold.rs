@@ -83,6 +83,7 @@ impl Invocation {
                     crate::text::cut(key, MAX_METADATA_KEY),
                     crate::text::cut(value, MAX_METADATA_VALUE),
                 );
+                self.metadata_changed = true;
             }
         }
     }

@@ -218,6 +218,11 @@ pub struct Invocation {
     /// `--build_metadata` KEY=VALUE pairs (BuildMetadata), capped.
     #[serde(default)]
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// `metadata` changed since the summary was last stored: only then
+    /// does the writer store its pairs again (Bazel sends them once, and a
+    /// summary is stored after every batch of events).
+    #[serde(skip)]
+    pub metadata_changed: bool,
     /// The source repository: build metadata or workspace status
     /// `REPO_URL` (the keys BuildBuddy's docs teach teams to set).
     #[serde(default)]

@@ -380,6 +380,7 @@ fn sources_come_from_build_metadata_before_workspace_status_and_metadata_is_capp
         ),
     ]);
     assert_eq!(inv.branch, "main", "--build_metadata wins");
+    assert!(inv.metadata_changed, "the writer stores the pairs once");
     assert_eq!(inv.repository, "git@host:a.git");
     assert_eq!(inv.commit, "abc123");
     assert_eq!(inv.metadata.len(), MAX_METADATA);
