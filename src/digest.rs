@@ -168,6 +168,17 @@ impl equivalent::Equivalent<Digest> for HashKey {
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// Each byte's two lowercase hex digits.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX_DIGITS[i >> 4], HEX_DIGITS[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
 /// Each byte's value as a lowercase hex digit, or 0xff: digests are parsed
 /// by the thousand per FindMissingBlobs call, so this is a table lookup per
 /// character with one check at the end, not a branch per character.
@@ -242,12 +253,15 @@ impl Digest {
 
     /// The hash as lowercase hex.
     pub fn hash_hex(&self) -> String {
-        let mut out = Vec::with_capacity(64);
-        for b in self.hash {
-            out.push(HEX_DIGITS[(b >> 4) as usize]);
-            out.push(HEX_DIGITS[(b & 0xf) as usize]);
+        // Two digits per byte from one table, into a fixed array: no
+        // capacity check per digit (this runs for every digest answered).
+        let mut out = [0u8; 64];
+        for (pair, b) in out.chunks_exact_mut(2).zip(self.hash) {
+            pair.copy_from_slice(&HEX_PAIRS[b as usize]);
         }
-        String::from_utf8(out).expect("hex digits are ASCII")
+        std::str::from_utf8(&out)
+            .expect("hex digits are ASCII")
+            .to_string()
     }
 
     /// True for the empty blob, which is always present.
@@ -336,6 +350,18 @@ impl Hasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_hex_is_the_lowercase_hex_of_every_byte() {
+        let mut d = DigestFunction::Sha256.empty();
+        assert_eq!(d.hash_hex(), hex::encode(d.hash));
+        d.hash = std::array::from_fn(|i| (i * 8 + 7) as u8);
+        assert_eq!(d.hash_hex(), hex::encode(d.hash));
+        assert_eq!(
+            Digest::parse(d.function, &d.hash_hex(), 0).unwrap().hash,
+            d.hash
+        );
+    }
 
     const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     const EMPTY_BLAKE3: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";

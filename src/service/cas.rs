@@ -52,6 +52,30 @@ pub fn parse_digests(function: DigestFunction, digests: &[reapi::Digest]) -> Res
         .collect()
 }
 
+/// The request's own Digest messages of the `missing` digests, moved into
+/// the answer rather than encoded again (hex-encoding half of a
+/// thousand-digest query was a twelfth of the call's CPU). Stores answer in
+/// the order asked, so `missing` is walked beside `digests`; an answer in
+/// another order is encoded as before.
+fn missing_protos(
+    protos: Vec<reapi::Digest>,
+    digests: &[Digest],
+    missing: &[Digest],
+) -> Vec<reapi::Digest> {
+    let mut out = Vec::with_capacity(missing.len());
+    let mut next = missing.iter().peekable();
+    for (proto, digest) in protos.into_iter().zip(digests) {
+        if next.peek() == Some(&digest) {
+            out.push(proto);
+            next.next();
+        }
+    }
+    if next.peek().is_some() {
+        return missing.iter().map(Digest::to_proto).collect();
+    }
+    out
+}
+
 /// Stores one blob of a batch, after checking its declared size.
 async fn update_one(
     instance: &Instance,
@@ -141,7 +165,7 @@ impl ContentAddressableStorage for CasService {
         let digests = parse_digests(function, &req.blob_digests)?;
         let missing = instance.cas.find_missing(&digests).await?;
         Ok(Response::new(FindMissingBlobsResponse {
-            missing_blob_digests: missing.iter().map(Digest::to_proto).collect(),
+            missing_blob_digests: missing_protos(req.blob_digests, &digests, &missing),
         }))
     }
 
@@ -235,5 +259,35 @@ impl ContentAddressableStorage for CasService {
             })
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_digests_are_answered_with_the_requests_own_messages() {
+        let digests: Vec<Digest> = (0u8..6)
+            .map(|i| DigestFunction::Sha256.digest_of(&[i]))
+            .collect();
+        let protos: Vec<reapi::Digest> = digests.iter().map(Digest::to_proto).collect();
+        // In the order asked (every store answers so), duplicates included.
+        let mut asked = protos.clone();
+        asked.push(protos[1].clone());
+        let mut parsed = digests.clone();
+        parsed.push(digests[1]);
+        let missing = [digests[1], digests[4], digests[1]];
+        assert_eq!(
+            missing_protos(asked, &parsed, &missing),
+            vec![protos[1].clone(), protos[4].clone(), protos[1].clone()]
+        );
+        // In another order: encoded again, nothing lost.
+        let reordered = [digests[4], digests[1]];
+        assert_eq!(
+            missing_protos(protos.clone(), &digests, &reordered),
+            vec![protos[4].clone(), protos[1].clone()]
+        );
+        assert!(missing_protos(protos, &digests, &[]).is_empty());
     }
 }
