@@ -214,14 +214,15 @@ impl ContentAddressableStorage for CasService {
             instance.settings.max_batch_total_size,
         )?;
         let cas = instance.cas.as_ref();
-        let responses = futures::stream::iter(digests)
-            .map(|d| async move {
+        // Each answer carries the request's own Digest message back.
+        let responses = futures::stream::iter(req.digests.into_iter().zip(digests))
+            .map(|(proto, d)| async move {
                 let (data, status) = match get_bytes(cas, &d).await {
                     Ok(data) => (data, ok_rpc_status()),
                     Err(e) => (Bytes::new(), e.to_rpc_status()),
                 };
                 batch_read_blobs_response::Response {
-                    digest: Some(d.to_proto()),
+                    digest: Some(proto),
                     data,
                     status: Some(status),
                     compressor: compressor::Value::Identity as i32,
