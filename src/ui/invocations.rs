@@ -163,7 +163,10 @@ pub(super) async fn page(
                                     " " span.muted { (r.exit_code_name) }
                                 } }
                             td.mono { a href={ "/invocation/" (segment(&r.invocation_id)) } { (r.invocation_id) } }
-                            td { (r.command) " " span.mono { (r.patterns) } }
+                            td { (r.command) " " span.mono { (r.patterns) }
+                                @if !r.branch.is_empty() {
+                                    " " a.muted.branch title=(r.repository) href={ "/?branch=" (segment(&r.branch)) } { "on " (r.branch) }
+                                } }
                             td { (r.user) }
                             td { (r.host) }
                             td { (when(r.started_at)) }

@@ -305,6 +305,10 @@ async fn publishes_and_queries(database: &str) {
             page.contains(&failing) && !page.contains(&inv),
             "{query}: {page}"
         );
+        assert!(
+            page.contains("href=\"/?branch=main\""),
+            "the row names its branch: {page}"
+        );
     }
     let (code, _) = http_json(&kiln, "/api/v1/invocations?metadata=TEAM").await;
     assert_eq!(code, 400);
