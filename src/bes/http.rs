@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use super::store::{EventFilter, EventStore, InvocationFilter};
+use super::store::{EventFilter, EventStore, InvocationFilter, SourceQuery};
 use super::summary::Invocation;
 use crate::error::Error;
 
@@ -41,32 +41,21 @@ pub(crate) fn failure(e: Error) -> Response {
 struct ListQuery {
     limit: Option<i64>,
     status: Option<String>,
-    user: Option<String>,
-    host: Option<String>,
-    command: Option<String>,
-    pattern: Option<String>,
-    repository: Option<String>,
-    branch: Option<String>,
-    /// `NAME=VALUE`, as given to `--build_metadata`.
-    metadata: Option<String>,
 }
 
-async fn list(State(store): State<Store>, Query(q): Query<ListQuery>) -> Response {
-    let metadata = match q.metadata.as_deref().map(InvocationFilter::metadata_pair) {
-        Some(Err(e)) => return failure(e),
-        pair => pair.and_then(Result::ok),
-    };
-    let filter = InvocationFilter {
+async fn list(
+    State(store): State<Store>,
+    Query(q): Query<ListQuery>,
+    Query(source): Query<SourceQuery>,
+) -> Response {
+    let filter = source.narrow(InvocationFilter {
         limit: q.limit.unwrap_or(50),
         status: q.status,
-        user: q.user,
-        host: q.host,
-        command: q.command,
-        pattern: q.pattern,
-        repository: q.repository,
-        branch: q.branch,
-        metadata,
         ..Default::default()
+    });
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => return failure(e),
     };
     match store.invocations(&filter).await {
         Ok(list) => Json(serde_json::json!({ "invocations": list })).into_response(),

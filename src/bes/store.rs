@@ -127,15 +127,74 @@ pub struct InvocationFilter {
     pub offset: i64,
 }
 
-impl InvocationFilter {
-    /// A `--build_metadata` filter as people write it, `NAME=VALUE`.
-    pub fn metadata_pair(text: &str) -> crate::error::Result<(String, String)> {
-        match text.split_once('=') {
-            Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
-            _ => Err(crate::error::Error::InvalidArgument(format!(
-                "metadata: expected NAME=VALUE, got {text:?}"
-            ))),
+/// What Bazel says about an invocation, as query parameters: the one
+/// definition the list page, the trends page and the JSON API filter with
+/// (each page extracts it beside its own parameters).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct SourceQuery {
+    /// The user (workspace status BUILD_USER).
+    pub user: Option<String>,
+    /// The host (BUILD_HOST).
+    pub host: Option<String>,
+    /// `build`, `test`, ...
+    pub command: Option<String>,
+    /// A substring of the target patterns.
+    pub pattern: Option<String>,
+    /// The source repository (REPO_URL).
+    pub repository: Option<String>,
+    /// The branch.
+    pub branch: Option<String>,
+    /// `NAME=VALUE`, as given to `--build_metadata`.
+    pub metadata: Option<String>,
+}
+
+impl SourceQuery {
+    /// The parameters given, trimmed: an empty form field filters nothing.
+    pub fn pairs(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("user", &self.user),
+            ("host", &self.host),
+            ("command", &self.command),
+            ("pattern", &self.pattern),
+            ("repository", &self.repository),
+            ("branch", &self.branch),
+            ("metadata", &self.metadata),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| {
+            let v = v.as_deref()?.trim();
+            (!v.is_empty()).then_some((name, v))
+        })
+        .collect()
+    }
+
+    /// `filter` narrowed by these parameters; a metadata pair that is not
+    /// `NAME=VALUE` is INVALID_ARGUMENT.
+    pub fn narrow(&self, mut filter: InvocationFilter) -> crate::error::Result<InvocationFilter> {
+        for (name, v) in self.pairs() {
+            let v = Some(v.to_string());
+            match name {
+                "user" => filter.user = v,
+                "host" => filter.host = v,
+                "command" => filter.command = v,
+                "pattern" => filter.pattern = v,
+                "repository" => filter.repository = v,
+                "branch" => filter.branch = v,
+                "metadata" => filter.metadata = v.as_deref().map(metadata_pair).transpose()?,
+                _ => {}
+            }
         }
+        Ok(filter)
+    }
+}
+
+/// A `--build_metadata` filter as people write it, `NAME=VALUE`.
+fn metadata_pair(text: &str) -> crate::error::Result<(String, String)> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(crate::error::Error::InvalidArgument(format!(
+            "metadata: expected NAME=VALUE, got {text:?}"
+        ))),
     }
 }
 
@@ -330,4 +389,32 @@ pub trait EventStore: std::fmt::Debug + Send + Sync + 'static {
         &self,
         invocation: &str,
     ) -> Result<Option<crate::insights::scorecard::Scorecard>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_parameters_trimmed_empty_ones_ignored_and_metadata_split() {
+        let q = SourceQuery {
+            user: Some(" alice ".into()),
+            host: Some(String::new()),
+            metadata: Some("TEAM=a=b".into()),
+            ..Default::default()
+        };
+        assert_eq!(q.pairs(), [("user", "alice"), ("metadata", "TEAM=a=b")]);
+        let f = q.narrow(InvocationFilter::default()).unwrap();
+        assert_eq!(f.user.as_deref(), Some("alice"));
+        assert_eq!(f.host, None);
+        assert_eq!(f.metadata, Some(("TEAM".into(), "a=b".into())));
+        let bad = SourceQuery {
+            metadata: Some("TEAM".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            bad.narrow(InvocationFilter::default()),
+            Err(crate::error::Error::InvalidArgument(_))
+        ));
+    }
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::layout::{badge, duration, parse_date, percent, segment, when};
 use super::{PageResult, UiState, auth, layout};
-use crate::bes::store::InvocationFilter;
+use crate::bes::store::{InvocationFilter, SourceQuery};
 use crate::bes::summary::Status;
 use crate::error::Error;
 use crate::http::caller::HttpCaller;
@@ -21,14 +21,6 @@ const PAGE: i64 = 50;
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct ListQuery {
     status: Option<String>,
-    user: Option<String>,
-    host: Option<String>,
-    command: Option<String>,
-    pattern: Option<String>,
-    repository: Option<String>,
-    branch: Option<String>,
-    /// `NAME=VALUE`, as given to `--build_metadata`.
-    metadata: Option<String>,
     /// `YYYY-MM-DD`, inclusive.
     from: Option<String>,
     /// `YYYY-MM-DD`, inclusive.
@@ -43,13 +35,6 @@ fn given(v: &Option<String>) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A `--build_metadata` filter, `NAME=VALUE`, split.
-pub(super) fn metadata_pair(v: &Option<String>) -> Result<Option<(String, String)>, Error> {
-    given(v)
-        .map(|text| InvocationFilter::metadata_pair(&text))
-        .transpose()
-}
-
 fn date(v: &Option<String>, name: &str) -> Result<Option<i64>, Error> {
     match given(v) {
         None => Ok(None),
@@ -61,23 +46,19 @@ fn date(v: &Option<String>, name: &str) -> Result<Option<i64>, Error> {
 
 impl ListQuery {
     /// The query string for another page of the same list.
-    fn with_page(&self, page: i64) -> String {
+    fn with_page(&self, source: &SourceQuery, page: i64) -> String {
         let mut q = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in [
             ("status", &self.status),
-            ("user", &self.user),
-            ("host", &self.host),
-            ("command", &self.command),
-            ("pattern", &self.pattern),
-            ("repository", &self.repository),
-            ("branch", &self.branch),
-            ("metadata", &self.metadata),
             ("from", &self.from),
             ("to", &self.to),
         ] {
             if let Some(v) = given(v) {
                 q.append_pair(k, &v);
             }
+        }
+        for (k, v) in source.pairs() {
+            q.append_pair(k, v);
         }
         q.append_pair("page", &page.to_string());
         q.finish()
@@ -89,6 +70,7 @@ pub(super) async fn page(
     caller: HttpCaller,
     uri: Uri,
     Query(q): Query<ListQuery>,
+    Query(source): Query<SourceQuery>,
 ) -> PageResult {
     auth::check_events(&state, &caller, &uri)?;
     let page = q.page.unwrap_or(1).clamp(1, 10_000);
@@ -102,21 +84,15 @@ pub(super) async fn page(
         ))
         .into());
     }
-    let filter = InvocationFilter {
+    let filter = source.narrow(InvocationFilter {
         // One more than a page: whether there is a next one.
         limit: PAGE + 1,
         offset: (page - 1) * PAGE,
         status: status.clone(),
-        user: given(&q.user),
-        host: given(&q.host),
-        command: given(&q.command),
-        pattern: given(&q.pattern),
-        repository: given(&q.repository),
-        branch: given(&q.branch),
-        metadata: metadata_pair(&q.metadata)?,
         since_ms: date(&q.from, "from")?,
         until_ms: date(&q.to, "to")?.map(|d| d + 86_400_000),
-    };
+        ..Default::default()
+    })?;
     let mut rows = state.events.invocation_rows(&filter).await?;
     let more = rows.len() as i64 > PAGE;
     rows.truncate(PAGE as usize);
@@ -133,13 +109,13 @@ pub(super) async fn page(
                     }
                 }
             }
-            label { "User" input name="user" value=(field(&q.user)); }
-            label { "Host" input name="host" value=(field(&q.host)); }
-            label { "Command" input name="command" value=(field(&q.command)) placeholder="build, test…"; }
-            label { "Pattern" input name="pattern" value=(field(&q.pattern)) placeholder="//app/..."; }
-            label { "Repository" input name="repository" value=(field(&q.repository)); }
-            label { "Branch" input name="branch" value=(field(&q.branch)); }
-            label { "Build metadata" input name="metadata" value=(field(&q.metadata)) placeholder="NAME=VALUE"; }
+            label { "User" input name="user" value=(field(&source.user)); }
+            label { "Host" input name="host" value=(field(&source.host)); }
+            label { "Command" input name="command" value=(field(&source.command)) placeholder="build, test…"; }
+            label { "Pattern" input name="pattern" value=(field(&source.pattern)) placeholder="//app/..."; }
+            label { "Repository" input name="repository" value=(field(&source.repository)); }
+            label { "Branch" input name="branch" value=(field(&source.branch)); }
+            label { "Build metadata" input name="metadata" value=(field(&source.metadata)) placeholder="NAME=VALUE"; }
             label { "From" input type="date" name="from" value=(field(&q.from)); }
             label { "To" input type="date" name="to" value=(field(&q.to)); }
             button type="submit" { "Filter" }
@@ -181,9 +157,9 @@ pub(super) async fn page(
             }
         }
         div.pager {
-            @if page > 1 { a rel="prev" href={ "/?" (q.with_page(page - 1)) } { "← Newer" } }
+            @if page > 1 { a rel="prev" href={ "/?" (q.with_page(&source, page - 1)) } { "← Newer" } }
             span.muted { "Page " (page) }
-            @if more { a rel="next" href={ "/?" (q.with_page(page + 1)) } { "Older →" } }
+            @if more { a rel="next" href={ "/?" (q.with_page(&source, page + 1)) } { "Older →" } }
         }
     };
     // A list with running builds refreshes itself.

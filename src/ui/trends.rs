@@ -12,26 +12,13 @@ use serde::Deserialize;
 
 use super::layout::{duration, percent};
 use super::{PageResult, UiState, auth, layout};
-use crate::bes::store::{InvocationFilter, TrendDay};
+use crate::bes::store::{InvocationFilter, SourceQuery, TrendDay};
 use crate::http::caller::HttpCaller;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct TrendsQuery {
     /// Days back from now (default 30).
     days: Option<i64>,
-    command: Option<String>,
-    user: Option<String>,
-    host: Option<String>,
-    pattern: Option<String>,
-    repository: Option<String>,
-    branch: Option<String>,
-    /// `NAME=VALUE`, as given to `--build_metadata`.
-    metadata: Option<String>,
-}
-
-/// An empty form field filters nothing.
-fn given(v: &Option<String>) -> Option<String> {
-    v.as_ref().filter(|s| !s.is_empty()).cloned()
 }
 
 /// A horizontal bar of `part` in `whole`, drawn in SVG (the pages run no
@@ -74,20 +61,14 @@ pub(super) async fn page(
     caller: HttpCaller,
     uri: Uri,
     Query(q): Query<TrendsQuery>,
+    Query(source): Query<SourceQuery>,
 ) -> PageResult {
     auth::check_events(&state, &caller, &uri)?;
     let days = q.days.unwrap_or(30).clamp(1, 366);
-    let filter = InvocationFilter {
-        command: given(&q.command),
-        user: given(&q.user),
-        host: given(&q.host),
-        pattern: given(&q.pattern),
-        repository: given(&q.repository),
-        branch: given(&q.branch),
-        metadata: super::invocations::metadata_pair(&q.metadata)?,
+    let filter = source.narrow(InvocationFilter {
         since_ms: Some(crate::time::now_ms() - days * 86_400_000),
         ..Default::default()
-    };
+    })?;
     let trend = state.events.trends(&filter).await?;
     let longest = trend.iter().map(|d| d.mean_duration_ms).max().unwrap_or(0);
     let field = |name: &'static str, label: &'static str, v: &Option<String>| {
@@ -98,13 +79,13 @@ pub(super) async fn page(
         p.muted { "Invocations per UTC day, newest first: how many failed, the remote cache's hit rate (as Bazel reports it, and as kiln counted their lookups: Bazel 4 reports no hits of remote execution), their wall time, and their tests." }
         form.filters method="get" action="/trends" {
             label { "Days" input type="number" name="days" min="1" max="366" value=(days); }
-            (field("command", "Command", &q.command))
-            (field("user", "User", &q.user))
-            (field("host", "Host", &q.host))
-            (field("pattern", "Target pattern", &q.pattern))
-            (field("repository", "Repository", &q.repository))
-            (field("branch", "Branch", &q.branch))
-            (field("metadata", "Build metadata (NAME=VALUE)", &q.metadata))
+            (field("command", "Command", &source.command))
+            (field("user", "User", &source.user))
+            (field("host", "Host", &source.host))
+            (field("pattern", "Target pattern", &source.pattern))
+            (field("repository", "Repository", &source.repository))
+            (field("branch", "Branch", &source.branch))
+            (field("metadata", "Build metadata (NAME=VALUE)", &source.metadata))
             button type="submit" { "Show" }
         }
         @if trend.is_empty() {
