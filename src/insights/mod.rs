@@ -209,17 +209,15 @@ impl Insights {
     /// `reexecute_one_in` is run again in the background and recorded as
     /// not deterministic if its outputs differ (see `reexecute`).
     pub fn result_hit(self: &Arc<Self>, instance: &str, action: Digest, cached: &ActionResult) {
+        let Some(sampled) = self.sampler.sample(instance, action, cached) else {
+            return;
+        };
         let (me, name) = (self.clone(), instance.to_string());
-        self.sampler
-            .hit(instance, action, cached, move |cached, fresh| {
-                Box::pin(async move {
-                    if me.reexecuted(&name, &action, &cached, &fresh).await {
-                        "different"
-                    } else {
-                        "same"
-                    }
-                })
-            });
+        tokio::spawn(
+            sampled.finish(async move |cached, fresh| {
+                me.reexecuted(&name, &action, cached, fresh).await
+            }),
+        );
     }
 
     /// Counts what a call did on its invocation's cache scorecard.

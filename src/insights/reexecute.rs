@@ -89,21 +89,15 @@ impl Sampler {
     }
 
     /// Called on every cache hit: for one in N successful results, with a
-    /// slot free, runs the action again in the background and hands the
-    /// cached result and the fresh one to `compare`, which names the
-    /// outcome counted.
-    pub(super) fn hit(
+    /// slot free, starts running the action again and returns it (the
+    /// caller finishes it in the background); None for every other hit,
+    /// which then costs a counter increment.
+    pub(super) fn sample(
         self: &Arc<Self>,
         instance: &str,
         action: Digest,
         cached: &ActionResult,
-        compare: impl FnOnce(
-            ActionResult,
-            ActionResult,
-        ) -> futures::future::BoxFuture<'static, &'static str>
-        + Send
-        + 'static,
-    ) {
+    ) -> Option<Sampled> {
         if self.one_in == 0
             || cached.exit_code != 0
             || !self
@@ -111,11 +105,9 @@ impl Sampler {
                 .fetch_add(1, Ordering::Relaxed)
                 .is_multiple_of(self.one_in)
         {
-            return;
+            return None;
         }
-        let Some(rerun) = self.rerun.get().and_then(Weak::upgrade) else {
-            return;
-        };
+        let rerun = self.rerun.get().and_then(Weak::upgrade)?;
         let taken = self
             .running
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -123,18 +115,46 @@ impl Sampler {
             });
         if taken.is_err() {
             self.count(instance, "busy");
-            return;
+            return None;
         }
-        let (me, instance, cached) = (self.clone(), instance.to_string(), cached.clone());
-        let fresh = rerun.rerun(instance.clone(), action);
-        tokio::spawn(async move {
-            let outcome = match fresh.await {
-                None => "not_run",
-                Some(fresh) if fresh.exit_code != 0 => "failed",
-                Some(fresh) => compare(cached, fresh).await,
-            };
-            me.running.fetch_sub(1, Ordering::SeqCst);
-            me.count(&instance, outcome);
-        });
+        Some(Sampled {
+            sampler: self.clone(),
+            instance: instance.to_string(),
+            cached: cached.clone(),
+            fresh: rerun.rerun(instance.to_string(), action),
+        })
+    }
+}
+
+/// A sampled hit whose action is running again; its slot is given back
+/// when it is finished or dropped.
+pub(super) struct Sampled {
+    sampler: Arc<Sampler>,
+    instance: String,
+    cached: ActionResult,
+    fresh: futures::future::BoxFuture<'static, Option<ActionResult>>,
+}
+
+impl Sampled {
+    /// Waits for the fresh result, hands it with the cached one to
+    /// `compare` (which records a difference and says whether there was
+    /// one), and counts the outcome.
+    pub(super) async fn finish(
+        mut self,
+        compare: impl AsyncFnOnce(&ActionResult, &ActionResult) -> bool,
+    ) {
+        let outcome = match (&mut self.fresh).await {
+            None => "not_run",
+            Some(fresh) if fresh.exit_code != 0 => "failed",
+            Some(fresh) if compare(&self.cached, &fresh).await => "different",
+            Some(_) => "same",
+        };
+        self.sampler.count(&self.instance, outcome);
+    }
+}
+
+impl Drop for Sampled {
+    fn drop(&mut self) {
+        self.sampler.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
