@@ -106,14 +106,23 @@ pub(super) struct Gathered {
 impl Gathered {
     async fn of(state: &UiState, caller: &HttpCaller, id: &str) -> Result<Gathered> {
         let inv = find(state, id).await?;
-        let test_logs = failed_test_logs(state, &inv).await;
-        let action_logs = failed_action_logs(state, &inv).await;
-        let (remote_jobs, cost) = remote_jobs(state, caller, id).await?;
+        // Independent reads, at once.
+        let (test_logs, action_logs) = tokio::join!(
+            failed_test_logs(state, &inv),
+            failed_action_logs(state, &inv)
+        );
+        let ((remote_jobs, cost), progress, nondeterministic, misses, scorecard) = tokio::try_join!(
+            remote_jobs(state, caller, id),
+            super::progress::tail(state, id),
+            super::nondeterminism::readable(state, caller, Some(id), 0),
+            super::misses::readable(state, caller, id),
+            state.events.scorecard(id),
+        )?;
         Ok(Gathered {
-            progress: super::progress::tail(state, id).await?,
-            nondeterministic: super::nondeterminism::readable(state, caller, Some(id), 0).await?,
-            misses: super::misses::readable(state, caller, id).await?,
-            scorecard: state.events.scorecard(id).await?,
+            progress,
+            nondeterministic,
+            misses,
+            scorecard,
             inv,
             test_logs,
             action_logs,
