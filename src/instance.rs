@@ -56,6 +56,8 @@ pub struct Instance {
     pub policy: Arc<Policy>,
     /// What results written here teach (none when switched off).
     pub insights: Option<Arc<crate::insights::Insights>>,
+    /// SplitBlob and SpliceBlob (none when switched off).
+    pub chunking: Option<crate::chunking::blobs::Chunking>,
 }
 
 impl Instance {
@@ -100,6 +102,7 @@ impl Instance {
     ) -> Result<Self> {
         Ok(Instance {
             insights,
+            chunking: crate::chunking::blobs::Chunking::new(&config.chunking)?,
             name: config.name.clone(),
             cas: stores
                 .cas(

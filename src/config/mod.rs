@@ -5,6 +5,7 @@
 //! No secrets live here: the file can sit in a Kubernetes ConfigMap.
 
 mod asset;
+mod chunking;
 mod edge;
 mod http_cache;
 mod http_server;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use asset::{AllowRule, RemoteAssetConfig};
+pub use chunking::{ChunkingConfig, FastCdcConfig, RepMaxConfig};
 pub use edge::{
     AuthConfig, AuthMethod, GrpcConfig, HttpAuth, JwtConfig, LimitsConfig, Role, SendCompression,
     TlsConfig, TracingConfig,
@@ -356,6 +358,9 @@ pub struct InstanceConfig {
     /// 16 MiB message holds about 230,000).
     #[serde(default = "default_max_find_missing")]
     pub max_find_missing: usize,
+    /// REAPI 2.12's SplitBlob and SpliceBlob.
+    #[serde(default)]
+    pub chunking: ChunkingConfig,
 }
 
 /// `tree_cache:` settings (BuildGrid's tree_cache_size / tree_cache_ttl_minutes).

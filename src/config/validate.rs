@@ -88,6 +88,7 @@ pub(super) fn errors(config: &Config) -> Vec<String> {
             ));
         }
         check_instance(config, instance, &path, &mut errors);
+        errors.extend(instance.chunking.errors(&format!("{path}.chunking")));
     }
     errors
 }

@@ -8,8 +8,8 @@ use crate::auth::Role;
 use crate::digest::DigestFunction;
 use crate::instance::Instances;
 use crate::proto::reapi::{
-    ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities,
-    GetCapabilitiesRequest, PriorityCapabilities, ServerCapabilities,
+    ActionCacheUpdateCapabilities, CacheCapabilities, ExecutionCapabilities, FastCdc2020Params,
+    GetCapabilitiesRequest, PriorityCapabilities, RepMaxCdcParams, ServerCapabilities,
     capabilities_server::Capabilities, compressor, priority_capabilities,
     symlink_absolute_path_strategy,
 };
@@ -66,6 +66,20 @@ impl Capabilities for CapabilitiesService {
             supported_compressors: vec![zstd],
             supported_batch_update_compressors: vec![zstd],
             max_cas_blob_size_bytes: instance.settings.max_cas_blob_size as i64,
+            split_blob_support: instance.chunking.is_some(),
+            splice_blob_support: instance.chunking.is_some(),
+            fast_cdc_2020_params: instance.chunking.as_ref().map(|c| FastCdc2020Params {
+                avg_chunk_size_bytes: c.fast_cdc().avg() as u64,
+                seed: c.fast_cdc().seed(),
+            }),
+            rep_max_cdc_params: instance
+                .chunking
+                .as_ref()
+                .and_then(|c| c.rep_max())
+                .map(|c| RepMaxCdcParams {
+                    min_chunk_size_bytes: c.min() as u64,
+                    horizon_size_bytes: c.horizon() as u64,
+                }),
         };
         Ok(Response::new(ServerCapabilities {
             cache_capabilities: Some(cache),
@@ -88,9 +102,9 @@ impl Capabilities for CapabilitiesService {
             deprecated_api_version: version(2, 0),
             low_api_version: version(2, 0),
             // 2.12: what 2.4-2.12 added is optional and capability-gated
-            // (chunking: no split_blob_support yet) or done (the workers'
-            // output_directory_format, Execute's inline hints,
-            // max_cas_blob_size_bytes).
+            // (SplitBlob and SpliceBlob, advertised per instance) or done
+            // (the workers' output_directory_format, Execute's inline
+            // hints, max_cas_blob_size_bytes).
             high_api_version: version(2, 12),
         }))
     }

@@ -8,6 +8,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Role;
+use crate::chunking;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::{Error, Result, ok_rpc_status};
 use crate::insights::scorecard::Seen;
@@ -15,7 +16,8 @@ use crate::instance::{Instance, Instances};
 use crate::proto::reapi::{
     self, BatchReadBlobsRequest, BatchReadBlobsResponse, BatchUpdateBlobsRequest,
     BatchUpdateBlobsResponse, FindMissingBlobsRequest, FindMissingBlobsResponse, GetTreeRequest,
-    GetTreeResponse, batch_read_blobs_response, batch_update_blobs_response, compressor,
+    GetTreeResponse, SpliceBlobRequest, SpliceBlobResponse, SplitBlobRequest, SplitBlobResponse,
+    batch_read_blobs_response, batch_update_blobs_response, compressor,
     content_addressable_storage_server::ContentAddressableStorage,
 };
 use crate::service::caller;
@@ -261,6 +263,63 @@ impl ContentAddressableStorage for CasService {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+
+    async fn split_blob(
+        &self,
+        request: Request<SplitBlobRequest>,
+    ) -> Result<Response<SplitBlobResponse>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        let instance = self.instances.get(&req.instance_name)?;
+        // Split stores the chunks it cuts: a write, though of nothing new.
+        instance.authorize(&who, Role::Read)?;
+        instance.check_writable()?;
+        let chunking = chunking_of(&instance, "SplitBlob")?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let blob = Digest::from_proto(function, req.blob_digest.as_ref(), "blob")?;
+        let asked = chunking::Function::from_proto(req.chunking_function)?;
+        let (used, chunks) = chunking.split(&instance.cas, &blob, asked).await?;
+        Ok(Response::new(SplitBlobResponse {
+            chunk_digests: chunks.iter().map(Digest::to_proto).collect(),
+            chunking_function: used.to_proto() as i32,
+        }))
+    }
+
+    async fn splice_blob(
+        &self,
+        request: Request<SpliceBlobRequest>,
+    ) -> Result<Response<SpliceBlobResponse>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        let instance = self.instances.get(&req.instance_name)?;
+        instance.authorize(&who, Role::Write)?;
+        instance.check_writable()?;
+        let chunking = chunking_of(&instance, "SpliceBlob")?;
+        let function = DigestFunction::from_proto(req.digest_function)?;
+        let blob = Digest::from_proto(function, req.blob_digest.as_ref(), "blob")?;
+        // The function only says how the client cut; the bytes are verified
+        // whatever it says, but an unknown value is still an error.
+        chunking::Function::from_proto(req.chunking_function)?;
+        let chunks = parse_digests(function, &req.chunk_digests)?;
+        chunking.splice(&instance.cas, &blob, &chunks).await?;
+        Ok(Response::new(SpliceBlobResponse {
+            blob_digest: req.blob_digest,
+        }))
+    }
+}
+
+/// The instance's chunking, or UNIMPLEMENTED where it is switched off (as
+/// Capabilities says).
+fn chunking_of<'i>(
+    instance: &'i Instance,
+    rpc: &str,
+) -> Result<&'i chunking::blobs::Chunking, Status> {
+    instance.chunking.as_ref().ok_or_else(|| {
+        Status::unimplemented(format!(
+            "{rpc} is switched off on instance {:?} (chunking.enabled: false)",
+            instance.name
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod bazel;
 pub mod bes;
+pub mod chunking;
 pub mod exec;
 pub mod origin;
 pub mod otlp;

@@ -10,6 +10,7 @@ mod asset_hostile;
 mod bench;
 mod bytestream;
 mod cas;
+mod chunking;
 mod http_cache;
 mod insights;
 mod lifecycle;

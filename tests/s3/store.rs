@@ -336,3 +336,10 @@ async fn unsigned_parts_wait_for_room_and_every_upload_lands_intact() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_splice_on_seaweedfs() {
+    let weed = SeaweedFs::start().await;
+    let kiln = Kiln::start(&weed.kiln_config("chunking/")).await;
+    crate::common::chunking::split_and_splice(&kiln).await;
+}
