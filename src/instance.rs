@@ -109,6 +109,7 @@ impl Instance {
                     &config.cas,
                     &format!("{path}.cas"),
                     config.max_cas_blob_size.0,
+                    chunked_storage(&config.chunking)?,
                 )
                 .await?,
             action_cache: stores
@@ -133,6 +134,22 @@ impl Instance {
             },
         })
     }
+}
+
+/// The chunker and threshold of the CAS's chunked layer, when stored
+/// chunking is on.
+fn chunked_storage(
+    config: &crate::config::ChunkingConfig,
+) -> Result<Option<(crate::chunking::Chunker, u64)>> {
+    if !(config.enabled && config.store) {
+        return Ok(None);
+    }
+    let fast = &config.fast_cdc_2020;
+    let chunker = crate::chunking::FastCdc::new(fast.avg_chunk_size.0, fast.seed)?;
+    Ok(Some((
+        crate::chunking::Chunker::FastCdc(chunker),
+        config.store_min_size.0,
+    )))
 }
 
 /// Every instance of a server, by name.

@@ -49,7 +49,7 @@ pub mod app;
 pub(crate) mod asset;
 pub(crate) mod auth;
 pub mod bes;
-pub(crate) mod chunking;
+pub mod chunking;
 pub mod client;
 pub(crate) mod compression;
 pub mod config;

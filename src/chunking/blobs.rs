@@ -128,6 +128,13 @@ impl Chunking {
         if blob.size <= chunker.single_chunk_max() {
             return Ok((key.1, vec![*blob]));
         }
+        if let Some(stored) = cas.stored_chunks(blob).await?
+            && stored.params == chunker.params()
+        {
+            // Stored as these very chunks, found present just now.
+            self.known.insert(key, stored.chunks.clone().into());
+            return Ok((key.1, stored.chunks));
+        }
         let _turn = self
             .splits
             .acquire()

@@ -70,6 +70,16 @@ impl Chunker {
         }
     }
 
+    /// The function and its two parameters (FastCDC: average and seed;
+    /// RepMaxCDC: minimum and horizon): what decides every cut point, so
+    /// two chunkers with equal parameters cut any blob alike.
+    pub fn params(&self) -> (Function, u64, u64) {
+        match self {
+            Chunker::FastCdc(c) => (Function::FastCdc2020, c.avg() as u64, u64::from(c.seed())),
+            Chunker::RepMax(c) => (Function::RepMaxCdc, c.min() as u64, c.horizon() as u64),
+        }
+    }
+
     /// How many bytes [`Chunker::cut`] must see to place a cut exactly as
     /// it would with the whole rest of the blob in view.
     pub fn window(&self) -> usize {

@@ -20,6 +20,18 @@ pub struct ChunkingConfig {
     /// REP_MAX_CDC's parameters, as advertised.
     #[serde(default)]
     pub rep_max_cdc: RepMaxConfig,
+    /// Store blobs of at least `store_min_size` bytes as their FastCDC
+    /// chunks (with `fast_cdc_2020`'s parameters), whoever uploads them and
+    /// however: a second version of a large artifact then costs only the
+    /// chunks an edit touched, and SplitBlob answers from the stored
+    /// chunks. Blobs stored whole before stay readable. Default true.
+    #[serde(default = "super::yes")]
+    pub store: bool,
+    /// The smallest blob stored as chunks. Default `2MiB` (FastCDC's
+    /// largest chunk at the default average: anything smaller would often
+    /// be one chunk anyway).
+    #[serde(default = "default_store_min_size")]
+    pub store_min_size: ByteSize,
     /// Most chunks one SpliceBlob may name (more is INVALID_ARGUMENT), so a
     /// request cannot make kiln read an unbounded list. Default 65536.
     #[serde(default = "default_max_splice_chunks")]
@@ -101,6 +113,9 @@ impl ChunkingConfig {
     }
 }
 
+fn default_store_min_size() -> ByteSize {
+    ByteSize(2 << 20)
+}
 fn default_max_splice_chunks() -> usize {
     65_536
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::Store;
+use super::chunked::Chunked;
 use super::content_addressed::ContentAddressed;
 use super::existence_cache::ExistenceCache;
 use super::fs::{FsOptions, FsStore};
@@ -20,6 +21,7 @@ use super::memory::MemoryStore;
 use super::memory_cache::MemoryCache;
 use super::merged_puts::MergedPuts;
 use super::s3::S3Store;
+use crate::chunking::Chunker;
 use crate::config::{Config, StoreConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -55,14 +57,28 @@ impl<'a> StoreBuilder<'a> {
 
     /// A CAS: the configured graph with content verification at its root, so
     /// no write path can store unverified bytes.
-    /// `max_blob_size` (0: any) bounds every blob it accepts.
+    /// `max_blob_size` (0: any) bounds every blob it accepts. With
+    /// `chunked`, blobs of at least its size are stored as the chunks its
+    /// chunker cuts ([`Chunked`], node `{path}.chunked`).
     pub async fn cas(
         &mut self,
         spec: &StoreConfig,
         path: &str,
         max_blob_size: u64,
+        chunked: Option<(Chunker, u64)>,
     ) -> Result<Store> {
-        let inner = self.node(spec, path.to_string(), Role::Cas).await?;
+        let mut inner = self.node(spec, path.to_string(), Role::Cas).await?;
+        if let Some((chunker, min_size)) = chunked {
+            let node = format!("{path}.chunked");
+            let counts = self.metrics.chunked(&node);
+            let layer = Arc::new(Chunked::new(inner, chunker, min_size, counts));
+            inner = Arc::new(Instrumented::new(
+                node,
+                "chunked",
+                layer,
+                self.metrics.clone(),
+            ));
+        }
         Ok(Arc::new(ContentAddressed::new(inner, max_blob_size)))
     }
 

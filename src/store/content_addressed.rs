@@ -193,6 +193,10 @@ impl BlobStore for ContentAddressed {
         }
         self.inner.put_file(digest, file).await
     }
+
+    async fn stored_chunks(&self, digest: &Digest) -> Result<Option<super::StoredChunks>> {
+        self.inner.stored_chunks(digest).await
+    }
 }
 
 #[cfg(test)]

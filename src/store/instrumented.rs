@@ -49,6 +49,30 @@ pub struct EvictionLabels {
     pub reason: &'static str,
 }
 
+/// Labels of what a chunked layer wrote: the node, and which count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChunkedLabels {
+    /// Config path, e.g. `instances[0].cas.chunked`.
+    pub node: String,
+    /// `logical` or `stored` (bytes); `stored` or `present` (chunks).
+    pub kind: &'static str,
+}
+
+/// A chunked layer's counters, handed to it by the builder: what uploads
+/// of large blobs sent against what they added, so the space chunking
+/// saves is visible.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChunkedMetrics {
+    /// Bytes of the blobs stored as chunks.
+    pub(crate) logical_bytes: Counter,
+    /// Bytes of the chunks among them that were new.
+    pub(crate) stored_bytes: Counter,
+    /// Chunks stored.
+    pub(crate) chunks_stored: Counter,
+    /// Chunks already present, not stored again.
+    pub(crate) chunks_present: Counter,
+}
+
 /// One bounded node's capacity metrics, handed to the store by the builder.
 #[derive(Debug, Clone)]
 pub(crate) struct CapacityMetrics {
@@ -83,6 +107,8 @@ pub struct StoreMetrics {
     hits: Family<StoreLabels, Counter>,
     misses: Family<StoreLabels, Counter>,
     latency: LatencyFamily,
+    chunked_bytes: Family<ChunkedLabels, Counter>,
+    chunked_chunks: Family<ChunkedLabels, Counter>,
 }
 
 impl StoreMetrics {
@@ -98,6 +124,8 @@ impl StoreMetrics {
             hits: Family::default(),
             misses: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
+            chunked_bytes: Family::default(),
+            chunked_chunks: Family::default(),
         };
         registry.register(
             "store_hits",
@@ -136,7 +164,36 @@ impl StoreMetrics {
             m.evicted_bytes.clone(),
         );
         registry.register("store_bytes", "Bytes a store node holds", m.bytes.clone());
+        registry.register(
+            "chunked_bytes",
+            "Bytes of the blobs a chunked layer stored (logical) and of the new chunks they added (stored)",
+            m.chunked_bytes.clone(),
+        );
+        registry.register(
+            "chunked_chunks",
+            "Chunks of the blobs a chunked layer stored: new (stored) or already there (present)",
+            m.chunked_chunks.clone(),
+        );
         Arc::new(m)
+    }
+
+    /// The counters of chunked layer `node`.
+    pub(crate) fn chunked(&self, node: &str) -> ChunkedMetrics {
+        let label = |kind| ChunkedLabels {
+            node: node.to_string(),
+            kind,
+        };
+        // One statement each (see `capacity`).
+        let logical_bytes = self.chunked_bytes.get_or_create(&label("logical")).clone();
+        let stored_bytes = self.chunked_bytes.get_or_create(&label("stored")).clone();
+        let chunks_stored = self.chunked_chunks.get_or_create(&label("stored")).clone();
+        let chunks_present = self.chunked_chunks.get_or_create(&label("present")).clone();
+        ChunkedMetrics {
+            logical_bytes,
+            stored_bytes,
+            chunks_stored,
+            chunks_present,
+        }
     }
 
     /// The counter of calls `op` into node `node` of kind `kind`, for calls
@@ -338,6 +395,10 @@ impl BlobStore for Instrumented {
             .await;
         span.in_scope(|| self.put.record(&result, started));
         result
+    }
+
+    async fn stored_chunks(&self, digest: &Digest) -> Result<Option<super::StoredChunks>> {
+        self.inner.stored_chunks(digest).await
     }
 }
 

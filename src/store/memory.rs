@@ -57,6 +57,19 @@ impl MemoryStore {
     }
 }
 
+#[cfg(test)]
+impl MemoryStore {
+    /// The bytes of every stored value.
+    pub(crate) fn stored_bytes(&self) -> u64 {
+        self.blobs.iter().map(|(_, v)| v.value.len()).sum()
+    }
+
+    /// Drops a value, as eviction would.
+    pub(crate) async fn remove(&self, digest: &Digest) {
+        self.blobs.invalidate(digest).await;
+    }
+}
+
 #[async_trait]
 impl BlobStore for MemoryStore {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {

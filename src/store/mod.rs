@@ -7,6 +7,8 @@
 
 pub(crate) mod build;
 pub(crate) mod chunk_list;
+pub(crate) mod chunked;
+pub(crate) mod chunked_layout;
 pub(crate) mod content_addressed;
 pub(crate) mod existence_cache;
 pub(crate) mod fs;
@@ -266,6 +268,23 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     async fn put_file(&self, digest: &Digest, file: VerifiedFile) -> Result<()> {
         self.put(digest, file.into_body().await?).await
     }
+
+    /// The chunks a blob is stored as, when a chunked layer below stores
+    /// it so (SplitBlob answers from them instead of reading the blob);
+    /// layers forward.
+    async fn stored_chunks(&self, _digest: &Digest) -> Result<Option<StoredChunks>> {
+        Ok(None)
+    }
+}
+
+/// A blob's chunks as a chunked layer stores them.
+#[derive(Debug, Clone)]
+pub struct StoredChunks {
+    /// The chunking function and its two parameters, as
+    /// [`crate::chunking::Chunker::params`] gives them.
+    pub params: (crate::chunking::Function, u64, u64),
+    /// The chunks, in order.
+    pub chunks: Vec<Digest>,
 }
 
 /// Values up to this size are copied into an allocation of their own

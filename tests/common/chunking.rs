@@ -248,3 +248,42 @@ pub async fn split_and_splice(kiln: &Kiln) {
     splice(&mut cas, &d3, &digests3).await.unwrap();
     assert!(read(kiln, &d3).await == v3[..]);
 }
+
+/// Three versions of a large artifact, each 1 KiB different from the last
+/// in the middle, uploaded plainly through ByteStream: the second and third
+/// add only the chunks their edit touched, and all three read back whole.
+pub async fn plain_versions_share_chunks(kiln: &Kiln) {
+    const SIZE: usize = 32 << 20;
+    let stored =
+        |text: &str| super::metric_sum(text, "kiln_chunked_bytes_total", &[("kind", "stored")]);
+    let logical =
+        |text: &str| super::metric_sum(text, "kiln_chunked_bytes_total", &[("kind", "logical")]);
+    let mut version = blob(41, SIZE).to_vec();
+    let mut digests = Vec::new();
+    let mut added = Vec::new();
+    for v in 0..3u64 {
+        if v > 0 {
+            let at = SIZE / 2 + (v as usize) * 4096;
+            version[at..at + 1024].copy_from_slice(&blob(43 + v, 1024));
+        }
+        let before = stored(&super::scrape(kiln.server.http_addr).await);
+        let data = Bytes::from(version.clone());
+        digests.push((write(kiln, &data).await, data));
+        added.push(stored(&super::scrape(kiln.server.http_addr).await) - before);
+    }
+    let text = super::scrape(kiln.server.http_addr).await;
+    assert_eq!(logical(&text), 3.0 * SIZE as f64, "{text}");
+    assert!(
+        added[0] >= SIZE as f64,
+        "the first version is stored: {added:?}"
+    );
+    for a in &added[1..] {
+        assert!(
+            *a <= 0.15 * SIZE as f64,
+            "a 1 KiB edit added {a} bytes of a {SIZE}-byte blob: {added:?}"
+        );
+    }
+    for (d, data) in &digests {
+        assert!(read(kiln, d).await == data[..], "version {d} reads back");
+    }
+}

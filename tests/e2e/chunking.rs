@@ -3,7 +3,7 @@
 
 use tonic::Code;
 
-use crate::common::chunking::split_and_splice;
+use crate::common::chunking::{plain_versions_share_chunks, split_and_splice};
 use crate::common::{Kiln, MEMORY, disk};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,4 +34,14 @@ async fn switched_off_chunking_is_unimplemented_and_not_advertised() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_uploads_of_an_edited_blob_share_chunks_in_memory() {
+    plain_versions_share_chunks(&Kiln::start(MEMORY).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_uploads_of_an_edited_blob_share_chunks_on_disk() {
+    plain_versions_share_chunks(&Kiln::start(&disk()).await).await;
 }

@@ -1,0 +1,426 @@
+//! `Chunked`: the layer that stores large blobs as content-defined chunks,
+//! so that two versions of an artifact share every chunk an edit did not
+//! touch, whichever client uploaded them and however.
+//!
+//! Contract, beyond the store contract:
+//! - a blob of at least `min_size` bytes is stored as its chunks (each a
+//!   blob of the store below), a layout listing them and a pointer to the
+//!   layout ([`super::chunked_layout`]); smaller blobs pass through, and so
+//!   do reads of large blobs stored whole before the layer was switched on;
+//! - a chunked blob is present only while its pointer, layout and every
+//!   chunk are: `find_missing` checks (and so renews) them all, and a read
+//!   of a blob whose chunk was evicted is NOT_FOUND before a byte is sent;
+//! - a ranged read fetches only the chunks the range covers.
+//!
+//! It sits directly under the CAS's root layer, which verifies every byte
+//! of the whole blob; the layer hashes each chunk itself to name it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt, TryStreamExt};
+
+use super::chunked_layout::{Layout, decode_pointer, encode_pointer, pointer_key};
+use super::instrumented::ChunkedMetrics;
+use super::{BlobStore, Body, Range, Store, StoredChunks, VerifiedFile, get_bytes};
+use crate::chunking::Chunker;
+use crate::chunking::splitter::Splitter;
+use crate::digest::{Digest, DigestFunction, HashKey};
+use crate::error::{Error, Result};
+
+/// Chunks hashed and stored at once per upload: enough to keep both cores
+/// hashing while the splitter cuts the next.
+const CHUNKS_IN_FLIGHT: usize = 4;
+/// Chunk reads started ahead of the one being sent.
+const READ_AHEAD: usize = 2;
+/// Memory for the layouts of blobs used recently (about 40 bytes per
+/// chunk), so a read or a FindMissingBlobs of a hot blob costs no lookup
+/// of its pointer and layout.
+const LAYOUTS_BYTES: u64 = 32 << 20;
+
+/// Stores blobs of at least `min_size` bytes as chunks; see the module docs.
+#[derive(Debug)]
+pub struct Chunked {
+    inner: Store,
+    chunker: Chunker,
+    min_size: u64,
+    layouts: moka::sync::Cache<Digest, Arc<Layout>>,
+    counts: ChunkedMetrics,
+    /// Chunks being stored, each with the turn its storers take.
+    storing: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Chunked {
+    /// Chunks blobs of at least `min_size` bytes with `chunker` into `inner`.
+    pub(crate) fn new(
+        inner: Store,
+        chunker: Chunker,
+        min_size: u64,
+        counts: ChunkedMetrics,
+    ) -> Self {
+        Chunked {
+            inner,
+            chunker,
+            min_size: min_size.max(1),
+            layouts: moka::sync::Cache::builder()
+                .max_capacity(LAYOUTS_BYTES)
+                .weigher(|_, l: &Arc<Layout>| {
+                    (64 + 40 * l.chunks.len()).min(u32::MAX as usize) as u32
+                })
+                .build(),
+            counts,
+            storing: Default::default(),
+        }
+    }
+
+    fn chunked(&self, digest: &Digest) -> bool {
+        digest.size >= self.min_size
+    }
+
+    /// The layout of a blob stored as chunks, or None (stored whole, or
+    /// not at all). Reads the pointer and the layout, checking the layout
+    /// against its own digest: the store below does not verify.
+    async fn layout(&self, blob: &Digest) -> Result<Option<Arc<Layout>>> {
+        if let Some(layout) = self.layouts.get(blob) {
+            return Ok(Some(layout));
+        }
+        let function = blob.function;
+        let pointer = match get_bytes(&*self.inner, &pointer_key(function, &blob.hash)).await {
+            Ok(p) => p,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some((size, layout_digest)) = decode_pointer(function, &pointer) else {
+            tracing::error!(%blob, "a chunked blob's pointer is damaged");
+            return Ok(None);
+        };
+        if size != blob.size {
+            return Ok(None);
+        }
+        let bytes = match get_bytes(&*self.inner, &layout_digest).await {
+            Ok(b) => b,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let layout = (function.digest_of(&bytes) == layout_digest)
+            .then(|| Layout::decode(function, &bytes, blob.size))
+            .flatten();
+        let Some(layout) = layout else {
+            tracing::error!(%blob, layout = %layout_digest, "a chunked blob's layout is damaged");
+            return Ok(None);
+        };
+        let layout = Arc::new(layout);
+        self.layouts.insert(*blob, layout.clone());
+        Ok(Some(layout))
+    }
+
+    /// Which of the chunked `blobs` (not stored whole) lack their pointer,
+    /// layout or a chunk; asking renews what is there.
+    async fn missing_chunked(&self, blobs: &[Digest]) -> Result<HashSet<Digest>> {
+        let mut missing = HashSet::new();
+        let mut parts = Vec::new();
+        let mut owners = Vec::new();
+        for blob in blobs {
+            match self.layout(blob).await? {
+                None => {
+                    missing.insert(*blob);
+                }
+                Some(layout) => {
+                    let key = pointer_key(blob.function, &blob.hash);
+                    let list = blob.function.digest_of(&layout.encode());
+                    for d in std::iter::once(key)
+                        .chain([list])
+                        .chain(layout.chunks.iter().copied())
+                    {
+                        parts.push(d);
+                        owners.push(*blob);
+                    }
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Ok(missing);
+        }
+        let absent: HashSet<Digest> = self.inner.find_missing(&parts).await?.into_iter().collect();
+        for (part, owner) in parts.iter().zip(&owners) {
+            if absent.contains(part) && missing.insert(*owner) {
+                self.layouts.invalidate(owner);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Names `chunk` and stores it unless the store has it. Uploads of one
+    /// blob at once cut the same chunks at about the same time: one stores
+    /// each chunk while the others wait and then find it present, instead
+    /// of all asking, all finding it missing and all writing it.
+    async fn store_chunk(&self, function: DigestFunction, chunk: Bytes) -> Result<Digest> {
+        let (digest, chunk) =
+            tokio::task::spawn_blocking(move || (function.digest_of(&chunk), chunk)).await?;
+        let turn = self
+            .storing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(digest)
+            .or_default()
+            .clone();
+        let stored = async {
+            let _held = turn.lock().await;
+            if self.inner.find_missing(&[digest]).await?.is_empty() {
+                self.counts.chunks_present.inc();
+            } else {
+                self.inner.put(&digest, Body::Bytes(chunk)).await?;
+                self.counts.chunks_stored.inc();
+                self.counts.stored_bytes.inc_by(digest.size);
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        let mut storing = self.storing.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map's and this call's handles left: nobody waits.
+        if Arc::strong_count(&turn) == 2 {
+            storing.remove(&digest);
+        }
+        stored.map(|()| digest)
+    }
+
+    /// Cuts `body` into chunks, stores the ones the store lacks, and
+    /// returns them in order.
+    async fn store_chunks(&self, blob: &Digest, body: Body) -> Result<Vec<Digest>> {
+        let mut splitter = Splitter::new(&self.chunker, body.into_stream());
+        let mut in_flight = FuturesOrdered::new();
+        let mut chunks = Vec::new();
+        let mut total = 0u64;
+        loop {
+            let next = splitter.next().await?;
+            let ended = next.is_none();
+            if let Some(chunk) = next {
+                total += chunk.len() as u64;
+                in_flight.push_back(self.store_chunk(blob.function, chunk));
+            }
+            while in_flight.len() >= CHUNKS_IN_FLIGHT || (ended && !in_flight.is_empty()) {
+                if let Some(digest) = in_flight.next().await {
+                    chunks.push(digest?);
+                }
+            }
+            if ended {
+                break;
+            }
+        }
+        if total != blob.size {
+            return Err(Error::InvalidArgument(format!(
+                "blob {blob}: expected {} bytes, received {total}",
+                blob.size
+            )));
+        }
+        Ok(chunks)
+    }
+}
+
+#[async_trait]
+impl BlobStore for Chunked {
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
+        let whole_missing = self.inner.find_missing(digests).await?;
+        let large: Vec<Digest> = whole_missing
+            .iter()
+            .filter(|d| self.chunked(d))
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if large.is_empty() {
+            return Ok(whole_missing);
+        }
+        let missing = self.missing_chunked(&large).await?;
+        Ok(whole_missing
+            .into_iter()
+            .filter(|d| !self.chunked(d) || missing.contains(d))
+            .collect())
+    }
+
+    async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
+        if !self.chunked(digest) {
+            return self.inner.get(digest, range).await;
+        }
+        let Some(layout) = self.layout(digest).await? else {
+            return self.inner.get(digest, range).await;
+        };
+        let (start, end) = range.bounds(digest.size)?;
+        let parts = layout.parts(start, end);
+        let wanted: Vec<Digest> = parts.iter().map(|(c, _)| *c).collect();
+        let absent = self.inner.find_missing(&wanted).await?;
+        if !absent.is_empty() {
+            self.layouts.invalidate(digest);
+            return Err(Error::NotFound(format!(
+                "blob {digest} not found ({} of its chunks are gone)",
+                absent.len()
+            )));
+        }
+        let inner = self.inner.clone();
+        let stream = futures::stream::iter(parts)
+            .map(move |(chunk, range)| {
+                let inner = inner.clone();
+                async move { Ok::<_, Error>(inner.get(&chunk, range).await?.into_stream()) }
+            })
+            .buffered(READ_AHEAD)
+            .try_flatten();
+        Ok(Body::Stream(stream.boxed()))
+    }
+
+    async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
+        if !self.chunked(digest) {
+            return self.inner.put(digest, body).await;
+        }
+        let chunks = self.store_chunks(digest, body).await?;
+        let layout = Layout::new(self.chunker.params(), chunks);
+        let bytes = layout.encode();
+        let list = digest.function.digest_of(&bytes);
+        let key = pointer_key(digest.function, &digest.hash);
+        // Concurrent uploads of one blob cut the same chunks, layout and
+        // pointer: each is written once (a remote store merges the puts in
+        // flight; these skip what another upload finished).
+        let absent = self.inner.find_missing(&[list, key]).await?;
+        if absent.contains(&list) {
+            self.inner.put(&list, Body::Bytes(bytes)).await?;
+        }
+        // The pointer last: the blob is visible only once all it names is.
+        if absent.contains(&key) {
+            self.inner
+                .put(&key, Body::Bytes(encode_pointer(digest.size, &list)))
+                .await?;
+        }
+        self.layouts.insert(*digest, Arc::new(layout));
+        self.counts.logical_bytes.inc_by(digest.size);
+        Ok(())
+    }
+
+    async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
+        if let Some(d) = self.inner.resolve(key).await? {
+            return Ok(Some(d));
+        }
+        let pointer = match get_bytes(&*self.inner, &pointer_key(key.function, &key.hash)).await {
+            Ok(p) => p,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(
+            decode_pointer(key.function, &pointer).map(|(size, _)| Digest {
+                function: key.function,
+                hash: key.hash,
+                size,
+            }),
+        )
+    }
+
+    fn staging(&self) -> super::Staging {
+        self.inner.staging()
+    }
+
+    async fn put_file(&self, digest: &Digest, file: VerifiedFile) -> Result<()> {
+        if !self.chunked(digest) {
+            return self.inner.put_file(digest, file).await;
+        }
+        self.put(digest, file.into_body().await?).await
+    }
+
+    async fn stored_chunks(&self, digest: &Digest) -> Result<Option<StoredChunks>> {
+        if !self.chunked(digest) {
+            return Ok(None);
+        }
+        Ok(self.layout(digest).await?.map(|l| StoredChunks {
+            params: l.params,
+            chunks: l.chunks.clone(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunking::FastCdc;
+    use crate::store::memory::MemoryStore;
+
+    fn store() -> (Arc<MemoryStore>, Chunked) {
+        let inner = Arc::new(MemoryStore::new(64 << 20));
+        let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
+        let counts = ChunkedMetrics::default();
+        (
+            inner.clone(),
+            Chunked::new(inner, chunker, 16 << 10, counts),
+        )
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_store_contract_holds() {
+        let (_, store) = store();
+        crate::store::contract::run(&store).await;
+    }
+
+    #[tokio::test]
+    async fn an_edited_blob_shares_the_chunks_the_edit_did_not_touch() {
+        let (inner, store) = store();
+        let v1 = noise(400_000, 1);
+        let d1 = DigestFunction::Sha256.digest_of(&v1);
+        store
+            .put(&d1, Body::Bytes(v1.clone().into()))
+            .await
+            .unwrap();
+        let mut v2 = v1.clone();
+        v2[200_000] ^= 1;
+        let d2 = DigestFunction::Sha256.digest_of(&v2);
+        let before = inner.stored_bytes();
+        store
+            .put(&d2, Body::Bytes(v2.clone().into()))
+            .await
+            .unwrap();
+        let added = inner.stored_bytes() - before;
+        assert!(added < 40_000, "the second version added {added} bytes");
+        for (d, v) in [(d1, &v1), (d2, &v2)] {
+            let got = store
+                .get(&d, Range::FULL)
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            assert!(got[..] == v[..]);
+            let r = Range {
+                offset: 123_456,
+                limit: Some(100_000),
+            };
+            let got = store.get(&d, r).await.unwrap().collect().await.unwrap();
+            assert!(got[..] == v[123_456..223_456]);
+        }
+        let chunks = store.stored_chunks(&d1).await.unwrap().unwrap();
+        assert!(chunks.chunks.len() > 20);
+        assert_eq!(store.resolve(&HashKey::of(&d2)).await.unwrap(), Some(d2));
+    }
+
+    #[tokio::test]
+    async fn a_blob_whose_chunk_is_gone_is_missing_and_not_found() {
+        let (inner, store) = store();
+        let v = noise(100_000, 3);
+        let d = DigestFunction::Sha256.digest_of(&v);
+        store.put(&d, Body::Bytes(v.into())).await.unwrap();
+        assert!(store.find_missing(&[d]).await.unwrap().is_empty());
+        let chunks = store.stored_chunks(&d).await.unwrap().unwrap().chunks;
+        inner.remove(&chunks[3]).await;
+        assert_eq!(store.find_missing(&[d, d]).await.unwrap(), vec![d, d]);
+        let e = store.get(&d, Range::FULL).await.unwrap_err();
+        assert!(matches!(e, Error::NotFound(_)), "{e:?}");
+    }
+}
