@@ -138,7 +138,7 @@ async fn resumable(
     if offset != 0 {
         require_offset(incoming.first.as_ref(), kept)?;
     }
-    match instance.cas.staging() {
+    match instance.cas.staging(&name.digest) {
         Staging::AdoptedFile => {
             return adopted(instance, uploads, &key, &session, name, offset, incoming).await;
         }

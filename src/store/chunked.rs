@@ -31,8 +31,10 @@ use crate::digest::{Digest, DigestFunction, HashKey};
 use crate::error::{Error, Result};
 
 /// Chunks hashed and stored at once per upload: enough to keep both cores
-/// hashing while the splitter cuts the next.
-const CHUNKS_IN_FLIGHT: usize = 4;
+/// hashing while the splitter cuts the next, and to overlap the fs store's
+/// commit rounds (4 measured 20% slower than 16 on the embedded default);
+/// at most this many chunks' bytes (8 MiB at the default average) are held.
+const CHUNKS_IN_FLIGHT: usize = 8;
 /// Chunk reads started ahead of the one being sent.
 const READ_AHEAD: usize = 2;
 /// Memory for the layouts of blobs used recently (about 40 bytes per
@@ -314,8 +316,14 @@ impl BlobStore for Chunked {
         )
     }
 
-    fn staging(&self) -> super::Staging {
-        self.inner.staging()
+    fn staging(&self, digest: &Digest) -> super::Staging {
+        match self.inner.staging(digest) {
+            // A blob stored as chunks is written again as its chunks
+            // anyway: an adopted spool would only be read back. Teed, the
+            // spool is written while the upload is cut and stored.
+            super::Staging::AdoptedFile if self.chunked(digest) => super::Staging::Spool,
+            staging => staging,
+        }
     }
 
     async fn put_file(&self, digest: &Digest, file: VerifiedFile) -> Result<()> {

@@ -419,7 +419,7 @@ impl BlobStore for FsStore {
         Ok(())
     }
 
-    fn staging(&self) -> super::Staging {
+    fn staging(&self, _: &Digest) -> super::Staging {
         super::Staging::AdoptedFile
     }
 

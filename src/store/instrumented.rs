@@ -381,8 +381,8 @@ impl BlobStore for Instrumented {
         result
     }
 
-    fn staging(&self) -> super::Staging {
-        self.inner.staging()
+    fn staging(&self, digest: &Digest) -> super::Staging {
+        self.inner.staging(digest)
     }
 
     async fn put_file(&self, digest: &Digest, file: super::VerifiedFile) -> Result<()> {

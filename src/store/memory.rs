@@ -114,7 +114,7 @@ impl BlobStore for MemoryStore {
         Ok(())
     }
 
-    fn staging(&self) -> Staging {
+    fn staging(&self, _: &Digest) -> Staging {
         Staging::Memory
     }
 }

@@ -256,10 +256,10 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     /// anyway (a map lookup, one prefix listing on S3), and layers forward.
     async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>>;
 
-    /// Where a large upload should wait until it is whole and verified,
-    /// which is also what a broken upload resumes from; layers ask their
-    /// inner store.
-    fn staging(&self) -> Staging {
+    /// Where a large upload of `digest` should wait until it is whole and
+    /// verified, which is also what a broken upload resumes from; layers
+    /// ask their inner store.
+    fn staging(&self, _digest: &Digest) -> Staging {
         Staging::Spool
     }
 

@@ -82,7 +82,13 @@ impl Incoming {
             }
             match &self.tee {
                 Some(Tee::Spool(spool)) if spool.send(data.clone()).await.is_err() => {
-                    return Some(Err(Error::internal("the upload spool writer failed")));
+                    // The spool only keeps the upload resumable: losing it
+                    // (a full local disk) must not fail an upload the store
+                    // can still take. It now resumes from what it kept.
+                    tracing::warn!(
+                        "the upload spool stopped (see its error); the upload goes on without it"
+                    );
+                    self.tee = None;
                 }
                 Some(Tee::Memory(session)) => {
                     session
