@@ -100,21 +100,24 @@ impl Instance {
         max_parsed_blob: u64,
         insights: Option<Arc<crate::insights::Insights>>,
     ) -> Result<Self> {
+        let action_cache = stores
+            .action_cache(&config.action_cache, &format!("{path}.action_cache"))
+            .await?;
+        let chunked = chunked_storage(&config.chunking)?
+            .map(|(chunker, min_size)| (chunker, min_size, action_cache.clone()));
         Ok(Instance {
             insights,
-            chunking: crate::chunking::blobs::Chunking::new(&config.chunking)?,
             name: config.name.clone(),
+            chunking: crate::chunking::blobs::Chunking::new(&config.chunking)?,
             cas: stores
                 .cas(
                     &config.cas,
                     &format!("{path}.cas"),
                     config.max_cas_blob_size.0,
-                    chunked_storage(&config.chunking)?,
+                    chunked,
                 )
                 .await?,
-            action_cache: stores
-                .action_cache(&config.action_cache, &format!("{path}.action_cache"))
-                .await?,
+            action_cache,
             policy,
             tree_cache: TreeCache::new(config.tree_cache.max_size.0, config.tree_cache.ttl.0),
             settings: Settings {

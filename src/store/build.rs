@@ -59,19 +59,20 @@ impl<'a> StoreBuilder<'a> {
     /// no write path can store unverified bytes.
     /// `max_blob_size` (0: any) bounds every blob it accepts. With
     /// `chunked`, blobs of at least its size are stored as the chunks its
-    /// chunker cuts ([`Chunked`], node `{path}.chunked`).
+    /// chunker cuts ([`Chunked`], node `{path}.chunked`), found through
+    /// pointers kept in the instance's action cache (`pointers`).
     pub async fn cas(
         &mut self,
         spec: &StoreConfig,
         path: &str,
         max_blob_size: u64,
-        chunked: Option<(Chunker, u64)>,
+        chunked: Option<(Chunker, u64, Store)>,
     ) -> Result<Store> {
         let mut inner = self.node(spec, path.to_string(), Role::Cas).await?;
-        if let Some((chunker, min_size)) = chunked {
+        if let Some((chunker, min_size, pointers)) = chunked {
             let node = format!("{path}.chunked");
             let counts = self.metrics.chunked(&node);
-            let layer = Arc::new(Chunked::new(inner, chunker, min_size, counts));
+            let layer = Arc::new(Chunked::new(inner, pointers, chunker, min_size, counts));
             inner = Arc::new(Instrumented::new(
                 node,
                 "chunked",

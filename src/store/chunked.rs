@@ -42,13 +42,22 @@ const READ_AHEAD: usize = 2;
 /// of its pointer and layout.
 const LAYOUTS_BYTES: u64 = 32 << 20;
 
+/// A chunked blob's layout and the digest it is stored under.
+#[derive(Debug)]
+struct Known {
+    layout: Layout,
+    list: Digest,
+}
+
 /// Stores blobs of at least `min_size` bytes as chunks; see the module docs.
 #[derive(Debug)]
 pub struct Chunked {
     inner: Store,
+    /// Where pointers live: the instance's action cache.
+    pointers: Store,
     chunker: Chunker,
     min_size: u64,
-    layouts: moka::sync::Cache<Digest, Arc<Layout>>,
+    layouts: moka::sync::Cache<Digest, Arc<Known>>,
     counts: ChunkedMetrics,
     /// Chunks being stored, each with the turn its storers take.
     storing: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
@@ -58,18 +67,20 @@ impl Chunked {
     /// Chunks blobs of at least `min_size` bytes with `chunker` into `inner`.
     pub(crate) fn new(
         inner: Store,
+        pointers: Store,
         chunker: Chunker,
         min_size: u64,
         counts: ChunkedMetrics,
     ) -> Self {
         Chunked {
             inner,
+            pointers,
             chunker,
             min_size: min_size.max(1),
             layouts: moka::sync::Cache::builder()
                 .max_capacity(LAYOUTS_BYTES)
-                .weigher(|_, l: &Arc<Layout>| {
-                    (64 + 40 * l.chunks.len()).min(u32::MAX as usize) as u32
+                .weigher(|_, k: &Arc<Known>| {
+                    (96 + 40 * k.layout.chunks.len()).min(u32::MAX as usize) as u32
                 })
                 .build(),
             counts,
@@ -84,12 +95,12 @@ impl Chunked {
     /// The layout of a blob stored as chunks, or None (stored whole, or
     /// not at all). Reads the pointer and the layout, checking the layout
     /// against its own digest: the store below does not verify.
-    async fn layout(&self, blob: &Digest) -> Result<Option<Arc<Layout>>> {
+    async fn layout(&self, blob: &Digest) -> Result<Option<Arc<Known>>> {
         if let Some(layout) = self.layouts.get(blob) {
             return Ok(Some(layout));
         }
         let function = blob.function;
-        let pointer = match get_bytes(&*self.inner, &pointer_key(function, &blob.hash)).await {
+        let pointer = match get_bytes(&*self.pointers, &pointer_key(function, &blob.hash)).await {
             Ok(p) => p,
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
@@ -113,28 +124,27 @@ impl Chunked {
             tracing::error!(%blob, layout = %layout_digest, "a chunked blob's layout is damaged");
             return Ok(None);
         };
-        let layout = Arc::new(layout);
-        self.layouts.insert(*blob, layout.clone());
-        Ok(Some(layout))
+        let known = Arc::new(Known {
+            layout,
+            list: layout_digest,
+        });
+        self.layouts.insert(*blob, known.clone());
+        Ok(Some(known))
     }
 
     /// Which of the chunked `blobs` (not stored whole) lack their pointer,
     /// layout or a chunk; asking renews what is there.
     async fn missing_chunked(&self, blobs: &[Digest]) -> Result<HashSet<Digest>> {
         let mut missing = HashSet::new();
-        let mut parts = Vec::new();
-        let mut owners = Vec::new();
+        let (mut keys, mut parts, mut owners) = (Vec::new(), Vec::new(), Vec::new());
         for blob in blobs {
             match self.layout(blob).await? {
                 None => {
                     missing.insert(*blob);
                 }
-                Some(layout) => {
-                    let key = pointer_key(blob.function, &blob.hash);
-                    let list = blob.function.digest_of(&layout.encode());
-                    for d in std::iter::once(key)
-                        .chain([list])
-                        .chain(layout.chunks.iter().copied())
+                Some(known) => {
+                    keys.push(pointer_key(blob.function, &blob.hash));
+                    for d in std::iter::once(known.list).chain(known.layout.chunks.iter().copied())
                     {
                         parts.push(d);
                         owners.push(*blob);
@@ -145,9 +155,15 @@ impl Chunked {
         if parts.is_empty() {
             return Ok(missing);
         }
-        let absent: HashSet<Digest> = self.inner.find_missing(&parts).await?.into_iter().collect();
+        let (no_pointer, absent) = futures::try_join!(
+            self.pointers.find_missing(&keys),
+            self.inner.find_missing(&parts)
+        )?;
+        let absent: HashSet<Digest> = absent.into_iter().collect();
         for (part, owner) in parts.iter().zip(&owners) {
-            if absent.contains(part) && missing.insert(*owner) {
+            let lost = absent.contains(part)
+                || no_pointer.contains(&pointer_key(owner.function, &owner.hash));
+            if lost && missing.insert(*owner) {
                 self.layouts.invalidate(owner);
             }
         }
@@ -250,7 +266,7 @@ impl BlobStore for Chunked {
             return self.inner.get(digest, range).await;
         };
         let (start, end) = range.bounds(digest.size)?;
-        let parts = layout.parts(start, end);
+        let parts = layout.layout.parts(start, end);
         let wanted: Vec<Digest> = parts.iter().map(|(c, _)| *c).collect();
         let absent = self.inner.find_missing(&wanted).await?;
         if !absent.is_empty() {
@@ -283,17 +299,17 @@ impl BlobStore for Chunked {
         // Concurrent uploads of one blob cut the same chunks, layout and
         // pointer: each is written once (a remote store merges the puts in
         // flight; these skip what another upload finished).
-        let absent = self.inner.find_missing(&[list, key]).await?;
-        if absent.contains(&list) {
+        if !self.inner.find_missing(&[list]).await?.is_empty() {
             self.inner.put(&list, Body::Bytes(bytes)).await?;
         }
         // The pointer last: the blob is visible only once all it names is.
-        if absent.contains(&key) {
-            self.inner
+        if !self.pointers.find_missing(&[key]).await?.is_empty() {
+            self.pointers
                 .put(&key, Body::Bytes(encode_pointer(digest.size, &list)))
                 .await?;
         }
-        self.layouts.insert(*digest, Arc::new(layout));
+        self.layouts
+            .insert(*digest, Arc::new(Known { layout, list }));
         self.counts.logical_bytes.inc_by(digest.size);
         Ok(())
     }
@@ -302,7 +318,8 @@ impl BlobStore for Chunked {
         if let Some(d) = self.inner.resolve(key).await? {
             return Ok(Some(d));
         }
-        let pointer = match get_bytes(&*self.inner, &pointer_key(key.function, &key.hash)).await {
+        let pointer = match get_bytes(&*self.pointers, &pointer_key(key.function, &key.hash)).await
+        {
             Ok(p) => p,
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
@@ -338,8 +355,8 @@ impl BlobStore for Chunked {
             return Ok(None);
         }
         Ok(self.layout(digest).await?.map(|l| StoredChunks {
-            params: l.params,
-            chunks: l.chunks.clone(),
+            params: l.layout.params,
+            chunks: l.layout.chunks.clone(),
         }))
     }
 }
@@ -352,12 +369,11 @@ mod tests {
 
     fn store() -> (Arc<MemoryStore>, Chunked) {
         let inner = Arc::new(MemoryStore::new(64 << 20));
+        let pointers = Arc::new(MemoryStore::new(1 << 20));
         let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
         let counts = ChunkedMetrics::default();
-        (
-            inner.clone(),
-            Chunked::new(inner, chunker, 16 << 10, counts),
-        )
+        let store = Chunked::new(inner.clone(), pointers, chunker, 16 << 10, counts);
+        (inner, store)
     }
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {

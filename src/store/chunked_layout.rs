@@ -1,12 +1,16 @@
 //! How the chunked layer records a blob it stored as chunks: a layout (the
-//! chunks in order, itself stored as a content-addressed blob) found through
-//! a pointer stored under a key derived from the blob's hash alone.
+//! chunks in order, itself stored in the CAS as a content-addressed blob)
+//! found through a pointer stored under a key derived from the blob's hash
+//! alone.
 //!
 //! The pointer is what a reader can find knowing only the blob's digest (or
-//! only its hash, for Bazel's HTTP cache); the layout is content-addressed
-//! so that a store of any kind keeps it as it keeps any blob. Both are
-//! ordinary small blobs to the store below, evicted and renewed like the
-//! chunks, which is why a read checks the chunks are all there first.
+//! only its hash, for Bazel's HTTP cache). It cannot be content-addressed
+//! (its key must not depend on what it points to), so it lives in the
+//! instance's action cache, a key-value store, never in the CAS: every CAS
+//! object still hashes to its name. It is encoded as a protobuf message
+//! whose fields ActionResult does not use, so anything reading the action
+//! cache sees an empty result. Pointer, layout and chunks are evicted and
+//! renewed like any entry, which is why a read checks they are all there.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -14,8 +18,10 @@ use crate::chunking::Function;
 use crate::digest::{Digest, DigestFunction};
 use crate::store::Range;
 
-/// A pointer's length: the blob's size, then the layout's hash and size.
-pub(crate) const POINTER_LEN: u64 = 8 + 32 + 8;
+/// The pointer's protobuf fields: numbers no ActionResult field uses.
+const FIELD_SIZE: u64 = 1000;
+const FIELD_LAYOUT_HASH: u64 = 1001;
+const FIELD_LAYOUT_SIZE: u64 = 1002;
 const MAGIC: &[u8; 4] = b"KCL1";
 /// Magic, function, two parameters, chunk count.
 const HEADER: usize = 4 + 1 + 8 + 8 + 4;
@@ -123,39 +129,61 @@ impl Layout {
     }
 }
 
-/// Where the pointer to `blob`'s layout is stored: a key no content hashes
-/// to, derived from the blob's function and hash (not its size, so a
-/// lookup by hash alone finds it).
+/// Where the pointer to `blob`'s layout is stored in the action cache: a
+/// key no action digest collides with, derived from the blob's function
+/// and hash (not its size, so a lookup by hash alone finds it).
 pub(crate) fn pointer_key(function: DigestFunction, hash: &[u8; 32]) -> Digest {
     let mut seed = Vec::with_capacity(64);
     seed.extend_from_slice(b"kiln chunked layout pointer\0");
     seed.extend_from_slice(hash);
-    Digest {
-        size: POINTER_LEN,
-        ..function.digest_of(&seed)
-    }
+    function.digest_of(&seed)
 }
 
 pub(crate) fn encode_pointer(blob_size: u64, layout: &Digest) -> Bytes {
-    let mut out = BytesMut::with_capacity(POINTER_LEN as usize);
-    out.put_u64_le(blob_size);
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let mut out = BytesMut::with_capacity(64);
+    encode_key(FIELD_SIZE as u32, WireType::Varint, &mut out);
+    encode_varint(blob_size, &mut out);
+    encode_key(
+        FIELD_LAYOUT_HASH as u32,
+        WireType::LengthDelimited,
+        &mut out,
+    );
+    encode_varint(32, &mut out);
     out.put_slice(&layout.hash);
-    out.put_u64_le(layout.size);
+    encode_key(FIELD_LAYOUT_SIZE as u32, WireType::Varint, &mut out);
+    encode_varint(layout.size, &mut out);
     out.freeze()
 }
 
 /// The blob size and layout digest a pointer holds.
-pub(crate) fn decode_pointer(function: DigestFunction, bytes: &[u8]) -> Option<(u64, Digest)> {
-    if bytes.len() as u64 != POINTER_LEN {
-        return None;
+pub(crate) fn decode_pointer(function: DigestFunction, mut bytes: &[u8]) -> Option<(u64, Digest)> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let (mut size, mut hash, mut layout_size) = (None, None, None);
+    while !bytes.is_empty() {
+        let (field, wire) = decode_key(&mut bytes).ok()?;
+        match (u64::from(field), wire) {
+            (FIELD_SIZE, WireType::Varint) => size = Some(decode_varint(&mut bytes).ok()?),
+            (FIELD_LAYOUT_SIZE, WireType::Varint) => {
+                layout_size = Some(decode_varint(&mut bytes).ok()?)
+            }
+            (FIELD_LAYOUT_HASH, WireType::LengthDelimited) => {
+                let len = decode_varint(&mut bytes).ok()? as usize;
+                if len != 32 || bytes.len() < 32 {
+                    return None;
+                }
+                hash = Some(<[u8; 32]>::try_from(&bytes[..32]).ok()?);
+                bytes = &bytes[32..];
+            }
+            _ => return None,
+        }
     }
-    let size = u64::from_le_bytes(bytes[..8].try_into().unwrap());
     let layout = Digest {
         function,
-        hash: bytes[8..40].try_into().unwrap(),
-        size: u64::from_le_bytes(bytes[40..].try_into().unwrap()),
+        hash: hash?,
+        size: layout_size?,
     };
-    Some((size, layout))
+    Some((size?, layout))
 }
 
 #[cfg(test)]
@@ -209,15 +237,19 @@ mod tests {
     }
 
     #[test]
-    fn pointers_round_trip_and_their_key_ignores_the_size() {
+    fn pointers_round_trip_and_read_as_empty_action_results() {
         let f = DigestFunction::Blake3;
         let blob = f.digest_of(b"blob");
         let list = f.digest_of(b"list");
         let p = encode_pointer(blob.size, &list);
         assert_eq!(decode_pointer(f, &p), Some((blob.size, list)));
         assert_eq!(decode_pointer(f, &p[1..]), None);
+        assert_eq!(decode_pointer(f, &p[..p.len() - 1]), None);
         assert_eq!(pointer_key(f, &blob.hash), pointer_key(f, &blob.hash));
         assert_ne!(pointer_key(f, &blob.hash), blob);
-        assert_eq!(pointer_key(f, &blob.hash).size, POINTER_LEN);
+        // Whatever reads the action cache sees an empty result.
+        use prost::Message;
+        let seen = crate::proto::reapi::ActionResult::decode(&p[..]).unwrap();
+        assert_eq!(seen, crate::proto::reapi::ActionResult::default());
     }
 }

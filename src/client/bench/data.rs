@@ -65,3 +65,20 @@ pub fn stream_digest(seed: u64, len: u64) -> Digest {
     }
     h.finish()
 }
+
+/// Megabyte `index` of stream `seed` with no byte pattern shared with any
+/// other megabyte: the random block XORed with a word of its own, so a
+/// content-defined chunker finds no chunk twice (the stamped chunks of
+/// [`Gen`] repeat everywhere but their first bytes, which a chunked store
+/// would deduplicate).
+pub fn unique_piece(seed: u64, index: u64, len: usize) -> Vec<u8> {
+    let mut word =
+        (seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    word ^= word >> 31;
+    let mask = word.to_le_bytes();
+    BLOCK[..len.min(BLOCK.len())]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ mask[i % 8])
+        .collect()
+}

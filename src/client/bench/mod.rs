@@ -7,6 +7,7 @@
 
 mod bes;
 mod bytestream;
+mod chunking;
 mod data;
 mod exec;
 mod pages;
@@ -23,11 +24,12 @@ pub use runner::{Limit, Report};
 use crate::error::{Error, Result};
 
 /// The workloads `kiln bench` knows.
-pub const WORKLOADS: [&str; 12] = [
+pub const WORKLOADS: [&str; 13] = [
     "fmb",
     "fmb_present",
     "batch",
     "bytestream",
+    "chunking",
     "tree",
     "ac",
     "bes",
@@ -47,7 +49,9 @@ pub struct BenchArgs {
     /// The instance_name to send.
     #[arg(long, default_value = "")]
     pub instance: String,
-    /// Workloads, comma-separated: fmb, batch, bytestream, tree, ac, bes,
+    /// Workloads, comma-separated: fmb, batch, bytestream, chunking (three
+    /// 1 KiB-edited versions of a --blob-size artifact, then reads and
+    /// SplitBlobs of it), tree, ac, bes,
     /// exec (no-op actions; needs `kiln worker`s connected), compile (a C
     /// compile per action), cancel (cancel to the action's processes gone;
     /// needs a worker on this host), pages (the
@@ -271,6 +275,7 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Vec<Report>> {
             "fmb_present" => workloads::fmb_present(&ctx).await?,
             "batch" => workloads::batch(&ctx).await?,
             "bytestream" => bytestream::bytestream(&ctx, blob_size).await?,
+            "chunking" => chunking::chunking(&ctx, blob_size).await?,
             "tree" => tree::tree(&ctx, args.tree_dirs, args.tree_files).await?,
             "ac" => workloads::ac(&ctx).await?,
             "bes" => bes::bes(&ctx, args.bes_events).await?,

@@ -44,6 +44,9 @@ pub struct Stats {
     /// Mean milliseconds of named parts of each call (exec: the worker's
     /// phases from ExecutedActionMetadata).
     pub phases_ms: Option<std::collections::BTreeMap<&'static str, f64>>,
+    /// Figures a workload counts besides calls (chunking: the chunks a
+    /// chunk-aware client would upload, stored bytes per version).
+    pub counts: Option<std::collections::BTreeMap<&'static str, f64>>,
 }
 
 /// One line of `kiln bench` output.
@@ -86,6 +89,9 @@ pub struct Report {
     /// Mean milliseconds of named parts of each call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phases_ms: Option<std::collections::BTreeMap<&'static str, f64>>,
+    /// Workload-specific counts (see [`Stats::counts`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counts: Option<std::collections::BTreeMap<&'static str, f64>>,
 }
 
 impl Stats {
@@ -103,6 +109,7 @@ impl Stats {
             backend_calls: None,
             server_cpu: None,
             phases_ms: None,
+            counts: None,
         }
     }
 
@@ -146,6 +153,7 @@ impl Stats {
                 .server_cpu
                 .map(|c| c.as_micros() as f64 / self.ops.max(1) as f64),
             phases_ms: self.phases_ms,
+            counts: self.counts,
         }
     }
 }

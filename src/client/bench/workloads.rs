@@ -328,6 +328,7 @@ pub(crate) async fn hash(ctx: &Ctx) -> Result<Vec<Stats>> {
                 backend_calls: None,
                 server_cpu: None,
                 phases_ms: None,
+                counts: None,
             }
         })
         .await?;
