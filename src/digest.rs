@@ -25,17 +25,34 @@ pub enum DigestFunction {
     Sha256,
     /// BLAKE3 (`--digest_function=blake3` in newer Bazel).
     Blake3,
+    /// REAPI 2.12's GITSHA1: git's blob object id, the SHA-1 of
+    /// `blob {size}\0` and the content (20 bytes, kept in the first 20 of
+    /// the hash), so a client can name files by the ids git already has.
+    GitSha1,
 }
 
 impl DigestFunction {
     /// Every function kiln serves, in the order Capabilities advertises them.
-    pub const ALL: [DigestFunction; 2] = [DigestFunction::Sha256, DigestFunction::Blake3];
+    pub const ALL: [DigestFunction; 3] = [
+        DigestFunction::Sha256,
+        DigestFunction::Blake3,
+        DigestFunction::GitSha1,
+    ];
 
     /// The lowercase name used in resource names and storage paths.
     pub fn name(self) -> &'static str {
         match self {
             DigestFunction::Sha256 => "sha256",
             DigestFunction::Blake3 => "blake3",
+            DigestFunction::GitSha1 => "gitsha1",
+        }
+    }
+
+    /// Bytes of its hashes (the rest of [`Digest::hash`] is zero).
+    pub fn hash_len(self) -> usize {
+        match self {
+            DigestFunction::Sha256 | DigestFunction::Blake3 => 32,
+            DigestFunction::GitSha1 => 20,
         }
     }
 
@@ -44,6 +61,7 @@ impl DigestFunction {
         match self {
             DigestFunction::Sha256 => reapi::digest_function::Value::Sha256,
             DigestFunction::Blake3 => reapi::digest_function::Value::Blake3,
+            DigestFunction::GitSha1 => reapi::digest_function::Value::Gitsha1,
         }
     }
 
@@ -54,8 +72,9 @@ impl DigestFunction {
         match Value::try_from(value) {
             Ok(Value::Unknown | Value::Sha256) => Ok(DigestFunction::Sha256),
             Ok(Value::Blake3) => Ok(DigestFunction::Blake3),
+            Ok(Value::Gitsha1) => Ok(DigestFunction::GitSha1),
             Ok(other) => Err(InvalidDigest(format!(
-                "digest function {} is not supported (supported: sha256, blake3)",
+                "digest function {} is not supported (supported: sha256, blake3, gitsha1)",
                 other.as_str_name()
             ))),
             Err(_) => Err(InvalidDigest(format!(
@@ -69,18 +88,27 @@ impl DigestFunction {
         match name {
             "sha256" => Some(DigestFunction::Sha256),
             "blake3" => Some(DigestFunction::Blake3),
+            "gitsha1" => Some(DigestFunction::GitSha1),
             _ => None,
         }
     }
 
-    /// Starts an incremental hash, for data that arrives in pieces.
-    pub fn hasher(self) -> Hasher {
-        Hasher::new(self)
+    /// Starts an incremental hash of `size` bytes arriving in pieces (the
+    /// size is part of what GITSHA1 hashes, first; a different length in
+    /// the end yields a digest that matches nothing expected).
+    pub fn hasher(self, size: u64) -> Hasher {
+        Hasher::new(self, size)
+    }
+
+    /// Whether content of a size not known in advance can be hashed
+    /// (GITSHA1 hashes the size first).
+    pub fn hashes_unsized(self) -> bool {
+        self != DigestFunction::GitSha1
     }
 
     /// The digest of `data` under this function.
     pub fn digest_of(self, data: &[u8]) -> Digest {
-        let mut hasher = self.hasher();
+        let mut hasher = self.hasher(data.len() as u64);
         hasher.update(data);
         hasher.finish()
     }
@@ -150,9 +178,10 @@ impl HashKey {
 
     /// Parses a lowercase hex hash of `function`'s length.
     pub fn parse(function: DigestFunction, hex: &str) -> Result<Self> {
-        let hash = decode_hash(hex.as_bytes()).ok_or_else(|| {
+        let hash = decode_hash(hex.as_bytes(), function.hash_len()).ok_or_else(|| {
             InvalidDigest(format!(
-                "hash {hex:?} must be 64 lowercase hex digits for {}",
+                "hash {hex:?} must be {} lowercase hex digits for {}",
+                2 * function.hash_len(),
                 function.name()
             ))
         })?;
@@ -197,9 +226,10 @@ const NIBBLES: [u8; 256] = {
     t
 };
 
-/// The 32 bytes spelled by 64 lowercase hex digits, or `None`.
-fn decode_hash(hex: &[u8]) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
+/// The `len` bytes spelled by `2 * len` lowercase hex digits, zero-padded
+/// to 32, or `None`.
+fn decode_hash(hex: &[u8], len: usize) -> Option<[u8; 32]> {
+    if hex.len() != 2 * len {
         return None;
     }
     let mut out = [0u8; 32];
@@ -220,9 +250,10 @@ impl Digest {
                 "digest {hash}/{size}: size must not be negative"
             )));
         }
-        let Some(bytes) = decode_hash(hash.as_bytes()) else {
+        let Some(bytes) = decode_hash(hash.as_bytes(), function.hash_len()) else {
             return Err(InvalidDigest(format!(
-                "digest {hash}/{size}: hash must be 64 lowercase hex digits for {}",
+                "digest {hash}/{size}: hash must be {} lowercase hex digits for {}",
+                2 * function.hash_len(),
                 function.name()
             )));
         };
@@ -259,7 +290,7 @@ impl Digest {
         for (pair, b) in out.chunks_exact_mut(2).zip(self.hash) {
             pair.copy_from_slice(&HEX_PAIRS[b as usize]);
         }
-        std::str::from_utf8(&out)
+        std::str::from_utf8(&out[..2 * self.function.hash_len()])
             .expect("hex digits are ASCII")
             .to_string()
     }
@@ -295,15 +326,23 @@ enum HashState {
     Sha256(aws_lc_rs::digest::Context),
     /// The BLAKE3 reference implementation (SIMD).
     Blake3(Box<blake3::Hasher>),
+    /// aws-lc's SHA-1, fed git's blob header first.
+    GitSha1(aws_lc_rs::digest::Context),
 }
 
 impl Hasher {
-    fn new(function: DigestFunction) -> Self {
+    fn new(function: DigestFunction, size: u64) -> Self {
         let state = match function {
             DigestFunction::Sha256 => {
                 HashState::Sha256(aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256))
             }
             DigestFunction::Blake3 => HashState::Blake3(Box::new(blake3::Hasher::new())),
+            DigestFunction::GitSha1 => {
+                let mut ctx =
+                    aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+                ctx.update(format!("blob {size}\0").as_bytes());
+                HashState::GitSha1(ctx)
+            }
         };
         Hasher { state, len: 0 }
     }
@@ -312,7 +351,7 @@ impl Hasher {
     pub fn update(&mut self, data: &[u8]) {
         self.len += data.len() as u64;
         match &mut self.state {
-            HashState::Sha256(ctx) => ctx.update(data),
+            HashState::Sha256(ctx) | HashState::GitSha1(ctx) => ctx.update(data),
             HashState::Blake3(h) => {
                 h.update(data);
             }
@@ -338,6 +377,11 @@ impl Hasher {
                 (DigestFunction::Sha256, hash)
             }
             HashState::Blake3(h) => (DigestFunction::Blake3, *h.finalize().as_bytes()),
+            HashState::GitSha1(ctx) => {
+                let mut hash = [0u8; 32];
+                hash[..20].copy_from_slice(ctx.finish().as_ref());
+                (DigestFunction::GitSha1, hash)
+            }
         };
         Digest {
             function,
@@ -381,7 +425,7 @@ mod tests {
                     size: 1,
                 };
                 assert_eq!(d.hash_hex(), hex::encode(hash));
-                assert_eq!(decode_hash(hex::encode(hash).as_bytes()), Some(hash));
+                assert_eq!(decode_hash(hex::encode(hash).as_bytes(), 32), Some(hash));
             }
         }
         let good = hex::encode([0xabu8; 32]);
@@ -390,10 +434,10 @@ mod tests {
                 let mut text = good.clone().into_bytes();
                 text[pos] = c;
                 let valid = c.is_ascii_digit() || (b'a'..=b'f').contains(&c);
-                assert_eq!(decode_hash(&text).is_some(), valid, "byte {c} at {pos}");
+                assert_eq!(decode_hash(&text, 32).is_some(), valid, "byte {c} at {pos}");
             }
         }
-        assert_eq!(decode_hash(&good.as_bytes()[..62]), None);
+        assert_eq!(decode_hash(&good.as_bytes()[..62], 32), None);
     }
 
     #[test]
@@ -439,11 +483,39 @@ mod tests {
         assert!(!abc.is_empty_blob());
         // Incremental hashing equals one-shot hashing.
         for f in DigestFunction::ALL {
-            let mut h = f.hasher();
+            let mut h = f.hasher(3);
             h.update(b"a");
             h.update(b"bc");
             assert_eq!(h.finish(), f.digest_of(b"abc"));
         }
+    }
+
+    #[test]
+    fn gitsha1_is_gits_blob_id() {
+        // As `git hash-object` names them.
+        let f = DigestFunction::GitSha1;
+        assert_eq!(
+            f.empty().hash_hex(),
+            "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+        );
+        assert!(f.empty().is_empty_blob());
+        let hello = f.digest_of(b"hello\n");
+        assert_eq!(hello.hash_hex(), "ce013625030ba8dba906f756967f9e9ca394464a");
+        assert_eq!(
+            hello.to_string(),
+            "ce013625030ba8dba906f756967f9e9ca394464a/6"
+        );
+        assert_eq!(Digest::parse(f, &hello.hash_hex(), 6).unwrap(), hello);
+        // 40 hex digits, not 64, and each function's own length.
+        let e = Digest::parse(f, EMPTY_SHA256, 0).unwrap_err().to_string();
+        assert!(e.contains("40 lowercase hex digits for gitsha1"), "{e}");
+        assert!(Digest::parse(DigestFunction::Sha256, &hello.hash_hex(), 6).is_err());
+        assert_eq!(DigestFunction::from_name("gitsha1"), Some(f));
+        assert_eq!(
+            DigestFunction::from_proto(reapi::digest_function::Value::Gitsha1 as i32).unwrap(),
+            f
+        );
+        assert!(!f.hashes_unsized() && DigestFunction::Sha256.hashes_unsized());
     }
 
     #[test]

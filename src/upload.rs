@@ -295,7 +295,7 @@ async fn adopted(
     let digest = name.digest;
     // Written and hashed on a blocking thread: the async workers only pass
     // the chunks along.
-    let (tx, writer) = spool_writer(session, offset, Some(digest.function.hasher()));
+    let (tx, writer) = spool_writer(session, offset, Some(digest.function.hasher(digest.size)));
     incoming.next_offset = offset;
     incoming.tee = Some(Tee::Spool(tx));
     let mut stream = incoming.into_stream();

@@ -262,7 +262,9 @@ impl Unpacker<'_, '_> {
     /// Reads one file's bytes (counted against the cap), hashes them and
     /// hands them to the sink; returns the digest.
     fn file(&mut self, reader: &mut dyn Read) -> Result<Digest> {
-        let mut hasher = self.function.hasher();
+        // The size is not known before the entry is read: GITSHA1 is
+        // refused for Remote Asset before anything is fetched.
+        let mut hasher = self.function.hasher(0);
         let mut memory: Vec<u8> = Vec::new();
         let mut spool: Option<(PathBuf, std::fs::File)> = None;
         let mut buf = vec![0u8; 64 << 10];

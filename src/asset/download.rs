@@ -289,7 +289,9 @@ impl Hashers {
         algorithms.sort_by_key(|a| a.name());
         algorithms.dedup();
         Hashers {
-            cas: function.hasher(),
+            // Downloads are hashed before their size is known: GITSHA1 is
+            // refused for Remote Asset before anything is fetched.
+            cas: function.hasher(0),
             sri: algorithms
                 .into_iter()
                 .map(|a| (a, aws_lc_rs::digest::Context::new(a.ring())))

@@ -85,6 +85,12 @@ impl AssetService {
         let instance = self.instances.get(call.instance_name)?;
         instance.authorize(&who, Role::Read)?;
         let function = DigestFunction::from_proto(call.digest_function)?;
+        if !function.hashes_unsized() {
+            return Err(Error::InvalidArgument(format!(
+                "digest function {} hashes the size first, which a download does not know: expected sha256 or blake3",
+                function.name()
+            )));
+        }
         let may_download =
             instance.authorize(&who, Role::Write).is_ok() && instance.check_writable().is_ok();
         let req = FetchRequestOf {

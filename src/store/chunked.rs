@@ -42,6 +42,48 @@ const READ_AHEAD: usize = 2;
 /// of its pointer and layout.
 const LAYOUTS_BYTES: u64 = 32 << 20;
 
+/// One turn at a time per digest: concurrent uploads of one blob (or of
+/// one chunk) wait for the first and then find it stored, instead of all
+/// asking at once, all finding it missing and all writing it.
+#[derive(Debug, Default)]
+struct Turns(std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Turns {
+    async fn take(&self, digest: Digest) -> Turn<'_> {
+        let lock = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(digest)
+            .or_default()
+            .clone();
+        Turn {
+            turns: self,
+            digest,
+            held: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+/// A digest's turn, given back (and forgotten when nobody waits) on drop.
+struct Turn<'a> {
+    turns: &'a Turns,
+    digest: Digest,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut map = self.turns.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = self.held.take() {
+            // The map's handle and this guard's: nobody else waits.
+            if Arc::strong_count(tokio::sync::OwnedMutexGuard::mutex(&held)) == 2 {
+                map.remove(&self.digest);
+            }
+        }
+    }
+}
+
 /// A chunked blob's layout and the digest it is stored under.
 #[derive(Debug)]
 struct Known {
@@ -59,8 +101,10 @@ pub struct Chunked {
     min_size: u64,
     layouts: moka::sync::Cache<Digest, Arc<Known>>,
     counts: ChunkedMetrics,
-    /// Chunks being stored, each with the turn its storers take.
-    storing: std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Turns of the chunks being stored.
+    chunk_turns: Turns,
+    /// Turns of the blobs whose layout and pointer are being written.
+    blob_turns: Turns,
 }
 
 impl Chunked {
@@ -84,7 +128,8 @@ impl Chunked {
                 })
                 .build(),
             counts,
-            storing: Default::default(),
+            chunk_turns: Turns::default(),
+            blob_turns: Turns::default(),
         }
     }
 
@@ -170,38 +215,20 @@ impl Chunked {
         Ok(missing)
     }
 
-    /// Names `chunk` and stores it unless the store has it. Uploads of one
-    /// blob at once cut the same chunks at about the same time: one stores
-    /// each chunk while the others wait and then find it present, instead
-    /// of all asking, all finding it missing and all writing it.
+    /// Names `chunk` and stores it unless the store has it, one storer of
+    /// a chunk at a time (uploads of similar blobs cut the same chunks).
     async fn store_chunk(&self, function: DigestFunction, chunk: Bytes) -> Result<Digest> {
         let (digest, chunk) =
             tokio::task::spawn_blocking(move || (function.digest_of(&chunk), chunk)).await?;
-        let turn = self
-            .storing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(digest)
-            .or_default()
-            .clone();
-        let stored = async {
-            let _held = turn.lock().await;
-            if self.inner.find_missing(&[digest]).await?.is_empty() {
-                self.counts.chunks_present.inc();
-            } else {
-                self.inner.put(&digest, Body::Bytes(chunk)).await?;
-                self.counts.chunks_stored.inc();
-                self.counts.stored_bytes.inc_by(digest.size);
-            }
-            Ok::<_, Error>(())
+        let _turn = self.chunk_turns.take(digest).await;
+        if self.inner.find_missing(&[digest]).await?.is_empty() {
+            self.counts.chunks_present.inc();
+        } else {
+            self.inner.put(&digest, Body::Bytes(chunk)).await?;
+            self.counts.chunks_stored.inc();
+            self.counts.stored_bytes.inc_by(digest.size);
         }
-        .await;
-        let mut storing = self.storing.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the map's and this call's handles left: nobody waits.
-        if Arc::strong_count(&turn) == 2 {
-            storing.remove(&digest);
-        }
-        stored.map(|()| digest)
+        Ok(digest)
     }
 
     /// Cuts `body` into chunks, stores the ones the store lacks, and
@@ -297,8 +324,10 @@ impl BlobStore for Chunked {
         let list = digest.function.digest_of(&bytes);
         let key = pointer_key(digest.function, &digest.hash);
         // Concurrent uploads of one blob cut the same chunks, layout and
-        // pointer: each is written once (a remote store merges the puts in
-        // flight; these skip what another upload finished).
+        // pointer: each is written once, the uploads taking turns. (Not for
+        // the whole upload: a waiting upload would leave its client's data
+        // unread, and uploads sharing a connection would stall the first.)
+        let _turn = self.blob_turns.take(*digest).await;
         if !self.inner.find_missing(&[list]).await?.is_empty() {
             self.inner.put(&list, Body::Bytes(bytes)).await?;
         }

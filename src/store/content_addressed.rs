@@ -92,7 +92,7 @@ fn verifying(expected: Digest, stream: ChunkStream) -> ChunkStream {
     }
     let state = State {
         stream,
-        hasher: Some(expected.function.hasher()),
+        hasher: Some(expected.function.hasher(expected.size)),
     };
     futures::stream::unfold(state, move |mut st| async move {
         let hasher = st.hasher.take()?;
@@ -164,7 +164,7 @@ impl BlobStore for ContentAddressed {
         }
         match body {
             Body::Bytes(data) => {
-                let hasher = update(digest.function.hasher(), data.clone()).await?;
+                let hasher = update(digest.function.hasher(digest.size), data.clone()).await?;
                 let actual = hasher.finish();
                 if actual != *digest {
                     return Err(mismatch(digest, &actual));

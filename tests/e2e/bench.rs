@@ -67,6 +67,7 @@ async fn every_workload_completes_without_errors() {
             "bes",
             "hash_sha256",
             "hash_blake3",
+            "hash_gitsha1",
             "exec",
             "compile",
             "cancel",

@@ -393,3 +393,111 @@ async fn get_tree_pages_through_the_whole_tree() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
+
+/// REAPI 2.12's GITSHA1: blobs named by their git blob ids, through the
+/// batch calls, ByteStream (the `gitsha1` resource segment) and SplitBlob,
+/// on the embedded default (fs, chunked above 2 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitsha1_blobs_are_named_as_git_names_them() {
+    use kiln::digest::DigestFunction;
+    let kiln = Kiln::start(&crate::common::disk()).await;
+    let f = DigestFunction::GitSha1;
+    let caps = kiln.server_capabilities().await.cache_capabilities.unwrap();
+    assert!(
+        caps.digest_functions
+            .contains(&(reapi::digest_function::Value::Gitsha1 as i32))
+    );
+    let hello = f.digest_of(b"hello\n");
+    assert_eq!(hello.hash_hex(), "ce013625030ba8dba906f756967f9e9ca394464a");
+    let mut cas = kiln.cas().await;
+    let r = cas
+        .batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: vec![upload(&hello, Bytes::from_static(b"hello\n"))],
+            digest_function: reapi::digest_function::Value::Gitsha1 as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.responses[0].status.as_ref().unwrap().code, 0);
+    // The same bytes under a wrong git id are refused.
+    let wrong = f.digest_of(b"hello!");
+    let r = cas
+        .batch_update_blobs(BatchUpdateBlobsRequest {
+            requests: vec![upload(
+                &kiln::digest::Digest { size: 6, ..wrong },
+                Bytes::from_static(b"hello\n"),
+            )],
+            digest_function: reapi::digest_function::Value::Gitsha1 as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.responses[0].status.as_ref().unwrap().code,
+        Code::InvalidArgument as i32
+    );
+    // A large one through ByteStream, read back, split into git-named chunks.
+    let big = blob(71, 5 << 20);
+    let d = f.digest_of(&big);
+    let name = format!("uploads/{}/blobs/gitsha1/{d}", uuid::Uuid::new_v4());
+    let msgs: Vec<_> = (0..5)
+        .map(|i| kiln::proto::bytestream::WriteRequest {
+            resource_name: if i == 0 { name.clone() } else { String::new() },
+            write_offset: (i as i64) << 20,
+            finish_write: i == 4,
+            data: big.slice(i << 20..(i + 1) << 20),
+        })
+        .collect();
+    kiln.bytestream()
+        .await
+        .write(tokio_stream::iter(msgs))
+        .await
+        .unwrap();
+    let missing = cas
+        .find_missing_blobs(FindMissingBlobsRequest {
+            blob_digests: vec![hello.to_proto(), d.to_proto()],
+            digest_function: reapi::digest_function::Value::Gitsha1 as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert!(missing.is_empty(), "{missing:?}");
+    let mut stream = kiln
+        .bytestream()
+        .await
+        .read(kiln::proto::bytestream::ReadRequest {
+            resource_name: format!("blobs/gitsha1/{d}"),
+            read_offset: 0,
+            read_limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        got.extend_from_slice(&m.data);
+    }
+    assert!(got == big[..]);
+    let chunks = cas
+        .split_blob(reapi::SplitBlobRequest {
+            blob_digest: Some(d.to_proto()),
+            digest_function: reapi::digest_function::Value::Gitsha1 as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .chunk_digests;
+    assert!(chunks.len() > 1);
+    let mut at = 0usize;
+    for c in &chunks {
+        let n = c.size_bytes as usize;
+        assert_eq!(c.hash, f.digest_of(&big[at..at + n]).hash_hex());
+        at += n;
+    }
+    assert_eq!(at, big.len());
+}

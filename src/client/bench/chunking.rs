@@ -57,7 +57,7 @@ fn pieces(seed: u64, v: u64, size: u64) -> impl Iterator<Item = bytes::Bytes> {
 async fn cut(seed: u64, v: u64, size: u64, chunker: &Chunker) -> Result<(Digest, Vec<Digest>)> {
     let stream = futures::stream::iter(pieces(seed, v, size).map(Ok)).boxed();
     let mut splitter = Splitter::new(chunker, stream);
-    let mut whole = DigestFunction::Sha256.hasher();
+    let mut whole = DigestFunction::Sha256.hasher(size);
     let mut chunks = Vec::new();
     while let Some(chunk) = splitter.next().await? {
         whole.update(&chunk);

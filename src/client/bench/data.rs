@@ -56,7 +56,7 @@ pub fn blob(seed: u64, len: usize) -> Bytes {
 /// The SHA-256 digest of the `len`-byte stream `seed`, hashed in 1 MiB pieces.
 pub fn stream_digest(seed: u64, len: u64) -> Digest {
     let mut g = Gen::new(seed);
-    let mut h = DigestFunction::Sha256.hasher();
+    let mut h = DigestFunction::Sha256.hasher(len);
     let mut left = len;
     while left > 0 {
         let n = left.min(1 << 20) as usize;

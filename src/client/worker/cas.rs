@@ -229,7 +229,7 @@ impl Cas {
         let mut file = tokio::fs::File::create(&tmp)
             .await
             .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
-        let mut hasher = self.function.hasher();
+        let mut hasher = self.function.hasher(digest.size);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(status("reading an input"))?;
             if hasher.len() + chunk.data.len() as u64 > digest.size {

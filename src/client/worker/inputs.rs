@@ -382,7 +382,7 @@ fn copy_verified(digest: &Digest, cached: &Path, dest: &Path, verify: bool) -> R
         .permissions()
         .mode();
     let mut out = std::fs::File::create_new(dest).map_err(io("creating", dest))?;
-    let mut hasher = digest.function.hasher();
+    let mut hasher = digest.function.hasher(digest.size);
     let mut buf = vec![0u8; 256 << 10];
     loop {
         let n = src.read(&mut buf).map_err(io("reading", cached))?;

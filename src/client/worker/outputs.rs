@@ -151,7 +151,11 @@ fn io_err<'a>(what: &'a str, rel: &'a Path) -> impl Fn(Errno) -> Error + 'a {
 /// Hashes what an open descriptor holds.
 fn hash_fd(function: DigestFunction, file: OwnedFd, rel: &Path) -> Result<Digest> {
     let mut file = std::fs::File::from(file);
-    let mut hasher = function.hasher();
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("reading {}", rel.display()), e))?
+        .len();
+    let mut hasher = function.hasher(len);
     let mut buf = vec![0u8; 256 << 10];
     loop {
         let n = file

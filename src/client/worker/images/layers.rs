@@ -88,7 +88,7 @@ fn verify(d: &Descriptor, hasher: crate::digest::Hasher) -> Result<()> {
 /// Unpacks `manifest`'s layers, in order, into `cache/HEX/rootfs`.
 pub(super) fn unpack(layout: &Path, manifest: &Descriptor, cache: &Path, hex: &str) -> Result<()> {
     let bytes = read_small(&blob_path(layout, manifest)?)?;
-    let mut hasher = crate::digest::DigestFunction::Sha256.hasher();
+    let mut hasher = crate::digest::DigestFunction::Sha256.hasher(bytes.len() as u64);
     hasher.update(&bytes);
     verify(manifest, hasher)?;
     let parsed: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
@@ -139,7 +139,7 @@ fn apply_layer(
         .map_err(|e| Error::io(format!("opening image layer {}", layer.digest), e))?;
     let mut hashing = Hashing {
         inner: std::io::BufReader::new(file),
-        hasher: crate::digest::DigestFunction::Sha256.hasher(),
+        hasher: crate::digest::DigestFunction::Sha256.hasher(layer.size),
     };
     {
         let decoded: Box<dyn Read + '_> =
