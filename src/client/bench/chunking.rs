@@ -175,12 +175,16 @@ pub(crate) async fn chunking(ctx: &Ctx, size: u64) -> Result<Vec<Stats>> {
             counts.insert("chunks_per_version", chunks.len() as f64);
         }
         let phase = if v == 0 { &mut write } else { &mut versions };
-        let started = Instant::now();
+        let calls = ctx.backend_calls().await;
         let cpu = ctx.server_cpu();
+        let started = Instant::now();
         upload(ctx, seed, v, size, &digest).await?;
         timed(phase, started, size);
         if let (Some(before), Some(after)) = (cpu, ctx.server_cpu()) {
             phase.server_cpu = Some(phase.server_cpu.unwrap_or_default() + (after - before));
+        }
+        if let (Some(before), Some(after)) = (calls, ctx.backend_calls().await) {
+            phase.backend_calls = Some(phase.backend_calls.unwrap_or_default() + (after - before));
         }
         first.get_or_insert(digest);
     }
