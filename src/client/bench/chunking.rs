@@ -30,8 +30,10 @@ use crate::proto::reapi::content_addressable_storage_client::ContentAddressableS
 use crate::proto::reapi::{FindMissingBlobsRequest, GetCapabilitiesRequest, SplitBlobRequest};
 
 const PIECE: u64 = 1 << 20;
-/// SplitBlob calls timed, unless `--requests` says otherwise.
+/// SplitBlob calls timed, at most (`--requests` lowers it).
 const SPLITS: u64 = 200;
+/// Reads of the first version timed, at most.
+const READS: u64 = 4;
 
 /// Megabyte `i` of version `v`: version 0 plus the 1 KiB edits of versions
 /// 1 to `v`, each 4 KiB after the middle of the blob.
@@ -194,7 +196,8 @@ pub(crate) async fn chunking(ctx: &Ctx, size: u64) -> Result<Vec<Stats>> {
     }
     write.counts = Some(counts);
 
-    let reads = ctx.limit.requests.unwrap_or(4).clamp(1, 16);
+    // --requests lowers these (its default is a cap, not a count).
+    let reads = ctx.limit.requests.unwrap_or(READS).clamp(1, READS);
     let read = probed(ctx, async {
         let mut stats = Stats::new("chunking_read");
         for _ in 0..reads {
@@ -227,7 +230,7 @@ pub(crate) async fn chunking(ctx: &Ctx, size: u64) -> Result<Vec<Stats>> {
     })
     .await;
 
-    let splits = ctx.limit.requests.unwrap_or(SPLITS).max(1);
+    let splits = ctx.limit.requests.unwrap_or(SPLITS).clamp(1, SPLITS);
     let split = probed(ctx, async {
         let mut stats = Stats::new("chunking_split");
         for _ in 0..splits {
