@@ -47,22 +47,22 @@ default, run = sys.argv[1], sys.argv[2]
 text = open(default).read()
 marker = "    action_cache:\n"
 assert marker in text
-open(f"{run}/disk-on.yaml", "w").write(text)
-open(f"{run}/disk-off.yaml", "w").write(text.replace(marker, "    chunking: { store: false }\n" + marker, 1))
+open(f"{run}/disk-on.yaml", "w").write(text.replace(marker, "    chunking: { store: true }\n" + marker, 1))
+open(f"{run}/disk-off.yaml", "w").write(text)
 mem = 'instances:\n  - name: ""\n    cas: { memory: { max_size: 6GiB } }\n    action_cache: { memory: { max_size: 256MiB } }\n'
-open(f"{run}/memory-on.yaml", "w").write(mem)
-open(f"{run}/memory-off.yaml", "w").write(mem + "    chunking: { store: false }\n")
+open(f"{run}/memory-on.yaml", "w").write(mem + "    chunking: { store: true }\n")
+open(f"{run}/memory-off.yaml", "w").write(mem)
 PY
 log "starting SeaweedFS"
 start_seaweedfs "$WEED"
-sed 's|http://127.0.0.1:8333|http://127.0.0.1:18433|' "$ROOT/config/s3.yaml" > "$RUN/s3-on.yaml"
+sed 's|http://127.0.0.1:8333|http://127.0.0.1:18433|' "$ROOT/config/s3.yaml" > "$RUN/s3-off.yaml"
 python3 - "$RUN" <<'PY'
 import sys
 run = sys.argv[1]
-text = open(f"{run}/s3-on.yaml").read()
+text = open(f"{run}/s3-off.yaml").read()
 marker = "    action_cache:"
 assert marker in text
-open(f"{run}/s3-off.yaml", "w").write(text.replace(marker, "    chunking: { store: false }\n" + marker, 1))
+open(f"{run}/s3-on.yaml", "w").write(text.replace(marker, "    chunking: { store: true }\n" + marker, 1))
 PY
 
 # label config blob: one server's run, its phases appended to results.jsonl.

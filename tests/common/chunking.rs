@@ -19,6 +19,17 @@ use tonic::transport::Channel;
 
 use super::{Kiln, blob, missing, sha};
 
+/// `yaml` (one instance) with chunked storage switched on.
+pub fn chunked(yaml: &str) -> String {
+    let marker = "    action_cache:";
+    assert!(yaml.contains(marker), "{yaml}");
+    yaml.replacen(
+        marker,
+        &format!("    chunking: {{ store: true }}\n{marker}"),
+        1,
+    )
+}
+
 /// Writes `data` through ByteStream in 64 KiB messages.
 pub async fn write(kiln: &Kiln, data: &Bytes) -> Digest {
     let d = sha(data);

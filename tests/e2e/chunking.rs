@@ -3,7 +3,7 @@
 
 use tonic::Code;
 
-use crate::common::chunking::{plain_versions_share_chunks, split_and_splice};
+use crate::common::chunking::{chunked, plain_versions_share_chunks, split_and_splice};
 use crate::common::{Kiln, MEMORY, disk};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,10 +38,10 @@ async fn switched_off_chunking_is_unimplemented_and_not_advertised() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_uploads_of_an_edited_blob_share_chunks_in_memory() {
-    plain_versions_share_chunks(&Kiln::start(MEMORY).await).await;
+    plain_versions_share_chunks(&Kiln::start(&chunked(MEMORY)).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_uploads_of_an_edited_blob_share_chunks_on_disk() {
-    plain_versions_share_chunks(&Kiln::start(&disk()).await).await;
+    plain_versions_share_chunks(&Kiln::start(&chunked(&disk())).await).await;
 }

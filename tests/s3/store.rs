@@ -66,7 +66,10 @@ async fn a_missing_bucket_fails_start_up_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_uploads_of_one_large_blob_within_a_pod_upload_once() {
     let weed = SeaweedFs::start().await;
-    let kiln = Kiln::start(&weed.kiln_config("once/")).await;
+    let kiln = Kiln::start(&crate::common::chunking::chunked(
+        &weed.kiln_config("once/"),
+    ))
+    .await;
     let data = blob(11, 20 << 20);
     let d = sha(&data);
     let channel = kiln.channel().await;
@@ -98,8 +101,8 @@ async fn concurrent_uploads_of_one_large_blob_within_a_pod_upload_once() {
             20 << 20
         );
     }
-    // Stored as chunks (the default), each written once: the chunks, the
-    // layout and the pointer.
+    // Stored as chunks, each written once: the chunks, the layout and the
+    // pointer.
     let chunks = kiln
         .cas()
         .await
@@ -348,6 +351,9 @@ async fn split_and_splice_on_seaweedfs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_uploads_of_an_edited_blob_share_chunks_on_seaweedfs() {
     let weed = SeaweedFs::start().await;
-    let kiln = Kiln::start(&weed.kiln_config("versions/")).await;
+    let kiln = Kiln::start(&crate::common::chunking::chunked(
+        &weed.kiln_config("versions/"),
+    ))
+    .await;
     crate::common::chunking::plain_versions_share_chunks(&kiln).await;
 }
