@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use futures::stream::{FuturesOrdered, StreamExt, TryStreamExt};
+use futures::stream::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
-use super::splitter::Splitter;
+use super::splitter::cut_and_store;
 use super::{Chunker, FastCdc, Function, RepMax};
 use crate::config::ChunkingConfig;
 use crate::digest::Digest;
@@ -207,35 +207,21 @@ impl Chunking {
 /// yet; the chunks' digests in order.
 async fn store_chunks(cas: &Store, blob: &Digest, chunker: &Chunker) -> Result<Vec<Digest>> {
     let body = cas.get(blob, Range::FULL).await?;
-    let mut splitter = Splitter::new(chunker, body.into_stream());
-    let mut in_flight = FuturesOrdered::new();
-    let mut chunks = Vec::new();
-    let mut total = 0u64;
-    loop {
-        let next = splitter.next().await?;
-        let ended = next.is_none();
-        if let Some(chunk) = next {
-            total += chunk.len() as u64;
-            let (cas, function) = (cas.clone(), blob.function);
-            in_flight.push_back(async move {
-                let (digest, chunk) =
-                    tokio::task::spawn_blocking(move || (function.digest_of(&chunk), chunk))
-                        .await?;
-                if !cas.find_missing(&[digest]).await?.is_empty() {
-                    cas.put(&digest, Body::Bytes(chunk)).await?;
-                }
-                Ok::<_, Error>(digest)
-            });
-        }
-        while in_flight.len() >= CHUNKS_IN_FLIGHT || (ended && !in_flight.is_empty()) {
-            if let Some(digest) = in_flight.next().await {
-                chunks.push(digest?);
+    let function = blob.function;
+    let (chunks, total) = cut_and_store(
+        chunker,
+        body.into_stream(),
+        CHUNKS_IN_FLIGHT,
+        |chunk| async move {
+            let (digest, chunk) =
+                tokio::task::spawn_blocking(move || (function.digest_of(&chunk), chunk)).await?;
+            if !cas.find_missing(&[digest]).await?.is_empty() {
+                cas.put(&digest, Body::Bytes(chunk)).await?;
             }
-        }
-        if ended {
-            break;
-        }
-    }
+            Ok(digest)
+        },
+    )
+    .await?;
     if total != blob.size {
         return Err(Error::internal(format!(
             "blob {blob} read back as {total} bytes"

@@ -52,6 +52,42 @@ impl<'a> Splitter<'a> {
     }
 }
 
+/// Cuts `stream` with `chunker` and hands each chunk to `store`, at most
+/// `in_flight` at once, in order; the digests `store` returns, and the
+/// bytes the stream held (which the caller checks against what it
+/// expected: a stream is not a promise of its length).
+pub(crate) async fn cut_and_store<F, Fut>(
+    chunker: &Chunker,
+    stream: ChunkStream,
+    in_flight: usize,
+    store: F,
+) -> Result<(Vec<crate::digest::Digest>, u64)>
+where
+    F: Fn(Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<crate::digest::Digest>>,
+{
+    let mut splitter = Splitter::new(chunker, stream);
+    let mut pending = futures::stream::FuturesOrdered::new();
+    let mut chunks = Vec::new();
+    let mut total = 0u64;
+    loop {
+        let next = splitter.next().await?;
+        let ended = next.is_none();
+        if let Some(chunk) = next {
+            total += chunk.len() as u64;
+            pending.push_back(store(chunk));
+        }
+        while pending.len() >= in_flight || (ended && !pending.is_empty()) {
+            if let Some(digest) = pending.next().await {
+                chunks.push(digest?);
+            }
+        }
+        if ended {
+            return Ok((chunks, total));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::FastCdc;

@@ -15,18 +15,19 @@
 //! It sits directly under the CAS's root layer, which verifies every byte
 //! of the whole blob; the layer hashes each chunk itself to name it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::{FuturesOrdered, StreamExt, TryStreamExt};
+use futures::stream::{StreamExt, TryStreamExt};
 
 use super::chunked_layout::{Layout, decode_pointer, encode_pointer, pointer_key};
 use super::instrumented::ChunkedMetrics;
+use super::turns::Turns;
 use super::{BlobStore, Body, Range, Store, StoredChunks, VerifiedFile, get_bytes};
 use crate::chunking::Chunker;
-use crate::chunking::splitter::Splitter;
+use crate::chunking::splitter::cut_and_store;
 use crate::digest::{Digest, DigestFunction, HashKey};
 use crate::error::{Error, Result};
 
@@ -41,48 +42,6 @@ const READ_AHEAD: usize = 2;
 /// chunk), so a read or a FindMissingBlobs of a hot blob costs no lookup
 /// of its pointer and layout.
 const LAYOUTS_BYTES: u64 = 32 << 20;
-
-/// One turn at a time per digest: concurrent uploads of one blob (or of
-/// one chunk) wait for the first and then find it stored, instead of all
-/// asking at once, all finding it missing and all writing it.
-#[derive(Debug, Default)]
-struct Turns(std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>);
-
-impl Turns {
-    async fn take(&self, digest: Digest) -> Turn<'_> {
-        let lock = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(digest)
-            .or_default()
-            .clone();
-        Turn {
-            turns: self,
-            digest,
-            held: Some(lock.lock_owned().await),
-        }
-    }
-}
-
-/// A digest's turn, given back (and forgotten when nobody waits) on drop.
-struct Turn<'a> {
-    turns: &'a Turns,
-    digest: Digest,
-    held: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        let mut map = self.turns.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(held) = self.held.take() {
-            // The map's handle and this guard's: nobody else waits.
-            if Arc::strong_count(tokio::sync::OwnedMutexGuard::mutex(&held)) == 2 {
-                map.remove(&self.digest);
-            }
-        }
-    }
-}
 
 /// A chunked blob's layout and the digest it is stored under.
 #[derive(Debug)]
@@ -234,26 +193,14 @@ impl Chunked {
     /// Cuts `body` into chunks, stores the ones the store lacks, and
     /// returns them in order.
     async fn store_chunks(&self, blob: &Digest, body: Body) -> Result<Vec<Digest>> {
-        let mut splitter = Splitter::new(&self.chunker, body.into_stream());
-        let mut in_flight = FuturesOrdered::new();
-        let mut chunks = Vec::new();
-        let mut total = 0u64;
-        loop {
-            let next = splitter.next().await?;
-            let ended = next.is_none();
-            if let Some(chunk) = next {
-                total += chunk.len() as u64;
-                in_flight.push_back(self.store_chunk(blob.function, chunk));
-            }
-            while in_flight.len() >= CHUNKS_IN_FLIGHT || (ended && !in_flight.is_empty()) {
-                if let Some(digest) = in_flight.next().await {
-                    chunks.push(digest?);
-                }
-            }
-            if ended {
-                break;
-            }
-        }
+        let function = blob.function;
+        let (chunks, total) = cut_and_store(
+            &self.chunker,
+            body.into_stream(),
+            CHUNKS_IN_FLIGHT,
+            |chunk| self.store_chunk(function, chunk),
+        )
+        .await?;
         if total != blob.size {
             return Err(Error::InvalidArgument(format!(
                 "blob {blob}: expected {} bytes, received {total}",
@@ -406,15 +353,7 @@ mod tests {
     }
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
+        crate::store::contract::blob(seed, len).to_vec()
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ pub mod memory;
 pub(crate) mod memory_cache;
 pub(crate) mod merged_puts;
 pub mod s3;
+mod turns;
 
 #[cfg(test)]
 pub(crate) mod testing;
