@@ -141,6 +141,7 @@ impl Chunked {
     async fn missing_chunked(&self, blobs: &[Digest]) -> Result<HashSet<Digest>> {
         let mut missing = HashSet::new();
         let (mut keys, mut parts, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+        let mut key_owners = Vec::new();
         for blob in blobs {
             match self.layout(blob).await? {
                 None => {
@@ -148,6 +149,7 @@ impl Chunked {
                 }
                 Some(known) => {
                     keys.push(pointer_key(blob.function, &blob.hash));
+                    key_owners.push(*blob);
                     for d in std::iter::once(known.list).chain(known.layout.chunks.iter().copied())
                     {
                         parts.push(d);
@@ -164,11 +166,20 @@ impl Chunked {
             self.inner.find_missing(&parts)
         )?;
         let absent: HashSet<Digest> = absent.into_iter().collect();
-        for (part, owner) in parts.iter().zip(&owners) {
-            let lost = absent.contains(part)
-                || no_pointer.contains(&pointer_key(owner.function, &owner.hash));
-            if lost && missing.insert(*owner) {
-                self.layouts.invalidate(owner);
+        let no_pointer: HashSet<Digest> = no_pointer.into_iter().collect();
+        let pointerless = keys
+            .iter()
+            .zip(&key_owners)
+            .filter(|(k, _)| no_pointer.contains(k))
+            .map(|(_, owner)| *owner);
+        let chunkless = parts
+            .iter()
+            .zip(&owners)
+            .filter(|(part, _)| absent.contains(part))
+            .map(|(_, owner)| *owner);
+        for owner in pointerless.chain(chunkless) {
+            if missing.insert(owner) {
+                self.layouts.invalidate(&owner);
             }
         }
         Ok(missing)
@@ -400,6 +411,21 @@ mod tests {
         let chunks = store.stored_chunks(&d1).await.unwrap().unwrap();
         assert!(chunks.chunks.len() > 20);
         assert_eq!(store.resolve(&HashKey::of(&d2)).await.unwrap(), Some(d2));
+    }
+
+    #[tokio::test]
+    async fn a_blob_whose_pointer_is_gone_is_missing() {
+        let inner = Arc::new(MemoryStore::new(64 << 20));
+        let pointers = Arc::new(MemoryStore::new(1 << 20));
+        let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
+        let counts = ChunkedMetrics::default();
+        let store = Chunked::new(inner, pointers.clone(), chunker, 16 << 10, counts);
+        let v = noise(100_000, 5);
+        let d = DigestFunction::Sha256.digest_of(&v);
+        store.put(&d, Body::Bytes(v.into())).await.unwrap();
+        assert!(store.find_missing(&[d]).await.unwrap().is_empty());
+        pointers.remove(&pointer_key(d.function, &d.hash)).await;
+        assert_eq!(store.find_missing(&[d]).await.unwrap(), vec![d]);
     }
 
     #[tokio::test]
