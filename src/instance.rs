@@ -103,12 +103,24 @@ impl Instance {
         let action_cache = stores
             .action_cache(&config.action_cache, &format!("{path}.action_cache"))
             .await?;
-        let chunked = chunked_storage(&config.chunking)?
-            .map(|(chunker, min_size)| (chunker, min_size, action_cache.clone()));
+        let chunking = crate::chunking::blobs::Chunking::new(&config.chunking)?;
+        // The chunked layer cuts with the FastCDC parameters SplitBlob
+        // advertises, so Split answers from what is stored.
+        let chunked = chunking
+            .as_ref()
+            .filter(|_| config.chunking.store)
+            .map(|c| {
+                let chunker = crate::chunking::Chunker::FastCdc(c.fast_cdc().clone());
+                (
+                    chunker,
+                    config.chunking.store_min_size.0,
+                    action_cache.clone(),
+                )
+            });
         Ok(Instance {
             insights,
             name: config.name.clone(),
-            chunking: crate::chunking::blobs::Chunking::new(&config.chunking)?,
+            chunking,
             cas: stores
                 .cas(
                     &config.cas,
@@ -137,22 +149,6 @@ impl Instance {
             },
         })
     }
-}
-
-/// The chunker and threshold of the CAS's chunked layer, when stored
-/// chunking is on.
-fn chunked_storage(
-    config: &crate::config::ChunkingConfig,
-) -> Result<Option<(crate::chunking::Chunker, u64)>> {
-    if !(config.enabled && config.store) {
-        return Ok(None);
-    }
-    let fast = &config.fast_cdc_2020;
-    let chunker = crate::chunking::FastCdc::new(fast.avg_chunk_size.0, fast.seed)?;
-    Ok(Some((
-        crate::chunking::Chunker::FastCdc(chunker),
-        config.store_min_size.0,
-    )))
 }
 
 /// Every instance of a server, by name.

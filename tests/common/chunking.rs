@@ -85,7 +85,8 @@ pub fn fastcdc_chunks(data: &[u8], avg: usize, seed: u32) -> Vec<Bytes> {
     .collect()
 }
 
-async fn split(
+/// SplitBlob of `d` with `function`: the chunks' digests, or the status.
+pub async fn split(
     cas: &mut ContentAddressableStorageClient<Channel>,
     d: &Digest,
     function: chunking_function::Value,

@@ -3,7 +3,7 @@
 
 use tonic::Code;
 
-use crate::common::chunking::{chunked, plain_versions_share_chunks, split_and_splice};
+use crate::common::chunking::{chunked, plain_versions_share_chunks, split, split_and_splice};
 use crate::common::{Kiln, MEMORY, disk};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,15 +24,8 @@ async fn switched_off_chunking_is_unimplemented_and_not_advertised() {
     assert!(!caps.split_blob_support && !caps.splice_blob_support);
     assert!(caps.fast_cdc_2020_params.is_none() && caps.rep_max_cdc_params.is_none());
     let d = crate::common::sha(b"x");
-    let e = kiln
-        .cas()
-        .await
-        .split_blob(kiln::proto::reapi::SplitBlobRequest {
-            blob_digest: Some(d.to_proto()),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let unknown = kiln::proto::reapi::chunking_function::Value::Unknown;
+    let e = split(&mut kiln.cas().await, &d, unknown).await.unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
 }
 

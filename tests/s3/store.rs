@@ -103,18 +103,11 @@ async fn concurrent_uploads_of_one_large_blob_within_a_pod_upload_once() {
     }
     // Stored as chunks, each written once: the chunks, the layout and the
     // pointer.
-    let chunks = kiln
-        .cas()
+    let unknown = kiln::proto::reapi::chunking_function::Value::Unknown;
+    let chunks = crate::common::chunking::split(&mut kiln.cas().await, &d, unknown)
         .await
-        .split_blob(kiln::proto::reapi::SplitBlobRequest {
-            blob_digest: Some(d.to_proto()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .chunk_digests;
-    let distinct: std::collections::HashSet<_> = chunks.iter().map(|c| c.hash.clone()).collect();
+        .unwrap();
+    let distinct: std::collections::HashSet<_> = chunks.iter().map(|c| c.hash).collect();
     let metrics = scrape(kiln.server.http_addr).await;
     let s3_puts = metric_sum(
         &metrics,
