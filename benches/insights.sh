@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the insights cost on the action-cache write path, in one run: kiln
-# with `insights.nondeterminism` on and off, the same
+# with every insight on (`nondeterminism`, `misses`, `scorecards`) and
+# with all of them off, the same
 # `kiln bench` ac workload (UpdateActionResult of fresh actions, then
 # GetActionResult of them), ROUNDS times alternating so the machine's drift
 # falls on both; prints each round's calls/s and server CPU per call, the
@@ -40,7 +41,7 @@ for mode in on off; do
     flag=true
     [ "$mode" = off ] && flag=false
     {
-        echo "insights: { nondeterminism: $flag, misses: $flag }"
+        echo "insights: { nondeterminism: $flag, misses: $flag, scorecards: $flag }"
         if [ "$STORES" = disk ]; then
             cat config/default.yaml
         else

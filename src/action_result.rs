@@ -131,28 +131,16 @@ pub async fn store(
     let Some(insights) = &instance.insights else {
         return instance.action_cache.put(action, encoded.into()).await;
     };
-    let max = instance.settings.max_parsed_blob;
-    // One read, absent or not: cheaper than asking find_missing first
-    // (whose span every store layer records) on the memory and S3 stores.
-    let stored = async {
-        let body = instance.action_cache.get(action, Range::FULL).await?;
-        body.collect_max(max).await
-    };
-    // An entry that cannot be read is only an entry not compared.
-    let before = match stored.await {
-        Ok(bytes) => ActionResult::decode(bytes).ok(),
-        Err(_) => None,
-    };
-    instance.action_cache.put(action, encoded.into()).await?;
+    // The result it replaces, in the same call: an entry that cannot be
+    // read is only an entry not compared.
+    let before = instance
+        .action_cache
+        .swap(action, encoded, instance.settings.max_parsed_blob)
+        .await?
+        .and_then(|bytes| ActionResult::decode(bytes).ok());
     insights.note(&writer, crate::insights::scorecard::Seen::Upload);
     if before.is_none() {
-        insights.result_missed(
-            &instance.name,
-            instance.cas.clone(),
-            *action,
-            result,
-            writer.clone(),
-        );
+        insights.result_missed(&instance.name, *action, result, writer.clone());
     }
     insights
         .result_written(&instance.name, action, before.as_ref(), result, writer)

@@ -16,16 +16,21 @@ use crate::error::Error;
 
 type Store = Arc<dyn EventStore>;
 
-/// The build-event routes.
-pub fn router(store: Store) -> Router {
+/// The build-event routes; the misses' also read the instances' CAS (a
+/// miss is compared when first read).
+pub fn router(store: Store, instances: crate::instance::Instances) -> Router {
     Router::new()
         .route("/api/v1/invocations", get(list))
         .route("/api/v1/invocations/{id}", get(show))
         .route("/api/v1/invocations/{id}/events", get(events))
-        .route("/api/v1/invocations/{id}/misses", get(misses))
         .route("/api/v1/invocations/{id}/cache", get(cache))
         .route("/api/v1/nondeterminism", get(nondeterminism))
-        .with_state(store)
+        .with_state(store.clone())
+        .merge(
+            Router::new()
+                .route("/api/v1/invocations/{id}/misses", get(misses))
+                .with_state((store, instances)),
+        )
 }
 
 /// An error as the JSON API answers it (status code and `{"error"}`).
@@ -148,13 +153,13 @@ struct MissesQuery {
 /// The actions an invocation missed and why (`crate::insights::misses`),
 /// by target; only those of instances the caller may read.
 async fn misses(
-    State(store): State<Store>,
+    State((store, instances)): State<(Store, crate::instance::Instances)>,
     caller: crate::http::caller::HttpCaller,
     Path(id): Path<String>,
     Query(q): Query<MissesQuery>,
 ) -> Response {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    match store.misses(&id, limit).await {
+    match crate::insights::explain::explained(store.as_ref(), &instances, &id, limit).await {
         Ok(mut rows) => {
             rows.retain(|r| caller.may(&r.instance, crate::auth::Role::Read));
             Json(serde_json::json!({ "misses": rows })).into_response()

@@ -371,8 +371,17 @@ impl EventStore for SqlEventStore {
         super::sql_misses::record(&self.pool, fingerprints, misses).await
     }
 
-    async fn misses(&self, invocation: &str, limit: i64) -> Result<Vec<Miss>> {
-        super::sql_misses::list(&self.pool, invocation, limit).await
+    async fn miss_chunks(&self, invocation: &str) -> Result<Vec<(String, Vec<Miss>)>> {
+        super::sql_misses::chunks(&self.pool, invocation).await
+    }
+
+    async fn replace_miss_chunk(
+        &self,
+        invocation: &str,
+        chunk: &str,
+        misses: &[Miss],
+    ) -> Result<()> {
+        super::sql_misses::replace(&self.pool, invocation, chunk, misses).await
     }
 
     async fn record_scorecards(&self, rows: &[crate::insights::scorecard::Row]) -> Result<()> {

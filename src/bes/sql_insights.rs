@@ -159,6 +159,7 @@ mod tests {
                     previous_digest: String::new(),
                     previous_invocation: String::new(),
                     causes: Vec::new(),
+                    digest_function: String::new(),
                     seen_at: 1,
                 };
                 s.record_misses(&[f], &[m]).await

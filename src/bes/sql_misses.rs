@@ -102,35 +102,44 @@ pub(super) async fn record(
     tx.commit().await.map_err(err)
 }
 
-/// The misses of `invocation`, by target, each action once, at most
-/// `limit`.
-pub(super) async fn list(pool: &AnyPool, invocation: &str, limit: i64) -> Result<Vec<Miss>> {
+/// The misses of `invocation` by chunk, as stored (a chunk that does not
+/// decode is left out).
+pub(super) async fn chunks(pool: &AnyPool, invocation: &str) -> Result<Vec<(String, Vec<Miss>)>> {
     let err = db_err("reading missed actions");
-    let rows = sqlx::query("SELECT misses FROM action_miss_chunks WHERE invocation = $1")
+    let rows = sqlx::query("SELECT chunk, misses FROM action_miss_chunks WHERE invocation = $1")
         .bind(invocation)
         .fetch_all(pool)
         .await
         .map_err(&err)?;
-    let mut all: Vec<Miss> = Vec::new();
+    let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let json: String = r.try_get(0).map_err(&err)?;
-        all.extend(serde_json::from_str::<Vec<Miss>>(&json).unwrap_or_default());
+        let chunk: String = r.try_get(0).map_err(&err)?;
+        let json: String = r.try_get(1).map_err(&err)?;
+        if let Ok(misses) = serde_json::from_str::<Vec<Miss>>(&json) {
+            out.push((chunk, misses));
+        }
     }
-    all.sort_by(|a, b| {
-        (&a.target, &a.mnemonic, &a.action_digest, a.seen_at).cmp(&(
-            &b.target,
-            &b.mnemonic,
-            &b.action_digest,
-            b.seen_at,
-        ))
-    });
-    // An action written twice (its result evicted in between) is listed
-    // once, as first seen.
-    all.dedup_by(|later, first| {
-        later.action_digest == first.action_digest && later.instance == first.instance
-    });
-    all.truncate(usize::try_from(limit.max(0)).unwrap_or(usize::MAX));
-    Ok(all)
+    Ok(out)
+}
+
+/// Stores `misses` in place of a chunk's (their causes filled in).
+pub(super) async fn replace(
+    pool: &AnyPool,
+    invocation: &str,
+    chunk: &str,
+    misses: &[Miss],
+) -> Result<()> {
+    let err = db_err("storing compared misses");
+    let json = serde_json::to_string(misses)
+        .map_err(|e| crate::error::Error::internal_from("encoding misses", e))?;
+    sqlx::query("UPDATE action_miss_chunks SET misses = $1 WHERE invocation = $2 AND chunk = $3")
+        .bind(json)
+        .bind(invocation)
+        .bind(chunk)
+        .execute(pool)
+        .await
+        .map_err(&err)?;
+    Ok(())
 }
 
 /// Deletes fingerprints and misses seen before `before_ms`, at most

@@ -378,8 +378,25 @@ pub trait EventStore: std::fmt::Debug + Send + Sync + 'static {
     /// Makes each of `fingerprints` its identity's last action and stores
     /// `misses`, in one transaction.
     async fn record_misses(&self, fingerprints: &[Fingerprint], misses: &[Miss]) -> Result<()>;
-    /// The misses of `invocation`, at most `limit`, by target.
-    async fn misses(&self, invocation: &str, limit: i64) -> Result<Vec<Miss>>;
+    /// The misses of `invocation` as stored, in chunks (each chunk's id
+    /// and its misses), for `crate::insights::explain` to fill in.
+    async fn miss_chunks(&self, invocation: &str) -> Result<Vec<(String, Vec<Miss>)>>;
+    /// Replaces a chunk of `invocation`'s misses (their causes compared).
+    async fn replace_miss_chunk(
+        &self,
+        invocation: &str,
+        chunk: &str,
+        misses: &[Miss],
+    ) -> Result<()>;
+    /// The misses of `invocation` as stored (those not compared yet with
+    /// no causes), at most `limit`, by target.
+    async fn misses(&self, invocation: &str, limit: i64) -> Result<Vec<Miss>> {
+        let chunks = self.miss_chunks(invocation).await?;
+        Ok(crate::insights::misses::listed(
+            chunks.into_iter().flat_map(|(_, m)| m).collect(),
+            limit,
+        ))
+    }
     /// Stores cache scorecards (`crate::insights::scorecard`), each
     /// replacing its earlier version.
     async fn record_scorecards(&self, rows: &[crate::insights::scorecard::Row]) -> Result<()>;

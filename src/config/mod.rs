@@ -107,14 +107,15 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct InsightsConfig {
     /// Compare each action result written with the one it replaces and
-    /// record the outputs of actions that are not deterministic. Costs one
-    /// action-cache read per write. Default true.
+    /// record the outputs of actions that are not deterministic. Costs a
+    /// lookup beside each action-cache write. Default true.
     #[serde(default = "yes")]
     pub nondeterminism: bool,
-    /// Explain cache misses: compare each action whose result is written
-    /// fresh with the last action of the same target, mnemonic and outputs
-    /// (in the background; one fingerprint row per such identity in the
-    /// build-event database). Default true.
+    /// Explain cache misses: record each action whose result is written
+    /// fresh beside the last action of the same target, mnemonic and
+    /// outputs (in the background; one fingerprint row per such identity
+    /// in the build-event database), and compare the two when the misses
+    /// are read. Default true.
     #[serde(default = "yes")]
     pub misses: bool,
     /// Count each invocation's cache hits, misses, uploads and bytes (its

@@ -92,7 +92,7 @@ pub fn router(parts: HttpParts) -> Router {
     } = parts;
     let ui = crate::ui::router(crate::ui::UiState {
         events: events.clone(),
-        instances,
+        instances: instances.clone(),
         scheduler: scheduler.clone(),
         guard: access.guard.clone(),
         events_guarded: access.build_events,
@@ -118,7 +118,7 @@ pub fn router(parts: HttpParts) -> Router {
         .merge(ui)
         .merge(guarded(metrics_routes, access.metrics))
         .merge(guarded(
-            crate::bes::http::router(events),
+            crate::bes::http::router(events, instances),
             access.build_events,
         ))
         .merge(guarded(exec_api::router(scheduler), access.build_events));

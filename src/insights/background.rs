@@ -1,7 +1,7 @@
-//! The insights' background tasks: the miss comparison, which takes the
-//! queue of fresh results in batches and stores what it explained every
-//! 200 ms, and the scorecards' store round every second. Both end when the
-//! insights (their senders and cards) are gone.
+//! The insights' background tasks: the miss recorder, which takes the
+//! buffer of fresh results every 200 ms and stores what it recorded, and
+//! the scorecards' store round every second. Both end when the insights
+//! (their buffer and cards) are gone.
 
 use std::sync::Arc;
 
@@ -11,11 +11,45 @@ use prometheus_client::metrics::family::Family;
 use super::{misses, scorecard};
 use crate::bes::store::EventStore;
 
-/// Fresh results waiting for the miss comparison, at most.
-pub(super) const QUEUED_MISSES: usize = 4096;
+/// Fresh results waiting to be recorded, at most.
+const BUFFERED_MISSES: usize = 16384;
 
-/// Results the comparison takes at once (one query and one transaction).
-const MISS_BATCH: usize = 256;
+/// Buffered results that wake the recorder before its round is due.
+const DRAIN_AT: usize = 1024;
+
+/// Fresh results waiting for the recorder: a vector under a lock rather
+/// than a channel, so a write costs a push, not a wake-up of the task.
+#[derive(Debug, Default)]
+pub(crate) struct Buffer {
+    items: std::sync::Mutex<Vec<misses::Written>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Buffer {
+    /// Leaves `w` for the recorder; false when the buffer is full.
+    pub(super) fn push(&self, w: misses::Written) -> bool {
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        if items.len() >= BUFFERED_MISSES {
+            return false;
+        }
+        items.push(w);
+        if items.len() == 1 || items.len() == DRAIN_AT {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    fn take(&self) -> Vec<misses::Written> {
+        std::mem::take(&mut *self.items.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // The recorder wakes, finds the buffer gone and ends.
+        self.wake.notify_one();
+    }
+}
 
 pub(super) fn count(
     missed: &Family<Vec<(&'static str, String)>, Counter>,
@@ -58,53 +92,48 @@ pub(super) async fn store_scorecards(
     }
 }
 
-/// How long explained misses wait before they are stored (with every
-/// other result explained meanwhile).
-const STORE_MISSES_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long fresh results gather before they are recorded (with every
+/// other result written meanwhile).
+const RECORD_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// The background comparison: takes the queue in batches, and stores what
-/// it explained every [`STORE_MISSES_EVERY`], until the insights (every
-/// sender) are gone.
-pub(super) async fn explain_misses(
+/// The background recorder: once results arrive, lets them gather for
+/// [`RECORD_EVERY`] (or until [`DRAIN_AT`] wait), records and stores them
+/// in one transaction, until the insights (the buffer) are gone.
+pub(super) async fn record_misses(
     events: Arc<dyn EventStore>,
-    mut queue: tokio::sync::mpsc::Receiver<misses::Written>,
+    buffer: std::sync::Weak<Buffer>,
     running: prometheus_client::metrics::gauge::Gauge,
     missed: Family<Vec<(&'static str, String)>, Counter>,
 ) {
+    let Some(wake) = buffer.upgrade().map(|b| b.wake.clone()) else {
+        return;
+    };
     let mut recorder = misses::Recorder::new();
-    let mut batch = Vec::with_capacity(MISS_BATCH);
-    let mut stored = tokio::time::Instant::now();
     loop {
-        let wait = if recorder.pending() > 0 {
-            STORE_MISSES_EVERY.saturating_sub(stored.elapsed())
-        } else {
-            std::time::Duration::from_secs(3600)
-        };
-        let open = match tokio::time::timeout(wait, queue.recv_many(&mut batch, MISS_BATCH)).await {
-            Ok(0) => false,
-            Ok(_) => {
-                let taken = std::mem::take(&mut batch);
-                let n = taken.len();
-                match recorder.explain(events.as_ref(), taken).await {
-                    Ok(kinds) => {
-                        for (instance, kind) in kinds {
-                            count(&missed, &instance, &kind);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, results = n, "could not explain cache misses");
-                    }
-                }
-                true
-            }
-            Err(_) => true,
-        };
-        if recorder.pending() > 0 && (!open || stored.elapsed() >= STORE_MISSES_EVERY) {
-            running.dec_by(recorder.store(events.as_ref()).await);
-            stored = tokio::time::Instant::now();
+        wake.notified().await;
+        tokio::select! {
+            _ = tokio::time::sleep(RECORD_EVERY) => {}
+            _ = wake.notified() => {}
         }
-        if !open {
+        let Some(batch) = buffer.upgrade().map(|b| b.take()) else {
             return;
+        };
+        if batch.is_empty() {
+            continue;
         }
+        let n = batch.len();
+        match recorder.record(events.as_ref(), batch).await {
+            Ok(kinds) => {
+                for (instance, kind) in kinds {
+                    count(&missed, &instance, kind);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, results = n, "could not record cache misses");
+                running.dec_by(n as i64);
+                continue;
+            }
+        }
+        running.dec_by(recorder.store(events.as_ref()).await);
     }
 }

@@ -1,36 +1,30 @@
 //! Why did this action miss: every action whose result is written fresh
-//! (nothing was cached under its digest) is compared with the last action
-//! of the same identity across builds — instance, target, mnemonic and
-//! output paths — and what differs is recorded as the miss's causes, on
-//! the invocation that wrote the result.
+//! (nothing was cached under its digest) is set beside the last action of
+//! the same identity across builds — instance, target, mnemonic and
+//! output paths — and recorded as a miss of the invocation that wrote the
+//! result: new, the same action again (its result had gone), or changed.
 //!
 //! The write only hashes its identity (from the result's output paths, so
-//! nothing is read) and queues it; a background task takes the queue in
-//! batches: one query for the batch's earlier fingerprints, the Actions
-//! and Commands read back from the CAS only for identities whose digest
-//! changed, one transaction for the batch's rows.
+//! nothing is read) and leaves it in a buffer; a background task takes the
+//! buffer every 200 ms: one query for the identities this pod does not
+//! know, one transaction for the rows. What changed in a changed action is
+//! compared only when someone reads the misses (`explain`).
 //!
 //! The configuration id Bazel sends is left out of the identity on
 //! purpose: a `--copt` or an `--action_env` changes it, and those are
 //! exactly the changes a miss should be explained by; the output paths
 //! already tell configurations with different output directories apart.
 
-use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::Writer;
 use std::collections::HashMap;
 
-use super::diff;
 pub use super::diff::Cause;
 use crate::bes::store::EventStore;
-use crate::digest::{Digest, DigestFunction};
+use crate::digest::Digest;
 use crate::error::Result;
-use crate::proto::reapi::{Action, ActionResult, Command};
-use crate::store::{BlobStore, Store, get_parsed_blob};
-
-/// Largest Action or Command read for a comparison.
-const MAX_MESSAGE: u64 = 1 << 20;
+use crate::proto::reapi::ActionResult;
 
 /// What is kept of the last action of an identity: its digest and who
 /// wrote its result, about 150 bytes; the Action itself is read back from
@@ -64,20 +58,23 @@ pub struct Miss {
     pub previous_digest: String,
     /// Who wrote the earlier action's result, if known.
     pub previous_invocation: String,
-    /// What differs, at most `diff::MAX_CAUSES`.
+    /// What differs, at most `diff::MAX_CAUSES`; empty until compared
+    /// (`explain`).
     pub causes: Vec<Cause>,
+    /// The digest function of both actions (`sha256` when empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest_function: String,
     /// When it was recorded (ms since the epoch).
     pub seen_at: i64,
 }
 
-/// A fresh result, queued for the background comparison.
+/// A fresh result, buffered for the background recorder.
+#[derive(Debug)]
 pub(crate) struct Written {
     pub identity: String,
     pub instance: String,
     pub action: Digest,
     pub writer: Writer,
-    /// The instance's CAS, where the Actions and Commands are read.
-    pub cas: Store,
     pub seen_at: i64,
 }
 
@@ -159,13 +156,13 @@ impl Known {
     }
 }
 
-/// The background comparison's state: the last action of identities seen
-/// lately, and what was explained since the last time it was stored.
+/// The background recorder's state: the last action of identities seen
+/// lately, and what was recorded since the last time it was stored.
 pub(crate) struct Recorder {
     known: Known,
     changed: HashMap<String, Fingerprint>,
     misses: Vec<Miss>,
-    /// Results explained and not yet stored.
+    /// Results recorded and not yet stored.
     pending: i64,
 }
 
@@ -179,21 +176,15 @@ impl Recorder {
         }
     }
 
-    /// Results explained and not yet stored.
-    pub(crate) fn pending(&self) -> i64 {
-        self.pending
-    }
-
-    /// Explains a batch of fresh results, in order (a later result of an
-    /// identity is compared with an earlier one of the same batch); the
+    /// Records a batch of fresh results, in order (a later result of an
+    /// identity is set beside an earlier one of the same batch); the
     /// database is asked only for identities this pod does not know.
-    /// Returns each miss's instance and the kind of its first cause.
-    pub(crate) async fn explain(
+    /// Returns each miss's instance and kind (`new`, `evicted`, `changed`).
+    pub(crate) async fn record(
         &mut self,
         events: &dyn EventStore,
         batch: Vec<Written>,
-    ) -> Result<Vec<(String, String)>> {
-        self.pending += batch.len() as i64;
+    ) -> Result<Vec<(String, &'static str)>> {
         let mut unknown: Vec<String> = batch
             .iter()
             .filter(|w| self.known.get(&w.identity).is_none())
@@ -206,27 +197,25 @@ impl Recorder {
                 self.known.insert(f);
             }
         }
+        self.pending += batch.len() as i64;
         let mut kinds = Vec::with_capacity(batch.len());
         for w in batch {
             let action_digest = w.action.to_string();
             let previous = self.known.get(&w.identity).cloned();
-            let causes = match &previous {
-                None => vec![Cause::new("new", "", "new action".into())],
-                Some(p) if p.action == action_digest => vec![Cause::new(
+            let (kind, causes) = match &previous {
+                None => ("new", vec![Cause::new("new", "", "new action".into())]),
+                Some(p) if p.action == action_digest => (
                     "evicted",
-                    "",
-                    "same action as before: its result was no longer cached".into(),
-                )],
-                Some(p) => match parse(w.action.function, &p.action) {
-                    Some(before) => compare(w.cas.as_ref(), before, w.action).await?,
-                    None => vec![Cause::new(
-                        "unknown",
+                    vec![Cause::new(
+                        "evicted",
                         "",
-                        "the earlier action used another digest function".into(),
+                        "same action as before: its result was no longer cached".into(),
                     )],
-                },
+                ),
+                // Compared when someone reads it.
+                Some(_) => ("changed", Vec::new()),
             };
-            kinds.push((w.instance.clone(), causes[0].kind.clone()));
+            kinds.push((w.instance.clone(), kind));
             self.misses.push(Miss {
                 invocation: w.writer.invocation.clone(),
                 instance: w.instance,
@@ -238,7 +227,8 @@ impl Recorder {
                     .map(|p| p.action.clone())
                     .unwrap_or_default(),
                 previous_invocation: previous.map(|p| p.invocation).unwrap_or_default(),
-                causes: diff::bounded(causes),
+                causes,
+                digest_function: w.action.function.name().to_string(),
                 seen_at: w.seen_at,
             });
             let fingerprint = Fingerprint {
@@ -253,105 +243,42 @@ impl Recorder {
         Ok(kinds)
     }
 
-    /// Stores what was explained since the last call, in one transaction;
+    /// Stores what was recorded since the last call, in one transaction;
     /// returns how many results that covered (what is dropped on an error
     /// is logged: the queue must not grow without bound).
     pub(crate) async fn store(&mut self, events: &dyn EventStore) -> i64 {
         let fingerprints: Vec<Fingerprint> = self.changed.drain().map(|(_, f)| f).collect();
         let misses = std::mem::take(&mut self.misses);
         if let Err(e) = events.record_misses(&fingerprints, &misses).await {
-            tracing::warn!(error = %e, misses = misses.len(), "could not store explained cache misses");
+            tracing::warn!(error = %e, misses = misses.len(), "could not store cache misses");
         }
         std::mem::take(&mut self.pending)
     }
 }
 
-/// The parts of a written action the comparison needs, read from the CAS.
-struct Version {
-    action: Action,
-    command: Command,
-    command_digest: Digest,
-    input_root: Digest,
-}
-
-async fn message<M: Message + Default>(cas: &dyn BlobStore, d: &Digest) -> Option<M> {
-    let bytes = get_parsed_blob(cas, d, MAX_MESSAGE).await.ok()?;
-    M::decode(bytes).ok()
-}
-
-/// The Action under `digest` and its Command, if both are stored (Bazel
-/// uploads them with every result it writes; other clients may not).
-async fn version(cas: &dyn BlobStore, digest: &Digest) -> Option<Version> {
-    let action: Action = message(cas, digest).await?;
-    let command_digest =
-        Digest::from_proto(digest.function, action.command_digest.as_ref(), "command").ok()?;
-    let input_root =
-        Digest::from_proto(digest.function, action.input_root_digest.as_ref(), "input").ok()?;
-    let command = message(cas, &command_digest).await?;
-    Some(Version {
-        action,
-        command,
-        command_digest,
-        input_root,
-    })
-}
-
-fn parse(function: DigestFunction, s: &str) -> Option<Digest> {
-    let (hash, size) = s.split_once('/')?;
-    Digest::parse(function, hash, size.parse().ok()?).ok()
-}
-
-/// What differs between the earlier action `before` and `after`, as far
-/// as the CAS still holds both.
-async fn compare(cas: &dyn BlobStore, before: Digest, after: Digest) -> Result<Vec<Cause>> {
-    let Some(now) = version(cas, &after).await else {
-        return Ok(vec![Cause::new(
-            "unknown",
-            "",
-            "the action's Action or Command is not stored to compare (the client did not upload it)"
-                .into(),
-        )]);
-    };
-    let Some(earlier) = version(cas, &before).await else {
-        return Ok(vec![Cause::new(
-            "unknown",
-            "",
-            "the earlier action is no longer stored to compare".into(),
-        )]);
-    };
-    let mut causes = Vec::new();
-    if earlier.command_digest != now.command_digest {
-        causes.extend(diff::argv(
-            &earlier.command.arguments,
-            &now.command.arguments,
-        ));
-        causes.extend(diff::env(&earlier.command, &now.command));
-    }
-    let platform = |v: &Version| v.action.platform.clone().or(v.command.platform.clone());
-    causes.extend(diff::platform(
-        platform(&earlier).as_ref(),
-        platform(&now).as_ref(),
-    ));
-    causes.extend(diff::fields(
-        (&earlier.action, &earlier.command),
-        (&now.action, &now.command),
-    ));
-    if earlier.input_root != now.input_root {
-        causes.extend(super::inputs::compare(cas, earlier.input_root, now.input_root).await?);
-    }
-    if causes.is_empty() {
-        causes.push(Cause::new(
-            "unknown",
-            "",
-            "the action differs in a field kiln does not compare".into(),
-        ));
-    }
-    Ok(causes)
+/// `all` misses of an invocation as they are listed: by target, an action
+/// written twice (its result evicted in between) once, as first seen; at
+/// most `limit`.
+pub fn listed(mut all: Vec<Miss>, limit: i64) -> Vec<Miss> {
+    all.sort_by(|a, b| {
+        (&a.target, &a.mnemonic, &a.action_digest, a.seen_at).cmp(&(
+            &b.target,
+            &b.mnemonic,
+            &b.action_digest,
+            b.seen_at,
+        ))
+    });
+    all.dedup_by(|later, first| {
+        later.action_digest == first.action_digest && later.instance == first.instance
+    });
+    all.truncate(usize::try_from(limit.max(0)).unwrap_or(usize::MAX));
+    all
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::DigestFunction;
     use crate::proto::reapi::OutputFile;
 
     fn result(paths: &[&str]) -> ActionResult {
@@ -390,11 +317,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_is_explained_in_order_and_its_last_fingerprint_kept() {
+    async fn a_batch_is_recorded_in_order_and_its_last_fingerprint_kept() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/e.db?mode=rwc", dir.path().display());
         let events = crate::bes::sql::SqlEventStore::connect(&url).await.unwrap();
-        let cas: Store = std::sync::Arc::new(crate::store::memory::MemoryStore::new(1 << 20));
         let writer = Writer {
             invocation: "inv".into(),
             target: "//t:t".into(),
@@ -405,18 +331,17 @@ mod tests {
             instance: String::new(),
             action: DigestFunction::Sha256.digest_of(&[n]),
             writer: writer.clone(),
-            cas: cas.clone(),
             seen_at: 1,
         };
         let mut recorder = Recorder::new();
         let kinds = recorder
-            .explain(&events, vec![written(1), written(1), written(2)])
+            .record(&events, vec![written(1), written(1), written(2)])
             .await
             .unwrap();
         // New, then the same action again (its result had gone), then a
-        // different action whose Action the client never uploaded.
-        let kinds: Vec<&str> = kinds.iter().map(|(_, k)| k.as_str()).collect();
-        assert_eq!(kinds, ["new", "evicted", "unknown"]);
+        // different action, compared only when read.
+        let kinds: Vec<&str> = kinds.iter().map(|(_, k)| *k).collect();
+        assert_eq!(kinds, ["new", "evicted", "changed"]);
         assert_eq!(recorder.store(&events).await, 3);
         let kept = events.fingerprints(&["same".into()]).await.unwrap();
         assert_eq!(
@@ -426,9 +351,11 @@ mod tests {
         let listed = events.misses("inv", 10).await.unwrap();
         assert_eq!(listed.len(), 2, "each action once: {listed:?}");
         assert_eq!(listed[0].causes[0].kind, "new");
+        assert!(listed[1].causes.is_empty(), "not compared yet");
+        assert_eq!(listed[1].digest_function, "sha256");
         // A recorder that does not know the identity asks the database.
         let mut fresh = Recorder::new();
-        let kinds = fresh.explain(&events, vec![written(2)]).await.unwrap();
-        assert_eq!(kinds, [(String::new(), "evicted".to_string())]);
+        let kinds = fresh.record(&events, vec![written(2)]).await.unwrap();
+        assert_eq!(kinds, [(String::new(), "evicted")]);
     }
 }

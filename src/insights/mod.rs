@@ -14,6 +14,7 @@
 
 mod background;
 pub(crate) mod diff;
+pub mod explain;
 mod flag;
 pub(crate) mod inputs;
 pub mod misses;
@@ -32,7 +33,7 @@ use crate::bes::store::EventStore;
 use crate::bes::webhook::Webhooks;
 use crate::digest::Digest;
 use crate::proto::reapi::ActionResult;
-use background::{QUEUED_MISSES, count, explain_misses, store_scorecards};
+use background::{Buffer, count, record_misses, store_scorecards};
 use writers::Writers;
 
 /// Who wrote a result, as the call's RequestMetadata says (Bazel names the
@@ -123,19 +124,19 @@ pub struct Insights {
     /// their number is capped and odd ones are counted as `other`.
     labelled: std::sync::Mutex<std::collections::HashSet<String>>,
     webhooks: Webhooks,
-    /// Fresh results waiting for the miss comparison; one that finds the
-    /// queue full is skipped (and counted), so a burst of writes never
+    /// Fresh results waiting to be recorded as misses; one that finds the
+    /// buffer full is skipped (and counted), so a burst of writes never
     /// queues unbounded work.
-    queue: tokio::sync::mpsc::Sender<misses::Written>,
+    buffer: Arc<Buffer>,
     /// Missed actions by instance and the kind of their first cause.
     missed: Family<Vec<(&'static str, String)>, Counter>,
     /// Which insights are on.
     on: crate::config::InsightsConfig,
     /// Cache scorecards being counted, stored every second.
     scorecards: Arc<scorecard::Scorecards>,
-    /// Results queued or being compared now (a client that wants to read
-    /// its misses knows they are all recorded when this is 0 after its
-    /// build).
+    /// Results buffered or being recorded now (a client that wants to
+    /// read its misses knows they are all recorded when this is 0 after
+    /// its build).
     running: prometheus_client::metrics::gauge::Gauge,
     /// Which cache hits are run again, and who runs them.
     sampler: Arc<reexecute::Sampler>,
@@ -158,20 +159,20 @@ impl Insights {
         let missed = Family::default();
         metrics.register(
             "missed_actions",
-            "Actions whose result was written fresh, by instance and the kind of their first cause (new, input, argv, env, ...; skipped when kiln was too busy to compare)",
+            "Actions whose result was written fresh, by instance and kind: new (no earlier action of its target, mnemonic and outputs), evicted (the same action again), changed (what changed is compared when the misses are read), skipped (kiln was too busy to record it)",
             missed.clone(),
         );
         let running = prometheus_client::metrics::gauge::Gauge::default();
         metrics.register(
             "miss_analyses_running",
-            "Fresh action results queued or being compared to explain cache misses",
+            "Fresh action results waiting to be recorded as cache misses",
             running.clone(),
         );
-        let (queue, waiting) = tokio::sync::mpsc::channel(QUEUED_MISSES);
+        let buffer = Arc::new(Buffer::default());
         if on.misses {
-            tokio::spawn(explain_misses(
+            tokio::spawn(record_misses(
                 events.clone(),
-                waiting,
+                Arc::downgrade(&buffer),
                 running.clone(),
                 missed.clone(),
             ));
@@ -194,7 +195,7 @@ impl Insights {
             flagged,
             labelled: Default::default(),
             webhooks,
-            queue,
+            buffer,
             missed,
         })
     }
@@ -227,12 +228,11 @@ impl Insights {
         }
     }
 
-    /// Called once `action`'s result is stored where none was: explains
+    /// Called once `action`'s result is stored where none was: records
     /// the miss in the background (`misses`), off the write's path.
     pub fn result_missed(
         &self,
         instance: &str,
-        cas: crate::store::Store,
         action: Digest,
         result: &ActionResult,
         writer: Writer,
@@ -245,12 +245,11 @@ impl Insights {
             instance: instance.to_string(),
             action,
             writer,
-            cas,
             seen_at: crate::time::now_ms(),
         };
-        self.running.inc();
-        if self.queue.try_send(written).is_err() {
-            self.running.dec();
+        if self.buffer.push(written) {
+            self.running.inc();
+        } else {
             count(&self.missed, instance, "skipped");
         }
     }

@@ -228,18 +228,26 @@ impl Scorecards {
             return;
         }
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if !live.contains_key(&writer.invocation) && live.len() >= MAX_LIVE {
-            return;
+        // Looked up before it is inserted: the invocation is copied once
+        // per card, not on every call.
+        if !live.contains_key(&writer.invocation) {
+            if live.len() >= MAX_LIVE {
+                return;
+            }
+            live.insert(
+                writer.invocation.clone(),
+                Live {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    card: Scorecard::default(),
+                    recent: Default::default(),
+                    dirty: false,
+                    touched: Instant::now(),
+                },
+            );
         }
-        let entry = live
-            .entry(writer.invocation.clone())
-            .or_insert_with(|| Live {
-                id: uuid::Uuid::new_v4().to_string(),
-                card: Scorecard::default(),
-                recent: Default::default(),
-                dirty: false,
-                touched: Instant::now(),
-            });
+        let Some(entry) = live.get_mut(&writer.invocation) else {
+            return;
+        };
         let missed_before = match seen {
             Seen::Miss(k) => {
                 if entry.recent.len() == RECENT_MISSES {

@@ -77,6 +77,24 @@ pub async fn run_all(store: Arc<dyn BlobStore>) {
     concurrent_writers(store).await;
 }
 
+/// An action-cache store's swap: the value replaced comes back (None for
+/// a fresh key, and for one larger than asked), and the new one is stored.
+pub async fn swap_returns_the_replaced_value(store: &dyn BlobStore) {
+    let seed = rand_seed();
+    let key = digest(&blob(seed, 64));
+    let (first, second) = (blob(seed + 1, 100), blob(seed + 2, 200));
+    assert_eq!(
+        store.swap(&key, first.clone(), 1 << 20).await.unwrap(),
+        None
+    );
+    assert_eq!(get_bytes(store, &key).await.unwrap(), first);
+    let old = store.swap(&key, second.clone(), 1 << 20).await.unwrap();
+    assert_eq!(old, Some(first));
+    assert_eq!(get_bytes(store, &key).await.unwrap(), second);
+    let too_large = store.swap(&key, blob(seed + 3, 10), 199).await.unwrap();
+    assert_eq!(too_large, None, "an old value over max_old is not returned");
+}
+
 pub async fn concurrent_writers(store: Arc<dyn BlobStore>) {
     let data = blob(rand_seed(), 300_000);
     let d = digest(&data);

@@ -10,6 +10,9 @@ use crate::store::contract;
 async fn contract() {
     let dir = tempfile::tempdir().unwrap();
     contract::run_all(Arc::new(FsStore::open(dir.path(), 64 << 10, true).unwrap())).await;
+    let ac = tempfile::tempdir().unwrap();
+    contract::swap_returns_the_replaced_value(&FsStore::open(ac.path(), 64 << 10, false).unwrap())
+        .await;
 }
 
 #[tokio::test]

@@ -381,6 +381,25 @@ impl BlobStore for Instrumented {
         result
     }
 
+    async fn swap(
+        &self,
+        key: &Digest,
+        value: bytes::Bytes,
+        max_old: u64,
+    ) -> Result<Option<bytes::Bytes>> {
+        // Counted as the put it is.
+        let span =
+            tracing::debug_span!("store.put", node = %self.name, kind = self.kind, digest = %key);
+        let started = Instant::now();
+        let result = self
+            .inner
+            .swap(key, value, max_old)
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| self.put.record(&result, started));
+        result
+    }
+
     fn staging(&self, digest: &Digest) -> super::Staging {
         self.inner.staging(digest)
     }
@@ -423,9 +442,8 @@ mod tests {
     async fn contract() {
         let inner = Arc::new(MemoryStore::new(64 << 20));
         let metrics = StoreMetrics::register(&crate::metrics::Metrics::new());
-        contract::run_all(Arc::new(Instrumented::new(
-            "test", "memory", inner, metrics,
-        )))
-        .await;
+        let store = Arc::new(Instrumented::new("test", "memory", inner, metrics));
+        contract::swap_returns_the_replaced_value(store.as_ref()).await;
+        contract::run_all(store).await;
     }
 }

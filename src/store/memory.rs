@@ -114,6 +114,15 @@ impl BlobStore for MemoryStore {
         Ok(())
     }
 
+    async fn swap(&self, key: &Digest, value: Bytes, max_old: u64) -> Result<Option<Bytes>> {
+        let old = match self.blobs.get(key).await {
+            Some(s) if s.value.len() <= max_old => s.value.read(Range::FULL)?.collect().await.ok(),
+            _ => None,
+        };
+        self.put(key, value.into()).await?;
+        Ok(old)
+    }
+
     fn staging(&self, _: &Digest) -> Staging {
         Staging::Memory
     }
@@ -126,6 +135,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn contract() {
         super::super::contract::run_all(std::sync::Arc::new(MemoryStore::new(64 << 20))).await;
+        super::super::contract::swap_returns_the_replaced_value(&MemoryStore::new(1 << 20)).await;
     }
 
     #[tokio::test]

@@ -270,6 +270,22 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
         self.put(digest, file.into_body().await?).await
     }
 
+    /// Stores a small `value` under `key` and returns the value it
+    /// replaced, if one was stored (and is at most `max_old` bytes): the
+    /// action cache's write, which the insights set beside the result it
+    /// replaces. One call, so a store can answer in one step (the memory
+    /// store looks up beside its insert) rather than through a failed
+    /// read's error and a second call through every layer. Not atomic:
+    /// two writers of one key may both see the same old value.
+    async fn swap(&self, key: &Digest, value: Bytes, max_old: u64) -> Result<Option<Bytes>> {
+        let old = match self.get(key, Range::FULL).await {
+            Ok(body) => body.collect_max(max_old).await.ok(),
+            Err(_) => None,
+        };
+        self.put(key, value.into()).await?;
+        Ok(old)
+    }
+
     /// The chunks a blob is stored as, when a chunked layer below stores
     /// it so (SplitBlob answers from them instead of reading the blob);
     /// layers forward.

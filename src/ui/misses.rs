@@ -19,7 +19,13 @@ pub(super) async fn readable(
     caller: &HttpCaller,
     invocation: &str,
 ) -> crate::error::Result<Vec<Miss>> {
-    let mut rows = state.events.misses(invocation, LISTED).await?;
+    let mut rows = crate::insights::explain::explained(
+        state.events.as_ref(),
+        &state.instances,
+        invocation,
+        LISTED,
+    )
+    .await?;
     rows.retain(|r| auth::may_read(caller, &r.instance));
     Ok(rows)
 }

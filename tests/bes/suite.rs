@@ -149,6 +149,7 @@ async fn miss_storage(database: &str) {
                 subject: "PATH".into(),
                 text: "env PATH changed".into(),
             }],
+            digest_function: "sha256".into(),
             seen_at: now + n as i64,
         };
         store
@@ -221,6 +222,22 @@ async fn miss_storage(database: &str) {
     let listed = store.misses(&invocation, 10).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].causes[0].text, "env PATH changed");
+    // A chunk replaced in place (its misses compared when first read).
+    let mut chunks = store.miss_chunks(&invocation).await.unwrap();
+    assert_eq!(chunks.len(), 2, "one chunk per recording");
+    let (chunk, misses) = &mut chunks[0];
+    misses[0].causes[0].text = "argv[1]: -O2 → -O3".into();
+    store
+        .replace_miss_chunk(&invocation, chunk, misses)
+        .await
+        .unwrap();
+    let listed = store.misses(&invocation, 10).await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|m| m.causes[0].text == "argv[1]: -O2 → -O3"),
+        "{listed:?}"
+    );
     store.purge(now + 10, 100).await.unwrap();
     assert!(store.misses(&invocation, 10).await.unwrap().is_empty());
     assert_eq!(last(store.clone(), identity.clone()).await, None);
