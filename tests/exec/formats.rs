@@ -1,7 +1,8 @@
 //! What REAPI 2.8-2.12 added to execution, end to end with a real worker:
 //! output directories stored in the format the Command asks for
-//! (`output_directory_format`), and Execute's inline hints applied to the
-//! result of an action that ran.
+//! (`output_directory_format`), Execute's inline hints applied to the
+//! result of an action that ran, and large outputs uploaded by chunks
+//! (SpliceBlob) when the server splices.
 
 use prost::Message;
 
@@ -157,4 +158,98 @@ async fn an_executed_result_has_what_execute_asked_to_inline() {
     assert_eq!(&hinted.stderr_raw[..], b"err\n");
     assert_eq!(&hinted.output_files[0].contents[..], b"data\n");
     assert!(hinted.stdout_digest.is_some(), "the digests stay");
+}
+
+/// A blob read through ByteStream (too large for a batch).
+async fn streamed(kiln: &Kiln, digest: &kiln::proto::reapi::Digest) -> Vec<u8> {
+    use futures::StreamExt;
+    let mut stream = kiln
+        .bytestream()
+        .await
+        .read(kiln::proto::bytestream::ReadRequest {
+            resource_name: format!("blobs/{}/{}", digest.hash, digest.size_bytes),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = stream.next().await {
+        out.extend_from_slice(&m.unwrap().data);
+    }
+    out
+}
+
+/// The server's gRPC bytes received so far, and its SpliceBlob calls that
+/// succeeded.
+async fn received_and_spliced(kiln: &Kiln) -> (f64, f64) {
+    let m = crate::common::scrape(kiln.server.http_addr).await;
+    (
+        crate::common::metric_sum(&m, "kiln_grpc_bytes_total", &[("direction", "in")]),
+        crate::common::metric_sum(
+            &m,
+            "kiln_grpc_calls_total",
+            &[
+                (
+                    "method",
+                    "/build.bazel.remote.execution.v2.ContentAddressableStorage/SpliceBlob",
+                ),
+                ("code", "OK"),
+            ],
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_output_edited_in_the_middle_is_uploaded_by_its_changed_chunks() {
+    let (kiln, _worker) = kiln_with_worker("chunks").await;
+    let ch = kiln.channel().await;
+    // About 6 MiB of lines; the second action edits one in the middle.
+    let expected = |edited: bool| -> Vec<u8> {
+        let mut out = String::new();
+        for n in 1..=900_000u32 {
+            if edited && n == 450_000 {
+                out.push_str("edited\n");
+            } else {
+                out.push_str(&format!("{n}\n"));
+            }
+        }
+        out.into_bytes()
+    };
+    let mut sent = Vec::new();
+    for (salt, command) in [
+        ("plain", "seq 1 900000 > big"),
+        ("edited", "seq 1 900000 | sed 's/^450000$/edited/' > big"),
+    ] {
+        let spec = Spec {
+            argv: vec!["/bin/sh", "-c", command],
+            outputs: vec!["big"],
+            salt,
+            ..Default::default()
+        };
+        let digest = upload(&ch, "", &spec).await;
+        let (before, _) = received_and_spliced(&kiln).await;
+        let result = run(&ch, digest, ExecuteRequest::default()).await;
+        assert_eq!(result.exit_code, 0, "{result:?}");
+        let (after, _) = received_and_spliced(&kiln).await;
+        sent.push(after - before);
+        let output = result.output_files[0].digest.as_ref().unwrap();
+        let want = expected(salt == "edited");
+        assert_eq!(output.size_bytes, want.len() as i64);
+        assert!(
+            streamed(&kiln, output).await == want,
+            "the spliced output is the file"
+        );
+    }
+    let (_, spliced) = received_and_spliced(&kiln).await;
+    assert_eq!(spliced, 2.0, "both outputs were spliced from chunks");
+    let size = expected(true).len() as f64;
+    assert!(
+        sent[0] > size,
+        "the first output's chunks all travel: {sent:?}"
+    );
+    assert!(
+        sent[1] < size / 2.0,
+        "the edited output sends only the chunks around the edit: {sent:?} of {size}"
+    );
 }

@@ -63,7 +63,8 @@ pub(super) async fn execute(
         .find(|(k, _)| k == super::images::IMAGE_PROPERTY)
         .map(|(_, v)| v.as_str());
     let network = sandbox::Wants::network_of(&properties)?;
-    let cas = Cas::new(ctx.conn.clone(), ctx.instance.clone(), function);
+    let cas =
+        Cas::new(ctx.conn.clone(), ctx.instance.clone(), function).splicing(ctx.splicing.clone());
     let wants = sandbox::Wants {
         network,
         rootfs: match image {

@@ -38,7 +38,7 @@ pub enum Source {
 
 impl Source {
     /// Opens a file source for reading.
-    fn open(&self) -> Result<std::fs::File> {
+    pub(super) fn open(&self) -> Result<std::fs::File> {
         match self {
             Source::File(p) => {
                 std::fs::File::open(p).map_err(|e| Error::io(format!("opening {}", p.display()), e))
@@ -81,9 +81,15 @@ pub struct Cas {
     conn: Conn,
     instance: String,
     function: DigestFunction,
+    splicing: Splicing,
 }
 
-fn status(what: &str) -> impl Fn(tonic::Status) -> Error + '_ {
+/// The server's chunker for SpliceBlob, asked once per worker and shared
+/// by its actions' clients (None inside: the server does not splice).
+pub type Splicing =
+    std::sync::Arc<tokio::sync::OnceCell<Option<std::sync::Arc<crate::chunking::Chunker>>>>;
+
+pub(super) fn status(what: &str) -> impl Fn(tonic::Status) -> Error + '_ {
     move |s| match s.code() {
         tonic::Code::NotFound => Error::NotFound(format!("{what}: {}", s.message())),
         // A connection cut mid-stream (a pod killed behind the balancer)
@@ -103,7 +109,22 @@ impl Cas {
             conn,
             instance,
             function,
+            splicing: Splicing::default(),
         }
+    }
+
+    /// Shares the worker's answer to "does the server splice?".
+    pub fn splicing(mut self, splicing: Splicing) -> Self {
+        self.splicing = splicing;
+        self
+    }
+
+    pub(super) fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    pub(super) fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The digest function in use.
@@ -293,24 +314,9 @@ impl Cas {
         if blobs.is_empty() {
             return Ok(());
         }
-        let request = FindMissingBlobsRequest {
-            instance_name: self.instance.clone(),
-            blob_digests: blobs.iter().map(|(d, _)| d.to_proto()).collect(),
-            digest_function: self.function.to_proto() as i32,
-        };
-        let missing = retrying("uploading outputs", || async {
-            ContentAddressableStorageClient::new(self.conn.clone())
-                .find_missing_blobs(request.clone())
-                .await
-                .map_err(status("uploading outputs"))
-        })
-        .await?
-        .into_inner()
-        .missing_blob_digests;
-        let missing: std::collections::HashSet<Digest> = missing
-            .iter()
-            .map(|d| Digest::from_proto(self.function, Some(d), "missing blob"))
-            .collect::<Result<_, _>>()?;
+        let missing = self
+            .missing(blobs.iter().map(|(d, _)| *d).collect())
+            .await?;
         let mut seen = std::collections::HashSet::new();
         let todo: Vec<(Digest, Source)> = blobs
             .into_iter()
@@ -335,12 +341,57 @@ impl Cas {
             self.update_batch(requests).await?;
         }
         for (digest, source) in large {
+            if digest.size >= super::chunked::MIN_SIZE
+                && !matches!(source, Source::Bytes(_))
+                && let Some(chunker) = self
+                    .splicing
+                    .get_or_init(|| super::chunked::chunker(self))
+                    .await
+            {
+                match super::chunked::upload(self, chunker, &digest, &source).await {
+                    Ok(sent) => {
+                        tracing::debug!(%digest, chunks_sent = sent, "output uploaded by chunks");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::info!(%digest, error = %e, "uploading by chunks failed; uploading whole");
+                    }
+                }
+            }
             self.write(&digest, &source).await?;
         }
         Ok(())
     }
 
-    async fn update_batch(&self, requests: Vec<batch_update_blobs_request::Request>) -> Result<()> {
+    /// Which of `digests` the server lacks.
+    pub(super) async fn missing(
+        &self,
+        digests: Vec<Digest>,
+    ) -> Result<std::collections::HashSet<Digest>> {
+        let request = FindMissingBlobsRequest {
+            instance_name: self.instance.clone(),
+            blob_digests: digests.iter().map(|d| d.to_proto()).collect(),
+            digest_function: self.function.to_proto() as i32,
+        };
+        let missing = retrying("uploading outputs", || async {
+            ContentAddressableStorageClient::new(self.conn.clone())
+                .find_missing_blobs(request.clone())
+                .await
+                .map_err(status("uploading outputs"))
+        })
+        .await?
+        .into_inner()
+        .missing_blob_digests;
+        Ok(missing
+            .iter()
+            .map(|d| Digest::from_proto(self.function, Some(d), "missing blob"))
+            .collect::<Result<_, _>>()?)
+    }
+
+    pub(super) async fn update_batch(
+        &self,
+        requests: Vec<batch_update_blobs_request::Request>,
+    ) -> Result<()> {
         retrying("uploading outputs", || {
             self.update_batch_once(requests.clone())
         })

@@ -8,6 +8,7 @@
 mod action;
 mod args;
 mod cas;
+mod chunked;
 mod confine;
 mod images;
 mod inputs;
@@ -140,6 +141,9 @@ struct Ctx {
     drain: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     /// Commands by digest (verified when fetched).
     commands: moka::future::Cache<Digest, bytes::Bytes>,
+    /// How the server cuts blobs for SpliceBlob, asked at the first large
+    /// output (None: it does not splice).
+    splicing: cas::Splicing,
 }
 
 /// Runs the worker until SIGINT or SIGTERM.
@@ -238,6 +242,7 @@ pub async fn run(args: WorkerArgs) -> Result<()> {
             .weigher(|_: &Digest, b: &bytes::Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
             .build(),
         runs,
+        splicing: Default::default(),
         measure: if args.no_usage { None } else { helper },
         resident,
         runner: args
