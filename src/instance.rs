@@ -58,6 +58,8 @@ pub struct Instance {
     pub insights: Option<Arc<crate::insights::Insights>>,
     /// SplitBlob and SpliceBlob (none when switched off).
     pub chunking: Option<crate::chunking::blobs::Chunking>,
+    /// What clients did not move because it was stored, on /metrics.
+    savings: crate::store::instrumented::SavingsMetrics,
 }
 
 impl Instance {
@@ -70,12 +72,13 @@ impl Instance {
     }
 
     /// Counts what a call did on its invocation's cache scorecard, when
-    /// insights are on.
+    /// insights are on (and a saving on /metrics, whether they are or not).
     pub fn note(
         &self,
         writer: &crate::insights::Writer,
         seen: crate::insights::scorecard::Seen<'_>,
     ) {
+        self.savings.count(&seen);
         if let Some(i) = &self.insights {
             i.note(writer, seen);
         }
@@ -119,6 +122,7 @@ impl Instance {
             });
         Ok(Instance {
             insights,
+            savings: stores.metrics().savings(&config.name),
             name: config.name.clone(),
             chunking,
             cas: stores

@@ -152,6 +152,7 @@ impl ContentAddressableStorage for CasService {
         request: Request<FindMissingBlobsRequest>,
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
         let who = caller(&request);
+        let writer = crate::insights::Writer::of(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
         instance.authorize(&who, Role::Read)?;
@@ -166,6 +167,15 @@ impl ContentAddressableStorage for CasService {
         }
         let digests = parse_digests(function, &req.blob_digests)?;
         let missing = instance.cas.find_missing(&digests).await?;
+        let asked: u64 = digests.iter().map(|d| d.size).sum();
+        let absent: u64 = missing.iter().map(|d| d.size).sum();
+        instance.note(
+            &writer,
+            Seen::Present {
+                blobs: (digests.len() - missing.len()) as u64,
+                bytes: asked.saturating_sub(absent),
+            },
+        );
         Ok(Response::new(FindMissingBlobsResponse {
             missing_blob_digests: missing_protos(req.blob_digests, &digests, &missing),
         }))
@@ -269,6 +279,7 @@ impl ContentAddressableStorage for CasService {
         request: Request<SplitBlobRequest>,
     ) -> Result<Response<SplitBlobResponse>, Status> {
         let who = caller(&request);
+        let writer = crate::insights::Writer::of(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
         // Split stores the chunks it cuts: a write, though of nothing new.
@@ -279,6 +290,13 @@ impl ContentAddressableStorage for CasService {
         let blob = Digest::from_proto(function, req.blob_digest.as_ref(), "blob")?;
         let asked = chunking::Function::from_proto(req.chunking_function)?;
         let (used, chunks) = chunking.split(&instance.cas, &blob, asked).await?;
+        instance.note(
+            &writer,
+            Seen::Split {
+                bytes: blob.size,
+                chunks: chunks.len() as u64,
+            },
+        );
         Ok(Response::new(SplitBlobResponse {
             chunk_digests: chunks.iter().map(Digest::to_proto).collect(),
             chunking_function: used.to_proto() as i32,
@@ -290,6 +308,7 @@ impl ContentAddressableStorage for CasService {
         request: Request<SpliceBlobRequest>,
     ) -> Result<Response<SpliceBlobResponse>, Status> {
         let who = caller(&request);
+        let writer = crate::insights::Writer::of(&request);
         let req = request.into_inner();
         let instance = self.instances.get(&req.instance_name)?;
         instance.authorize(&who, Role::Write)?;
@@ -302,6 +321,13 @@ impl ContentAddressableStorage for CasService {
         chunking::Function::from_proto(req.chunking_function)?;
         let chunks = parse_digests(function, &req.chunk_digests)?;
         chunking.splice(&instance.cas, &blob, &chunks).await?;
+        instance.note(
+            &writer,
+            Seen::Spliced {
+                bytes: blob.size,
+                chunks: chunks.len() as u64,
+            },
+        );
         Ok(Response::new(SpliceBlobResponse {
             blob_digest: req.blob_digest,
         }))

@@ -83,6 +83,11 @@ impl<'a> StoreBuilder<'a> {
         Ok(Arc::new(ContentAddressed::new(inner, max_blob_size)))
     }
 
+    /// The stores' metrics (an instance registers its own counters there).
+    pub fn metrics(&self) -> &Arc<StoreMetrics> {
+        &self.metrics
+    }
+
     /// An action cache: the configured graph as is (its values are not
     /// content-addressed).
     pub async fn action_cache(&mut self, spec: &StoreConfig, path: &str) -> Result<Store> {

@@ -5,7 +5,7 @@
 use maud::{Markup, html};
 
 use super::layout::{duration, percent, size};
-use crate::insights::scorecard::{Counts, Scorecard};
+use crate::insights::scorecard::{Counts, Savings, Scorecard};
 
 /// Targets listed, those with the most misses first.
 const TOP_TARGETS: usize = 10;
@@ -37,6 +37,27 @@ fn table(class: &str, first: &str, rows: &[(&String, &Counts)]) -> Markup {
     }
 }
 
+/// What the invocation's clients did not move, or nothing when nothing
+/// was saved.
+fn savings(s: &Savings) -> Markup {
+    if *s == Savings::default() {
+        return html! {};
+    }
+    html! {
+        p #cache-savings {
+            "Already stored: " strong { (s.present_blobs) } " blobs (" (size(s.present_bytes)) ") the clients did not upload."
+            @if s.spliced_blobs > 0 {
+                " Uploaded by chunks: " strong { (s.spliced_blobs) } " blobs (" (size(s.spliced_bytes)) ") from "
+                (s.spliced_chunks) " chunks."
+            }
+            @if s.split_blobs > 0 {
+                " Downloaded by chunks: " strong { (s.split_blobs) } " blobs (" (size(s.split_bytes)) ") as "
+                (s.split_chunks) " chunks."
+            }
+        }
+    }
+}
+
 /// The section, or nothing when no call named the invocation.
 pub(super) fn section(card: Option<&Scorecard>) -> Markup {
     let Some(card) = card else {
@@ -60,6 +81,7 @@ pub(super) fn section(card: Option<&Scorecard>) -> Markup {
                 (size(card.bytes_down)) " down, " (size(card.bytes_up)) " up; "
                 "the hits saved " strong { (duration(t.saved_ms as i64)) } " of execution."
             }
+            (savings(&card.savings))
             @if !mnemonics.is_empty() { (table("by-mnemonic", "Mnemonic", &mnemonics)) }
             @if !targets.is_empty() {
                 h3 { "Targets that missed most" }

@@ -277,6 +277,19 @@ async fn each_scripted_change_is_named_as_the_cause_of_its_misses() {
         right * 100 >= total * 95,
         "{right} of {total} misses named right; the others:\n{report}"
     );
+    // The header change's build found most of its inputs stored already
+    // (Bazel asks FindMissingBlobs before it uploads them): on its
+    // scorecard and its page.
+    let card = scorecard(&kiln, &header_invocation, |c| {
+        c["savings"]["present_blobs"].as_u64() > Some(0)
+    })
+    .await;
+    assert!(
+        card["savings"]["present_bytes"].as_u64() > Some(0),
+        "{card}"
+    );
+    let page = dom(&kiln, &format!("/invocation/{header_invocation}")).await;
+    assert!(page.contains("id=\"cache-savings\""), "{page}");
 
     // A rebuild from a clean output tree. Bazel 4.2.3 did not run the links
     // again when only --action_env changed (its local action key leaves
