@@ -35,6 +35,7 @@ pub struct Chunking {
     fast_cdc: Chunker,
     rep_max: Option<Chunker>,
     max_splice_chunks: usize,
+    max_split_size: u64,
     splits: Semaphore,
     known: moka::sync::Cache<(Digest, Function), Arc<[Digest]>>,
 }
@@ -58,6 +59,7 @@ impl Chunking {
                 None
             },
             max_splice_chunks: config.max_splice_chunks,
+            max_split_size: config.max_split_size.0,
             splits: Semaphore::new(config.max_concurrent_splits),
             known: moka::sync::Cache::builder()
                 .max_capacity(KNOWN_BYTES)
@@ -134,6 +136,13 @@ impl Chunking {
             // Stored as these very chunks, found present just now.
             self.known.insert(key, stored.chunks.clone().into());
             return Ok((key.1, stored.chunks));
+        }
+        if blob.size > self.max_split_size {
+            return Err(Error::exhausted(format!(
+                "blob {blob} is {} bytes: SplitBlob cuts blobs of at most {} bytes here \
+                 (chunking.max_split_size); read it whole",
+                blob.size, self.max_split_size
+            )));
         }
         let _turn = self
             .splits

@@ -43,6 +43,13 @@ pub struct ChunkingConfig {
     /// Each reads and hashes its whole blob. Default 2.
     #[serde(default = "default_max_concurrent_splits")]
     pub max_concurrent_splits: usize,
+    /// The largest blob SplitBlob reads and cuts (one already stored as
+    /// the asked chunks is answered whatever its size): a request of a
+    /// hundred bytes must not make kiln read a blob of any size. Larger is
+    /// RESOURCE_EXHAUSTED; the client downloads the blob whole. Default
+    /// `8GiB`.
+    #[serde(default = "default_max_split_size")]
+    pub max_split_size: ByteSize,
 }
 
 /// `fast_cdc_2020:` parameters.
@@ -124,6 +131,9 @@ fn default_max_splice_chunks() -> usize {
 }
 fn default_max_concurrent_splits() -> usize {
     2
+}
+fn default_max_split_size() -> ByteSize {
+    ByteSize(8 << 30)
 }
 fn default_avg() -> ByteSize {
     ByteSize(512 << 10)

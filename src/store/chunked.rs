@@ -105,6 +105,7 @@ impl Chunked {
         }
         let function = blob.function;
         let pointer = match get_bytes(&*self.pointers, &pointer_key(function, &blob.hash)).await {
+            Ok(p) if p.is_empty() => return Ok(None),
             Ok(p) => p,
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
@@ -172,17 +173,50 @@ impl Chunked {
             .zip(&key_owners)
             .filter(|(k, _)| no_pointer.contains(k))
             .map(|(_, owner)| *owner);
-        let chunkless = parts
+        let chunkless: HashSet<Digest> = parts
             .iter()
             .zip(&owners)
             .filter(|(part, _)| absent.contains(part))
-            .map(|(_, owner)| *owner);
-        for owner in pointerless.chain(chunkless) {
+            .map(|(_, owner)| *owner)
+            .collect();
+        for owner in pointerless {
             if missing.insert(owner) {
                 self.layouts.invalidate(&owner);
             }
         }
+        for owner in chunkless {
+            if missing.insert(owner) {
+                self.bury(&owner).await?;
+            }
+        }
         Ok(missing)
+    }
+
+    /// Removes the chunk list of a blob whose chunks are gone, so nothing
+    /// is left that names them: its pointer becomes a tombstone (empty).
+    /// Under the blob's turn and only once its chunks are seen gone again,
+    /// so an upload of the same blob that stored them meanwhile keeps its
+    /// pointer (an upload finishing later writes the pointer over the
+    /// tombstone).
+    async fn bury(&self, blob: &Digest) -> Result<()> {
+        let Some(known) = self.layout(blob).await? else {
+            return Ok(());
+        };
+        let _turn = self.blob_turns.take(*blob).await;
+        self.layouts.invalidate(blob);
+        let parts: Vec<Digest> = std::iter::once(known.list)
+            .chain(known.layout.chunks.iter().copied())
+            .collect();
+        if self.inner.find_missing(&parts).await?.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(%blob, "a chunked blob lost chunks; its chunk list is removed");
+        self.pointers
+            .put(
+                &pointer_key(blob.function, &blob.hash),
+                Body::Bytes(Bytes::new()),
+            )
+            .await
     }
 
     /// Names `chunk` and stores it unless the store has it, one storer of
@@ -255,7 +289,7 @@ impl BlobStore for Chunked {
         let wanted: Vec<Digest> = parts.iter().map(|(c, _)| *c).collect();
         let absent = self.inner.find_missing(&wanted).await?;
         if !absent.is_empty() {
-            self.layouts.invalidate(digest);
+            self.bury(digest).await?;
             return Err(Error::NotFound(format!(
                 "blob {digest} not found ({} of its chunks are gone)",
                 absent.len()
@@ -290,10 +324,16 @@ impl BlobStore for Chunked {
             self.inner.put(&list, Body::Bytes(bytes)).await?;
         }
         // The pointer last: the blob is visible only once all it names is.
-        if !self.pointers.find_missing(&[key]).await?.is_empty() {
-            self.pointers
-                .put(&key, Body::Bytes(encode_pointer(digest.size, &list)))
-                .await?;
+        // Compared, not only looked for: a tombstone (`bury`) is a pointer
+        // too.
+        let pointer = encode_pointer(digest.size, &list);
+        let stored = match get_bytes(&*self.pointers, &key).await {
+            Ok(p) => Some(p),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if stored.as_deref() != Some(&pointer[..]) {
+            self.pointers.put(&key, Body::Bytes(pointer)).await?;
         }
         self.layouts
             .insert(*digest, Arc::new(Known { layout, list }));
@@ -311,6 +351,7 @@ impl BlobStore for Chunked {
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
+        // A tombstone (empty) decodes to nothing.
         Ok(
             decode_pointer(key.function, &pointer).map(|(size, _)| Digest {
                 function: key.function,
@@ -440,5 +481,32 @@ mod tests {
         assert_eq!(store.find_missing(&[d, d]).await.unwrap(), vec![d, d]);
         let e = store.get(&d, Range::FULL).await.unwrap_err();
         assert!(matches!(e, Error::NotFound(_)), "{e:?}");
+    }
+
+    /// A blob whose chunk is gone loses its chunk list (its pointer is a
+    /// tombstone), so nothing names the chunks; uploaded again it is
+    /// whole again.
+    #[tokio::test]
+    async fn the_list_of_a_blob_whose_chunk_is_gone_is_removed() {
+        let inner = Arc::new(MemoryStore::new(64 << 20));
+        let pointers = Arc::new(MemoryStore::new(1 << 20));
+        let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
+        let counts = ChunkedMetrics::default();
+        let store = Chunked::new(inner.clone(), pointers.clone(), chunker, 16 << 10, counts);
+        let v = noise(100_000, 7);
+        let d = DigestFunction::Sha256.digest_of(&v);
+        store.put(&d, Body::Bytes(v.clone().into())).await.unwrap();
+        let key = pointer_key(d.function, &d.hash);
+        let chunks = store.stored_chunks(&d).await.unwrap().unwrap().chunks;
+        inner.remove(&chunks[1]).await;
+        assert_eq!(store.find_missing(&[d]).await.unwrap(), vec![d]);
+        let pointer = crate::store::get_bytes(&*pointers, &key).await.unwrap();
+        assert!(pointer.is_empty(), "the pointer is a tombstone");
+        assert!(store.stored_chunks(&d).await.unwrap().is_none());
+        assert_eq!(store.resolve(&HashKey::of(&d)).await.unwrap(), None);
+        store.put(&d, Body::Bytes(v.clone().into())).await.unwrap();
+        assert!(store.find_missing(&[d]).await.unwrap().is_empty());
+        let got = crate::store::get_bytes(&store, &d).await.unwrap();
+        assert!(got[..] == v[..]);
     }
 }

@@ -192,3 +192,22 @@ async fn what_clients_did_not_move_is_counted_per_invocation_and_on_metrics() {
         n as f64
     );
 }
+
+/// SplitBlob reads and cuts blobs up to `chunking.max_split_size`; a
+/// larger one is RESOURCE_EXHAUSTED (the client reads it whole), so a
+/// small request cannot make kiln read a blob of any size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_refuses_blobs_over_its_size_limit() {
+    let yaml = format!("{MEMORY}    chunking: {{ max_split_size: 2MiB }}\n");
+    let kiln = Kiln::start(&yaml).await;
+    let fast = kiln::proto::reapi::chunking_function::Value::FastCdc2020;
+    let large = crate::common::chunking::write(&kiln, &crate::common::blob(41, 3 << 20)).await;
+    let e = split(&mut kiln.cas().await, &large, fast)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("max_split_size"), "{e:?}");
+    let within = crate::common::chunking::write(&kiln, &crate::common::blob(42, 2 << 20)).await;
+    let chunks = split(&mut kiln.cas().await, &within, fast).await.unwrap();
+    assert!(chunks.len() > 1, "{chunks:?}");
+}
