@@ -59,7 +59,7 @@ pub struct Instance {
     /// SplitBlob and SpliceBlob (none when switched off).
     pub chunking: Option<crate::chunking::blobs::Chunking>,
     /// What clients did not move because it was stored, on /metrics.
-    savings: crate::store::instrumented::SavingsMetrics,
+    savings: crate::insights::savings::SavingsMetrics,
 }
 
 impl Instance {

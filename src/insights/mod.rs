@@ -20,6 +20,7 @@ pub(crate) mod inputs;
 pub mod misses;
 pub(crate) mod nondeterminism;
 pub mod reexecute;
+pub mod savings;
 pub mod scorecard;
 mod writers;
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::Writer;
+pub use super::savings::Savings;
 use crate::proto::reapi::ActionResult;
 
 /// Targets counted one by one per invocation; the rest are summed under
@@ -50,65 +51,6 @@ impl Counts {
         self.uploads += o.uploads;
         self.executions += o.executions;
         self.saved_ms += o.saved_ms;
-    }
-}
-
-/// What an invocation's clients did not move because it was stored
-/// already: blobs FindMissingBlobs found present (uploads skipped, the
-/// chunks of a chunk-aware client's upload among them), and the blobs
-/// moved by chunks (REAPI 2.12's SpliceBlob and SplitBlob).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Savings {
-    /// Blobs asked about that were stored: not uploaded.
-    pub present_blobs: u64,
-    /// Their bytes.
-    pub present_bytes: u64,
-    /// Blobs assembled from chunks the client named (SpliceBlob).
-    pub spliced_blobs: u64,
-    /// Their bytes.
-    pub spliced_bytes: u64,
-    /// The chunks they were assembled from.
-    pub spliced_chunks: u64,
-    /// Blobs the client asked to fetch by chunks (SplitBlob).
-    pub split_blobs: u64,
-    /// Their bytes.
-    pub split_bytes: u64,
-    /// The chunks they were listed as.
-    pub split_chunks: u64,
-}
-
-impl Savings {
-    fn add(&mut self, o: &Savings) {
-        self.present_blobs += o.present_blobs;
-        self.present_bytes += o.present_bytes;
-        self.spliced_blobs += o.spliced_blobs;
-        self.spliced_bytes += o.spliced_bytes;
-        self.spliced_chunks += o.spliced_chunks;
-        self.split_blobs += o.split_blobs;
-        self.split_bytes += o.split_bytes;
-        self.split_chunks += o.split_chunks;
-    }
-
-    /// Counts `seen` if it is a saving; false if it is not one.
-    pub(crate) fn note(&mut self, seen: Seen<'_>) -> bool {
-        match seen {
-            Seen::Present { blobs, bytes } => {
-                self.present_blobs += blobs;
-                self.present_bytes += bytes;
-            }
-            Seen::Spliced { bytes, chunks } => {
-                self.spliced_blobs += 1;
-                self.spliced_bytes += bytes;
-                self.spliced_chunks += chunks;
-            }
-            Seen::Split { bytes, chunks } => {
-                self.split_blobs += 1;
-                self.split_bytes += bytes;
-                self.split_chunks += chunks;
-            }
-            _ => return false,
-        }
-        true
     }
 }
 
@@ -223,7 +165,7 @@ fn bucket<'m>(
 impl Scorecard {
     /// Counts `seen`; `missed_before` says an execution's lookup already
     /// counted its miss.
-    fn note(&mut self, writer: &Writer, seen: Seen<'_>, missed_before: bool) {
+    pub(super) fn note(&mut self, writer: &Writer, seen: Seen<'_>, missed_before: bool) {
         if self.savings.note(seen) {
             return;
         }
@@ -449,42 +391,5 @@ mod tests {
         let mut sum = card.clone();
         sum.add(&card);
         assert_eq!(sum.totals.misses, 2 * card.totals.misses);
-    }
-
-    #[test]
-    fn savings_are_counted_apart_from_actions_and_summed_across_pods() {
-        let w = writer("//a:b", "CppLink");
-        let mut one = Scorecard::default();
-        one.note(
-            &w,
-            Seen::Present {
-                blobs: 3,
-                bytes: 300,
-            },
-            false,
-        );
-        one.note(
-            &w,
-            Seen::Spliced {
-                bytes: 5 << 20,
-                chunks: 10,
-            },
-            false,
-        );
-        one.note(
-            &w,
-            Seen::Split {
-                bytes: 4 << 20,
-                chunks: 8,
-            },
-            false,
-        );
-        assert_eq!(one.totals, Counts::default(), "no action was counted");
-        assert!(one.by_target.is_empty());
-        let mut sum = one.clone();
-        sum.add(&one);
-        assert_eq!(sum.savings.present_bytes, 600);
-        assert_eq!(sum.savings.spliced_blobs, 2);
-        assert_eq!(sum.savings.split_chunks, 16);
     }
 }

@@ -61,46 +61,6 @@ pub struct ChunkedLabels {
 /// A chunked layer's counters, handed to it by the builder: what uploads
 /// of large blobs sent against what they added, so the space chunking
 /// saves is visible.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TransferLabels {
-    pub instance: String,
-    pub op: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InstanceLabels {
-    pub instance: String,
-}
-
-/// An instance's counters of what clients did not move (see
-/// `crate::insights::scorecard::Savings`).
-#[derive(Debug, Clone, Default)]
-pub struct SavingsMetrics {
-    present_bytes: Counter,
-    /// Blobs, bytes and chunks moved by SpliceBlob, then by SplitBlob.
-    by_chunks: [[Counter; 3]; 2],
-}
-
-impl SavingsMetrics {
-    /// Counts `seen` if it is a saving.
-    pub fn count(&self, seen: &crate::insights::scorecard::Seen<'_>) {
-        use crate::insights::scorecard::Seen;
-        let (op, bytes, chunks) = match *seen {
-            Seen::Present { bytes, .. } => {
-                self.present_bytes.inc_by(bytes);
-                return;
-            }
-            Seen::Spliced { bytes, chunks } => (0, bytes, chunks),
-            Seen::Split { bytes, chunks } => (1, bytes, chunks),
-            _ => return,
-        };
-        let [blobs, b, c] = &self.by_chunks[op];
-        blobs.inc();
-        b.inc_by(bytes);
-        c.inc_by(chunks);
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ChunkedMetrics {
     /// Bytes of the blobs stored as chunks.
@@ -149,10 +109,7 @@ pub struct StoreMetrics {
     latency: LatencyFamily,
     chunked_bytes: Family<ChunkedLabels, Counter>,
     chunked_chunks: Family<ChunkedLabels, Counter>,
-    present_bytes: Family<InstanceLabels, Counter>,
-    transfers: Family<TransferLabels, Counter>,
-    transfer_bytes: Family<TransferLabels, Counter>,
-    transfer_chunks: Family<TransferLabels, Counter>,
+    savings: crate::insights::savings::Families,
 }
 
 impl StoreMetrics {
@@ -170,10 +127,7 @@ impl StoreMetrics {
             latency: Family::new_with_constructor(latency_histogram),
             chunked_bytes: Family::default(),
             chunked_chunks: Family::default(),
-            present_bytes: Family::default(),
-            transfers: Family::default(),
-            transfer_bytes: Family::default(),
-            transfer_chunks: Family::default(),
+            savings: crate::insights::savings::Families::register(registry),
         };
         registry.register(
             "store_hits",
@@ -222,52 +176,12 @@ impl StoreMetrics {
             "Chunks of the blobs a chunked layer stored: new (stored) or already there (present)",
             m.chunked_chunks.clone(),
         );
-        registry.register(
-            "present_blob_bytes",
-            "Bytes of the blobs FindMissingBlobs found stored already: uploads clients skipped, by instance",
-            m.present_bytes.clone(),
-        );
-        registry.register(
-            "chunked_transfers",
-            "Blobs clients moved by chunks, by instance and op (splice: uploaded, split: downloaded)",
-            m.transfers.clone(),
-        );
-        registry.register(
-            "chunked_transfer_bytes",
-            "Bytes of the blobs clients moved by chunks, by instance and op",
-            m.transfer_bytes.clone(),
-        );
-        registry.register(
-            "chunked_transfer_chunks",
-            "Chunks of the blobs clients moved by chunks, by instance and op",
-            m.transfer_chunks.clone(),
-        );
         Arc::new(m)
     }
 
     /// Instance `instance`'s savings counters.
-    pub fn savings(&self, instance: &str) -> SavingsMetrics {
-        let present_bytes = self
-            .present_bytes
-            .get_or_create(&InstanceLabels {
-                instance: instance.to_string(),
-            })
-            .clone();
-        let op = |op| {
-            let label = TransferLabels {
-                instance: instance.to_string(),
-                op,
-            };
-            // One statement each (see `capacity`).
-            let blobs = self.transfers.get_or_create(&label).clone();
-            let bytes = self.transfer_bytes.get_or_create(&label).clone();
-            let chunks = self.transfer_chunks.get_or_create(&label).clone();
-            [blobs, bytes, chunks]
-        };
-        SavingsMetrics {
-            present_bytes,
-            by_chunks: [op("splice"), op("split")],
-        }
+    pub fn savings(&self, instance: &str) -> crate::insights::savings::SavingsMetrics {
+        self.savings.of(instance)
     }
 
     /// The counters of chunked layer `node`.

@@ -87,17 +87,16 @@ async fn what_clients_did_not_move_is_counted_per_invocation_and_on_metrics() {
     );
     // The first half of the chunks is stored already (another build's).
     let half = chunks.len() / 2;
-    for c in &chunks[..half] {
-        let entry = batch_update_blobs_request::Request {
+    let batch = |c: &bytes::Bytes| BatchUpdateBlobsRequest {
+        requests: vec![batch_update_blobs_request::Request {
             digest: Some(crate::common::sha(c).to_proto()),
             data: c.clone(),
             compressor: 0,
-        };
-        let request = BatchUpdateBlobsRequest {
-            requests: vec![entry],
-            ..Default::default()
-        };
-        cas.batch_update_blobs(request).await.unwrap();
+        }],
+        ..Default::default()
+    };
+    for c in &chunks[..half] {
+        cas.batch_update_blobs(batch(c)).await.unwrap();
     }
     let missing = cas
         .find_missing_blobs(from(&invocation, ask))
@@ -109,16 +108,7 @@ async fn what_clients_did_not_move_is_counted_per_invocation_and_on_metrics() {
     );
     let present_bytes: usize = chunks[..half].iter().map(|c| c.len()).sum();
     for c in &chunks[half..] {
-        let entry = batch_update_blobs_request::Request {
-            digest: Some(crate::common::sha(c).to_proto()),
-            data: c.clone(),
-            compressor: 0,
-        };
-        let request = BatchUpdateBlobsRequest {
-            requests: vec![entry],
-            ..Default::default()
-        };
-        cas.batch_update_blobs(from(&invocation, request))
+        cas.batch_update_blobs(from(&invocation, batch(c)))
             .await
             .unwrap();
     }
