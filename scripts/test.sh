@@ -8,6 +8,12 @@ cd "$(dirname "$0")/.."
 # Builds go outside the clone so repeated runs on one machine reuse them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/kiln-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# A full run builds every test binary once: incremental state buys it
+# nothing and grew to 26 GB here over a few runs, until SeaweedFS refused
+# writes on the nearly full disk and a test failed.
+if [ "$#" -eq 0 ]; then
+    export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+fi
 
 . scripts/venv.sh
 
