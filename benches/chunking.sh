@@ -6,7 +6,7 @@
 # requests are counted. Prints one JSON line per phase, labelled.
 #
 #   benches/chunking.sh   (env: ROUNDS 2, BLOB 512MiB, SPLIT_BLOB 1GiB,
-#                          S3_BLOB 128MiB)
+#                          S3_BLOB 128MiB, BACKENDS "disk memory s3")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -18,6 +18,7 @@ ROUNDS="${ROUNDS:-2}"
 BLOB="${BLOB:-512MiB}"
 SPLIT_BLOB="${SPLIT_BLOB:-1GiB}"
 S3_BLOB="${S3_BLOB:-128MiB}"
+BACKENDS="${BACKENDS:-disk memory s3}"
 log() { echo "==> $*" >&2; }
 
 log "building kiln (release)"
@@ -60,9 +61,10 @@ python3 - "$RUN" <<'PY'
 import sys
 run = sys.argv[1]
 text = open(f"{run}/s3-off.yaml").read()
-marker = "    action_cache:"
+marker = "    chunking: { fast_cdc_2020: { avg_chunk_size: 1MiB } }"
 assert marker in text
-open(f"{run}/s3-on.yaml", "w").write(text.replace(marker, "    chunking: { store: true }\n" + marker, 1))
+on = "    chunking: { store: true, fast_cdc_2020: { avg_chunk_size: 1MiB } }"
+open(f"{run}/s3-on.yaml", "w").write(text.replace(marker, on, 1))
 PY
 
 # label config blob: one server's run, its phases appended to results.jsonl.
@@ -80,12 +82,18 @@ round() {
 
 for r in $(seq 1 "$ROUNDS"); do
     for store in on off; do
-        log "round $r: disk, memory and S3 with chunking.store $store"
-        round "disk-$store" "disk-$store" "$BLOB"
-        round "memory-$store" "memory-$store" "$BLOB"
-        round "s3-$store" "s3-$store" "$S3_BLOB"
+        log "round $r: $BACKENDS with chunking.store $store"
+        for b in $BACKENDS; do
+            if [ "$b" = s3 ]; then
+                round "s3-$store" "s3-$store" "$S3_BLOB"
+            else
+                round "$b-$store" "$b-$store" "$BLOB"
+            fi
+        done
     done
 done
-log "SplitBlob of a $SPLIT_BLOB blob stored as chunks"
-round "disk-on-split" disk-on "$SPLIT_BLOB"
+if [[ " $BACKENDS " == *" disk "* ]]; then
+    log "SplitBlob of a $SPLIT_BLOB blob stored as chunks"
+    round "disk-on-split" disk-on "$SPLIT_BLOB"
+fi
 cat "$RUN/results.jsonl"

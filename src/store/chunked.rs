@@ -225,12 +225,15 @@ impl Chunked {
         let (digest, chunk) =
             tokio::task::spawn_blocking(move || (function.digest_of(&chunk), chunk)).await?;
         let _turn = self.chunk_turns.take(digest).await;
-        if self.inner.find_missing(&[digest]).await?.is_empty() {
-            self.counts.chunks_present.inc();
-        } else {
-            self.inner.put(&digest, Body::Bytes(chunk)).await?;
+        if self
+            .inner
+            .put_if_absent(&digest, Body::Bytes(chunk))
+            .await?
+        {
             self.counts.chunks_stored.inc();
             self.counts.stored_bytes.inc_by(digest.size);
+        } else {
+            self.counts.chunks_present.inc();
         }
         Ok(digest)
     }

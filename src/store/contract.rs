@@ -51,6 +51,17 @@ pub async fn run(store: &dyn BlobStore) {
     large_streamed(store, seed + 4).await;
     aborted_stream_leaves_nothing(store, seed + 5).await;
     resolve_by_hash(store, seed + 6).await;
+    put_if_absent_stores_once(store, seed + 7).await;
+}
+
+/// `put_if_absent` stores a new blob (true) and leaves a present one
+/// (false), readable either way.
+async fn put_if_absent_stores_once(store: &dyn BlobStore, seed: u64) {
+    let data = blob(seed, 3000);
+    let d = digest(&data);
+    assert!(store.put_if_absent(&d, data.clone().into()).await.unwrap());
+    assert!(!store.put_if_absent(&d, data.clone().into()).await.unwrap());
+    assert_eq!(get_bytes(store, &d).await.unwrap(), data);
 }
 
 /// A key is found by its hash alone, with its size; an absent hash is None.

@@ -83,6 +83,15 @@ impl BlobStore for ExistenceCache {
         Ok(())
     }
 
+    async fn put_if_absent(&self, digest: &Digest, body: Body) -> Result<bool> {
+        if self.known.contains_key(digest) {
+            return Ok(false);
+        }
+        let stored = self.inner.put_if_absent(digest, body).await?;
+        self.known.insert(*digest, ()).await;
+        Ok(stored)
+    }
+
     fn staging(&self, digest: &Digest) -> super::Staging {
         self.inner.staging(digest)
     }

@@ -388,6 +388,18 @@ impl BlobStore for Instrumented {
         result
     }
 
+    async fn put_if_absent(&self, digest: &Digest, body: Body) -> Result<bool> {
+        let span = tracing::debug_span!("store.put", node = %self.name, kind = self.kind, %digest);
+        let started = Instant::now();
+        let result = self
+            .inner
+            .put_if_absent(digest, body)
+            .instrument(span.clone())
+            .await;
+        span.in_scope(|| self.put.record(&result, started));
+        result
+    }
+
     async fn swap(
         &self,
         key: &Digest,

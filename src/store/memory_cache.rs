@@ -90,6 +90,19 @@ impl BlobStore for MemoryCache {
         Ok(())
     }
 
+    async fn put_if_absent(&self, digest: &Digest, body: Body) -> Result<bool> {
+        if !self.cacheable(digest) {
+            return self.inner.put_if_absent(digest, body).await;
+        }
+        let bytes = body.collect().await?;
+        let stored = self
+            .inner
+            .put_if_absent(digest, Body::Bytes(bytes.clone()))
+            .await?;
+        self.cache.insert(*digest, super::owned(bytes)).await;
+        Ok(stored)
+    }
+
     fn staging(&self, digest: &Digest) -> super::Staging {
         self.inner.staging(digest)
     }

@@ -70,6 +70,11 @@ impl BlobStore for MergedPuts {
         self.inner.resolve(key).await
     }
 
+    async fn put_if_absent(&self, digest: &Digest, body: Body) -> Result<bool> {
+        // Its callers (the chunked layer) already take turns per digest.
+        self.inner.put_if_absent(digest, body).await
+    }
+
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
         let lead = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());

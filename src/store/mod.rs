@@ -270,6 +270,19 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
         self.put(digest, file.into_body().await?).await
     }
 
+    /// Stores a small blob unless the store holds it already; true when
+    /// it was stored now. The chunked layer's put of each chunk: one call,
+    /// so a backend that refuses overwrites by itself (S3's conditional
+    /// PUT) stores a new chunk in one request instead of an existence
+    /// check and a put. Layers between forward it.
+    async fn put_if_absent(&self, digest: &Digest, body: Body) -> Result<bool> {
+        if self.find_missing(&[*digest]).await?.is_empty() {
+            return Ok(false);
+        }
+        self.put(digest, body).await?;
+        Ok(true)
+    }
+
     /// Stores a small `value` under `key` and returns the value it
     /// replaced, if one was stored (and is at most `max_old` bytes): the
     /// action cache's write, which the insights set beside the result it

@@ -268,7 +268,17 @@ impl S3Store {
         }
     }
 
-    async fn put_whole(&self, key: &str, data: Chunks) -> Result<()> {
+    /// `put_if_absent` the plain way: an existence check, then a put.
+    async fn put_absent_after_looking(&self, digest: &Digest, body: Body) -> Result<bool> {
+        if self.exists(self.key(digest)).await? {
+            return Ok(false);
+        }
+        self.put(digest, body).await?;
+        Ok(true)
+    }
+
+    /// One PUT; false when a conditional PUT found the object there.
+    async fn put_whole(&self, key: &str, data: Chunks) -> Result<bool> {
         let mut req = self
             .client
             .put_object()
@@ -284,8 +294,8 @@ impl S3Store {
             false => req.customize().disable_payload_signing().send().await,
         };
         match sent {
-            Ok(_) => Ok(()),
-            Err(e) if self.create_if_absent && is_precondition_failed(&e) => Ok(()),
+            Ok(_) => Ok(true),
+            Err(e) if self.create_if_absent && is_precondition_failed(&e) => Ok(false),
             Err(e) => Err(s3_error("PutObject", e)),
         }
     }
@@ -296,7 +306,7 @@ impl S3Store {
         while first.len < self.multipart_threshold {
             match stream.next().await {
                 Some(chunk) => first.push(chunk?),
-                None => return self.put_whole(key, first).await,
+                None => return self.put_whole(key, first).await.map(|_| ()),
             }
         }
         let created = self
@@ -562,10 +572,31 @@ impl BlobStore for S3Store {
         Ok(Body::Stream(stream.boxed()))
     }
 
+    async fn put_if_absent(&self, digest: &Digest, body: Body) -> Result<bool> {
+        // Without conditional writes, or for a blob large enough for parts,
+        // look first.
+        let Body::Bytes(bytes) = body else {
+            return self.put_absent_after_looking(digest, body).await;
+        };
+        if !self.create_if_absent || bytes.len() as u64 >= self.multipart_threshold {
+            return self
+                .put_absent_after_looking(digest, Body::Bytes(bytes))
+                .await;
+        }
+        let key = self.key(digest);
+        if self.put_whole(&key, Chunks::from(bytes)).await? {
+            return Ok(true);
+        }
+        // Present: looked at as an existence check would, so an old object
+        // is renewed before a lifecycle rule expires what names it.
+        self.exists(key).await?;
+        Ok(false)
+    }
+
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
         let key = self.key(digest);
         match body {
-            Body::Bytes(b) => self.put_whole(&key, Chunks::from(b)).await,
+            Body::Bytes(b) => self.put_whole(&key, Chunks::from(b)).await.map(|_| ()),
             Body::Stream(s) => self.put_stream(&key, s).await,
         }
     }
