@@ -13,8 +13,13 @@ use kiln::proto::reapi::command::OutputDirectoryFormat;
 use kiln::proto::reapi::{ActionResult, Directory, ExecuteRequest, GetActionResultRequest, Tree};
 
 async fn kiln_with_worker(name: &str) -> (Kiln, WorkerProc) {
+    kiln_with_worker_and(name, "").await
+}
+
+/// A kiln whose instance has `extra` settings, with a worker.
+async fn kiln_with_worker_and(name: &str, extra: &str) -> (Kiln, WorkerProc) {
     let kiln = Kiln::start(&format!(
-        "execution: {{ database: memory, bot_wait: 1s }}\n{MEMORY}"
+        "execution: {{ database: memory, bot_wait: 1s }}\n{MEMORY}{extra}"
     ))
     .await;
     let worker = WorkerProc::start(&kiln.url, "", name, &[]);
@@ -202,7 +207,19 @@ async fn received_and_spliced(kiln: &Kiln) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_output_edited_in_the_middle_is_uploaded_by_its_changed_chunks() {
-    let (kiln, _worker) = kiln_with_worker("chunks").await;
+    edited_output_uploads_changed_chunks("").await;
+}
+
+/// The same with 1 MiB chunks (config/s3.yaml's; chunks of up to 4 MiB,
+/// the larger ones sent through ByteStream).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_are_uploaded_by_chunks_of_the_largest_average_too() {
+    let larger = "    chunking: { fast_cdc_2020: { avg_chunk_size: 1MiB } }\n";
+    edited_output_uploads_changed_chunks(larger).await;
+}
+
+async fn edited_output_uploads_changed_chunks(extra: &str) {
+    let (kiln, _worker) = kiln_with_worker_and("chunks", extra).await;
     let ch = kiln.channel().await;
     // About 6 MiB of lines; the second action edits one in the middle.
     let expected = |edited: bool| -> Vec<u8> {

@@ -422,7 +422,7 @@ impl Cas {
         Ok(())
     }
 
-    async fn write(&self, digest: &Digest, source: &Source) -> Result<()> {
+    pub(super) async fn write(&self, digest: &Digest, source: &Source) -> Result<()> {
         retrying("uploading an output", || self.write_once(digest, source)).await
     }
 
@@ -438,15 +438,29 @@ impl Cas {
         let file = match source {
             Source::File(_) | Source::Beneath(..) => tokio::fs::File::from_std(source.open()?),
             Source::Bytes(b) => {
-                // Large in-memory sources do not occur; upload them in one message.
-                let request = WriteRequest {
-                    resource_name: resource,
-                    write_offset: 0,
-                    finish_write: true,
-                    data: b.clone(),
-                };
+                // In messages of at most CHUNK bytes (a chunk of a large
+                // output can be 4 MiB, a server's whole message limit).
+                let mut requests = Vec::new();
+                let mut at = 0;
+                loop {
+                    let end = (at + CHUNK).min(b.len());
+                    requests.push(WriteRequest {
+                        resource_name: if at == 0 {
+                            resource.clone()
+                        } else {
+                            String::new()
+                        },
+                        write_offset: at as i64,
+                        finish_write: end == b.len(),
+                        data: b.slice(at..end),
+                    });
+                    if end == b.len() {
+                        break;
+                    }
+                    at = end;
+                }
                 ByteStreamClient::new(self.conn.clone())
-                    .write(futures::stream::iter([request]))
+                    .write(futures::stream::iter(requests))
                     .await
                     .map_err(status("uploading an output"))?;
                 return Ok(());
