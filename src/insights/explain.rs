@@ -44,12 +44,7 @@ pub async fn explained(
         let mut compared = false;
         for m in misses.iter_mut().filter(|m| m.causes.is_empty()) {
             if budget == 0 {
-                m.causes = vec![Cause::new(
-                    PENDING,
-                    "",
-                    "not compared yet (too many at once): read again".into(),
-                )];
-                continue;
+                break;
             }
             budget -= 1;
             m.causes = diff::bounded(causes_of(instances, m).await?);
@@ -64,10 +59,16 @@ pub async fn explained(
             tracing::warn!(error = %e, invocation, "could not store compared misses");
         }
     }
-    Ok(super::misses::listed(
-        chunks.into_iter().flat_map(|(_, m)| m).collect(),
-        limit,
-    ))
+    // Said, not stored: the next read compares them.
+    let mut all: Vec<Miss> = chunks.into_iter().flat_map(|(_, m)| m).collect();
+    for m in all.iter_mut().filter(|m| m.causes.is_empty()) {
+        m.causes = vec![Cause::new(
+            PENDING,
+            "",
+            "not compared yet (too many at once): read again".into(),
+        )];
+    }
+    Ok(super::misses::listed(all, limit))
 }
 
 /// What differs between a miss's action and the earlier one of its

@@ -92,3 +92,61 @@ async fn one_action_rewritten_forever_keeps_a_bounded_record() {
     );
     assert_eq!(flagged, 99.0, "every differing write is counted");
 }
+
+/// A miss's causes are compared when its invocation's misses are read, at
+/// most 256 per read: the rest say `pending` and are compared by the next
+/// read, which stores them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_are_compared_when_read_a_bounded_number_at_a_time() {
+    let kiln = Kiln::start(&crate::common::disk()).await;
+    let invocation = uuid::Uuid::new_v4().to_string();
+    // 300 actions of one identity (same target, mnemonic, output path):
+    // the first is new, each later one changed.
+    for i in 0..300u32 {
+        write(&kiln, &i.to_le_bytes(), result(b"x", 0), Some(&invocation)).await;
+    }
+    let url = format!(
+        "http://{}/api/v1/invocations/{invocation}/misses?limit=1000",
+        kiln.server.http_addr
+    );
+    let read = || async {
+        let body = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["misses"].as_array().cloned().unwrap_or_default()
+    };
+    let kinds = |misses: &[serde_json::Value]| {
+        let mut counts = std::collections::BTreeMap::new();
+        for m in misses {
+            let kind = m["causes"][0]["kind"].as_str().unwrap_or("").to_string();
+            *counts.entry(kind).or_insert(0) += 1;
+        }
+        counts
+    };
+    // Recorded (the metric counts each), not read yet: reading compares.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let m = crate::common::scrape(kiln.server.http_addr).await;
+        let recorded = crate::common::metric_sum(&m, "kiln_missed_actions_total", &[]);
+        let waiting = m
+            .lines()
+            .find_map(|l| l.strip_prefix("kiln_miss_analyses_running "))
+            .unwrap_or_else(|| panic!("no kiln_miss_analyses_running:\n{m}"))
+            .trim()
+            .to_string();
+        if recorded == 300.0 && waiting == "0" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let first = read().await;
+    assert_eq!(first.len(), 300);
+    let counts = kinds(&first);
+    // The actions were never uploaded, so a compared miss says so.
+    assert_eq!(counts.get("new"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("pending"), Some(&43), "{counts:?}");
+    assert_eq!(counts.get("unknown"), Some(&256), "{counts:?}");
+    let again = kinds(&read().await);
+    assert_eq!(again.get("pending"), None, "{again:?}");
+    assert_eq!(again.get("unknown"), Some(&299), "{again:?}");
+}
