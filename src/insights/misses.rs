@@ -61,7 +61,7 @@ pub struct Miss {
     /// What differs, at most `diff::MAX_CAUSES`; empty until compared
     /// (`explain`).
     pub causes: Vec<Cause>,
-    /// The digest function of both actions (`sha256` when empty).
+    /// The digest function of both actions; empty for SHA-256.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub digest_function: String,
     /// When it was recorded (ms since the epoch).
@@ -228,7 +228,11 @@ impl Recorder {
                     .unwrap_or_default(),
                 previous_invocation: previous.map(|p| p.invocation).unwrap_or_default(),
                 causes,
-                digest_function: w.action.function.name().to_string(),
+                // SHA-256 (nearly every action) is left unsaid.
+                digest_function: match w.action.function {
+                    crate::digest::DigestFunction::Sha256 => String::new(),
+                    f => f.name().to_string(),
+                },
                 seen_at: w.seen_at,
             });
             let fingerprint = Fingerprint {
@@ -352,7 +356,7 @@ mod tests {
         assert_eq!(listed.len(), 2, "each action once: {listed:?}");
         assert_eq!(listed[0].causes[0].kind, "new");
         assert!(listed[1].causes.is_empty(), "not compared yet");
-        assert_eq!(listed[1].digest_function, "sha256");
+        assert_eq!(listed[1].digest_function, "", "SHA-256 is the default");
         // A recorder that does not know the identity asks the database.
         let mut fresh = Recorder::new();
         let kinds = fresh.record(&events, vec![written(2)]).await.unwrap();
