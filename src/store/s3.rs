@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use chunks::Chunks;
 
 mod chunks;
+mod signing;
 
 /// Objects up to this size are read whole; larger ones are streamed.
 const WHOLE_READ_MAX: u64 = 256 << 10;
@@ -45,6 +46,9 @@ pub struct S3Store {
     concurrency: usize,
     /// `If-None-Match: *` on writes: only for content-addressed data.
     create_if_absent: bool,
+    /// Keys are the SHA-256 of what is stored under them (a CAS), so a put
+    /// can give SigV4 the payload hash instead of computing it.
+    content_addressed: bool,
     /// Room for the bytes of parts in flight, in KiB, shared by every
     /// upload of this store.
     in_flight: std::sync::Arc<tokio::sync::Semaphore>,
@@ -221,6 +225,7 @@ impl S3Store {
             part_size: config.part_size.0.max(5 << 20) as usize,
             concurrency: config.concurrency.max(1),
             create_if_absent: create_if_absent && config.conditional_writes,
+            content_addressed: create_if_absent,
             in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 (config.max_in_flight.0.max(config.part_size.0) >> 10) as usize,
             )),
@@ -268,6 +273,13 @@ impl S3Store {
         }
     }
 
+    /// The SHA-256 SigV4 would compute over a put of `digest`'s bytes, when
+    /// the key says it (a CAS key of a SHA-256 digest).
+    fn known_hash(&self, digest: &Digest) -> Option<String> {
+        (self.content_addressed && digest.function == crate::digest::DigestFunction::Sha256)
+            .then(|| digest.hash_hex())
+    }
+
     /// `put_if_absent` the plain way: an existence check, then a put.
     async fn put_absent_after_looking(&self, digest: &Digest, body: Body) -> Result<bool> {
         if self.exists(self.key(digest)).await? {
@@ -278,7 +290,7 @@ impl S3Store {
     }
 
     /// One PUT; false when a conditional PUT found the object there.
-    async fn put_whole(&self, key: &str, data: Chunks) -> Result<bool> {
+    async fn put_whole(&self, key: &str, data: Chunks, known: Option<String>) -> Result<bool> {
         let mut req = self
             .client
             .put_object()
@@ -289,9 +301,13 @@ impl S3Store {
         if self.create_if_absent {
             req = req.if_none_match("*");
         }
-        let sent = match self.sign_payload {
-            true => req.send().await,
-            false => req.customize().disable_payload_signing().send().await,
+        let sent = match (self.sign_payload, known) {
+            (true, Some(hash)) => {
+                let given = signing::KnownPayloadHash(hash);
+                req.customize().interceptor(given).send().await
+            }
+            (true, None) => req.send().await,
+            (false, _) => req.customize().disable_payload_signing().send().await,
         };
         match sent {
             Ok(_) => Ok(true),
@@ -301,12 +317,17 @@ impl S3Store {
     }
 
     /// Uploads a stream: whole if it turns out small, else in parts.
-    async fn put_stream(&self, key: &str, mut stream: ChunkStream) -> Result<()> {
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut stream: ChunkStream,
+        known: Option<String>,
+    ) -> Result<()> {
         let mut first = Chunks::default();
         while first.len < self.multipart_threshold {
             match stream.next().await {
                 Some(chunk) => first.push(chunk?),
-                None => return self.put_whole(key, first).await.map(|_| ()),
+                None => return self.put_whole(key, first, known).await.map(|_| ()),
             }
         }
         let created = self
@@ -584,7 +605,10 @@ impl BlobStore for S3Store {
                 .await;
         }
         let key = self.key(digest);
-        if self.put_whole(&key, Chunks::from(bytes)).await? {
+        if self
+            .put_whole(&key, Chunks::from(bytes), self.known_hash(digest))
+            .await?
+        {
             return Ok(true);
         }
         // Present: looked at as an existence check would, so an old object
@@ -596,8 +620,13 @@ impl BlobStore for S3Store {
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
         let key = self.key(digest);
         match body {
-            Body::Bytes(b) => self.put_whole(&key, Chunks::from(b)).await.map(|_| ()),
-            Body::Stream(s) => self.put_stream(&key, s).await,
+            Body::Bytes(b) => {
+                let known = self.known_hash(digest);
+                self.put_whole(&key, Chunks::from(b), known)
+                    .await
+                    .map(|_| ())
+            }
+            Body::Stream(s) => self.put_stream(&key, s, self.known_hash(digest)).await,
         }
     }
 }
