@@ -24,10 +24,10 @@ const MAX_MESSAGE: u64 = 1 << 20;
 
 /// Misses one read compares at most (each reads four messages and walks
 /// the input trees down to where they differ).
-pub(crate) const COMPARED_PER_READ: usize = 256;
+const COMPARED_PER_READ: usize = 256;
 
 /// The kind of cause a miss has until it is compared.
-pub(crate) const PENDING: &str = "pending";
+const PENDING: &str = "pending";
 
 /// The misses of `invocation` with their causes, at most `limit`, by
 /// target; misses not yet compared are compared now (at most
@@ -125,7 +125,7 @@ async fn version(cas: &dyn BlobStore, digest: &Digest) -> Option<Version> {
     })
 }
 
-pub(super) fn parse(function: DigestFunction, s: &str) -> Option<Digest> {
+fn parse(function: DigestFunction, s: &str) -> Option<Digest> {
     let (hash, size) = s.split_once('/')?;
     Digest::parse(function, hash, size.parse().ok()?).ok()
 }

@@ -402,12 +402,18 @@ mod tests {
     use crate::store::memory::MemoryStore;
 
     fn store() -> (Arc<MemoryStore>, Chunked) {
+        let (inner, _, store) = store_and_pointers();
+        (inner, store)
+    }
+
+    /// The layer over a memory store, with the store its pointers live in.
+    fn store_and_pointers() -> (Arc<MemoryStore>, Arc<MemoryStore>, Chunked) {
         let inner = Arc::new(MemoryStore::new(64 << 20));
         let pointers = Arc::new(MemoryStore::new(1 << 20));
         let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
         let counts = ChunkedMetrics::default();
-        let store = Chunked::new(inner.clone(), pointers, chunker, 16 << 10, counts);
-        (inner, store)
+        let store = Chunked::new(inner.clone(), pointers.clone(), chunker, 16 << 10, counts);
+        (inner, pointers, store)
     }
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -462,11 +468,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_blob_whose_pointer_is_gone_is_missing() {
-        let inner = Arc::new(MemoryStore::new(64 << 20));
-        let pointers = Arc::new(MemoryStore::new(1 << 20));
-        let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
-        let counts = ChunkedMetrics::default();
-        let store = Chunked::new(inner, pointers.clone(), chunker, 16 << 10, counts);
+        let (_, pointers, store) = store_and_pointers();
         let v = noise(100_000, 5);
         let d = DigestFunction::Sha256.digest_of(&v);
         store.put(&d, Body::Bytes(v.into())).await.unwrap();
@@ -494,11 +496,7 @@ mod tests {
     /// whole again.
     #[tokio::test]
     async fn the_list_of_a_blob_whose_chunk_is_gone_is_removed() {
-        let inner = Arc::new(MemoryStore::new(64 << 20));
-        let pointers = Arc::new(MemoryStore::new(1 << 20));
-        let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
-        let counts = ChunkedMetrics::default();
-        let store = Chunked::new(inner.clone(), pointers.clone(), chunker, 16 << 10, counts);
+        let (inner, pointers, store) = store_and_pointers();
         let v = noise(100_000, 7);
         let d = DigestFunction::Sha256.digest_of(&v);
         store.put(&d, Body::Bytes(v.clone().into())).await.unwrap();

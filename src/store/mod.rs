@@ -276,11 +276,7 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     /// PUT) stores a new chunk in one request instead of an existence
     /// check and a put. Layers between forward it.
     async fn put_if_absent(&self, digest: &Digest, body: Body) -> Result<bool> {
-        if self.find_missing(&[*digest]).await?.is_empty() {
-            return Ok(false);
-        }
-        self.put(digest, body).await?;
-        Ok(true)
+        put_if_absent_by_looking(self, digest, body).await
     }
 
     /// Stores a small `value` under `key` and returns the value it
@@ -305,6 +301,20 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     async fn stored_chunks(&self, _digest: &Digest) -> Result<Option<StoredChunks>> {
         Ok(None)
     }
+}
+
+/// `put_if_absent` in two steps, an existence check and a put: what a
+/// store without a better way does.
+pub(crate) async fn put_if_absent_by_looking<S: BlobStore + ?Sized>(
+    store: &S,
+    digest: &Digest,
+    body: Body,
+) -> Result<bool> {
+    if store.find_missing(&[*digest]).await?.is_empty() {
+        return Ok(false);
+    }
+    store.put(digest, body).await?;
+    Ok(true)
 }
 
 /// A blob's chunks as a chunked layer stores them.

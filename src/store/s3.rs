@@ -280,15 +280,6 @@ impl S3Store {
             .then(|| digest.hash_hex())
     }
 
-    /// `put_if_absent` the plain way: an existence check, then a put.
-    async fn put_absent_after_looking(&self, digest: &Digest, body: Body) -> Result<bool> {
-        if self.exists(self.key(digest)).await? {
-            return Ok(false);
-        }
-        self.put(digest, body).await?;
-        Ok(true)
-    }
-
     /// One PUT; false when a conditional PUT found the object there.
     async fn put_whole(&self, key: &str, data: Chunks, known: Option<String>) -> Result<bool> {
         let mut req = self
@@ -597,12 +588,10 @@ impl BlobStore for S3Store {
         // Without conditional writes, or for a blob large enough for parts,
         // look first.
         let Body::Bytes(bytes) = body else {
-            return self.put_absent_after_looking(digest, body).await;
+            return super::put_if_absent_by_looking(self, digest, body).await;
         };
         if !self.create_if_absent || bytes.len() as u64 >= self.multipart_threshold {
-            return self
-                .put_absent_after_looking(digest, Body::Bytes(bytes))
-                .await;
+            return super::put_if_absent_by_looking(self, digest, Body::Bytes(bytes)).await;
         }
         let key = self.key(digest);
         if self
