@@ -2,8 +2,10 @@
 # What the insights cost on the action-cache write path, in one run: kiln
 # with every insight on (`nondeterminism`, `misses`, `scorecards`) and
 # with all of them off, the same
-# `kiln bench` ac workload (UpdateActionResult of fresh actions, then
-# GetActionResult of them), ROUNDS times alternating so the machine's drift
+# `kiln bench` ac workload (UpdateActionResult of fresh actions, each of
+# its own target and output path as in a build, so each is a new identity
+# for the miss recorder; then GetActionResult of them), ROUNDS times
+# alternating so the machine's drift
 # falls on both; prints each round's calls/s and server CPU per call, the
 # medians and the ratio on/off.
 #

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use super::sql_writer::{INSERT_STREAM, Writer};
+use super::sql_writer::{INSERT_STREAM, Placeholders, Writer};
 use super::store::{
     EventFilter, EventStore, InvocationFilter, InvocationRow, NewEvent, StoredEvent, StreamInfo,
     StreamKey, TestRun, TestStats,
@@ -16,7 +16,7 @@ use super::store::{
 use super::summary::Invocation;
 use crate::error::{Error, Result};
 use crate::insights::NondeterministicOutput;
-use crate::insights::misses::{Fingerprint, Miss};
+use crate::insights::misses::{FingerprintRound, Miss};
 use crate::sql::db_err;
 use crate::time::now_ms;
 
@@ -52,6 +52,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../../migrations/0009_build_events_one_invocation_index.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/0010_insights_fingerprint_rounds.sql"),
+    ),
 ];
 
 /// Build events in a SQL database.
@@ -62,6 +66,8 @@ const MIGRATIONS: &[(i64, &str)] = &[
 pub struct SqlEventStore {
     pool: AnyPool,
     writer: Writer,
+    /// How multi-row statements spell their parameters here.
+    placeholders: Placeholders,
 }
 
 impl SqlEventStore {
@@ -69,8 +75,18 @@ impl SqlEventStore {
     /// applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = crate::sql::connect(url, "build events", MIGRATIONS).await?;
-        let writer = Writer::start(pool.clone(), url.starts_with("sqlite:"));
-        Ok(SqlEventStore { pool, writer })
+        let sqlite = url.starts_with("sqlite:");
+        let writer = Writer::start(pool.clone(), sqlite);
+        let placeholders = if sqlite {
+            Placeholders::Anonymous
+        } else {
+            Placeholders::Numbered
+        };
+        Ok(SqlEventStore {
+            pool,
+            writer,
+            placeholders,
+        })
     }
 }
 
@@ -360,15 +376,21 @@ impl EventStore for SqlEventStore {
         super::sql_insights::list(&self.pool, invocation, since_ms, limit).await
     }
 
-    async fn fingerprints(
+    async fn fingerprint_round_ids(
         &self,
-        identities: &[String],
-    ) -> Result<std::collections::HashMap<String, Fingerprint>> {
-        super::sql_misses::fingerprints(&self.pool, identities).await
+        since_ms: i64,
+        pod: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, i64)>> {
+        super::sql_misses::round_ids(&self.pool, since_ms, pod, limit).await
     }
 
-    async fn record_misses(&self, fingerprints: &[Fingerprint], misses: &[Miss]) -> Result<()> {
-        super::sql_misses::record(&self.pool, fingerprints, misses).await
+    async fn fingerprint_rounds(&self, ids: &[String]) -> Result<Vec<FingerprintRound>> {
+        super::sql_misses::rounds(&self.pool, self.placeholders, ids).await
+    }
+
+    async fn record_misses(&self, round: Option<&FingerprintRound>, misses: &[Miss]) -> Result<()> {
+        super::sql_misses::record(&self.pool, self.placeholders, round, misses).await
     }
 
     async fn miss_chunks(&self, invocation: &str) -> Result<Vec<(String, Vec<Miss>)>> {

@@ -115,7 +115,7 @@ pub(super) async fn purge(pool: &AnyPool, before_ms: i64, limit: i64) -> Result<
 mod tests {
     use crate::bes::store::EventStore;
     use crate::insights::NondeterministicOutput;
-    use crate::insights::misses::{Fingerprint, Miss};
+    use crate::insights::misses::{Fingerprint, FingerprintRound, Miss};
 
     /// Regression: the nondeterminism record read (its per-action count)
     /// before it wrote, so on SQLite another writer committing in between
@@ -129,7 +129,7 @@ mod tests {
         let store =
             std::sync::Arc::new(crate::bes::sql::SqlEventStore::connect(&url).await.unwrap());
         let mut tasks = Vec::new();
-        for i in 0..40 {
+        for i in 0..40u8 {
             let s = store.clone();
             tasks.push(tokio::spawn(async move {
                 let row = NondeterministicOutput {
@@ -144,11 +144,16 @@ mod tests {
             }));
             let s = store.clone();
             tasks.push(tokio::spawn(async move {
-                let f = Fingerprint {
-                    identity: format!("id{i}"),
-                    action: "a/1".into(),
-                    invocation: "inv".into(),
+                let round = FingerprintRound {
+                    round: format!("pod/{i}"),
+                    pod: "pod".into(),
                     seen_at: 1,
+                    fingerprints: vec![Fingerprint {
+                        identity: [i; 16],
+                        action: crate::digest::DigestFunction::Sha256.digest_of(&[i]),
+                        invocation: "inv".into(),
+                        seen_at: 1,
+                    }],
                 };
                 let m = Miss {
                     invocation: "inv".into(),
@@ -162,7 +167,7 @@ mod tests {
                     digest_function: String::new(),
                     seen_at: 1,
                 };
-                s.record_misses(&[f], &[m]).await
+                s.record_misses(Some(&round), &[m]).await
             }));
         }
         for t in tasks {

@@ -8,67 +8,34 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 
 use super::sql_writer::{Placeholders, values_of};
 use crate::error::Result;
-use crate::insights::misses::{Fingerprint, Miss};
+use crate::insights::misses::{FingerprintRound, Miss};
 use crate::sql::db_err;
 
 /// Rows per statement: far below either database's parameter limit.
 const CHUNK: usize = 100;
 
-pub(super) async fn fingerprints(
-    pool: &AnyPool,
-    identities: &[String],
-) -> Result<HashMap<String, Fingerprint>> {
-    let err = db_err("reading action fingerprints");
-    let mut out = HashMap::new();
-    for chunk in identities.chunks(CHUNK) {
-        // One "row" of as many values as identities: `($1, $2, ...)`.
-        let sql = format!(
-            "SELECT identity, action_digest, invocation, seen_at FROM action_fingerprints \
-             WHERE identity IN {}",
-            values_of(1, chunk.len(), Placeholders::Numbered)
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(id);
-        }
-        for r in q.fetch_all(pool).await.map_err(&err)? {
-            let f = Fingerprint {
-                identity: r.try_get(0).map_err(&err)?,
-                action: r.try_get(1).map_err(&err)?,
-                invocation: r.try_get(2).map_err(&err)?,
-                seen_at: r.try_get(3).map_err(&err)?,
-            };
-            out.insert(f.identity.clone(), f);
-        }
-    }
-    Ok(out)
-}
-
-/// Stores `fingerprints` (each its identity's last action) and `misses`
-/// in one transaction.
+/// Stores a round's `fingerprints` (one row) and `misses` in one
+/// transaction.
 pub(super) async fn record(
     pool: &AnyPool,
-    fingerprints: &[Fingerprint],
+    placeholders: Placeholders,
+    round: Option<&FingerprintRound>,
     misses: &[Miss],
 ) -> Result<()> {
     let err = db_err("recording missed actions");
     let mut tx = pool.begin().await.map_err(&err)?;
-    for chunk in fingerprints.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO action_fingerprints (identity, action_digest, invocation, seen_at) \
-             VALUES {} ON CONFLICT (identity) DO UPDATE SET action_digest = excluded.action_digest, \
-             invocation = excluded.invocation, seen_at = excluded.seen_at",
-            values_of(chunk.len(), 4, Placeholders::Numbered)
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for f in chunk {
-            q = q
-                .bind(&f.identity)
-                .bind(&f.action)
-                .bind(&f.invocation)
-                .bind(f.seen_at);
-        }
-        q.execute(&mut *tx).await.map_err(&err)?;
+    if let Some(round) = round {
+        sqlx::query(
+            "INSERT INTO action_fingerprint_rounds (round, pod, fingerprints, seen_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&round.round)
+        .bind(&round.pod)
+        .bind(round.encode()?)
+        .bind(round.seen_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(&err)?;
     }
     // One chunk row per invocation.
     let mut by_invocation: HashMap<&str, Vec<&Miss>> = HashMap::new();
@@ -79,15 +46,13 @@ pub(super) async fn record(
         .into_iter()
         .map(|(invocation, list)| {
             let seen = list.iter().map(|m| m.seen_at).max().unwrap_or(0);
-            let json = serde_json::to_string(&list)
-                .map_err(|e| crate::error::Error::internal_from("encoding misses", e))?;
-            Ok((invocation, json, seen))
+            Ok((invocation, encode(&list)?, seen))
         })
         .collect::<Result<_>>()?;
     for chunk in chunks.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO action_miss_chunks (invocation, chunk, misses, seen_at) VALUES {}",
-            values_of(chunk.len(), 4, Placeholders::Numbered)
+            values_of(chunk.len(), 4, placeholders)
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for (invocation, json, seen) in chunk {
@@ -100,6 +65,73 @@ pub(super) async fn record(
         q.execute(&mut *tx).await.map_err(&err)?;
     }
     tx.commit().await.map_err(err)
+}
+
+/// The ids and times of rounds stored since `since_ms` by pods other
+/// than `pod`, newest first, at most `limit`.
+pub(super) async fn round_ids(
+    pool: &AnyPool,
+    since_ms: i64,
+    pod: &str,
+    limit: i64,
+) -> Result<Vec<(String, i64)>> {
+    let err = db_err("reading action fingerprints");
+    let rows = sqlx::query(
+        "SELECT round, seen_at FROM action_fingerprint_rounds WHERE seen_at >= $1 AND pod <> $2 \
+         ORDER BY seen_at DESC LIMIT $3",
+    )
+    .bind(since_ms)
+    .bind(pod)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(&err)?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(err)
+}
+
+/// The rounds named (a row that does not decode is left out).
+pub(super) async fn rounds(
+    pool: &AnyPool,
+    placeholders: Placeholders,
+    ids: &[String],
+) -> Result<Vec<FingerprintRound>> {
+    let err = db_err("reading action fingerprints");
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT round, pod, fingerprints, seen_at FROM action_fingerprint_rounds WHERE round IN {}",
+            values_of(1, chunk.len(), placeholders)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(id);
+        }
+        for r in q.fetch_all(pool).await.map_err(&err)? {
+            let json: String = r.try_get(2).map_err(&err)?;
+            if let Some(round) = FingerprintRound::decode(
+                r.try_get(0).map_err(&err)?,
+                r.try_get(1).map_err(&err)?,
+                r.try_get(3).map_err(&err)?,
+                &json,
+            ) {
+                out.push(round);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A chunk's JSON, written into one buffer sized for it up front (a
+/// round's chunk can be hundreds of KiB: growing it by doubling copied it
+/// several times).
+fn encode<M: serde::Serialize>(misses: &[M]) -> Result<String> {
+    let mut out = Vec::with_capacity(misses.len() * 400 + 2);
+    serde_json::to_writer(&mut out, misses)
+        .map_err(|e| crate::error::Error::internal_from("encoding misses", e))?;
+    String::from_utf8(out).map_err(|e| crate::error::Error::internal_from("encoding misses", e))
 }
 
 /// The misses of `invocation` by chunk, as stored (a chunk that does not
@@ -130,8 +162,7 @@ pub(super) async fn replace(
     misses: &[Miss],
 ) -> Result<()> {
     let err = db_err("storing compared misses");
-    let json = serde_json::to_string(misses)
-        .map_err(|e| crate::error::Error::internal_from("encoding misses", e))?;
+    let json = encode(misses)?;
     sqlx::query("UPDATE action_miss_chunks SET misses = $1 WHERE invocation = $2 AND chunk = $3")
         .bind(json)
         .bind(invocation)
@@ -142,7 +173,7 @@ pub(super) async fn replace(
     Ok(())
 }
 
-/// Deletes fingerprints and misses seen before `before_ms`, at most
+/// Deletes fingerprint rounds and misses seen before `before_ms`, at most
 /// `limit` of each; how many went.
 pub(super) async fn purge(pool: &AnyPool, before_ms: i64, limit: i64) -> Result<u64> {
     use crate::sql::delete_older;
@@ -157,8 +188,8 @@ pub(super) async fn purge(pool: &AnyPool, before_ms: i64, limit: i64) -> Result<
     .await?
         + delete_older(
             pool,
-            "action_fingerprints",
-            "identity",
+            "action_fingerprint_rounds",
+            "round",
             "seen_at",
             before_ms,
             limit,

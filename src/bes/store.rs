@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::insights::NondeterministicOutput;
-use crate::insights::misses::{Fingerprint, Miss};
+use crate::insights::misses::{FingerprintRound, Miss};
 
 use super::summary::Invocation;
 use crate::error::Result;
@@ -369,15 +369,20 @@ pub trait EventStore: std::fmt::Debug + Send + Sync + 'static {
         since_ms: i64,
         limit: i64,
     ) -> Result<Vec<NondeterministicOutput>>;
-    /// The last action seen of each of `identities` that has one
+    /// The ids and times of fingerprint rounds stored since `since_ms`
+    /// by pods other than `pod`, newest first, at most `limit`
     /// (`crate::insights::misses`).
-    async fn fingerprints(
+    async fn fingerprint_round_ids(
         &self,
-        identities: &[String],
-    ) -> Result<std::collections::HashMap<String, Fingerprint>>;
-    /// Makes each of `fingerprints` its identity's last action and stores
-    /// `misses`, in one transaction.
-    async fn record_misses(&self, fingerprints: &[Fingerprint], misses: &[Miss]) -> Result<()>;
+        since_ms: i64,
+        pod: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, i64)>>;
+    /// The fingerprint rounds named.
+    async fn fingerprint_rounds(&self, ids: &[String]) -> Result<Vec<FingerprintRound>>;
+    /// Stores a recording round's fingerprints (if any) and `misses`, in
+    /// one transaction.
+    async fn record_misses(&self, round: Option<&FingerprintRound>, misses: &[Miss]) -> Result<()>;
     /// The misses of `invocation` as stored, in chunks (each chunk's id
     /// and its misses), for `crate::insights::explain` to fill in.
     async fn miss_chunks(&self, invocation: &str) -> Result<Vec<(String, Vec<Miss>)>>;

@@ -39,8 +39,13 @@ impl Buffer {
         true
     }
 
-    fn take(&self) -> Vec<misses::Written> {
-        std::mem::take(&mut *self.items.lock().unwrap_or_else(|p| p.into_inner()))
+    /// What is waiting, in exchange for `spare` (emptied): the two vectors
+    /// take turns, so neither grows again every round.
+    fn take(&self, mut spare: Vec<misses::Written>) -> Vec<misses::Written> {
+        spare.clear();
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(&mut *items, &mut spare);
+        spare
     }
 }
 
@@ -109,31 +114,24 @@ pub(super) async fn record_misses(
         return;
     };
     let mut recorder = misses::Recorder::new();
+    let mut spare = Vec::new();
     loop {
         wake.notified().await;
         tokio::select! {
             _ = tokio::time::sleep(RECORD_EVERY) => {}
             _ = wake.notified() => {}
         }
-        let Some(batch) = buffer.upgrade().map(|b| b.take()) else {
+        let Some(mut batch) = buffer.upgrade().map(|b| b.take(std::mem::take(&mut spare))) else {
             return;
         };
         if batch.is_empty() {
+            spare = batch;
             continue;
         }
-        let n = batch.len();
-        match recorder.record(events.as_ref(), batch).await {
-            Ok(kinds) => {
-                for (instance, kind) in kinds {
-                    count(&missed, &instance, kind);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, results = n, "could not record cache misses");
-                running.dec_by(n as i64);
-                continue;
-            }
+        for (instance, kind) in recorder.record(events.as_ref(), batch.drain(..)).await {
+            count(&missed, &instance, kind);
         }
+        spare = batch;
         running.dec_by(recorder.store(events.as_ref()).await);
     }
 }

@@ -6,9 +6,10 @@
 //!
 //! The write only hashes its identity (from the result's output paths, so
 //! nothing is read) and leaves it in a buffer; a background task takes the
-//! buffer every 200 ms: one query for the identities this pod does not
-//! know, one transaction for the rows. What changed in a changed action is
-//! compared only when someone reads the misses (`explain`).
+//! buffer every 200 ms, sets each beside what this pod knows of its
+//! identity (`known`: no database read per result) and stores the round
+//! in one transaction. What changed in a changed action is compared only
+//! when someone reads the misses (`explain`).
 //!
 //! The configuration id Bazel sends is left out of the identity on
 //! purpose: a `--copt` or an `--action_env` changes it, and those are
@@ -18,28 +19,15 @@
 use serde::{Deserialize, Serialize};
 
 use super::Writer;
-use std::collections::HashMap;
+use std::sync::Arc;
 
 pub use super::diff::Cause;
 use crate::bes::store::EventStore;
 use crate::digest::Digest;
-use crate::error::Result;
 use crate::proto::reapi::ActionResult;
 
-/// What is kept of the last action of an identity: its digest and who
-/// wrote its result, about 150 bytes; the Action itself is read back from
-/// the CAS when a later action of the identity differs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint {
-    /// BLAKE3 of the identity, hex.
-    pub identity: String,
-    /// The Action, `hash/size`.
-    pub action: String,
-    /// The invocation that wrote its result (may be empty).
-    pub invocation: String,
-    /// When (ms since the epoch).
-    pub seen_at: i64,
-}
+pub use super::known::{Fingerprint, FingerprintRound};
+use super::known::{Identity, Known};
 
 /// A missed action and why, as stored and shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +59,7 @@ pub struct Miss {
 /// A fresh result, buffered for the background recorder.
 #[derive(Debug)]
 pub(crate) struct Written {
-    pub identity: String,
+    pub identity: Identity,
     pub instance: String,
     pub action: Digest,
     pub writer: Writer,
@@ -81,9 +69,11 @@ pub(crate) struct Written {
 /// The identity's hash: instance, target, mnemonic and the sorted output
 /// paths of the result, each length-prefixed so no two identities run
 /// together. The result's paths are the Command's declared outputs that
-/// the action produced, so nothing needs reading.
-pub(crate) fn identity(instance: &str, writer: &Writer, result: &ActionResult) -> String {
-    let mut outputs: Vec<&str> = result
+/// the action produced, so nothing needs reading. Runs on every fresh
+/// result's write path, so it hashes one buffer on the stack when the
+/// parts fit (nearly always) and leaves the hex to the recorder.
+pub(crate) fn identity(instance: &str, writer: &Writer, result: &ActionResult) -> Identity {
+    let mut outputs: smallvec::SmallVec<[&str; 4]> = result
         .output_files
         .iter()
         .map(|f| f.path.as_str())
@@ -99,69 +89,47 @@ pub(crate) fn identity(instance: &str, writer: &Writer, result: &ActionResult) -
         .collect();
     outputs.sort_unstable();
     outputs.dedup();
-    // BLAKE3 on the stack: this runs on every fresh result's write path,
-    // where SHA-256's context allocation cost more than the hashing.
-    let mut h = blake3::Hasher::new();
-    for part in [instance, &writer.target, &writer.mnemonic]
+    let parts = [instance, &writer.target, &writer.mnemonic]
         .into_iter()
-        .chain(outputs)
-    {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
-    }
-    h.finalize().to_hex().to_string()
-}
-
-/// How long this pod trusts the last action it saw of an identity before
-/// asking the database again (another pod may have seen a later one).
-const KNOWN_FOR: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// Slots of the table of identities whose last action this pod keeps in
-/// memory (a power of two; about 300 bytes per filled slot: some 40 MB
-/// when all are).
-const KNOWN_SLOTS: usize = 1 << 17;
-
-/// The last action of identities seen lately: a direct-mapped table (a
-/// slot per identity's leading hash bits, a newer identity taking the slot
-/// of an older one), owned by the one background task, so that looking an
-/// identity up costs a slot read rather than a concurrent cache's
-/// bookkeeping on every fresh result. An entry older than [`KNOWN_FOR`]
-/// is not trusted (another pod may have seen a later action).
-struct Known {
-    slots: Vec<Option<Box<(Fingerprint, std::time::Instant)>>>,
-}
-
-impl Known {
-    fn new() -> Known {
-        Known {
-            slots: (0..KNOWN_SLOTS).map(|_| None).collect(),
+        .chain(outputs);
+    let mut buf = [0u8; 512];
+    let mut at = 0;
+    let mut spilled: Option<blake3::Hasher> = None;
+    for part in parts {
+        let len = (part.len() as u64).to_le_bytes();
+        if let Some(h) = spilled.as_mut() {
+            h.update(&len);
+            h.update(part.as_bytes());
+        } else if at + 8 + part.len() <= buf.len() {
+            buf[at..at + 8].copy_from_slice(&len);
+            buf[at + 8..at + 8 + part.len()].copy_from_slice(part.as_bytes());
+            at += 8 + part.len();
+        } else {
+            let mut h = blake3::Hasher::new();
+            h.update(&buf[..at]);
+            h.update(&len);
+            h.update(part.as_bytes());
+            spilled = Some(h);
         }
     }
-
-    fn slot(identity: &str) -> usize {
-        let lead = identity.get(..8).unwrap_or("");
-        u32::from_str_radix(lead, 16).unwrap_or(0) as usize % KNOWN_SLOTS
-    }
-
-    fn get(&self, identity: &str) -> Option<&Fingerprint> {
-        self.slots[Self::slot(identity)]
-            .as_ref()
-            .filter(|e| e.0.identity == identity && e.1.elapsed() < KNOWN_FOR)
-            .map(|e| &e.0)
-    }
-
-    fn insert(&mut self, f: Fingerprint) {
-        let slot = Self::slot(&f.identity);
-        self.slots[slot] = Some(Box::new((f, std::time::Instant::now())));
-    }
+    let hash = match spilled {
+        Some(h) => h.finalize(),
+        None => blake3::hash(&buf[..at]),
+    };
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&hash.as_bytes()[..16]);
+    out
 }
 
 /// The background recorder's state: the last action of identities seen
-/// lately, and what was recorded since the last time it was stored.
+/// lately (`known`), and what was recorded since the last time it was
+/// stored.
 pub(crate) struct Recorder {
     known: Known,
-    changed: HashMap<String, Fingerprint>,
+    fingerprints: Vec<Fingerprint>,
     misses: Vec<Miss>,
+    /// The invocation of the last result, shared by its fingerprints.
+    invocation: Arc<str>,
     /// Results recorded and not yet stored.
     pending: i64,
 }
@@ -170,41 +138,35 @@ impl Recorder {
     pub(crate) fn new() -> Recorder {
         Recorder {
             known: Known::new(),
-            changed: HashMap::new(),
+            fingerprints: Vec::new(),
             misses: Vec::new(),
+            invocation: Arc::from(""),
             pending: 0,
         }
     }
 
     /// Records a batch of fresh results, in order (a later result of an
-    /// identity is set beside an earlier one of the same batch); the
-    /// database is asked only for identities this pod does not know.
-    /// Returns each miss's instance and kind (`new`, `evicted`, `changed`).
+    /// identity is set beside an earlier one of the same batch), after
+    /// reading what other pods stored meanwhile. Returns each miss's
+    /// instance and kind (`new`, `evicted`, `changed`).
     pub(crate) async fn record(
         &mut self,
         events: &dyn EventStore,
-        batch: Vec<Written>,
-    ) -> Result<Vec<(String, &'static str)>> {
-        let mut unknown: Vec<String> = batch
-            .iter()
-            .filter(|w| self.known.get(&w.identity).is_none())
-            .map(|w| w.identity.clone())
-            .collect();
-        unknown.sort_unstable();
-        unknown.dedup();
-        if !unknown.is_empty() {
-            for (_, f) in events.fingerprints(&unknown).await? {
-                self.known.insert(f);
-            }
+        batch: impl ExactSizeIterator<Item = Written>,
+    ) -> Vec<(String, &'static str)> {
+        if let Err(e) = self.known.catch_up(events).await {
+            // Recorded all the same, against what this pod knows.
+            tracing::warn!(error = %e, "could not read other pods' action fingerprints");
         }
         self.pending += batch.len() as i64;
         let mut kinds = Vec::with_capacity(batch.len());
+        self.misses.reserve(batch.len());
+        self.fingerprints.reserve(batch.len());
         for w in batch {
-            let action_digest = w.action.to_string();
-            let previous = self.known.get(&w.identity).cloned();
-            let (kind, causes) = match &previous {
+            let previous = self.known.get(&w.identity);
+            let (kind, causes) = match previous {
                 None => ("new", vec![Cause::new("new", "", "new action".into())]),
-                Some(p) if p.action == action_digest => (
+                Some((p, _)) if p == w.action => (
                     "evicted",
                     vec![Cause::new(
                         "evicted",
@@ -215,18 +177,29 @@ impl Recorder {
                 // Compared when someone reads it.
                 Some(_) => ("changed", Vec::new()),
             };
+            let (previous_digest, previous_invocation) = previous
+                .map(|(d, i)| (d.to_string(), i.to_string()))
+                .unwrap_or_default();
             kinds.push((w.instance.clone(), kind));
+            if *self.invocation != *w.writer.invocation {
+                self.invocation = Arc::from(w.writer.invocation.as_str());
+            }
+            let fingerprint = Fingerprint {
+                identity: w.identity,
+                action: w.action,
+                invocation: self.invocation.clone(),
+                seen_at: w.seen_at,
+            };
+            self.known.learn(&fingerprint);
+            self.fingerprints.push(fingerprint);
             self.misses.push(Miss {
-                invocation: w.writer.invocation.clone(),
+                invocation: w.writer.invocation,
                 instance: w.instance,
-                action_digest: action_digest.clone(),
+                action_digest: w.action.to_string(),
                 target: w.writer.target,
                 mnemonic: w.writer.mnemonic,
-                previous_digest: previous
-                    .as_ref()
-                    .map(|p| p.action.clone())
-                    .unwrap_or_default(),
-                previous_invocation: previous.map(|p| p.invocation).unwrap_or_default(),
+                previous_digest,
+                previous_invocation,
                 causes,
                 // SHA-256 (nearly every action) is left unsaid.
                 digest_function: match w.action.function {
@@ -235,25 +208,17 @@ impl Recorder {
                 },
                 seen_at: w.seen_at,
             });
-            let fingerprint = Fingerprint {
-                identity: w.identity.clone(),
-                action: action_digest,
-                invocation: w.writer.invocation,
-                seen_at: w.seen_at,
-            };
-            self.known.insert(fingerprint.clone());
-            self.changed.insert(w.identity, fingerprint);
         }
-        Ok(kinds)
+        kinds
     }
 
     /// Stores what was recorded since the last call, in one transaction;
     /// returns how many results that covered (what is dropped on an error
     /// is logged: the queue must not grow without bound).
     pub(crate) async fn store(&mut self, events: &dyn EventStore) -> i64 {
-        let fingerprints: Vec<Fingerprint> = self.changed.drain().map(|(_, f)| f).collect();
+        let round = self.known.round(std::mem::take(&mut self.fingerprints));
         let misses = std::mem::take(&mut self.misses);
-        if let Err(e) = events.record_misses(&fingerprints, &misses).await {
+        if let Err(e) = events.record_misses(round.as_ref(), &misses).await {
             tracing::warn!(error = %e, misses = misses.len(), "could not store cache misses");
         }
         std::mem::take(&mut self.pending)
@@ -321,7 +286,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_is_recorded_in_order_and_its_last_fingerprint_kept() {
+    async fn a_batch_is_recorded_in_order_and_other_pods_learn_it() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/e.db?mode=rwc", dir.path().display());
         let events = crate::bes::sql::SqlEventStore::connect(&url).await.unwrap();
@@ -331,35 +296,54 @@ mod tests {
             mnemonic: "Genrule".into(),
         };
         let written = |n: u8| Written {
-            identity: "same".into(),
+            identity: [7; 16],
             instance: String::new(),
             action: DigestFunction::Sha256.digest_of(&[n]),
             writer: writer.clone(),
-            seen_at: 1,
+            seen_at: crate::time::now_ms(),
         };
         let mut recorder = Recorder::new();
         let kinds = recorder
-            .record(&events, vec![written(1), written(1), written(2)])
-            .await
-            .unwrap();
+            .record(
+                &events,
+                vec![written(1), written(1), written(2)].into_iter(),
+            )
+            .await;
         // New, then the same action again (its result had gone), then a
         // different action, compared only when read.
         let kinds: Vec<&str> = kinds.iter().map(|(_, k)| *k).collect();
         assert_eq!(kinds, ["new", "evicted", "changed"]);
         assert_eq!(recorder.store(&events).await, 3);
-        let kept = events.fingerprints(&["same".into()]).await.unwrap();
-        assert_eq!(
-            kept["same"].action,
-            DigestFunction::Sha256.digest_of(&[2]).to_string()
-        );
         let listed = events.misses("inv", 10).await.unwrap();
         assert_eq!(listed.len(), 2, "each action once: {listed:?}");
         assert_eq!(listed[0].causes[0].kind, "new");
         assert!(listed[1].causes.is_empty(), "not compared yet");
         assert_eq!(listed[1].digest_function, "", "SHA-256 is the default");
-        // A recorder that does not know the identity asks the database.
-        let mut fresh = Recorder::new();
-        let kinds = fresh.record(&events, vec![written(2)]).await.unwrap();
+        assert_eq!(
+            listed[1].previous_digest,
+            DigestFunction::Sha256.digest_of(&[1]).to_string()
+        );
+        // Another pod (or this one restarted) reads the stored rounds: it
+        // knows the identity's last action.
+        let mut other = Recorder::new();
+        let kinds = other.record(&events, vec![written(2)].into_iter()).await;
         assert_eq!(kinds, [(String::new(), "evicted")]);
+        // And a round stored after it started is read by its next round
+        // (once a second at most).
+        recorder.record(&events, vec![written(3)].into_iter()).await;
+        recorder.store(&events).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let third = DigestFunction::Sha256.digest_of(&[3]);
+        loop {
+            other.known.catch_up(&events).await.unwrap();
+            if other.known.get(&[7; 16]).map(|(d, _)| d) == Some(third) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never read the later round"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 }

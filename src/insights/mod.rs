@@ -17,6 +17,7 @@ pub(crate) mod diff;
 pub mod explain;
 mod flag;
 pub(crate) mod inputs;
+mod known;
 pub mod misses;
 pub(crate) mod nondeterminism;
 pub mod reexecute;

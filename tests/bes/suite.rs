@@ -105,36 +105,53 @@ async fn stream_storage(database: &str) {
     assert_eq!(found.len(), 1);
 }
 
-/// Fingerprints and misses (insights): a fingerprint is replaced in
-/// place, misses are listed per invocation, and retention removes both.
+/// Fingerprint rounds and misses (insights): rounds read back newest
+/// first by other pods, misses are listed per invocation, and retention
+/// removes both.
 async fn miss_storage(database: &str) {
     use kiln::bes::store::EventStore;
-    use kiln::insights::misses::{Cause, Fingerprint, Miss};
+    use kiln::insights::misses::{Cause, Fingerprint, FingerprintRound, Miss};
     let url = if database.starts_with("sqlite://") {
         format!("{database}?mode=rwc")
     } else {
         database.to_string()
     };
     let store = kiln::bes::sql::SqlEventStore::connect(&url).await.unwrap();
-    let identity = uuid::Uuid::new_v4().to_string();
+    let id = uuid::Uuid::new_v4();
+    let identity = id.to_string();
     let invocation = uuid::Uuid::new_v4().to_string();
-    let last = |store: kiln::bes::sql::SqlEventStore, identity: String| async move {
-        store
-            .fingerprints(std::slice::from_ref(&identity))
+    let pod = uuid::Uuid::new_v4().to_string();
+    // This test's rounds, as another pod reads them (the database is
+    // shared with other tests).
+    let ours = |store: kiln::bes::sql::SqlEventStore, pod: String| async move {
+        let ids: Vec<String> = store
+            .fingerprint_round_ids(0, "another pod", 1_000_000)
             .await
             .unwrap()
-            .remove(&identity)
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| id.starts_with(&pod))
+            .collect();
+        let mut rounds = store.fingerprint_rounds(&ids).await.unwrap();
+        rounds.sort_by_key(|r| std::cmp::Reverse(r.seen_at));
+        rounds
     };
-    assert_eq!(last(store.clone(), identity.clone()).await, None);
+    assert!(ours(store.clone(), pod.clone()).await.is_empty());
     // Seen in 1970, so the purge below removes only these rows of a
     // database other tests share.
     let now = 1000;
+    let mut rounds = Vec::new();
     for (n, digest) in ["a/1", "b/2"].into_iter().enumerate() {
-        let f = Fingerprint {
-            identity: identity.clone(),
-            action: digest.into(),
-            invocation: invocation.clone(),
+        let round = FingerprintRound {
+            round: format!("{pod}/{n}"),
+            pod: pod.clone(),
             seen_at: now + n as i64,
+            fingerprints: vec![Fingerprint {
+                identity: *id.as_bytes(),
+                action: kiln::digest::DigestFunction::Blake3.digest_of(digest.as_bytes()),
+                invocation: invocation.as_str().into(),
+                seen_at: now + n as i64,
+            }],
         };
         let miss = Miss {
             invocation: invocation.clone(),
@@ -152,11 +169,15 @@ async fn miss_storage(database: &str) {
             digest_function: "sha256".into(),
             seen_at: now + n as i64,
         };
-        store
-            .record_misses(std::slice::from_ref(&f), &[miss])
+        store.record_misses(Some(&round), &[miss]).await.unwrap();
+        rounds.insert(0, round);
+        // Read back newest first, as written; never by the pod itself.
+        assert_eq!(ours(store.clone(), pod.clone()).await, rounds);
+        let own = store
+            .fingerprint_round_ids(0, &pod, 1_000_000)
             .await
             .unwrap();
-        assert_eq!(last(store.clone(), identity.clone()).await, Some(f));
+        assert!(!own.iter().any(|(id, _)| id.starts_with(&pod)));
     }
     // A nondeterminism record beside them (its cap is checked inside its
     // INSERT, on both databases).
@@ -240,7 +261,7 @@ async fn miss_storage(database: &str) {
     );
     store.purge(now + 10, 100).await.unwrap();
     assert!(store.misses(&invocation, 10).await.unwrap().is_empty());
-    assert_eq!(last(store.clone(), identity.clone()).await, None);
+    assert!(ours(store.clone(), pod.clone()).await.is_empty());
 }
 
 async fn publishes_and_queries(database: &str) {

@@ -240,18 +240,7 @@ pub(crate) async fn ac(ctx: &Ctx) -> Result<Vec<Stats>> {
         ..Default::default()
     };
     upload(ctx, vec![output, log]).await?;
-    // Writes carry what Bazel sends with each: its RequestMetadata.
-    let metadata = {
-        use prost::Message;
-        let m = crate::proto::reapi::RequestMetadata {
-            tool_invocation_id: uuid::Uuid::new_v4().to_string(),
-            action_mnemonic: "CppCompile".into(),
-            target_id: "//bench:target".into(),
-            configuration_id: "k8-fastbuild".into(),
-            ..Default::default()
-        };
-        tonic::metadata::BinaryMetadataValue::from_bytes(&m.encode_to_vec())
-    };
+    let invocation = uuid::Uuid::new_v4().to_string();
     let (ctx2, instance) = (ctx.clone(), ctx.instance.clone());
     let stats = probed(
         ctx,
@@ -262,9 +251,24 @@ pub(crate) async fn ac(ctx: &Ctx) -> Result<Vec<Stats>> {
             ctx.progress,
             move |w, seq| {
                 let mut client = ActionCacheClient::new(ctx2.channel(w));
-                let action = sha(&(seed ^ ((w as u64) << 40) ^ (seq / 2)).to_le_bytes()).to_proto();
-                let (instance, result) = (instance.clone(), result.clone());
-                let metadata = metadata.clone();
+                let n = seq / 2;
+                let action = sha(&(seed ^ ((w as u64) << 40) ^ n).to_le_bytes()).to_proto();
+                let (instance, mut result) = (instance.clone(), result.clone());
+                // As in a build, each action is its own target's with its
+                // own output path, and its write carries what Bazel sends
+                // with each: the RequestMetadata naming them.
+                result.output_files[0].path = format!("out/bench/w{w}/t{n}.o");
+                let metadata = {
+                    use prost::Message;
+                    let m = crate::proto::reapi::RequestMetadata {
+                        tool_invocation_id: invocation.clone(),
+                        action_mnemonic: "CppCompile".into(),
+                        target_id: format!("//bench/w{w}:t{n}"),
+                        configuration_id: "k8-fastbuild".into(),
+                        ..Default::default()
+                    };
+                    tonic::metadata::BinaryMetadataValue::from_bytes(&m.encode_to_vec())
+                };
                 async move {
                     if seq % 2 == 0 {
                         let mut req = tonic::Request::new(UpdateActionResultRequest {
