@@ -350,11 +350,6 @@ impl BlobStore for FsStore {
                     }
                 }
             }
-        } else if !self.index.contains(digest) {
-            // The index knows every file, as find_missing trusts: a blob it
-            // does not know (an action cache's fresh key, most often) costs
-            // no blocking task and no failed open in a large directory.
-            return Err(Error::NotFound(format!("blob {digest} not found")));
         }
         let path = self.path(digest);
         let not_found = |e: std::io::Error| Error::io(format!("blob {digest}"), e);
