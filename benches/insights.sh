@@ -13,8 +13,13 @@
 # disk's sync rounds (whose CPU per call varied 240-550 us between rounds
 # minutes apart here); STORES=disk runs the embedded default instead.
 #
+# RATE=N issues N calls/s in all (`kiln bench --rate`) instead of a closed
+# loop: both modes then carry the same load, so the CPU per call compares
+# the work itself; in a closed loop the slower mode also pays more idle
+# wake-ups per call. Pick a rate both sustain (see a closed-loop run).
+#
 #   benches/insights.sh          (env: ROUNDS 3, DURATION 10s, CONCURRENCY 8,
-#                                 STORES memory|disk)
+#                                 STORES memory|disk, RATE)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib.sh
@@ -24,6 +29,8 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"
 CONCURRENCY="${CONCURRENCY:-8}"
 STORES="${STORES:-memory}"
+RATE_ARGS=()
+[ -n "${RATE:-}" ] && RATE_ARGS=(--rate "$RATE")
 log() { echo "==> $*" >&2; }
 
 log "building kiln (release)"
@@ -58,7 +65,7 @@ for round in $(seq 1 "$ROUNDS"); do
             --http-listen 127.0.0.1:50086 --data-dir "$RUN/data-$mode"
         log "round $round, insights $mode"
         "$KILN" bench --json --target grpc://127.0.0.1:50076 --workload ac --duration "$DURATION" \
-            --concurrency "$CONCURRENCY" --server-pid "$(cat "$RUN/kiln-$mode.pid")" \
+            --concurrency "$CONCURRENCY" "${RATE_ARGS[@]}" --server-pid "$(cat "$RUN/kiln-$mode.pid")" \
             | sed "s/^{/{\"mode\":\"$mode\",\"round\":$round,/" >> "$RUN/results.jsonl"
         stop "kiln-$mode"
     done

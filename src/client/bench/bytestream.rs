@@ -39,6 +39,7 @@ pub(crate) async fn bytestream(ctx: &Ctx, size: u64) -> Result<Vec<Stats>> {
     let write_limit = Limit {
         duration: None,
         requests: Some(pool),
+        rate: None,
     };
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let write = probed(

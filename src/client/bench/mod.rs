@@ -68,6 +68,11 @@ pub struct BenchArgs {
     /// Stop each timed phase after this many calls.
     #[arg(long)]
     pub requests: Option<u64>,
+    /// Issue calls at this many per second in all instead of as fast as
+    /// the server answers (so two servers' CPU per call compare at the
+    /// same load).
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Print one JSON object per workload and nothing else.
     #[arg(long)]
     pub json: bool,
@@ -118,6 +123,7 @@ impl BenchArgs {
         Ok(Limit {
             duration,
             requests: Some(self.requests.unwrap_or(MAX_REQUESTS).min(MAX_REQUESTS)),
+            rate: self.rate.filter(|r| r.is_finite() && *r > 0.0),
         })
     }
 

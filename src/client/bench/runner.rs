@@ -16,6 +16,12 @@ pub struct Limit {
     pub duration: Option<Duration>,
     /// Call budget.
     pub requests: Option<u64>,
+    /// Calls per second in all, spread evenly over the workers (None: each
+    /// worker calls again as soon as its last call returns). A fixed rate
+    /// that two servers both sustain compares their CPU per call at the
+    /// same load, where a closed loop makes the slower one also pay more
+    /// idle wake-ups per call.
+    pub rate: Option<f64>,
 }
 
 /// The measurements of one phase.
@@ -209,9 +215,21 @@ where
                     first_error: None,
                 };
                 let mut seq = 0;
+                let every = limit
+                    .rate
+                    .filter(|r| *r > 0.0)
+                    .map(|r| Duration::from_secs_f64(concurrency as f64 / r));
                 while issued.fetch_add(1, Ordering::SeqCst) < max
                     && deadline.is_none_or(|d| Instant::now() < d)
                 {
+                    if let Some(every) = every {
+                        // This worker's seq-th call is due seq periods after
+                        // the start (staggered by worker); late calls go at
+                        // once.
+                        let due =
+                            started + every.mul_f64(seq as f64 + w as f64 / concurrency as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
                     let t = Instant::now();
                     match op(w, seq).await {
                         Ok(done) => {

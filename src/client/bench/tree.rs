@@ -100,6 +100,7 @@ pub(crate) async fn tree(ctx: &Ctx, dirs: usize, files: usize) -> Result<Vec<Sta
     let cold_limit = Limit {
         duration: None,
         requests: Some(COLD_TREES),
+        rate: None,
     };
     let cold = probed(
         ctx,
