@@ -8,6 +8,7 @@ pub(crate) mod query;
 pub(crate) mod service;
 pub mod sql;
 mod sql_insights;
+mod sql_miss_chunk;
 mod sql_misses;
 mod sql_pages;
 mod sql_scorecards;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
+use super::sql_miss_chunk::{decode, encode};
 use super::sql_writer::{Placeholders, values_of};
 use crate::error::Result;
 use crate::insights::misses::{FingerprintRound, Miss};
@@ -46,7 +47,7 @@ pub(super) async fn record(
         .into_iter()
         .map(|(invocation, list)| {
             let seen = list.iter().map(|m| m.seen_at).max().unwrap_or(0);
-            Ok((invocation, encode(&list)?, seen))
+            Ok((invocation, encode(list.into_iter())?, seen))
         })
         .collect::<Result<_>>()?;
     for chunk in chunks.chunks(CHUNK) {
@@ -124,16 +125,6 @@ pub(super) async fn rounds(
     Ok(out)
 }
 
-/// A chunk's JSON, written into one buffer sized for it up front (a
-/// round's chunk can be hundreds of KiB: growing it by doubling copied it
-/// several times).
-fn encode<M: serde::Serialize>(misses: &[M]) -> Result<String> {
-    let mut out = Vec::with_capacity(misses.len() * 400 + 2);
-    serde_json::to_writer(&mut out, misses)
-        .map_err(|e| crate::error::Error::internal_from("encoding misses", e))?;
-    String::from_utf8(out).map_err(|e| crate::error::Error::internal_from("encoding misses", e))
-}
-
 /// The misses of `invocation` by chunk, as stored (a chunk that does not
 /// decode is left out).
 pub(super) async fn chunks(pool: &AnyPool, invocation: &str) -> Result<Vec<(String, Vec<Miss>)>> {
@@ -147,7 +138,7 @@ pub(super) async fn chunks(pool: &AnyPool, invocation: &str) -> Result<Vec<(Stri
     for r in rows {
         let chunk: String = r.try_get(0).map_err(&err)?;
         let json: String = r.try_get(1).map_err(&err)?;
-        if let Ok(misses) = serde_json::from_str::<Vec<Miss>>(&json) {
+        if let Some(misses) = decode(invocation, &json) {
             out.push((chunk, misses));
         }
     }
@@ -162,7 +153,7 @@ pub(super) async fn replace(
     misses: &[Miss],
 ) -> Result<()> {
     let err = db_err("storing compared misses");
-    let json = encode(misses)?;
+    let json = encode(misses.iter())?;
     sqlx::query("UPDATE action_miss_chunks SET misses = $1 WHERE invocation = $2 AND chunk = $3")
         .bind(json)
         .bind(invocation)
