@@ -332,6 +332,30 @@ impl BlobStore for FsStore {
         Ok(self.index.resolve(key))
     }
 
+    async fn swap(
+        &self,
+        key: &Digest,
+        value: bytes::Bytes,
+        max_old: u64,
+    ) -> Result<Option<bytes::Bytes>> {
+        // The index knows the files this pod wrote or found at start: a key
+        // it does not know (an action cache's fresh action, nearly every
+        // write) is taken as new without a failed open on a blocking
+        // thread. In a directory shared by pods, a result another pod wrote
+        // since is therefore not set beside the new one (only the insights
+        // read the replaced value); reads still look on disk.
+        let old = if self.index.contains(key) {
+            match self.get(key, Range::FULL).await {
+                Ok(body) => body.collect_max(max_old).await.ok(),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        self.put(key, value.into()).await?;
+        Ok(old)
+    }
+
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
         if let Some(segments) = &self.segments {
             // A compaction may move the blob between the lookup and the

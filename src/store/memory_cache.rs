@@ -103,6 +103,25 @@ impl BlobStore for MemoryCache {
         Ok(stored)
     }
 
+    async fn swap(&self, key: &Digest, value: Bytes, max_old: u64) -> Result<Option<Bytes>> {
+        if !self.cacheable(key) {
+            return self.inner.swap(key, value, max_old).await;
+        }
+        // A value this tier holds is the one replaced: the store below is
+        // only written. Otherwise the store below answers in its own way
+        // (the fs store from its index) instead of through a read of this
+        // tier that misses.
+        let old = match self.cache.get(key).await {
+            Some(cached) => {
+                self.inner.put(key, Body::Bytes(value.clone())).await?;
+                (cached.len() as u64 <= max_old).then_some(cached)
+            }
+            None => self.inner.swap(key, value.clone(), max_old).await?,
+        };
+        self.cache.insert(*key, super::owned(value)).await;
+        Ok(old)
+    }
+
     fn staging(&self, digest: &Digest) -> super::Staging {
         self.inner.staging(digest)
     }
@@ -129,6 +148,28 @@ mod tests {
     async fn contract() {
         let inner = Arc::new(MemoryStore::new(64 << 20));
         contract::run_all(Arc::new(MemoryCache::new(inner, 1 << 20, 64 << 10))).await;
+    }
+
+    /// The action cache's write over the default stack (this tier over
+    /// the fs store): the replaced value comes from the tier when it holds
+    /// it, else from the store below (which answers a fresh key from its
+    /// index, without a read).
+    #[tokio::test]
+    async fn swap_answers_from_the_tier_or_the_store_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Arc::new(crate::store::fs::FsStore::open(dir.path(), 64 << 10, false).unwrap());
+        let cache = MemoryCache::new(fs.clone(), 1 << 20, 64 << 10);
+        contract::swap_returns_the_replaced_value(&cache).await;
+        let key = DigestFunction::Sha256.digest_of(b"action");
+        fs.put(&key, Bytes::from_static(b"old").into())
+            .await
+            .unwrap();
+        let old = cache.swap(&key, Bytes::from_static(b"new"), 100).await;
+        assert_eq!(old.unwrap().as_deref(), Some(&b"old"[..]));
+        let again = cache.swap(&key, Bytes::from_static(b"newer"), 100).await;
+        assert_eq!(again.unwrap().as_deref(), Some(&b"new"[..]));
+        let below = crate::store::get_bytes(fs.as_ref(), &key).await.unwrap();
+        assert_eq!(&below[..], b"newer");
     }
 
     #[tokio::test]
