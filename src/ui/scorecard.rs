@@ -64,7 +64,8 @@ pub(super) fn section(card: Option<&Scorecard>) -> Markup {
         return html! {};
     };
     let t = &card.totals;
-    let mnemonics: Vec<_> = card.by_mnemonic.iter().collect();
+    let mut mnemonics: Vec<_> = card.by_mnemonic.iter().collect();
+    mnemonics.sort_by(|a, b| a.0.cmp(b.0));
     let mut targets: Vec<_> = card
         .by_target
         .iter()
