@@ -344,16 +344,11 @@ impl BlobStore for FsStore {
         // thread. In a directory shared by pods, a result another pod wrote
         // since is therefore not set beside the new one (only the insights
         // read the replaced value); reads still look on disk.
-        let old = if self.index.contains(key) {
-            match self.get(key, Range::FULL).await {
-                Ok(body) => body.collect_max(max_old).await.ok(),
-                Err(_) => None,
-            }
-        } else {
-            None
-        };
+        if self.index.contains(key) {
+            return super::swap_by_reading(self, key, value, max_old).await;
+        }
         self.put(key, value.into()).await?;
-        Ok(old)
+        Ok(None)
     }
 
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {

@@ -287,12 +287,7 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     /// read's error and a second call through every layer. Not atomic:
     /// two writers of one key may both see the same old value.
     async fn swap(&self, key: &Digest, value: Bytes, max_old: u64) -> Result<Option<Bytes>> {
-        let old = match self.get(key, Range::FULL).await {
-            Ok(body) => body.collect_max(max_old).await.ok(),
-            Err(_) => None,
-        };
-        self.put(key, value.into()).await?;
-        Ok(old)
+        swap_by_reading(self, key, value, max_old).await
     }
 
     /// The chunks a blob is stored as, when a chunked layer below stores
@@ -301,6 +296,22 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     async fn stored_chunks(&self, _digest: &Digest) -> Result<Option<StoredChunks>> {
         Ok(None)
     }
+}
+
+/// `swap` as a read (a value that cannot be read counts as none) and a
+/// put: what a store without a better way does.
+pub(crate) async fn swap_by_reading<S: BlobStore + ?Sized>(
+    store: &S,
+    key: &Digest,
+    value: Bytes,
+    max_old: u64,
+) -> Result<Option<Bytes>> {
+    let old = match store.get(key, Range::FULL).await {
+        Ok(body) => body.collect_max(max_old).await.ok(),
+        Err(_) => None,
+    };
+    store.put(key, value.into()).await?;
+    Ok(old)
 }
 
 /// `put_if_absent` in two steps, an existence check and a put: what a
