@@ -113,7 +113,7 @@ pub struct InsightsConfig {
     pub nondeterminism: bool,
     /// Explain cache misses: record each action whose result is written
     /// fresh beside the last action of the same target, mnemonic and
-    /// outputs (in the background; one fingerprint row per such identity
+    /// outputs (in the background; each round's fingerprints as one row
     /// in the build-event database), and compare the two when the misses
     /// are read. Default true.
     #[serde(default = "yes")]
