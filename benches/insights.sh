@@ -18,8 +18,10 @@
 # the work itself; in a closed loop the slower mode also pays more idle
 # wake-ups per call. Pick a rate both sustain (see a closed-loop run).
 #
+# WORKLOAD=ac_write sends the updates alone (the write path's own cost).
+#
 #   benches/insights.sh          (env: ROUNDS 3, DURATION 10s, CONCURRENCY 8,
-#                                 STORES memory|disk, RATE)
+#                                 STORES memory|disk, RATE, WORKLOAD ac)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/lib.sh
@@ -29,6 +31,7 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-10s}"
 CONCURRENCY="${CONCURRENCY:-8}"
 STORES="${STORES:-memory}"
+WORKLOAD="${WORKLOAD:-ac}"
 RATE_ARGS=()
 [ -n "${RATE:-}" ] && RATE_ARGS=(--rate "$RATE")
 log() { echo "==> $*" >&2; }
@@ -64,7 +67,7 @@ for round in $(seq 1 "$ROUNDS"); do
         start "kiln-$mode" 50076 "$KILN" serve --config "$RUN/$mode.yaml" --listen 127.0.0.1:50076 \
             --http-listen 127.0.0.1:50086 --data-dir "$RUN/data-$mode"
         log "round $round, insights $mode"
-        "$KILN" bench --json --target grpc://127.0.0.1:50076 --workload ac --duration "$DURATION" \
+        "$KILN" bench --json --target grpc://127.0.0.1:50076 --workload "$WORKLOAD" --duration "$DURATION" \
             --concurrency "$CONCURRENCY" "${RATE_ARGS[@]}" --server-pid "$(cat "$RUN/kiln-$mode.pid")" \
             | sed "s/^{/{\"mode\":\"$mode\",\"round\":$round,/" >> "$RUN/results.jsonl"
         stop "kiln-$mode"

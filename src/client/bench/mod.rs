@@ -24,7 +24,7 @@ pub use runner::{Limit, Report};
 use crate::error::{Error, Result};
 
 /// The workloads `kiln bench` knows.
-pub const WORKLOADS: [&str; 13] = [
+pub const WORKLOADS: [&str; 14] = [
     "fmb",
     "fmb_present",
     "batch",
@@ -32,6 +32,7 @@ pub const WORKLOADS: [&str; 13] = [
     "chunking",
     "tree",
     "ac",
+    "ac_write",
     "bes",
     "hash",
     "exec",
@@ -51,7 +52,8 @@ pub struct BenchArgs {
     pub instance: String,
     /// Workloads, comma-separated: fmb, batch, bytestream, chunking (three
     /// 1 KiB-edited versions of a --blob-size artifact, then reads and
-    /// SplitBlobs of it), tree, ac, bes,
+    /// SplitBlobs of it), tree, ac (updates and gets of fresh actions),
+    /// ac_write (the updates only), bes,
     /// exec (no-op actions; needs `kiln worker`s connected), compile (a C
     /// compile per action), cancel (cancel to the action's processes gone;
     /// needs a worker on this host), pages (the
@@ -283,7 +285,8 @@ pub async fn run(args: &BenchArgs, progress: bool) -> Result<Vec<Report>> {
             "bytestream" => bytestream::bytestream(&ctx, blob_size).await?,
             "chunking" => chunking::chunking(&ctx, blob_size).await?,
             "tree" => tree::tree(&ctx, args.tree_dirs, args.tree_files).await?,
-            "ac" => workloads::ac(&ctx).await?,
+            "ac" => workloads::ac(&ctx, false).await?,
+            "ac_write" => workloads::ac(&ctx, true).await?,
             "bes" => bes::bes(&ctx, args.bes_events).await?,
             "hash" => workloads::hash(&ctx).await?,
             "exec" => exec::exec(&ctx).await?,

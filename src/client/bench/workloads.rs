@@ -225,8 +225,9 @@ pub(crate) async fn batch(ctx: &Ctx) -> Result<Vec<Stats>> {
     Ok(vec![stats])
 }
 
-/// UpdateActionResult of a fresh action, then GetActionResult of it.
-pub(crate) async fn ac(ctx: &Ctx) -> Result<Vec<Stats>> {
+/// UpdateActionResult of a fresh action, then GetActionResult of it; with
+/// `writes_only`, only the updates (the write path's own cost per call).
+pub(crate) async fn ac(ctx: &Ctx, writes_only: bool) -> Result<Vec<Stats>> {
     let seed = run_seed();
     let output = blob(seed, 1000);
     let log = blob(seed + 1, 200);
@@ -245,13 +246,13 @@ pub(crate) async fn ac(ctx: &Ctx) -> Result<Vec<Stats>> {
     let stats = probed(
         ctx,
         drive(
-            "ac",
+            if writes_only { "ac_write" } else { "ac" },
             ctx.concurrency,
             ctx.limit,
             ctx.progress,
             move |w, seq| {
                 let mut client = ActionCacheClient::new(ctx2.channel(w));
-                let n = seq / 2;
+                let n = if writes_only { seq } else { seq / 2 };
                 let action = sha(&(seed ^ ((w as u64) << 40) ^ n).to_le_bytes()).to_proto();
                 let (instance, mut result) = (instance.clone(), result.clone());
                 // As in a build, each action is its own target's with its
@@ -270,7 +271,7 @@ pub(crate) async fn ac(ctx: &Ctx) -> Result<Vec<Stats>> {
                     tonic::metadata::BinaryMetadataValue::from_bytes(&m.encode_to_vec())
                 };
                 async move {
-                    if seq % 2 == 0 {
+                    if writes_only || seq % 2 == 0 {
                         let mut req = tonic::Request::new(UpdateActionResultRequest {
                             instance_name: instance,
                             action_digest: Some(action),
