@@ -64,6 +64,7 @@ async fn every_workload_completes_without_errors() {
             "tree_cold",
             "tree_warm",
             "ac",
+            "ac_write",
             "bes",
             "hash_sha256",
             "hash_blake3",
@@ -97,6 +98,7 @@ async fn every_workload_completes_without_errors() {
         "{phases:?}"
     );
     assert_eq!(by("ac").ops, 6);
+    assert_eq!(by("ac_write").ops, 6);
     assert_eq!(by("bytestream_write").ops, 4, "two fresh blobs per worker");
     assert_eq!(by("tree_cold").ops, 3);
     assert_eq!(by("bes").ops, 500, "every event acknowledged");
