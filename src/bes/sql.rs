@@ -75,13 +75,8 @@ impl SqlEventStore {
     /// applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = crate::sql::connect(url, "build events", MIGRATIONS).await?;
-        let sqlite = url.starts_with("sqlite:");
-        let writer = Writer::start(pool.clone(), sqlite);
-        let placeholders = if sqlite {
-            Placeholders::Anonymous
-        } else {
-            Placeholders::Numbered
-        };
+        let placeholders = Placeholders::of(url.starts_with("sqlite:"));
+        let writer = Writer::start(pool.clone(), placeholders);
         Ok(SqlEventStore {
             pool,
             writer,

@@ -113,14 +113,10 @@ impl Summary {
 }
 
 impl Writer {
-    /// Starts the writer task on `pool` (a SQLite database when `sqlite`).
-    pub(super) fn start(pool: AnyPool, sqlite: bool) -> Self {
+    /// Starts the writer task on `pool`, its statements spelt with
+    /// `placeholders`.
+    pub(super) fn start(pool: AnyPool, placeholders: Placeholders) -> Self {
         let (jobs, rx) = mpsc::channel(1024);
-        let placeholders = if sqlite {
-            Placeholders::Anonymous
-        } else {
-            Placeholders::Numbered
-        };
         tokio::spawn(write_groups(pool, placeholders, rx));
         Writer { jobs }
     }
@@ -168,6 +164,17 @@ impl Writer {
 pub(super) enum Placeholders {
     Anonymous,
     Numbered,
+}
+
+impl Placeholders {
+    /// The spelling for a SQLite database when `sqlite`, else PostgreSQL's.
+    pub(super) fn of(sqlite: bool) -> Self {
+        if sqlite {
+            Placeholders::Anonymous
+        } else {
+            Placeholders::Numbered
+        }
+    }
 }
 
 /// `(p1, ..., p8), (p9, ...)`: the VALUES of `rows` rows of eight columns.

@@ -11,7 +11,7 @@
 use prost::Message;
 
 use super::diff::{self, Cause};
-use super::misses::Miss;
+use super::misses::{Miss, named_function, parse_digest};
 use crate::bes::store::EventStore;
 use crate::digest::{Digest, DigestFunction};
 use crate::error::Result;
@@ -74,14 +74,10 @@ pub async fn explained(
 /// What differs between a miss's action and the earlier one of its
 /// identity, as far as its instance's CAS still holds both.
 async fn causes_of(instances: &Instances, m: &Miss) -> Result<Vec<Cause>> {
-    let function = if m.digest_function.is_empty() {
-        DigestFunction::Sha256
-    } else {
-        DigestFunction::from_name(&m.digest_function).unwrap_or(DigestFunction::Sha256)
-    };
+    let function = named_function(&m.digest_function).unwrap_or(DigestFunction::Sha256);
     let (Some(before), Some(after)) = (
-        parse(function, &m.previous_digest),
-        parse(function, &m.action_digest),
+        parse_digest(function, &m.previous_digest),
+        parse_digest(function, &m.action_digest),
     ) else {
         return Ok(vec![unknown("the action's digest could not be read back")]);
     };
@@ -123,11 +119,6 @@ async fn version(cas: &dyn BlobStore, digest: &Digest) -> Option<Version> {
         command_digest,
         input_root,
     })
-}
-
-fn parse(function: DigestFunction, s: &str) -> Option<Digest> {
-    let (hash, size) = s.split_once('/')?;
-    Digest::parse(function, hash, size.parse().ok()?).ok()
 }
 
 /// What differs between the earlier action `before` and `after`, as far

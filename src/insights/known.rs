@@ -10,8 +10,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::misses::{function_name, named_function, parse_digest};
 use crate::bes::store::EventStore;
-use crate::digest::{Digest, DigestFunction};
+use crate::digest::Digest;
 use crate::error::Result;
 
 /// An identity's hash (the leading half of its BLAKE3).
@@ -55,12 +56,9 @@ impl FingerprintRound {
             .iter()
             .map(|f| {
                 (
-                    hex(&f.identity),
+                    hex::encode(f.identity),
                     f.action.to_string(),
-                    match f.action.function {
-                        DigestFunction::Sha256 => "",
-                        other => other.name(),
-                    },
+                    function_name(f.action.function),
                     &*f.invocation,
                     f.seen_at,
                 )
@@ -77,15 +75,11 @@ impl FingerprintRound {
         let fingerprints = rows
             .into_iter()
             .filter_map(|(identity, action, function, invocation, seen_at)| {
-                let function = if function.is_empty() {
-                    DigestFunction::Sha256
-                } else {
-                    DigestFunction::from_name(&function)?
-                };
-                let (hash, size) = action.split_once('/')?;
+                let mut id = Identity::default();
+                hex::decode_to_slice(&identity, &mut id).ok()?;
                 Some(Fingerprint {
-                    identity: unhex(&identity)?,
-                    action: Digest::parse(function, hash, size.parse().ok()?).ok()?,
+                    identity: id,
+                    action: parse_digest(named_function(&function)?, &action)?,
                     invocation: invocation.into(),
                     seen_at,
                 })
@@ -98,25 +92,6 @@ impl FingerprintRound {
             fingerprints,
         })
     }
-}
-
-fn hex(identity: &Identity) -> String {
-    let mut s = String::with_capacity(32);
-    for b in identity {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
-
-fn unhex(s: &str) -> Option<Identity> {
-    if s.len() != 32 || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Identities kept in memory, at most (two generations of half as many:
@@ -257,6 +232,7 @@ impl Known {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::DigestFunction;
 
     fn fingerprint(id: u8, action: u8, seen_at: i64) -> Fingerprint {
         Fingerprint {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 pub use super::diff::Cause;
 use crate::bes::store::EventStore;
-use crate::digest::Digest;
+use crate::digest::{Digest, DigestFunction};
 use crate::proto::reapi::ActionResult;
 
 pub use super::known::{Fingerprint, FingerprintRound};
@@ -56,6 +56,30 @@ pub struct Miss {
     pub seen_at: i64,
 }
 
+/// How a miss or a fingerprint names its digest function: SHA-256 (nearly
+/// every action) is left unsaid.
+pub(crate) fn function_name(function: DigestFunction) -> &'static str {
+    match function {
+        DigestFunction::Sha256 => "",
+        other => other.name(),
+    }
+}
+
+/// The function a stored name means (see [`function_name`]), or None.
+pub(crate) fn named_function(name: &str) -> Option<DigestFunction> {
+    if name.is_empty() {
+        Some(DigestFunction::Sha256)
+    } else {
+        DigestFunction::from_name(name)
+    }
+}
+
+/// A digest as misses and fingerprints store it, `hash/size`, read back.
+pub(crate) fn parse_digest(function: DigestFunction, s: &str) -> Option<Digest> {
+    let (hash, size) = s.split_once('/')?;
+    Digest::parse(function, hash, size.parse().ok()?).ok()
+}
+
 /// A fresh result, buffered for the background recorder.
 #[derive(Debug)]
 pub(crate) struct Written {
@@ -69,9 +93,7 @@ pub(crate) struct Written {
 /// The identity's hash: instance, target, mnemonic and the sorted output
 /// paths of the result, each length-prefixed so no two identities run
 /// together. The result's paths are the Command's declared outputs that
-/// the action produced, so nothing needs reading. Runs on every fresh
-/// result's write path, so it hashes one buffer on the stack when the
-/// parts fit (nearly always) and leaves the hex to the recorder.
+/// the action produced, so nothing needs reading.
 pub(crate) fn identity(instance: &str, writer: &Writer, result: &ActionResult) -> Identity {
     let mut outputs: smallvec::SmallVec<[&str; 4]> = result
         .output_files
@@ -89,35 +111,18 @@ pub(crate) fn identity(instance: &str, writer: &Writer, result: &ActionResult) -
         .collect();
     outputs.sort_unstable();
     outputs.dedup();
-    let parts = [instance, &writer.target, &writer.mnemonic]
+    // BLAKE3 on the stack (SHA-256's context allocation cost more than
+    // the hashing here); the hex is left to the recorder.
+    let mut h = blake3::Hasher::new();
+    for part in [instance, &writer.target, &writer.mnemonic]
         .into_iter()
-        .chain(outputs);
-    let mut buf = [0u8; 512];
-    let mut at = 0;
-    let mut spilled: Option<blake3::Hasher> = None;
-    for part in parts {
-        let len = (part.len() as u64).to_le_bytes();
-        if let Some(h) = spilled.as_mut() {
-            h.update(&len);
-            h.update(part.as_bytes());
-        } else if at + 8 + part.len() <= buf.len() {
-            buf[at..at + 8].copy_from_slice(&len);
-            buf[at + 8..at + 8 + part.len()].copy_from_slice(part.as_bytes());
-            at += 8 + part.len();
-        } else {
-            let mut h = blake3::Hasher::new();
-            h.update(&buf[..at]);
-            h.update(&len);
-            h.update(part.as_bytes());
-            spilled = Some(h);
-        }
+        .chain(outputs)
+    {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
     }
-    let hash = match spilled {
-        Some(h) => h.finalize(),
-        None => blake3::hash(&buf[..at]),
-    };
     let mut out = [0u8; 16];
-    out.copy_from_slice(&hash.as_bytes()[..16]);
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
     out
 }
 
@@ -201,11 +206,7 @@ impl Recorder {
                 previous_digest,
                 previous_invocation,
                 causes,
-                // SHA-256 (nearly every action) is left unsaid.
-                digest_function: match w.action.function {
-                    crate::digest::DigestFunction::Sha256 => String::new(),
-                    f => f.name().to_string(),
-                },
+                digest_function: function_name(w.action.function).to_string(),
                 seen_at: w.seen_at,
             });
         }
