@@ -284,15 +284,21 @@ impl Digest {
 
     /// The hash as lowercase hex.
     pub fn hash_hex(&self) -> String {
-        // Two digits per byte from one table, into a fixed array: no
-        // capacity check per digit (this runs for every digest answered).
+        self.with_hex(str::to_string)
+    }
+
+    /// Calls `f` with the hash as lowercase hex, built on the stack: two
+    /// digits per byte from one table, no capacity check per digit (this
+    /// runs for every digest answered or displayed).
+    fn with_hex<T>(&self, f: impl FnOnce(&str) -> T) -> T {
         let mut out = [0u8; 64];
         for (pair, b) in out.chunks_exact_mut(2).zip(self.hash) {
             pair.copy_from_slice(&HEX_PAIRS[b as usize]);
         }
-        std::str::from_utf8(&out[..2 * self.function.hash_len()])
-            .expect("hex digits are ASCII")
-            .to_string()
+        f(
+            std::str::from_utf8(&out[..2 * self.function.hash_len()])
+                .expect("hex digits are ASCII"),
+        )
     }
 
     /// True for the empty blob, which is always present.
@@ -304,7 +310,7 @@ impl Digest {
 impl fmt::Display for Digest {
     /// `hash/size`, the form REAPI uses in resource names and error subjects.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.hash_hex(), self.size)
+        self.with_hex(|hex| write!(f, "{hex}/{}", self.size))
     }
 }
 

@@ -384,7 +384,11 @@ impl EventStore for SqlEventStore {
         super::sql_misses::rounds(&self.pool, self.placeholders, ids).await
     }
 
-    async fn record_misses(&self, round: Option<&FingerprintRound>, misses: &[Miss]) -> Result<()> {
+    async fn record_misses(
+        &self,
+        round: Option<&FingerprintRound>,
+        misses: &[crate::insights::misses::Recorded],
+    ) -> Result<()> {
         super::sql_misses::record(&self.pool, self.placeholders, round, misses).await
     }
 

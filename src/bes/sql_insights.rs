@@ -115,7 +115,8 @@ pub(super) async fn purge(pool: &AnyPool, before_ms: i64, limit: i64) -> Result<
 mod tests {
     use crate::bes::store::EventStore;
     use crate::insights::NondeterministicOutput;
-    use crate::insights::misses::{Fingerprint, FingerprintRound, Miss};
+    use crate::insights::Writer;
+    use crate::insights::misses::{Fingerprint, FingerprintRound, MissKind, Recorded};
 
     /// Regression: the nondeterminism record read (its per-action count)
     /// before it wrote, so on SQLite another writer committing in between
@@ -155,16 +156,15 @@ mod tests {
                         seen_at: 1,
                     }],
                 };
-                let m = Miss {
-                    invocation: "inv".into(),
+                let m = Recorded {
                     instance: String::new(),
-                    action_digest: format!("m{i}/1"),
-                    target: String::new(),
-                    mnemonic: String::new(),
-                    previous_digest: String::new(),
-                    previous_invocation: String::new(),
-                    causes: Vec::new(),
-                    digest_function: String::new(),
+                    action: crate::digest::DigestFunction::Sha256.digest_of(&[i, i]),
+                    writer: Writer {
+                        invocation: "inv".into(),
+                        ..Default::default()
+                    },
+                    kind: MissKind::New,
+                    previous: None,
                     seen_at: 1,
                 };
                 s.record_misses(Some(&round), &[m]).await

@@ -9,7 +9,7 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 use super::sql_miss_chunk::{decode, encode};
 use super::sql_writer::{Placeholders, values_of};
 use crate::error::Result;
-use crate::insights::misses::{FingerprintRound, Miss};
+use crate::insights::misses::{FingerprintRound, Miss, Recorded};
 use crate::sql::db_err;
 
 /// Rows per statement: far below either database's parameter limit.
@@ -21,7 +21,7 @@ pub(super) async fn record(
     pool: &AnyPool,
     placeholders: Placeholders,
     round: Option<&FingerprintRound>,
-    misses: &[Miss],
+    misses: &[Recorded],
 ) -> Result<()> {
     let err = db_err("recording missed actions");
     let mut tx = pool.begin().await.map_err(&err)?;
@@ -39,9 +39,12 @@ pub(super) async fn record(
         .map_err(&err)?;
     }
     // One chunk row per invocation.
-    let mut by_invocation: HashMap<&str, Vec<&Miss>> = HashMap::new();
+    let mut by_invocation: HashMap<&str, Vec<&Recorded>> = HashMap::new();
     for m in misses {
-        by_invocation.entry(&m.invocation).or_default().push(m);
+        by_invocation
+            .entry(&m.writer.invocation)
+            .or_default()
+            .push(m);
     }
     let chunks: Vec<(&str, String, i64)> = by_invocation
         .into_iter()

@@ -382,7 +382,11 @@ pub trait EventStore: std::fmt::Debug + Send + Sync + 'static {
     async fn fingerprint_rounds(&self, ids: &[String]) -> Result<Vec<FingerprintRound>>;
     /// Stores a recording round's fingerprints (if any) and `misses`, in
     /// one transaction.
-    async fn record_misses(&self, round: Option<&FingerprintRound>, misses: &[Miss]) -> Result<()>;
+    async fn record_misses(
+        &self,
+        round: Option<&FingerprintRound>,
+        misses: &[crate::insights::misses::Recorded],
+    ) -> Result<()>;
     /// The misses of `invocation` as stored, in chunks (each chunk's id
     /// and its misses), for `crate::insights::explain` to fill in.
     async fn miss_chunks(&self, invocation: &str) -> Result<Vec<(String, Vec<Miss>)>>;

@@ -56,17 +56,20 @@ impl Drop for Buffer {
     }
 }
 
+/// Counts `n` misses of `instance` of `kind` (a round's at once: the
+/// family's label lookup copies and hashes its labels).
 pub(super) fn count(
     missed: &Family<Vec<(&'static str, String)>, Counter>,
     instance: &str,
     kind: &str,
+    n: u64,
 ) {
     missed
         .get_or_create(&vec![
             ("instance", instance.to_string()),
             ("kind", kind.to_string()),
         ])
-        .inc();
+        .inc_by(n);
 }
 
 /// How often changed scorecards are stored.
@@ -128,8 +131,8 @@ pub(super) async fn record_misses(
             spare = batch;
             continue;
         }
-        for (instance, kind) in recorder.record(events.as_ref(), batch.drain(..)).await {
-            count(&missed, &instance, kind);
+        for (instance, kind, n) in recorder.record(events.as_ref(), batch.drain(..)).await {
+            count(&missed, &instance, kind.name(), n);
         }
         spare = batch;
         running.dec_by(recorder.store(events.as_ref()).await);

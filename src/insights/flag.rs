@@ -123,8 +123,8 @@ impl Insights {
                 after: d.after,
                 target: pick(&writer.target, &earlier.target),
                 mnemonic: pick(&writer.mnemonic, &earlier.mnemonic),
-                before_invocation: earlier.invocation.clone(),
-                after_invocation: writer.invocation.clone(),
+                before_invocation: earlier.invocation.to_string(),
+                after_invocation: writer.invocation.to_string(),
                 seen_at: now,
             })
             .collect();

@@ -44,25 +44,52 @@ pub struct FingerprintRound {
     pub fingerprints: Vec<Fingerprint>,
 }
 
-/// A fingerprint as stored: identity (hex), action (`hash/size`), digest
-/// function (empty for SHA-256), invocation, seen at.
-type Stored<'a> = (String, String, &'a str, &'a str, i64);
+/// A fingerprint as stored: a tuple of identity (hex), action
+/// (`hash/size`), digest function (empty for SHA-256), invocation (null
+/// when it is the previous row's: a round is mostly one build's) and when,
+/// no field names; the hex is written straight into the row. Beside it,
+/// the round's previous fingerprint.
+struct Stored<'a>(&'a Fingerprint, Option<&'a Fingerprint>);
+
+impl serde::Serialize for Stored<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let f = self.0;
+        let mut hex = [0u8; 32];
+        hex::encode_to_slice(f.identity, &mut hex).map_err(serde::ser::Error::custom)?;
+        let hex = std::str::from_utf8(&hex).map_err(serde::ser::Error::custom)?;
+        let mut t = s.serialize_tuple(5)?;
+        t.serialize_element(hex)?;
+        t.serialize_element(&Shown(&f.action))?;
+        t.serialize_element(function_name(f.action.function))?;
+        if self.1.is_some_and(|p| p.invocation == f.invocation) {
+            t.serialize_element(&())?;
+        } else {
+            t.serialize_element(&*f.invocation)?;
+        }
+        t.serialize_element(&f.seen_at)?;
+        t.end()
+    }
+}
+
+/// A value serialized as its `Display` text, without an owned copy.
+struct Shown<'a, T>(&'a T);
+
+impl<T: std::fmt::Display> serde::Serialize for Shown<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
 
 impl FingerprintRound {
-    /// The row's JSON: an array of [`Stored`] tuples, no field names.
+    /// The row's JSON: an array of [`Stored`] tuples.
     pub fn encode(&self) -> Result<String> {
+        let previous = std::iter::once(None).chain(self.fingerprints.iter().map(Some));
         let rows: Vec<Stored<'_>> = self
             .fingerprints
             .iter()
-            .map(|f| {
-                (
-                    hex::encode(f.identity),
-                    f.action.to_string(),
-                    function_name(f.action.function),
-                    &*f.invocation,
-                    f.seen_at,
-                )
-            })
+            .zip(previous)
+            .map(|(f, p)| Stored(f, p))
             .collect();
         serde_json::to_string(&rows)
             .map_err(|e| crate::error::Error::internal_from("encoding fingerprints", e))
@@ -71,16 +98,21 @@ impl FingerprintRound {
     /// A row read back; None if it is not JSON of [`Stored`] tuples (an
     /// entry that does not parse is left out).
     pub fn decode(round: String, pod: String, seen_at: i64, json: &str) -> Option<Self> {
-        let rows: Vec<(String, String, String, String, i64)> = serde_json::from_str(json).ok()?;
+        let rows: Vec<(String, String, String, Option<String>, i64)> =
+            serde_json::from_str(json).ok()?;
+        let mut invocation: Arc<str> = Arc::from("");
         let fingerprints = rows
             .into_iter()
-            .filter_map(|(identity, action, function, invocation, seen_at)| {
+            .filter_map(|(identity, action, function, named, seen_at)| {
+                if let Some(named) = named {
+                    invocation = named.into();
+                }
                 let mut id = Identity::default();
                 hex::decode_to_slice(&identity, &mut id).ok()?;
                 Some(Fingerprint {
                     identity: id,
                     action: parse_digest(named_function(&function)?, &action)?,
-                    invocation: invocation.into(),
+                    invocation: invocation.clone(),
                     seen_at,
                 })
             })
@@ -157,23 +189,31 @@ impl Known {
 
     /// Makes `f` its identity's last action, unless a later one is known.
     pub(crate) fn learn(&mut self, f: &Fingerprint) {
-        let later = |l: &Last| l.seen_at > f.seen_at;
-        if self.current.get(&f.identity).is_some_and(later)
-            || self.previous.get(&f.identity).is_some_and(later)
+        let last = || Last {
+            action: f.action,
+            invocation: f.invocation.clone(),
+            seen_at: f.seen_at,
+        };
+        if let Some(l) = self.current.get_mut(&f.identity) {
+            if l.seen_at <= f.seen_at {
+                *l = last();
+            }
+            return;
+        }
+        if self
+            .previous
+            .get(&f.identity)
+            .is_some_and(|l| l.seen_at > f.seen_at)
         {
             return;
         }
-        if self.current.len() >= KNOWN_MAX / 2 && !self.current.contains_key(&f.identity) {
-            self.previous = std::mem::take(&mut self.current);
+        if self.current.len() >= KNOWN_MAX / 2 {
+            // Sized for a whole generation: growing it again by doubling
+            // moved every entry several times.
+            let fresh = HashMap::with_capacity_and_hasher(KNOWN_MAX / 2, Default::default());
+            self.previous = std::mem::replace(&mut self.current, fresh);
         }
-        self.current.insert(
-            f.identity,
-            Last {
-                action: f.action,
-                invocation: f.invocation.clone(),
-                seen_at: f.seen_at,
-            },
-        );
+        self.current.insert(f.identity, last());
     }
 
     /// The round to store `fingerprints` as (None if there are none).
@@ -248,11 +288,30 @@ mod tests {
         let mut known = Known::new();
         let mut blake = fingerprint(2, 2, 6);
         blake.action = DigestFunction::Blake3.digest_of(&[2]);
-        let round = known.round(vec![fingerprint(1, 1, 5), blake]).unwrap();
+        let mut other = fingerprint(3, 3, 7);
+        other.invocation = "".into();
+        let round = known
+            .round(vec![
+                fingerprint(1, 1, 5),
+                blake,
+                other,
+                fingerprint(4, 4, 8),
+            ])
+            .unwrap();
         let json = round.encode().unwrap();
+        // The second row's invocation is the first's: left out.
+        assert_eq!(json.matches("quoted").count(), 2, "{json}");
         let back =
             FingerprintRound::decode(round.round.clone(), round.pod.clone(), round.seen_at, &json);
         assert_eq!(back.as_ref(), Some(&round));
+        // Rows that name every invocation (as stored before) read too.
+        let old = format!(
+            "[[\"{}\",\"{}\",\"\",\"inv\",5]]",
+            "01".repeat(16),
+            round.fingerprints[0].action
+        );
+        let back = FingerprintRound::decode(String::new(), String::new(), 0, &old).unwrap();
+        assert_eq!(&*back.fingerprints[0].invocation, "inv");
         assert!(known.round(Vec::new()).is_none());
         assert_eq!(
             FingerprintRound::decode(round.round, round.pod, 0, "{"),

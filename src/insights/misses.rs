@@ -111,19 +111,77 @@ pub(crate) fn identity(instance: &str, writer: &Writer, result: &ActionResult) -
         .collect();
     outputs.sort_unstable();
     outputs.dedup();
-    // BLAKE3 on the stack (SHA-256's context allocation cost more than
-    // the hashing here); the hex is left to the recorder.
-    let mut h = blake3::Hasher::new();
-    for part in [instance, &writer.target, &writer.mnemonic]
+    // The parts in one buffer on the stack, hashed in one call: the same
+    // bytes as hashing them one by one, without a hasher's set-up and
+    // buffering per part (a profile showed those on every fresh result).
+    let mut bytes: smallvec::SmallVec<[u8; 512]> = smallvec::SmallVec::new();
+    for part in [instance, &*writer.target, &*writer.mnemonic]
         .into_iter()
         .chain(outputs)
     {
-        h.update(&(part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
+        bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(part.as_bytes());
     }
+    let h = blake3::hash(&bytes);
     let mut out = [0u8; 16];
-    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out.copy_from_slice(&h.as_bytes()[..16]);
     out
+}
+
+/// What a fresh result was to the recorder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissKind {
+    /// No earlier action of its identity is known.
+    New,
+    /// The same action as before: its result had gone.
+    Evicted,
+    /// Another action than before; what changed is compared when read.
+    Changed,
+}
+
+impl MissKind {
+    /// The name metrics and the API use.
+    pub fn name(self) -> &'static str {
+        match self {
+            MissKind::New => "new",
+            MissKind::Evicted => "evicted",
+            MissKind::Changed => "changed",
+        }
+    }
+
+    /// The causes a miss of this kind has without comparing anything (a
+    /// changed action's are compared when someone reads them).
+    pub fn causes(self) -> Vec<Cause> {
+        match self {
+            MissKind::New => vec![Cause::new("new", "", "new action".into())],
+            MissKind::Evicted => vec![Cause::new(
+                "evicted",
+                "",
+                "same action as before: its result was no longer cached".into(),
+            )],
+            MissKind::Changed => Vec::new(),
+        }
+    }
+}
+
+/// A miss as the recorder keeps it until it is stored: the writer's
+/// shared strings and the digests themselves, so recording a fresh result
+/// copies and formats nothing (the store writes it out once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The instance the action ran in.
+    pub instance: String,
+    /// The action.
+    pub action: Digest,
+    /// Who wrote its result.
+    pub writer: Writer,
+    /// What it was to the recorder.
+    pub kind: MissKind,
+    /// The identity's earlier action and the invocation that wrote its
+    /// result; None for a new action.
+    pub previous: Option<(Digest, Arc<str>)>,
+    /// When it was recorded (ms since the epoch).
+    pub seen_at: i64,
 }
 
 /// The background recorder's state: the last action of identities seen
@@ -132,9 +190,7 @@ pub(crate) fn identity(instance: &str, writer: &Writer, result: &ActionResult) -
 pub(crate) struct Recorder {
     known: Known,
     fingerprints: Vec<Fingerprint>,
-    misses: Vec<Miss>,
-    /// The invocation of the last result, shared by its fingerprints.
-    invocation: Arc<str>,
+    misses: Vec<Recorded>,
     /// Results recorded and not yet stored.
     pending: i64,
 }
@@ -145,72 +201,59 @@ impl Recorder {
             known: Known::new(),
             fingerprints: Vec::new(),
             misses: Vec::new(),
-            invocation: Arc::from(""),
             pending: 0,
         }
     }
 
     /// Records a batch of fresh results, in order (a later result of an
     /// identity is set beside an earlier one of the same batch), after
-    /// reading what other pods stored meanwhile. Returns each miss's
-    /// instance and kind (`new`, `evicted`, `changed`).
+    /// reading what other pods stored meanwhile. Returns how many misses
+    /// of each instance and kind it recorded, in the order first seen.
     pub(crate) async fn record(
         &mut self,
         events: &dyn EventStore,
         batch: impl ExactSizeIterator<Item = Written>,
-    ) -> Vec<(String, &'static str)> {
+    ) -> Vec<(String, MissKind, u64)> {
         if let Err(e) = self.known.catch_up(events).await {
             // Recorded all the same, against what this pod knows.
             tracing::warn!(error = %e, "could not read other pods' action fingerprints");
         }
         self.pending += batch.len() as i64;
-        let mut kinds = Vec::with_capacity(batch.len());
+        let mut counts: Vec<(String, MissKind, u64)> = Vec::new();
         self.misses.reserve(batch.len());
         self.fingerprints.reserve(batch.len());
         for w in batch {
-            let previous = self.known.get(&w.identity);
-            let (kind, causes) = match previous {
-                None => ("new", vec![Cause::new("new", "", "new action".into())]),
-                Some((p, _)) if p == w.action => (
-                    "evicted",
-                    vec![Cause::new(
-                        "evicted",
-                        "",
-                        "same action as before: its result was no longer cached".into(),
-                    )],
-                ),
-                // Compared when someone reads it.
-                Some(_) => ("changed", Vec::new()),
+            let previous = self.known.get(&w.identity).map(|(d, i)| (d, i.clone()));
+            let kind = match &previous {
+                None => MissKind::New,
+                Some((p, _)) if *p == w.action => MissKind::Evicted,
+                Some(_) => MissKind::Changed,
             };
-            let (previous_digest, previous_invocation) = previous
-                .map(|(d, i)| (d.to_string(), i.to_string()))
-                .unwrap_or_default();
-            kinds.push((w.instance.clone(), kind));
-            if *self.invocation != *w.writer.invocation {
-                self.invocation = Arc::from(w.writer.invocation.as_str());
+            match counts
+                .iter_mut()
+                .find(|(i, k, _)| *k == kind && *i == w.instance)
+            {
+                Some((_, _, n)) => *n += 1,
+                None => counts.push((w.instance.clone(), kind, 1)),
             }
             let fingerprint = Fingerprint {
                 identity: w.identity,
                 action: w.action,
-                invocation: self.invocation.clone(),
+                invocation: w.writer.invocation.clone(),
                 seen_at: w.seen_at,
             };
             self.known.learn(&fingerprint);
             self.fingerprints.push(fingerprint);
-            self.misses.push(Miss {
-                invocation: w.writer.invocation,
+            self.misses.push(Recorded {
                 instance: w.instance,
-                action_digest: w.action.to_string(),
-                target: w.writer.target,
-                mnemonic: w.writer.mnemonic,
-                previous_digest,
-                previous_invocation,
-                causes,
-                digest_function: function_name(w.action.function).to_string(),
+                action: w.action,
+                writer: w.writer,
+                kind,
+                previous,
                 seen_at: w.seen_at,
             });
         }
-        kinds
+        counts
     }
 
     /// Stores what was recorded since the last call, in one transaction;
@@ -284,6 +327,14 @@ mod tests {
             ..w.clone()
         };
         assert_ne!(a, identity("", &renamed, &result(&["x.o", "x.d"])));
+        // The hash of the length-prefixed parts, as stored identities of
+        // earlier versions were computed: an upgrade keeps them.
+        let mut h = blake3::Hasher::new();
+        for part in ["", "//a:b", "CppCompile", "x.d", "x.o"] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        assert_eq!(a[..], h.finalize().as_bytes()[..16]);
     }
 
     #[tokio::test]
@@ -312,8 +363,8 @@ mod tests {
             .await;
         // New, then the same action again (its result had gone), then a
         // different action, compared only when read.
-        let kinds: Vec<&str> = kinds.iter().map(|(_, k)| *k).collect();
-        assert_eq!(kinds, ["new", "evicted", "changed"]);
+        let kinds: Vec<(&str, u64)> = kinds.iter().map(|(_, k, n)| (k.name(), *n)).collect();
+        assert_eq!(kinds, [("new", 1), ("evicted", 1), ("changed", 1)]);
         assert_eq!(recorder.store(&events).await, 3);
         let listed = events.misses("inv", 10).await.unwrap();
         assert_eq!(listed.len(), 2, "each action once: {listed:?}");
@@ -328,7 +379,7 @@ mod tests {
         // knows the identity's last action.
         let mut other = Recorder::new();
         let kinds = other.record(&events, vec![written(2)].into_iter()).await;
-        assert_eq!(kinds, [(String::new(), "evicted")]);
+        assert_eq!(kinds, [(String::new(), MissKind::Evicted, 1)]);
         // And a round stored after it started is read by its next round
         // (once a second at most).
         recorder.record(&events, vec![written(3)].into_iter()).await;

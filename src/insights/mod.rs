@@ -39,28 +39,36 @@ use background::{Buffer, count, record_misses, store_scorecards};
 use writers::Writers;
 
 /// Who wrote a result, as the call's RequestMetadata says (Bazel names the
-/// invocation, the target and the action's mnemonic on every call).
+/// invocation, the target and the action's mnemonic on every call). Shared
+/// strings: a write hands its writer to the miss recorder and the table of
+/// recent writers, and copies of every string there showed as malloc time
+/// on every fresh result.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Writer {
     /// The client invocation (`tool_invocation_id`), or empty.
-    pub invocation: String,
+    pub invocation: Arc<str>,
     /// The target the action belongs to, or empty.
-    pub target: String,
+    pub target: Arc<str>,
     /// The action's kind (`CppCompile`, `Genrule`), or empty.
-    pub mnemonic: String,
+    pub mnemonic: Arc<str>,
 }
 
 /// Keeps at most `max` bytes of a client's string (on a char boundary), so
 /// no caller can make a record grow with what it sends.
-fn clamp(s: &str, max: usize) -> String {
+fn clamp(s: &str, max: usize) -> Arc<str> {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_string()
+    Arc::from(&s[..end])
 }
 
 impl Writer {
+    /// True when the call named no invocation, target or mnemonic.
+    fn is_anonymous(&self) -> bool {
+        self.invocation.is_empty() && self.target.is_empty() && self.mnemonic.is_empty()
+    }
+
     /// The writer a call names: from the RequestMetadata the edge decoded,
     /// else (a call that did not pass the edge) from its header. An
     /// invocation id over 128 bytes is dropped, not cut: a cut id would
@@ -81,9 +89,9 @@ impl Writer {
         let invocation = &m.tool_invocation_id;
         Writer {
             invocation: if invocation.len() > 128 {
-                String::new()
+                Arc::from("")
             } else {
-                invocation.clone()
+                Arc::from(invocation.as_str())
             },
             target: clamp(&m.target_id, 512),
             mnemonic: clamp(&m.action_mnemonic, 64),
@@ -252,7 +260,7 @@ impl Insights {
         if self.buffer.push(written) {
             self.running.inc();
         } else {
-            count(&self.missed, instance, "skipped");
+            count(&self.missed, instance, "skipped", 1);
         }
     }
 }

@@ -252,7 +252,7 @@ struct Live {
 /// The cards of the invocations this pod is counting.
 #[derive(Debug, Default)]
 pub(crate) struct Scorecards {
-    live: Mutex<HashMap<String, Live>>,
+    live: Mutex<HashMap<std::sync::Arc<str>, Live, foldhash::fast::RandomState>>,
 }
 
 /// A card to store: invocation, row id, the card.
@@ -266,7 +266,7 @@ impl Scorecards {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         // Looked up before it is inserted: the invocation is copied once
         // per card, not on every call.
-        if !live.contains_key(&writer.invocation) {
+        if !live.contains_key(&*writer.invocation) {
             if live.len() >= MAX_LIVE {
                 return;
             }
@@ -281,7 +281,7 @@ impl Scorecards {
                 },
             );
         }
-        let Some(entry) = live.get_mut(&writer.invocation) else {
+        let Some(entry) = live.get_mut(&*writer.invocation) else {
             return;
         };
         let missed_before = match seen {
@@ -308,7 +308,7 @@ impl Scorecards {
         for (invocation, l) in live.iter_mut() {
             if l.dirty {
                 l.dirty = false;
-                out.push((invocation.clone(), l.id.clone(), l.card.clone()));
+                out.push((invocation.to_string(), l.id.clone(), l.card.clone()));
             }
         }
         live.retain(|_, l| l.dirty || l.touched.elapsed() < IDLE);
@@ -319,7 +319,7 @@ impl Scorecards {
     pub(crate) fn unstored(&self, rows: &[Row]) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         for (invocation, _, _) in rows {
-            if let Some(l) = live.get_mut(invocation) {
+            if let Some(l) = live.get_mut(invocation.as_str()) {
                 l.dirty = true;
             }
         }

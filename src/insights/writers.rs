@@ -18,8 +18,15 @@ pub(super) struct Writers {
     slots: Vec<Slot>,
 }
 
-/// The instance, action and writer of the result a slot last saw written.
-type Slot = std::sync::Mutex<Option<Arc<(String, Digest, Writer)>>>;
+/// The instance (its name's hash: the table only names writers, and a
+/// copy of the name cost an allocation per write), action and writer of
+/// the result a slot last saw written.
+type Slot = std::sync::Mutex<Option<Arc<(u64, Digest, Writer)>>>;
+
+fn instance_key(instance: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::default().hash_one(instance)
+}
 
 impl Writers {
     pub(super) fn new() -> Writers {
@@ -40,10 +47,11 @@ impl Writers {
         &self,
         instance: &str,
         action: &Digest,
-    ) -> Option<Arc<(String, Digest, Writer)>> {
+    ) -> Option<Arc<(u64, Digest, Writer)>> {
+        let key = instance_key(instance);
         let slot = self.slot(action).lock().unwrap_or_else(|p| p.into_inner());
         slot.as_ref()
-            .filter(|e| e.0 == instance && e.1 == *action)
+            .filter(|e| e.0 == key && e.1 == *action)
             .cloned()
     }
 
@@ -55,15 +63,13 @@ impl Writers {
         instance: &str,
         action: &Digest,
         writer: Writer,
-    ) -> Arc<(String, Digest, Writer)> {
-        let entry = Arc::new((instance.to_string(), *action, writer));
+    ) -> Arc<(u64, Digest, Writer)> {
+        let key = instance_key(instance);
+        let entry = Arc::new((key, *action, writer));
         let mut slot = self.slot(action).lock().unwrap_or_else(|p| p.into_inner());
-        if entry.2 != Writer::default() {
+        if !entry.2.is_anonymous() {
             *slot = Some(entry.clone());
-        } else if slot
-            .as_ref()
-            .is_some_and(|e| e.0 == instance && e.1 == *action)
-        {
+        } else if slot.as_ref().is_some_and(|e| e.0 == key && e.1 == *action) {
             *slot = None;
         }
         entry

@@ -77,9 +77,9 @@ impl Execution for ExecutionService {
                 files: &req.inline_output_files,
             },
             traceparent: crate::edge::trace::current_traceparent(),
-            invocation_id: writer.invocation.clone(),
-            target: writer.target.clone(),
-            mnemonic: writer.mnemonic.clone(),
+            invocation_id: writer.invocation.to_string(),
+            target: writer.target.to_string(),
+            mnemonic: writer.mnemonic.to_string(),
         };
         let started = execute::execute(&instance, &self.scheduler, request).await?;
         let seen = match &started {

@@ -115,7 +115,15 @@ impl BlobStore for MemoryStore {
     }
 
     async fn swap(&self, key: &Digest, value: Bytes, max_old: u64) -> Result<Option<Bytes>> {
-        let old = match self.blobs.get(key).await {
+        // Looked up only if present: a get that misses is recorded for the
+        // cache's popularity estimate (a message to its housekeeping) on
+        // every fresh action result, where nothing is there to read.
+        let present = self.blobs.contains_key(key);
+        let old = match if present {
+            self.blobs.get(key).await
+        } else {
+            None
+        } {
             Some(s) if s.value.len() <= max_old => s.value.read(Range::FULL)?.collect().await.ok(),
             _ => None,
         };

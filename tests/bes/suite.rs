@@ -110,7 +110,7 @@ async fn stream_storage(database: &str) {
 /// removes both.
 async fn miss_storage(database: &str) {
     use kiln::bes::store::EventStore;
-    use kiln::insights::misses::{Cause, Fingerprint, FingerprintRound, Miss};
+    use kiln::insights::misses::{Fingerprint, FingerprintRound, MissKind, Recorded};
     let url = if database.starts_with("sqlite://") {
         format!("{database}?mode=rwc")
     } else {
@@ -153,20 +153,18 @@ async fn miss_storage(database: &str) {
                 seen_at: now + n as i64,
             }],
         };
-        let miss = Miss {
-            invocation: invocation.clone(),
+        // As the recorder keeps it: a new action, stored in the compact
+        // form whose kind stands for its cause.
+        let miss = Recorded {
             instance: String::new(),
-            action_digest: digest.into(),
-            target: "//t:t".into(),
-            mnemonic: "Genrule".into(),
-            previous_digest: String::new(),
-            previous_invocation: String::new(),
-            causes: vec![Cause {
-                kind: "env".into(),
-                subject: "PATH".into(),
-                text: "env PATH changed".into(),
-            }],
-            digest_function: "sha256".into(),
+            action: round.fingerprints[0].action,
+            writer: kiln::insights::Writer {
+                invocation: invocation.as_str().into(),
+                target: "//t:t".into(),
+                mnemonic: "Genrule".into(),
+            },
+            kind: MissKind::New,
+            previous: None,
             seen_at: now + n as i64,
         };
         store.record_misses(Some(&round), &[miss]).await.unwrap();
@@ -242,7 +240,8 @@ async fn miss_storage(database: &str) {
     assert!(store.trends(&filter).await.unwrap().is_empty());
     let listed = store.misses(&invocation, 10).await.unwrap();
     assert_eq!(listed.len(), 2);
-    assert_eq!(listed[0].causes[0].text, "env PATH changed");
+    assert_eq!(listed[0].causes[0].text, "new action");
+    assert_eq!(listed[0].digest_function, "blake3");
     // A chunk replaced in place (its misses compared when first read).
     let mut chunks = store.miss_chunks(&invocation).await.unwrap();
     assert_eq!(chunks.len(), 2, "one chunk per recording");

@@ -203,9 +203,9 @@ impl Scheduler {
         if let Some(result) = settled.cache {
             let instance = self.instances.get(&job.instance)?;
             let writer = crate::insights::Writer {
-                invocation: done.invocation_id.clone(),
-                target: done.target.clone(),
-                mnemonic: done.mnemonic.clone(),
+                invocation: done.invocation_id.as_str().into(),
+                target: done.target.as_str().into(),
+                mnemonic: done.mnemonic.as_str().into(),
             };
             if let Err(e) =
                 crate::action_result::store(&instance, &job.digest, &result, writer).await
