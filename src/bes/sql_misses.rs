@@ -39,7 +39,8 @@ pub(super) async fn record(
         .map_err(&err)?;
     }
     // One chunk row per invocation.
-    let mut by_invocation: HashMap<&str, Vec<&Recorded>> = HashMap::new();
+    let mut by_invocation: HashMap<&str, Vec<&Recorded>, foldhash::fast::RandomState> =
+        HashMap::default();
     for m in misses {
         by_invocation
             .entry(&m.writer.invocation)

@@ -155,17 +155,21 @@ fn execution_ms(result: &ActionResult) -> u64 {
     }
 }
 
+/// The counts of `key` (of `other` when it is empty, or new once `max`
+/// keys are counted): two hash lookups when the key is counted already,
+/// and the key copied only the first time.
 fn bucket<'m>(map: &'m mut Counted, key: &str, max: usize, other: &str) -> &'m mut Counts {
-    let key = if key.is_empty() || (!map.contains_key(key) && map.len() >= max) {
-        other
-    } else {
-        key
-    };
-    // Counted on every call: the key is copied only the first time.
+    let mut key = if key.is_empty() { other } else { key };
     if !map.contains_key(key) {
-        map.insert(key.to_string(), Counts::default());
+        if map.len() < max || key == other {
+            return map.entry(key.to_string()).or_default();
+        }
+        key = other;
+        if !map.contains_key(key) {
+            return map.entry(key.to_string()).or_default();
+        }
     }
-    map.get_mut(key).expect("just inserted")
+    map.get_mut(key).expect("present")
 }
 
 impl Scorecard {
@@ -264,12 +268,11 @@ impl Scorecards {
             return;
         }
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        // Looked up before it is inserted: the invocation is copied once
-        // per card, not on every call.
         if !live.contains_key(&*writer.invocation) {
             if live.len() >= MAX_LIVE {
                 return;
             }
+            // The invocation is shared, not copied.
             live.insert(
                 writer.invocation.clone(),
                 Live {
