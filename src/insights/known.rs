@@ -208,10 +208,10 @@ impl Known {
             return;
         }
         if self.current.len() >= KNOWN_MAX / 2 {
-            // Sized for a whole generation: growing it again by doubling
-            // moved every entry several times.
-            let fresh = HashMap::with_capacity_and_hasher(KNOWN_MAX / 2, Default::default());
-            self.previous = std::mem::replace(&mut self.current, fresh);
+            // Not sized for a whole generation up front: entries landing
+            // anywhere in a full-size table would make all of it resident
+            // after a few thousand, where a growing one stays dense.
+            self.previous = std::mem::take(&mut self.current);
         }
         self.current.insert(f.identity, last());
     }

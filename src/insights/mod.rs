@@ -53,14 +53,37 @@ pub struct Writer {
     pub mnemonic: Arc<str>,
 }
 
-/// Keeps at most `max` bytes of a client's string (on a char boundary), so
-/// no caller can make a record grow with what it sends.
-fn clamp(s: &str, max: usize) -> Arc<str> {
+/// At most `max` bytes of a client's string (on a char boundary), so no
+/// caller can make a record grow with what it sends.
+fn clamp(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    Arc::from(&s[..end])
+    &s[..end]
+}
+
+std::thread_local! {
+    /// The invocation and mnemonic this thread's last call named.
+    static LAST: std::cell::RefCell<(Arc<str>, Arc<str>)> =
+        std::cell::RefCell::new((Arc::from(""), Arc::from("")));
+}
+
+/// `invocation` and `mnemonic` as shared strings: the last call's on this
+/// thread when they are the same (nearly every call of a build names the
+/// build and one of a few mnemonics), so neither is allocated again per
+/// call nor kept once per record in the insights' tables.
+fn shared(invocation: &str, mnemonic: &str) -> (Arc<str>, Arc<str>) {
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if *last.0 != *invocation {
+            last.0 = Arc::from(invocation);
+        }
+        if *last.1 != *mnemonic {
+            last.1 = Arc::from(mnemonic);
+        }
+        (last.0.clone(), last.1.clone())
+    })
 }
 
 impl Writer {
@@ -86,15 +109,15 @@ impl Writer {
                 None => return Writer::default(),
             },
         };
-        let invocation = &m.tool_invocation_id;
+        let invocation = match m.tool_invocation_id.as_str() {
+            long if long.len() > 128 => "",
+            id => id,
+        };
+        let (invocation, mnemonic) = shared(invocation, clamp(&m.action_mnemonic, 64));
         Writer {
-            invocation: if invocation.len() > 128 {
-                Arc::from("")
-            } else {
-                Arc::from(invocation.as_str())
-            },
-            target: clamp(&m.target_id, 512),
-            mnemonic: clamp(&m.action_mnemonic, 64),
+            invocation,
+            target: Arc::from(clamp(&m.target_id, 512)),
+            mnemonic,
         }
     }
 }
@@ -262,5 +285,45 @@ impl Insights {
         } else {
             count(&self.missed, instance, "skipped", 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(invocation: &str, target: &str, mnemonic: &str) -> tonic::Request<()> {
+        use prost::Message;
+        let m = crate::proto::reapi::RequestMetadata {
+            tool_invocation_id: invocation.into(),
+            target_id: target.into(),
+            action_mnemonic: mnemonic.into(),
+            ..Default::default()
+        };
+        let mut req = tonic::Request::new(());
+        req.metadata_mut().insert_bin(
+            crate::edge::trace::METADATA_HEADER,
+            tonic::metadata::BinaryMetadataValue::from_bytes(&m.encode_to_vec()),
+        );
+        req
+    }
+
+    #[test]
+    fn a_builds_calls_share_its_invocation_and_mnemonic_and_long_ids_are_dropped() {
+        let a = Writer::of(&request("build-1", "//a:a", "CppCompile"));
+        let b = Writer::of(&request("build-1", "//a:b", "CppCompile"));
+        assert_eq!(
+            (&*b.invocation, &*b.target, &*b.mnemonic),
+            ("build-1", "//a:b", "CppCompile")
+        );
+        assert!(Arc::ptr_eq(&a.invocation, &b.invocation));
+        assert!(Arc::ptr_eq(&a.mnemonic, &b.mnemonic));
+        let c = Writer::of(&request("build-2", "//a:a", "Genrule"));
+        assert_eq!((&*c.invocation, &*c.mnemonic), ("build-2", "Genrule"));
+        // Another build's writer kept from before is unchanged.
+        assert_eq!(&*a.invocation, "build-1");
+        let long = Writer::of(&request(&"x".repeat(129), &"t".repeat(600), "M"));
+        assert_eq!((&*long.invocation, long.target.len()), ("", 512));
+        assert!(Writer::of(&tonic::Request::new(())).is_anonymous());
     }
 }
