@@ -155,19 +155,16 @@ fn execution_ms(result: &ActionResult) -> u64 {
     }
 }
 
-/// The counts of `key` (of `other` when it is empty, or new once `max`
-/// keys are counted): two hash lookups when the key is counted already,
-/// and the key copied only the first time.
+/// The counts of `key`: of `other` when it is empty or would be a key past
+/// `max`; the key is copied only the first time.
 fn bucket<'m>(map: &'m mut Counted, key: &str, max: usize, other: &str) -> &'m mut Counts {
-    let mut key = if key.is_empty() { other } else { key };
+    let key = match key {
+        "" => other,
+        new if map.len() >= max && !map.contains_key(new) => other,
+        known => known,
+    };
     if !map.contains_key(key) {
-        if map.len() < max || key == other {
-            return map.entry(key.to_string()).or_default();
-        }
-        key = other;
-        if !map.contains_key(key) {
-            return map.entry(key.to_string()).or_default();
-        }
+        map.insert(key.to_string(), Counts::default());
     }
     map.get_mut(key).expect("present")
 }

@@ -118,12 +118,12 @@ impl BlobStore for MemoryStore {
         // Looked up only if present: a get that misses is recorded for the
         // cache's popularity estimate (a message to its housekeeping) on
         // every fresh action result, where nothing is there to read.
-        let present = self.blobs.contains_key(key);
-        let old = match if present {
+        let stored = if self.blobs.contains_key(key) {
             self.blobs.get(key).await
         } else {
             None
-        } {
+        };
+        let old = match stored {
             Some(s) if s.value.len() <= max_old => s.value.read(Range::FULL)?.collect().await.ok(),
             _ => None,
         };
