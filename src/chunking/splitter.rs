@@ -8,11 +8,49 @@ use super::Chunker;
 use crate::error::Result;
 use crate::store::ChunkStream;
 
+/// The bytes waiting to be cut: fed pieces, handing out chunks once it holds
+/// a whole cut window (or the stream ended).
+struct Window {
+    buf: BytesMut,
+    size: usize,
+}
+
+impl Window {
+    fn new(chunker: &Chunker) -> Self {
+        Window {
+            buf: BytesMut::with_capacity(2 * chunker.window()),
+            size: chunker.window(),
+        }
+    }
+
+    fn wants_more(&self) -> bool {
+        self.buf.len() < self.size
+    }
+
+    fn feed(&mut self, piece: &[u8]) {
+        if self.buf.capacity() - self.buf.len() < piece.len() {
+            // Reclaims the space of chunks handed out already instead of
+            // growing without bound.
+            self.buf.reserve(self.size.max(piece.len()));
+        }
+        self.buf.extend_from_slice(piece);
+    }
+
+    /// The next chunk (call once the window is full or the stream ended).
+    fn cut(&mut self, chunker: &Chunker) -> Option<Bytes> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let len = chunker.cut(&self.buf);
+        Some(self.buf.split_to(len).freeze())
+    }
+}
+
 /// Yields the chunks of a stream in order.
 pub(crate) struct Splitter<'a> {
     chunker: &'a Chunker,
     stream: ChunkStream,
-    buf: BytesMut,
+    window: Window,
     ended: bool,
 }
 
@@ -22,43 +60,40 @@ impl<'a> Splitter<'a> {
         Splitter {
             chunker,
             stream,
-            buf: BytesMut::with_capacity(2 * chunker.window()),
+            window: Window::new(chunker),
             ended: false,
         }
     }
 
     /// The next chunk, or None at the end of the stream.
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>> {
-        let window = self.chunker.window();
-        while self.buf.len() < window && !self.ended {
+        while self.window.wants_more() && !self.ended {
             match self.stream.next().await {
-                Some(chunk) => {
-                    let chunk = chunk?;
-                    if self.buf.capacity() - self.buf.len() < chunk.len() {
-                        // Reclaims the space of chunks handed out already
-                        // instead of growing without bound.
-                        self.buf.reserve(window.max(chunk.len()));
-                    }
-                    self.buf.extend_from_slice(&chunk);
-                }
+                Some(chunk) => self.window.feed(&chunk?),
                 None => self.ended = true,
             }
         }
-        if self.buf.is_empty() {
-            return Ok(None);
-        }
-        let len = self.chunker.cut(&self.buf);
-        Ok(Some(self.buf.split_to(len).freeze()))
+        Ok(self.window.cut(self.chunker))
     }
 }
+
+/// Pieces of the stream waiting for the cutter (about a MiB each from gRPC).
+const PIECES_AHEAD: usize = 4;
 
 /// Cuts `stream` with `chunker` and hands each chunk to `store`, at most
 /// `in_flight` at once, in order; the digests `store` returns, and the
 /// bytes the stream held (which the caller checks against what it
 /// expected: a stream is not a promise of its length).
+///
+/// Three things run at once: the stream is read (and, under a verifying
+/// layer, hashed whole), the cutter scans for cut points on the blocking
+/// pool, and chunks are named and stored. In one task the cut (about as
+/// costly per byte as a SHA-256 pass) waited for the read and the read for
+/// the cut. An error from the stream ends the call at once; chunks stored
+/// by then are orphans the store's eviction removes.
 pub(crate) async fn cut_and_store<F, Fut>(
     chunker: &Chunker,
-    stream: ChunkStream,
+    mut stream: ChunkStream,
     in_flight: usize,
     store: F,
 ) -> Result<(Vec<crate::digest::Digest>, u64)>
@@ -66,26 +101,68 @@ where
     F: Fn(Bytes) -> Fut,
     Fut: std::future::Future<Output = Result<crate::digest::Digest>>,
 {
-    let mut splitter = Splitter::new(chunker, stream);
-    let mut pending = futures::stream::FuturesOrdered::new();
-    let mut chunks = Vec::new();
-    let mut total = 0u64;
-    loop {
-        let next = splitter.next().await?;
-        let ended = next.is_none();
-        if let Some(chunk) = next {
-            total += chunk.len() as u64;
-            pending.push_back(store(chunk));
-        }
-        while pending.len() >= in_flight || (ended && !pending.is_empty()) {
-            if let Some(digest) = pending.next().await {
-                chunks.push(digest?);
+    let (to_cutter, mut pieces) = tokio::sync::mpsc::channel::<Bytes>(PIECES_AHEAD);
+    let (to_store, mut cut) = tokio::sync::mpsc::channel::<Bytes>(in_flight.max(1));
+    let chunker = std::sync::Arc::new(chunker.clone());
+    // Each cut is its own short blocking call, never a thread held while
+    // the network is waited for: uploads held open by a client would
+    // otherwise pin the blocking pool that hashing needs.
+    let cutter = async move {
+        let mut window = Window::new(&chunker);
+        let mut ended = false;
+        loop {
+            while window.wants_more() && !ended {
+                match pieces.recv().await {
+                    Some(piece) => window.feed(&piece),
+                    None => ended = true,
+                }
+            }
+            let c = chunker.clone();
+            let (w, chunk) = tokio::task::spawn_blocking(move || {
+                let chunk = window.cut(&c);
+                (window, chunk)
+            })
+            .await?;
+            window = w;
+            let Some(chunk) = chunk else {
+                return Ok::<_, crate::error::Error>(());
+            };
+            if to_store.send(chunk).await.is_err() {
+                return Ok(());
             }
         }
-        if ended {
-            return Ok((chunks, total));
+    };
+    let feed = async move {
+        while let Some(piece) = stream.next().await {
+            if to_cutter.send(piece?).await.is_err() {
+                break;
+            }
         }
-    }
+        Ok::<_, crate::error::Error>(())
+    };
+    let drain = async {
+        let mut pending = futures::stream::FuturesOrdered::new();
+        let mut chunks = Vec::new();
+        let mut total = 0u64;
+        loop {
+            let next = cut.recv().await;
+            let ended = next.is_none();
+            if let Some(chunk) = next {
+                total += chunk.len() as u64;
+                pending.push_back(store(chunk));
+            }
+            while pending.len() >= in_flight || (ended && !pending.is_empty()) {
+                if let Some(digest) = pending.next().await {
+                    chunks.push(digest?);
+                }
+            }
+            if ended {
+                return Ok((chunks, total));
+            }
+        }
+    };
+    let ((), (), stored) = tokio::try_join!(feed, cutter, drain)?;
+    Ok(stored)
 }
 
 #[cfg(test)]
@@ -114,5 +191,103 @@ mod tests {
             assert_eq!(got, whole, "pieces of {piece}");
             assert_eq!(joined, data);
         }
+    }
+}
+
+#[cfg(test)]
+mod cut_and_store_tests {
+    use super::super::FastCdc;
+    use super::super::fastcdc2020::tests::{chunks, noise};
+    use super::*;
+    use crate::digest::DigestFunction;
+    use crate::error::Error;
+
+    fn pieces(data: &[u8], n: usize) -> Vec<Result<Bytes>> {
+        data.chunks(n)
+            .map(|p| Ok(Bytes::copy_from_slice(p)))
+            .collect()
+    }
+
+    /// The cutter on its own lane cuts exactly where the whole blob is cut,
+    /// and the chunks come back named in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_are_cut_and_stored_in_order() {
+        let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
+        let data = noise(500_000, 5);
+        let whole = chunks(|d| chunker.cut(d), &data);
+        let stream = futures::stream::iter(pieces(&data, 70_000)).boxed();
+        let (digests, total) = cut_and_store(&chunker, stream, 3, |c| async move {
+            Ok(DigestFunction::Sha256.digest_of(&c))
+        })
+        .await
+        .unwrap();
+        assert_eq!(total, data.len() as u64);
+        let mut at = 0;
+        let expected: Vec<_> = whole
+            .iter()
+            .map(|&n| {
+                at += n;
+                DigestFunction::Sha256.digest_of(&data[at - n..at])
+            })
+            .collect();
+        assert_eq!(digests, expected);
+    }
+
+    /// A stream that fails (a client gone, content that did not match)
+    /// fails the call: it is never a shorter blob.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_stream_fails_the_call() {
+        let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
+        let data = noise(200_000, 6);
+        let mut items = pieces(&data, 50_000);
+        items.push(Err(Error::InvalidArgument("content does not match".into())));
+        let stream = futures::stream::iter(items).boxed();
+        let got = cut_and_store(&chunker, stream, 2, |c| async move {
+            Ok(DigestFunction::Sha256.digest_of(&c))
+        })
+        .await;
+        assert!(matches!(got, Err(Error::InvalidArgument(_))), "{got:?}");
+    }
+
+    /// Uploads whose clients have gone quiet hold no blocking thread: with
+    /// a pool of one, hashing still runs while eight of them wait.
+    #[test]
+    fn waiting_uploads_do_not_hold_the_blocking_pool() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
+            let data = Bytes::from(noise(100_000, 7));
+            let mut uploads = Vec::new();
+            for _ in 0..8 {
+                let (chunker, data) = (chunker.clone(), data.clone());
+                uploads.push(tokio::spawn(async move {
+                    // A full window, then a client that sends nothing more.
+                    let stream = futures::stream::iter([Ok(data)])
+                        .chain(futures::stream::pending())
+                        .boxed();
+                    cut_and_store(&chunker, stream, 2, |c| async move {
+                        Ok(DigestFunction::Sha256.digest_of(&c))
+                    })
+                    .await
+                }));
+            }
+            let hashed = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                tokio::task::spawn_blocking(|| DigestFunction::Sha256.digest_of(b"x")),
+            )
+            .await;
+            assert!(
+                hashed.is_ok(),
+                "the blocking pool is held by waiting uploads"
+            );
+            for u in uploads {
+                u.abort();
+            }
+        });
     }
 }

@@ -83,38 +83,79 @@ async fn update(mut hasher: Hasher, chunk: Bytes) -> Result<Hasher> {
     .await?)
 }
 
+/// The hash of a stream so far: ready, or still taking in its last chunk
+/// on the blocking pool.
+enum Hashing {
+    Ready(Hasher),
+    Running(tokio::task::JoinHandle<Hasher>),
+}
+
+impl Hashing {
+    async fn settle(self) -> Result<Hasher> {
+        match self {
+            Hashing::Ready(h) => Ok(h),
+            Hashing::Running(job) => Ok(job.await?),
+        }
+    }
+
+    /// Starts hashing `chunk` after what came before it, without waiting
+    /// for it when it is large.
+    fn then(mut hasher: Hasher, chunk: &Bytes) -> Hashing {
+        if chunk.len() < OFFLOAD_MIN {
+            hasher.update(chunk);
+            return Hashing::Ready(hasher);
+        }
+        let chunk = chunk.clone();
+        Hashing::Running(tokio::task::spawn_blocking(move || {
+            hasher.update(&chunk);
+            hasher
+        }))
+    }
+}
+
 /// Passes `stream` through, hashing it; ends with an error instead of the end
 /// of stream if the content turns out not to match `expected`.
+///
+/// A chunk is passed on while it is hashed, the hash one chunk behind: what
+/// the inner store does with a chunk (cut it, write it, send it) overlaps
+/// with hashing it instead of following it. The end of the stream, which
+/// an inner store waits for before it commits, still comes only after the
+/// whole content matched.
 fn verifying(expected: Digest, stream: ChunkStream) -> ChunkStream {
     struct State {
         stream: ChunkStream,
-        hasher: Option<Hasher>,
+        hashing: Option<Hashing>,
+        seen: u64,
     }
     let state = State {
         stream,
-        hasher: Some(expected.function.hasher(expected.size)),
+        hashing: Some(Hashing::Ready(expected.function.hasher(expected.size))),
+        seen: 0,
     };
     futures::stream::unfold(state, move |mut st| async move {
-        let hasher = st.hasher.take()?;
+        let hashing = st.hashing.take()?;
         match st.stream.next().await {
             Some(Ok(chunk)) => {
-                let seen = hasher.len() + chunk.len() as u64;
-                if seen > expected.size {
-                    return Some((Err(too_long(&expected, seen)), st));
+                st.seen += chunk.len() as u64;
+                if st.seen > expected.size {
+                    return Some((Err(too_long(&expected, st.seen)), st));
                 }
-                match update(hasher, chunk.clone()).await {
-                    Ok(h) => {
-                        st.hasher = Some(h);
+                match hashing.settle().await {
+                    Ok(hasher) => {
+                        st.hashing = Some(Hashing::then(hasher, &chunk));
                         Some((Ok(chunk), st))
                     }
                     Err(e) => Some((Err(e), st)),
                 }
             }
             Some(Err(e)) => Some((Err(e), st)),
-            None => {
-                let actual = hasher.finish();
-                (actual != expected).then(|| (Err(mismatch(&expected, &actual)), st))
-            }
+            None => match hashing.settle().await {
+                Ok(hasher) => {
+                    let actual = hasher.finish();
+                    (actual != expected).then(|| (Err(mismatch(&expected, &actual)), st))
+                }
+                Err(e) => Some((Err(e), st)),
+            },
         }
     })
     .boxed()
