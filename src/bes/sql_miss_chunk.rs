@@ -36,6 +36,10 @@ impl Serialize for Text<'_> {
     }
 }
 
+/// The kinds whose causes a stored miss's `"k"` stands for, and their codes
+/// (a changed miss has none until it is compared).
+const KIND_CODES: [(MissKind, &str); 2] = [(MissKind::New, "n"), (MissKind::Evicted, "e")];
+
 #[derive(Serialize)]
 pub(super) struct Out<'a> {
     #[serde(rename = "i", skip_serializing_if = "str::is_empty")]
@@ -89,11 +93,10 @@ impl<'a> From<&'a Recorded> for Out<'a> {
             previous_digest: Text::Digest(r.previous.as_ref().map(|p| &p.0)),
             previous_invocation: r.previous.as_ref().map_or("", |p| &p.1),
             causes: &[],
-            kind: match r.kind {
-                MissKind::New => "n",
-                MissKind::Evicted => "e",
-                MissKind::Changed => "",
-            },
+            kind: KIND_CODES
+                .iter()
+                .find(|(k, _)| *k == r.kind)
+                .map_or("", |(_, code)| code),
             digest_function: function_name(r.action.function),
             seen_at: r.seen_at,
         }
@@ -159,9 +162,8 @@ pub(super) fn decode(invocation: &str, json: &str) -> Option<Vec<Miss>> {
                 mnemonic: r.mnemonic,
                 previous_digest: r.previous_digest,
                 previous_invocation: r.previous_invocation,
-                causes: match (r.causes.is_empty(), r.kind.as_str()) {
-                    (true, "n") => MissKind::New.causes(),
-                    (true, "e") => MissKind::Evicted.causes(),
+                causes: match KIND_CODES.iter().find(|(_, code)| *code == r.kind) {
+                    Some((kind, _)) if r.causes.is_empty() => kind.causes(),
                     _ => r.causes,
                 },
                 digest_function: r.digest_function,

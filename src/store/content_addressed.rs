@@ -70,19 +70,6 @@ pub(crate) fn too_long(expected: &Digest, seen: u64) -> Error {
     ))
 }
 
-/// Feeds one chunk to the hasher, off the async threads when it is large.
-async fn update(mut hasher: Hasher, chunk: Bytes) -> Result<Hasher> {
-    if chunk.len() < OFFLOAD_MIN {
-        hasher.update(&chunk);
-        return Ok(hasher);
-    }
-    Ok(tokio::task::spawn_blocking(move || {
-        hasher.update(&chunk);
-        hasher
-    })
-    .await?)
-}
-
 /// The hash of a stream so far: ready, or still taking in its last chunk
 /// on the blocking pool.
 enum Hashing {
@@ -98,8 +85,8 @@ impl Hashing {
         }
     }
 
-    /// Starts hashing `chunk` after what came before it, without waiting
-    /// for it when it is large.
+    /// Starts hashing `chunk` after what came before it: at once when it is
+    /// small, else on the blocking pool, without waiting for it.
     fn then(mut hasher: Hasher, chunk: &Bytes) -> Hashing {
         if chunk.len() < OFFLOAD_MIN {
             hasher.update(chunk);
@@ -205,7 +192,9 @@ impl BlobStore for ContentAddressed {
         }
         match body {
             Body::Bytes(data) => {
-                let hasher = update(digest.function.hasher(digest.size), data.clone()).await?;
+                let hasher = Hashing::then(digest.function.hasher(digest.size), &data)
+                    .settle()
+                    .await?;
                 let actual = hasher.finish();
                 if actual != *digest {
                     return Err(mismatch(digest, &actual));
