@@ -11,9 +11,12 @@
 //! threads, and once it is whole and verified the store renames it into
 //! place. Other stores get the bytes streamed into a put as they arrive,
 //! teed into the spool (S3) or, for a store in memory, into the session's
-//! list of the chunks themselves (no copy); a resumed Write replays what
-//! was kept, then the new data, into a fresh put. Either way the session is
-//! dropped once the blob is committed.
+//! list of the chunks themselves (no copy). A store that keeps large blobs
+//! as chunks (`chunked`) reports each chunk it stored: the session keeps
+//! their digests and only the bytes after them, and no spool is written.
+//! A resumed Write replays what was kept (stored chunks read back), then
+//! the new data, into a fresh put. Either way the session is dropped once
+//! the blob is committed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,7 +145,7 @@ async fn resumable(
         Staging::AdoptedFile => {
             return adopted(instance, uploads, &key, &session, name, offset, incoming).await;
         }
-        Staging::Memory => {
+        Staging::Memory | Staging::Chunks => {
             return in_memory(instance, uploads, &key, &session, name, offset, incoming).await;
         }
         Staging::Spool => {}
@@ -172,9 +175,11 @@ async fn resumable(
     settle(uploads, &key, name, stored)
 }
 
-/// A large upload to a store in memory: the chunks are kept in the session
-/// as they arrive (shared with the store's put, not copied), and a resumed
-/// Write replays them.
+/// A large upload kept resumable in memory: for a store in memory, the
+/// chunks as they arrived (shared with the store's put, not copied); for a
+/// store that keeps chunks, only the bytes after the chunks it reports
+/// stored ([`Trimmer`]). A resumed Write replays the stored chunks (read
+/// back), the kept bytes and then the new data into a fresh put.
 async fn in_memory(
     instance: &Instance,
     uploads: &Uploads,
@@ -184,32 +189,100 @@ async fn in_memory(
     offset: u64,
     mut incoming: Incoming,
 ) -> Result<i64> {
-    let prefix = {
+    let (stored, tail) = {
         let mut kept = session.kept.lock().expect("session lock");
         if offset == 0 {
             kept.clear();
             session.len.store(0, Ordering::SeqCst);
         }
-        kept.clone()
+        (kept.stored.clone(), kept.tail.clone())
     };
+    if !stored.is_empty() && !instance.cas.find_missing(&stored).await?.is_empty() {
+        // Evicted since: what was kept no longer adds up to the offset.
+        uploads.remove(key);
+        return Err(Error::Unavailable(format!(
+            "the first {offset} bytes kept of this upload are gone; start it again at offset 0"
+        )));
+    }
+    let cas = instance.cas.clone();
+    let replayed = futures::stream::iter(stored)
+        .map(move |chunk| {
+            let cas = cas.clone();
+            async move {
+                Ok::<_, Error>(
+                    cas.get(&chunk, crate::store::Range::FULL)
+                        .await?
+                        .into_stream(),
+                )
+            }
+        })
+        .buffered(2)
+        .try_flatten();
     incoming.next_offset = offset;
     incoming.tee = Some(Tee::Memory(session.clone()));
-    let body = futures::stream::iter(prefix.into_iter().map(Ok))
+    let body = replayed
+        .chain(futures::stream::iter(tail.into_iter().map(Ok)))
         .chain(incoming.into_stream())
         .boxed();
-    let stored = instance.cas.put(&name.digest, Body::Stream(body)).await;
+    let trimmer = Arc::new(Trimmer {
+        session: session.clone(),
+        blob: name.digest,
+        next: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let stored = crate::store::progress::reporting(
+        trimmer,
+        instance.cas.put(&name.digest, Body::Stream(body)),
+    )
+    .await;
     if stored.is_err() {
         // Kept for a resume: small chunks are slices of receive buffers
         // larger than themselves, so copy them together first, or the
         // session would hold more memory than it reserved.
         let mut kept = session.kept.lock().expect("session lock");
-        let mut gatherer = crate::store::chunk_list::Gatherer::new(name.digest.size);
-        for chunk in kept.drain(..) {
-            gatherer.add(chunk);
+        if kept.broken {
+            drop(kept);
+            uploads.remove(key);
+        } else {
+            let mut gatherer = crate::store::chunk_list::Gatherer::new(name.digest.size);
+            for chunk in kept.tail.drain(..) {
+                gatherer.add(chunk);
+            }
+            kept.tail = gatherer.finish().into_chunks().into();
         }
-        *kept = gatherer.finish().into_chunks();
     }
     settle(uploads, key, name, stored)
+}
+
+/// Keeps a session's stored chunks and the bytes after them in step with
+/// what the store reports: each chunk stored moves its bytes from the tail
+/// to the list. A resumed put reports the chunks it replays again, which
+/// must be the ones listed (a cut of the same bytes is the same).
+struct Trimmer {
+    session: Arc<Session>,
+    blob: crate::digest::Digest,
+    /// The position of the next chunk reported.
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::store::progress::StoredPrefix for Trimmer {
+    fn stored(&self, blob: &crate::digest::Digest, chunk: &crate::digest::Digest) {
+        if *blob != self.blob {
+            return;
+        }
+        let i = self.next.fetch_add(1, Ordering::SeqCst);
+        let mut kept = self.session.kept.lock().expect("session lock");
+        if kept.broken {
+            return;
+        }
+        match kept.stored.get(i).map(|listed| listed == chunk) {
+            Some(true) => {}
+            None if i == kept.stored.len() && kept.advance(chunk.size) => kept.stored.push(*chunk),
+            _ => {
+                tracing::error!(blob = %self.blob, "an upload's stored chunks did not continue its list; it will restart");
+                kept.broken = true;
+            }
+        }
+    }
 }
 
 /// Ends an upload's session when the outcome makes it useless: the blob is

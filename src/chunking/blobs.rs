@@ -229,6 +229,7 @@ async fn store_chunks(cas: &Store, blob: &Digest, chunker: &Chunker) -> Result<V
             }
             Ok(digest)
         },
+        |_| {},
     )
     .await?;
     if total != blob.size {

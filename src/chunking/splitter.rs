@@ -83,18 +83,23 @@ const PIECES_AHEAD: usize = 4;
 /// Cuts `stream` with `chunker` and hands each chunk to `store`, at most
 /// `in_flight` at once, in order; the digests `store` returns, and the
 /// bytes the stream held (which the caller checks against what it
-/// expected: a stream is not a promise of its length).
+/// expected: a stream is not a promise of its length). `stored` is told of
+/// each chunk stored, in order, as soon as it and every chunk before it
+/// are (an upload keeps only the bytes after them to resume from).
 ///
 /// Three things run at once: the stream is read (and, under a verifying
 /// layer, hashed whole), the cutter scans for cut points on the blocking
 /// pool, and chunks are named and stored. In one task the cut (about 0.7 of
-/// a SHA-256 pass per byte) waited for the read and the read for the cut. An error from the stream ends the call at once; chunks stored
-/// by then are orphans the store's eviction removes.
+/// a SHA-256 pass per byte) waited for the read and the read for the cut.
+/// An error from the stream fails the call once the chunks cut before it
+/// are stored; chunks of a blob that is never finished are orphans the
+/// store's eviction removes.
 pub(crate) async fn cut_and_store<F, Fut>(
     chunker: &Chunker,
     mut stream: ChunkStream,
     in_flight: usize,
     store: F,
+    mut stored: impl FnMut(&crate::digest::Digest),
 ) -> Result<(Vec<crate::digest::Digest>, u64)>
 where
     F: Fn(Bytes) -> Fut,
@@ -103,6 +108,11 @@ where
     let (to_cutter, mut pieces) = tokio::sync::mpsc::channel::<Bytes>(PIECES_AHEAD);
     let (to_store, mut cut) = tokio::sync::mpsc::channel::<Bytes>(in_flight.max(1));
     let chunker = std::sync::Arc::new(chunker.clone());
+    // Set once the stream failed: what was cut before is still stored (it
+    // is what a resumed upload need not send again), the bytes after the
+    // last cut are not a chunk.
+    let broken = std::sync::atomic::AtomicBool::new(false);
+    let broken = &broken;
     // Each cut is its own short blocking call, never a thread held while
     // the network is waited for: uploads held open by a client would
     // otherwise pin the blocking pool that hashing needs.
@@ -111,10 +121,18 @@ where
         let mut ended = false;
         loop {
             while window.wants_more() && !ended {
-                match pieces.recv().await {
+                let next = tokio::select! {
+                    next = pieces.recv() => next,
+                    // The stores failed: nothing more is cut.
+                    () = to_store.closed() => return Ok(()),
+                };
+                match next {
                     Some(piece) => window.feed(&piece),
                     None => ended = true,
                 }
+            }
+            if ended && broken.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
             }
             let c = chunker.clone();
             let (w, chunk) = tokio::task::spawn_blocking(move || {
@@ -132,9 +150,26 @@ where
         }
     };
     let feed = async move {
-        while let Some(piece) = stream.next().await {
-            if to_cutter.send(piece?).await.is_err() {
+        loop {
+            let piece = tokio::select! {
+                piece = stream.next() => piece,
+                // The cutter stopped (the stores failed): the client's
+                // next piece is not waited for.
+                () = to_cutter.closed() => break,
+            };
+            let Some(piece) = piece else {
                 break;
+            };
+            match piece {
+                Ok(piece) => {
+                    if to_cutter.send(piece).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(e);
+                }
             }
         }
         Ok::<_, crate::error::Error>(())
@@ -152,7 +187,9 @@ where
             }
             while pending.len() >= in_flight || (ended && !pending.is_empty()) {
                 if let Some(digest) = pending.next().await {
-                    chunks.push(digest?);
+                    let digest = digest?;
+                    stored(&digest);
+                    chunks.push(digest);
                 }
             }
             if ended {
@@ -160,8 +197,13 @@ where
             }
         }
     };
-    let ((), (), stored) = tokio::try_join!(feed, cutter, drain)?;
-    Ok(stored)
+    // Joined, not raced: a failed stream still lets the chunks cut before
+    // it be stored. A failed store ends the cutter (its channel closes),
+    // and with it the feed.
+    let (fed, cutter, stored) = tokio::join!(feed, cutter, drain);
+    fed?;
+    cutter?;
+    stored
 }
 
 #[cfg(test)]
@@ -215,9 +257,13 @@ mod cut_and_store_tests {
         let data = noise(500_000, 5);
         let whole = chunks(|d| chunker.cut(d), &data);
         let stream = futures::stream::iter(pieces(&data, 70_000)).boxed();
-        let (digests, total) = cut_and_store(&chunker, stream, 3, |c| async move {
-            Ok(DigestFunction::Sha256.digest_of(&c))
-        })
+        let (digests, total) = cut_and_store(
+            &chunker,
+            stream,
+            3,
+            |c| async move { Ok(DigestFunction::Sha256.digest_of(&c)) },
+            |_| {},
+        )
         .await
         .unwrap();
         assert_eq!(total, data.len() as u64);
@@ -241,11 +287,52 @@ mod cut_and_store_tests {
         let mut items = pieces(&data, 50_000);
         items.push(Err(Error::InvalidArgument("content does not match".into())));
         let stream = futures::stream::iter(items).boxed();
-        let got = cut_and_store(&chunker, stream, 2, |c| async move {
-            Ok(DigestFunction::Sha256.digest_of(&c))
-        })
+        let got = cut_and_store(
+            &chunker,
+            stream,
+            2,
+            |c| async move { Ok(DigestFunction::Sha256.digest_of(&c)) },
+            |_| {},
+        )
         .await;
         assert!(matches!(got, Err(Error::InvalidArgument(_))), "{got:?}");
+    }
+
+    /// The chunks cut before a stream failed are still stored, and
+    /// reported in order: a resumed upload need not send them again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_cut_before_a_failure_are_stored_and_reported() {
+        let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
+        let data = noise(400_000, 8);
+        let whole = chunks(|d| chunker.cut(d), &data);
+        let mut at = 0;
+        let expected: Vec<_> = whole
+            .iter()
+            .map(|&n| {
+                at += n;
+                DigestFunction::Sha256.digest_of(&data[at - n..at])
+            })
+            .collect();
+        let mut items = pieces(&data, 30_000);
+        items.push(Err(Error::Cancelled("the client went away".into())));
+        let stored = std::sync::Mutex::new(Vec::new());
+        let got = cut_and_store(
+            &chunker,
+            futures::stream::iter(items).boxed(),
+            3,
+            |c| async move { Ok(DigestFunction::Sha256.digest_of(&c)) },
+            |d| stored.lock().unwrap().push(*d),
+        )
+        .await;
+        assert!(matches!(got, Err(Error::Cancelled(_))), "{got:?}");
+        let stored = stored.into_inner().unwrap();
+        assert_eq!(stored[..], expected[..stored.len()], "in order, a prefix");
+        let covered: u64 = stored.iter().map(|d| d.size).sum();
+        assert!(
+            covered + chunker.window() as u64 >= data.len() as u64,
+            "all but the last window is stored: {covered} of {}",
+            data.len()
+        );
     }
 
     /// Uploads whose clients have gone quiet hold no blocking thread: with
@@ -269,9 +356,13 @@ mod cut_and_store_tests {
                     let stream = futures::stream::iter([Ok(data)])
                         .chain(futures::stream::pending())
                         .boxed();
-                    cut_and_store(&chunker, stream, 2, |c| async move {
-                        Ok(DigestFunction::Sha256.digest_of(&c))
-                    })
+                    cut_and_store(
+                        &chunker,
+                        stream,
+                        2,
+                        |c| async move { Ok(DigestFunction::Sha256.digest_of(&c)) },
+                        |_| {},
+                    )
                     .await
                 }));
             }

@@ -250,6 +250,7 @@ impl Chunked {
             body.into_stream(),
             CHUNKS_IN_FLIGHT,
             |chunk| self.store_chunk(function, chunk),
+            |chunk| super::progress::report(blob, chunk),
         )
         .await?;
         if total != blob.size {
@@ -368,12 +369,14 @@ impl BlobStore for Chunked {
     }
 
     fn staging(&self, digest: &Digest) -> super::Staging {
-        match self.inner.staging(digest) {
-            // A blob stored as chunks is written again as its chunks
-            // anyway: an adopted spool would only be read back. Teed, the
-            // spool is written while the upload is cut and stored.
-            super::Staging::AdoptedFile if self.chunked(digest) => super::Staging::Spool,
-            staging => staging,
+        // The chunks stored so far are the upload's resumable state: only
+        // the bytes after them wait, in memory, and no spool is written
+        // (whatever the store below: a spool on the fs store would only be
+        // read back, and on S3 it cost a copy of every byte on local disk).
+        if self.chunked(digest) {
+            super::Staging::Chunks
+        } else {
+            self.inner.staging(digest)
         }
     }
 

@@ -20,6 +20,7 @@ pub(crate) mod instrumented;
 pub mod memory;
 pub(crate) mod memory_cache;
 pub(crate) mod merged_puts;
+pub(crate) mod progress;
 pub mod s3;
 mod turns;
 
@@ -230,6 +231,10 @@ pub enum Staging {
     /// The chunks as they arrived, kept in memory: the store holds its
     /// blobs in memory anyway, so a file would only cost a copy.
     Memory,
+    /// The chunks of the blob the store has stored (it reports them, in
+    /// order, through [`progress`]) and, in memory, the bytes after them:
+    /// a store that keeps large blobs as chunks (`chunked`).
+    Chunks,
 }
 
 /// A key-value store of blobs addressed by digest.

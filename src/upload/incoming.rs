@@ -19,7 +19,8 @@ use crate::store::ChunkStream;
 pub(super) enum Tee {
     /// To the spool writer's thread.
     Spool(tokio::sync::mpsc::Sender<Bytes>),
-    /// Into the session's list.
+    /// Into the session's list (the bytes after the chunks stored, when
+    /// the store keeps chunks).
     Memory(Arc<Session>),
 }
 
@@ -95,7 +96,8 @@ impl Incoming {
                         .kept
                         .lock()
                         .expect("session lock")
-                        .push(data.clone());
+                        .tail
+                        .push_back(data.clone());
                     session.len.fetch_add(data.len() as u64, Ordering::SeqCst);
                 }
                 _ => {}

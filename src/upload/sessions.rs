@@ -1,22 +1,62 @@
 //! The upload sessions of one server: each interrupted large upload's spool
-//! file (or, for a store in memory, its chunks), the space it reserved (per
+//! file (or, for a store in memory, its chunks; for a chunked store, the
+//! chunks it stored and the bytes after them), the space it reserved (per
 //! identity and in all), and their expiry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
+
 use crate::error::{Error, Result};
 use crate::resource::ResourceName;
+
+/// What an upload kept in memory instead of at its spool's path.
+#[derive(Debug, Default)]
+pub(super) struct Kept {
+    /// The chunks of the blob's start the store holds (a chunked store,
+    /// [`crate::store::Staging::Chunks`]), in order.
+    pub(super) stored: Vec<crate::digest::Digest>,
+    /// The bytes after them, as they arrived.
+    pub(super) tail: VecDeque<Bytes>,
+    /// A report did not continue `stored` (which a cut of the same bytes
+    /// always does): the session cannot be resumed from.
+    pub(super) broken: bool,
+}
+
+impl Kept {
+    /// Forgets everything kept.
+    pub(super) fn clear(&mut self) {
+        *self = Kept::default();
+    }
+
+    /// Drops the tail's first `n` bytes (a chunk stored); false if it
+    /// holds fewer.
+    pub(super) fn advance(&mut self, mut n: u64) -> bool {
+        while n > 0 {
+            let Some(front) = self.tail.front_mut() else {
+                return false;
+            };
+            if front.len() as u64 > n {
+                front.advance(n as usize);
+                return true;
+            }
+            n -= front.len() as u64;
+            self.tail.pop_front();
+        }
+        true
+    }
+}
 
 /// An interrupted upload's spooled bytes.
 #[derive(Debug)]
 pub(super) struct Session {
     pub(super) path: PathBuf,
     /// The bytes kept, when they are kept in memory instead of at `path`.
-    pub(super) kept: Mutex<Vec<bytes::Bytes>>,
+    pub(super) kept: Mutex<Kept>,
     /// Who reserved the spool space, and how much.
     pub(super) owner: String,
     pub(super) reserved: u64,
@@ -73,7 +113,7 @@ impl Uploads {
         self.reserve(owner, size)?;
         let session = Arc::new(Session {
             path: self.dir.join(uuid::Uuid::new_v4().simple().to_string()),
-            kept: Mutex::new(Vec::new()),
+            kept: Mutex::new(Kept::default()),
             owner: owner.to_string(),
             reserved: size,
             len: AtomicU64::new(0),

@@ -72,9 +72,17 @@ fn upload_name(d: &kiln::digest::Digest) -> String {
 
 #[tokio::test]
 async fn large_blob_round_trip_streamed_and_ranged() {
-    // In memory (the upload streams into the store) and on the disk
-    // default (the spool is hashed and adopted by the fs store).
-    for config in [MEMORY.to_string(), crate::common::disk()] {
+    // In memory (the upload streams into the store), on the disk default
+    // (the spool is hashed and adopted by the fs store), and on both with
+    // large blobs stored as chunks.
+    use crate::common::chunking::chunked;
+    let configs = [
+        MEMORY.to_string(),
+        crate::common::disk(),
+        chunked(MEMORY),
+        chunked(&crate::common::disk()),
+    ];
+    for config in configs {
         let kiln = Kiln::start(&config).await;
         let mut bs = kiln.bytestream().await;
         let data = blob(1, 9 << 20);
@@ -116,9 +124,17 @@ async fn large_blob_round_trip_streamed_and_ranged() {
 
 #[tokio::test]
 async fn writes_with_wrong_content_are_refused_and_leave_nothing() {
-    // In memory (the upload streams into the store) and on the disk
-    // default (the spool is hashed and adopted by the fs store).
-    for config in [MEMORY.to_string(), crate::common::disk()] {
+    // In memory (the upload streams into the store), on the disk default
+    // (the spool is hashed and adopted by the fs store), and on both with
+    // large blobs stored as chunks.
+    use crate::common::chunking::chunked;
+    let configs = [
+        MEMORY.to_string(),
+        crate::common::disk(),
+        chunked(MEMORY),
+        chunked(&crate::common::disk()),
+    ];
+    for config in configs {
         let kiln = Kiln::start(&config).await;
         let mut bs = kiln.bytestream().await;
         let data = blob(2, 3 << 20);
@@ -211,9 +227,17 @@ async fn malformed_resource_names_are_invalid_argument() {
 
 #[tokio::test]
 async fn an_interrupted_upload_resumes_where_it_stopped() {
-    // In memory (the upload streams into the store) and on the disk
-    // default (the spool is hashed and adopted by the fs store).
-    for config in [MEMORY.to_string(), crate::common::disk()] {
+    // In memory (the upload streams into the store), on the disk default
+    // (the spool is hashed and adopted by the fs store), and on both with
+    // large blobs stored as chunks (the chunks stored are the kept state).
+    use crate::common::chunking::{chunked, fastcdc_chunks};
+    let configs = [
+        MEMORY.to_string(),
+        crate::common::disk(),
+        chunked(MEMORY),
+        chunked(&crate::common::disk()),
+    ];
+    for config in configs {
         let kiln = Kiln::start(&config).await;
         let mut bs = kiln.bytestream().await;
         let data = blob(5, 5 << 20);
@@ -237,12 +261,22 @@ async fn an_interrupted_upload_resumes_where_it_stopped() {
         assert_eq!((status.committed_size, status.complete), (3 << 20, false));
         // A store in memory keeps the arrived chunks themselves: no spool
         // file is written (it would cost a copy of every byte); the disk
-        // default keeps the spool file it will adopt.
+        // default keeps the spool file it will adopt. A chunked store keeps
+        // what it stored as chunks, and the session the bytes after them.
         let spooled = std::fs::read_dir(kiln.data_dir.join("uploads"))
             .unwrap()
             .count();
-        let in_memory = config == MEMORY;
-        assert_eq!(spooled, usize::from(!in_memory), "spool files kept");
+        let spools = config == crate::common::disk();
+        assert_eq!(spooled, usize::from(spools), "spool files kept");
+        if config.contains("store: true") {
+            let first = sha(&fastcdc_chunks(&data, 512 << 10, 0)[0]);
+            assert!(
+                crate::common::missing(&mut kiln.cas().await, &[first])
+                    .await
+                    .is_empty(),
+                "the first chunk is stored before the upload finished"
+            );
+        }
 
         // Resuming anywhere else is refused.
         let err = write(&mut bs, messages(&name, &data, 1 << 20, 1 << 20, true))
@@ -275,6 +309,67 @@ async fn an_interrupted_upload_resumes_where_it_stopped() {
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
     }
+}
+
+/// A chunked store keeps an interrupted upload as the chunks it stored:
+/// if they are evicted before the client resumes, the resume is refused as
+/// UNAVAILABLE (the bytes kept no longer reach the offset), the session is
+/// gone, and the upload starts again from zero.
+#[tokio::test]
+async fn a_resume_whose_stored_chunks_were_evicted_starts_over() {
+    let config = crate::common::chunking::chunked(&MEMORY.replace("512MiB", "8MiB"));
+    let kiln = Kiln::start(&config).await;
+    let mut bs = kiln.bytestream().await;
+    let data = blob(21, 5 << 20);
+    let d = sha(&data);
+    let name = upload_name(&d);
+    let first_part = data.slice(..3 << 20);
+    write(&mut bs, messages(&name, &first_part, 0, 256 << 10, false))
+        .await
+        .unwrap_err();
+    let committed = |bs: &mut ByteStreamClient<Channel>| {
+        let mut bs = bs.clone();
+        let name = name.clone();
+        async move {
+            bs.query_write_status(QueryWriteStatusRequest {
+                resource_name: name,
+            })
+            .await
+            .map(|s| s.into_inner().committed_size)
+        }
+    };
+    assert_eq!(committed(&mut bs).await.unwrap(), 3 << 20);
+    // Other blobs push the stored chunks out of the 8 MiB store (its
+    // eviction runs in the background: written until the first is gone).
+    let first = sha(&crate::common::chunking::fastcdc_chunks(&data, 512 << 10, 0)[0]);
+    let mut cas = kiln.cas().await;
+    let mut seed = 100;
+    while crate::common::missing(&mut cas, &[first]).await.is_empty() {
+        assert!(seed < 200, "the stored chunks were never evicted");
+        let other = blob(seed, 1 << 20);
+        let od = sha(&other);
+        write(
+            &mut bs,
+            messages(&upload_name(&od), &other, 0, 256 << 10, true),
+        )
+        .await
+        .unwrap();
+        seed += 1;
+    }
+    let err = write(&mut bs, messages(&name, &data, 3 << 20, 256 << 10, true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("offset 0"), "{err:?}");
+    assert_eq!(committed(&mut bs).await.unwrap_err().code(), Code::NotFound);
+    let resp = write(&mut bs, messages(&name, &data, 0, 256 << 10, true))
+        .await
+        .unwrap();
+    assert_eq!(resp.committed_size, data.len() as i64);
+    assert_eq!(
+        read(&mut bs, &format!("blobs/{d}"), 0, 0).await.unwrap().0,
+        data
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -350,3 +350,74 @@ async fn plain_uploads_of_an_edited_blob_share_chunks_on_seaweedfs() {
     .await;
     crate::common::chunking::plain_versions_share_chunks(&kiln).await;
 }
+
+/// An interrupted upload of a blob stored as chunks keeps the chunks it
+/// stored on S3 as its resumable state: no spool file on the pod's disk,
+/// and the resumed upload sends S3 only what was not stored before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_chunked_upload_resumes_from_its_stored_chunks() {
+    use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
+    use kiln::proto::bytestream::{QueryWriteStatusRequest, WriteRequest};
+    let weed = SeaweedFs::start().await;
+    let kiln = Kiln::start(&crate::common::chunking::chunked(
+        &weed.kiln_config("resume/"),
+    ))
+    .await;
+    let data = blob(31, 6 << 20);
+    let d = sha(&data);
+    let name = format!("uploads/{}/blobs/{d}", uuid::Uuid::new_v4());
+    let messages = |from: usize, to: usize, finish: bool| -> Vec<WriteRequest> {
+        (from..to)
+            .step_by(256 << 10)
+            .map(|at| WriteRequest {
+                resource_name: if at == from {
+                    name.clone()
+                } else {
+                    String::new()
+                },
+                write_offset: at as i64,
+                finish_write: finish && at + (256 << 10) >= to,
+                data: data.slice(at..(at + (256 << 10)).min(to)),
+            })
+            .collect()
+    };
+    let mut bs = ByteStreamClient::new(kiln.channel().await);
+    bs.write(tokio_stream::iter(messages(0, 3 << 20, false)))
+        .await
+        .unwrap_err();
+    let status = bs
+        .query_write_status(QueryWriteStatusRequest {
+            resource_name: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.committed_size, 3 << 20);
+    let spooled = std::fs::read_dir(kiln.data_dir.join("uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(spooled, 0, "no spool file for a chunked upload");
+    let puts = |text: &str| {
+        metric_sum(
+            text,
+            "kiln_store_calls_total",
+            &[("kind", "s3"), ("op", "put")],
+        )
+    };
+    let stored_before = puts(&scrape(kiln.server.http_addr).await);
+    assert!(stored_before >= 1.0, "chunks stored before the break");
+    let resp = bs
+        .write(tokio_stream::iter(messages(3 << 20, data.len(), true)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.committed_size, data.len() as i64);
+    assert!(crate::common::chunking::read(&kiln, &d).await == data[..]);
+    let chunks = crate::common::chunking::fastcdc_chunks(&data, 512 << 10, 0).len() as f64;
+    let resumed = puts(&scrape(kiln.server.http_addr).await) - stored_before;
+    // The chunks not stored yet, the layout and the pointer.
+    assert!(
+        resumed <= chunks - stored_before + 2.0,
+        "the resume made {resumed} S3 uploads for {chunks} chunks, {stored_before} stored before"
+    );
+}
