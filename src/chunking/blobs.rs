@@ -223,9 +223,9 @@ async fn store_chunks(cas: &Store, blob: &Digest, chunker: &Chunker) -> Result<V
         CHUNKS_IN_FLIGHT,
         |chunk| async move {
             let (digest, chunk) =
-                tokio::task::spawn_blocking(move || (function.digest_of(&chunk), chunk)).await?;
+                tokio::task::spawn_blocking(move || (chunk.digest(function), chunk)).await?;
             if !cas.find_missing(&[digest]).await?.is_empty() {
-                cas.put(&digest, Body::Bytes(chunk)).await?;
+                cas.put(&digest, chunk.into_body()).await?;
             }
             Ok(digest)
         },

@@ -89,6 +89,99 @@ impl FastCdc {
         self.seed
     }
 
+    /// The length of the chunk that starts the `len` bytes held in
+    /// `pieces`, in order: the cut `cut` finds in their concatenation,
+    /// found without making them one buffer (an upload's pieces are cut
+    /// where they arrived, so no byte is copied to be cut).
+    ///
+    /// The crate's scan, one byte per step: a pair of bytes (the crate's
+    /// step) may straddle two pieces. Even positions shift the hash by two
+    /// and add the left-shifted GEAR entry, odd ones add the plain entry;
+    /// the pairs before `avg` test the small masks, the rest the large. A
+    /// match at position p ends the chunk before p, as the crate's does.
+    pub fn cut_pieces<'a>(&self, pieces: impl IntoIterator<Item = &'a [u8]>, len: usize) -> usize {
+        if len <= self.min {
+            return len;
+        }
+        let mut center = self.avg;
+        let mut remaining = len;
+        if remaining > self.max {
+            remaining = self.max;
+        } else if remaining < center {
+            center = remaining;
+        }
+        let (small_end, end) = (center & !1, remaining & !1);
+        let (mask_s, mask_l) = (self.mask_s, self.mask_l);
+        let (mask_s_ls, mask_l_ls) = (mask_s << 1, mask_l << 1);
+        let (Ok(gear), Ok(gear_ls)) = (
+            <&[u64; 256]>::try_from(&self.gear[..]),
+            <&[u64; 256]>::try_from(&self.gear_ls[..]),
+        ) else {
+            unreachable!("GEAR tables have 256 entries");
+        };
+        let mut hash: u64 = 0;
+        // The absolute position of the next byte to hash, and where the
+        // current piece starts.
+        let mut p = self.min & !1;
+        let mut at = 0;
+        for piece in pieces {
+            let piece_end = at + piece.len();
+            let stop = piece_end.min(end);
+            if p < stop {
+                // Positions relative to the piece from here on.
+                let (src, last) = (piece, stop - at);
+                let small_last = small_end.saturating_sub(at);
+                let mut i = p - at;
+                if p & 1 == 1 {
+                    // The second byte of a pair begun in the last piece.
+                    hash = hash.wrapping_add(gear[usize::from(src[i])]);
+                    if hash & if p < small_end { mask_s } else { mask_l } == 0 {
+                        return p;
+                    }
+                    i += 1;
+                }
+                // Whole pairs, as the crate steps: the small masks before
+                // `avg`, then the large ones.
+                while i + 1 < last && i < small_last {
+                    hash = (hash << 2).wrapping_add(gear_ls[usize::from(src[i])]);
+                    if hash & mask_s_ls == 0 {
+                        return at + i;
+                    }
+                    hash = hash.wrapping_add(gear[usize::from(src[i + 1])]);
+                    if hash & mask_s == 0 {
+                        return at + i + 1;
+                    }
+                    i += 2;
+                }
+                while i + 1 < last {
+                    hash = (hash << 2).wrapping_add(gear_ls[usize::from(src[i])]);
+                    if hash & mask_l_ls == 0 {
+                        return at + i;
+                    }
+                    hash = hash.wrapping_add(gear[usize::from(src[i + 1])]);
+                    if hash & mask_l == 0 {
+                        return at + i + 1;
+                    }
+                    i += 2;
+                }
+                if i < last {
+                    // A pair's first byte, the piece ending before its second.
+                    hash = (hash << 2).wrapping_add(gear_ls[usize::from(src[i])]);
+                    if hash & if at + i < small_end { mask_s_ls } else { mask_l_ls } == 0 {
+                        return at + i;
+                    }
+                    i += 1;
+                }
+                p = at + i;
+            }
+            if p >= end {
+                break;
+            }
+            at = piece_end;
+        }
+        remaining
+    }
+
     /// The length of the chunk that starts `data`.
     pub fn cut(&self, data: &[u8]) -> usize {
         let (_, len) = cut_gear(
@@ -196,6 +289,25 @@ pub(crate) mod tests {
             assert!(ours.len() > 50, "{} chunks", ours.len());
             for &n in &ours[..ours.len() - 1] {
                 assert!((c.min()..=c.max()).contains(&n), "chunk of {n}");
+            }
+        }
+    }
+
+    /// Cut where they arrived, pieces of any sizes are cut where their
+    /// concatenation is, with and without a seed, near the blob's end too.
+    #[test]
+    fn pieces_are_cut_where_their_concatenation_is() {
+        let data = noise(1 << 20, 11);
+        for seed in [0, 666] {
+            let c = FastCdc::new(8 << 10, seed).unwrap();
+            for piece in [1, 3, 1000, 4096, 65_537, 1 << 20] {
+                let mut at = 0;
+                while at < data.len() {
+                    let rest = &data[at..];
+                    let n = c.cut_pieces(rest.chunks(piece), rest.len());
+                    assert_eq!(n, c.cut(rest), "seed {seed}, pieces of {piece}, at {at}");
+                    at += n;
+                }
             }
         }
     }

@@ -1,48 +1,159 @@
 //! Cuts a stream of bytes into content-defined chunks, holding at most two
 //! cut windows of it.
 
+use std::collections::VecDeque;
+
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use super::Chunker;
+use crate::digest::{Digest, DigestFunction};
 use crate::error::Result;
-use crate::store::ChunkStream;
+use crate::store::{Body, ChunkStream};
+
+/// A chunk as cut: the pieces of the stream it spans, not copied together.
+#[derive(Debug, Default)]
+pub(crate) struct Chunk {
+    pieces: smallvec::SmallVec<[Bytes; 2]>,
+    len: usize,
+}
+
+impl Chunk {
+    fn push(&mut self, piece: Bytes) {
+        self.len += piece.len();
+        self.pieces.push(piece);
+    }
+
+    /// Its bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Its digest under `function` (hashed piece by piece).
+    pub(crate) fn digest(&self, function: DigestFunction) -> Digest {
+        let mut hasher = function.hasher(self.len as u64);
+        for piece in &self.pieces {
+            hasher.update(piece);
+        }
+        hasher.finish()
+    }
+
+    /// A store's body of it: its one piece, or its pieces as a stream.
+    pub(crate) fn into_body(self) -> Body {
+        if self.pieces.len() == 1 {
+            return Body::Bytes(self.pieces.into_iter().next().unwrap_or_default());
+        }
+        Body::Stream(futures::stream::iter(self.pieces.into_iter().map(Ok)).boxed())
+    }
+
+    /// Its bytes in one buffer (copied together if it spans pieces).
+    pub(crate) fn into_bytes(self) -> Bytes {
+        if self.pieces.len() == 1 {
+            return self.pieces.into_iter().next().unwrap_or_default();
+        }
+        let mut buf = BytesMut::with_capacity(self.len);
+        for piece in &self.pieces {
+            buf.extend_from_slice(piece);
+        }
+        buf.freeze()
+    }
+}
 
 /// The bytes waiting to be cut: fed pieces, handing out chunks once it holds
 /// a whole cut window (or the stream ended).
-struct Window {
-    buf: BytesMut,
-    size: usize,
+enum Window {
+    /// For FastCDC, the pieces as they arrived: cut where they lie, so no
+    /// byte is copied (copies into the window and the page faults of its
+    /// new buffers were a quarter of a chunked write's CPU).
+    Pieces {
+        pieces: VecDeque<Bytes>,
+        len: usize,
+        size: usize,
+    },
+    /// For RepMaxCDC, whose cut looks at its whole window at once: one
+    /// buffer the pieces are copied into.
+    Contiguous { buf: BytesMut, size: usize },
 }
 
 impl Window {
     fn new(chunker: &Chunker) -> Self {
-        Window {
-            buf: BytesMut::with_capacity(2 * chunker.window()),
-            size: chunker.window(),
+        let size = chunker.window();
+        match chunker {
+            Chunker::FastCdc(_) => Window::Pieces {
+                pieces: VecDeque::new(),
+                len: 0,
+                size,
+            },
+            Chunker::RepMax(_) => Window::Contiguous {
+                buf: BytesMut::with_capacity(2 * size),
+                size,
+            },
         }
     }
 
     fn wants_more(&self) -> bool {
-        self.buf.len() < self.size
+        match self {
+            Window::Pieces { len, size, .. } => len < size,
+            Window::Contiguous { buf, size } => buf.len() < *size,
+        }
     }
 
-    fn feed(&mut self, piece: &[u8]) {
-        if self.buf.capacity() - self.buf.len() < piece.len() {
-            // Reclaims the space of chunks handed out already instead of
-            // growing without bound.
-            self.buf.reserve(self.size.max(piece.len()));
+    fn feed(&mut self, piece: Bytes) {
+        match self {
+            Window::Pieces { pieces, len, .. } => {
+                if !piece.is_empty() {
+                    *len += piece.len();
+                    pieces.push_back(piece);
+                }
+            }
+            Window::Contiguous { buf, size } => {
+                if buf.capacity() - buf.len() < piece.len() {
+                    // Reclaims the space of chunks handed out already
+                    // instead of growing without bound.
+                    buf.reserve((*size).max(piece.len()));
+                }
+                buf.extend_from_slice(&piece);
+            }
         }
-        self.buf.extend_from_slice(piece);
     }
 
     /// The next chunk (call once the window is full or the stream ended).
-    fn cut(&mut self, chunker: &Chunker) -> Option<Bytes> {
-        if self.buf.is_empty() {
-            return None;
+    fn cut(&mut self, chunker: &Chunker) -> Option<Chunk> {
+        match self {
+            Window::Pieces { pieces, len, .. } => {
+                if *len == 0 {
+                    return None;
+                }
+                let mut n = match chunker {
+                    Chunker::FastCdc(c) => c.cut_pieces(pieces.iter().map(|p| &p[..]), *len),
+                    Chunker::RepMax(_) => unreachable!("RepMaxCDC cuts a contiguous window"),
+                };
+                *len -= n;
+                let mut chunk = Chunk::default();
+                while n > 0 {
+                    let Some(mut front) = pieces.pop_front() else {
+                        break;
+                    };
+                    if front.len() > n {
+                        chunk.push(front.split_to(n));
+                        pieces.push_front(front);
+                        break;
+                    }
+                    n -= front.len();
+                    chunk.push(front);
+                }
+                Some(chunk)
+            }
+            Window::Contiguous { buf, .. } => {
+                if buf.is_empty() {
+                    return None;
+                }
+                let n = chunker.cut(buf);
+                let mut chunk = Chunk::default();
+                chunk.push(buf.split_to(n).freeze());
+                Some(chunk)
+            }
         }
-        let len = chunker.cut(&self.buf);
-        Some(self.buf.split_to(len).freeze())
     }
 }
 
@@ -69,11 +180,11 @@ impl<'a> Splitter<'a> {
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>> {
         while self.window.wants_more() && !self.ended {
             match self.stream.next().await {
-                Some(chunk) => self.window.feed(&chunk?),
+                Some(chunk) => self.window.feed(chunk?),
                 None => self.ended = true,
             }
         }
-        Ok(self.window.cut(self.chunker))
+        Ok(self.window.cut(self.chunker).map(Chunk::into_bytes))
     }
 }
 
@@ -102,11 +213,11 @@ pub(crate) async fn cut_and_store<F, Fut>(
     mut stored: impl FnMut(&crate::digest::Digest),
 ) -> Result<(Vec<crate::digest::Digest>, u64)>
 where
-    F: Fn(Bytes) -> Fut,
+    F: Fn(Chunk) -> Fut,
     Fut: std::future::Future<Output = Result<crate::digest::Digest>>,
 {
     let (to_cutter, mut pieces) = tokio::sync::mpsc::channel::<Bytes>(PIECES_AHEAD);
-    let (to_store, mut cut) = tokio::sync::mpsc::channel::<Bytes>(in_flight.max(1));
+    let (to_store, mut cut) = tokio::sync::mpsc::channel::<Chunk>(in_flight.max(1));
     let chunker = std::sync::Arc::new(chunker.clone());
     // Set once the stream failed: what was cut before is still stored (it
     // is what a resumed upload need not send again), the bytes after the
@@ -127,7 +238,7 @@ where
                     () = to_store.closed() => return Ok(()),
                 };
                 match next {
-                    Some(piece) => window.feed(&piece),
+                    Some(piece) => window.feed(piece),
                     None => ended = true,
                 }
             }
@@ -261,7 +372,7 @@ mod cut_and_store_tests {
             &chunker,
             stream,
             3,
-            |c| async move { Ok(DigestFunction::Sha256.digest_of(&c)) },
+            |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
             |_| {},
         )
         .await
@@ -291,7 +402,7 @@ mod cut_and_store_tests {
             &chunker,
             stream,
             2,
-            |c| async move { Ok(DigestFunction::Sha256.digest_of(&c)) },
+            |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
             |_| {},
         )
         .await;
@@ -320,7 +431,7 @@ mod cut_and_store_tests {
             &chunker,
             futures::stream::iter(items).boxed(),
             3,
-            |c| async move { Ok(DigestFunction::Sha256.digest_of(&c)) },
+            |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
             |d| stored.lock().unwrap().push(*d),
         )
         .await;
@@ -360,7 +471,7 @@ mod cut_and_store_tests {
                         &chunker,
                         stream,
                         2,
-                        |c| async move { Ok(DigestFunction::Sha256.digest_of(&c)) },
+                        |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
                         |_| {},
                     )
                     .await

@@ -27,7 +27,7 @@ use super::instrumented::ChunkedMetrics;
 use super::turns::Turns;
 use super::{BlobStore, Body, Range, Store, StoredChunks, VerifiedFile, get_bytes};
 use crate::chunking::Chunker;
-use crate::chunking::splitter::cut_and_store;
+use crate::chunking::splitter::{Chunk, cut_and_store};
 use crate::digest::{Digest, DigestFunction, HashKey};
 use crate::error::{Error, Result};
 
@@ -224,13 +224,13 @@ impl Chunked {
 
     /// Names `chunk` and stores it unless the store has it, one storer of
     /// a chunk at a time (uploads of similar blobs cut the same chunks).
-    async fn store_chunk(&self, function: DigestFunction, chunk: Bytes) -> Result<Digest> {
+    async fn store_chunk(&self, function: DigestFunction, chunk: Chunk) -> Result<Digest> {
         let (digest, chunk) =
-            tokio::task::spawn_blocking(move || (function.digest_of(&chunk), chunk)).await?;
+            tokio::task::spawn_blocking(move || (chunk.digest(function), chunk)).await?;
         let _turn = self.chunk_turns.take(digest).await;
         if self
             .inner
-            .put_if_absent(&digest, Body::Bytes(chunk))
+            .put_if_absent(&digest, chunk.into_body())
             .await?
         {
             self.counts.chunks_stored.inc();

@@ -426,7 +426,17 @@ impl BlobStore for FsStore {
         let dest = self.path(digest);
         let committed = match body {
             // The syncer writes the file in its next round.
-            Body::Bytes(data) => self.syncer.commit_bytes(temp, dest, *digest, data).await,
+            Body::Bytes(data) => {
+                self.syncer
+                    .commit_bytes(temp, dest, *digest, vec![data])
+                    .await
+            }
+            // A chunk cut from an upload: its pieces are written as they
+            // are (through the async file, each would be copied twice).
+            Body::Stream(stream) if digest.size <= GATHER_MAX => {
+                let pieces = gather(stream, digest).await?;
+                self.syncer.commit_bytes(temp, dest, *digest, pieces).await
+            }
             Body::Stream(stream) => {
                 let len = write_stream(&temp, stream, &context).await?;
                 self.syncer.commit(temp, dest, *digest, len).await
@@ -528,6 +538,28 @@ impl FsStore {
         self.after_put();
         Ok(())
     }
+}
+
+/// Streamed blobs up to this size are gathered as their pieces and written
+/// by the syncer (no copy), larger ones written through the async file.
+const GATHER_MAX: u64 = 4 << 20;
+
+/// The pieces of `stream`, refused past `digest`'s size.
+async fn gather(mut stream: super::ChunkStream, digest: &Digest) -> Result<Vec<Bytes>> {
+    let mut pieces = Vec::new();
+    let mut len = 0u64;
+    while let Some(piece) = stream.next().await {
+        let piece = piece?;
+        len += piece.len() as u64;
+        if len > digest.size {
+            return Err(Error::InvalidArgument(format!(
+                "blob {digest}: expected {} bytes, got at least {len}",
+                digest.size
+            )));
+        }
+        pieces.push(piece);
+    }
+    Ok(pieces)
 }
 
 /// Deletes a temp file when dropped, unless disarmed once it was renamed.

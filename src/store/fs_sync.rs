@@ -66,12 +66,12 @@ enum Target {
     Segment(Bytes),
 }
 
-/// A temp file renamed to `dest`; `data` is written to it first, for puts
-/// that have their bytes whole.
+/// A temp file renamed to `dest`; `data` (pieces, written in order) is
+/// written to it first, for puts that have their bytes in memory.
 struct FileTarget {
     temp: PathBuf,
     dest: PathBuf,
-    data: Option<Bytes>,
+    data: Option<Vec<Bytes>>,
 }
 
 /// The handle puts send their finished temp files to.
@@ -121,16 +121,16 @@ impl Syncer {
         self.send(digest, len, to).await
     }
 
-    /// Writes `data` to the temp file `temp`, then commits it as
-    /// [`Syncer::commit`] does.
+    /// Writes `data`, its pieces in order, to the temp file `temp`, then
+    /// commits it as [`Syncer::commit`] does.
     pub(crate) async fn commit_bytes(
         &self,
         temp: PathBuf,
         dest: PathBuf,
         digest: Digest,
-        data: Bytes,
+        data: Vec<Bytes>,
     ) -> std::io::Result<()> {
-        let len = data.len() as u64;
+        let len = data.iter().map(|d| d.len() as u64).sum();
         let to = Target::File(FileTarget {
             temp,
             dest,
@@ -345,10 +345,12 @@ fn round(dir: &std::fs::File, index: &Index, jobs: Vec<FileJob>) {
     }
 }
 
-fn write_temp(temp: &Path, data: &[u8], sync: bool) -> std::io::Result<()> {
+fn write_temp(temp: &Path, data: &[Bytes], sync: bool) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::File::create(temp)?;
-    f.write_all(data)?;
+    for piece in data {
+        f.write_all(piece)?;
+    }
     if sync {
         f.sync_data()?;
     }

@@ -34,7 +34,12 @@ async fn survives_reopen_and_clears_temp_files() {
 async fn a_dropped_put_leaves_no_temp_file() {
     let dir = tempfile::tempdir().unwrap();
     let store = FsStore::open(dir.path(), 4096, true).unwrap();
-    let d = DigestFunction::Sha256.digest_of(b"never finished");
+    // Large enough to be streamed into its temp file (smaller ones are
+    // gathered in memory and written whole).
+    let d = Digest {
+        size: 8 << 20,
+        ..DigestFunction::Sha256.digest_of(b"never finished")
+    };
     let first = futures::stream::iter([Ok(Bytes::from_static(b"never"))]);
     let body = Body::Stream(first.chain(futures::stream::pending()).boxed());
     {
@@ -523,4 +528,33 @@ async fn contract_with_segments() {
     let dir = tempfile::tempdir().unwrap();
     let store = bounded(dir.path(), 1 << 30, 1 << 30, Default::default(), true);
     contract::run_all(Arc::new(store)).await;
+}
+
+/// A small blob streamed in pieces (a chunk cut from an upload) is written
+/// from its pieces; more bytes than its digest says are refused and leave
+/// nothing.
+#[tokio::test]
+async fn a_streamed_small_blob_is_written_from_its_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path(), 4096, true).unwrap();
+    let data = contract::blob(9, 600_000);
+    let d = DigestFunction::Sha256.digest_of(&data);
+    let pieces = |data: &Bytes| {
+        let pieces: Vec<_> = data
+            .chunks(100_000)
+            .map(|p| Ok(Bytes::copy_from_slice(p)))
+            .collect();
+        Body::Stream(futures::stream::iter(pieces).boxed())
+    };
+    store.put(&d, pieces(&data)).await.unwrap();
+    assert_eq!(crate::store::get_bytes(&store, &d).await.unwrap(), data);
+    let other = contract::blob(10, 600_000);
+    let short = Digest {
+        size: 500_000,
+        ..DigestFunction::Sha256.digest_of(&other[..500_000])
+    };
+    let err = store.put(&short, pieces(&other)).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert_eq!(store.find_missing(&[short]).await.unwrap(), vec![short]);
+    assert_eq!(std::fs::read_dir(&store.tmp).unwrap().count(), 0);
 }

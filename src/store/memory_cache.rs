@@ -2,7 +2,8 @@
 //!
 //! Contract: values whose digest size is at most `max_blob_size` are kept in a
 //! byte-weighted moka cache, filled on reads and writes (write-through, so an
-//! action-cache update is visible at once); concurrent misses for one key are
+//! action-cache update is visible at once; a chunked layer's chunk writes,
+//! `put_if_absent`, are the exception); concurrent misses for one key are
 //! merged into a single inner read. Larger blobs pass straight through.
 
 use std::sync::Arc;
@@ -90,17 +91,12 @@ impl BlobStore for MemoryCache {
         Ok(())
     }
 
+    /// Passed through, not cached: this is how a chunked layer stores a
+    /// large upload's chunks, which would push the tier's hot small blobs
+    /// out (and cost a copy of every byte into the tier); chunks read are
+    /// cached like any blob.
     async fn put_if_absent(&self, digest: &Digest, body: Body) -> Result<bool> {
-        if !self.cacheable(digest) {
-            return self.inner.put_if_absent(digest, body).await;
-        }
-        let bytes = body.collect().await?;
-        let stored = self
-            .inner
-            .put_if_absent(digest, Body::Bytes(bytes.clone()))
-            .await?;
-        self.cache.insert(*digest, super::owned(bytes)).await;
-        Ok(stored)
+        self.inner.put_if_absent(digest, body).await
     }
 
     async fn swap(&self, key: &Digest, value: Bytes, max_old: u64) -> Result<Option<Bytes>> {
