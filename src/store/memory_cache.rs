@@ -2,9 +2,9 @@
 //!
 //! Contract: values whose digest size is at most `max_blob_size` are kept in a
 //! byte-weighted moka cache, filled on reads and writes (write-through, so an
-//! action-cache update is visible at once); concurrent misses for one key are
-//! merged into a single inner read. Larger blobs pass straight through, and
-//! so do a chunked layer's chunks of them (`put_if_absent`, `get_passing`).
+//! action-cache update is visible at once; a chunked layer's chunk writes,
+//! `put_if_absent`, are the exception); concurrent misses for one key are
+//! merged into a single inner read. Larger blobs pass straight through.
 
 use std::sync::Arc;
 
@@ -79,15 +79,6 @@ impl BlobStore for MemoryCache {
             .await
             .map_err(|e: Arc<Error>| (*e).clone())?;
         Ok(Body::Bytes(range.slice(&bytes)?))
-    }
-
-    /// Answered from the tier when it holds the blob, else from the store
-    /// below without keeping it (see [`BlobStore::get_passing`]).
-    async fn get_passing(&self, digest: &Digest, range: Range) -> Result<Body> {
-        if let Some(bytes) = self.cache.get(digest).await {
-            return Ok(Body::Bytes(range.slice(&bytes)?));
-        }
-        self.inner.get_passing(digest, range).await
     }
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
@@ -175,29 +166,6 @@ mod tests {
         assert_eq!(again.unwrap().as_deref(), Some(&b"new"[..]));
         let below = crate::store::get_bytes(fs.as_ref(), &key).await.unwrap();
         assert_eq!(&below[..], b"newer");
-    }
-
-    /// A chunked layer's chunks pass by the tier: written with
-    /// `put_if_absent` and read with `get_passing`, none is kept, while a
-    /// blob the tier holds still answers a passing read.
-    #[tokio::test]
-    async fn chunks_pass_by_the_tier() {
-        let inner = Arc::new(MemoryStore::new(64 << 20));
-        let cache = MemoryCache::new(inner.clone(), 1 << 20, 64 << 10);
-        let f = DigestFunction::Sha256;
-        let chunk = blob(11, 30_000);
-        let c = f.digest_of(&chunk);
-        assert!(cache.put_if_absent(&c, chunk.clone().into()).await.unwrap());
-        let read = cache.get_passing(&c, Range::FULL).await.unwrap();
-        assert_eq!(read.collect().await.unwrap(), chunk);
-        cache.cache.run_pending_tasks().await;
-        assert_eq!(cache.cache.entry_count(), 0, "a chunk was kept");
-        let hot = blob(12, 20_000);
-        let h = f.digest_of(&hot);
-        cache.put(&h, hot.clone().into()).await.unwrap();
-        inner.put(&h, Bytes::new().into()).await.unwrap();
-        let read = cache.get_passing(&h, Range::FULL).await.unwrap();
-        assert_eq!(read.collect().await.unwrap(), hot, "answered from the tier");
     }
 
     #[tokio::test]

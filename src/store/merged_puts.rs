@@ -66,10 +66,6 @@ impl BlobStore for MergedPuts {
         self.inner.get(digest, range).await
     }
 
-    async fn get_passing(&self, digest: &Digest, range: Range) -> Result<Body> {
-        self.inner.get_passing(digest, range).await
-    }
-
     async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
         self.inner.resolve(key).await
     }

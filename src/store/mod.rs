@@ -253,14 +253,6 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>>;
     /// A range of a blob; [`Error::NotFound`] when absent.
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body>;
-    /// `get`, filling no cache on the way: a chunked layer's read of a
-    /// large blob's chunks, which memory tiers pass by as they pass by a
-    /// large blob stored whole (it would push the hot small blobs out, and
-    /// copy every chunk into the tier). A tier that holds the blob still
-    /// answers. Layers between forward it.
-    async fn get_passing(&self, digest: &Digest, range: Range) -> Result<Body> {
-        self.get(digest, range).await
-    }
     /// Stores a blob; it is visible to `get` once this returns `Ok`.
     async fn put(&self, digest: &Digest, body: Body) -> Result<()>;
 
