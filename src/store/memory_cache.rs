@@ -168,6 +168,22 @@ mod tests {
         assert_eq!(&below[..], b"newer");
     }
 
+    /// A chunked layer's chunk writes pass by the tier (a fresh large
+    /// upload would push the hot small blobs out); reading a chunk keeps it.
+    #[tokio::test]
+    async fn chunk_writes_pass_by_the_tier_and_reads_fill_it() {
+        let inner = Arc::new(MemoryStore::new(64 << 20));
+        let cache = MemoryCache::new(inner, 1 << 20, 64 << 10);
+        let chunk = blob(11, 30_000);
+        let c = DigestFunction::Sha256.digest_of(&chunk);
+        assert!(cache.put_if_absent(&c, chunk.clone().into()).await.unwrap());
+        cache.cache.run_pending_tasks().await;
+        assert_eq!(cache.cache.entry_count(), 0, "a chunk write was kept");
+        assert_eq!(get_bytes(&cache, &c).await.unwrap(), chunk);
+        cache.cache.run_pending_tasks().await;
+        assert_eq!(cache.cache.entry_count(), 1, "a chunk read was not kept");
+    }
+
     #[tokio::test]
     async fn concurrent_misses_for_one_blob_read_the_inner_store_once() {
         let gated = Arc::new(Gated::new(false));
