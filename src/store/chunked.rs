@@ -306,7 +306,7 @@ impl BlobStore for Chunked {
         let stream = futures::stream::iter(parts)
             .map(move |(chunk, range)| {
                 let inner = inner.clone();
-                async move { Ok::<_, Error>(inner.get(&chunk, range).await?.into_stream()) }
+                async move { Ok::<_, Error>(inner.get_passing(&chunk, range).await?.into_stream()) }
             })
             .buffered(READ_AHEAD)
             .try_flatten();
@@ -366,6 +366,10 @@ impl BlobStore for Chunked {
                 size,
             }),
         )
+    }
+
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
     }
 
     fn staging(&self, digest: &Digest) -> super::Staging {

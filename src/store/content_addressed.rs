@@ -209,6 +209,10 @@ impl BlobStore for ContentAddressed {
         }
     }
 
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
+
     fn staging(&self, digest: &Digest) -> super::Staging {
         self.inner.staging(digest)
     }

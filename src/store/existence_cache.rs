@@ -77,6 +77,12 @@ impl BlobStore for ExistenceCache {
         Ok(body)
     }
 
+    async fn get_passing(&self, digest: &Digest, range: Range) -> Result<Body> {
+        let body = self.inner.get_passing(digest, range).await?;
+        self.known.insert(*digest, ()).await;
+        Ok(body)
+    }
+
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {
         self.inner.put(digest, body).await?;
         self.known.insert(*digest, ()).await;
@@ -90,6 +96,10 @@ impl BlobStore for ExistenceCache {
         let stored = self.inner.put_if_absent(digest, body).await?;
         self.known.insert(*digest, ()).await;
         Ok(stored)
+    }
+
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
     }
 
     fn staging(&self, digest: &Digest) -> super::Staging {

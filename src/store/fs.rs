@@ -448,6 +448,10 @@ impl BlobStore for FsStore {
         Ok(())
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn staging(&self, _: &Digest) -> super::Staging {
         super::Staging::AdoptedFile
     }

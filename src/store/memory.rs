@@ -131,6 +131,10 @@ impl BlobStore for MemoryStore {
         Ok(old)
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn staging(&self, _: &Digest) -> Staging {
         Staging::Memory
     }

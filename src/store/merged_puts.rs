@@ -66,6 +66,10 @@ impl BlobStore for MergedPuts {
         self.inner.get(digest, range).await
     }
 
+    async fn get_passing(&self, digest: &Digest, range: Range) -> Result<Body> {
+        self.inner.get_passing(digest, range).await
+    }
+
     async fn resolve(&self, key: &HashKey) -> Result<Option<Digest>> {
         self.inner.resolve(key).await
     }
@@ -111,6 +115,10 @@ impl BlobStore for MergedPuts {
                 self.inner.put(digest, body).await
             }
         }
+    }
+
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
     }
 
     fn staging(&self, digest: &Digest) -> super::Staging {

@@ -253,6 +253,23 @@ pub trait BlobStore: fmt::Debug + Send + Sync + 'static {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>>;
     /// A range of a blob; [`Error::NotFound`] when absent.
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body>;
+    /// `get`, filling no cache on the way when the store below serves as
+    /// fast: a chunked layer's read of a large blob's chunks, which a
+    /// memory tier over a local store passes by as it passes by a large
+    /// blob stored whole (it would push the hot small blobs out, and copy
+    /// every chunk into the tier). A tier that holds the blob still
+    /// answers; over a remote store (S3) it keeps what it reads, which is
+    /// what spares a hot large blob's GETs. Layers between forward it.
+    async fn get_passing(&self, digest: &Digest, range: Range) -> Result<Body> {
+        self.get(digest, range).await
+    }
+
+    /// Whether this store answers from this machine (memory, local disk)
+    /// rather than over a network: what a memory tier above it may skip
+    /// keeping ([`BlobStore::get_passing`]). Layers forward it.
+    fn is_local(&self) -> bool {
+        false
+    }
     /// Stores a blob; it is visible to `get` once this returns `Ok`.
     async fn put(&self, digest: &Digest, body: Body) -> Result<()>;
 
