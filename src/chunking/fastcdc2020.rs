@@ -167,7 +167,14 @@ impl FastCdc {
                 if i < last {
                     // A pair's first byte, the piece ending before its second.
                     hash = (hash << 2).wrapping_add(gear_ls[usize::from(src[i])]);
-                    if hash & if at + i < small_end { mask_s_ls } else { mask_l_ls } == 0 {
+                    if hash
+                        & if at + i < small_end {
+                            mask_s_ls
+                        } else {
+                            mask_l_ls
+                        }
+                        == 0
+                    {
                         return at + i;
                     }
                     i += 1;

@@ -351,6 +351,18 @@ mod cut_and_store_tests {
     use super::super::FastCdc;
     use super::super::fastcdc2020::tests::{chunks, noise};
     use super::*;
+
+    /// The SHA-256 digests of `data`'s chunks of the given sizes, in order.
+    fn named(sizes: &[usize], data: &[u8]) -> Vec<Digest> {
+        let mut at = 0;
+        sizes
+            .iter()
+            .map(|&n| {
+                at += n;
+                DigestFunction::Sha256.digest_of(&data[at - n..at])
+            })
+            .collect()
+    }
     use crate::digest::DigestFunction;
     use crate::error::Error;
 
@@ -378,14 +390,7 @@ mod cut_and_store_tests {
         .await
         .unwrap();
         assert_eq!(total, data.len() as u64);
-        let mut at = 0;
-        let expected: Vec<_> = whole
-            .iter()
-            .map(|&n| {
-                at += n;
-                DigestFunction::Sha256.digest_of(&data[at - n..at])
-            })
-            .collect();
+        let expected = named(&whole, &data);
         assert_eq!(digests, expected);
     }
 
@@ -416,14 +421,7 @@ mod cut_and_store_tests {
         let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
         let data = noise(400_000, 8);
         let whole = chunks(|d| chunker.cut(d), &data);
-        let mut at = 0;
-        let expected: Vec<_> = whole
-            .iter()
-            .map(|&n| {
-                at += n;
-                DigestFunction::Sha256.digest_of(&data[at - n..at])
-            })
-            .collect();
+        let expected = named(&whole, &data);
         let mut items = pieces(&data, 30_000);
         items.push(Err(Error::Cancelled("the client went away".into())));
         let stored = std::sync::Mutex::new(Vec::new());

@@ -228,11 +228,7 @@ impl Chunked {
         let (digest, chunk) =
             tokio::task::spawn_blocking(move || (chunk.digest(function), chunk)).await?;
         let _turn = self.chunk_turns.take(digest).await;
-        if self
-            .inner
-            .put_if_absent(&digest, chunk.into_body())
-            .await?
-        {
+        if self.inner.put_if_absent(&digest, chunk.into_body()).await? {
             self.counts.chunks_stored.inc();
             self.counts.stored_bytes.inc_by(digest.size);
         } else {

@@ -339,6 +339,30 @@ impl Instrumented {
     }
 }
 
+impl Instrumented {
+    /// Runs a read of the node below in its span and records it (found or
+    /// not, latency).
+    async fn counted_get(
+        &self,
+        digest: &Digest,
+        read: impl std::future::Future<Output = Result<Body>>,
+    ) -> Result<Body> {
+        // Per-blob spans are debug: a batch call makes hundreds, and at
+        // info every one would format its digest (a tenth of a batch call's
+        // CPU). RUST_LOG=kiln=debug brings them back.
+        let span = tracing::debug_span!("store.get", node = %self.name, kind = self.kind, %digest);
+        let started = Instant::now();
+        let result = read.instrument(span.clone()).await;
+        match &result {
+            Ok(_) => self.get.found(1, 0),
+            Err(crate::error::Error::NotFound(_)) => self.get.found(0, 1),
+            Err(_) => {}
+        }
+        span.in_scope(|| self.get.record(&result, started));
+        result
+    }
+}
+
 #[async_trait]
 impl BlobStore for Instrumented {
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>> {
@@ -365,37 +389,14 @@ impl BlobStore for Instrumented {
     }
 
     async fn get(&self, digest: &Digest, range: Range) -> Result<Body> {
-        // Per-blob spans are debug: a batch call makes hundreds, and at
-        // info every one would format its digest (a tenth of a batch call's
-        // CPU). RUST_LOG=kiln=debug brings them back.
-        let span = tracing::debug_span!("store.get", node = %self.name, kind = self.kind, %digest);
-        let started = Instant::now();
-        let result = self.inner.get(digest, range).instrument(span.clone()).await;
-        match &result {
-            Ok(_) => self.get.found(1, 0),
-            Err(crate::error::Error::NotFound(_)) => self.get.found(0, 1),
-            Err(_) => {}
-        }
-        span.in_scope(|| self.get.record(&result, started));
-        result
+        self.counted_get(digest, self.inner.get(digest, range))
+            .await
     }
 
     async fn get_passing(&self, digest: &Digest, range: Range) -> Result<Body> {
         // Counted as the get it is.
-        let span = tracing::debug_span!("store.get", node = %self.name, kind = self.kind, %digest);
-        let started = Instant::now();
-        let result = self
-            .inner
-            .get_passing(digest, range)
-            .instrument(span.clone())
-            .await;
-        match &result {
-            Ok(_) => self.get.found(1, 0),
-            Err(crate::error::Error::NotFound(_)) => self.get.found(0, 1),
-            Err(_) => {}
-        }
-        span.in_scope(|| self.get.record(&result, started));
-        result
+        self.counted_get(digest, self.inner.get_passing(digest, range))
+            .await
     }
 
     async fn put(&self, digest: &Digest, body: Body) -> Result<()> {

@@ -220,7 +220,11 @@ mod tests {
         let read = cache.get_passing(&c, Range::FULL).await.unwrap();
         assert_eq!(read.collect().await.unwrap(), chunk);
         cache.cache.run_pending_tasks().await;
-        assert_eq!(cache.cache.entry_count(), 1, "a remote chunk read was not kept");
+        assert_eq!(
+            cache.cache.entry_count(),
+            1,
+            "a remote chunk read was not kept"
+        );
     }
 
     #[tokio::test]

@@ -70,19 +70,23 @@ fn upload_name(d: &kiln::digest::Digest) -> String {
     format!("uploads/{}/blobs/{d}", uuid::Uuid::new_v4())
 }
 
+/// In memory, the disk default, and both with large blobs stored as chunks.
+fn stores() -> [String; 4] {
+    use crate::common::chunking::chunked;
+    [
+        MEMORY.to_string(),
+        crate::common::disk(),
+        chunked(MEMORY),
+        chunked(&crate::common::disk()),
+    ]
+}
+
 #[tokio::test]
 async fn large_blob_round_trip_streamed_and_ranged() {
     // In memory (the upload streams into the store), on the disk default
     // (the spool is hashed and adopted by the fs store), and on both with
     // large blobs stored as chunks.
-    use crate::common::chunking::chunked;
-    let configs = [
-        MEMORY.to_string(),
-        crate::common::disk(),
-        chunked(MEMORY),
-        chunked(&crate::common::disk()),
-    ];
-    for config in configs {
+    for config in stores() {
         let kiln = Kiln::start(&config).await;
         let mut bs = kiln.bytestream().await;
         let data = blob(1, 9 << 20);
@@ -127,14 +131,7 @@ async fn writes_with_wrong_content_are_refused_and_leave_nothing() {
     // In memory (the upload streams into the store), on the disk default
     // (the spool is hashed and adopted by the fs store), and on both with
     // large blobs stored as chunks.
-    use crate::common::chunking::chunked;
-    let configs = [
-        MEMORY.to_string(),
-        crate::common::disk(),
-        chunked(MEMORY),
-        chunked(&crate::common::disk()),
-    ];
-    for config in configs {
+    for config in stores() {
         let kiln = Kiln::start(&config).await;
         let mut bs = kiln.bytestream().await;
         let data = blob(2, 3 << 20);
@@ -230,14 +227,8 @@ async fn an_interrupted_upload_resumes_where_it_stopped() {
     // In memory (the upload streams into the store), on the disk default
     // (the spool is hashed and adopted by the fs store), and on both with
     // large blobs stored as chunks (the chunks stored are the kept state).
-    use crate::common::chunking::{chunked, fastcdc_chunks};
-    let configs = [
-        MEMORY.to_string(),
-        crate::common::disk(),
-        chunked(MEMORY),
-        chunked(&crate::common::disk()),
-    ];
-    for config in configs {
+    use crate::common::chunking::fastcdc_chunks;
+    for config in stores() {
         let kiln = Kiln::start(&config).await;
         let mut bs = kiln.bytestream().await;
         let data = blob(5, 5 << 20);
