@@ -12,6 +12,7 @@ pub(crate) mod blobs;
 mod fastcdc2020;
 mod repmax;
 pub(crate) mod splitter;
+mod window;
 
 use crate::error::{Error, Result};
 use crate::proto::reapi::chunking_function;
