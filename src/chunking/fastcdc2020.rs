@@ -142,27 +142,21 @@ impl FastCdc {
                 }
                 // Whole pairs, as the crate steps: the small masks before
                 // `avg`, then the large ones.
-                while i + 1 < last && i < small_last {
-                    hash = (hash << 2).wrapping_add(gear_ls[usize::from(src[i])]);
-                    if hash & mask_s_ls == 0 {
-                        return at + i;
+                for (until, ls, plain) in [
+                    (small_last, mask_s_ls, mask_s),
+                    (usize::MAX, mask_l_ls, mask_l),
+                ] {
+                    while i + 1 < last && i < until {
+                        hash = (hash << 2).wrapping_add(gear_ls[usize::from(src[i])]);
+                        if hash & ls == 0 {
+                            return at + i;
+                        }
+                        hash = hash.wrapping_add(gear[usize::from(src[i + 1])]);
+                        if hash & plain == 0 {
+                            return at + i + 1;
+                        }
+                        i += 2;
                     }
-                    hash = hash.wrapping_add(gear[usize::from(src[i + 1])]);
-                    if hash & mask_s == 0 {
-                        return at + i + 1;
-                    }
-                    i += 2;
-                }
-                while i + 1 < last {
-                    hash = (hash << 2).wrapping_add(gear_ls[usize::from(src[i])]);
-                    if hash & mask_l_ls == 0 {
-                        return at + i;
-                    }
-                    hash = hash.wrapping_add(gear[usize::from(src[i + 1])]);
-                    if hash & mask_l == 0 {
-                        return at + i + 1;
-                    }
-                    i += 2;
                 }
                 if i < last {
                     // A pair's first byte, the piece ending before its second.

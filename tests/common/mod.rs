@@ -220,6 +220,21 @@ pub async fn read_one(
     r.responses.into_iter().next().unwrap()
 }
 
+/// QueryWriteStatus of an upload: (committed_size, complete), or its status.
+pub async fn write_status(
+    channel: Channel,
+    resource_name: &str,
+) -> Result<(i64, bool), tonic::Status> {
+    let mut bs = ByteStreamClient::new(channel);
+    let status = bs
+        .query_write_status(kiln::proto::bytestream::QueryWriteStatusRequest {
+            resource_name: resource_name.to_string(),
+        })
+        .await?
+        .into_inner();
+    Ok((status.committed_size, status.complete))
+}
+
 /// FindMissingBlobs: which of `digests` the server lacks.
 pub async fn missing(
     cas: &mut ContentAddressableStorageClient<Channel>,

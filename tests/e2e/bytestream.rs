@@ -242,14 +242,8 @@ async fn an_interrupted_upload_resumes_where_it_stopped() {
             .unwrap_err();
         assert_ne!(err.code(), Code::Ok);
 
-        let status = bs
-            .query_write_status(QueryWriteStatusRequest {
-                resource_name: name.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!((status.committed_size, status.complete), (3 << 20, false));
+        let status = crate::common::write_status(kiln.channel().await, &name).await;
+        assert_eq!(status.unwrap(), (3 << 20, false));
         // A store in memory keeps the arrived chunks themselves: no spool
         // file is written (it would cost a copy of every byte); the disk
         // default keeps the spool file it will adopt. A chunked store keeps
@@ -318,18 +312,8 @@ async fn a_resume_whose_stored_chunks_were_evicted_starts_over() {
     write(&mut bs, messages(&name, &first_part, 0, 256 << 10, false))
         .await
         .unwrap_err();
-    let committed = |bs: &mut ByteStreamClient<Channel>| {
-        let mut bs = bs.clone();
-        let name = name.clone();
-        async move {
-            bs.query_write_status(QueryWriteStatusRequest {
-                resource_name: name,
-            })
-            .await
-            .map(|s| s.into_inner().committed_size)
-        }
-    };
-    assert_eq!(committed(&mut bs).await.unwrap(), 3 << 20);
+    let status = crate::common::write_status(kiln.channel().await, &name).await;
+    assert_eq!(status.unwrap().0, 3 << 20);
     // Other blobs push the stored chunks out of the 8 MiB store (its
     // eviction runs in the background: written until the first is gone).
     let first = sha(&crate::common::chunking::fastcdc_chunks(&data, 512 << 10, 0)[0]);
@@ -352,7 +336,8 @@ async fn a_resume_whose_stored_chunks_were_evicted_starts_over() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("offset 0"), "{err:?}");
-    assert_eq!(committed(&mut bs).await.unwrap_err().code(), Code::NotFound);
+    let status = crate::common::write_status(kiln.channel().await, &name).await;
+    assert_eq!(status.unwrap_err().code(), Code::NotFound);
     let resp = write(&mut bs, messages(&name, &data, 0, 256 << 10, true))
         .await
         .unwrap();

@@ -356,8 +356,8 @@ async fn plain_uploads_of_an_edited_blob_share_chunks_on_seaweedfs() {
 /// and the resumed upload sends S3 only what was not stored before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_chunked_upload_resumes_from_its_stored_chunks() {
+    use kiln::proto::bytestream::WriteRequest;
     use kiln::proto::bytestream::byte_stream_client::ByteStreamClient;
-    use kiln::proto::bytestream::{QueryWriteStatusRequest, WriteRequest};
     let weed = SeaweedFs::start().await;
     let kiln = Kiln::start(&crate::common::chunking::chunked(
         &weed.kiln_config("resume/"),
@@ -385,14 +385,8 @@ async fn an_interrupted_chunked_upload_resumes_from_its_stored_chunks() {
     bs.write(tokio_stream::iter(messages(0, 3 << 20, false)))
         .await
         .unwrap_err();
-    let status = bs
-        .query_write_status(QueryWriteStatusRequest {
-            resource_name: name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(status.committed_size, 3 << 20);
+    let status = crate::common::write_status(kiln.channel().await, &name).await;
+    assert_eq!(status.unwrap().0, 3 << 20);
     let spooled = std::fs::read_dir(kiln.data_dir.join("uploads"))
         .unwrap()
         .count();
