@@ -28,8 +28,9 @@ pub struct Farm {
 impl Farm {
     /// Starts `n` pods serving `instance` from `s3`'s bucket and `pg`.
     pub async fn start(tmp: &Path, s3: &SeaweedFs, pg: &str, instance: &str, n: usize) -> Farm {
-        let stores = s3
-            .kiln_config("chaos/")
+        // Chunked storage, as config/s3.yaml ships: the build's 3 MB
+        // outputs are stored as chunks through the kills.
+        let stores = crate::common::chunking::chunked(&s3.kiln_config("chaos/"))
             .replace("  - name: \"\"", &format!("  - name: \"{instance}\""));
         let yaml = format!(
             "execution: {{ database: \"{pg}\", bot_wait: 2s, lease_timeout: 10s }}\n\

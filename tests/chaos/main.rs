@@ -125,7 +125,7 @@ async fn a_build_survives_pods_killed_under_it() {
     let ch = verify::connect(&url).await;
     verify::actions_ran_once_or_were_requeued(&db, &ch, &instance, &ws, marks.path()).await;
     verify::events_stored_once(&db, &invocation, &events_file).await;
-    verify::blobs_are_intact(&s3).await;
+    verify::blobs_are_intact(&s3, workspace::OUTPUT_SIZE).await;
     drop(lb);
     drop(farm);
 }

@@ -195,11 +195,12 @@ pub async fn events_stored_once(db: &sqlx::PgPool, invocation: &str, json_file: 
     assert_eq!(status, "SUCCEEDED");
 }
 
-/// Every CAS object's bytes hash to its key, and every action-cache entry
-/// is a whole ActionResult.
-pub async fn blobs_are_intact(s3: &SeaweedFs) {
+/// Every CAS object's bytes hash to its key, every action-cache entry is a
+/// whole ActionResult, and no object is a whole `output_size` output: the
+/// pods store large blobs as chunks.
+pub async fn blobs_are_intact(s3: &SeaweedFs, output_size: usize) {
     let client = s3.client().await;
-    let (mut cas, mut ac) = (0, 0);
+    let (mut cas, mut ac, mut whole) = (0, 0, 0);
     for prefix in ["chaos/cas/", "chaos/ac/"] {
         let mut pages = client
             .list_objects_v2()
@@ -232,6 +233,7 @@ pub async fn blobs_are_intact(s3: &SeaweedFs) {
                         "{key} does not hash to its name"
                     );
                     cas += 1;
+                    whole += usize::from(body.len() == output_size);
                 } else {
                     ActionResult::decode(&body[..])
                         .unwrap_or_else(|e| panic!("{key} is not an ActionResult: {e}"));
@@ -243,5 +245,9 @@ pub async fn blobs_are_intact(s3: &SeaweedFs) {
     assert!(
         cas > 25 && ac > 0,
         "the build stored blobs ({cas} CAS, {ac} AC)"
+    );
+    assert_eq!(
+        whole, 0,
+        "{whole} outputs of {output_size} bytes were stored whole, not as chunks"
     );
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 /// Targets per layer.
 const WIDTH: usize = 8;
+/// The size of each first-layer output (the layers above concatenate them).
+pub const OUTPUT_SIZE: usize = 3_000_000;
 
 pub struct Workspace {
     pub dir: PathBuf,
@@ -34,7 +36,7 @@ pub fn write(dir: &Path, marks: &Path) -> Workspace {
         rule(
             format!("gen_0_{i}"),
             vec![],
-            "sleep 3; head -c 3000000 /dev/urandom > $@",
+            &format!("sleep 3; head -c {OUTPUT_SIZE} /dev/urandom > $@"),
         );
     }
     for i in 0..WIDTH {

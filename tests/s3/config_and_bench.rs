@@ -11,7 +11,7 @@ use crate::common::s3::SeaweedFs;
 use crate::common::{Kiln, blob, sha};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shipped_s3_config_works_with_only_the_aws_variables_set() {
+async fn the_shipped_s3_config_works_with_only_the_aws_variables_set_and_stores_chunks() {
     let weed = SeaweedFs::start().await;
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/s3.yaml")).unwrap();
@@ -40,6 +40,9 @@ async fn the_shipped_s3_config_works_with_only_the_aws_variables_set() {
         .unwrap()
         .into_inner();
     assert_eq!(got.responses[0].data, data);
+    // The shipped config stores large blobs as chunks: an edited version of
+    // a plainly uploaded artifact adds only the chunks around the edit.
+    crate::common::chunking::plain_versions_share_chunks(&kiln).await;
 }
 
 #[derive(Parser)]
