@@ -112,13 +112,11 @@ impl Instance {
         let chunked = chunking
             .as_ref()
             .filter(|_| config.chunking.store)
-            .map(|c| {
-                let chunker = crate::chunking::Chunker::FastCdc(c.fast_cdc().clone());
-                (
-                    chunker,
-                    config.chunking.store_min_size.0,
-                    action_cache.clone(),
-                )
+            .map(|c| crate::store::build::ChunkedLayer {
+                chunker: crate::chunking::Chunker::FastCdc(c.fast_cdc().clone()),
+                min_size: config.chunking.store_min_size.0,
+                in_flight: config.chunking.store_in_flight.0,
+                pointers: action_cache.clone(),
             });
         Ok(Instance {
             insights,

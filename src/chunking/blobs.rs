@@ -221,6 +221,8 @@ async fn store_chunks(cas: &Store, blob: &Digest, chunker: &Chunker) -> Result<V
         chunker,
         body.into_stream(),
         CHUNKS_IN_FLIGHT,
+        // Splits are few at once (`max_concurrent_splits`).
+        None,
         |chunk| async move {
             let (digest, chunk) =
                 tokio::task::spawn_blocking(move || (chunk.digest(function), chunk)).await?;

@@ -1,8 +1,11 @@
 //! Cuts a stream of bytes into content-defined chunks, holding at most two
 //! cut windows of it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Chunker;
 pub(crate) use super::window::Chunk;
@@ -44,8 +47,38 @@ impl<'a> Splitter<'a> {
 /// Pieces of the stream waiting for the cutter (about a MiB each from gRPC).
 const PIECES_AHEAD: usize = 4;
 
+/// The bytes of cut chunks that may wait to be stored, for all the uploads
+/// sharing it together: against a slow store (S3), each upload would
+/// otherwise hold its chunks in flight and those queued behind them, and
+/// many uploads at once would hold that many times as much. A chunk waits
+/// for room before it is handed on, and so the client's stream waits too.
+#[derive(Debug)]
+pub(crate) struct ChunkBudget {
+    room: Arc<Semaphore>,
+    /// The whole budget, in KiB (a larger chunk takes all of it).
+    kib: u32,
+}
+
+impl ChunkBudget {
+    pub(crate) fn new(bytes: u64) -> Self {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX >> 3);
+        ChunkBudget {
+            room: Arc::new(Semaphore::new(kib as usize)),
+            kib,
+        }
+    }
+
+    async fn take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(len.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.kib);
+        self.room.clone().acquire_many_owned(kib).await.ok()
+    }
+}
+
 /// Cuts `stream` with `chunker` and hands each chunk to `store`, at most
-/// `in_flight` at once, in order; the digests `store` returns, and the
+/// `in_flight` at once (and within `budget`'s bytes, when given, shared
+/// with other calls), in order; the digests `store` returns, and the
 /// bytes the stream held (which the caller checks against what it
 /// expected: a stream is not a promise of its length). `stored` is told of
 /// each chunk stored, in order, as soon as it and every chunk before it
@@ -62,6 +95,7 @@ pub(crate) async fn cut_and_store<F, Fut>(
     chunker: &Chunker,
     mut stream: ChunkStream,
     in_flight: usize,
+    budget: Option<&ChunkBudget>,
     store: F,
     mut stored: impl FnMut(&crate::digest::Digest),
 ) -> Result<(Vec<crate::digest::Digest>, u64)>
@@ -70,7 +104,8 @@ where
     Fut: std::future::Future<Output = Result<crate::digest::Digest>>,
 {
     let (to_cutter, mut pieces) = tokio::sync::mpsc::channel::<Bytes>(PIECES_AHEAD);
-    let (to_store, mut cut) = tokio::sync::mpsc::channel::<Chunk>(in_flight.max(1));
+    let (to_store, mut cut) =
+        tokio::sync::mpsc::channel::<(Chunk, Option<OwnedSemaphorePermit>)>(in_flight.max(1));
     let chunker = std::sync::Arc::new(chunker.clone());
     // Set once the stream failed: what was cut before is still stored (it
     // is what a resumed upload need not send again), the bytes after the
@@ -108,7 +143,16 @@ where
             let Some(chunk) = chunk else {
                 return Ok::<_, crate::error::Error>(());
             };
-            if to_store.send(chunk).await.is_err() {
+            // Room for it among all uploads' chunks waiting to be stored;
+            // held until it is stored.
+            let room = match budget {
+                Some(budget) => tokio::select! {
+                    room = budget.take(chunk.len()) => room,
+                    () = to_store.closed() => return Ok(()),
+                },
+                None => None,
+            };
+            if to_store.send((chunk, room)).await.is_err() {
                 return Ok(());
             }
         }
@@ -138,26 +182,33 @@ where
         }
         Ok::<_, crate::error::Error>(())
     };
+    // The stores in flight progress while the next chunk is awaited (a
+    // future in the queue moves only while it is polled).
     let drain = async {
         let mut pending = futures::stream::FuturesOrdered::new();
         let mut chunks = Vec::new();
         let mut total = 0u64;
+        let mut ended = false;
         loop {
-            let next = cut.recv().await;
-            let ended = next.is_none();
-            if let Some(chunk) = next {
-                total += chunk.len() as u64;
-                pending.push_back(store(chunk));
-            }
-            while pending.len() >= in_flight || (ended && !pending.is_empty()) {
-                if let Some(digest) = pending.next().await {
+            tokio::select! {
+                Some(digest) = pending.next(), if !pending.is_empty() => {
                     let digest = digest?;
                     stored(&digest);
                     chunks.push(digest);
                 }
-            }
-            if ended {
-                return Ok((chunks, total));
+                next = cut.recv(), if !ended && pending.len() < in_flight.max(1) => match next {
+                    Some((chunk, room)) => {
+                        total += chunk.len() as u64;
+                        let stored = store(chunk);
+                        pending.push_back(async move {
+                            let digest = stored.await;
+                            drop(room);
+                            digest
+                        });
+                    }
+                    None => ended = true,
+                },
+                else => return Ok((chunks, total)),
             }
         }
     };
@@ -237,6 +288,7 @@ mod cut_and_store_tests {
             &chunker,
             stream,
             3,
+            None,
             |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
             |_| {},
         )
@@ -245,6 +297,59 @@ mod cut_and_store_tests {
         assert_eq!(total, data.len() as u64);
         let expected = named(&whole, &data);
         assert_eq!(digests, expected);
+    }
+
+    /// Two uploads sharing a budget hold at most its bytes of chunks
+    /// waiting to be stored, however many chunks each may have in flight:
+    /// with the store stalled, they fill the budget and wait; once it
+    /// moves, both finish with every chunk in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_sharing_a_budget_hold_at_most_its_bytes() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        const BUDGET: u64 = 64 << 10;
+        let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
+        let budget = ChunkBudget::new(BUDGET);
+        let gate = Semaphore::new(0);
+        let (held, most) = (AtomicU64::new(0), AtomicU64::new(0));
+        let store = |c: Chunk| {
+            let (gate, held, most) = (&gate, &held, &most);
+            async move {
+                let len = c.len() as u64;
+                let now = held.fetch_add(len, Ordering::SeqCst) + len;
+                most.fetch_max(now, Ordering::SeqCst);
+                gate.acquire().await.unwrap().forget();
+                held.fetch_sub(len, Ordering::SeqCst);
+                Ok(c.digest(DigestFunction::Sha256))
+            }
+        };
+        let upload = |seed: u64| {
+            let data = noise(400_000, seed);
+            let expected = named(&chunks(|d| chunker.cut(d), &data), &data);
+            let stream = futures::stream::iter(pieces(&data, 50_000)).boxed();
+            let done = cut_and_store(&chunker, stream, 64, Some(&budget), store, |_| {});
+            async move { (done.await.unwrap().0, expected) }
+        };
+        let both = futures::future::join(upload(11), upload(12));
+        let watch = async {
+            // The budget fills: within a chunk's size (16 KiB at most) of it.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            while held.load(Ordering::SeqCst) + (16 << 10) < BUDGET {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the budget never filled"
+                );
+                tokio::task::yield_now().await;
+            }
+            gate.add_permits(1 << 20);
+        };
+        let (((a, want_a), (b, want_b)), ()) = futures::future::join(both, watch).await;
+        assert_eq!(a, want_a);
+        assert_eq!(b, want_b);
+        let most = most.load(Ordering::SeqCst);
+        assert!(
+            most <= BUDGET,
+            "{most} bytes waited to be stored, budget {BUDGET}"
+        );
     }
 
     /// A stream that fails (a client gone, content that did not match)
@@ -260,6 +365,7 @@ mod cut_and_store_tests {
             &chunker,
             stream,
             2,
+            None,
             |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
             |_| {},
         )
@@ -282,6 +388,7 @@ mod cut_and_store_tests {
             &chunker,
             futures::stream::iter(items).boxed(),
             3,
+            None,
             |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
             |d| stored.lock().unwrap().push(*d),
         )
@@ -322,6 +429,7 @@ mod cut_and_store_tests {
                         &chunker,
                         stream,
                         2,
+                        None,
                         |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
                         |_| {},
                     )

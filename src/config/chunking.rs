@@ -36,6 +36,13 @@ pub struct ChunkingConfig {
     /// be one chunk anyway).
     #[serde(default = "default_store_min_size")]
     pub store_min_size: ByteSize,
+    /// Bytes of cut chunks that may wait to be stored, all of an instance's
+    /// uploads together: against a slow store each upload holds its chunks
+    /// in flight, and many uploads at once would hold that many times as
+    /// much; past it the uploads wait (and so do their clients). Default
+    /// `256MiB`.
+    #[serde(default = "default_store_in_flight")]
+    pub store_in_flight: ByteSize,
     /// Most chunks one SpliceBlob may name (more is INVALID_ARGUMENT), so a
     /// request cannot make kiln read an unbounded list. Default 65536.
     #[serde(default = "default_max_splice_chunks")]
@@ -120,12 +127,21 @@ impl ChunkingConfig {
         if self.max_concurrent_splits == 0 {
             errors.push(format!("{path}.max_concurrent_splits: must be at least 1"));
         }
+        if self.store_in_flight.0 < 4 << 20 {
+            errors.push(format!(
+                "{path}.store_in_flight: must be at least 4MiB (one chunk at the largest average), got {}",
+                self.store_in_flight.0
+            ));
+        }
         errors
     }
 }
 
 fn default_store_min_size() -> ByteSize {
     ByteSize(2 << 20)
+}
+fn default_store_in_flight() -> ByteSize {
+    ByteSize(256 << 20)
 }
 fn default_max_splice_chunks() -> usize {
     65_536

@@ -483,6 +483,7 @@ instances:
     cas: { fs: { path: same } }
     action_cache: { fs: { path: same } }
     read_chunk_size: 10
+    chunking: { store: true, store_in_flight: 1MiB }
 "#;
         let errs = errors(yaml);
         let expect = [
@@ -496,6 +497,7 @@ instances:
             "instances[2].name: \"a/blobs\" contains the reserved segment",
             "instances[2].read_chunk_size",
             "instances[2].action_cache.fs.path: same is also used by instances[2].cas",
+            "instances[2].chunking.store_in_flight: must be at least 4MiB",
         ];
         for e in expect {
             assert!(

@@ -26,6 +26,18 @@ use crate::config::{Config, StoreConfig};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
+/// What an instance's CAS needs for its chunked layer (`chunking.store`).
+pub struct ChunkedLayer {
+    /// Cuts as SplitBlob advertises.
+    pub chunker: Chunker,
+    /// The smallest blob stored as chunks.
+    pub min_size: u64,
+    /// Bytes of cut chunks that may wait to be stored, all uploads together.
+    pub in_flight: u64,
+    /// Where pointers live: the instance's action cache.
+    pub pointers: Store,
+}
+
 /// Builds store nodes from a validated config.
 pub struct StoreBuilder<'a> {
     config: &'a Config,
@@ -66,13 +78,20 @@ impl<'a> StoreBuilder<'a> {
         spec: &StoreConfig,
         path: &str,
         max_blob_size: u64,
-        chunked: Option<(Chunker, u64, Store)>,
+        chunked: Option<ChunkedLayer>,
     ) -> Result<Store> {
         let mut inner = self.node(spec, path.to_string(), Role::Cas).await?;
-        if let Some((chunker, min_size, pointers)) = chunked {
+        if let Some(c) = chunked {
             let node = format!("{path}.chunked");
             let counts = self.metrics.chunked(&node);
-            let layer = Arc::new(Chunked::new(inner, pointers, chunker, min_size, counts));
+            let layer = Arc::new(Chunked::new(
+                inner,
+                c.pointers,
+                c.chunker,
+                c.min_size,
+                c.in_flight,
+                counts,
+            ));
             inner = Arc::new(Instrumented::new(
                 node,
                 "chunked",

@@ -27,7 +27,7 @@ use super::instrumented::ChunkedMetrics;
 use super::turns::Turns;
 use super::{BlobStore, Body, Range, Store, StoredChunks, VerifiedFile, get_bytes};
 use crate::chunking::Chunker;
-use crate::chunking::splitter::{Chunk, cut_and_store};
+use crate::chunking::splitter::{Chunk, ChunkBudget, cut_and_store};
 use crate::digest::{Digest, DigestFunction, HashKey};
 use crate::error::{Error, Result};
 
@@ -61,6 +61,8 @@ pub struct Chunked {
     pointers: Store,
     chunker: Chunker,
     min_size: u64,
+    /// Room for cut chunks waiting to be stored, all uploads together.
+    budget: ChunkBudget,
     layouts: moka::sync::Cache<Digest, Arc<Known>>,
     counts: ChunkedMetrics,
     /// Turns of the chunks being stored.
@@ -76,9 +78,11 @@ impl Chunked {
         pointers: Store,
         chunker: Chunker,
         min_size: u64,
+        in_flight_bytes: u64,
         counts: ChunkedMetrics,
     ) -> Self {
         Chunked {
+            budget: ChunkBudget::new(in_flight_bytes),
             inner,
             pointers,
             chunker,
@@ -245,6 +249,7 @@ impl Chunked {
             &self.chunker,
             body.into_stream(),
             CHUNKS_IN_FLIGHT,
+            Some(&self.budget),
             |chunk| self.store_chunk(function, chunk),
             |chunk| super::progress::report(blob, chunk),
         )
@@ -415,7 +420,14 @@ mod tests {
         let pointers = Arc::new(MemoryStore::new(1 << 20));
         let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
         let counts = ChunkedMetrics::default();
-        let store = Chunked::new(inner.clone(), pointers.clone(), chunker, 16 << 10, counts);
+        let store = Chunked::new(
+            inner.clone(),
+            pointers.clone(),
+            chunker,
+            16 << 10,
+            64 << 20,
+            counts,
+        );
         (inner, pointers, store)
     }
 
