@@ -331,9 +331,10 @@ mod cut_and_store_tests {
         };
         let both = futures::future::join(upload(11), upload(12));
         let watch = async {
-            // The budget fills: within a chunk's size (16 KiB at most) of it.
+            // The budget fills: less room left than the largest chunk
+            // (16 KiB) needs, so the cutters wait.
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-            while held.load(Ordering::SeqCst) + (16 << 10) < BUDGET {
+            while budget.room.available_permits() >= 16 {
                 assert!(
                     tokio::time::Instant::now() < deadline,
                     "the budget never filled"
