@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::stream::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
-use super::splitter::cut_and_store;
+use super::lanes::cut_and_store;
 use super::{Chunker, FastCdc, Function, RepMax};
 use crate::config::ChunkingConfig;
 use crate::digest::Digest;

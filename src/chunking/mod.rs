@@ -10,6 +10,7 @@
 
 pub(crate) mod blobs;
 mod fastcdc2020;
+pub(crate) mod lanes;
 mod repmax;
 pub(crate) mod splitter;
 mod window;

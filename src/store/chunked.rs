@@ -27,7 +27,8 @@ use super::instrumented::ChunkedMetrics;
 use super::turns::Turns;
 use super::{BlobStore, Body, Range, Store, StoredChunks, VerifiedFile, get_bytes};
 use crate::chunking::Chunker;
-use crate::chunking::splitter::{Chunk, ChunkBudget, cut_and_store};
+use crate::chunking::lanes::{ChunkBudget, cut_and_store};
+use crate::chunking::splitter::Chunk;
 use crate::digest::{Digest, DigestFunction, HashKey};
 use crate::error::{Error, Result};
 
