@@ -216,6 +216,24 @@ mod tests {
             .collect()
     }
 
+    /// `cut_and_store` without a budget, naming each chunk as its store.
+    async fn cut_and_name(
+        chunker: &Chunker,
+        stream: ChunkStream,
+        in_flight: usize,
+        stored: impl FnMut(&Digest),
+    ) -> Result<(Vec<Digest>, u64)> {
+        cut_and_store(
+            chunker,
+            stream,
+            in_flight,
+            None,
+            |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
+            stored,
+        )
+        .await
+    }
+
     /// The cutter on its own lane cuts exactly where the whole blob is cut,
     /// and the chunks come back named in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,16 +242,7 @@ mod tests {
         let data = noise(500_000, 5);
         let whole = chunks(|d| chunker.cut(d), &data);
         let stream = futures::stream::iter(pieces(&data, 70_000)).boxed();
-        let (digests, total) = cut_and_store(
-            &chunker,
-            stream,
-            3,
-            None,
-            |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
-            |_| {},
-        )
-        .await
-        .unwrap();
+        let (digests, total) = cut_and_name(&chunker, stream, 3, |_| {}).await.unwrap();
         assert_eq!(total, data.len() as u64);
         let expected = named(&whole, &data);
         assert_eq!(digests, expected);
@@ -302,15 +311,7 @@ mod tests {
         let mut items = pieces(&data, 50_000);
         items.push(Err(Error::InvalidArgument("content does not match".into())));
         let stream = futures::stream::iter(items).boxed();
-        let got = cut_and_store(
-            &chunker,
-            stream,
-            2,
-            None,
-            |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
-            |_| {},
-        )
-        .await;
+        let got = cut_and_name(&chunker, stream, 2, |_| {}).await;
         assert!(matches!(got, Err(Error::InvalidArgument(_))), "{got:?}");
     }
 
@@ -325,14 +326,9 @@ mod tests {
         let mut items = pieces(&data, 30_000);
         items.push(Err(Error::Cancelled("the client went away".into())));
         let stored = std::sync::Mutex::new(Vec::new());
-        let got = cut_and_store(
-            &chunker,
-            futures::stream::iter(items).boxed(),
-            3,
-            None,
-            |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
-            |d| stored.lock().unwrap().push(*d),
-        )
+        let got = cut_and_name(&chunker, futures::stream::iter(items).boxed(), 3, |d| {
+            stored.lock().unwrap().push(*d)
+        })
         .await;
         assert!(matches!(got, Err(Error::Cancelled(_))), "{got:?}");
         let stored = stored.into_inner().unwrap();
@@ -366,15 +362,7 @@ mod tests {
                     let stream = futures::stream::iter([Ok(data)])
                         .chain(futures::stream::pending())
                         .boxed();
-                    cut_and_store(
-                        &chunker,
-                        stream,
-                        2,
-                        None,
-                        |c| async move { Ok(c.digest(DigestFunction::Sha256)) },
-                        |_| {},
-                    )
-                    .await
+                    cut_and_name(&chunker, stream, 2, |_| {}).await
                 }));
             }
             let hashed = tokio::time::timeout(

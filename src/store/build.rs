@@ -81,17 +81,10 @@ impl<'a> StoreBuilder<'a> {
         chunked: Option<ChunkedLayer>,
     ) -> Result<Store> {
         let mut inner = self.node(spec, path.to_string(), Role::Cas).await?;
-        if let Some(c) = chunked {
+        if let Some(spec) = chunked {
             let node = format!("{path}.chunked");
             let counts = self.metrics.chunked(&node);
-            let layer = Arc::new(Chunked::new(
-                inner,
-                c.pointers,
-                c.chunker,
-                c.min_size,
-                c.in_flight,
-                counts,
-            ));
+            let layer = Arc::new(Chunked::new(inner, spec, counts));
             inner = Arc::new(Instrumented::new(
                 node,
                 "chunked",

@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{StreamExt, TryStreamExt};
 
+use super::build::ChunkedLayer;
 use super::chunked_layout::{Layout, decode_pointer, encode_pointer, pointer_key};
 use super::instrumented::ChunkedMetrics;
 use super::turns::Turns;
@@ -73,21 +74,14 @@ pub struct Chunked {
 }
 
 impl Chunked {
-    /// Chunks blobs of at least `min_size` bytes with `chunker` into `inner`.
-    pub(crate) fn new(
-        inner: Store,
-        pointers: Store,
-        chunker: Chunker,
-        min_size: u64,
-        in_flight_bytes: u64,
-        counts: ChunkedMetrics,
-    ) -> Self {
+    /// Chunks blobs of at least `spec.min_size` bytes into `inner`.
+    pub(crate) fn new(inner: Store, spec: ChunkedLayer, counts: ChunkedMetrics) -> Self {
         Chunked {
-            budget: ChunkBudget::new(in_flight_bytes),
+            budget: ChunkBudget::new(spec.in_flight),
             inner,
-            pointers,
-            chunker,
-            min_size: min_size.max(1),
+            pointers: spec.pointers,
+            chunker: spec.chunker,
+            min_size: spec.min_size.max(1),
             layouts: moka::sync::Cache::builder()
                 .max_capacity(LAYOUTS_BYTES)
                 .weigher(|_, k: &Arc<Known>| {
@@ -421,14 +415,13 @@ mod tests {
         let pointers = Arc::new(MemoryStore::new(1 << 20));
         let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
         let counts = ChunkedMetrics::default();
-        let store = Chunked::new(
-            inner.clone(),
-            pointers.clone(),
+        let spec = ChunkedLayer {
             chunker,
-            16 << 10,
-            64 << 20,
-            counts,
-        );
+            min_size: 16 << 10,
+            in_flight: 64 << 20,
+            pointers: pointers.clone(),
+        };
+        let store = Chunked::new(inner.clone(), spec, counts);
         (inner, pointers, store)
     }
 
