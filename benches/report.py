@@ -15,9 +15,18 @@ import re
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
-# The memory budget of kiln's embedded default (config/default.yaml):
-# 256 MiB CAS tier + 32 MiB action-cache tier.
-DISK_BUDGET_MIB = 256 + 32
+
+def memory_tiers_mib(config):
+    """The memory budget of a config: the sum of its memory tiers' sizes
+    (read from the file, so the goal follows config/default.yaml)."""
+    units = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}
+    text = open(config).read()
+    sizes = re.findall(r"memory_cache:\s*\n\s*max_size:\s*(\d+)(KiB|MiB|GiB)", text)
+    return round(sum(int(n) * units[u] for n, u in sizes))
+
+
+# The memory budget of kiln's embedded default: its memory tiers.
+DISK_BUDGET_MIB = memory_tiers_mib(os.path.join(os.path.dirname(__file__), "..", "config", "default.yaml"))
 
 
 def load(path):
