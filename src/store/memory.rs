@@ -46,10 +46,19 @@ fn weight(len: u64, chunks: usize) -> u32 {
 }
 
 impl MemoryStore {
-    /// A store holding at most `max_size` bytes.
+    /// A store holding at most `max_size` bytes. Its table starts sized for
+    /// 4 KiB blobs filling it (at most 4M): moka's table probes by pointer,
+    /// so every doubling while a store fills rehashed all it held, and a
+    /// fuller table costs a cache miss more per lookup (memory batch: -5-7%
+    /// CPU per call, for ~30 MiB of table in a 4 GiB store).
     pub fn new(max_size: u64) -> Self {
         let blobs = Cache::builder()
             .max_capacity(max_size)
+            .initial_capacity(
+                usize::try_from(max_size / 4096)
+                    .unwrap_or(usize::MAX)
+                    .min(1 << 22),
+            )
             .weigher(|_, v: &Stored| weight(v.value.len(), v.value.count()))
             .eviction_policy(EvictionPolicy::lru())
             .build_with_hasher(crate::digest::KeyHasher::default());
