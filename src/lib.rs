@@ -49,6 +49,7 @@ pub mod app;
 pub(crate) mod asset;
 pub(crate) mod auth;
 pub mod bes;
+pub(crate) mod budget;
 pub mod chunking;
 pub mod client;
 pub(crate) mod compression;

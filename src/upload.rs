@@ -164,7 +164,7 @@ async fn resumable(
         futures::stream::empty().boxed()
     };
     incoming.next_offset = offset;
-    incoming.tee = Some(Tee::Spool(tx));
+    incoming.tee = Some(Tee::Spool(tx, uploads.in_flight.clone()));
     let body = prefix.chain(incoming.into_stream()).boxed();
     let stored = instance.cas.put(&name.digest, Body::Stream(body)).await;
     // The body (and with it the sender) is gone: the writer finishes what was
@@ -302,6 +302,9 @@ fn settle(uploads: &Uploads, key: &str, name: &ResourceName, outcome: Result<()>
     }
 }
 
+/// Pieces for a spool writer, each with its room in the uploads' budget.
+type SpoolSender = tokio::sync::mpsc::Sender<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>)>;
+
 /// Starts the blocking thread that writes a session's spool from `offset`
 /// on: the chunks are handed over by reference, not copied, and the
 /// session's length says only what the file holds. Given a hasher, the
@@ -312,10 +315,10 @@ fn spool_writer(
     offset: u64,
     mut hasher: Option<crate::digest::Hasher>,
 ) -> (
-    tokio::sync::mpsc::Sender<Bytes>,
+    SpoolSender,
     tokio::task::JoinHandle<std::io::Result<Option<crate::digest::Hasher>>>,
 ) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let (tx, mut rx): (SpoolSender, _) = tokio::sync::mpsc::channel(16);
     let session = session.clone();
     let writer = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, Write};
@@ -342,7 +345,8 @@ fn spool_writer(
         }
         file.seek(std::io::SeekFrom::Start(offset))?;
         session.len.store(offset, Ordering::SeqCst);
-        while let Some(chunk) = rx.blocking_recv() {
+        // Each piece's room in the budget is given back once it is written.
+        while let Some((chunk, _room)) = rx.blocking_recv() {
             file.write_all(&chunk)?;
             if let Some(h) = &mut hasher {
                 h.update(&chunk);
@@ -370,7 +374,7 @@ async fn adopted(
     // the chunks along.
     let (tx, writer) = spool_writer(session, offset, Some(digest.function.hasher(digest.size)));
     incoming.next_offset = offset;
-    incoming.tee = Some(Tee::Spool(tx));
+    incoming.tee = Some(Tee::Spool(tx, uploads.in_flight.clone()));
     let mut stream = incoming.into_stream();
     let mut len = offset;
     let received = loop {

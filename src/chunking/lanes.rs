@@ -2,48 +2,18 @@
 //! (and hashing whole, under a verifying layer), cutting, and storing,
 //! within a byte budget shared by every upload of a chunked layer.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::Chunker;
 use super::window::{Chunk, Window};
+use crate::budget::ByteBudget;
 use crate::error::Result;
 use crate::store::ChunkStream;
 
 /// Pieces of the stream waiting for the cutter (about a MiB each from gRPC).
 const PIECES_AHEAD: usize = 4;
-
-/// The bytes of cut chunks that may wait to be stored, for all the uploads
-/// sharing it together: against a slow store (S3), each upload would
-/// otherwise hold its chunks in flight and those queued behind them, and
-/// many uploads at once would hold that many times as much. A chunk waits
-/// for room before it is handed on, and so the client's stream waits too.
-#[derive(Debug)]
-pub(crate) struct ChunkBudget {
-    room: Arc<Semaphore>,
-    /// The whole budget, in KiB (a larger chunk takes all of it).
-    kib: u32,
-}
-
-impl ChunkBudget {
-    pub(crate) fn new(bytes: u64) -> Self {
-        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX >> 3);
-        ChunkBudget {
-            room: Arc::new(Semaphore::new(kib as usize)),
-            kib,
-        }
-    }
-
-    async fn take(&self, len: usize) -> Option<OwnedSemaphorePermit> {
-        let kib = u32::try_from(len.div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.kib);
-        self.room.clone().acquire_many_owned(kib).await.ok()
-    }
-}
 
 /// Cuts `stream` with `chunker` and hands each chunk to `store`, at most
 /// `in_flight` at once (and within `budget`'s bytes, when given, shared
@@ -64,7 +34,7 @@ pub(crate) async fn cut_and_store<F, Fut>(
     chunker: &Chunker,
     mut stream: ChunkStream,
     in_flight: usize,
-    budget: Option<&ChunkBudget>,
+    budget: Option<&ByteBudget>,
     store: F,
     mut stored: impl FnMut(&crate::digest::Digest),
 ) -> Result<(Vec<crate::digest::Digest>, u64)>
@@ -257,8 +227,8 @@ mod tests {
         use std::sync::atomic::{AtomicU64, Ordering};
         const BUDGET: u64 = 64 << 10;
         let chunker = Chunker::FastCdc(FastCdc::new(4 << 10, 0).unwrap());
-        let budget = ChunkBudget::new(BUDGET);
-        let gate = Semaphore::new(0);
+        let budget = ByteBudget::new(BUDGET);
+        let gate = tokio::sync::Semaphore::new(0);
         let (held, most) = (AtomicU64::new(0), AtomicU64::new(0));
         let store = |c: Chunk| {
             let (gate, held, most) = (&gate, &held, &most);
@@ -283,7 +253,7 @@ mod tests {
             // The budget fills: less room left than the largest chunk
             // (16 KiB) needs, so the cutters wait.
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-            while budget.room.available_permits() >= 16 {
+            while budget.free_kib() >= 16 {
                 assert!(
                     tokio::time::Instant::now() < deadline,
                     "the budget never filled"

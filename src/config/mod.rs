@@ -164,6 +164,11 @@ pub struct UploadsConfig {
     /// one identity). Default `2GiB`.
     #[serde(default = "default_max_spool_per_identity")]
     pub max_spool_per_identity: ByteSize,
+    /// Received bytes all uploads together may hold while they wait to be
+    /// written to their spools (hashed and written on blocking threads);
+    /// past it uploads wait, and so do their clients. Default `64MiB`.
+    #[serde(default = "default_spool_in_flight")]
+    pub spool_in_flight: ByteSize,
 }
 
 impl Default for UploadsConfig {
@@ -178,6 +183,10 @@ fn default_max_spool() -> ByteSize {
 
 fn default_max_spool_per_identity() -> ByteSize {
     ByteSize(2 << 30)
+}
+
+fn default_spool_in_flight() -> ByteSize {
+    ByteSize(64 << 20)
 }
 
 /// `build_events:` settings.

@@ -34,6 +34,12 @@ pub(super) fn errors(config: &Config) -> Vec<String> {
     if let Err(asset) = config.remote_asset.parsed() {
         errors.extend(asset);
     }
+    if config.uploads.spool_in_flight.0 < 1 << 20 {
+        errors.push(format!(
+            "uploads.spool_in_flight: must be at least 1MiB (a gRPC message's worth), got {}",
+            config.uploads.spool_in_flight.0
+        ));
+    }
     let bes = &config.build_events;
     if !(bes.database.starts_with("sqlite:")
         || bes.database.starts_with("postgres://")
@@ -468,6 +474,7 @@ mod tests {
     fn reports_every_error_with_its_path() {
         let yaml = r#"
 listen: nowhere
+uploads: { spool_in_flight: 64KiB }
 stores:
   shared: { memory: { max_size: 0 } }
   loop_a: { memory_cache: { max_size: 1MiB, inner: { ref: loop_b } } }
@@ -498,6 +505,7 @@ instances:
             "instances[2].read_chunk_size",
             "instances[2].action_cache.fs.path: same is also used by instances[2].cas",
             "instances[2].chunking.store_in_flight: must be at least 4MiB",
+            "uploads.spool_in_flight: must be at least 1MiB",
         ];
         for e in expect {
             assert!(

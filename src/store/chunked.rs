@@ -27,8 +27,9 @@ use super::chunked_layout::{Layout, decode_pointer, encode_pointer, pointer_key}
 use super::instrumented::ChunkedMetrics;
 use super::turns::Turns;
 use super::{BlobStore, Body, Range, Store, StoredChunks, VerifiedFile, get_bytes};
+use crate::budget::ByteBudget;
 use crate::chunking::Chunker;
-use crate::chunking::lanes::{ChunkBudget, cut_and_store};
+use crate::chunking::lanes::cut_and_store;
 use crate::chunking::splitter::Chunk;
 use crate::digest::{Digest, DigestFunction, HashKey};
 use crate::error::{Error, Result};
@@ -64,7 +65,7 @@ pub struct Chunked {
     chunker: Chunker,
     min_size: u64,
     /// Room for cut chunks waiting to be stored, all uploads together.
-    budget: ChunkBudget,
+    budget: ByteBudget,
     layouts: moka::sync::Cache<Digest, Arc<Known>>,
     counts: ChunkedMetrics,
     /// Turns of the chunks being stored.
@@ -77,7 +78,7 @@ impl Chunked {
     /// Chunks blobs of at least `spec.min_size` bytes into `inner`.
     pub(crate) fn new(inner: Store, spec: ChunkedLayer, counts: ChunkedMetrics) -> Self {
         Chunked {
-            budget: ChunkBudget::new(spec.in_flight),
+            budget: ByteBudget::new(spec.in_flight),
             inner,
             pointers: spec.pointers,
             chunker: spec.chunker,

@@ -17,8 +17,9 @@ use crate::store::ChunkStream;
 
 /// Where the bytes of a resumable upload are kept as they pass.
 pub(super) enum Tee {
-    /// To the spool writer's thread.
-    Spool(tokio::sync::mpsc::Sender<Bytes>),
+    /// To the spool writer's thread, each piece within the uploads' shared
+    /// budget until it is written.
+    Spool(super::SpoolSender, crate::budget::ByteBudget),
     /// Into the session's list (the bytes after the chunks stored, when
     /// the store keeps chunks).
     Memory(Arc<Session>),
@@ -82,7 +83,12 @@ impl Incoming {
                 continue;
             }
             match &self.tee {
-                Some(Tee::Spool(spool)) if spool.send(data.clone()).await.is_err() => {
+                Some(Tee::Spool(spool, budget))
+                    if spool
+                        .send((data.clone(), budget.take(data.len()).await))
+                        .await
+                        .is_err() =>
+                {
                     // The spool only keeps the upload resumable: losing it
                     // (a full local disk) must not fail an upload the store
                     // can still take. It now resumes from what it kept.
@@ -246,6 +252,74 @@ mod tests {
                 (want, got) => panic!("{name}: expected {want:?}, got {got:?}"),
             }
         }
+    }
+
+    /// Uploads whose spool writers fall behind hold at most the shared
+    /// budget's bytes between them, whatever their queues could take; once
+    /// the writers catch up, both finish.
+    #[tokio::test]
+    async fn uploads_waiting_for_their_spools_hold_at_most_the_budget() {
+        const PIECE: usize = 64 << 10;
+        static DATA: [u8; PIECE] = [7; PIECE];
+        let budget = crate::budget::ByteBudget::new(4 * PIECE as u64);
+        let mut writers = Vec::new();
+        let mut uploads = Vec::new();
+        for u in 0..2 {
+            let name = format!("uploads/u{u}/blobs/x/{}", 20 * PIECE);
+            let msgs: Vec<WriteRequest> = (0..20)
+                .map(|i| WriteRequest {
+                    resource_name: if i == 0 { name.clone() } else { String::new() },
+                    write_offset: (i * PIECE) as i64,
+                    finish_write: i == 19,
+                    data: Bytes::from_static(&DATA),
+                })
+                .collect();
+            let mut msgs = msgs.into_iter();
+            // A queue as deep as the spool writer's: it alone would hold 16
+            // pieces per upload.
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            writers.push(rx);
+            let incoming = Incoming {
+                resource: name,
+                first: msgs.next(),
+                rest: futures::stream::iter(msgs.map(Ok)).boxed(),
+                next_offset: 0,
+                finished: false,
+                decoder: None,
+                tee: Some(Tee::Spool(tx, budget.clone())),
+                received: Arc::new(AtomicU64::new(0)),
+            };
+            uploads.push(tokio::spawn(async move {
+                let chunks: Vec<Bytes> = incoming.into_stream().try_collect().await?;
+                Ok::<usize, crate::error::Error>(chunks.iter().map(Bytes::len).sum())
+            }));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while budget.free_kib() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the budget never filled"
+            );
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let queued: usize = writers.iter().map(|w| w.len()).sum();
+        assert_eq!(queued, 4, "pieces waiting for the spools, budget 4");
+        assert!(uploads.iter().all(|u| !u.is_finished()));
+        // The writers catch up: each written piece gives its room back.
+        let drains: Vec<_> = writers
+            .into_iter()
+            .map(|mut rx| tokio::spawn(async move { while rx.recv().await.is_some() {} }))
+            .collect();
+        for u in uploads {
+            assert_eq!(u.await.unwrap().unwrap(), 20 * PIECE);
+        }
+        for d in drains {
+            d.await.unwrap();
+        }
+        assert_eq!(budget.free_kib(), 4 * PIECE / 1024);
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub struct Uploads {
     limits: crate::config::UploadsConfig,
     /// Bytes reserved in all, and per owner.
     reserved: Mutex<(u64, HashMap<String, u64>)>,
+    /// Received bytes waiting for the spool writers, all uploads together.
+    pub(super) in_flight: crate::budget::ByteBudget,
 }
 
 impl Uploads {
@@ -89,6 +91,7 @@ impl Uploads {
         Ok(Uploads {
             dir,
             sessions: Mutex::new(HashMap::new()),
+            in_flight: crate::budget::ByteBudget::new(limits.spool_in_flight.0),
             limits,
             reserved: Mutex::new((0, HashMap::new())),
         })
