@@ -38,7 +38,7 @@ mod sessions;
 mod spool;
 
 use incoming::{Incoming, Tee};
-use spool::{SpoolSender, spool_writer};
+use spool::{Spool, spool_writer};
 
 use sessions::Session;
 pub use sessions::Uploads;
@@ -152,7 +152,7 @@ async fn resumable(
         Staging::Spool => {}
     }
     let spool_err = |e| Error::io("upload spool", e);
-    let (tx, writer) = spool_writer(&session, offset, None);
+    let (spool, writer) = spool_writer(&session, offset, None, &uploads.in_flight);
     let prefix: ChunkStream = if offset > 0 {
         let reader = tokio::fs::File::open(&session.path)
             .await
@@ -165,7 +165,7 @@ async fn resumable(
         futures::stream::empty().boxed()
     };
     incoming.next_offset = offset;
-    incoming.tee = Some(Tee::Spool(tx, uploads.in_flight.clone()));
+    incoming.tee = Some(Tee::Spool(spool));
     let body = prefix.chain(incoming.into_stream()).boxed();
     let stored = instance.cas.put(&name.digest, Body::Stream(body)).await;
     // The body (and with it the sender) is gone: the writer finishes what was
@@ -317,9 +317,14 @@ async fn adopted(
     let digest = name.digest;
     // Written and hashed on a blocking thread: the async workers only pass
     // the chunks along.
-    let (tx, writer) = spool_writer(session, offset, Some(digest.function.hasher(digest.size)));
+    let (spool, writer) = spool_writer(
+        session,
+        offset,
+        Some(digest.function.hasher(digest.size)),
+        &uploads.in_flight,
+    );
     incoming.next_offset = offset;
-    incoming.tee = Some(Tee::Spool(tx, uploads.in_flight.clone()));
+    incoming.tee = Some(Tee::Spool(spool));
     let mut stream = incoming.into_stream();
     let mut len = offset;
     let received = loop {

@@ -19,7 +19,7 @@ use crate::store::ChunkStream;
 pub(super) enum Tee {
     /// To the spool writer's thread, each piece within the uploads' shared
     /// budget until it is written.
-    Spool(super::SpoolSender, crate::budget::ByteBudget),
+    Spool(super::Spool),
     /// Into the session's list (the bytes after the chunks stored, when
     /// the store keeps chunks).
     Memory(Arc<Session>),
@@ -83,12 +83,7 @@ impl Incoming {
                 continue;
             }
             match &self.tee {
-                Some(Tee::Spool(spool, budget))
-                    if spool
-                        .send((data.clone(), budget.take(data.len()).await))
-                        .await
-                        .is_err() =>
-                {
+                Some(Tee::Spool(spool)) if !spool.send(data.clone()).await => {
                     // The spool only keeps the upload resumable: losing it
                     // (a full local disk) must not fail an upload the store
                     // can still take. It now resumes from what it kept.
@@ -286,7 +281,7 @@ mod tests {
                 next_offset: 0,
                 finished: false,
                 decoder: None,
-                tee: Some(Tee::Spool(tx, budget.clone())),
+                tee: Some(Tee::Spool(super::super::Spool::new(tx, &budget))),
                 received: Arc::new(AtomicU64::new(0)),
             };
             uploads.push(tokio::spawn(async move {

@@ -6,27 +6,54 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::sessions::Session;
+use crate::budget::ByteBudget;
 
-/// Pieces for a spool writer, each with its room in the uploads' budget.
-pub(super) type SpoolSender =
-    tokio::sync::mpsc::Sender<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>)>;
+/// A piece on its way to the writer, with its room in the budget.
+type Piece = (Bytes, Option<OwnedSemaphorePermit>);
+
+/// The sending end of a spool writer: each piece takes room in the
+/// uploads' shared budget before it is queued, and the writer gives the
+/// room back once the piece is written.
+pub(super) struct Spool {
+    tx: tokio::sync::mpsc::Sender<Piece>,
+    budget: ByteBudget,
+}
+
+impl Spool {
+    pub(super) fn new(tx: tokio::sync::mpsc::Sender<Piece>, budget: &ByteBudget) -> Self {
+        Spool {
+            tx,
+            budget: budget.clone(),
+        }
+    }
+
+    /// Queues `data` for the writer once there is room; false once the
+    /// writer has stopped.
+    pub(super) async fn send(&self, data: Bytes) -> bool {
+        let room = self.budget.take(data.len()).await;
+        self.tx.send((data, room)).await.is_ok()
+    }
+}
 
 /// Starts the blocking thread that writes a session's spool from `offset`
 /// on: the chunks are handed over by reference, not copied, and the
 /// session's length says only what the file holds. Given a hasher, the
 /// thread also hashes what the spool keeps before `offset` (from the page
-/// cache, usually) and every chunk after it, and returns it.
+/// cache, usually) and every chunk after it, and returns it. Pieces wait
+/// within `budget`, shared by all uploads.
 pub(super) fn spool_writer(
     session: &Arc<Session>,
     offset: u64,
     mut hasher: Option<crate::digest::Hasher>,
+    budget: &ByteBudget,
 ) -> (
-    SpoolSender,
+    Spool,
     tokio::task::JoinHandle<std::io::Result<Option<crate::digest::Hasher>>>,
 ) {
-    let (tx, mut rx): (SpoolSender, _) = tokio::sync::mpsc::channel(16);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(16);
     let session = session.clone();
     let writer = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Seek, Write};
@@ -63,5 +90,5 @@ pub(super) fn spool_writer(
         }
         Ok(hasher)
     });
-    (tx, writer)
+    (Spool::new(tx, budget), writer)
 }
