@@ -65,23 +65,41 @@ struct AbortGuard {
     client: Client,
     bucket: String,
     key: String,
-    upload_id: Option<String>,
+    upload: Upload,
+}
+
+/// The multipart upload a put started, as far as its guard knows.
+enum Upload {
+    /// CreateMultipartUpload is in flight (a task of its own, so a put
+    /// dropped meanwhile still learns the id of the upload S3 made).
+    Creating(tokio::task::JoinHandle<Result<String>>),
+    /// Created: aborted if the put is dropped.
+    Open(String),
+    /// Completed or already aborted: nothing to do.
+    Closed,
 }
 
 impl Drop for AbortGuard {
     fn drop(&mut self) {
-        let Some(upload_id) = self.upload_id.take() else {
+        let upload = std::mem::replace(&mut self.upload, Upload::Closed);
+        if matches!(upload, Upload::Closed) {
             return;
-        };
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(abort_upload(
-            self.client.clone(),
-            self.bucket.clone(),
-            self.key.clone(),
-            upload_id,
-        ));
+        let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
+        runtime.spawn(async move {
+            let upload_id = match upload {
+                Upload::Open(id) => id,
+                Upload::Creating(created) => match created.await {
+                    Ok(Ok(id)) => id,
+                    _ => return,
+                },
+                Upload::Closed => return,
+            };
+            abort_upload(client, bucket, key, upload_id).await;
+        });
     }
 }
 
@@ -321,27 +339,37 @@ impl S3Store {
                 None => return self.put_whole(key, first, known).await.map(|_| ()),
             }
         }
-        let created = self
+        let create = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| s3_error("CreateMultipartUpload", e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
-        // If this put is dropped (the client went away mid-upload), the
-        // guard aborts the upload in the background: parts of abandoned
-        // uploads would otherwise sit in the bucket, billed, until a
-        // lifecycle rule (if any) removes them.
+            .key(key);
+        let creating = tokio::spawn(async move {
+            let created = create
+                .send()
+                .await
+                .map_err(|e| s3_error("CreateMultipartUpload", e))?;
+            Ok(created.upload_id().unwrap_or_default().to_string())
+        });
+        // If this put is dropped (the client went away mid-upload), even
+        // while the upload is being created, the guard aborts the upload in
+        // the background: parts of abandoned uploads would otherwise sit in
+        // the bucket, billed, until a lifecycle rule (if any) removes them.
         let mut guard = AbortGuard {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
             key: key.to_string(),
-            upload_id: Some(upload_id.clone()),
+            upload: Upload::Creating(creating),
         };
+        let Upload::Creating(creating) = &mut guard.upload else {
+            unreachable!("the guard was just made creating");
+        };
+        let created = creating.await;
+        guard.upload = Upload::Closed;
+        let upload_id = created??;
+        guard.upload = Upload::Open(upload_id.clone());
         let done = self.finish_multipart(key, &upload_id, first, stream).await;
-        guard.upload_id = None;
+        guard.upload = Upload::Closed;
         done
     }
 
