@@ -33,6 +33,7 @@ use crate::proto::bytestream::WriteRequest;
 use crate::resource::{Compressor, ResourceName};
 use crate::store::{Body, ChunkStream, Staging};
 
+mod direct;
 mod incoming;
 mod sessions;
 mod spool;

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::direct::Appender;
 use super::sessions::Session;
 use crate::budget::ByteBudget;
 
@@ -40,9 +41,11 @@ impl Spool {
 
 /// Starts the blocking thread that writes a session's spool from `offset`
 /// on: the chunks are handed over by reference, not copied, and the
-/// session's length says only what the file holds. Given a hasher, the
-/// thread also hashes what the spool keeps before `offset` (from the page
-/// cache, usually) and every chunk after it, and returns it. Pieces wait
+/// session's length says only what the file holds (the appender writes
+/// around the page cache a megabyte at a time, so it may lag the pieces
+/// received by up to that until the stream ends). Given a hasher, the
+/// thread also hashes what the spool keeps before `offset` and every chunk
+/// after it, and returns it. Pieces wait
 /// within `budget`, shared by all uploads.
 pub(super) fn spool_writer(
     session: &Arc<Session>,
@@ -56,7 +59,7 @@ pub(super) fn spool_writer(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(16);
     let session = session.clone();
     let writer = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Seek, Write};
+        use std::io::Read;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .read(true)
@@ -78,16 +81,18 @@ pub(super) fn spool_writer(
                 left -= n as u64;
             }
         }
-        file.seek(std::io::SeekFrom::Start(offset))?;
         session.len.store(offset, Ordering::SeqCst);
-        // Each piece's room in the budget is given back once it is written.
+        let mut file = Appender::new(file, offset)?;
+        // Each piece's room in the budget is given back once it is in the
+        // appender's buffer or the file.
         while let Some((chunk, _room)) = rx.blocking_recv() {
-            file.write_all(&chunk)?;
+            let held = file.append(&chunk)?;
             if let Some(h) = &mut hasher {
                 h.update(&chunk);
             }
-            session.len.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            session.len.store(held, Ordering::SeqCst);
         }
+        session.len.store(file.finish()?, Ordering::SeqCst);
         Ok(hasher)
     });
     (Spool::new(tx, budget), writer)
