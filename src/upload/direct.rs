@@ -82,9 +82,7 @@ impl Appender {
                 // The tail is shorter than a block: written through the
                 // page cache (a direct write would pad it).
                 set_direct(&self.file, false)?;
-                let tail = &self.storage[self.start..self.start + self.filled];
-                self.file.write_all_at(tail, self.pos)?;
-                self.pos += self.filled as u64;
+                self.write_buffered()?;
             }
         }
         Ok(self.pos)
@@ -110,12 +108,18 @@ impl Appender {
         self.storage
             .copy_within(self.start + len..self.start + self.filled, self.start);
         self.filled = rest;
-        if !self.direct && rest > 0 {
-            let tail = &self.storage[self.start..self.start + rest];
-            self.file.write_all_at(tail, self.pos)?;
-            self.pos += rest as u64;
-            self.filled = 0;
+        if !self.direct {
+            self.write_buffered()?;
         }
+        Ok(())
+    }
+
+    /// Writes what the buffer holds through the page cache and empties it.
+    fn write_buffered(&mut self) -> io::Result<()> {
+        let held = &self.storage[self.start..self.start + self.filled];
+        self.file.write_all_at(held, self.pos)?;
+        self.pos += self.filled as u64;
+        self.filled = 0;
         Ok(())
     }
 }
